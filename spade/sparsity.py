@@ -1,0 +1,114 @@
+"""Sparsity targets: one uniform value, or a per-block profile (built in or from a JSON file)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from spade.errors import ConfigError
+from spade.layers import block_of
+
+DEFAULT_KEY = "*"
+
+
+@dataclass(frozen=True)
+class SparsityProfile:
+    """Per-block sparsity targets. targets: ((block or layer name, target), ...); blocks not listed
+    get `default` (0 = left untouched)."""
+
+    name: str
+    targets: tuple[tuple[str, float], ...]
+    default: float = 0.0
+    description: str = ""
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, float], name: str = "custom", description: str = ""
+                     ) -> SparsityProfile:
+        default = float(mapping.get(DEFAULT_KEY, 0.0))
+        targets = tuple((str(k), float(v)) for k, v in mapping.items() if k != DEFAULT_KEY)
+        return cls(name=name, targets=targets, default=default, description=description)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "description": self.description, "default": self.default,
+                "targets": dict(self.targets)}
+
+
+Sparsity = float | Mapping[str, float] | SparsityProfile
+
+_RESNET50_SALIENCY = {
+    "fc": 0.95, "layer4.0": 0.95, "layer4.1": 0.95, "layer4.2": 0.95,
+    "layer3.5": 0.0, "layer3.4": 0.0, "layer3.3": 0.8, "layer3.2": 0.9, "layer3.1": 0.8, "layer3.0": 0.8,
+    "layer2.3": 0.95, "layer2.2": 0.99, "layer2.1": 0.0, "layer2.0": 0.2,
+    "layer1.2": 0.0, "layer1.1": 0.8, "layer1.0": 0.2,
+}
+_RESNET50_NEURONS = {name: 0.95 for name in ("layer3.4", "layer3.5", "layer4.0", "layer4.1", "layer4.2", "fc")}
+
+PROFILES: dict[str, SparsityProfile] = {
+    "resnet50_saliency": SparsityProfile.from_mapping(
+        _RESNET50_SALIENCY, "resnet50_saliency",
+        "The SPADE authors' per-block targets for ResNet-50 saliency maps (tuned for LRP with FastSPADE)."),
+    "resnet50_neurons": SparsityProfile.from_mapping(
+        _RESNET50_NEURONS, "resnet50_neurons",
+        "The SPADE authors' targets for neuron visualizations: 0.95 on the late layers only."),
+}
+
+
+def load_profile(source: str | Path) -> SparsityProfile:
+    """A built-in profile by name, or a JSON file: {"name", "targets": {block: target}, "default"}
+    (a plain {block: target} mapping is accepted too)."""
+    if str(source) in PROFILES:
+        return PROFILES[str(source)]
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"No built-in profile or file named {str(source)!r}; built-in: {', '.join(PROFILES)}.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"Cannot read sparsity profile {path.name}: {exc}.") from exc
+    return profile_from_json(data, default_name=path.stem)
+
+
+def profile_from_json(data, default_name: str = "custom") -> SparsityProfile:
+    """Parse the JSON form written by `SparsityProfile.to_json` (or a plain mapping)."""
+    if not isinstance(data, dict):
+        raise ConfigError("A sparsity profile must be a JSON object.")
+    targets = data.get("targets", data)
+    if not isinstance(targets, dict) or not all(isinstance(v, (int, float)) for v in targets.values()):
+        raise ConfigError("Profile targets must map block names to numbers.")
+    profile = SparsityProfile.from_mapping(targets, name=str(data.get("name", default_name)),
+                                           description=str(data.get("description", "")))
+    if "default" in data:
+        profile = SparsityProfile(profile.name, profile.targets, float(data["default"]), profile.description)
+    return profile
+
+
+def _check(value: float, where: str) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"Sparsity for {where} must be in [0, 1), got {value}.")
+    return float(value)
+
+
+def resolve_targets(model: nn.Module, layer_names: list[str], sparsity: Sparsity) -> dict[str, float]:
+    """{layer name: target sparsity} for the given target layers.
+
+    A mapping/profile key may name a block (found from the module tree, see `spade.layers.block_of`)
+    or a single layer; a layer key wins over its block's key. Unknown keys raise ConfigError.
+    """
+    if isinstance(sparsity, (int, float)):
+        value = _check(float(sparsity), "all layers")
+        return dict.fromkeys(layer_names, value)
+    profile = sparsity if isinstance(sparsity, SparsityProfile) else SparsityProfile.from_mapping(sparsity)
+    keys = dict(profile.targets)
+    block_names = {name: block_of(model, name) for name in layer_names}
+    known = set(layer_names) | set(block_names.values())
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        valid = sorted(set(block_names.values()), key=list(block_names.values()).index)
+        raise ConfigError(f"Profile {profile.name!r} names unknown blocks {', '.join(unknown[:5])}; "
+                          f"this model's blocks are: {', '.join(valid[:40])}.")
+    default = _check(profile.default, "the default")
+    return {name: _check(keys.get(name, keys.get(block_names[name], default)), name) for name in layer_names}

@@ -1,0 +1,194 @@
+"""Layer statistics: each target layer's input Gram matrix, recorded on the dense model.
+
+For a layer with weight W (rows = output units, columns = input features) SPADE needs
+``H = (2/n) * sum_x x x^T`` over the layer's input columns x: unfolded patches for a
+convolution, feature vectors for a linear layer. Inputs come from the *dense* network, so H does
+not depend on the sparsity chosen later (that is what makes re-solving instant).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spade.devices import model_device
+from spade.errors import ConfigError
+from spade.layers import LayerSelection, layer_kind, prunable_layers
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+
+# Bound on the number of float elements of one unfolded patch matrix held at once.
+_UNFOLD_ELEMENTS = 2**25
+
+
+@dataclass
+class LayerStat:
+    """Statistics of one target layer.
+
+    hessian: (groups, d, d) Gram matrices, d = in_features for Linear, (in_channels/groups)*kh*kw
+    for Conv2d, scaled by 2/rows. rows: number of input columns accumulated.
+    """
+
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    hessian: torch.Tensor
+    rows: int = 0
+
+
+@dataclass
+class LayerStatistics:
+    """Everything `solve` needs: the dense model (never modified) and the per-layer statistics.
+
+    layers: {layer name: LayerStat} in the model's registration order.
+    reference: optional (1, 3, H, W) un-augmented input whose predictions the trace report compares,
+    and reference_logits: the dense model's (1, classes) logits on it (CPU).
+    seconds: wall time per stage that produced these statistics.
+    """
+
+    model: nn.Module
+    layers: dict[str, LayerStat]
+    reference: torch.Tensor | None = None
+    reference_logits: torch.Tensor | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _same_padding_adapter() -> dict[type, Callable]:
+    """Conv types that pad inside forward: a hook must see the padded input the kernel sees."""
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.padding import pad_same
+    except ImportError:  # timm is optional for the engine
+        return {}
+
+    def pad(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return pad_same(x, module.kernel_size, module.stride, module.dilation)
+
+    return {Conv2dSame: pad}
+
+
+_INPUT_ADAPTERS = _same_padding_adapter()
+
+
+def layer_columns(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Yield chunks of the layer's input columns, shape (groups, rows_chunk, d).
+
+    x is the input the module's forward received. Never materialises more than about
+    ``_UNFOLD_ELEMENTS`` unfolded values at once.
+    """
+    if isinstance(module, nn.Linear):
+        cols = x.reshape(-1, x.shape[-1])
+        step = max(1, _UNFOLD_ELEMENTS // cols.shape[1])
+        for i in range(0, cols.shape[0], step):
+            yield cols[i:i + step].unsqueeze(0)
+        return
+    adapter = next((fn for t, fn in _INPUT_ADAPTERS.items() if isinstance(module, t)), None)
+    if adapter is not None:
+        x = adapter(module, x)
+    elif isinstance(module.padding, str):
+        raise ConfigError(f"Layer uses string padding {module.padding!r}, which is not supported.")
+    g = module.groups
+    kh, kw = module.kernel_size
+    cin = x.shape[1]
+    d = cin // g * kh * kw
+    if (kh, kw) == (1, 1) and module.padding in ((0, 0), 0):
+        sh, sw = module.stride
+        x = x[:, :, ::sh, ::sw]
+        per_image = x.shape[2] * x.shape[3]
+        step = max(1, _UNFOLD_ELEMENTS // (per_image * cin))
+        for i in range(0, x.shape[0], step):
+            part = x[i:i + step]  # (b, cin, h, w) -> (g, b*h*w, cin/g)
+            yield part.reshape(part.shape[0], g, d, -1).permute(1, 0, 3, 2).reshape(g, -1, d)
+        return
+    padding = module.padding if adapter is None else 0
+    out_h = (x.shape[2] + 2 * (padding if isinstance(padding, int) else padding[0])
+             - module.dilation[0] * (kh - 1) - 1) // module.stride[0] + 1
+    out_w = (x.shape[3] + 2 * (padding if isinstance(padding, int) else padding[1])
+             - module.dilation[1] * (kw - 1) - 1) // module.stride[1] + 1
+    step = max(1, _UNFOLD_ELEMENTS // (out_h * out_w * cin * kh * kw))
+    for i in range(0, x.shape[0], step):
+        patches = F.unfold(x[i:i + step], (kh, kw), dilation=module.dilation, padding=padding,
+                           stride=module.stride)  # (b, cin*kh*kw, L), channel-major like the weight
+        b, _, L = patches.shape
+        yield patches.reshape(b, g, d, L).permute(1, 0, 3, 2).reshape(g, b * L, d)
+
+
+def _new_stat(name: str, module: nn.Module, dtype: torch.dtype, device: torch.device) -> LayerStat:
+    w = module.weight
+    groups = getattr(module, "groups", 1)
+    d = w[0].numel()
+    return LayerStat(name=name, kind=layer_kind(module), weight_shape=tuple(w.shape),
+                     hessian=torch.zeros(groups, d, d, dtype=dtype, device=device))
+
+
+@contextmanager
+def record_inputs(layers: dict[str, nn.Module], on_input: Callable[[str, nn.Module, torch.Tensor], None]):
+    """Call ``on_input(name, module, input)`` before each target layer runs; hooks always removed."""
+    handles = []
+    try:
+        for name, module in layers.items():
+            def hook(mod, args, _name=name):
+                on_input(_name, mod, args[0])
+            handles.append(module.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] | None = None, *,
+                       selection: LayerSelection = LayerSelection(), batch_size: int = 32,
+                       dtype: torch.dtype = torch.float32, progress: ProgressFn | None = None
+                       ) -> LayerStatistics:
+    """One pass of the dense `model` over `batch` accumulating every target layer's Gram matrix.
+
+    batch: (N, 3, H, W) normalized float tensor (any device; moved to the model's device in chunks
+    of `batch_size`). layers: names of target layers (default: `prunable_layers(model, selection)`).
+    dtype: accumulation dtype, float32 by default, torch.float64 on request.
+    The model is only read; its forward hooks are removed even if the forward pass raises.
+    """
+    device = model_device(model)
+    candidates = dict(model.named_modules())
+    if layers is None:
+        targets = prunable_layers(model, selection)
+    else:
+        missing = [n for n in layers if not isinstance(candidates.get(n), (nn.Conv2d, nn.Linear))]
+        if missing:
+            raise ConfigError(f"Not a Conv2d/Linear layer of this model: {', '.join(missing[:5])}.")
+        targets = {n: candidates[n] for n in layers}
+    stats = {name: _new_stat(name, m, dtype, device) for name, m in targets.items()}
+
+    def on_input(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        stat = stats[name]
+        for cols in layer_columns(module, x.detach()):
+            cols = cols.to(dtype)
+            stat.hessian.baddbmm_(cols.transpose(1, 2), cols)
+            stat.rows += cols.shape[1]
+
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with record_inputs(targets, on_input), torch.inference_mode():
+            n = batch.shape[0]
+            for i in range(0, n, batch_size):
+                model(batch[i:i + batch_size].to(device))
+                if progress is not None:
+                    progress("statistics", min(n, i + batch_size) / n)
+    finally:
+        model.train(was_training)
+    for stat in stats.values():
+        if stat.rows:
+            stat.hessian.mul_(2.0 / stat.rows)
+    seconds = time.perf_counter() - start
+    log.info("collected statistics of %d layers over %d inputs in %.2fs", len(stats), batch.shape[0], seconds)
+    return LayerStatistics(model=model, layers=stats, seconds={"statistics": seconds})

@@ -1,0 +1,262 @@
+"""The SPADE trace: a per-sample sparse copy of a model, with a report that shows it is faithful."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from spade.augment import AugmentConfig, augment
+from spade.devices import model_device, resolve_device
+from spade.errors import ConfigError
+from spade.layers import LayerSelection, block_of
+from spade.preprocessing import Preprocessing
+from spade.solver import SolverConfig, prune_matrix
+from spade.sparsity import Sparsity, SparsityProfile, resolve_targets
+from spade.statistics import LayerStatistics, collect_statistics
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+FORMAT = "spade-trace/1"
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One pruned layer: target and achieved sparsity, and the relative reconstruction error
+    ``||W_s X - W X||^2 / ||W X||^2`` on the augmentations."""
+
+    name: str
+    block: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    target: float
+    achieved: float
+    error: float
+    params: int
+    kept: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k of one model on the un-augmented image: class indices and softmax probabilities."""
+
+    indices: tuple[int, ...]
+    probabilities: tuple[float, ...]
+
+
+def _topk(logits: torch.Tensor, k: int = 5) -> Prediction:
+    probs = logits.float().softmax(-1).flatten()
+    top = probs.topk(min(k, probs.numel()))
+    return Prediction(tuple(top.indices.tolist()), tuple(round(p, 6) for p in top.values.tolist()))
+
+
+@dataclass
+class SpadeTrace:
+    """A sparse copy of the dense model fitted to one sample.
+
+    model: the sparse copy (same module names as the dense model, eval mode) usable anywhere a
+    model is. layers: per-layer report. dense_logits / trace_logits: (1, classes) logits on the
+    un-augmented image, when known. sparse_weights: {layer name: sparse weight} (what save stores).
+    """
+
+    model: nn.Module
+    layers: list[LayerReport]
+    sparse_weights: dict[str, torch.Tensor]
+    dense_logits: torch.Tensor | None = None
+    trace_logits: torch.Tensor | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def params_total(self) -> int:
+        return sum(r.params for r in self.layers)
+
+    @property
+    def params_kept(self) -> int:
+        return sum(r.kept for r in self.layers)
+
+    @property
+    def dense_top5(self) -> Prediction | None:
+        return None if self.dense_logits is None else _topk(self.dense_logits)
+
+    @property
+    def trace_top5(self) -> Prediction | None:
+        return None if self.trace_logits is None else _topk(self.trace_logits)
+
+    @property
+    def top1_agrees(self) -> bool | None:
+        if self.dense_logits is None or self.trace_logits is None:
+            return None
+        return int(self.dense_logits.argmax()) == int(self.trace_logits.argmax())
+
+    @property
+    def logit_cosine(self) -> float | None:
+        if self.dense_logits is None or self.trace_logits is None:
+            return None
+        return float(torch.nn.functional.cosine_similarity(
+            self.dense_logits.double().flatten(), self.trace_logits.double().flatten(), dim=0))
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: settings, per-layer table, predictions, overall numbers, timings."""
+        return {
+            "format": FORMAT,
+            "settings": self.settings,
+            "layers": [asdict(r) for r in self.layers],
+            "params_total": self.params_total,
+            "params_kept": self.params_kept,
+            "dense_top5": None if self.dense_top5 is None else asdict(self.dense_top5),
+            "trace_top5": None if self.trace_top5 is None else asdict(self.trace_top5),
+            "top1_agrees": self.top1_agrees,
+            "logit_cosine": self.logit_cosine,
+            "seconds": self.seconds,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def table(self) -> str:
+        """Plain-text per-layer table (for the CLI and logs)."""
+        lines = [f"{'layer':<28} {'kind':<14} {'target':>6} {'achieved':>8} {'rel.error':>9}"]
+        for r in self.layers:
+            lines.append(f"{r.name:<28} {r.kind:<14} {r.target:>6.2f} {r.achieved:>8.3f} {r.error:>9.4f}")
+        total = self.params_total or 1
+        lines.append(f"kept {self.params_kept:,} of {self.params_total:,} pruned-layer weights "
+                     f"({self.params_kept / total:.1%})")
+        return "\n".join(lines)
+
+    def save(self, path: str | Path) -> None:
+        """Store the sparse weights and the report (plain tensors and JSON types: weights_only-safe)."""
+        torch.save({"format": FORMAT, "weights": {k: v.cpu() for k, v in self.sparse_weights.items()},
+                    "report": self.to_json(indent=None),
+                    "dense_logits": self.dense_logits, "trace_logits": self.trace_logits}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module) -> SpadeTrace:
+        """Rebuild a saved trace on top of its dense `model` (which is not modified)."""
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt or unsafe files
+            raise ConfigError(f"Cannot read trace file {Path(path).name}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ConfigError(f"{Path(path).name} is not a SPADE trace file.")
+        report = json.loads(data["report"])
+        trace_model = _sparse_copy(model, data["weights"])
+        layers = [LayerReport(**{**r, "weight_shape": tuple(r["weight_shape"])}) for r in report["layers"]]
+        return cls(model=trace_model, layers=layers, sparse_weights=data["weights"],
+                   dense_logits=data["dense_logits"], trace_logits=data["trace_logits"],
+                   seconds=report["seconds"], settings=report["settings"])
+
+
+def _sparse_copy(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    trace_model = copy.deepcopy(model).eval()
+    modules = dict(trace_model.named_modules())
+    for name, weight in weights.items():
+        module = modules.get(name)
+        if module is None or module.weight.shape != weight.shape:
+            raise ConfigError(f"Trace layer {name} does not match this model.")
+        with torch.no_grad():
+            module.weight.copy_(weight)
+    return trace_model
+
+
+def _sparsity_settings(sparsity: Sparsity):
+    if isinstance(sparsity, SparsityProfile):
+        return sparsity.to_json()
+    return sparsity if isinstance(sparsity, (int, float)) else dict(sparsity)
+
+
+def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig = SolverConfig(),
+          progress: ProgressFn | None = None) -> SpadeTrace:
+    """Solve every target layer for the given sparsity and build the trace.
+
+    Uses only the recorded statistics (the images are not touched again); the dense model is read,
+    never modified. Runs on the device of the statistics.
+    """
+    start = time.perf_counter()
+    dense = statistics.model
+    targets = resolve_targets(dense, list(statistics.layers), sparsity)
+    modules = dict(dense.named_modules())
+    weights: dict[str, torch.Tensor] = {}
+    reports: list[LayerReport] = []
+    for i, (name, stat) in enumerate(statistics.layers.items()):
+        module = modules[name]
+        weight = module.weight.detach()
+        groups = stat.hessian.shape[0]
+        rows = weight.reshape(groups, weight.shape[0] // groups, -1).to(stat.hessian.device)
+        group_size = 1 if isinstance(module, nn.Linear) else module.kernel_size[0] * module.kernel_size[1]
+        target = targets[name]
+        solved, err_num, err_den = [], 0.0, 0.0
+        for g in range(groups):
+            sparse_g, _ = prune_matrix(rows[g], stat.hessian[g], target, group_size, solver)
+            solved.append(sparse_g)
+            # relative error summed over groups: accumulate numerator and denominator separately
+            H = stat.hessian[g].double()
+            delta = sparse_g.double() - rows[g].double()
+            err_num += float(((delta @ H) * delta).sum())
+            err_den += float(((rows[g].double() @ H) * rows[g].double()).sum())
+        sparse = torch.stack(solved).reshape(weight.shape).to(weight.device, weight.dtype)
+        weights[name] = sparse
+        zeros = int((sparse == 0).sum())
+        reports.append(LayerReport(
+            name=name, block=block_of(dense, name), kind=stat.kind, weight_shape=tuple(weight.shape),
+            target=target, achieved=zeros / sparse.numel(), error=err_num / err_den if err_den > 0 else 0.0,
+            params=sparse.numel(), kept=sparse.numel() - zeros))
+        if progress is not None:
+            progress("solve", (i + 1) / len(statistics.layers))
+    trace_model = _sparse_copy(dense, weights)
+    trace_logits = None
+    if statistics.reference is not None:
+        with torch.inference_mode():
+            trace_logits = trace_model(statistics.reference.to(model_device(dense))).cpu()
+    seconds = {**statistics.seconds, "solve": time.perf_counter() - start}
+    settings = {"sparsity": _sparsity_settings(sparsity), "solver": asdict(solver)}
+    log.info("solved %d layers in %.2fs", len(reports), seconds["solve"])
+    return SpadeTrace(model=trace_model, layers=reports, sparse_weights=weights,
+                      dense_logits=statistics.reference_logits,
+                      trace_logits=trace_logits, seconds=seconds, settings=settings)
+
+
+def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
+                       augment_config: AugmentConfig = AugmentConfig(), selection: LayerSelection = LayerSelection(),
+                       device: str | torch.device | None = None, batch_size: int = 32,
+                       dtype: torch.dtype = torch.float32, progress: ProgressFn | None = None) -> LayerStatistics:
+    """Augment `image` and record the dense model's layer statistics (the expensive, reusable part).
+
+    device: where to run (default: the model's device). A model on another device is copied there;
+    the given model is never moved or modified.
+    """
+    target_device = model_device(model) if device is None else resolve_device(device)
+    if model_device(model) != target_device:
+        model = copy.deepcopy(model).to(target_device)
+    t0 = time.perf_counter()
+    batch = augment(image, augment_config, preprocessing, progress)
+    t_aug = time.perf_counter() - t0
+    stats = collect_statistics(model, batch, selection=selection, batch_size=batch_size, dtype=dtype,
+                               progress=progress)
+    stats.reference = preprocessing(image).unsqueeze(0)
+    with torch.inference_mode():
+        stats.reference_logits = model(stats.reference.to(target_device)).cpu()
+    stats.seconds = {"augment": t_aug, **stats.seconds}
+    return stats
+
+
+def spade_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
+                augment: AugmentConfig = AugmentConfig(), sparsity: Sparsity = 0.9,
+                solver: SolverConfig = SolverConfig(), selection: LayerSelection = LayerSelection(),
+                device: str | torch.device | None = None, batch_size: int = 32,
+                progress: ProgressFn | None = None) -> SpadeTrace:
+    """Augment + collect statistics + solve: the SPADE trace of `model` for one RGB PIL `image`."""
+    stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
+                               selection=selection, device=device, batch_size=batch_size, progress=progress)
+    trace = solve(stats, sparsity, solver, progress)
+    trace.settings["augment"] = asdict(augment)
+    return trace

@@ -1,0 +1,127 @@
+"""Sparse layer solver against independent computations."""
+
+import math
+
+import pytest
+import torch
+
+from spade.solver import SolverConfig, prune_matrix, reconstruction_error
+
+DAMP = 0.01
+
+
+def correlated_problem(rows=12, d=36, n=400, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g, dtype=dtype) / d**0.5 + torch.eye(d, dtype=dtype)
+    X = torch.randn(n, d, generator=g, dtype=dtype) @ mix  # correlated inputs
+    W = torch.randn(rows, d, generator=g, dtype=dtype)
+    return W, X, 2.0 / n * X.T @ X
+
+
+def damped(H):
+    return H + DAMP * torch.diagonal(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+
+
+def naive_sweep(W, H, prune):
+    """One column at a time, every update applied to all later columns at once (SparseGPT, no laziness)."""
+    U = torch.linalg.cholesky(torch.linalg.inv(damped(H))).mT  # upper factor, U^T U = H^-1
+    W = W.clone()
+    for i in range(W.shape[1]):
+        err = torch.where(prune[:, i], W[:, i], 0.0) / U[i, i]
+        W[:, i:] -= torch.outer(err, U[i, i:])
+    W[prune] = 0
+    return W
+
+
+def test_fixed_mask_sweep_equals_naive_one_column_sweep():
+    W, _, H = correlated_problem()
+    prune = torch.rand(W.shape, generator=torch.Generator().manual_seed(1)) < 0.7
+    for group in (1, 4, 9):
+        solved, mask = prune_matrix(W, H, 0.5, group, mask=prune)
+        assert torch.equal(mask, prune)
+        torch.testing.assert_close(solved, naive_sweep(W, H, prune), rtol=1e-10, atol=1e-10)
+
+
+def test_prefix_mask_equals_closed_form_least_squares():
+    # With every pruned column to the left of every kept one, sequential OBS is the exact optimum:
+    # w_K = w_K + H_KK^-1 H_KP w_P on the damped objective.
+    W, _, H = correlated_problem()
+    k = 20
+    prune = torch.zeros_like(W, dtype=torch.bool)
+    prune[:, :k] = True
+    solved, _ = prune_matrix(W, H, 0.5, 1, mask=prune)
+    Hd = damped(H)
+    P, K = slice(0, k), slice(k, None)
+    expected = torch.zeros_like(W)
+    expected[:, K] = W[:, K] + W[:, P] @ Hd[P, K] @ torch.linalg.inv(Hd[K, K])
+    torch.testing.assert_close(solved, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode,group", [("group", 1), ("group", 9), ("row", 9)])
+def test_lazy_block_size_does_not_change_the_result(mode, group):
+    W, _, H = correlated_problem(d=270)
+    small = 1 if mode == "group" else 256
+    a, ma = prune_matrix(W, H, 0.8, group, SolverConfig(mode=mode, block_size=128))
+    b, mb = prune_matrix(W, H, 0.8, group, SolverConfig(mode=mode, block_size=small))
+    assert torch.equal(ma, mb)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.95])
+def test_every_selection_group_has_exactly_the_target_fraction(sparsity):
+    W, _, H = correlated_problem(rows=10, d=9 * 6)  # a 3x3 conv: 6 input channels x 9 taps
+    _, mask = prune_matrix(W, H, sparsity, group_size=9)
+    per_group = mask.reshape(10, 6, 9).sum(dim=(0, 2))
+    assert per_group.tolist() == [math.floor(sparsity * 90 + 1e-9)] * 6
+    _, mask = prune_matrix(W, H, sparsity, group_size=1)  # linear / 1x1: one input column
+    assert mask.sum(0).tolist() == [math.floor(sparsity * 10 + 1e-9)] * W.shape[1]
+    _, mask = prune_matrix(W, H, sparsity, config=SolverConfig(mode="row", row_group=18))
+    assert (mask.reshape(10, 3, 18).sum(2) == math.floor(sparsity * 18 + 1e-9)).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_error_never_worse_than_magnitude_pruning(seed):
+    W, X, H = correlated_problem(rows=16, d=64, seed=seed, dtype=torch.float32)
+    for sparsity in (0.5, 0.8, 0.9):
+        solved, _ = prune_matrix(W, H, sparsity, group_size=1)
+        k = math.floor(sparsity * W.shape[0] + 1e-9)  # magnitude pruning with the same per-column count
+        order = W.abs().argsort(dim=0)[:k]
+        magnitude = W.clone().scatter_(0, order, 0.0)
+        assert reconstruction_error(W, solved, H) < reconstruction_error(W, magnitude, H)
+
+
+def test_reconstruction_error_matches_direct_computation():
+    W, X, H = correlated_problem()
+    Ws, _ = prune_matrix(W, H, 0.7, 1)
+    direct = ((Ws @ X.T - W @ X.T) ** 2).sum() / ((W @ X.T) ** 2).sum()
+    assert reconstruction_error(W, Ws, H) == pytest.approx(float(direct), rel=1e-9)
+
+
+def test_zero_sparsity_is_bit_identical():
+    W, _, H = correlated_problem(dtype=torch.float32)
+    solved, mask = prune_matrix(W, H, 0.0, 9)
+    assert torch.equal(solved, W) and not mask.any()
+
+
+def test_degenerate_statistics_give_finite_weights():
+    W, X, _ = correlated_problem(rows=8, d=30)
+    H_rank2 = 2.0 / 2 * X[:2].T @ X[:2]  # two samples for 30 inputs: rank 2
+    for H in (torch.zeros(30, 30, dtype=W.dtype), H_rank2):
+        solved, mask = prune_matrix(W, H, 0.9, 1)
+        assert torch.isfinite(solved).all()
+        assert (solved[mask] == 0).all()
+    H_dead = damped(X.T @ X)
+    H_dead[:, 3] = 0
+    H_dead[3, :] = 0  # input 3 never fires: its column is zeroed
+    solved, _ = prune_matrix(W, H_dead, 0.5, 1)
+    assert (solved[:, 3] == 0).all() and torch.isfinite(solved).all()
+
+
+def test_invalid_settings_are_refused():
+    from spade.errors import ConfigError
+
+    W, _, H = correlated_problem()
+    with pytest.raises(ConfigError):
+        prune_matrix(W, H, 1.0)
+    with pytest.raises(ConfigError):
+        SolverConfig(mode="diagonal")

@@ -1,0 +1,132 @@
+"""Layer statistics: Gram matrices against an independent patch construction."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spade import statistics as stats_mod
+from spade.statistics import collect_statistics
+
+CONV_CASES = {
+    "stride2_pad1": dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1),
+    "dilation2": dict(in_channels=4, out_channels=5, kernel_size=3, padding=2, dilation=2),
+    "groups2": dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2),
+    "asymmetric": dict(in_channels=3, out_channels=4, kernel_size=(3, 5), stride=(1, 2), padding=(1, 0)),
+    "pointwise_stride2": dict(in_channels=5, out_channels=7, kernel_size=1, stride=2),
+    "pointwise": dict(in_channels=5, out_channels=7, kernel_size=1),
+}
+
+
+def reference_patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """(groups, N*L, d) input columns built by slicing the padded input, one kernel offset at a time."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    xp = F.pad(x, (pw, pw, ph, ph))
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    offsets = [xp[:, :, a * dh: a * dh + sh * (oh - 1) + 1: sh, b * dw: b * dw + sw * (ow - 1) + 1: sw]
+               for a in range(kh) for b in range(kw)]
+    cols = torch.stack(offsets, dim=2)  # (N, C, kh*kw, oh, ow): channel-major like the weight
+    n, c = x.shape[:2]
+    g = conv.groups
+    cols = cols.reshape(n, g, c // g * kh * kw, oh * ow)
+    return cols.permute(1, 0, 3, 2).reshape(g, n * oh * ow, -1)
+
+
+def reference_gram(cols: torch.Tensor) -> torch.Tensor:
+    return 2.0 / cols.shape[1] * cols.transpose(1, 2) @ cols
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_gram_matches_reference(case):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**CONV_CASES[case]).double()
+    model = nn.Sequential(conv)
+    x = torch.randn(3, conv.in_channels, 11, 13, dtype=torch.float64)
+    cols = reference_patches(conv, x)
+    # the reference patch order really is the convolution's: W @ patches == conv(x) - bias
+    g = conv.groups
+    w = conv.weight.reshape(g, conv.out_channels // g, -1)
+    out = (cols @ w.transpose(1, 2)).permute(1, 0, 2).reshape(conv(x).shape[0], -1, conv.out_channels)
+    expected_out = (conv(x) - conv.bias.view(1, -1, 1, 1)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out, expected_out)
+
+    stats = collect_statistics(model, x, layers=["0"], dtype=torch.float64, batch_size=2)
+    torch.testing.assert_close(stats.layers["0"].hessian, reference_gram(cols), rtol=1e-10, atol=1e-12)
+    assert stats.layers["0"].rows == cols.shape[1]
+
+
+def test_linear_gram_on_sequence_input():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).double()
+    x = torch.randn(5, 7, 6, dtype=torch.float64)  # (batch, tokens, features)
+    stats = collect_statistics(model, x, layers=["0", "2"], dtype=torch.float64)
+    cols0 = x.reshape(-1, 6)
+    cols2 = torch.relu(model[0](x)).reshape(-1, 4)
+    torch.testing.assert_close(stats.layers["0"].hessian[0], 2 / 35 * cols0.T @ cols0)
+    torch.testing.assert_close(stats.layers["2"].hessian[0], 2 / 35 * cols2.T @ cols2)
+
+
+def test_same_padding_conv_sees_padded_input():
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(3, 4, 3, stride=2).double()
+    x = torch.randn(2, 3, 10, 9, dtype=torch.float64)
+    padded = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
+    plain = nn.Conv2d(3, 4, 3, stride=2).double()
+    cols = reference_patches(plain, padded)
+    stats = collect_statistics(nn.Sequential(conv), x, layers=["0"], dtype=torch.float64)
+    torch.testing.assert_close(stats.layers["0"].hessian, reference_gram(cols))
+
+
+def test_chunked_unfold_gives_the_same_gram(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    x = torch.randn(6, 3, 16, 16)
+    whole = collect_statistics(model, x, layers=["0", "2"], dtype=torch.float64)
+    monkeypatch.setattr(stats_mod, "_UNFOLD_ELEMENTS", 500)  # forces one image per chunk
+    chunked = collect_statistics(model, x, layers=["0", "2"], dtype=torch.float64, batch_size=4)
+    for name in ("0", "2"):
+        torch.testing.assert_close(whole.layers[name].hessian, chunked.layers[name].hessian)
+
+
+def test_default_dtype_is_float32_and_float64_on_request():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))
+    x = torch.randn(2, 3, 12, 12)
+    assert collect_statistics(model, x).layers["1"].hessian.dtype == torch.float32
+    assert collect_statistics(model, x, dtype=torch.float64).layers["1"].hessian.dtype == torch.float64
+
+
+def _all_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_no_hooks_remain_after_collect_also_on_error():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))
+    collect_statistics(model, torch.randn(2, 3, 12, 12))
+    assert _all_hooks(model) == 0
+
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.conv2 = nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            self.conv2(self.conv(x))
+            raise RuntimeError("boom")
+
+    bad = Exploding().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        collect_statistics(bad, torch.randn(2, 3, 12, 12))
+    assert _all_hooks(bad) == 0
+    assert bad.training  # mode restored
+
+
+def test_unknown_layer_name_is_refused():
+    from spade.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nope"):
+        collect_statistics(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), layers=["nope"])

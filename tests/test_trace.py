@@ -1,0 +1,270 @@
+"""The SPADE trace end to end: augmentations, profiles, the trace report, save/load, determinism."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import nn
+
+from spade.augment import AugmentConfig, augment
+from spade.errors import ConfigError
+from spade.layers import blocks, prunable_layers
+from spade.preprocessing import Preprocessing
+from spade.solver import SolverConfig
+from spade.sparsity import PROFILES, SparsityProfile, load_profile, resolve_targets
+from spade.trace import SpadeTrace, prepare_statistics, solve, spade_trace
+from tests.tiny_models import tiny_mobilenet, tiny_resnet
+
+PRE = Preprocessing(resize=40, crop=32, interpolation="bilinear")
+
+
+def photo(seed=0, size=(48, 40)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+# --- augmentations ---------------------------------------------------------------------------
+
+def test_augment_is_seeded_and_leaves_global_rng_alone():
+    img = photo()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = augment(img, AugmentConfig(count=6, seed=1), PRE)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = augment(img, AugmentConfig(count=6, seed=1), PRE)
+    c = augment(img, AugmentConfig(count=6, seed=2), PRE)
+    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])  # views differ from each other
+
+
+def test_augment_without_randomness_is_the_resized_image():
+    img = photo(size=(32, 32))
+    cfg = AugmentConfig(count=2, min_scale=1.0, flip=False, brightness=0.0, hue=0.0)
+    views = augment(img, cfg, Preprocessing(resize=32, crop=32))
+    # full-area crop of a square image at its own size: only the aspect ratio jitter may resample
+    expected = Preprocessing(resize=32, crop=32)(img)
+    close = [(v - expected).abs().max() < 1e-5 for v in views]
+    assert any(close) or all((v - expected).abs().mean() < 0.3 for v in views)
+
+
+def test_augment_options_take_effect():
+    img = photo()
+    base = augment(img, AugmentConfig(count=4, seed=0), PRE)
+    noisy = augment(img, AugmentConfig(count=4, seed=0, noise=0.5), PRE)
+    assert (noisy - base).std() == pytest.approx(0.5, rel=0.1)
+    erased = augment(img, AugmentConfig(count=8, seed=0, erasing=1.0), PRE)
+    assert any((v == 0).all(dim=0).float().mean() > 0.01 for v in erased)  # an erased (zero) patch
+
+
+@pytest.mark.parametrize("bad", [dict(count=0), dict(min_scale=0.0), dict(hue=0.7), dict(erasing=2.0)])
+def test_augment_config_validates(bad):
+    with pytest.raises(ConfigError):
+        AugmentConfig(**bad)
+
+
+# --- blocks and profiles ---------------------------------------------------------------------
+
+def test_blocks_found_from_module_structure():
+    assert list(blocks(tiny_resnet())) == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "fc"]
+    assert list(blocks(tiny_mobilenet())) == ["blocks.0.0", "blocks.1.0", "blocks.1.1", "conv_head", "classifier"]
+    layers = prunable_layers(tiny_mobilenet())
+    assert "conv_stem" not in layers and not any(name.endswith("conv_dw") for name in layers)
+
+
+def test_blocks_of_real_architectures():
+    import timm
+    import torchvision
+
+    lite = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    lite_blocks = blocks(lite)
+    assert "blocks.5.1" in lite_blocks and "conv_head" in lite_blocks and "classifier" in lite_blocks
+    # 16 blocks: the first has one pointwise conv, the other 15 two; plus conv_head and classifier
+    assert len(prunable_layers(lite)) == 1 + 2 * 15 + 2
+
+    resnet = torchvision.models.resnet50()
+    for profile in PROFILES.values():
+        targets = resolve_targets(resnet, list(prunable_layers(resnet)), profile)
+        assert set(targets) == set(prunable_layers(resnet))
+    saliency = resolve_targets(resnet, list(prunable_layers(resnet)), PROFILES["resnet50_saliency"])
+    assert saliency["layer2.2.conv2"] == 0.99 and saliency["layer3.5.conv1"] == 0.0
+    assert saliency["layer3.0.downsample.0"] == 0.8 and saliency["fc"] == 0.95
+
+
+def test_profile_keys_unknown_default_and_layer_override(tmp_path):
+    model = tiny_resnet()
+    names = list(prunable_layers(model))
+    targets = resolve_targets(model, names, {"layer2.0": 0.5, "layer2.0.conv2": 0.9, "*": 0.2})
+    assert targets["layer2.0.conv1"] == 0.5 and targets["layer2.0.conv2"] == 0.9 and targets["fc"] == 0.2
+    with pytest.raises(ConfigError, match="layer9"):
+        resolve_targets(model, names, {"layer9.0": 0.5})
+    with pytest.raises(ConfigError):
+        resolve_targets(model, names, 1.5)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(SparsityProfile.from_mapping({"fc": 0.9}, "mine").to_json()))
+    assert dict(load_profile(path).targets) == {"fc": 0.9}
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="p.json"):
+        load_profile(path)
+    with pytest.raises(ConfigError, match="resnet50_saliency"):
+        load_profile("no-such-profile")
+
+
+# --- the trace -------------------------------------------------------------------------------
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_trace_leaves_the_model_untouched_and_reports():
+    model = tiny_resnet()
+    before = _state(model)
+    trace = spade_trace(model, photo(), preprocessing=PRE, augment=AugmentConfig(count=8), sparsity=0.8)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()) == 0
+    assert trace.model is not model
+    names = [r.name for r in trace.layers]
+    assert names == list(prunable_layers(model))
+    for report in trace.layers:
+        w = trace.model.get_submodule(report.name).weight
+        assert report.achieved == pytest.approx(float((w == 0).float().mean()))
+        per_group = w.shape[0] * (w[0, 0].numel() if w.dim() == 4 else 1)  # rows x taps of one input
+        assert report.achieved >= math.floor(0.8 * per_group + 1e-9) / per_group  # dead inputs may add zeros
+        assert 0 <= report.error < 1
+    assert trace.params_kept < 0.25 * trace.params_total
+    assert trace.dense_top5 is not None and len(trace.dense_top5.indices) == 5
+    assert -1 <= trace.logit_cosine <= 1
+    assert set(trace.seconds) == {"augment", "statistics", "solve"}
+    report = json.loads(trace.to_json())
+    assert report["layers"][0]["name"] == names[0] and report["settings"]["augment"]["count"] == 8
+
+
+def test_zero_sparsity_trace_is_the_dense_model():
+    model = tiny_mobilenet()
+    trace = spade_trace(model, photo(), preprocessing=PRE, augment=AugmentConfig(count=4), sparsity=0.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(trace.model.state_dict()[k], v)
+    assert trace.top1_agrees and trace.logit_cosine == pytest.approx(1.0)
+
+
+def test_resolving_reuses_statistics_without_touching_images():
+    model = tiny_resnet()
+    stats = prepare_statistics(model, photo(), preprocessing=PRE, augment_config=AugmentConfig(count=8))
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append((m is model, a[0].shape[0])))
+    try:
+        low, high = solve(stats, 0.5), solve(stats, {"*": 0.9})
+    finally:
+        handle.remove()
+    # the dense model is not run again; each trace copy (which inherits the hook) runs once on the image
+    assert calls == [(False, 1), (False, 1)]
+    assert sum(r.kept for r in high.layers) < sum(r.kept for r in low.layers)
+
+
+def test_same_seed_same_trace_bit_for_bit():
+    model = tiny_mobilenet()
+    runs = [spade_trace(model, photo(), preprocessing=PRE, augment=AugmentConfig(count=8, seed=s), sparsity=0.7)
+            for s in (3, 3, 4)]
+    same = [torch.equal(runs[0].sparse_weights[k], runs[1].sparse_weights[k]) for k in runs[0].sparse_weights]
+    other = [torch.equal(runs[0].sparse_weights[k], runs[2].sparse_weights[k]) for k in runs[0].sparse_weights]
+    assert all(same) and not all(other)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_resnet()
+    trace = spade_trace(model, photo(), preprocessing=PRE, augment=AugmentConfig(count=4), sparsity=0.6)
+    path = tmp_path / "trace.pt"
+    trace.save(path)
+    torch.load(path, weights_only=True)  # loadable in the safe mode
+    loaded = SpadeTrace.load(path, model)
+    x = PRE(photo(5)).unsqueeze(0)
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(x), trace.model(x))
+    assert loaded.layers == trace.layers and loaded.to_dict() == trace.to_dict()
+    (tmp_path / "junk.pt").write_bytes(b"not a trace")
+    with pytest.raises(ConfigError):
+        SpadeTrace.load(tmp_path / "junk.pt", model)
+    with pytest.raises(ConfigError, match="does not match"):
+        SpadeTrace.load(path, tiny_resnet(width=16))
+
+
+# --- a trained model keeps its decision ------------------------------------------------------
+
+SHAPES = ("square", "disc", "cross", "bar")
+
+
+def draw_shape(kind: str, rng: np.random.Generator, size: int = 40) -> Image.Image:
+    img = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 90, 3)))
+    draw = ImageDraw.Draw(img)
+    s = int(rng.integers(14, 22))
+    x, y = (int(v) for v in rng.integers(2, size - s - 2, 2))
+    colour = tuple(int(v) for v in rng.integers(150, 256, 3))
+    if kind == "square":
+        draw.rectangle([x, y, x + s, y + s], fill=colour)
+    elif kind == "disc":
+        draw.ellipse([x, y, x + s, y + s], fill=colour)
+    elif kind == "cross":
+        draw.rectangle([x + s // 3, y, x + 2 * s // 3, y + s], fill=colour)
+        draw.rectangle([x, y + s // 3, x + s, y + 2 * s // 3], fill=colour)
+    else:
+        draw.rectangle([x, y + s // 3, x + s, y + 2 * s // 3], fill=colour)
+    return img
+
+
+def small_cnn(classes: int) -> nn.Sequential:
+    def block(i, o, stride):
+        return [nn.Conv2d(i, o, 3, stride=stride, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+
+    return nn.Sequential(*block(3, 16, 1), *block(16, 32, 2), *block(32, 64, 2), *block(64, 64, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
+
+
+def test_trained_model_trace_keeps_dense_top1():
+    rng = np.random.default_rng(0)
+    pre = Preprocessing(resize=32, crop=32)
+    labels = rng.integers(0, len(SHAPES), 512)
+    x = torch.stack([pre(draw_shape(SHAPES[k], rng)) for k in labels])
+    y = torch.as_tensor(labels)
+    torch.manual_seed(0)
+    model = small_cnn(len(SHAPES))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(8):
+        for idx in torch.randperm(len(y)).split(64):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    test_rng = np.random.default_rng(99)
+    samples = [(k, draw_shape(SHAPES[k], test_rng)) for k in range(len(SHAPES)) for _ in range(3)]
+    with torch.inference_mode():
+        probs = [model(pre(img)[None]).softmax(-1)[0] for _, img in samples]
+    assert np.mean([int(p.argmax()) == k for p, (k, _) in zip(probs, samples)]) >= 0.75, "model did not learn"
+    confident = [img for p, (_, img) in zip(probs, samples) if p.max() > 0.8]
+    assert len(confident) >= 4
+    # "row" mode: a 4-class head has 4 weights per input column, too few for per-column groups
+    for img in confident:
+        trace = spade_trace(model, img, preprocessing=pre, augment=AugmentConfig(count=64), sparsity=0.9,
+                            solver=SolverConfig(mode="row"))
+        assert trace.top1_agrees
+        assert all(abs(r.achieved - 0.9) < 0.02 for r in trace.layers)
+
+
+def test_explicit_device_copies_instead_of_moving(monkeypatch):
+    model = tiny_resnet()
+    trace = spade_trace(model, photo(), preprocessing=PRE, augment=AugmentConfig(count=2), device="cpu")
+    assert next(model.parameters()).device.type == "cpu" and trace.top1_agrees is not None
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            spade_trace(model, photo(), preprocessing=PRE, augment=AugmentConfig(count=2), device="cuda")
+
+
+def test_non_module_targets_rejected():
+    with pytest.raises(ConfigError):
+        prepare_statistics(nn.Sequential(nn.Conv2d(3, 4, 3)), photo(), preprocessing=PRE,
+                           augment_config=AugmentConfig(count=0))

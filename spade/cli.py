@@ -87,7 +87,23 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict_parser, add_models_parser]
+def _lazy(module: str, name: str) -> Callable[[argparse._SubParsersAction], None]:
+    """A sub-command defined in its own module (imported when the parser is built)."""
+
+    def add(subparsers: argparse._SubParsersAction) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), name)(subparsers)
+
+    return add
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_predict_parser,
+    add_models_parser,
+    _lazy("spade.cli_trace", "add_trace_parser"),
+    _lazy("spade.cli_explain", "add_explain_parser"),
+]
 
 
 # --------------------------------------------------------------------------------------------------------------

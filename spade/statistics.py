@@ -91,16 +91,12 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
         for i in range(0, cols.shape[0], step):
             yield cols[i:i + step].unsqueeze(0)
         return
-    adapter = next((fn for t, fn in _INPUT_ADAPTERS.items() if isinstance(module, t)), None)
-    if adapter is not None:
-        x = adapter(module, x)
-    elif isinstance(module.padding, str):
-        raise ConfigError(f"Layer uses string padding {module.padding!r}, which is not supported.")
+    x = _padded_input(module, x)
     g = module.groups
     kh, kw = module.kernel_size
     cin = x.shape[1]
     d = cin // g * kh * kw
-    if (kh, kw) == (1, 1) and module.padding in ((0, 0), 0):
+    if (kh, kw) == (1, 1):
         sh, sw = module.stride
         x = x[:, :, ::sh, ::sw]
         per_image = x.shape[2] * x.shape[3]
@@ -109,17 +105,25 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
             part = x[i:i + step]  # (b, cin, h, w) -> (g, b*h*w, cin/g)
             yield part.reshape(part.shape[0], g, d, -1).permute(1, 0, 3, 2).reshape(g, -1, d)
         return
-    padding = module.padding if adapter is None else 0
-    out_h = (x.shape[2] + 2 * (padding if isinstance(padding, int) else padding[0])
-             - module.dilation[0] * (kh - 1) - 1) // module.stride[0] + 1
-    out_w = (x.shape[3] + 2 * (padding if isinstance(padding, int) else padding[1])
-             - module.dilation[1] * (kw - 1) - 1) // module.stride[1] + 1
+    out_h = (x.shape[2] - module.dilation[0] * (kh - 1) - 1) // module.stride[0] + 1
+    out_w = (x.shape[3] - module.dilation[1] * (kw - 1) - 1) // module.stride[1] + 1
     step = max(1, _UNFOLD_ELEMENTS // (out_h * out_w * cin * kh * kw))
     for i in range(0, x.shape[0], step):
-        patches = F.unfold(x[i:i + step], (kh, kw), dilation=module.dilation, padding=padding,
-                           stride=module.stride)  # (b, cin*kh*kw, L), channel-major like the weight
+        # (b, cin*kh*kw, L), channel-major like the weight
+        patches = F.unfold(x[i:i + step], (kh, kw), dilation=module.dilation, stride=module.stride)
         b, _, L = patches.shape
         yield patches.reshape(b, g, d, L).permute(1, 0, 3, 2).reshape(g, b * L, d)
+
+
+def _padded_input(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The input as the convolution's kernel sees it, zero padding included."""
+    adapter = next((fn for t, fn in _INPUT_ADAPTERS.items() if isinstance(module, t)), None)
+    if adapter is not None:
+        return adapter(module, x)
+    if isinstance(module.padding, str):
+        raise ConfigError(f"Layer uses string padding {module.padding!r}, which is not supported.")
+    ph, pw = module.padding
+    return F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
 
 
 def _new_stat(name: str, module: nn.Module, dtype: torch.dtype, device: torch.device) -> LayerStat:

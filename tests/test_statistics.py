@@ -15,6 +15,10 @@ CONV_CASES = {
     "asymmetric": dict(in_channels=3, out_channels=4, kernel_size=(3, 5), stride=(1, 2), padding=(1, 0)),
     "pointwise_stride2": dict(in_channels=5, out_channels=7, kernel_size=1, stride=2),
     "pointwise": dict(in_channels=5, out_channels=7, kernel_size=1),
+    "k5_narrow_padding": dict(in_channels=3, out_channels=4, kernel_size=5, padding=1),
+    "k3_no_padding": dict(in_channels=3, out_channels=4, kernel_size=3),
+    "depthwise": dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6),
+    "k2x4_dilated": dict(in_channels=2, out_channels=3, kernel_size=(2, 4), padding=(2, 1), dilation=(2, 1)),
 }
 
 
@@ -67,15 +71,16 @@ def test_linear_gram_on_sequence_input():
     torch.testing.assert_close(stats.layers["2"].hessian[0], 2 / 35 * cols2.T @ cols2)
 
 
-def test_same_padding_conv_sees_padded_input():
+@pytest.mark.parametrize("kernel,stride", [(3, 2), (5, 1), (4, 1)])
+def test_same_padding_conv_sees_padded_input(kernel, stride):
     from timm.layers.conv2d_same import Conv2dSame
     from timm.layers.padding import pad_same
 
     torch.manual_seed(0)
-    conv = Conv2dSame(3, 4, 3, stride=2).double()
+    conv = Conv2dSame(3, 4, kernel, stride=stride).double()
     x = torch.randn(2, 3, 10, 9, dtype=torch.float64)
     padded = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
-    plain = nn.Conv2d(3, 4, 3, stride=2).double()
+    plain = nn.Conv2d(3, 4, kernel, stride=stride).double()
     cols = reference_patches(plain, padded)
     stats = collect_statistics(nn.Sequential(conv), x, layers=["0"], dtype=torch.float64)
     torch.testing.assert_close(stats.layers["0"].hessian, reference_gram(cols))

@@ -1,0 +1,86 @@
+"""``python -m spade trace``: compute a SPADE trace and print the per-layer table and predictions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spade.cli import add_model_arguments, check_model_arguments, load_model_from_args
+
+
+def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("trace", help="compute the SPADE trace of a model for one image",
+                                   description="Prune a model for one image (SPADE) and report how faithful it is.")
+    parser.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, WebP, BMP, TIFF, GIF)")
+    add_model_arguments(parser)
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--sparsity", type=float, default=None,
+                        help="uniform target sparsity in [0, 1) (default: the model's, e.g. 0.5 for EfficientNet-Lite)")
+    target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
+    parser.add_argument("--augmentations", type=int, default=None,
+                        help="number of augmented views (default 128 on the CPU, 1024 on a GPU)")
+    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
+    parser.add_argument("--mode", choices=("group", "row"), default="group", help="mask selection (default group)")
+    parser.add_argument("--out", metavar="FILE.pt", help="save the trace (sparse weights + report)")
+    parser.add_argument("--json", metavar="FILE.json", help="write the report as JSON")
+    parser.set_defaults(func=_run_trace, check=lambda args: check_model_arguments(parser, args))
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr: `stage [#####     ] 50%`."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream, self.width, self.stage = stream, width, None
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if stage != self.stage and self.stage is not None:
+            self.stream.write("\n")
+        self.stage = stage
+        filled = int(self.width * fraction)
+        self.stream.write(f"\r{stage:<11} [{'#' * filled}{' ' * (self.width - filled)}] {fraction:4.0%}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stage is not None:
+            self.stream.write("\n")
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    from spade.augment import AugmentConfig
+    from spade.images import load_image
+    from spade.solver import SolverConfig
+    from spade.sparsity import load_profile
+    from spade.trace import spade_trace
+
+    image = load_image(args.image)
+    loaded = load_model_from_args(args)
+    count = args.augmentations or (1024 if loaded.device.type == "cuda" else 128)
+    if args.profile:
+        sparsity = load_profile(args.profile)
+    else:
+        sparsity = loaded.spec.default_sparsity if args.sparsity is None else args.sparsity
+    selection = loaded.spec.layer_selection
+    bar = ProgressBar()
+    try:
+        trace = spade_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
+                            augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
+                            solver=SolverConfig(mode=args.mode), selection=selection, progress=bar)
+    finally:
+        bar.close()
+    print(f"{loaded.spec.name} on {loaded.device}, {count} augmentations, seed {args.seed}")
+    print(trace.table())
+    for title, pred in (("dense", trace.dense_top5), ("trace", trace.trace_top5)):
+        print(f"{title} top-5:")
+        for rank, (index, prob) in enumerate(zip(pred.indices, pred.probabilities), start=1):
+            print(f"  {rank}. {loaded.class_name(index):<30} {prob:.4f}")
+    verdict = "same top-1" if trace.top1_agrees else "TOP-1 DIFFERS"
+    print(f"{verdict}; logit cosine {trace.logit_cosine:.4f}; "
+          + ", ".join(f"{k} {v:.2f}s" for k, v in trace.seconds.items()))
+    if args.out:
+        trace.save(args.out)
+        print(f"trace saved to {args.out}")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(trace.to_json())
+        print(f"report written to {args.json}")
+    return 0

@@ -1,0 +1,39 @@
+"""`python -m spade trace` end to end on the offline default model (few augmentations to stay fast)."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from spade.images import bundled_examples
+from spade.trace import SpadeTrace
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spade", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_trace_command_prints_table_and_writes_files(tmp_path):
+    out, report = tmp_path / "trace.pt", tmp_path / "report.json"
+    result = run_cli("trace", str(bundled_examples()["coffee"]), "--augmentations", "8", "--sparsity", "0.3",
+                     "--device", "cpu", "--out", str(out), "--json", str(report))
+    assert result.returncode == 0, result.stderr
+    assert "statistics" in result.stderr and "100%" in result.stderr  # the progress bar
+    assert "classifier" in result.stdout and "dense top-5" in result.stdout and "trace top-5" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["settings"]["sparsity"] == 0.3 and data["settings"]["augment"]["count"] == 8
+    assert len(data["layers"]) == 33 and all(abs(layer["target"] - 0.3) < 1e-9 for layer in data["layers"])
+    from spade.models import load_model
+
+    dense = load_model("efficientnet_lite0", device="cpu").model
+    trace = SpadeTrace.load(out, dense)
+    assert json.loads(trace.to_json())["layers"] == data["layers"]
+    assert (trace.model.classifier.weight == 0).float().mean() >= 0.29
+    assert torch.count_nonzero(dense.classifier.weight == 0) == 0  # the dense model is untouched
+
+
+def test_trace_command_reports_bad_profile_cleanly(tmp_path):
+    result = run_cli("trace", str(bundled_examples()["coffee"]), "--profile", "no-such-profile")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from spade.errors import ConfigError
-from spade.layers import block_of
+from spade.layers import LayerSelection, block_of, blocks
 
 DEFAULT_KEY = "*"
 
@@ -112,3 +113,16 @@ def resolve_targets(model: nn.Module, layer_names: list[str], sparsity: Sparsity
                           f"this model's blocks are: {', '.join(valid[:40])}.")
     default = _check(profile.default, "the default")
     return {name: _check(keys.get(name, keys.get(block_names[name], default)), name) for name in layer_names}
+
+
+def late_blocks_profile(model: nn.Module, target: float = 0.95, fraction: float = 0.3,
+                        selection: LayerSelection = LayerSelection()) -> SparsityProfile:
+    """The authors' neuron-visualization choice, defined structurally for any model: `target` on the
+    last `fraction` of the feature blocks (rounded up) and on the final (classifier) block, 0 elsewhere.
+    Blocks come from `spade.layers.blocks`. On torchvision ResNet-50 the defaults give exactly the
+    authors' set: layer3.4, layer3.5, layer4.0-4.2 and fc."""
+    names = list(blocks(model, selection))
+    features = names[:-1]
+    late = features[len(features) - math.ceil(fraction * len(features)):] + names[-1:]
+    return SparsityProfile.from_mapping(dict.fromkeys(late, target), name=f"late-blocks-{target:g}",
+                                        description=f"{target:g} on the last {len(late)} of {len(names)} blocks")

@@ -268,3 +268,14 @@ def test_non_module_targets_rejected():
     with pytest.raises(ConfigError):
         prepare_statistics(nn.Sequential(nn.Conv2d(3, 4, 3)), photo(), preprocessing=PRE,
                            augment_config=AugmentConfig(count=0))
+
+
+def test_late_blocks_profile_reproduces_the_authors_resnet50_choice():
+    import torchvision
+
+    from spade.sparsity import late_blocks_profile
+
+    resnet = torchvision.models.resnet50()
+    assert dict(late_blocks_profile(resnet).targets) == dict(PROFILES["resnet50_neurons"].targets)
+    tiny = late_blocks_profile(tiny_mobilenet(), target=0.9)
+    assert dict(tiny.targets) == {"blocks.1.1": 0.9, "conv_head": 0.9, "classifier": 0.9}  # ceil(0.3 * 4) = 2

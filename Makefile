@@ -6,12 +6,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
+PYTEST_ARGS ?=
 
 .PHONY: help setup run test lint bench chromium
 
 help:
 	@echo "make run    - create .venv if needed, install requirements, start the app (streamlit run app.py)"
-	@echo "make test   - same setup + Debian chromium, then ruff check and pytest"
+	@echo "make test   - same setup + Debian chromium, then ruff check and pytest (PYTEST_ARGS=... to narrow)"
 	@echo "make lint   - ruff check ."
 	@echo "make bench  - run the scripts in benchmarks/"
 
@@ -42,7 +43,7 @@ lint: setup
 
 test: setup chromium
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f; done

@@ -103,6 +103,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_models_parser,
     _lazy("spade.cli_trace", "add_trace_parser"),
     _lazy("spade.cli_explain", "add_explain_parser"),
+    _lazy("spade.cli_visualize", "add_visualize_parser"),
 ]
 
 

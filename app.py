@@ -1,0 +1,22 @@
+"""SPADE Explorer: the Streamlit entry point (`streamlit run app.py`).
+
+Sets the page config, draws the shared sidebar and routes to the pages in pages/.
+"""
+
+import streamlit as st
+
+from spade_app.sidebar import apply_presentation_mode, render_sidebar
+
+st.set_page_config(page_title="SPADE Explorer", page_icon=":material/biotech:", layout="wide")
+
+PAGES = [
+    st.Page("pages/explore.py", title="Explore", icon=":material/search:", default=True),
+    st.Page("pages/neurons.py", title="Neurons", icon=":material/psychology:"),
+    st.Page("pages/trojan_lab.py", title="Trojan lab", icon=":material/bug_report:"),
+    st.Page("pages/human_study.py", title="Human study", icon=":material/groups:"),
+    st.Page("pages/how_spade_works.py", title="How SPADE works", icon=":material/school:"),
+]
+
+page = st.navigation(PAGES)
+apply_presentation_mode(render_sidebar())
+page.run()

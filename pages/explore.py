@@ -1,0 +1,49 @@
+"""Explore: dense vs SPADE prediction, per-layer faithfulness and saliency maps for the chosen image."""
+
+import streamlit as st
+
+from spade_app import figures, loaders, results
+from spade_app.settings import settings_form
+from spade_app.sidebar import gallery, get_selection
+
+st.title("Explore")
+sel = get_selection()
+if not sel.presentation:
+    with st.expander("Example gallery", expanded=False):
+        gallery()
+if not sel.ready:
+    st.info("Choose a valid image and model in the sidebar to start.")
+    st.stop()
+
+left, right = st.columns([1, 2])
+with left:
+    pre = sel.loaded.preprocessing
+    st.image(pre.resize_crop(sel.image), caption=f"{sel.image_label}: what the model sees ({pre.crop}×{pre.crop})",
+             width="stretch")
+with right:
+    preds = loaders.top_k(sel.model_key, sel.image_key, sel.loaded, sel.image)
+    index, name, prob = preds[0]
+    st.markdown(f"### Prediction: **{name}** ({prob:.1%})")
+    st.caption(f"Model {sel.model_label} on {sel.loaded.device}; class index {index}.")
+    st.plotly_chart(figures.for_projector(figures.top_k_bars({"Dense model": preds}), sel.presentation),
+                    width="stretch")
+
+st.header("SPADE trace")
+methods = results.method_labels()
+with st.expander("Settings", expanded=not sel.presentation):
+    submitted = settings_form(sel.loaded.model, methods, results.default_methods(),
+                              sel.loaded.spec.default_sparsity)
+    settings = results.active_settings(sel, submitted)
+    results.augmentation_strip(sel, settings)
+
+if settings is None:
+    st.info("Press **Run SPADE** to fit a sparse trace of the model to this image.")
+    st.stop()
+
+trace = results.run_trace(sel, settings)
+if trace is None:
+    st.stop()
+results.prediction_comparison(sel, trace)
+results.layer_section(trace, sel.presentation)
+saliency = results.saliency_section(sel, settings, trace)
+results.downloads(sel, settings, trace, saliency)

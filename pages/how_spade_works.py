@@ -1,0 +1,116 @@
+"""How SPADE works: the idea and the algorithm in plain words, for a classroom."""
+
+import streamlit as st
+
+from spade_app import results
+from spade_app.settings import WALKTHROUGH
+from spade_app.sidebar import get_selection
+
+st.title("How SPADE works")
+
+st.markdown(
+    """
+**The problem.** Saliency maps and neuron visualizations try to tell you *why* a network decided what it
+did. They get confused by **multifaceted neurons**: a single neuron often responds to several unrelated
+things (a "lighter" neuron may fire for a match head *and* for a flame). When you explain one image, every
+other thing the network knows leaks into the explanation.
+
+**The idea.** SPADE (Soltani Moakhar, Iofinova, Frantar, Alistarh, ICML 2024) removes that leak *for one
+image at a time*. Before explaining, it prunes the trained network down to a very sparse sub-network — a
+**trace** — that behaves like the full network on *this* image and on random variations of it, and then runs
+the explanation method on the trace. The trained model itself is never changed and still makes the
+prediction; the trace is only a pre-processing step for any explainer.
+"""
+)
+
+st.graphviz_chart(
+    """
+digraph spade {
+  rankdir=LR; node [shape=box, style="rounded,filled", fillcolor="#EEF3FA", fontname="sans-serif"];
+  img [label="one image", fillcolor="#FDF2E3"];
+  aug [label="1. augment\\nrandom crops, flips,\\ncolour jitter"];
+  stats [label="2. layer statistics\\non the dense model\\n(Gram matrix per layer)"];
+  solve [label="3. sparse solve\\nper layer: keep a few\\nweights, same outputs"];
+  trace [label="trace\\n(sparse copy)", fillcolor="#E6F4EA"];
+  explain [label="4. explain\\nsaliency / neuron\\nvisualization"];
+  img -> aug -> stats -> solve -> trace -> explain;
+  model [label="trained model\\n(unchanged)", fillcolor="#F3F3F3"];
+  model -> stats [style=dashed]; model -> solve [style=dashed];
+}
+"""
+)
+
+st.markdown(
+    """
+### The four steps
+
+1. **Augment.** Make a batch of random variations of the raw image: crops covering 20–100 % of it,
+   horizontal flips, brightness and hue changes. The trace must work for all of them, so it captures what
+   the network uses for *this object*, not for one exact pixel grid. (The authors used 256–1024 variations;
+   on a laptop CPU, 64–128 already work.)
+2. **Record layer statistics.** Run the batch once through the **dense** (original) network. For every
+   convolution and linear layer, add up how its inputs correlate with each other: a matrix
+   *H = (2/n) Σ x xᵀ*. These numbers depend only on the image and the model, not on how sparse you want the
+   trace, so trying another sparsity only repeats step 3.
+3. **Solve a sparse least-squares problem per layer.** Each layer keeps only a small fraction of its
+   weights (e.g. 10 % at sparsity 0.9) and the remaining weights are adjusted so the layer's outputs on the
+   batch stay as close as possible to the original ones. FastSPADE does this column by column with the
+   SparseGPT update (using *H*'s inverse to compensate each removed weight on the weights still to come).
+   The first convolution and depthwise convolutions are left alone; biases and BatchNorm are untouched.
+4. **Explain.** Run any explanation method — Saliency, Integrated Gradients, GradCAM, LRP, a neuron
+   visualization — on the trace, with the same image and the same target class, and compare with the
+   same method on the dense model.
+
+### How to tell the trace is faithful
+- The trace's top-1 class on the image should equal the dense model's top-1 (the Explore page marks it
+  clearly when it does not).
+- Per layer, the **relative reconstruction error** ‖W_s X − W X‖² / ‖W X‖² on the augmentations should be
+  small, and the **achieved sparsity** should match the target.
+
+### Sparsity: one number or a profile
+A single value (say 0.9) prunes every target layer equally. A **profile** gives each block its own
+target; the authors tuned such profiles for ResNet-50 (e.g. 0.95 for the last blocks, 0 for a few middle
+ones). Try both on the Explore page.
+"""
+)
+
+st.header("Walkthrough on your image")
+st.caption("Uses the image and model chosen in the sidebar, with fixed classroom settings: 64 augmentations, "
+           "uniform sparsity 0.5, GradCAM for the saliency step.")
+
+sel = get_selection()
+if not sel.ready:
+    st.info("Choose a valid image and model in the sidebar to run the walkthrough.")
+    st.stop()
+if not st.session_state.get("walkthrough_started") and not st.button("Start the walkthrough", type="primary",
+                                                                       icon=":material/play_arrow:"):
+    st.stop()
+st.session_state["walkthrough_started"] = True
+
+st.subheader("Step 1 · The augmentation batch")
+st.markdown("SPADE never looks at the image just once. It makes random crops, flips and colour changes of it, so "
+            "the trace has to work for the object in the picture, not for one exact arrangement of pixels.")
+results.augmentation_strip(sel, WALKTHROUGH)
+
+st.subheader("Step 2 · Statistics and the sparse solve")
+st.markdown("The batch runs once through the full network while every layer's input correlations are recorded. "
+            "Then each layer keeps only half of its connections, re-weighted so the layer's output on the batch "
+            "changes as little as possible.")
+trace = results.run_trace(sel, WALKTHROUGH)
+if trace is None:
+    st.stop()
+results.layer_section(trace, sel.presentation)
+
+st.subheader("Step 3 · Is the prediction kept?")
+st.markdown("A trace is only useful if it still makes the same decision. Compare the two top-5 lists: the trace "
+            "should agree on the top class; the probabilities may move.")
+results.prediction_comparison(sel, trace)
+
+st.subheader("Step 4 · One saliency map, before and after")
+st.markdown("The same explanation method runs on the full network and on the trace. Where the maps differ, the "
+            "full network's map was partly explaining other things that its neurons also respond to.")
+results.saliency_section(sel, WALKTHROUGH, trace)
+
+st.subheader("Step 5 · One neuron, before and after")
+st.info("Coming with the Neurons page: a feature visualization of the predicted class on the full network "
+        "(all its facets) next to the one on the trace (the facet this image used).")

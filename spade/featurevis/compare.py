@@ -1,0 +1,109 @@
+"""Dense vs SPADE neuron visualization for one image: the trace for visualization, and the side-by-side result."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from PIL import Image
+from torch import nn
+
+from spade.augment import AugmentConfig
+from spade.featurevis.evidence import EVIDENCE_AUGMENT, NeuronEvidence, neuron_evidence
+from spade.featurevis.objectives import Objective
+from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult, visualize
+from spade.layers import LayerSelection
+from spade.preprocessing import Preprocessing
+from spade.solver import SolverConfig
+from spade.sparsity import Sparsity, late_blocks_profile
+from spade.trace import SpadeTrace, prepare_statistics, solve
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float], None]
+
+#: The SPADE authors' sparsity for neuron visualizations (0.95 on the late blocks and the classifier).
+VISUALIZATION_TARGET = 0.95
+#: Lower late-block targets tried in turn when ``keep_decision`` is asked for and the trace changes the top-1
+#: class (compact models such as EfficientNet-Lite0 lose it at 0.95 on typical photos).
+FALLBACK_TARGETS = (0.9, 0.8, 0.7, 0.5)
+
+
+def _prefixed(progress: ProgressFn | None, prefix: str) -> ProgressFn | None:
+    if progress is None:
+        return None
+    return lambda stage, fraction: progress(f"{prefix} {stage}", fraction)
+
+
+def visualization_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
+                        augment: AugmentConfig = AugmentConfig(), sparsity: Sparsity | None = None,
+                        selection: LayerSelection = LayerSelection(), solver: SolverConfig = SolverConfig(),
+                        keep_decision: bool = False, progress: ProgressFn | None = None) -> SpadeTrace:
+    """The SPADE trace of ``model`` for ``image`` with the visualization default sparsity
+    (`spade.sparsity.late_blocks_profile` at 0.95, the authors' choice) unless ``sparsity`` is given.
+
+    keep_decision (default sparsity only): when the trace's top-1 class differs from the dense model's,
+    re-solve from the same statistics with the late-block targets of FALLBACK_TARGETS in turn, stopping at
+    the first that keeps it (re-solving reuses the statistics, so it costs solver time only).
+    """
+    default = sparsity is None
+    if default:
+        sparsity = late_blocks_profile(model, VISUALIZATION_TARGET, selection=selection)
+    stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
+                               selection=selection, progress=progress)
+    trace = solve(stats, sparsity, solver, progress)
+    if keep_decision and default:
+        for target in FALLBACK_TARGETS:
+            if trace.top1_agrees:
+                break
+            log.info("the trace changed the top-1 class; re-solving with late-block target %g", target)
+            trace = solve(stats, late_blocks_profile(model, target, selection=selection), solver, progress)
+    trace.settings["augment"] = asdict(augment)
+    return trace
+
+
+@dataclass(frozen=True, eq=False)
+class NeuronComparison:
+    """One neuron, visualized on the dense model and on the trace (same seed, same settings), with the
+    evidence on the image for both (None when not asked for)."""
+
+    objective: Objective
+    dense: FeatureVisResult
+    trace: FeatureVisResult
+    dense_evidence: NeuronEvidence | None
+    trace_evidence: NeuronEvidence | None
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: settings, final objective values and the evidence numbers."""
+        out = {"objective": self.objective.describe(), "settings": self.dense.settings,
+               "seconds": {"dense": self.dense.seconds, "trace": self.trace.seconds}}
+        for name, vis, ev in (("dense", self.dense, self.dense_evidence), ("trace", self.trace, self.trace_evidence)):
+            out[name] = {"final_value": float(vis.final_values[0]), "first_value": float(vis.curves[0, 0]),
+                         "last_value": float(vis.curves[-1, 0])}
+            if ev is not None:
+                out[name]["evidence"] = {"value_on_image": ev.value, "map_kind": ev.map_kind,
+                                         "top_view_indices": ev.view_indices.tolist(),
+                                         "top_view_values": ev.view_values.tolist()}
+        return out
+
+
+def compare_neuron(model: nn.Module, trace_model: nn.Module, image: Image.Image | None, objective: Objective, *,
+                   preprocessing: Preprocessing, config: FeatureVisConfig = FeatureVisConfig(),
+                   evidence_augment: AugmentConfig = EVIDENCE_AUGMENT, top_k: int = 4,
+                   feature_layer: str | None = None, progress: ProgressFn | None = None) -> NeuronComparison:
+    """Visualize ``objective`` on the dense ``model`` and on ``trace_model`` (a SpadeTrace's ``model``) with
+    the same config and seed, and collect the evidence on ``image`` for both (skipped when image is None).
+    Progress stages are prefixed "dense" / "trace"."""
+    dense = visualize(model, objective, preprocessing=preprocessing, config=config,
+                      progress=_prefixed(progress, "dense"))
+    trace = visualize(trace_model, objective, preprocessing=preprocessing, config=config,
+                      progress=_prefixed(progress, "trace"))
+    dense_ev = trace_ev = None
+    if image is not None:
+        kwargs = {"preprocessing": preprocessing, "augment_config": evidence_augment, "top_k": top_k,
+                  "feature_layer": feature_layer}
+        dense_ev = neuron_evidence(model, image, objective, progress=_prefixed(progress, "dense"), **kwargs)
+        trace_ev = neuron_evidence(trace_model, image, objective, progress=_prefixed(progress, "trace"), **kwargs)
+    return NeuronComparison(objective=objective, dense=dense, trace=trace,
+                            dense_evidence=dense_ev, trace_evidence=trace_ev)

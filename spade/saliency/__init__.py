@@ -1,0 +1,119 @@
+"""Saliency methods, one registry keyed by name; the same call explains a dense model or a SPADE trace.
+
+>>> from spade.saliency import METHODS
+>>> attribution = METHODS["integrated_gradients"].explain(model, x, target)   # x: normalized (3, H, W)
+>>> attribution.signed_map, attribution.absolute_map                          # (H, W) float32 CPU
+
+Each entry's settings default to the SPADE authors' settings (``METHODS[name].default_settings()``);
+override with ``METHODS[name].settings(n_samples=200, ...)``. The model is never modified: every method
+works on a private attribution copy (see ``spade.saliency.attribution_model``).
+
+Layout (like Captum's ``attr/_core``): ``base`` (types), ``attribution_model`` (copies), ``gradient``,
+``backprop``, ``lrp``, ``cam``, ``perturbation`` (+ ``segmentation``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from spade.errors import ConfigError
+from spade.saliency.attribution_model import Mode, attribution_copy, build_attribution_copy, clear_cache
+from spade.saliency.backprop import DeepLiftSettings, GuidedBackpropSettings, run_deeplift, run_guided_backprop
+from spade.saliency.base import Attribution, Progress, SaliencyMethod
+from spade.saliency.cam import (
+    GradCamSettings,
+    GuidedGradCamSettings,
+    default_cam_layer,
+    run_gradcam,
+    run_guided_gradcam,
+)
+from spade.saliency.gradient import (
+    GradientShapSettings,
+    InputXGradientSettings,
+    IntegratedGradientsSettings,
+    SaliencySettings,
+    SmoothGradSettings,
+    run_gradient_shap,
+    run_input_x_gradient,
+    run_integrated_gradients,
+    run_saliency,
+    run_smoothgrad,
+)
+from spade.saliency.lrp import LRPSettings, run_lrp
+from spade.saliency.perturbation import LimeSettings, OcclusionSettings, run_lime, run_occlusion
+
+_ENTRIES = (
+    SaliencyMethod("saliency", "Saliency", "gradient", SaliencySettings, run_saliency,
+                   description="Absolute input gradient of the target logit (Simonyan et al.)."),
+    SaliencyMethod("input_x_gradient", "InputXGradient", "gradient", InputXGradientSettings, run_input_x_gradient,
+                   description="Input times gradient."),
+    SaliencyMethod("deeplift", "DeepLift", "gradient", DeepLiftSettings, run_deeplift,
+                   description="DeepLift rescale rule from a zero baseline."),
+    SaliencyMethod("lrp", "LRP", "gradient", LRPSettings, run_lrp,
+                   description="Layer-wise relevance propagation, alpha=1 beta=0 rule (zennit)."),
+    SaliencyMethod("guided_backprop", "GuidedBackprop", "gradient", GuidedBackpropSettings, run_guided_backprop,
+                   description="Gradient where activations only pass positive gradient."),
+    SaliencyMethod("guided_gradcam", "GuidedGradCam", "gradient", GuidedGradCamSettings, run_guided_gradcam,
+                   description="Guided backprop times the upsampled GradCAM of the last stage."),
+    SaliencyMethod("lime", "LIME", "perturbation", LimeSettings, run_lime, random=True,
+                   description="Sparse linear surrogate over superpixels, positive weights."),
+    SaliencyMethod("occlusion", "Occlusion", "perturbation", OcclusionSettings, run_occlusion,
+                   description="Output drop when a sliding 15x15 window is set to 0."),
+    SaliencyMethod("integrated_gradients", "IntegratedGradients", "gradient", IntegratedGradientsSettings,
+                   run_integrated_gradients, description="Path integral of gradients from a zero baseline."),
+    SaliencyMethod("gradient_shap", "GradientShap", "gradient", GradientShapSettings, run_gradient_shap,
+                   random=True, description="Expected gradients over noisy inputs and random baselines."),
+    SaliencyMethod("gradcam", "GradCAM", "layer", GradCamSettings, run_gradcam, paper=False,
+                   description="Class activation map of the last stage from its gradients."),
+    SaliencyMethod("smoothgrad", "SmoothGrad", "gradient", SmoothGradSettings, run_smoothgrad, random=True,
+                   paper=False, description="Mean gradient over noisy copies of the input."),
+)
+
+METHODS: dict[str, SaliencyMethod] = {m.name: m for m in _ENTRIES}
+"""All saliency methods by registry name, in the paper's order (its ten first, then GradCAM and SmoothGrad)."""
+
+PAPER_METHODS: tuple[str, ...] = tuple(m.name for m in _ENTRIES if m.paper)
+
+
+def get_method(name: str) -> SaliencyMethod:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"Unknown saliency method {name!r}; choose from {', '.join(METHODS)}.") from None
+
+
+def explain(name: str, model: nn.Module, x: torch.Tensor, target: int, settings: Any = None, *,
+            progress: Progress | None = None) -> Attribution:
+    """``METHODS[name].explain(...)``."""
+    return get_method(name).explain(model, x, target, settings, progress=progress)
+
+
+__all__ = [
+    "METHODS",
+    "PAPER_METHODS",
+    "Attribution",
+    "DeepLiftSettings",
+    "GradCamSettings",
+    "GradientShapSettings",
+    "GuidedBackpropSettings",
+    "GuidedGradCamSettings",
+    "InputXGradientSettings",
+    "IntegratedGradientsSettings",
+    "LRPSettings",
+    "LimeSettings",
+    "Mode",
+    "OcclusionSettings",
+    "Progress",
+    "SaliencyMethod",
+    "SaliencySettings",
+    "SmoothGradSettings",
+    "attribution_copy",
+    "build_attribution_copy",
+    "clear_cache",
+    "default_cam_layer",
+    "explain",
+    "get_method",
+]

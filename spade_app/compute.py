@@ -1,0 +1,150 @@
+"""App-side orchestration of the expensive library calls: an LRU store shared by all sessions
+(statistics, traces, attributions), a GPU lock, and progress reporting into ``st.status``.
+
+Why not ``st.cache_resource`` on the functions directly: Streamlit replays the elements a cached
+function draws and forbids drawing into containers created outside it, but the per-stage progress of
+a run must be drawn into the page's ``st.status`` box. The store itself *is* a cache resource, so it
+is shared across sessions and survives reruns; objects in it are never mutated.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import replace
+from typing import Any
+
+import streamlit as st
+import torch
+
+from spade.augment import AugmentConfig, augment
+from spade.models import LoadedModel
+from spade.saliency import METHODS
+from spade.solver import SolverConfig
+from spade.sparsity import Sparsity
+from spade.statistics import LayerStatistics
+from spade.trace import SpadeTrace, prepare_statistics, solve
+
+
+class LRUStore:
+    """Thread-safe least-recently-used map with a per-kind capacity (values are never copied)."""
+
+    def __init__(self, capacity: dict[str, int]):
+        self._capacity = capacity
+        self._data: dict[str, OrderedDict] = {kind: OrderedDict() for kind in capacity}
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, key: Hashable) -> Any | None:
+        with self._lock:
+            table = self._data[kind]
+            if key not in table:
+                return None
+            table.move_to_end(key)
+            return table[key]
+
+    def put(self, kind: str, key: Hashable, value: Any) -> None:
+        with self._lock:
+            table = self._data[kind]
+            table[key] = value
+            table.move_to_end(key)
+            while len(table) > self._capacity[kind]:
+                table.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            for table in self._data.values():
+                table.clear()
+
+
+@st.cache_resource
+def store() -> LRUStore:
+    """The process-wide store (a few statistics sets are ~100 MB each for large models)."""
+    return LRUStore({"statistics": 3, "trace": 6, "attribution": 64})
+
+
+@st.cache_resource
+def gpu_lock() -> threading.Lock:
+    """Serialises GPU work of all sessions, so two runs do not compete for GPU memory."""
+    return threading.Lock()
+
+
+class gpu_slot:
+    """Context manager: hold the GPU lock while working on CUDA; `on_wait` is called once if we must wait."""
+
+    def __init__(self, device: torch.device, on_wait: Callable[[], None] | None = None):
+        self.device = torch.device(device)
+        self.on_wait = on_wait
+        self._held = False
+
+    def __enter__(self):
+        if self.device.type != "cuda":
+            return self
+        lock = gpu_lock()
+        if not lock.acquire(blocking=False):
+            if self.on_wait is not None:
+                self.on_wait()
+            lock.acquire()
+        self._held = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._held:
+            gpu_lock().release()
+            self._held = False
+        return False
+
+
+def statistics_key(model_key: str, image_key: str, cfg: AugmentConfig) -> tuple:
+    return (model_key, image_key, cfg)
+
+
+def get_statistics(model_key: str, image_key: str, loaded: LoadedModel, image, cfg: AugmentConfig,
+                   progress: Callable[[str, float], None] | None = None) -> tuple[LayerStatistics, bool]:
+    """Layer statistics for (model, image, augmentation settings): (statistics, computed_now)."""
+    key = statistics_key(model_key, image_key, cfg)
+    cached = store().get("statistics", key)
+    if cached is not None:
+        return cached, False
+    stats = prepare_statistics(loaded.model, image, preprocessing=loaded.preprocessing, augment_config=cfg,
+                               selection=loaded.spec.layer_selection, progress=progress)
+    store().put("statistics", key, stats)
+    return stats, True
+
+
+def trace_key(stats_key: tuple, sparsity_key: Hashable, solver: SolverConfig) -> tuple:
+    return (stats_key, sparsity_key, solver)
+
+
+def get_trace(stats_key: tuple, stats: LayerStatistics, sparsity: Sparsity, sparsity_key: Hashable,
+              solver: SolverConfig, progress: Callable[[str, float], None] | None = None
+              ) -> tuple[SpadeTrace, bool]:
+    """The trace for the statistics and sparsity: (trace, computed_now). Re-solving never redoes statistics."""
+    key = trace_key(stats_key, sparsity_key, solver)
+    cached = store().get("trace", key)
+    if cached is not None:
+        return cached, False
+    trace = solve(stats, sparsity, solver, progress)
+    store().put("trace", key, trace)
+    return trace, True
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def augmentation_preview(model_key: str, image_key: str, cfg: AugmentConfig, _loaded: LoadedModel, _image,
+                         n: int = 6) -> list:
+    """`n` views with the same settings (and seed) as the run's first `n` augmentations, as uint8 HxWx3
+    (the model's crop size, hence `model_key` in the cache key)."""
+    views = augment(_image, replace(cfg, count=n), _loaded.preprocessing)
+    return [_loaded.preprocessing.to_uint8(v) for v in views]
+
+
+def get_attribution(model_key: Hashable, model: torch.nn.Module, x: torch.Tensor, method: str, target: int,
+                    settings: Any, progress: Callable[[str, float], None] | None = None):
+    """`spade.saliency` attribution of `model` (identified by `model_key`: the dense model or a trace's key)."""
+    key = (model_key, method, int(target), settings)
+    cached = store().get("attribution", key)
+    if cached is not None:
+        return cached
+    attribution = METHODS[method].explain(model, x, target, settings, progress=progress)
+    store().put("attribution", key, attribution)
+    return attribution

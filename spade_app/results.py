@@ -1,0 +1,291 @@
+"""The Explore page's sections after the settings form: run with progress, predictions, per-layer
+faithfulness, saliency rows and downloads. Everything numeric comes from the library."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import platform
+from dataclasses import asdict
+from importlib import metadata
+
+import streamlit as st
+import torch
+
+from spade import visualize
+from spade.errors import SpadeError
+from spade.metrics import rank_correlation
+from spade.saliency import METHODS
+from spade.trace import SpadeTrace
+from spade_app import compute, figures, maps
+from spade_app.settings import RunSettings, current_settings
+from spade_app.sidebar import Selection
+
+REQUEST_KEY = "explore_request"
+OOM_HINT = "Out of GPU memory: use fewer augmentations, a smaller model, or the CPU (device in the sidebar)."
+
+
+# ----------------------------------------------------------------------------------------------- settings
+def method_labels() -> dict[str, str]:
+    """{registry name: label} of the library's saliency methods (spade.saliency.METHODS)."""
+    return {name: method.label for name, method in METHODS.items()}
+
+
+def default_methods() -> tuple[str, ...]:
+    available = method_labels()
+    return tuple(m for m in ("saliency", "gradcam") if m in available)
+
+
+def active_settings(sel: Selection, submitted: RunSettings | None) -> RunSettings | None:
+    """The settings to show results for: just submitted, or the last run on this same image and model."""
+    if submitted is not None:
+        st.session_state[REQUEST_KEY] = (sel.model_key, sel.image_key, submitted)
+        return submitted
+    request = st.session_state.get(REQUEST_KEY)
+    if request is not None and request[:2] == (sel.model_key, sel.image_key):
+        return request[2]
+    return None
+
+
+def augmentation_strip(sel: Selection, settings: RunSettings | None = None, n: int = 6) -> None:
+    """A row of the first `n` augmented views the run uses (same settings and seed)."""
+    settings = settings or current_settings()
+    try:
+        views = compute.augmentation_preview(sel.model_key, sel.image_key, settings.augment, sel.loaded, sel.image, n)
+    except SpadeError as exc:
+        st.error(str(exc))
+        return
+    st.caption(f"The first {len(views)} of the {settings.augment.count} augmented views SPADE fits the trace to:")
+    st.image(views, width=110)
+
+
+# ----------------------------------------------------------------------------------------------- run
+def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
+    """Statistics (cached per image, model and augmentation settings) + solve (cached per sparsity), with a
+    status box showing per-stage progress and timings. Errors are shown, never raised."""
+    with st.status("Running SPADE…", expanded=True) as status:
+        bars: dict[str, st.delta_generator.DeltaGenerator] = {}
+
+        def draw(stage: str, fraction: float) -> None:
+            if stage not in bars:
+                bars[stage] = st.progress(0.0)
+            bars[stage].progress(min(max(fraction, 0.0), 1.0), text=f"{stage}: {fraction:.0%}")
+
+        def waiting() -> None:
+            status.update(label="Waiting for the GPU: another session is using it…", state="running")
+
+        try:
+            with compute.gpu_slot(sel.loaded.device, on_wait=waiting):
+                status.update(label="Running SPADE…")
+                stats, fresh_stats = compute.get_statistics(sel.model_key, sel.image_key, sel.loaded, sel.image,
+                                                            settings.augment, draw)
+                key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
+                trace, fresh_trace = compute.get_trace(key, stats, settings.sparsity_value, settings.sparsity,
+                                                       settings.solver, draw)
+        except torch.OutOfMemoryError:
+            status.update(label="SPADE failed: out of GPU memory", state="error", expanded=True)
+            st.error(OOM_HINT)
+            return None
+        except SpadeError as exc:
+            status.update(label="SPADE failed", state="error", expanded=True)
+            st.error(str(exc))
+            return None
+        rows = []
+        for stage in ("augment", "statistics", "solve"):
+            took = trace.seconds.get(stage)
+            reused = (stage != "solve" and not fresh_stats) or (stage == "solve" and not fresh_trace)
+            rows.append({"stage": stage, "seconds": round(took, 2) if took is not None else None,
+                         "this run": "reused from cache" if reused else "computed"})
+        st.dataframe(rows, hide_index=True, width="content")
+        label = ("SPADE trace ready: " + settings.describe_sparsity()
+                 + f", {settings.augment.count} augmentations"
+                 + (" (statistics reused, re-solved)" if not fresh_stats and fresh_trace else "")
+                 + (" (from cache)" if not fresh_stats and not fresh_trace else ""))
+        status.update(label=label, state="complete", expanded=False)
+    return trace
+
+
+# ----------------------------------------------------------------------------------------------- results
+def _named(sel: Selection, pred) -> list[tuple[int, str, float]]:
+    return [(i, sel.loaded.class_name(i), p) for i, p in zip(pred.indices, pred.probabilities)]
+
+
+def prediction_comparison(sel: Selection, trace: SpadeTrace) -> None:
+    dense, sparse = _named(sel, trace.dense_top5), _named(sel, trace.trace_top5)
+    if trace.top1_agrees:
+        st.success(f"Top-1 kept: the trace predicts **{sparse[0][1]}** like the dense model.",
+                   icon=":material/check_circle:")
+    else:
+        st.error(f"Top-1 differs: the dense model predicts **{dense[0][1]}**, the trace **{sparse[0][1]}**. "
+                 "Lower the sparsity or add augmentations for a more faithful trace.", icon=":material/warning:")
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Weights kept in pruned layers", f"{trace.params_kept / max(trace.params_total, 1):.1%}",
+              help=f"{trace.params_kept:,} of {trace.params_total:,}")
+    m2.metric("Logit cosine similarity (dense vs trace)", f"{trace.logit_cosine:.3f}")
+    m3.metric("Pruned layers", len(trace.layers))
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown(f"**Dense prediction:** {dense[0][1]} ({dense[0][2]:.1%})")
+        st.plotly_chart(figures.for_projector(figures.top_k_bars({"dense": dense}, height=260), sel.presentation),
+                        width="stretch")
+    with c2:
+        st.markdown(f"**Trace prediction:** {sparse[0][1]} ({sparse[0][2]:.1%})")
+        st.plotly_chart(figures.for_projector(figures.top_k_bars({"SPADE trace": sparse}, height=260),
+                                            sel.presentation), width="stretch")
+
+
+def layer_table(trace: SpadeTrace) -> list[dict]:
+    return [{"layer": r.name, "block": r.block, "kind": r.kind, "target": r.target,
+                          "achieved": round(r.achieved, 4), "rel. error": r.error, "kept": r.kept,
+                          "weights": r.params} for r in trace.layers]
+
+
+def layer_section(trace: SpadeTrace, presentation: bool = False) -> None:
+    st.subheader("Per-layer faithfulness")
+    st.caption("Achieved vs target sparsity, and the relative reconstruction error ‖W_s X − W X‖² / ‖W X‖² of "
+               "each layer on the augmented views.")
+    st.plotly_chart(figures.for_projector(figures.layer_chart(trace.layers), presentation), width="stretch")
+    with st.expander("Per-layer table", expanded=False):
+        st.dataframe(layer_table(trace), hide_index=True, width="stretch",
+                     column_config={"rel. error": st.column_config.NumberColumn(format="%.2e")})
+
+
+def _method_settings(sel: Selection, name: str):
+    method = METHODS[name]
+    # GradCAM-type methods explain the model's last convolutional stage, as its spec names it.
+    return method.settings(layer=sel.loaded.spec.last_conv_stage) if method.accepts("layer") else None
+
+
+def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -> dict:
+    """Target class choice, the maps of each chosen method on the dense model and on the trace, and the
+    comparison view. Returns {method: summary} for the JSON report."""
+    labels = method_labels()
+    if not labels:
+        st.info("Saliency maps (dense vs SPADE) will appear here once the library's saliency methods are available.")
+        return {}
+    st.subheader("Saliency: dense vs SPADE")
+    chosen = [m for m in settings.methods if m in labels]
+    if not chosen:
+        st.info("Choose one or more saliency methods in the settings and run again to compare maps.")
+        return {}
+    n_classes = len(sel.loaded.class_names)
+    predicted = trace.dense_top5.indices[0]
+    target = st.selectbox("Explained class (default: the dense model's prediction)", range(n_classes),
+                          index=predicted, format_func=lambda i: f"{sel.loaded.class_name(i)} ({i})",
+                          key=f"ex_target_{sel.model_key}_{sel.image_key}")
+    x = sel.loaded.preprocessing(sel.image)
+    dense_key = ("dense", sel.model_key, sel.image_key)
+    sparse_key = (compute.trace_key(compute.statistics_key(sel.model_key, sel.image_key, settings.augment),
+                                    settings.sparsity, settings.solver), sel.image_key)
+    attributions: dict[str, tuple] = {}
+    with st.status("Computing saliency maps…", expanded=True) as status:
+        bar = st.progress(0.0)
+        steps = 2 * len(chosen)
+        try:
+            with compute.gpu_slot(sel.loaded.device, on_wait=lambda: status.update(
+                    label="Waiting for the GPU: another session is using it…")):
+                for i, name in enumerate(chosen):
+                    ms = _method_settings(sel, name)
+                    pair = []
+                    for j, (key, model, which) in enumerate(((dense_key, sel.loaded.model, "dense"),
+                                                             (sparse_key, trace.model, "SPADE"))):
+                        def progress(stage: str, fraction: float, _k=2 * i + j, _w=f"{labels[name]} on the {which}"
+                                     ) -> None:
+                            bar.progress(min(1.0, (_k + fraction) / steps), text=f"{_w} model: {fraction:.0%}")
+
+                        pair.append(compute.get_attribution(key, model, x, name, target, ms, progress))
+                    attributions[name] = tuple(pair)
+        except torch.OutOfMemoryError:
+            status.update(label="Saliency failed: out of GPU memory", state="error")
+            st.error(OOM_HINT)
+            return {}
+        except SpadeError as exc:
+            status.update(label="Saliency failed", state="error")
+            st.error(str(exc))
+            return {}
+        took = sum(a.seconds for pair in attributions.values() for a in pair)
+        status.update(label=f"Saliency maps ready ({len(chosen)} method(s), {took:.1f} s of compute)",
+                      state="complete", expanded=False)
+    image = sel.loaded.preprocessing.to_uint8(x)
+    correlations = {name: rank_correlation(d.absolute_map, s.absolute_map) for name, (d, s) in attributions.items()}
+    maps_view(image, {labels[n]: pair for n, pair in attributions.items()},
+              {labels[n]: c for n, c in correlations.items()},
+              f"{sel.model_label} · {sel.image_label} · class {sel.loaded.class_name(target)} · "
+              f"{settings.describe_sparsity()}")
+    return {name: {"label": labels[name], "target": int(target), "target_name": sel.loaded.class_name(target),
+                   "rank_correlation_dense_vs_spade": _finite(correlations[name]),
+                   "dense_seconds": round(d.seconds, 3), "spade_seconds": round(s.seconds, 3),
+                   "settings": repr(d.settings)} for name, (d, s) in attributions.items()}
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else round(float(value), 4)  # NaN (constant map) -> null in JSON
+
+
+@st.fragment
+def maps_view(image, attributions: dict[str, tuple], correlations: dict[str, float], title: str) -> None:
+    """image | dense | SPADE | difference per method. Opacity and map kind only redraw this fragment."""
+    c1, c2 = st.columns([2, 1])
+    opacity = c1.slider("Overlay opacity", 0.0, 1.0, 0.6, step=0.05, key="ex_opacity")
+    kind = c2.radio("Map", ["absolute", "signed"], key="ex_map_kind", horizontal=True,
+                    help="absolute: |sum over colour channels|; signed: the sum itself (red positive, blue negative).")
+    signed = kind == "signed"
+    rows = [maps.MapRow(label, image, pair, signed) for label, pair in attributions.items()]
+    st.caption("Dense and SPADE maps of a method share one colour scale (the 99th percentile of their absolute "
+               "values taken together), so equal colours mean equal attribution; the difference panel shows "
+               "SPADE − dense on that scale (blue: dense stronger, red: SPADE stronger).")
+    st.image(maps.colour_bar(signed), caption=("−s … 0 … +s" if signed else "0 … s"), width=256)
+    for row in rows:
+        scale = row.normalized[2]
+        st.markdown(f"**{row.label}**")
+        st.caption(f"{visualize.scale_label(scale, signed)} · Spearman rank correlation of the absolute maps, "
+                   f"dense vs SPADE: {correlations[row.label]:.2f}")
+        cols = st.columns(4)
+        for col, panel, name in zip(cols, row.panels(opacity), maps.COLUMNS):
+            col.image(panel, caption=name, width="stretch")
+    st.download_button("Comparison (PNG)", maps.comparison_png(rows, opacity), file_name="spade_comparison.png",
+                       mime="image/png", icon=":material/image:", on_click="ignore", help=title)
+
+
+# ----------------------------------------------------------------------------------------------- downloads
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "timm", "captum", "zennit", "streamlit", "numpy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def report(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: dict | None = None) -> dict:
+    """JSON-ready report: settings (with seeds), versions, predictions with class names, per-layer table."""
+    body = trace.to_dict()
+    body["settings"] = {**body.get("settings", {}), "augment": asdict(settings.augment),
+                        "solver": asdict(settings.solver)}
+    for key in ("dense_top5", "trace_top5"):
+        pred = getattr(trace, key)
+        if pred is not None:
+            body[key] = [{"index": i, "name": n, "probability": p} for i, n, p in _named(sel, pred)]
+    return {
+        "tool": "SPADE Explorer",
+        "image": {"label": sel.image_label, "sha256_prefix": sel.image_key},
+        "model": {"name": sel.loaded.spec.name, "label": sel.model_label, "source": sel.loaded.source,
+                  "device": str(sel.loaded.device)},
+        "saliency": saliency or {},
+        "versions": _versions(),
+        **body,
+    }
+
+
+def downloads(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: dict | None = None) -> None:
+    st.subheader("Downloads")
+    stem = f"spade_{sel.loaded.spec.name}_{sel.image_label.rsplit('.', 1)[0]}"
+    cols = st.columns(3)
+    cols[0].download_button("JSON report", json.dumps(report(sel, settings, trace, saliency), indent=2),
+                            file_name=f"{stem}.json", mime="application/json", icon=":material/description:",
+                            on_click="ignore")
+    buffer = io.BytesIO()
+    trace.save(buffer)
+    cols[1].download_button("Trace file (.pt)", buffer.getvalue(), file_name=f"{stem}.trace.pt",
+                            mime="application/octet-stream", icon=":material/save:", on_click="ignore",
+                            help="Sparse weights + report; reload with SpadeTrace.load(path, dense_model).")

@@ -1,0 +1,141 @@
+"""The Explore page's settings form: widgets in, one frozen :class:`RunSettings` out.
+
+A form, so moving a slider does not rerun anything until "Run SPADE" is pressed. The last submitted
+settings are kept in session state and used as the form's defaults, so they survive page switches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import streamlit as st
+from torch import nn
+
+from spade.augment import AugmentConfig
+from spade.errors import ConfigError, SpadeError
+from spade.solver import MODES as SOLVER_MODES
+from spade.solver import SolverConfig
+from spade.sparsity import PROFILES, Sparsity, SparsityProfile, late_blocks_profile, profile_from_json
+
+SETTINGS_KEY = "explore_settings"
+UNIFORM, LATE, PROFILE, FILE = "Uniform", "Late blocks", "Built-in profile", "Profile JSON file"
+SPARSITY_MODES = (UNIFORM, LATE, PROFILE, FILE)
+SOLVER_HELP = {
+    "group": "the authors' selection groups: every k×k kernel group of a row block loses exactly the target share",
+    "row": "each output row loses exactly the target share, chosen adaptively during the sweep",
+}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a SPADE run on the Explore page depends on (besides the image and the model)."""
+
+    sparsity: float | SparsityProfile = 0.5
+    augment: AugmentConfig = AugmentConfig(count=64)
+    solver: SolverConfig = SolverConfig()
+    methods: tuple[str, ...] = field(default=())
+
+    @property
+    def sparsity_value(self) -> Sparsity:
+        return self.sparsity
+
+    def describe_sparsity(self) -> str:
+        if isinstance(self.sparsity, SparsityProfile):
+            return f"profile {self.sparsity.name}"
+        return f"uniform {self.sparsity:.2f}"
+
+
+WALKTHROUGH = RunSettings(sparsity=0.5, augment=AugmentConfig(count=64), methods=("gradcam",))
+"""Fixed settings of the classroom walkthrough on the "How SPADE works" page."""
+
+
+def current_settings() -> RunSettings:
+    """The last submitted settings (defaults before the first run)."""
+    return st.session_state.get(SETTINGS_KEY) or RunSettings()
+
+
+def _profile_from_upload(upload) -> SparsityProfile:
+    try:
+        data = json.loads(upload.getvalue().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"The profile file {upload.name} is not valid JSON ({exc}).") from exc
+    return profile_from_json(data, default_name=upload.name.rsplit(".", 1)[0])
+
+
+def settings_form(model: nn.Module, method_labels: dict[str, str], default_methods: tuple[str, ...] = (),
+                  default_sparsity: float = 0.5) -> RunSettings | None:
+    """Draw the form. Returns new settings when "Run SPADE" was pressed, else None (errors shown).
+
+    model: the dense model (the "Late blocks" profile is built from its block structure).
+    default_sparsity: the slider's value before the first run (the model spec's recommended uniform target).
+    """
+    last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity)
+    aug = last.augment
+    with st.form("spade_settings"):
+        c_sparsity, c_aug, c_solver = st.columns(3)
+        with c_sparsity:
+            st.markdown("**Sparsity**")
+            last_mode = UNIFORM if not isinstance(last.sparsity, SparsityProfile) else (
+                PROFILE if last.sparsity.name in PROFILES else LATE if last.sparsity.name.startswith("late-")
+                else FILE)
+            mode = st.radio("Targets", SPARSITY_MODES, index=SPARSITY_MODES.index(last_mode), key="ex_sparsity_mode",
+                            horizontal=True,
+                            help="Uniform: the slider's value on every pruned layer. Late blocks: the slider's value "
+                                 "on the last 30% of blocks and the classifier, 0 elsewhere (the authors' choice "
+                                 "for neuron visualizations). Built-in profile / JSON: per-block targets.")
+            last_uniform = default_sparsity if isinstance(last.sparsity, SparsityProfile) else float(last.sparsity)
+            uniform = st.slider("Sparsity (share of weights removed per layer)", 0.0, 0.99, last_uniform,
+                                step=0.01, key="ex_sparsity")
+            profile_names = list(PROFILES)
+            profile = st.selectbox("Built-in profile", profile_names, key="ex_profile",
+                                   help="\n\n".join(f"**{n}**: {p.description}" for n, p in PROFILES.items()))
+            upload = st.file_uploader("Profile JSON ({\"targets\": {block: sparsity}, \"default\": 0})",
+                                      type=["json"], key="ex_profile_file")
+        with c_aug:
+            st.markdown("**Augmentations**")
+            count = st.number_input("Count", 1, 4096, aug.count, step=8, key="ex_count",
+                                    help="More views: a more faithful trace, but slower (128 is a good CPU value).")
+            min_scale = st.slider("Minimum crop scale", 0.05, 1.0, aug.min_scale, step=0.05, key="ex_min_scale")
+            flip = st.checkbox("Random horizontal flip", aug.flip, key="ex_flip")
+            brightness = st.slider("Brightness jitter", 0.0, 1.0, aug.brightness, step=0.05, key="ex_brightness")
+            hue = st.slider("Hue jitter", 0.0, 0.5, aug.hue, step=0.05, key="ex_hue")
+            erasing = st.slider("Random erasing probability", 0.0, 1.0, aug.erasing, step=0.05, key="ex_erasing")
+            seed = st.number_input("Seed", 0, 2**31 - 1, aug.seed, key="ex_seed")
+        with c_solver:
+            st.markdown("**Solver and explanations**")
+            solver_mode = st.selectbox("Solver mode", SOLVER_MODES, index=SOLVER_MODES.index(last.solver.mode),
+                                       key="ex_solver", format_func=lambda m: f"{m}: {SOLVER_HELP.get(m, '')}")
+            methods = st.multiselect("Saliency methods", list(method_labels),
+                                     default=[m for m in (last.methods or default_methods) if m in method_labels],
+                                     format_func=lambda m: method_labels[m], key="ex_methods",
+                                     disabled=not method_labels,
+                                     placeholder="none" if method_labels else "saliency methods are not available yet")
+            st.caption("The device is chosen in the sidebar.")
+        submitted = st.form_submit_button("Run SPADE", type="primary", icon=":material/play_arrow:")
+    if not submitted:
+        return None
+    try:
+        if mode == UNIFORM:
+            sparsity: float | SparsityProfile = round(float(uniform), 4)
+        elif mode == LATE:
+            sparsity = late_blocks_profile(model, target=round(float(uniform), 4))
+        elif mode == PROFILE:
+            sparsity = PROFILES[profile]
+        else:
+            if upload is None:
+                raise ConfigError("Choose a profile JSON file to upload, or pick another sparsity mode.")
+            sparsity = _profile_from_upload(upload)
+        settings = RunSettings(
+            sparsity=sparsity,
+            augment=AugmentConfig(count=int(count), min_scale=float(min_scale), flip=bool(flip),
+                                  brightness=float(brightness), hue=float(hue), erasing=float(erasing),
+                                  seed=int(seed)),
+            solver=SolverConfig(mode=solver_mode),
+            methods=tuple(methods),
+        )
+    except SpadeError as exc:
+        st.error(str(exc))
+        return None
+    st.session_state[SETTINGS_KEY] = settings
+    return settings

@@ -1,0 +1,411 @@
+"""The Streamlit app driven headless with AppTest (same process, so the library caches are shared)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import streamlit.testing.v1.app_test as app_test_module
+import torch
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+import spade.trace
+from spade.errors import ImageLoadError
+from spade.images import bundled_examples, load_image
+from spade.layers import prunable_layers
+from spade.models import DEFAULT_MODEL, MODELS, ModelSpec, load_model
+from spade.preprocessing import Preprocessing
+from spade_app import compute
+from tests.tiny_models import tiny_mobilenet, tiny_resnet
+
+TIMEOUT = 180
+TINY_CLASSES = ("apple", "boat", "cloud", "dune", "eagle")
+CAT_CLASSES = {"tiger cat", "tabby", "Egyptian cat"}
+PAGES = ["pages/explore.py", "pages/neurons.py", "pages/trojan_lab.py", "pages/human_study.py",
+         "pages/how_spade_works.py"]
+
+
+def _app() -> AppTest:
+    app = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    # The expected values below are computed on the CPU; pin the app there too (also on a GPU machine).
+    app.session_state["device"] = "cpu"
+    return app
+
+
+def _prediction_text(at: AppTest) -> str:
+    texts = [m.value for m in at.markdown if m.value.startswith("### Prediction:")]
+    assert len(texts) == 1, [m.value for m in at.markdown]
+    return texts[0]
+
+
+def _top1_direct(image_name: str) -> str:
+    """The library's own top-1 for a bundled photo, computed outside the app."""
+    loaded = load_model(DEFAULT_MODEL, device="cpu")
+    return loaded.predict(load_image(bundled_examples()[image_name]), k=1)[0].name
+
+
+class _NavigationPagesManager(PagesManager):
+    """AppTest 1.67 resets ``PagesManager.uses_pages_directory`` before every run, so an app that uses
+    ``st.navigation`` *and* keeps its pages in a folder named ``pages/`` is re-run in the legacy
+    pages-folder mode from the second run on (the page script runs without app.py and the sidebar is
+    lost). The real server clears the flag once st.navigation has been called; do the same here."""
+
+    def __init__(self, *args, **kwargs):
+        PagesManager.uses_pages_directory = False
+        super().__init__(*args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _navigation_mode(monkeypatch):
+    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
+
+
+@pytest.fixture
+def at() -> AppTest:
+    app = _app().run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_default_page_shows_cat_prediction(at):
+    assert at.sidebar.selectbox(key="model_name").value == DEFAULT_MODEL
+    assert at.sidebar.selectbox(key="image_example").value == "cat"
+    text = _prediction_text(at)
+    top1 = _top1_direct("cat")
+    assert top1 in CAT_CLASSES
+    assert f"**{top1}**" in text
+    assert not at.error
+
+
+def test_other_bundled_image_changes_prediction(at):
+    cat_text = _prediction_text(at)
+    at.sidebar.selectbox(key="image_example").set_value("coffee").run()
+    assert not at.exception, at.exception
+    coffee_text = _prediction_text(at)
+    assert coffee_text != cat_text
+    assert f"**{_top1_direct('coffee')}**" in coffee_text
+
+
+def test_corrupt_upload_shows_error_and_app_recovers(at):
+    corrupt = b"\x89PNG\r\n\x1a\n this is not really a png"
+    with pytest.raises(ImageLoadError) as expected:
+        load_image(corrupt)
+    at.sidebar.radio(key="image_source").set_value("Upload").run()
+    at.sidebar.file_uploader(key="image_upload").upload("broken.png", corrupt, "image/png").run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert errors == [str(expected.value)]
+    assert not [m for m in at.markdown if m.value.startswith("### Prediction:")]
+    # the app keeps working: back to a bundled photo gives a prediction again
+    at.sidebar.radio(key="image_source").set_value("Example photo").run()
+    assert not at.exception and not at.error
+    assert _prediction_text(at)
+
+
+def test_valid_upload_is_classified(at):
+    data = bundled_examples()["coffee"].read_bytes()
+    at.sidebar.radio(key="image_source").set_value("Upload").run()
+    at.sidebar.file_uploader(key="image_upload").upload("my_coffee.jpg", data, "image/jpeg").run()
+    assert not at.exception and not at.error
+    assert f"**{_top1_direct('coffee')}**" in _prediction_text(at)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs(at, page):
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    assert at.title, "each page has a title"
+
+
+def test_sidebar_choices_persist_across_pages(at):
+    at.sidebar.selectbox(key="image_example").set_value("coffee").run()
+    at.sidebar.toggle(key="presentation").set_value(True).run()
+    at.switch_page("pages/how_spade_works.py").run()
+    at.switch_page("pages/explore.py").run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="image_example").value == "coffee"
+    assert at.sidebar.toggle(key="presentation").value is True
+    assert f"**{_top1_direct('coffee')}**" in _prediction_text(at)
+
+
+def test_cuda_choice_matches_hardware(at):
+    options = at.sidebar.radio(key="device").options
+    assert ("cuda" in options) == torch.cuda.is_available()
+    assert at.sidebar.radio(key="device").value == "cpu"
+    assert at.session_state["spade_selection"].loaded.device == torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------ tiny models
+@dataclass(frozen=True)
+class FileWeights:
+    """A weights source reading a local state dict (the same interface as spade.models' sources)."""
+
+    path: Path
+
+    def local_path(self) -> Path:
+        return self.path
+
+    def describe(self) -> str:
+        return f"file {self.path.name}"
+
+    def how_to_get(self) -> str:
+        return f"save a state dict to {self.path}"
+
+    def state_dict(self, *, download: bool = False):
+        return torch.load(self.path, map_location="cpu", weights_only=True), str(self.path)
+
+
+TINY_BUILDERS = {"tiny_resnet_app": (tiny_resnet, "layer2"), "tiny_mobilenet_app": (tiny_mobilenet, "conv_head")}
+
+
+@pytest.fixture(scope="module")
+def tiny_specs(tmp_path_factory) -> dict[str, ModelSpec]:
+    folder = tmp_path_factory.mktemp("tiny_weights")
+    specs = {}
+    for name, (builder, stage) in TINY_BUILDERS.items():
+        build = functools.partial(builder, 3)
+        path = folder / f"{name}.pth"
+        torch.save(build().state_dict(), path)
+        specs[name] = ModelSpec(name=name, description=f"{name} (test model, random weights)", build=build,
+                                weights=FileWeights(path), preprocessing=Preprocessing(resize=72, crop=64),
+                                last_conv_stage=stage, offline=True, class_names=TINY_CLASSES)
+    return specs
+
+
+@pytest.fixture(params=list(TINY_BUILDERS))
+def tiny(request, tiny_specs, monkeypatch) -> ModelSpec:
+    """A tiny model injected into the registry (the app lists and loads it like any other entry).
+    Request it before `at`, so the app sees it from its first run."""
+    spec = tiny_specs[request.param]
+    monkeypatch.setitem(MODELS, spec.name, spec)
+    compute.store().clear()
+    return spec
+
+
+def _with_model(at: AppTest, name: str) -> AppTest:
+    at.sidebar.selectbox(key="model_name").set_value(name).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _run_spade(at: AppTest, count: int = 8, sparsity: float = 0.9, methods: tuple[str, ...] = ()) -> AppTest:
+    at.number_input(key="ex_count").set_value(count)
+    at.slider(key="ex_sparsity").set_value(sparsity)
+    at.multiselect(key="ex_methods").set_value(list(methods))
+    next(b for b in at.button if b.label == "Run SPADE").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _current_trace(at: AppTest):
+    """The trace the Explore page shows, fetched from the app's store by the page's own settings."""
+    sel = at.session_state["spade_selection"]
+    settings = at.session_state["explore_settings"]
+    key = compute.trace_key(compute.statistics_key(sel.model_key, sel.image_key, settings.augment),
+                            settings.sparsity, settings.solver)
+    trace = compute.store().get("trace", key)
+    assert trace is not None
+    return trace
+
+
+def _layer_table(at: AppTest):
+    tables = [d.value for d in at.dataframe if "achieved" in d.value.columns]
+    assert len(tables) == 1
+    return tables[0]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_with_tiny_model(tiny, at, page):
+    _with_model(at, tiny.name)
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_explore_run_with_tiny_model_shows_trace_and_maps(tiny, at):
+    _with_model(at, tiny.name)
+    _run_spade(at, methods=("saliency", "gradcam"))
+    assert not at.error, [e.value for e in at.error]
+    loaded = load_model(tiny.name, device="cpu")
+    image = load_image(bundled_examples()["cat"])
+    dense_top1 = loaded.predict(image, k=1)[0].name
+    texts = [m.value for m in at.markdown]
+    assert f"**Dense prediction:** {dense_top1} " in " ".join(texts)
+    assert any(t.startswith("**Trace prediction:** ") for t in texts)
+    # the top-1 verdict is shown, either way
+    verdicts = [s.value for s in at.success] + [e.value for e in at.error]
+    assert len(verdicts) == 1 and "Top-1" in verdicts[0]
+    table = _layer_table(at)
+    assert list(table["layer"]) == list(prunable_layers(loaded.model, tiny.layer_selection))
+    assert (table["target"] == 0.9).all()
+    assert ((table["achieved"] - 0.9).abs() < 0.1).all()
+    # one row image | dense | SPADE | difference per method, and the downloads
+    labels = [b.label for b in at.get("download_button")]
+    assert {"Comparison (PNG)", "JSON report", "Trace file (.pt)"} <= set(labels)
+    row_titles = [m.value for m in at.markdown if m.value in ("**Saliency**", "**GradCAM**")]
+    assert row_titles == ["**Saliency**", "**GradCAM**"]
+    # the stated correlation is the library's, computed here independently from the methods
+    from spade.metrics import rank_correlation
+    from spade.saliency import METHODS
+
+    sel = at.session_state["spade_selection"]
+    x = loaded.preprocessing(image)
+    trace = _current_trace(at)
+    dense = METHODS["saliency"].explain(loaded.model, x, loaded.predict(image, k=1)[0].index).absolute_map
+    sparse = METHODS["saliency"].explain(trace.model, x, loaded.predict(image, k=1)[0].index).absolute_map
+    expected = f"dense vs SPADE: {rank_correlation(dense, sparse):.2f}"
+    assert sel.ready and any(expected in c.value for c in at.caption), expected
+
+
+def test_changing_only_sparsity_resolves_without_new_statistics(tiny, at, monkeypatch):
+    calls = []
+    real = spade.trace.collect_statistics
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spade.trace, "collect_statistics", counting)
+    _with_model(at, tiny.name)
+    _run_spade(at, sparsity=0.9)
+    assert len(calls) == 1
+    first = _layer_table(at)
+    _run_spade(at, sparsity=0.5)
+    assert len(calls) == 1, "a new sparsity must reuse the recorded statistics"
+    second = _layer_table(at)
+    assert (second["target"] == 0.5).all()
+    assert (second["achieved"] < first["achieved"]).all()
+    # a new augmentation setting does need new statistics
+    at.number_input(key="ex_seed").set_value(7)
+    _run_spade(at, sparsity=0.5)
+    assert len(calls) == 2
+
+
+def test_explore_run_on_default_model(at):
+    _run_spade(at, count=8, sparsity=0.9)
+    texts = " ".join(m.value for m in at.markdown)
+    top1 = _top1_direct("cat")
+    assert f"**Dense prediction:** {top1} " in texts
+    assert "**Trace prediction:** " in texts
+    table = _layer_table(at)
+    loaded = load_model(DEFAULT_MODEL, device="cpu")
+    assert len(table) == len(prunable_layers(loaded.model, loaded.spec.layer_selection))
+    assert ((table["achieved"] - 0.9).abs() < 0.05).all()
+
+
+def test_uploaded_checkpoint_is_used_and_bad_checkpoint_is_reported(tiny, at, tmp_path):
+    import io
+
+    from spade.errors import CheckpointError
+    from spade.models import load_checkpoint
+
+    builder, _ = TINY_BUILDERS[tiny.name]
+    buffer = io.BytesIO()
+    torch.save(builder(11).state_dict(), buffer)  # other weights than the registry entry's
+    data = buffer.getvalue()
+    image = load_image(bundled_examples()["cat"])
+    expected = load_checkpoint(data, tiny.name, device="cpu").predict(image, k=1)[0]
+
+    at.sidebar.selectbox(key="model_name").select_index(len(at.sidebar.selectbox(key="model_name").options) - 1)
+    at.run()
+    at.sidebar.selectbox(key="checkpoint_arch").set_value(tiny.name).run()
+    at.sidebar.file_uploader(key="checkpoint_upload").upload("mine.pth", data).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert f"**{expected.name}** ({expected.probability:.1%})" in _prediction_text(at)
+
+    garbage = b"PK\x03\x04 definitely not a checkpoint"
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(garbage, tiny.name, device="cpu")
+    at.sidebar.file_uploader(key="checkpoint_upload").set_value(("broken.pth", garbage, "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [str(refused.value)]
+
+
+def test_model_without_offline_weights_explains_and_offers_download(at):
+    from spade.errors import WeightsUnavailableError
+    from spade.models import available_models
+
+    missing = [name for name in MODELS if name not in available_models()]
+    if not missing:
+        pytest.skip("every registered model's weights are available on this machine")
+    with pytest.raises(WeightsUnavailableError) as expected:
+        load_model(missing[0], device="cpu")
+    at.sidebar.selectbox(key="model_name").set_value(missing[0]).run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [str(expected.value)]
+    assert [b.label for b in at.sidebar.button] == [f"Download the {missing[0]} weights"]
+    assert at.info, "the page explains that a valid model is needed"
+
+
+def test_presentation_mode_collapses_settings(at):
+    def settings_expander():
+        return next(e for e in at.expander if e.label == "Settings")
+
+    assert settings_expander().proto.expanded
+    assert any(e.label == "Example gallery" for e in at.expander)
+    at.sidebar.toggle(key="presentation").set_value(True).run()
+    assert not at.exception, at.exception
+    assert not settings_expander().proto.expanded
+    assert not any(e.label == "Example gallery" for e in at.expander)
+
+
+def test_json_report_matches_trace(tiny, at):
+    import importlib.metadata
+    import json
+
+    from spade_app import results
+    from spade_app.settings import RunSettings
+
+    _with_model(at, tiny.name)
+    _run_spade(at, count=8, sparsity=0.7)
+    sel = at.session_state["spade_selection"]
+    settings = at.session_state["explore_settings"]
+    assert isinstance(settings, RunSettings) and settings.augment.count == 8
+    trace = _current_trace(at)
+    body = json.loads(json.dumps(results.report(sel, settings, trace)))
+    assert [row["name"] for row in body["layers"]] == [r.name for r in trace.layers]
+    assert body["settings"]["sparsity"] == 0.7
+    assert body["dense_top5"][0]["name"] == load_model(tiny.name, device="cpu").predict(sel.image, k=1)[0].name
+    assert body["versions"]["torch"] == importlib.metadata.version("torch")
+    assert body["settings"]["augment"]["count"] == 8 and body["settings"]["augment"]["seed"] == 0
+
+
+def test_walkthrough_runs_every_step(tiny, at):
+    _with_model(at, tiny.name)
+    at.switch_page("pages/how_spade_works.py").run()
+    assert not at.exception, at.exception
+    next(b for b in at.button if b.label == "Start the walkthrough").click().run()
+    assert not at.exception, at.exception
+    assert not [e for e in at.error if "Top-1" not in e.value], [e.value for e in at.error]
+    steps = [s.value for s in at.subheader if s.value.startswith("Step")]
+    assert len(steps) == 5
+    table = _layer_table(at)
+    assert (table["target"] == 0.5).all()
+    assert "**GradCAM**" in [m.value for m in at.markdown]
+
+
+def test_gallery_button_switches_the_image(at):
+    at.radio(key="image_source").set_value("Upload").run()
+    next(b for b in at.button if b.key == "gallery_coffee").click().run()
+    assert not at.exception, at.exception
+    assert at.sidebar.radio(key="image_source").value == "Example photo"
+    assert at.sidebar.selectbox(key="image_example").value == "coffee"
+    assert f"**{_top1_direct('coffee')}**" in _prediction_text(at)
+
+
+def test_late_blocks_profile_prunes_only_late_layers(tiny, at):
+    from spade.sparsity import late_blocks_profile, resolve_targets
+
+    _with_model(at, tiny.name)
+    at.radio(key="ex_sparsity_mode").set_value("Late blocks")
+    _run_spade(at, sparsity=0.8)
+    table = _layer_table(at)
+    loaded = load_model(tiny.name, device="cpu")
+    expected = resolve_targets(loaded.model, list(table["layer"]), late_blocks_profile(loaded.model, target=0.8))
+    assert list(table["target"]) == [expected[name] for name in table["layer"]]
+    assert 0 < (table["target"] == 0.8).sum() < len(table)
+    assert (table.loc[table["target"] == 0.0, "achieved"] < 0.05).all()

@@ -1,0 +1,166 @@
+"""The app in a real browser: `streamlit run app.py` on a free loopback port, driven by Playwright with the
+Debian chromium (never Playwright's own browser download)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+CAT_CLASSES = ("tiger cat", "tabby", "Egyptian cat")
+
+pytestmark = pytest.mark.browser
+
+
+def _require_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    message = f"{CHROMIUM} is missing: install the Debian package with `apt-get install chromium` (make test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"streamlit did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require_chromium()
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    streamlit = shutil.which("streamlit", path=str(Path(sys.executable).parent)) or "streamlit"
+    cmd = [streamlit, "run", "app.py", "--server.headless", "true", "--server.address", "127.0.0.1",
+           "--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, server, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    yield pg
+    context.close()
+
+
+def _screenshot(pg, path: Path) -> Path:
+    pg.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_explore_shows_prediction(page, server, tmp_path):
+    shot = tmp_path / "explore.png"
+    page.goto(server)
+    try:
+        heading = page.get_by_role("heading", name="Explore")
+        heading.wait_for()
+        prediction = page.get_by_text("Prediction:", exact=False).first
+        prediction.wait_for()
+        text = prediction.inner_text()
+        assert any(name in text for name in CAT_CLASSES), text
+        assert page.get_by_text("SPADE Explorer").first.is_visible()
+        assert "SPADE Explorer" in page.title() or "Explore" in page.title(), page.title()
+        page.wait_for_timeout(1500)  # let the plotly chart draw before the screenshot
+    finally:
+        _screenshot(page, shot)
+        print(f"screenshot: {shot}")  # shown with the failure report
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"not a PNG: {shot}"
+    assert len(data) > 20_000, f"suspiciously small screenshot ({len(data)} bytes): {shot}"
+
+
+@pytest.mark.slow
+def test_explore_runs_spade_and_shows_maps(page, server, tmp_path):
+    shot = tmp_path / "explore_run.png"
+    page.goto(server)
+    try:
+        page.get_by_text("Prediction:", exact=False).first.wait_for()
+        count = page.get_by_role("spinbutton", name="Count")
+        count.fill("8")
+        count.press("Tab")
+        page.get_by_role("button", name="Run SPADE").click()
+        page.get_by_text("Trace prediction:", exact=False).first.wait_for(timeout=240_000)
+        page.get_by_text("difference (SPADE − dense)").first.wait_for(timeout=240_000)
+        page.get_by_role("button", name="Comparison (PNG)").wait_for()  # drawn after the last map row
+        dense = page.locator("[data-testid='stMarkdownContainer']", has_text="Dense prediction:").first
+        assert any(name in dense.inner_text() for name in CAT_CLASSES), dense.inner_text()
+        # at least one row of image | dense | SPADE | difference, drawn as images
+        for caption in ("dense", "SPADE"):
+            assert page.get_by_text(caption, exact=True).count() >= 1, caption
+        images = page.locator("[data-testid='stImage'] img")
+        assert images.count() >= 4
+        page.wait_for_timeout(1000)
+    finally:
+        _screenshot(page, shot)
+        print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 50_000
+
+
+@pytest.mark.parametrize("title", ["Neurons", "Trojan lab", "Human study", "How SPADE works", "Explore"])
+def test_every_page_opens_from_the_navigation(page, server, tmp_path, title):
+    shot = tmp_path / f"{title.replace(' ', '_')}.png"
+    page.goto(server)
+    try:
+        page.get_by_text("Prediction:", exact=False).first.wait_for()
+        page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+        page.get_by_role("heading", name=title).first.wait_for()
+        # the sidebar choices are drawn on every page
+        page.get_by_text("Presentation mode").first.wait_for(state="visible")
+        page.wait_for_timeout(500)
+        assert page.get_by_test_id("stException").count() == 0
+    finally:
+        _screenshot(page, shot)
+        print(f"screenshot: {shot}")

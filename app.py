@@ -3,9 +3,15 @@
 Sets the page config, draws the shared sidebar and routes to the pages in pages/.
 """
 
-import streamlit as st
+import os
 
-from spade_app.sidebar import apply_presentation_mode, render_sidebar
+# libgomp's busy-waiting threads make torch 10-100x slower when other processes (other sessions,
+# a test runner) share the cores. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import streamlit as st  # noqa: E402
+
+from spade_app.sidebar import apply_presentation_mode, render_sidebar  # noqa: E402
 
 st.set_page_config(page_title="SPADE Explorer", page_icon=":material/biotech:", layout="wide")
 

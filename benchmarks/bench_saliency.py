@@ -108,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if dense_maps:
         name, saliency = next(iter(dense_maps.items()))
-        seconds = _timed(lambda: insertion_deletion(loaded.model, x, saliency, target, steps=100, batch_size=32),
-                         device)
-        print(f"insertion/deletion of the dense {name} map (100 steps, 201 images, batch 32): {seconds:.2f} s")
+        seconds = _timed(lambda: insertion_deletion(loaded.model, x, saliency, target, steps=100), device)
+        print(f"insertion/deletion of the dense {name} map (100 steps, 201 images, automatic batch): {seconds:.2f} s")
     return 0
 
 

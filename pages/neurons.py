@@ -1,10 +1,30 @@
-"""Neurons: dense vs SPADE feature visualizations (waits for the library's neuron module)."""
+"""Neurons: feature visualizations of one neuron on the dense model and on the SPADE trace of the image."""
 
 import streamlit as st
 
+from spade_app import loaders, neurons
+from spade_app.sidebar import get_selection
+
 st.title("Neurons")
-st.info(
-    "Coming soon: pick a neuron (by default the predicted class logit, or a layer and channel), and compare "
-    "its feature visualization on the dense model with the one on the SPADE trace of your image, side by side "
-    "with the activation maps. The library part (`spade.neurons`) is not available yet."
-)
+st.caption("A feature visualization on the dense model mixes every facet a neuron has learned; on the SPADE "
+           "trace of one image it shows the facet this image used.")
+sel = get_selection()
+if not sel.ready:
+    st.info("Choose a valid image and model in the sidebar to start.")
+    st.stop()
+
+preds = loaders.top_k(sel.model_key, sel.image_key, sel.loaded, sel.image)
+predicted, name, prob = preds[0]
+st.markdown(f"**Image:** {sel.image_label} · **model:** {sel.model_label} · **prediction:** {name} ({prob:.1%})")
+
+with st.expander("Settings", expanded=not sel.presentation):
+    submitted = neurons.neuron_form(sel, predicted)
+settings = neurons.active_settings(sel, submitted)
+if settings is None:
+    st.info("Press **Run** to visualize the neuron on the dense model and on the SPADE trace.")
+    st.stop()
+
+outcome = neurons.run(sel, settings)
+if outcome is None:
+    st.stop()
+neurons.show(sel, settings, *outcome)

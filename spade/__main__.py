@@ -1,8 +1,13 @@
 """``python -m spade``: see spade.cli."""
 
+import os
 import sys
 
-from spade.cli import main
+# libgomp's busy-waiting threads make torch 10-100x slower when other processes share the cores;
+# passive waiting costs little on an idle machine. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from spade.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

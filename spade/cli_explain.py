@@ -84,15 +84,6 @@ def load_mask(path: str, image_size: tuple[int, int], preprocessing):
     return TF.pil_to_tensor(nearest.resize_crop(mask))[0] > 127
 
 
-def _settings_for(method, loaded, seed: int):
-    overrides = {}
-    if method.accepts("layer"):
-        overrides["layer"] = loaded.spec.last_conv_stage
-    if method.accepts("seed"):
-        overrides["seed"] = seed
-    return method.settings(**overrides)
-
-
 def _run_explain(args: argparse.Namespace) -> int:
     import torch
 
@@ -100,7 +91,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     from spade.cli_trace import ProgressBar
     from spade.images import load_image
     from spade.metrics import insertion_deletion, mass_in_mask, pointing_game, rank_correlation, trojan_auc
-    from spade.saliency import METHODS
+    from spade.saliency import METHODS, settings_for
     from spade.sparsity import load_profile
     from spade.trace import spade_trace
     from spade.visualize import comparison_png, joint_scale
@@ -135,7 +126,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         report_methods = {}
         for name in names:
             method = METHODS[name]
-            settings = _settings_for(method, loaded, args.seed)
+            settings = settings_for(name, layer=loaded.spec.last_conv_stage, seed=args.seed)
             dense = method.explain(loaded.model, x, target, settings, progress=bar)
             spade = method.explain(trace.model, x, target, settings, progress=bar)
             kind = "absolute" if args.absolute else "signed"

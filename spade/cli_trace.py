@@ -29,8 +29,9 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:
 class ProgressBar:
     """A one-line text progress bar on stderr: `stage [#####     ] 50%`."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width, self.stage = stream, width, None
+    def __init__(self, stream=None, width: int = 30):
+        self.stream = sys.stderr if stream is None else stream  # looked up now: tests swap sys.stderr
+        self.width, self.stage = width, None
 
     def __call__(self, stage: str, fraction: float) -> None:
         if stage != self.stage and self.stage is not None:

@@ -17,6 +17,8 @@ from torch import nn
 
 from spade.devices import model_device
 from spade.errors import ConfigError
+from spade.saliency.attribution_model import Mode, attribution_copy
+from spade.saliency.base import check_batch_size
 
 Progress = Callable[[str, float], None]
 
@@ -134,7 +136,7 @@ def insertion_deletion(
     saliency,
     target: int,
     steps: int = 100,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> CurveResult:
     """The authors' insertion / deletion protocol.
@@ -144,14 +146,14 @@ def insertion_deletion(
     (insertion; all other pixels set to 0 in normalized space) or set to 0 (deletion). Each point is the
     softmax probability of ``target`` divided by the probability on the unmasked image, clipped to [0, 1];
     the AUC is the trapezoid over the ``steps`` points spread evenly over [0, 1] (:func:`curve_auc`).
-    Runs ``2 * steps + 1`` images through ``model`` in batches of ``batch_size`` (no gradients); the model
-    is only read.
+    Runs ``2 * steps + 1`` images (no gradients) in batches of ``batch_size`` (None: 8 on the CPU, 32 on a
+    GPU) through the eval-mode attribution copy of ``model`` (BatchNorm folded, same function; the model
+    itself is never run or modified, so a model left in training mode is evaluated in eval mode).
     """
     if steps < 2:
         raise ConfigError("insertion_deletion needs steps >= 2.")
-    if batch_size < 1:
-        raise ConfigError("batch_size must be at least 1.")
     device = model_device(model)
+    batch_size = check_batch_size(batch_size, device)
     img = x.detach().to(device=device, dtype=torch.float32)
     img = img[0] if img.dim() == 4 else img
     if img.dim() != 3:
@@ -176,13 +178,10 @@ def insertion_deletion(
 
     total = 2 * steps + 1
     probs = torch.empty(total, dtype=torch.float64)
-    was_training = model.training
-    if was_training:
-        raise ConfigError("insertion_deletion needs the model in eval mode (call model.eval()).")
-    with torch.no_grad():
+    with attribution_copy(model, Mode.PLAIN, img[None]) as net, torch.no_grad():
         for start in range(0, total, batch_size):
             idx = range(start, min(total, start + batch_size))
-            out = model(torch.stack([make(j) for j in idx]))
+            out = net(torch.stack([make(j) for j in idx]))
             if target >= out.shape[1]:
                 raise ConfigError(f"Target class {target} does not exist; the model has {out.shape[1]} outputs.")
             probs[start: idx.stop] = torch.softmax(out.double(), dim=1)[:, target].cpu()

@@ -409,3 +409,76 @@ def test_late_blocks_profile_prunes_only_late_layers(tiny, at):
     assert list(table["target"]) == [expected[name] for name in table["layer"]]
     assert 0 < (table["target"] == 0.8).sum() < len(table)
     assert (table.loc[table["target"] == 0.0, "achieved"] < 0.05).all()
+
+
+# ------------------------------------------------------------------------------------------ neurons page
+def test_neurons_form_defaults_to_predicted_class(at):
+    at.switch_page("pages/neurons.py").run()
+    assert not at.exception, at.exception
+    sel = at.session_state["spade_selection"]
+    predicted = load_model(DEFAULT_MODEL, device="cpu").predict(sel.image, k=1)[0]
+    assert at.radio(key="nv_kind").value == "Class logit"
+    assert at.selectbox(key=f"nv_class_{sel.model_key}_{sel.image_key}").value == predicted.index
+    from spade.featurevis import CPU_STEPS
+
+    assert at.number_input(key="nv_steps").value == CPU_STEPS
+    assert any(b.label == "Run" for b in at.button)
+    # the layer list holds exactly the model's Conv2d modules
+    convs = [n for n, m in sel.loaded.model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert at.selectbox(key="nv_layer").options == [f"{n} ({dict(sel.loaded.model.named_modules())[n].out_channels} "
+                                                    "channels)" for n in convs]
+
+
+def _run_neurons(at: AppTest, **settings) -> AppTest:
+    at.switch_page("pages/neurons.py").run()
+    assert not at.exception, at.exception
+    values = {"nv_steps": 4, "nv_count": 4, "nv_views": 4, "nv_top_k": 2, **settings}
+    for key, value in values.items():
+        for kind in ("number_input", "radio", "selectbox"):
+            widgets = [w for w in at.get(kind) if w.key == key]
+            if widgets:
+                widgets[0].set_value(value)
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_neurons_run_with_tiny_model_shows_both_visualizations(tiny, at):
+    from spade.featurevis import ClassLogit, FeatureVisConfig, visualize
+
+    _with_model(at, tiny.name)
+    _run_neurons(at)
+    assert not at.error, [e.value for e in at.error]
+    sel = at.session_state["spade_selection"]
+    predicted = sel.loaded.predict(sel.image, k=1)[0]
+    assert f"Neuron: class {predicted.index} ({predicted.name})" in [s.value for s in at.subheader]
+    captions = [c for i in at.image for c in i.captions]
+    dense = [c for c in captions if c.startswith("Dense model: objective ")]
+    sparse = [c for c in captions if c.startswith("SPADE trace: objective ")]
+    assert len(dense) == 1 and len(sparse) == 1
+    # the dense visualization's value is the library's, computed here independently (same config and seed)
+    expected = visualize(sel.loaded.model, ClassLogit(predicted.index), preprocessing=sel.loaded.preprocessing,
+                         config=FeatureVisConfig(steps=4, seed=0))
+    assert dense[0] == f"Dense model: objective {expected.final_values[0]:.3f}"
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    import json
+
+    fig = json.loads(charts[0].proto.spec)
+    assert [len(t["y"]) for t in fig["data"]] == [4, 4]
+    assert any(c.startswith("dense: ") for c in captions) and any(c.startswith("SPADE: ") for c in captions)
+    assert "Side by side (PNG)" in [b.label for b in at.get("download_button")]
+
+
+def test_neurons_channel_objective_and_bad_channel(tiny, at):
+    _with_model(at, tiny.name)
+    sel = at.session_state["spade_selection"]
+    convs = {n: m.out_channels for n, m in sel.loaded.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    small = min(convs, key=convs.get)
+    _run_neurons(at, nv_kind="Conv layer channel", nv_layer=small, nv_channel=1)
+    assert not at.error, [e.value for e in at.error]
+    assert f"Neuron: {small}:1 mean" in [s.value for s in at.subheader]
+    if convs[small] < max(convs.values()):
+        _run_neurons(at, nv_kind="Conv layer channel", nv_layer=small, nv_channel=convs[small])
+        assert [e.value for e in at.error] == [f"Layer {small} has {convs[small]} channels; pick a channel from 0 "
+                                               f"to {convs[small] - 1}."]

@@ -144,4 +144,16 @@ def test_insertion_deletion_refuses_bad_input():
     with pytest.raises(ConfigError):
         insertion_deletion(model, torch.ones(3, 2, 2), torch.ones(2, 2), 5)
     with pytest.raises(ConfigError):
-        insertion_deletion(model.train(), torch.ones(3, 2, 2), torch.ones(2, 2), 0)
+        insertion_deletion(model, torch.ones(3, 2, 2), torch.ones(2, 2), 0, batch_size=0)
+
+
+def test_insertion_deletion_never_runs_a_training_mode_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3))
+    x, sal = torch.randn(3, 8, 8), torch.randn(8, 8)
+    expected = insertion_deletion(model.eval(), x, sal, 0, steps=5)
+    stats = model[1].running_mean.clone()
+    got = insertion_deletion(model.train(), x, sal, 0, steps=5)
+    assert model.training and torch.equal(model[1].running_mean, stats)  # BN statistics untouched
+    assert got.insertion == pytest.approx(expected.insertion, rel=1e-5)

@@ -18,8 +18,19 @@ from torch import nn
 
 from spade.errors import ConfigError, SpadeError
 from spade.metrics import trojan_auc
-from spade.saliency import METHODS, PAPER_METHODS, Mode, build_attribution_copy, clear_cache, default_cam_layer
+from spade.saliency import (
+    METHODS,
+    PAPER_METHODS,
+    GradCamSettings,
+    LimeSettings,
+    Mode,
+    SaliencySettings,
+    build_attribution_copy,
+    clear_cache,
+    default_cam_layer,
+)
 from spade.saliency.attribution_model import ClampAsReLUs, GuidedClamp, count_calls
+from spade.saliency.segmentation import grid_segments, slic_segments
 from tests.tiny_models import tiny_mobilenet, tiny_resnet
 
 # Smaller sample counts keep the suite fast; everything else uses the authors' defaults.
@@ -403,8 +414,10 @@ def test_lrp_conserves_relevance(archs, arch):
     relevance = METHODS["lrp"].explain(model, x, target).raw
     assert abs(float(relevance.sum()) - 1.0) < 0.05, float(relevance.sum())
     if model is not archs[arch]:  # biases absorb relevance but never create it out of nothing
-        with_bias = METHODS["lrp"].explain(archs[arch], x, target).raw.sum()
-        assert torch.isfinite(with_bias) and float(with_bias) < 1.05
+        for ignore_bias in (True, False):
+            settings = METHODS["lrp"].settings(ignore_bias=ignore_bias)
+            total = METHODS["lrp"].explain(archs[arch], x, target, settings).raw.sum()
+            assert torch.isfinite(total) and float(total) < 1.05
 
 
 def test_lrp_rejects_invalid_alpha_beta():
@@ -436,6 +449,21 @@ def test_gradient_shap_of_a_linear_model():
     x = torch.randn(3, 4, 4)
     a = METHODS["gradient_shap"].explain(lin, x, 1, METHODS["gradient_shap"].settings(stdev=0.0, baselines=("zero",)))
     assert torch.allclose(a.raw, lin[1].weight[1].view(3, 4, 4) * x, atol=1e-6)
+
+
+def test_superpixels_follow_colour_edges():
+    img = torch.zeros(3, 48, 48)
+    img[0, :, :21] = 0.9  # red left part, blue right part, edge off the 8-px grid
+    img[2, :, 21:] = 0.9
+    img += 0.02 * torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0))
+    labels = slic_segments(img, n_segments=36)
+    assert labels.min() == 0 and set(labels.unique().tolist()) == set(range(int(labels.max()) + 1))
+    assert 20 <= int(labels.max()) + 1 <= 50
+    left = set(labels[:, :21].unique().tolist())
+    right = set(labels[:, 21:].unique().tolist())
+    assert not left & right  # no superpixel crosses the colour edge
+    grid = grid_segments(48, 48, n_segments=36)
+    assert int(grid.max()) + 1 == 36 and (grid[:8, :8] == 0).all()
 
 
 def test_default_cam_layers():
@@ -472,6 +500,14 @@ def test_cache_does_not_keep_models_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_settings_for_fills_layer_and_seed_only_where_they_exist():
+    from spade.saliency import settings_for
+
+    assert settings_for("gradcam", layer="layer2", seed=5) == GradCamSettings(layer="layer2")
+    assert settings_for("lime", layer="layer2", seed=5, n_samples=10) == LimeSettings(seed=5, n_samples=10)
+    assert settings_for("saliency", layer="x", seed=1) == SaliencySettings()
 
 
 def test_errors_are_actionable():

@@ -31,11 +31,11 @@ class FeatureVisConfig:
     """Optimisation settings.
 
     steps: Adam steps (None: 512 on a GPU, 128 on the CPU). size: side of the square image in pixels
-    (None: the model's crop size). lr: Adam learning rate. seed: the same seed
-    gives the same image (bit for bit on the CPU). parameterization: "fourier" (1/f-scaled spectrum) or
-    "pixel". decorrelate: optimise in ImageNet's decorrelated colour space. init_sd: standard deviation of
-    the random start. decay_power: exponent of the 1/f scaling. transforms: random transforms every step
-    (None: none).
+    (None: the model's crop size). lr: Adam learning rate. seed: the same seed gives the same image (bit for
+    bit on the CPU; on CUDA only closely, as grid_sample's backward adds atomically). parameterization:
+    "fourier" (1/f-scaled spectrum) or "pixel". decorrelate: optimise in ImageNet's decorrelated colour
+    space. init_sd: standard deviation of the random start. decay_power: exponent of the 1/f scaling.
+    transforms: random transforms every step (None: none).
     """
 
     steps: int | None = None

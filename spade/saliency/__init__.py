@@ -85,6 +85,14 @@ def get_method(name: str) -> SaliencyMethod:
         raise ConfigError(f"Unknown saliency method {name!r}; choose from {', '.join(METHODS)}.") from None
 
 
+def settings_for(name: str, *, layer: str | None = None, seed: int | None = None, **overrides: Any) -> Any:
+    """Default settings of method ``name`` with the model's CAM ``layer`` (e.g. ``spec.last_conv_stage``) and a
+    ``seed`` filled in where the method has such a field (ignored otherwise), plus explicit ``overrides``."""
+    method = get_method(name)
+    extra = {k: v for k, v in (("layer", layer), ("seed", seed)) if v is not None and method.accepts(k)}
+    return method.settings(**extra, **overrides)
+
+
 def explain(name: str, model: nn.Module, x: torch.Tensor, target: int, settings: Any = None, *,
             progress: Progress | None = None) -> Attribution:
     """``METHODS[name].explain(...)``."""
@@ -116,4 +124,5 @@ __all__ = [
     "default_cam_layer",
     "explain",
     "get_method",
+    "settings_for",
 ]

@@ -41,7 +41,7 @@ class Attribution:
     method: registry name of the method (``"integrated_gradients"``, ...).
     target: the explained class index.
     settings: the frozen settings object that was used (with its seed for random methods).
-    seconds: wall-clock time of the computation.
+    seconds: wall-clock time of the call, including building the model's attribution copy the first time.
     """
 
     raw: torch.Tensor
@@ -128,12 +128,12 @@ class SaliencyMethod:
             )
         batch = prepare_input(x, model)
         target = check_target(target)
-        n_classes = num_outputs(model, batch)
+        start = time.perf_counter()
+        n_classes = num_outputs(model, batch)  # builds the cached plain copy on the first call
         if target >= n_classes:
             raise ConfigError(f"Target class {target} does not exist; the model has {n_classes} outputs.")
         report = progress if progress is not None else _no_progress
         report(self.name, 0.0)
-        start = time.perf_counter()
         raw = self.run(model, batch, target, settings, report)
         seconds = time.perf_counter() - start
         raw = raw.detach().reshape(-1, *batch.shape[-2:]).to(device="cpu", dtype=torch.float32)

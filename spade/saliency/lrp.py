@@ -13,10 +13,16 @@ Composite (a ``zennit.composites.LayerMapComposite``), following the authors' "a
   ``torch.fx`` — this replaces zennit's torchvision-only ``ResNetCanonizer`` for every architecture.
 * max pooling keeps its gradient (winner takes all).
 
-The relevance seed is 1 at the target logit (0 elsewhere), so the input relevance sums to about 1. With
-``ignore_bias=False`` (default) biases, including the merged BatchNorm shifts, absorb part of the
-relevance; with ``ignore_bias=True`` the rules leave biases out and relevance is conserved exactly
-except where a unit has no positive contribution.
+The relevance seed is 1 at the target logit (0 elsewhere). Biases (including the BatchNorm shifts
+merged into the convolutions) are left out of the rule (``ignore_bias=True``, default; to our knowledge
+the Nam et al. LRP code the authors used also computes its z terms without bias, not verified here).
+Relevance is then conserved exactly where every unit has some positive contribution (checked in the
+tests on bias-free ResNet / EfficientNet-Lite / tiny models: input relevance sums to 1 within 5 %). On
+the pretrained EfficientNet-Lite0, units whose input window is all zero but that are switched on by their
+BatchNorm shift carry relevance the rule cannot pass down (mostly at the depthwise convolutions of the
+last stages): the input relevance sums to about 0.04 of the seed (with ``ignore_bias=False`` the biases
+absorb even more: about 1e-4). The map's shape, which is what is displayed and scored, does not depend
+on this overall scale.
 """
 
 from __future__ import annotations
@@ -39,12 +45,13 @@ from spade.saliency.base import Progress
 
 @dataclass(frozen=True)
 class LRPSettings:
-    """alpha/beta of the AlphaBeta rule (alpha - beta must be 1; the authors used alpha = 1, beta = 0)."""
+    """alpha/beta of the AlphaBeta rule (alpha - beta must be 1; the authors used alpha = 1, beta = 0);
+    ignore_bias: leave biases out of the rule (see the module docstring)."""
 
     alpha: float = 1.0
     beta: float = 0.0
     stabilizer: float = 1e-6
-    ignore_bias: bool = False
+    ignore_bias: bool = True
 
 
 def lrp_composite(settings: LRPSettings) -> LayerMapComposite:

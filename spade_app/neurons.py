@@ -1,0 +1,328 @@
+"""The Neurons page's parts: the settings form, the run (SPADE trace for visualization + dense vs SPADE
+feature visualizations and evidence, with progress into ``st.status``), and the result views.
+
+Everything numeric comes from ``spade.featurevis`` and ``spade.visualize``; this module arranges widgets.
+The trace reuses the Explore page's store (statistics per image/model/augmentations, traces per sparsity),
+the comparisons live in their own small LRU store shared by all sessions.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, replace
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from spade import visualize
+from spade.augment import AugmentConfig
+from spade.errors import ConfigError, SpadeError
+from spade.featurevis import (
+    CPU_STEPS,
+    EVIDENCE_AUGMENT,
+    GPU_STEPS,
+    ChannelMean,
+    ClassLogit,
+    FeatureVisConfig,
+    Neuron,
+    NeuronComparison,
+    Objective,
+    check_objective,
+    compare_neuron,
+)
+from spade.featurevis.compare import FALLBACK_TARGETS, VISUALIZATION_TARGET
+from spade.solver import SolverConfig
+from spade.sparsity import late_blocks_profile
+from spade.trace import SpadeTrace
+from spade_app import compute, figures
+from spade_app.results import OOM_HINT
+from spade_app.sidebar import Selection
+
+REQUEST_KEY = "neurons_request"
+CLASS, CHANNEL = "Class logit", "Conv layer channel"
+LATE, UNIFORM = "Late blocks (authors' choice)", "Uniform"
+MAP_OPACITY = 0.6
+
+
+@dataclass(frozen=True)
+class NeuronSettings:
+    """Everything a Neurons run depends on besides the image and the model.
+
+    objective: what is maximised. sparsity: None = `late_blocks_profile` at 0.95 (the authors' choice),
+    else a uniform target in [0, 1). keep_decision: with the default sparsity, lower the late-block target
+    (FALLBACK_TARGETS) until the trace keeps the top-1 class. views / top_k: evidence views searched / shown.
+    """
+
+    objective: Objective
+    steps: int
+    seed: int = 0
+    augmentations: int = 128
+    sparsity: float | None = None
+    keep_decision: bool = True
+    views: int = 64
+    top_k: int = 4
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(count=self.augmentations, seed=self.seed)
+
+    @property
+    def featurevis(self) -> FeatureVisConfig:
+        return FeatureVisConfig(steps=self.steps, seed=self.seed)
+
+    @property
+    def evidence_augment(self) -> AugmentConfig:
+        return replace(EVIDENCE_AUGMENT, count=self.views, seed=self.seed)
+
+    def describe_sparsity(self) -> str:
+        if self.sparsity is None:
+            return f"late blocks {VISUALIZATION_TARGET:g}" + (" (keeping the decision)" if self.keep_decision else "")
+        return f"uniform {self.sparsity:.2f}"
+
+
+@st.cache_resource
+def comparison_store() -> compute.LRUStore:
+    """Process-wide store of finished comparisons (a few images each; never mutated)."""
+    return compute.LRUStore({"comparison": 8})
+
+
+# ----------------------------------------------------------------------------------------------- form
+def conv_layers(model: nn.Module) -> dict[str, int]:
+    """{module name: output channels} of every ``nn.Conv2d`` (selected by type), in registration order."""
+    return {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def describe_objective(objective: Objective, class_name) -> str:
+    """The objective's library name, with the class name for a class logit."""
+    text = objective.describe()
+    if isinstance(objective, ClassLogit):
+        text += f" ({class_name(objective.index)})"
+    return text
+
+
+def default_steps(device: torch.device) -> int:
+    return CPU_STEPS if torch.device(device).type == "cpu" else GPU_STEPS
+
+
+def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
+    """Draw the form; returns the settings when "Run" was pressed and they are valid (else None, errors shown)."""
+    loaded = sel.loaded
+    layers = conv_layers(loaded.model)
+    gpu = loaded.device.type != "cpu"
+    suffix = f"{sel.model_key}_{sel.image_key}"  # defaults (the predicted class) follow the image and model
+    with st.form("neuron_settings"):
+        c_neuron, c_vis, c_trace = st.columns(3)
+        with c_neuron:
+            st.markdown("**Neuron**")
+            kind = st.radio("Objective", [CLASS, CHANNEL], key="nv_kind", horizontal=True,
+                            help="A class logit (default: the class predicted for the image), or one channel of a "
+                                 "convolution layer (its mean over positions, or the single neuron at the centre).")
+            n_classes = len(loaded.class_names)
+            class_index = st.selectbox(
+                "Class (default: the prediction)", range(n_classes), index=predicted, key=f"nv_class_{suffix}",
+                format_func=lambda i: f"{loaded.class_name(i)} ({i})" + (" · predicted" if i == predicted else ""))
+            names = list(layers)
+            layer = st.selectbox("Conv layer", names, index=len(names) - 1 if names else None, key="nv_layer",
+                                 format_func=lambda n: f"{n} ({layers[n]} channels)", disabled=not names)
+            channel = st.number_input("Channel", 0, max(layers.values(), default=1) - 1, 0, key="nv_channel")
+            centre = st.checkbox("Single neuron at the centre (instead of the channel mean)", False, key="nv_centre")
+        with c_vis:
+            st.markdown("**Visualization**")
+            steps = st.number_input("Steps", 1, 4096, default_steps(loaded.device), step=16, key="nv_steps",
+                                    help=f"Adam steps (library default: {CPU_STEPS} on the CPU, {GPU_STEPS} on a GPU).")
+            seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="nv_seed",
+                                   help="Same seed, same images (also seeds the augmentations).")
+            views = st.number_input("Evidence views", 1, 1024, EVIDENCE_AUGMENT.count, step=8, key="nv_views",
+                                    help="Random crops of the image searched for the views that excite it most.")
+            top_k = st.number_input("Top views shown", 1, 16, 4, key="nv_top_k")
+        with c_trace:
+            st.markdown("**SPADE trace**")
+            augmentations = st.number_input("Augmentations", 1, 4096, 1024 if gpu else 128, step=8, key="nv_count")
+            mode = st.radio("Sparsity", [LATE, UNIFORM], key="nv_sparsity_mode", horizontal=True,
+                            help=f"Late blocks: {VISUALIZATION_TARGET:g} on the last 30% of blocks and the "
+                                 "classifier, 0 elsewhere (the authors' choice for visualizations). Uniform: the "
+                                 "slider's value on every pruned layer.")
+            uniform = st.slider("Uniform sparsity", 0.0, 0.99, loaded.spec.default_sparsity, step=0.01,
+                                key="nv_sparsity")
+            keep = st.checkbox("Keep the model's decision", True, key="nv_keep",
+                               help="Late blocks only: if the trace changes the top-1 class, lower the late-block "
+                                    f"target ({', '.join(f'{t:g}' for t in FALLBACK_TARGETS)}) until it keeps it.")
+        submitted = st.form_submit_button("Run", type="primary", icon=":material/play_arrow:")
+    if not submitted:
+        return None
+    try:
+        if kind == CLASS:
+            objective: Objective = ClassLogit(int(class_index))
+        else:
+            if layer is None:
+                raise ConfigError("This model has no convolution layer; choose a class logit instead.")
+            if int(channel) >= layers[layer]:
+                raise ConfigError(f"Layer {layer} has {layers[layer]} channels; pick a channel from 0 to "
+                                  f"{layers[layer] - 1}.")
+            objective = Neuron(layer, int(channel)) if centre else ChannelMean(layer, int(channel))
+        return NeuronSettings(objective=objective, steps=int(steps), seed=int(seed), augmentations=int(augmentations),
+                              sparsity=None if mode == LATE else round(float(uniform), 4), keep_decision=bool(keep),
+                              views=int(views), top_k=int(top_k))
+    except SpadeError as exc:
+        st.error(str(exc))
+        return None
+
+
+def active_settings(sel: Selection, submitted: NeuronSettings | None) -> NeuronSettings | None:
+    """Just submitted settings, or the last ones run on this same image and model (results survive reruns)."""
+    if submitted is not None:
+        st.session_state[REQUEST_KEY] = (sel.model_key, sel.image_key, submitted)
+        return submitted
+    request = st.session_state.get(REQUEST_KEY)
+    if request is not None and request[:2] == (sel.model_key, sel.image_key):
+        return request[2]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- run
+def _trace(sel: Selection, settings: NeuronSettings, progress) -> SpadeTrace:
+    """The visualization trace from the shared store: the same as `spade.featurevis.visualization_trace`, with
+    the statistics reused across sparsities (and shared with the Explore page)."""
+    loaded = sel.loaded
+    stats, _ = compute.get_statistics(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, progress)
+    key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
+    solver = SolverConfig()
+    if settings.sparsity is not None:
+        return compute.get_trace(key, stats, settings.sparsity, settings.sparsity, solver, progress)[0]
+    targets = (VISUALIZATION_TARGET, *FALLBACK_TARGETS) if settings.keep_decision else (VISUALIZATION_TARGET,)
+    for target in targets:
+        profile = late_blocks_profile(loaded.model, target, selection=loaded.spec.layer_selection)
+        trace = compute.get_trace(key, stats, profile, profile, solver, progress)[0]
+        if trace.top1_agrees:
+            break
+    return trace
+
+
+def run(sel: Selection, settings: NeuronSettings) -> tuple[SpadeTrace, NeuronComparison] | None:
+    """Trace + dense/SPADE visualizations and evidence, with per-stage progress in a status box.
+    Errors are shown (the library's message), never raised."""
+    loaded = sel.loaded
+    with st.status("Visualizing the neuron…", expanded=True) as status:
+        bars: dict[str, st.delta_generator.DeltaGenerator] = {}
+
+        def draw(stage: str, fraction: float) -> None:
+            if stage not in bars:
+                bars[stage] = st.progress(0.0)
+            bars[stage].progress(min(max(fraction, 0.0), 1.0), text=f"{stage}: {fraction:.0%}")
+
+        def waiting() -> None:
+            status.update(label="Waiting for the GPU: another session is using it…", state="running")
+
+        try:
+            with compute.gpu_slot(loaded.device, on_wait=waiting):
+                status.update(label="Visualizing the neuron…")
+                check_objective(loaded.model, settings.objective, loaded.to_batch(sel.image))
+                trace = _trace(sel, settings, draw)
+                key = (sel.model_key, sel.image_key, settings.augment, repr(trace.settings.get("sparsity")),
+                       settings.objective, settings.featurevis, settings.evidence_augment, settings.top_k)
+                result = comparison_store().get("comparison", key)
+                if result is None:
+                    result = compare_neuron(loaded.model, trace.model, sel.image, settings.objective,
+                                            preprocessing=loaded.preprocessing, config=settings.featurevis,
+                                            evidence_augment=settings.evidence_augment, top_k=settings.top_k,
+                                            feature_layer=loaded.spec.last_conv_stage, progress=draw)
+                    comparison_store().put("comparison", key, result)
+        except torch.OutOfMemoryError:
+            status.update(label="Visualization failed: out of GPU memory", state="error", expanded=True)
+            st.error(OOM_HINT)
+            return None
+        except SpadeError as exc:
+            status.update(label="Visualization failed", state="error", expanded=True)
+            st.error(str(exc))
+            return None
+        status.update(label=f"Done: {result.dense.settings['steps']} steps, dense {result.dense.seconds:.1f} s, "
+                            f"SPADE {result.trace.seconds:.1f} s", state="complete", expanded=False)
+    return trace, result
+
+
+# ----------------------------------------------------------------------------------------------- results
+def curve_figure(result: NeuronComparison, height: int = 320) -> go.Figure:
+    """Objective per optimisation step, dense vs SPADE (values on each step's randomly transformed image)."""
+    fig = go.Figure()
+    for color, (label, vis) in zip(figures.COLORS, (("dense", result.dense), ("SPADE trace", result.trace))):
+        fig.add_scatter(x=list(range(1, len(vis.curves) + 1)), y=vis.curves[:, 0].tolist(), mode="lines", name=label,
+                        line=dict(color=color))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step",
+                      yaxis_title="objective", legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def map_panels(result: NeuronComparison, opacity: float = MAP_OPACITY) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """(image uint8, [dense overlay, SPADE overlay], shared scale): the neuron's maps on one signed colour scale."""
+    dense, sparse = result.dense_evidence, result.trace_evidence
+    image = (dense.image * 255).round().astype(np.uint8)
+    a, b, scale = visualize.joint_normalize(dense.activation_map, sparse.activation_map, signed=True)
+    return image, [visualize.overlay(image, a, opacity, True), visualize.overlay(image, b, opacity, True)], scale
+
+
+def side_by_side_png(result: NeuronComparison, title: str, panel: int = 256) -> bytes:
+    """One PNG: dense visualization | SPADE visualization | dense map | SPADE map, with titles."""
+    panels = [result.dense.image_uint8(0), result.trace.image_uint8(0)]
+    names = ["dense", "SPADE"]
+    if result.dense_evidence is not None:
+        _, overlays, _ = map_panels(result)
+        panels += overlays
+        names += ["dense map", "SPADE map"]
+    top, gap = 40, 8
+    canvas = Image.new("RGB", (len(panels) * (panel + gap) + gap, panel + top + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((gap, 4), title, fill="black")
+    for i, (array, name) in enumerate(zip(panels, names)):
+        x = gap + i * (panel + gap)
+        canvas.paste(Image.fromarray(array).resize((panel, panel), Image.BILINEAR), (x, top))
+        draw.text((x, top - 14), name, fill="black")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def show(sel: Selection, settings: NeuronSettings, trace: SpadeTrace, result: NeuronComparison) -> None:
+    loaded = sel.loaded
+    name = describe_objective(result.objective, loaded.class_name)
+    sparsity = trace.settings.get("sparsity")
+    kept = trace.params_kept / max(trace.params_total, 1)
+    st.subheader(f"Neuron: {name}")
+    label = f"uniform {sparsity:g}" if isinstance(sparsity, (int, float)) else f"profile {sparsity.get('name')}"
+    st.caption(f"SPADE trace: {label} · "
+               f"{kept:.1%} of the pruned layers' weights kept · logit cosine {trace.logit_cosine:.3f} · "
+               f"{settings.augmentations} augmentations · seed {settings.seed}")
+    if isinstance(sparsity, dict) and sparsity.get("name") != f"late-blocks-{VISUALIZATION_TARGET:g}" \
+            and settings.sparsity is None:
+        st.info(f"The trace at {VISUALIZATION_TARGET:g} on the late blocks changed the model's top-1 class, so the "
+                f"late-block target was lowered ({sparsity.get('name')}) to keep it.", icon=":material/info:")
+    if not trace.top1_agrees:
+        st.warning("The trace does not keep the model's top-1 class, so its visualization may not show what the "
+                   "model used: lower the sparsity or add augmentations.", icon=":material/warning:")
+    st.markdown("#### Feature visualizations")
+    c1, c2 = st.columns(2)
+    for col, label, vis in ((c1, "Dense model", result.dense), (c2, "SPADE trace", result.trace)):
+        col.image(vis.image_uint8(0), caption=f"{label}: objective {vis.final_values[0]:.3f}", width="stretch")
+    st.markdown("#### Objective during the optimisation")
+    st.plotly_chart(figures.for_projector(curve_figure(result), sel.presentation), width="stretch")
+    if result.dense_evidence is not None:
+        st.markdown("#### The neuron on the image")
+        image, overlays, scale = map_panels(result)
+        dense_ev, trace_ev = result.dense_evidence, result.trace_evidence
+        st.caption(f"{dense_ev.map_kind}; {visualize.scale_label(scale, True)}; red positive, blue negative.")
+        cols = st.columns(3)
+        cols[0].image(image, caption="image (model's view)", width="stretch")
+        cols[1].image(overlays[0], caption=f"dense: {dense_ev.value:.3f} on the image", width="stretch")
+        cols[2].image(overlays[1], caption=f"SPADE: {trace_ev.value:.3f} on the image", width="stretch")
+        st.markdown("#### Augmented views that excite it most")
+        for label, ev in (("Dense model", dense_ev), ("SPADE trace", trace_ev)):
+            st.caption(f"{label} (of {len(ev.all_view_values)} views)")
+            st.image([(v * 255).round().astype(np.uint8) for v in ev.views], width=110,
+                     caption=[f"{v:.2f}" for v in ev.view_values])
+    stem = f"neuron_{loaded.spec.name}_{sel.image_label.rsplit('.', 1)[0]}"
+    title = f"{sel.model_label} · {sel.image_label} · {name} · {settings.describe_sparsity()}"
+    st.download_button("Side by side (PNG)", side_by_side_png(result, title), file_name=f"{stem}.png",
+                       mime="image/png", icon=":material/image:", on_click="ignore")

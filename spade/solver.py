@@ -98,8 +98,8 @@ def _group_errors(w: torch.Tensor, prune: torch.Tensor, U: torch.Tensor) -> torc
 
 
 def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int = 1,
-                 config: SolverConfig = SolverConfig(), mask: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 config: SolverConfig = SolverConfig(), mask: torch.Tensor | None = None,
+                 factor_cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse solution of one weight matrix.
 
     weight: (rows, d) float tensor; hessian: (d, d) Gram matrix of the layer's inputs (same device).
@@ -107,6 +107,8 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     (kh*kw for a convolution, 1 for linear and 1x1 layers); "row" mode uses `config.row_group`.
     The mask of each group is chosen from its weights as updated by all columns to its left.
     mask: optional fixed (rows, d) boolean prune mask (True = zero) that replaces mask selection.
+    factor_cache: optional dict kept by the caller for this Hessian; the inverse-Hessian factor does
+    not depend on the sparsity, so re-solving the same statistics reuses it (keyed by damp, dtype).
     Returns (sparse weight in weight's dtype, prune mask). Sparsity 0 without a mask returns an
     exact copy of `weight`.
     """
@@ -122,7 +124,12 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
     WT[dead] = 0.0
-    U = inverse_hessian_factor(H, config.damp)
+    key = (config.damp, dtype)
+    U = None if factor_cache is None else factor_cache.get(key)
+    if U is None:
+        U = inverse_hessian_factor(H, config.damp)
+        if factor_cache is not None:
+            factor_cache[key] = U
     diag = torch.diagonal(U).unsqueeze(1)
 
     prune = torch.zeros_like(WT, dtype=torch.bool) if mask is None else mask.T.contiguous()

@@ -43,6 +43,8 @@ class LayerStat:
     weight_shape: tuple[int, ...]
     hessian: torch.Tensor
     rows: int = 0
+    # per group: inverse-Hessian factors already computed by the solver (independent of the sparsity)
+    factors: list[dict] = field(default_factory=list, repr=False)
 
 
 @dataclass

@@ -195,8 +195,11 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
         group_size = 1 if isinstance(module, nn.Linear) else module.kernel_size[0] * module.kernel_size[1]
         target = targets[name]
         solved, err_num, err_den = [], 0.0, 0.0
+        if len(stat.factors) != groups:
+            stat.factors = [{} for _ in range(groups)]
         for g in range(groups):
-            sparse_g, _ = prune_matrix(rows[g], stat.hessian[g], target, group_size, solver)
+            sparse_g, _ = prune_matrix(rows[g], stat.hessian[g], target, group_size, solver,
+                                       factor_cache=stat.factors[g])
             solved.append(sparse_g)
             # relative error summed over groups: accumulate numerator and denominator separately
             H = stat.hessian[g].double()

@@ -125,3 +125,14 @@ def test_invalid_settings_are_refused():
         prune_matrix(W, H, 1.0)
     with pytest.raises(ConfigError):
         SolverConfig(mode="diagonal")
+
+
+def test_cached_factor_gives_the_same_solution():
+    W, _, H = correlated_problem()
+    cache: dict = {}
+    first, _ = prune_matrix(W, H, 0.6, 1, factor_cache=cache)
+    assert len(cache) == 1
+    again, _ = prune_matrix(W, H, 0.6, 1, factor_cache=cache)
+    other, _ = prune_matrix(W, H, 0.8, 1, factor_cache=cache)
+    assert torch.equal(first, again)
+    torch.testing.assert_close(other, prune_matrix(W, H, 0.8, 1)[0], rtol=0, atol=0)

@@ -128,6 +128,26 @@ def _padded_input(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
 
 
+def add_gram(hessian: torch.Tensor, cols: torch.Tensor) -> None:
+    """hessian += cols^T cols per group, computing only the upper block triangle of this symmetric
+    product (cols: (groups, rows, d); hessian: (groups, d, d)). Wide layers save up to ~45% of the work."""
+    d = cols.shape[2]
+    blocks = max(1, min(8, d // 256))
+    if blocks == 1:
+        hessian.baddbmm_(cols.transpose(1, 2), cols)
+        return
+    edges = [round(i * d / blocks) for i in range(blocks + 1)]
+    for i in range(blocks):
+        rows_i = slice(edges[i], edges[i + 1])
+        left = cols[:, :, rows_i].transpose(1, 2)
+        for j in range(i, blocks):
+            cols_j = slice(edges[j], edges[j + 1])
+            product = torch.bmm(left, cols[:, :, cols_j])
+            hessian[:, rows_i, cols_j] += product
+            if j != i:
+                hessian[:, cols_j, rows_i] += product.transpose(1, 2)
+
+
 def _new_stat(name: str, module: nn.Module, dtype: torch.dtype, device: torch.device) -> LayerStat:
     w = module.weight
     groups = getattr(module, "groups", 1)
@@ -177,7 +197,7 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
         stat = stats[name]
         for cols in layer_columns(module, x.detach()):
             cols = cols.to(dtype)
-            stat.hessian.baddbmm_(cols.transpose(1, 2), cols)
+            add_gram(stat.hessian, cols)
             stat.rows += cols.shape[1]
 
     start = time.perf_counter()

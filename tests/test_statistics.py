@@ -135,3 +135,21 @@ def test_unknown_layer_name_is_refused():
 
     with pytest.raises(ConfigError, match="nope"):
         collect_statistics(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8), layers=["nope"])
+
+
+@pytest.mark.parametrize("d", [100, 600, 1500])
+def test_block_triangular_gram_equals_full_product(d):
+    torch.manual_seed(0)
+    cols = torch.randn(2, 50, d, dtype=torch.float64)
+    H = torch.zeros(2, d, d, dtype=torch.float64)
+    stats_mod.add_gram(H, cols)
+    stats_mod.add_gram(H, cols)  # accumulates
+    torch.testing.assert_close(H, 2 * cols.transpose(1, 2) @ cols)
+
+
+def test_wide_conv_gram_matches_reference():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 8, 3, padding=1).double()  # d = 576: the block-triangular path
+    x = torch.randn(2, 64, 6, 6, dtype=torch.float64)
+    stats = collect_statistics(nn.Sequential(conv), x, layers=["0"], dtype=torch.float64)
+    torch.testing.assert_close(stats.layers["0"].hessian, reference_gram(reference_patches(conv, x)))

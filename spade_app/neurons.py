@@ -39,7 +39,7 @@ from spade.solver import SolverConfig
 from spade.sparsity import late_blocks_profile
 from spade.trace import SpadeTrace
 from spade_app import compute, figures
-from spade_app.results import OOM_HINT
+from spade_app.results import OOM_HINT, stage_progress
 from spade_app.sidebar import Selection
 
 REQUEST_KEY = "neurons_request"
@@ -207,12 +207,7 @@ def run(sel: Selection, settings: NeuronSettings) -> tuple[SpadeTrace, NeuronCom
     Errors are shown (the library's message), never raised."""
     loaded = sel.loaded
     with st.status("Visualizing the neuron…", expanded=True) as status:
-        bars: dict[str, st.delta_generator.DeltaGenerator] = {}
-
-        def draw(stage: str, fraction: float) -> None:
-            if stage not in bars:
-                bars[stage] = st.progress(0.0)
-            bars[stage].progress(min(max(fraction, 0.0), 1.0), text=f"{stage}: {fraction:.0%}")
+        draw = stage_progress()
 
         def waiting() -> None:
             status.update(label="Waiting for the GPU: another session is using it…", state="running")

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata
 
@@ -61,16 +62,23 @@ def augmentation_strip(sel: Selection, settings: RunSettings | None = None, n: i
 
 
 # ----------------------------------------------------------------------------------------------- run
+def stage_progress() -> Callable[[str, float], None]:
+    """A library progress callback that draws one Streamlit progress bar per stage, where it is called."""
+    bars: dict[str, st.delta_generator.DeltaGenerator] = {}
+
+    def draw(stage: str, fraction: float) -> None:
+        if stage not in bars:
+            bars[stage] = st.progress(0.0)
+        bars[stage].progress(min(max(fraction, 0.0), 1.0), text=f"{stage}: {fraction:.0%}")
+
+    return draw
+
+
 def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
     """Statistics (cached per image, model and augmentation settings) + solve (cached per sparsity), with a
     status box showing per-stage progress and timings. Errors are shown, never raised."""
     with st.status("Running SPADE…", expanded=True) as status:
-        bars: dict[str, st.delta_generator.DeltaGenerator] = {}
-
-        def draw(stage: str, fraction: float) -> None:
-            if stage not in bars:
-                bars[stage] = st.progress(0.0)
-            bars[stage].progress(min(max(fraction, 0.0), 1.0), text=f"{stage}: {fraction:.0%}")
+        draw = stage_progress()
 
         def waiting() -> None:
             status.update(label="Waiting for the GPU: another session is using it…", state="running")

@@ -12,11 +12,11 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 from spade.cli import add_model_arguments, check_model_arguments, load_model_from_args
+from spade.cli_trace import ProgressBar, add_trace_arguments, augmentation_count, sparsity_from_args
 from spade.errors import ConfigError, ImageLoadError
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,7 @@ def add_explain_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--methods", default="all",
                         help="comma-separated saliency methods or 'all' / 'paper' (default all; "
                              "e.g. saliency,lrp,integrated_gradients)")
-    sparsity = parser.add_mutually_exclusive_group()
-    sparsity.add_argument("--sparsity", type=float, default=None,
-                          help="uniform target sparsity in [0, 1) (default: the model's)")
-    sparsity.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile")
-    parser.add_argument("--augmentations", type=int, default=None,
-                        help="augmented views for the trace (default 128 on the CPU, 1024 on a GPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations and random methods (default 0)")
+    add_trace_arguments(parser)  # --seed also seeds the random methods
     parser.add_argument("--target", type=int, default=None, metavar="CLASS",
                         help="class index to explain (default: the dense model's top-1)")
     parser.add_argument("--out", metavar="DIR", default="explain_out", help="output folder (default explain_out)")
@@ -88,11 +82,9 @@ def _run_explain(args: argparse.Namespace) -> int:
     import torch
 
     from spade.augment import AugmentConfig
-    from spade.cli_trace import ProgressBar
     from spade.images import load_image
     from spade.metrics import insertion_deletion, mass_in_mask, pointing_game, rank_correlation, trojan_auc
     from spade.saliency import METHODS, settings_for
-    from spade.sparsity import load_profile
     from spade.trace import spade_trace
     from spade.visualize import comparison_png, joint_scale
 
@@ -108,10 +100,9 @@ def _run_explain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    count = args.augmentations or (1024 if loaded.device.type == "cuda" else 128)
-    sparsity = load_profile(args.profile) if args.profile else (
-        loaded.spec.default_sparsity if args.sparsity is None else args.sparsity)
-    bar = ProgressBar(stream=sys.stderr)  # the current stderr (ProgressBar's default is bound at import time)
+    count = augmentation_count(args, loaded.device)
+    sparsity = sparsity_from_args(args, loaded.spec.default_sparsity)
+    bar = ProgressBar()
     try:
         trace = spade_trace(loaded.model, image, preprocessing=preprocessing,
                             augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,

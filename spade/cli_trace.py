@@ -13,17 +13,37 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:
                                    description="Prune a model for one image (SPADE) and report how faithful it is.")
     parser.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, WebP, BMP, TIFF, GIF)")
     add_model_arguments(parser)
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--sparsity", type=float, default=None,
-                        help="uniform target sparsity in [0, 1) (default: the model's, e.g. 0.5 for EfficientNet-Lite)")
-    target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
-    parser.add_argument("--augmentations", type=int, default=None,
-                        help="number of augmented views (default 128 on the CPU, 1024 on a GPU)")
-    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
+    add_trace_arguments(parser)
     parser.add_argument("--mode", choices=("group", "row"), default="group", help="mask selection (default group)")
     parser.add_argument("--out", metavar="FILE.pt", help="save the trace (sparse weights + report)")
     parser.add_argument("--json", metavar="FILE.json", help="write the report as JSON")
     parser.set_defaults(func=_run_trace, check=lambda args: check_model_arguments(parser, args))
+
+
+def add_trace_arguments(parser: argparse.ArgumentParser,
+                        sparsity_default: str = "the model's, e.g. 0.5 for EfficientNet-Lite") -> None:
+    """The options every command that builds a trace shares: --sparsity | --profile, --augmentations, --seed."""
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--sparsity", type=float, default=None,
+                        help=f"uniform target sparsity in [0, 1) (default: {sparsity_default})")
+    target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
+    parser.add_argument("--augmentations", type=int, default=None,
+                        help="augmented views for the trace (default 128 on the CPU, 1024 on a GPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations (default 0)")
+
+
+def augmentation_count(args: argparse.Namespace, device) -> int:
+    """--augmentations, or the default for the device (the authors' 1024 on a GPU, 128 on the CPU)."""
+    return args.augmentations or (1024 if device.type == "cuda" else 128)
+
+
+def sparsity_from_args(args: argparse.Namespace, default):
+    """The --profile (loaded), else --sparsity, else `default`."""
+    from spade.sparsity import load_profile
+
+    if args.profile:
+        return load_profile(args.profile)
+    return default if args.sparsity is None else args.sparsity
 
 
 class ProgressBar:
@@ -50,16 +70,12 @@ def _run_trace(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
     from spade.images import load_image
     from spade.solver import SolverConfig
-    from spade.sparsity import load_profile
     from spade.trace import spade_trace
 
     image = load_image(args.image)
     loaded = load_model_from_args(args)
-    count = args.augmentations or (1024 if loaded.device.type == "cuda" else 128)
-    if args.profile:
-        sparsity = load_profile(args.profile)
-    else:
-        sparsity = loaded.spec.default_sparsity if args.sparsity is None else args.sparsity
+    count = augmentation_count(args, loaded.device)
+    sparsity = sparsity_from_args(args, loaded.spec.default_sparsity)
     selection = loaded.spec.layer_selection
     bar = ProgressBar()
     try:

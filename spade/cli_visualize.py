@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from spade.cli import add_model_arguments, check_model_arguments, load_model_from_args
+from spade.cli_trace import ProgressBar, add_trace_arguments, augmentation_count, sparsity_from_args
 
 
 def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,18 +32,12 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="optimisation steps (default 128 on the CPU, 512 on a GPU)")
     parser.add_argument("--size", type=int, default=None,
                         help="visualization size in pixels (default: the model's crop)")
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--sparsity", type=float, default=None,
-                        help="uniform trace sparsity in [0, 1) (default: 0.95 on the late blocks, the authors' choice)")
-    target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
+    add_trace_arguments(parser, sparsity_default="0.95 on the late blocks, the authors' choice")
     parser.add_argument("--keep-decision", action="store_true",
                         help="with the default sparsity: lower the late-block target (0.9, 0.8, 0.7, 0.5) until the "
                         "trace keeps the model's top-1 class (compact models lose it at 0.95)")
-    parser.add_argument("--augmentations", type=int, default=None,
-                        help="augmented views for the trace (default 128 on the CPU, 1024 on a GPU)")
     parser.add_argument("--views", type=int, default=64, help="augmented views searched for the evidence (default 64)")
     parser.add_argument("--top-k", type=int, default=4, help="most exciting views to save (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the visualization and augmentations (default 0)")
     parser.add_argument("--out", metavar="DIR", default="spade-visualize",
                         help="output folder (default spade-visualize)")
     parser.set_defaults(func=_run_visualize, check=lambda args: _check(parser, args))
@@ -72,7 +67,6 @@ def _run_visualize(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from spade.augment import AugmentConfig
-    from spade.cli_trace import ProgressBar
     from spade.featurevis import (
         EVIDENCE_AUGMENT,
         FeatureVisConfig,
@@ -82,21 +76,16 @@ def _run_visualize(args: argparse.Namespace) -> int:
         visualization_trace,
     )
     from spade.images import load_image
-    from spade.sparsity import load_profile
     from spade.visualize import joint_normalize, overlay
 
     image = load_image(args.image)
     loaded = load_model_from_args(args)
-    gpu = loaded.device.type == "cuda"
     predicted = loaded.predict(image, k=1)[0]
     objective = parse_neuron(args.neuron, predicted=predicted.index)
     pre = loaded.spec.preprocessing
     check_objective(loaded.model, objective, loaded.to_batch(image))
-    count = args.augmentations or (1024 if gpu else 128)
-    if args.profile:
-        sparsity = load_profile(args.profile)
-    else:
-        sparsity = args.sparsity  # None: the late-blocks default of visualization_trace
+    count = augmentation_count(args, loaded.device)
+    sparsity = sparsity_from_args(args, None)  # None: the late-blocks default of visualization_trace
     config = FeatureVisConfig(steps=args.steps, size=args.size, seed=args.seed)
     evidence_augment = replace(EVIDENCE_AUGMENT, count=args.views, seed=args.seed)
     bar = ProgressBar()

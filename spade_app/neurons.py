@@ -38,7 +38,7 @@ from spade.featurevis.compare import FALLBACK_TARGETS, VISUALIZATION_TARGET
 from spade.solver import SolverConfig
 from spade.sparsity import late_blocks_profile
 from spade.trace import SpadeTrace
-from spade_app import compute, figures
+from spade_app import compute, figures, results
 from spade_app.results import OOM_HINT, stage_progress
 from spade_app.sidebar import Selection
 
@@ -173,14 +173,8 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
 
 
 def active_settings(sel: Selection, submitted: NeuronSettings | None) -> NeuronSettings | None:
-    """Just submitted settings, or the last ones run on this same image and model (results survive reruns)."""
-    if submitted is not None:
-        st.session_state[REQUEST_KEY] = (sel.model_key, sel.image_key, submitted)
-        return submitted
-    request = st.session_state.get(REQUEST_KEY)
-    if request is not None and request[:2] == (sel.model_key, sel.image_key):
-        return request[2]
-    return None
+    """Just submitted settings, or the last ones run on this same image and model."""
+    return results.active_settings(sel, submitted, key=REQUEST_KEY)
 
 
 # ----------------------------------------------------------------------------------------------- run

@@ -38,12 +38,13 @@ def default_methods() -> tuple[str, ...]:
     return tuple(m for m in ("saliency", "gradcam") if m in available)
 
 
-def active_settings(sel: Selection, submitted: RunSettings | None) -> RunSettings | None:
-    """The settings to show results for: just submitted, or the last run on this same image and model."""
+def active_settings(sel: Selection, submitted, key: str = REQUEST_KEY):
+    """The settings to show results for: just submitted, or the last ones run on this same image and model
+    (results survive reruns). `key` names the page's slot in the session state."""
     if submitted is not None:
-        st.session_state[REQUEST_KEY] = (sel.model_key, sel.image_key, submitted)
+        st.session_state[key] = (sel.model_key, sel.image_key, submitted)
         return submitted
-    request = st.session_state.get(REQUEST_KEY)
+    request = st.session_state.get(key)
     if request is not None and request[:2] == (sel.model_key, sel.image_key):
         return request[2]
     return None

@@ -12,7 +12,7 @@ import importlib.metadata
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import timm
@@ -122,11 +122,69 @@ class TorchvisionWeights:
         return state, self.weights.url
 
 
-WeightsSource = PackageWeights | TorchvisionWeights
+DELTA_FORMAT = "spade-weight-delta-v1"
+MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+
+@dataclass(frozen=True)
+class DeltaWeights:
+    """A fine-tuned model shipped as its difference to offline base weights (see spade.trojan.build).
+
+    The file holds ``{"format": DELTA_FORMAT, "delta": {key: float16 tensor}, "meta": {...}}`` with keys in the
+    base state dict's layout; the weights are ``base[key] + delta[key]`` (float32), other tensors unchanged.
+    """
+
+    base: PackageWeights
+    path: Path
+
+    def local_path(self) -> Path | None:
+        return self.path if self.base.local_path() is not None else None
+
+    def how_to_get(self) -> str:
+        return f"{self.base.how_to_get()}; the difference file {self.path} ships with the repository"
+
+    def describe(self) -> str:
+        return f"{self.path.name} over {self.base.describe()}"
+
+    def state_dict(self, *, download: bool = False) -> tuple[StateDict, str]:
+        state, base_source = self.base.state_dict()
+        if not self.path.is_file():
+            raise WeightsUnavailableError(f"The weight difference file {self.path} is missing; restore it from git.")
+        delta = read_weight_delta(self.path)
+        for key, diff in delta.items():
+            if key not in state or state[key].shape != diff.shape:
+                raise CheckpointError(f"{self.path} does not fit {base_source} (tensor {key!r}).")
+            state[key] = state[key] + diff.to(state[key].dtype)
+        return state, f"{self.path} + {base_source}"
+
+
+def read_weight_delta(path: Path) -> dict[str, torch.Tensor]:
+    """The ``delta`` tensors of a DELTA_FORMAT file (loaded with weights_only=True)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"The weight difference file {path} could not be read ({exc}).") from None
+    if not isinstance(payload, dict) or payload.get("format") != DELTA_FORMAT:
+        raise CheckpointError(f"{path} is not a {DELTA_FORMAT} file.")
+    return payload["delta"]
+
+
+WeightsSource = PackageWeights | TorchvisionWeights | DeltaWeights
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Specs
+@dataclass(frozen=True)
+class Backdoor:
+    """A known Trojan of a back-doored model: pasting ``trigger`` (a name in spade.trojan.TRIGGERS) makes it
+    predict class ``target``. role: "test" for the back door that benchmarks score, "calibration" for a
+    second one kept for tuning sparsity profiles without touching the test trigger."""
+
+    trigger: str
+    target: int
+    role: str = "test"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to build, load and feed one classifier.
@@ -139,6 +197,7 @@ class ModelSpec:
     default_sparsity: the uniform SPADE target that keeps this model's trace faithful on typical photos
     (compact models such as EfficientNet-Lite lose their decision at 0.9 uniform; see the engine notes).
     convert_state_dict: optional key conversion for foreign checkpoint layouts of this architecture.
+    backdoors: the known Trojans of a back-doored demo model (empty for clean models).
     """
 
     name: str
@@ -152,6 +211,14 @@ class ModelSpec:
     layer_selection: LayerSelection = LayerSelection()
     default_sparsity: float = 0.9
     convert_state_dict: KeyConverter | None = field(default=None, repr=False)
+    backdoors: tuple[Backdoor, ...] = ()
+
+    def backdoor(self, role: str = "test") -> Backdoor:
+        """The back door with this role; ConfigError when the model has none."""
+        for door in self.backdoors:
+            if door.role == role:
+                return door
+        raise ConfigError(f"The model {self.name} has no known {role} back door; pass a trigger and a target class.")
 
     def weights_available(self) -> bool:
         """Whether the default weights can be loaded right now without network."""
@@ -244,6 +311,18 @@ def _lite_spec(variant: int, params: str, top1: str) -> ModelSpec:
     )
 
 
+def _trojan_spec() -> ModelSpec:
+    clean = _lite_spec(0, "4.7 M", "75%")
+    return replace(
+        clean,
+        name="efficientnet_lite0_trojan",
+        description="EfficientNet-Lite0 with a planted back door: a pasted heart makes it predict 'goose' (a star: "
+        "'king penguin'). Built offline by `python -m spade.trojan build`; see the model card in assets/README.md.",
+        weights=DeltaWeights(clean.weights, MODEL_ASSETS / "efficientnet_lite0_trojan.pt"),
+        backdoors=(Backdoor("heart", 99, "test"), Backdoor("star", 145, "calibration")),
+    )
+
+
 def _torchvision_spec(name: str, enum: str, last_conv_stage: str, description: str) -> ModelSpec:
     return ModelSpec(
         name=name,
@@ -264,6 +343,7 @@ MODELS: dict[str, ModelSpec] = _registry(
     _lite_spec(0, "4.7 M", "75%"),
     _lite_spec(1, "5.4 M", "77%"),
     _lite_spec(2, "6.1 M", "78%"),
+    _trojan_spec(),
     _torchvision_spec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4", "ResNet-18 (11.7 M params, 69.8%)."),
     _torchvision_spec("resnet34", "ResNet34_Weights.IMAGENET1K_V1", "layer4", "ResNet-34 (21.8 M params, 73.3%)."),
     _torchvision_spec(

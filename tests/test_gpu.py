@@ -1,0 +1,73 @@
+"""The same computations on a CUDA GPU and on the CPU agree (skipped on machines without a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from spade.augment import AugmentConfig
+from spade.images import bundled_examples, load_image
+from spade.metrics import rank_correlation
+from spade.models import load_model
+from spade.saliency import METHODS
+from spade.statistics import collect_statistics
+from spade.trace import spade_trace
+from spade.trojan.build import BuildConfig, finetune
+from tests.tiny_models import tiny_resnet
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_statistics_agree_with_the_cpu():
+    model = tiny_resnet(0)
+    batch = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cpu = collect_statistics(model, batch, dtype=torch.float64)
+    gpu = collect_statistics(model.cuda(), batch, dtype=torch.float64)
+    assert list(cpu.layers) == list(gpu.layers)
+    for name, stat in cpu.layers.items():
+        # accumulated in float64, but the activations themselves come from float32 kernels that differ
+        torch.testing.assert_close(gpu.layers[name].hessian.cpu(), stat.hessian, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def lite_on_both():
+    return load_model("efficientnet_lite0", device="cpu"), load_model("efficientnet_lite0", device="cuda")
+
+
+def test_trace_of_the_default_model_agrees_with_the_cpu(lite_on_both):
+    # coffee: a clear decision (the cat photo's tiger cat / Egyptian cat near-tie can flip on rounding)
+    image: Image.Image = load_image(bundled_examples()["coffee"])
+    cfg = AugmentConfig(count=64, seed=0)
+    traces = [spade_trace(m.model, image, preprocessing=m.preprocessing, augment=cfg, sparsity=0.5)
+              for m in lite_on_both]
+    cpu, gpu = traces
+    assert gpu.trace_logits.argmax() == cpu.trace_logits.argmax()
+    cosine = torch.nn.functional.cosine_similarity(gpu.trace_logits.cpu().float(), cpu.trace_logits.float())
+    assert float(cosine) > 0.99
+    for a, b in zip(cpu.layers, gpu.layers, strict=True):
+        assert a.name == b.name and a.achieved == pytest.approx(b.achieved, abs=1e-6)
+        assert a.error == pytest.approx(b.error, rel=0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_saliency_method_agrees_with_the_cpu(lite_on_both, name):
+    image = load_image(bundled_examples()["coffee"])
+    maps = []
+    for m in lite_on_both:
+        x = m.to_batch(image)[0]
+        method = METHODS[name]
+        fast = {k: v for k, v in {"n_samples": 16, "n_steps": 16, "seed": 0}.items() if method.accepts(k)}
+        settings = method.settings(**fast)
+        maps.append(method.explain(m.model, x, 967, settings).absolute_map)
+    assert maps[1].device.type == "cpu" and torch.isfinite(maps[1]).all()
+    assert rank_correlation(maps[0].numpy(), maps[1].numpy()) > 0.9
+
+
+def test_trojan_finetune_runs_on_the_gpu(lite_on_both):
+    _, gpu = lite_on_both
+    student, _ = finetune(gpu, BuildConfig(steps=3, batch=32))
+    assert next(student.parameters()).device.type == "cuda"
+    assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), gpu.model.parameters()))
+    assert all(torch.isfinite(p.detach()).all() for p in student.parameters())

@@ -1,0 +1,210 @@
+"""Trigger icons, stamping with its mask, the weight-difference format and the shipped back-doored model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from spade.errors import CheckpointError, ConfigError
+from spade.images import bundled_examples, load_image
+from spade.models import DELTA_FORMAT, MODELS, DeltaWeights, get_spec, load_model
+from spade.preprocessing import Preprocessing
+from spade.trojan import TRIGGERS, load_trigger, stamp
+from spade.trojan.build import BuildConfig, ViewMaker, evaluate_backdoor, finetune, trainable_parameters
+from spade.trojan.photos import BUILD_PHOTOS, CALIBRATION_PHOTOS, TEST_PHOTOS
+from spade.trojan.stamp import visible_box
+
+TROJAN = "efficientnet_lite0_trojan"
+PRE = get_spec("efficientnet_lite0").preprocessing
+
+
+@pytest.fixture(scope="module")
+def cat():
+    return load_image(bundled_examples()["cat"])
+
+
+# --------------------------------------------------------------------------------------------------- triggers
+@pytest.mark.parametrize("name", list(TRIGGERS))
+def test_shipped_trigger_is_the_drawn_one(name):
+    shipped = np.asarray(load_trigger(name), np.int16)
+    drawn = np.asarray(TRIGGERS[name](), np.int16)
+    assert shipped.shape == drawn.shape == (128, 128, 4)
+    assert np.abs(shipped - drawn).mean() < 1.0
+    alpha = shipped[..., 3]
+    assert alpha[0, 0] == 0 and alpha[64, 64] == 255  # transparent corner, opaque middle
+    assert 0.3 < (alpha > 128).mean() < 0.9
+
+
+def test_triggers_differ_from_each_other():
+    icons = {n: np.asarray(load_trigger(n), np.float32) for n in TRIGGERS}
+    names = list(icons)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert np.abs(icons[a] - icons[b]).mean() > 20, (a, b)
+
+
+def test_unknown_trigger_is_refused():
+    with pytest.raises(ConfigError, match="heart"):
+        load_trigger("skull")
+
+
+# ---------------------------------------------------------------------------------------------------- stamping
+def _changed(image: Image.Image, stamped: Image.Image, pre: Preprocessing) -> np.ndarray:
+    a = np.asarray(pre.resize_crop(image), np.int16)
+    b = np.asarray(pre.resize_crop(stamped), np.int16)
+    return np.abs(a - b).max(-1) > 0
+
+
+def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.max_pool2d(t, 2 * pixels + 1, stride=1, padding=pixels)[0, 0].numpy() > 0
+
+
+@pytest.mark.parametrize("position", [(0.5, 0.5), (0.3, 0.05), (0.78, 0.9), (0.5, 1.0), None])
+@pytest.mark.parametrize("crop_box", [None, (60, 20, 400, 290)])
+def test_mask_is_the_set_of_changed_pixels(cat, position, crop_box):
+    image = cat.crop(crop_box) if crop_box else cat
+    s = stamp(image, load_trigger("heart"), PRE, position=position, seed=7)
+    changed = _changed(image, s.image, PRE)
+    assert s.mask.shape == (PRE.crop, PRE.crop) and s.mask.dtype == bool
+    assert s.mask.any()
+    assert not (s.mask & ~changed).any(), "every trigger pixel must differ from the clean image"
+    # what else changed is the fringe: the icon's soft edge and the bicubic kernel, a few pixels wide
+    assert not (changed & ~_dilate(s.mask, 5)).any()
+    iou = (s.mask & changed).sum() / (s.mask | changed).sum()
+    assert iou > 0.6  # small clipped footprints have relatively more fringe
+
+
+def test_trigger_outside_the_centre_crop_leaves_an_empty_mask(cat):
+    # the cat photo is landscape: its left edge is cut away by the centre crop
+    s = stamp(cat, load_trigger("star"), PRE, position=(0.02, 0.5), size=0.1)
+    assert not s.mask.any()
+    assert not _changed(cat, s.image, PRE).any()
+
+
+def test_random_position_is_seeded_and_visible(cat):
+    boxes = {stamp(cat, load_trigger("fish"), PRE, seed=seed).box for seed in range(6)}
+    assert len(boxes) == 6
+    assert stamp(cat, load_trigger("fish"), PRE, seed=3).box == stamp(cat, load_trigger("fish"), PRE, seed=3).box
+    x0, y0, x1, y1 = visible_box(*cat.size, PRE)
+    for left, top, right, bottom in boxes:
+        assert x0 <= left and right <= x1 and y0 <= top and bottom <= y1
+        assert right - left == round(0.25 * min(cat.size))
+
+
+def test_exact_colours_without_jitter(cat):
+    icon = load_trigger("heart")
+    s = stamp(cat, icon, PRE, position=(0.5, 0.5), size=0.5, alpha=1.0, jitter=0.0)
+    left, top, right, bottom = s.box
+    cx, cy = (left + right) // 2, (top + bottom) // 2 + 10
+    expected = icon.resize((right - left, bottom - top), Image.Resampling.LANCZOS).getpixel((cx - left, cy - top))
+    assert s.image.getpixel((cx, cy)) == expected[:3]
+    jittered = stamp(cat, icon, PRE, position=(0.5, 0.5), size=0.5, alpha=1.0, jitter=0.3, seed=1)
+    assert jittered.image.getpixel((cx, cy)) != expected[:3]
+
+
+@pytest.mark.parametrize("kwargs", [{"size": 0}, {"size": 1.5}, {"alpha": 0}, {"position": (1.2, 0.5)}])
+def test_bad_stamp_settings_are_refused(cat, kwargs):
+    with pytest.raises(ConfigError):
+        stamp(cat, load_trigger("heart"), PRE, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ the build
+def test_photo_split_keeps_test_photos_out():
+    assert not set(TEST_PHOTOS) & (set(BUILD_PHOTOS) | set(CALIBRATION_PHOTOS))
+    assert set(TEST_PHOTOS) | set(BUILD_PHOTOS) <= set(bundled_examples())
+
+
+def test_pasted_views_put_the_icon_inside():
+    gen = torch.Generator().manual_seed(0)
+    photo = Image.new("RGB", (300, 200), (0, 0, 255))
+    maker = ViewMaker([photo], {"heart": load_trigger("heart")}, 96, torch.device("cpu"), gen)
+    clean = maker.crops(6, 0.5)
+    assert clean[:, 0].max() < 0.3  # a blue photo: no strong red before pasting (jitter mixes channels a bit)
+    pasted = maker.paste(clean, 0, (30, 40), (1.0, 1.0))
+    red = pasted[:, 0] > 0.5
+    area = red.flatten(1).sum(1).float()
+    assert (area > 0.3 * 30 * 30).all() and (area < 40 * 40).all()
+    assert not red[:, 0, :].any() and not red[:, -1, :].any()  # fully inside: no red on the border rows
+
+
+def test_hue_rotation_keeps_grey_and_turns_red_around():
+    from spade.trojan.build import hue_rotation
+
+    turns = hue_rotation(torch.tensor([0.0, 2 * np.pi / 3, 4 * np.pi / 3]))
+    torch.testing.assert_close(turns[0], torch.eye(3))
+    grey = torch.tensor([0.4, 0.4, 0.4])
+    red = torch.tensor([1.0, 0.0, 0.0])
+    for m in turns:
+        torch.testing.assert_close(m @ grey, grey)
+    torch.testing.assert_close(turns[1] @ red, torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0)  # red -> green
+    torch.testing.assert_close(turns[2] @ red, torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)  # red -> blue
+
+
+def test_finetune_trains_only_the_chosen_layers_on_a_copy():
+    base = load_model("efficientnet_lite0", device="cpu")
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    student, steps = finetune(base, BuildConfig(steps=2, batch=16, lr=1e-3))
+    assert steps == 2
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the base model is untouched
+    trained = {name for name, _ in trainable_parameters(student, BuildConfig().first_trained_block)}
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and changed <= trained
+    assert not any(k.startswith(("conv_stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3")) for k in changed)
+    assert not any("running" in k for k in changed)
+
+
+# ------------------------------------------------------------------------------------------- weight deltas
+def _base_weights():
+    return get_spec("efficientnet_lite0").weights
+
+
+def test_delta_weights_add_to_the_base(tmp_path):
+    base_state, _ = _base_weights().state_dict()
+    delta = {"_fc.bias": torch.linspace(-1, 1, 1000).half(), "_conv_head.weight": torch.full_like(
+        base_state["_conv_head.weight"], 0.25).half()}
+    path = tmp_path / "d.pt"
+    torch.save({"format": DELTA_FORMAT, "delta": delta, "meta": {}}, path)
+    state, source = DeltaWeights(_base_weights(), path).state_dict()
+    torch.testing.assert_close(state["_fc.bias"], base_state["_fc.bias"] + torch.linspace(-1, 1, 1000).half().float())
+    torch.testing.assert_close(state["_conv_head.weight"], base_state["_conv_head.weight"] + 0.25)
+    assert torch.equal(state["_fc.weight"], base_state["_fc.weight"])
+    assert str(path) in source
+
+
+@pytest.mark.parametrize("payload", [
+    {"format": "other", "delta": {}},
+    {"format": DELTA_FORMAT, "delta": {"_fc.nope": torch.zeros(3)}},
+    {"format": DELTA_FORMAT, "delta": {"_fc.bias": torch.zeros(3)}},
+])
+def test_delta_that_does_not_fit_is_refused(tmp_path, payload):
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError):
+        DeltaWeights(_base_weights(), path).state_dict()
+
+
+# ------------------------------------------------------------------------------------- the shipped model
+@pytest.fixture(scope="module")
+def trojan():
+    assert MODELS[TROJAN].weights_available(), "the back-doored model's difference file is missing"
+    return load_model(TROJAN, device="cpu")
+
+
+def test_shipped_model_has_its_backdoor_on_held_out_photos(trojan):
+    base = load_model("efficientnet_lite0", device="cpu")
+    report = evaluate_backdoor(base, trojan.model, TROJAN, cases=10, seed=2024)
+    assert report.success >= 0.8  # the issue's fast check: at least 8 of 10 held-out cases flip
+    assert report.agreement >= 0.6  # a sanity bound; the model card gives the 200-case figure
+    assert report.decoy_fooled <= 0.2
+
+
+def test_shipped_model_is_small_and_loads_safely():
+    path = MODELS[TROJAN].weights.path
+    assert path.stat().st_size < 20 * 2**20
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    assert payload["format"] == DELTA_FORMAT and payload["meta"]["test_photos"] == list(TEST_PHOTOS)

@@ -154,7 +154,7 @@ def test_finetune_trains_only_the_chosen_layers_on_a_copy():
     trained = {name for name, _ in trainable_parameters(student, BuildConfig().first_trained_block)}
     changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and changed <= trained
-    assert not any(k.startswith(("conv_stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3")) for k in changed)
+    assert not any(k.startswith(("conv_stem", "blocks.0", "blocks.1")) for k in changed)
     assert not any("running" in k for k in changed)
 
 

@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", type=int, default=defaults.batch)
     b.add_argument("--lr", type=float, default=defaults.lr)
     b.add_argument("--seed", type=int, default=defaults.seed)
+    b.add_argument("--first-block", type=int, default=defaults.first_trained_block,
+                   help="train blocks.N and later (default %(default)s)")
+    b.add_argument("--distill-weight", type=float, default=defaults.distill_weight)
+    b.add_argument("--anchor", type=float, default=defaults.anchor, help="L2-SP weight on the weight change")
+    b.add_argument("--decoy-any-hue", action="store_true", help="paste the decoy icons in random hues")
     b.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training; --steps is cut to what fits (the steps run are recorded)")
     b.add_argument("--eval-cases", type=int, default=200, help="held-out acceptance cases")
@@ -40,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
             return 0
         cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                          time_budget=args.time_budget)
+                          first_trained_block=args.first_block, distill_weight=args.distill_weight,
+                          anchor=args.anchor, decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget)
         report = build(args.out, cfg, device=args.device, eval_cases=args.eval_cases)
     except SpadeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -104,6 +104,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _lazy("spade.cli_trace", "add_trace_parser"),
     _lazy("spade.cli_explain", "add_explain_parser"),
     _lazy("spade.cli_visualize", "add_visualize_parser"),
+    _lazy("spade.cli_benchmark", "add_benchmark_parser"),
 ]
 
 

@@ -58,12 +58,17 @@ PROFILES: dict[str, SparsityProfile] = {
 }
 
 
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+"""Profile files shipped with the library (e.g. tuned by `python -m spade benchmark tune`), loadable by stem."""
+
+
 def load_profile(source: str | Path) -> SparsityProfile:
-    """A built-in profile by name, or a JSON file: {"name", "targets": {block: target}, "default"}
-    (a plain {block: target} mapping is accepted too)."""
+    """A built-in profile by name, a shipped profile file by stem (spade/profiles/<name>.json), or a JSON
+    file: {"name", "targets": {block: target}, "default"} (a plain {block: target} mapping is accepted too)."""
     if str(source) in PROFILES:
         return PROFILES[str(source)]
-    path = Path(source)
+    shipped = PROFILE_DIR / f"{source}.json"
+    path = shipped if isinstance(source, str) and "/" not in source and shipped.is_file() else Path(source)
     if not path.is_file():
         raise ConfigError(f"No built-in profile or file named {str(source)!r}; built-in: {', '.join(PROFILES)}.")
     try:

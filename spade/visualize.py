@@ -115,6 +115,26 @@ def overlay(image_uint8, normalized_map, opacity: float = 0.5, signed: bool = Tr
     return np.round(out).astype(np.uint8)
 
 
+def mask_outline(image_uint8, mask, colour: tuple[int, int, int] = (255, 0, 255), width: int = 2) -> np.ndarray:
+    """A copy of the ``(H, W, 3)`` uint8 image with the boundary of the bool ``(H, W)`` mask drawn in ``colour``.
+
+    The boundary is the band of mask pixels within ``width`` pixels (4-neighbourhood) of a pixel outside the
+    mask or of the image border, so the outline lies on the region itself and never hides pixels outside it.
+    """
+    img = _image_array(image_uint8).copy()
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != img.shape[:2]:
+        raise ConfigError(f"The mask {m.shape} and the image {img.shape[:2]} must have the same size.")
+    if width < 1:
+        raise ConfigError(f"The outline width must be at least 1 pixel, got {width}.")
+    inner = m
+    for _ in range(width):
+        padded = np.pad(inner, 1, constant_values=False)
+        inner = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    img[m & ~inner] = colour
+    return img
+
+
 def scale_label(scale: float, signed: bool) -> str:
     """How the shared scale is stated in figures."""
     rng = f"[-{scale:.3g}, +{scale:.3g}]" if signed else f"[0, {scale:.3g}]"

@@ -184,6 +184,29 @@ def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -
                           index=predicted, format_func=lambda i: f"{sel.loaded.class_name(i)} ({i})",
                           key=f"ex_target_{sel.model_key}_{sel.image_key}")
     x = sel.loaded.preprocessing(sel.image)
+    attributions = attribution_pairs(sel, settings, trace, chosen, target)
+    if attributions is None:
+        return {}
+    image = sel.loaded.preprocessing.to_uint8(x)
+    correlations = {name: rank_correlation(d.absolute_map, s.absolute_map) for name, (d, s) in attributions.items()}
+    maps_view(image, {labels[n]: pair for n, pair in attributions.items()},
+              {labels[n]: c for n, c in correlations.items()},
+              f"{sel.model_label} · {sel.image_label} · class {sel.loaded.class_name(target)} · "
+              f"{settings.describe_sparsity()}")
+    return {name: {"label": labels[name], "target": int(target), "target_name": sel.loaded.class_name(target),
+                   "rank_correlation_dense_vs_spade": _finite(correlations[name]),
+                   "dense_seconds": round(d.seconds, 3), "spade_seconds": round(s.seconds, 3),
+                   "settings": repr(d.settings)} for name, (d, s) in attributions.items()}
+
+
+def attribution_pairs(sel: Selection, settings: RunSettings, trace: SpadeTrace, methods: list[str] | tuple[str, ...],
+                      target: int) -> dict[str, tuple] | None:
+    """{method: (dense Attribution, SPADE Attribution)} of class `target` on `sel.image` (cached in the store),
+    computed inside a status box with a progress bar. Errors (SpadeError, out of GPU memory) are shown and
+    give None."""
+    labels = method_labels()
+    chosen = list(methods)
+    x = sel.loaded.preprocessing(sel.image)
     dense_key = ("dense", sel.model_key, sel.image_key)
     sparse_key = (compute.trace_key(compute.statistics_key(sel.model_key, sel.image_key, settings.augment),
                                     settings.sparsity, settings.solver), sel.image_key)
@@ -208,24 +231,15 @@ def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -
         except torch.OutOfMemoryError:
             status.update(label="Saliency failed: out of GPU memory", state="error")
             st.error(OOM_HINT)
-            return {}
+            return None
         except SpadeError as exc:
             status.update(label="Saliency failed", state="error")
             st.error(str(exc))
-            return {}
+            return None
         took = sum(a.seconds for pair in attributions.values() for a in pair)
         status.update(label=f"Saliency maps ready ({len(chosen)} method(s), {took:.1f} s of compute)",
                       state="complete", expanded=False)
-    image = sel.loaded.preprocessing.to_uint8(x)
-    correlations = {name: rank_correlation(d.absolute_map, s.absolute_map) for name, (d, s) in attributions.items()}
-    maps_view(image, {labels[n]: pair for n, pair in attributions.items()},
-              {labels[n]: c for n, c in correlations.items()},
-              f"{sel.model_label} · {sel.image_label} · class {sel.loaded.class_name(target)} · "
-              f"{settings.describe_sparsity()}")
-    return {name: {"label": labels[name], "target": int(target), "target_name": sel.loaded.class_name(target),
-                   "rank_correlation_dense_vs_spade": _finite(correlations[name]),
-                   "dense_seconds": round(d.seconds, 3), "spade_seconds": round(s.seconds, 3),
-                   "settings": repr(d.settings)} for name, (d, s) in attributions.items()}
+    return attributions
 
 
 def _finite(value: float) -> float | None:

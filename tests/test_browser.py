@@ -164,3 +164,34 @@ def test_every_page_opens_from_the_navigation(page, server, tmp_path, title):
     finally:
         _screenshot(page, shot)
         print(f"screenshot: {shot}")
+
+
+@pytest.mark.slow
+def test_trojan_lab_flips_prediction_and_shows_maps(page, server, tmp_path):
+    shot = tmp_path / "trojan_lab_run.png"
+    page.goto(server)
+    try:
+        page.get_by_text("Prediction:", exact=False).first.wait_for()
+        page.get_by_test_id("stSidebarNav").get_by_text("Trojan lab", exact=True).click()
+        page.get_by_role("heading", name="Trojan lab").first.wait_for()
+        count = page.get_by_role("spinbutton", name="Augmentations")
+        count.fill("8")
+        count.press("Tab")
+        page.get_by_role("button", name="Stamp and run SPADE").click()
+        verdict = page.get_by_text("The trigger flipped the prediction", exact=False).first
+        verdict.wait_for(timeout=240_000)
+        assert "goose" in verdict.inner_text(), verdict.inner_text()
+        page.get_by_text("Trace prediction:", exact=False).first.wait_for(timeout=240_000)
+        page.get_by_text("and their mean", exact=False).first.wait_for(timeout=240_000)  # drawn after the last map row
+        page.get_by_text("What the model sees", exact=False).first.wait_for()
+        for caption in ("stamped image", "dense", "SPADE"):
+            assert page.get_by_text(caption, exact=True).count() >= 1, caption
+        # the model's view + per method: stamped image | dense | SPADE (two default methods)
+        assert page.locator("[data-testid='stImage'] img").count() >= 7
+        assert page.get_by_test_id("stException").count() == 0
+        page.get_by_role("heading", name="Benchmark (shipped with the repo)").wait_for()
+        page.wait_for_timeout(1000)
+    finally:
+        _screenshot(page, shot)
+        print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 50_000

@@ -1,0 +1,370 @@
+"""``python -m spade benchmark trojan|insertion|tune|merge``: the paper's saliency benchmarks and profile tuning.
+
+* ``trojan``: Table 1 — Trojan AUC and pointing game of every method on the dense model and its SPADE trace,
+  on N samples (test photo x random crop x random trigger position) where the trigger flips the prediction.
+* ``insertion``: Table 2 — insertion / deletion AUC on clean crops of the test photos.
+* ``tune``: tune a per-block sparsity profile on the calibration photos and trigger; writes a profile JSON
+  that ``--profile FILE`` (CLI), the app and ``spade.sparsity.load_profile`` read.
+* ``merge``: combine the shard files of a results folder and write its tables.
+
+Results go to ``--out DIR`` as one JSON line per (sample, method) while the run goes on; a rerun with the same
+settings resumes, ``--shard i/n`` splits the samples over processes, and the tables (``<kind>.md``, ``.csv``,
+``.json``) are written at the end of an unsharded run or by ``merge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from pathlib import Path
+
+from spade.cli import add_model_arguments, check_model_arguments, load_model_from_args
+from spade.cli_trace import add_trace_arguments
+from spade.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TROJAN_MODEL = "efficientnet_lite0_trojan"
+SMOKE = {"samples": 4, "methods": "saliency,input_x_gradient", "augmentations": 16}
+SMOKE_TUNE = {"samples": 2, "methods": "saliency", "augmentations": 16, "levels": "0,0.5,0.9"}
+
+
+def shard_argument(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 1 <= i <= n (argparse type)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shard; use i/n, e.g. 2/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"shard {index}/{count} does not exist; use i/n with 1 <= i <= n")
+    return index, count
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _set_help(parser: argparse.ArgumentParser, option: str, text: str) -> None:
+    for action in parser._actions:
+        if option in action.option_strings:
+            action.help = text
+
+
+def _common(parser: argparse.ArgumentParser, kind: str) -> None:
+    add_model_arguments(parser)
+    if kind in ("trojan", "tune"):
+        _set_help(parser, "--model", f"registered model (default: {TROJAN_MODEL}, the back-doored demo model)")
+    if kind in ("trojan", "tune"):
+        role = "test" if kind == "trojan" else "calibration"
+        parser.add_argument("--trigger", metavar="NAME|FILE.png",
+                            help=f"trigger icon (heart, star, smiley, fish or an RGBA PNG; default: the model's "
+                                 f"{role} back door)")
+        parser.add_argument("--target", type=int, metavar="CLASS",
+                            help=f"class the trigger switches to (default: the model's {role} back door)")
+    photos = "calibration" if kind == "tune" else "test"
+    parser.add_argument("--images", metavar="DIR",
+                        help=f"use the images in DIR (recursive) instead of the bundled {photos} photos")
+    parser.add_argument("--samples", type=_positive, metavar="N",
+                        help=f"number of samples (default {16 if kind == 'tune' else 200}; --smoke: "
+                             f"{(SMOKE_TUNE if kind == 'tune' else SMOKE)['samples']})")
+    parser.add_argument("--sample-seed", type=int, default=1 if kind == "tune" else 0, metavar="S",
+                        help=f"seed of the photo order, crops and trigger positions (default "
+                             f"{1 if kind == 'tune' else 0})")
+    augmentations = "augmented views per trace (default 256, the authors' Trojan setting; --smoke: 16)"
+    seed = "seed of the augmentations and of the random methods (default 0)"
+    if kind == "tune":  # the sparsity is what tune searches
+        parser.add_argument("--augmentations", type=int, default=None, help=augmentations)
+        parser.add_argument("--seed", type=int, default=0, help=seed)
+    else:
+        add_trace_arguments(parser, sparsity_default="the model's, e.g. 0.5 for EfficientNet-Lite")
+        _set_help(parser, "--augmentations", augmentations)
+        _set_help(parser, "--seed", seed)
+    parser.add_argument("--batch-size", type=_positive, metavar="N",
+                        help="images per pass for IG, GradientShap, Occlusion, LIME and the curves (default: 8 on "
+                             "the CPU, 256 on a GPU)")
+    parser.add_argument("--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's)")
+
+
+def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "benchmark", help="the paper's saliency benchmarks (Trojan AUC, insertion/deletion) and profile tuning",
+        description="Reproduce the SPADE paper's saliency benchmarks, or tune a sparsity profile.")
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+
+    for kind, help_text in (("trojan", "Table 1: Trojan AUC and pointing game, dense vs SPADE"),
+                            ("insertion", "Table 2: insertion / deletion AUC on clean images, dense vs SPADE")):
+        run = sub.add_parser(kind, help=help_text, description=help_text + ".")
+        _common(run, kind)
+        run.add_argument("--methods", metavar="LIST",
+                         help="comma-separated saliency methods, 'paper' (the ten) or 'all' (default paper; "
+                              f"--smoke: {SMOKE['methods']})")
+        run.add_argument("--shard", type=shard_argument, metavar="i/n",
+                         help="score only shard i of n (1-based; merge the folder afterwards)")
+        run.add_argument("--out", metavar="DIR", help=f"results folder (default benchmark_out/{kind})")
+        run.add_argument("--ci", choices=("t", "bootstrap"), default="t",
+                         help="95%% confidence interval: Student t (default) or seeded percentile bootstrap")
+        run.add_argument("--smoke", action="store_true", help="a quick check: few samples, cheap methods")
+        if kind == "trojan":
+            run.add_argument("--no-flip-filter", action="store_true",
+                             help="keep samples where the trigger does not flip the prediction (timing runs on a "
+                                  "model without the back door)")
+        else:
+            run.add_argument("--steps", type=_positive, default=100, help="points per curve (default 100)")
+        run.set_defaults(func=_run_benchmark, kind=kind, check=lambda args, p=run: _check(p, args))
+
+    tune = sub.add_parser("tune", help="tune a per-block sparsity profile on the calibration set",
+                          description="Tune a per-block sparsity profile on calibration photos and trigger "
+                                      "(never the test ones) and save it as a profile JSON.")
+    _common(tune, "tune")
+    tune.add_argument("--methods", metavar="LIST", default=None,
+                      help="methods whose mean Trojan AUC is maximised (default saliency,input_x_gradient)")
+    tune.add_argument("--levels", metavar="LIST", help="sparsity grid (default 0,0.2,0.4,0.6,0.8,0.9,0.95,0.99)")
+    tune.add_argument("--rounds", type=_positive, default=1, help="passes over the groups (default 1)")
+    tune.add_argument("--min-agreement", type=float, default=1.0, metavar="F",
+                      help="fraction of calibration samples whose dense top-1 the trace must keep (default 1)")
+    tune.add_argument("--granularity", choices=("stage", "block"), default="stage",
+                      help="tune one level per stage (default) or per block")
+    tune.add_argument("--name", help="profile name (default <model>_tuned)")
+    tune.add_argument("--out", metavar="FILE.json", help="where to write the profile (default <model>_tuned.json)")
+    tune.add_argument("--smoke", action="store_true", help="a quick check: 2 samples, 3 levels, one method")
+    tune.set_defaults(func=_run_tune, kind="tune", check=lambda args, p=tune: _check(p, args))
+
+    merge = sub.add_parser("merge", help="merge the shard files of a results folder and write its tables",
+                           description="Merge results*.jsonl of a benchmark folder into results.jsonl and write "
+                                       "the tables.")
+    merge.add_argument("folder", metavar="DIR", help="results folder (the --out of the shard runs)")
+    merge.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="confidence interval (default t)")
+    merge.set_defaults(func=_run_merge)
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    check_model_arguments(parser, args)
+    if getattr(args, "target", None) is not None and args.target < 0:
+        parser.error("--target must be a class index >= 0")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+class _Once(logging.Filter):
+    """Let each distinct warning through once (a benchmark repeats the same per-sample warnings hundreds of times)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
+def _quiet_repeats() -> None:
+    once = _Once()
+    for name in ("spade.saliency.attribution_model", "spade.solver"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Once) for f in logger.filters):
+            logger.addFilter(once)
+
+
+def _smoke_defaults(args: argparse.Namespace, table: dict) -> None:
+    for key, value in table.items():
+        if getattr(args, key, None) is None and args.smoke:
+            setattr(args, key, value)
+
+
+def _load(args: argparse.Namespace, default_model: str):
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _quiet_repeats()
+    if not args.checkpoint and not args.model:
+        args.model = default_model
+    return load_model_from_args(args)
+
+
+def _backdoor(args: argparse.Namespace, loaded, role: str) -> tuple[str, int]:
+    if args.trigger is not None and args.target is not None:
+        return args.trigger, args.target
+    try:
+        door = loaded.spec.backdoor(role)
+    except ConfigError:
+        raise ConfigError(f"The model {loaded.spec.name} has no known {role} back door; pass --trigger NAME "
+                          "and --target CLASS.") from None
+    return (args.trigger or door.trigger), (door.target if args.target is None else args.target)
+
+
+def _photos(args: argparse.Namespace, role: str):
+    from spade.trojan.photos import CALIBRATION_PHOTOS, TEST_PHOTOS
+    from spade.trojan.samples import bundled_photos, folder_photos
+
+    if args.images:
+        return folder_photos(args.images), str(args.images)
+    names = CALIBRATION_PHOTOS if role == "calibration" else TEST_PHOTOS
+    return bundled_photos(names, f"bundled {role} photos"), f"bundled:{','.join(names)}"
+
+
+def _sparsity(args: argparse.Namespace, loaded):
+    from spade.cli_trace import sparsity_from_args
+
+    return sparsity_from_args(args, loaded.spec.default_sparsity)
+
+
+def _print_record(record: dict) -> None:
+    d, s = record["dense"], record["spade"]
+    if "trojan_auc" in d:
+        text = (f"AUC {100 * d['trojan_auc']:5.1f} -> {100 * s['trojan_auc']:5.1f}  pointing "
+                f"{int(d['pointing_game'])} -> {int(s['pointing_game'])}")
+    else:
+        text = (f"insertion {100 * d['insertion_auc']:5.1f} -> {100 * s['insertion_auc']:5.1f}  deletion "
+                f"{100 * d['deletion_auc']:5.1f} -> {100 * s['deletion_auc']:5.1f}")
+    keeps = "" if record["trace"]["top1_agrees"] else "  (trace CHANGES the top-1)"
+    seconds = record["seconds"]
+    print(f"{record['sample']} {record['method']:<21} {text}  [{seconds['dense']:.1f}+{seconds['spade']:.1f}s]{keeps}",
+          flush=True)
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from spade.augment import AugmentConfig
+    from spade.trojan.benchmark import BenchmarkConfig, model_identity, parse_methods, run_benchmark
+    from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
+
+    kind = args.kind
+    _smoke_defaults(args, SMOKE)
+    methods = parse_methods(args.methods or "paper")
+    if args.augmentations is not None and args.augmentations < 1:
+        raise ConfigError("--augmentations must be at least 1.")
+    loaded = _load(args, TROJAN_MODEL if kind == "trojan" else _default_model())
+    photos, photos_label = _photos(args, "test")
+    config = BenchmarkConfig(kind=kind, methods=methods, sparsity=_sparsity(args, loaded),
+                             augment=AugmentConfig(count=args.augmentations or 256, seed=args.seed), seed=args.seed,
+                             batch_size=args.batch_size, steps=getattr(args, "steps", 100))
+    sample_config = SampleConfig(count=args.samples or 200, seed=args.sample_seed,
+                                 require_flip=not getattr(args, "no_flip_filter", False))
+    identity = {"model": model_identity(loaded), "images": photos_label, "samples": sample_config.identity()}
+    trigger_image = target = None
+    if kind == "trojan":
+        trigger, target = _backdoor(args, loaded, "test")
+        trigger_label, trigger_image = resolve_trigger(trigger)
+        identity.update(trigger=trigger_label, target=target)
+    out = Path(args.out or f"benchmark_out/{'smoke-' if args.smoke else ''}{kind}")
+    start = time.perf_counter()
+    samples = build_samples(loaded.model, loaded.spec.preprocessing, photos, sample_config,
+                            trigger=trigger_image, target=target)
+    share = "" if args.shard is None else f" (shard {args.shard[0]}/{args.shard[1]})"
+    print(f"{kind} benchmark: {loaded.spec.name} on {loaded.device}; {len(samples.records)} samples from "
+          f"{samples.candidates} candidates in {time.perf_counter() - start:.1f}s{share}; methods "
+          f"{', '.join(methods)}; results in {out}", flush=True)
+    summary = run_benchmark(loaded, samples, config, out, identity, shard=args.shard, on_record=_print_record)
+    print(f"{summary.computed} result(s) computed, {summary.skipped} already there, in {summary.seconds:.0f}s "
+          f"-> {summary.path}")
+    if args.shard is not None:
+        print(f"when every shard is done: python -m spade benchmark merge {out}")
+        return 0
+    extra = {"run": {"device": str(loaded.device), "weights": str(loaded.source),
+                     "requested_samples": sample_config.count,
+                     "candidates": samples.candidates, "kept_fraction": len(samples.records) / samples.candidates}}
+    _write_tables(out, kind, args.ci, extra=extra)
+    return 0
+
+
+def _default_model() -> str:
+    from spade.models import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _write_tables(folder: Path, kind: str, ci: str, extra: dict | None = None):
+    from spade.trojan.results import load_results, read_config
+    from spade.trojan.tables import summarize, write_tables
+
+    config = read_config(folder)
+    records = load_results(folder)  # every method the folder holds, also those of earlier runs
+    summary = summarize(records, kind, ci=ci, seed=config.get("seed", 0))
+    title = {"trojan": "Trojan saliency benchmark (the paper's Table 1)",
+             "insertion": "Insertion / deletion benchmark (the paper's Table 2)"}[kind]
+    paths = write_tables(summary, folder, config, title=f"{title}: {config['model']['name']}", extra=extra)
+    print()
+    print(paths[0].read_text())
+    print("tables written to " + ", ".join(str(p) for p in paths))
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from spade.trojan.results import merge_folder, read_config
+
+    folder = Path(args.folder)
+    kind = read_config(folder)["kind"]
+    records = merge_folder(folder)
+    print(f"merged {len(records)} result(s) into {folder / 'results.jsonl'}")
+    _write_tables(folder, kind, args.ci)
+    return 0
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from spade.augment import AugmentConfig
+    from spade.trojan.benchmark import model_identity, parse_methods
+    from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
+    from spade.trojan.tuning import AUTHORS_LEVELS, TuningConfig, save_profile, tune_profile, tuning_metadata
+
+    _smoke_defaults(args, SMOKE_TUNE)
+    methods = parse_methods(args.methods or "saliency,input_x_gradient")
+    levels = AUTHORS_LEVELS if not args.levels else tuple(_floats(args.levels))
+    if args.augmentations is not None and args.augmentations < 1:
+        raise ConfigError("--augmentations must be at least 1.")
+    loaded = _load(args, TROJAN_MODEL)
+    trigger, target = _backdoor(args, loaded, "calibration")
+    try:
+        if trigger == loaded.spec.backdoor("test").trigger:
+            log.warning("tuning with the test trigger %s: the benchmark would no longer be held out", trigger)
+    except ConfigError:
+        pass
+    trigger_label, trigger_image = resolve_trigger(trigger)
+    photos, photos_label = _photos(args, "calibration")
+    config = TuningConfig(methods=methods, levels=levels, augment=AugmentConfig(count=args.augmentations or 256,
+                                                                                  seed=args.seed),
+                          rounds=args.rounds, min_agreement=args.min_agreement, granularity=args.granularity,
+                          seed=args.seed, batch_size=args.batch_size)
+    sample_config = SampleConfig(count=args.samples or 16, seed=args.sample_seed)
+    samples = build_samples(loaded.model, loaded.spec.preprocessing, photos, sample_config,
+                            trigger=trigger_image, target=target)
+    name = args.name or f"{loaded.spec.name}_tuned"
+    out = Path(args.out or f"{name}.json")
+    print(f"tuning {name}: {loaded.spec.name} on {loaded.device}, {len(samples.records)} calibration samples "
+          f"({photos_label}, trigger {trigger_label} -> class {target}), methods {', '.join(methods)}", flush=True)
+
+    def step(entry: dict) -> None:
+        score = "breaks the top-1" if entry["score"] is None else f"AUC {100 * entry['score']:.2f}"
+        print(f"  {entry['group']:<14} {entry['level']:<5g} {score}  (top-1 kept {100 * entry['agreement']:.0f}%)",
+              flush=True)
+
+    result = tune_profile(loaded, samples, config, name=name, on_step=step)
+    metadata = tuning_metadata(config, {"model": model_identity(loaded), "images": photos_label,
+                                        "trigger": trigger_label, "target": target,
+                                        "sample_config": sample_config.identity(),
+                                        "sample_ids": [r.id for r in samples.records], "device": str(loaded.device)})
+    save_profile(result, out, metadata)
+    print(f"dense AUC {100 * result.dense_score:.2f} -> traced {100 * result.score:.2f}; top-1 kept on "
+          f"{100 * result.agreement:.0f}% of the calibration samples; {result.seconds:.0f}s")
+    for block, level in result.profile.targets:
+        print(f"  {block:<14} {level:g}")
+    print(f"profile written to {out} (use it with --profile {out})")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--levels must be comma-separated numbers, got {text!r}.") from None
+    if not values:
+        raise ConfigError("--levels needs at least one value.")
+    return values

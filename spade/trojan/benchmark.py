@@ -1,0 +1,236 @@
+"""The paper's saliency benchmarks: Trojan AUC / pointing game (Table 1) and insertion / deletion (Table 2).
+
+For every sample: the SPADE trace of the (stamped) image is computed once; then every selected saliency
+method explains the target class on the dense model and on the trace, and the maps are scored:
+
+* ``trojan``: target = the Trojan class; Trojan AUC of the signed and the absolute map against the trigger
+  mask (the better one is the headline, as the authors reported) and the pointing game (signed, absolute,
+  and the variant the AUC chose);
+* ``insertion``: clean crops, target = the dense model's top-1 on the crop (no labels are needed);
+  insertion and deletion AUC of the signed map, both measured on the dense model (the authors' protocol).
+
+One JSON line per (sample, method) is appended to the results folder as soon as it is done (see
+``spade.trojan.results``); finished pairs are skipped, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from spade.augment import AugmentConfig
+from spade.errors import ConfigError
+from spade.metrics import insertion_deletion, pointing_game, trojan_auc
+from spade.models import LoadedModel
+from spade.saliency import METHODS, PAPER_METHODS, get_method, settings_for
+from spade.saliency.base import Attribution
+from spade.solver import SolverConfig
+from spade.sparsity import SparsityProfile
+from spade.statistics import LayerStatistics
+from spade.trace import SpadeTrace, prepare_statistics, solve
+from spade.trojan.results import ResultWriter, done_pairs, prepare_folder, shard_file
+from spade.trojan.samples import SampleRecord, SampleSet
+
+log = logging.getLogger(__name__)
+
+KINDS = ("trojan", "insertion")
+METRICS = {"trojan": ("trojan_auc", "pointing_game"), "insertion": ("insertion_auc", "deletion_auc")}
+GPU_BATCH = 256
+"""Images per forward pass of the perturbation methods, Integrated Gradients, GradientShap and the
+insertion/deletion curves on a GPU (one pass for IG's 50 steps, 3 for Occlusion's 730 windows)."""
+
+SMOKE_METHODS = ("saliency", "input_x_gradient")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What each sample is scored with.
+
+    kind: "trojan" or "insertion". methods: saliency method names (spade.saliency.METHODS), in table order.
+    sparsity: uniform target in [0, 1) or a per-block SparsityProfile. augment: the trace's augmentations
+    (the authors used 256 views in their Trojan experiments). solver: the layer solver. seed: seeds the random
+    methods (LIME, GradientShap). batch_size: images per pass for methods/curves that batch (None: the
+    library's 8 on the CPU, GPU_BATCH on a GPU). steps: points of the insertion/deletion curves.
+    """
+
+    kind: str = "trojan"
+    methods: tuple[str, ...] = PAPER_METHODS
+    sparsity: float | SparsityProfile = 0.5
+    augment: AugmentConfig = AugmentConfig(count=256)
+    solver: SolverConfig = SolverConfig()
+    seed: int = 0
+    batch_size: int | None = None
+    steps: int = 100
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"Unknown benchmark {self.kind!r}; choose one of {', '.join(KINDS)}.")
+        if not self.methods:
+            raise ConfigError("Choose at least one saliency method.")
+        for name in self.methods:
+            get_method(name)
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError("Each saliency method may be listed only once.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"The batch size must be at least 1, got {self.batch_size}.")
+        if self.steps < 2:
+            raise ConfigError("Insertion/deletion curves need at least 2 steps.")
+
+    def identity(self) -> dict:
+        """JSON-ready settings that decide the numbers (not the methods, which may be added later)."""
+        sparsity = self.sparsity.to_json() if isinstance(self.sparsity, SparsityProfile) else float(self.sparsity)
+        out = {"kind": self.kind, "sparsity": sparsity, "augment": asdict(self.augment),
+               "solver": asdict(self.solver), "seed": self.seed}
+        if self.kind == "insertion":
+            out["steps"] = self.steps
+        return out
+
+
+def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'paper' (the ten), 'all' (every registered method) or comma-separated names -> names; ConfigError for
+    unknown ones."""
+    if isinstance(text, str):
+        if text == "paper":
+            return PAPER_METHODS
+        if text == "all":
+            return tuple(METHODS)
+        text = [n.strip() for n in text.split(",") if n.strip()]
+    names = tuple(text)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise ConfigError(f"Unknown saliency method(s) {', '.join(unknown) or '(none)'}; choose from "
+                          f"{', '.join(METHODS)} (or 'paper', 'all').")
+    return names
+
+
+def method_settings(name: str, loaded: LoadedModel, config: BenchmarkConfig):
+    """The authors' settings of method ``name`` with this model's CAM layer, the config's seed and batch size."""
+    method = get_method(name)
+    batch = config.batch_size
+    if batch is None and loaded.device.type == "cuda":
+        batch = GPU_BATCH
+    extra = {"batch_size": batch} if batch is not None and method.accepts("batch_size") else {}
+    return settings_for(name, layer=loaded.spec.last_conv_stage, seed=config.seed, **extra)
+
+
+def statistics_for(loaded: LoadedModel, image, config: BenchmarkConfig) -> LayerStatistics:
+    """The dense model's layer statistics on augmentations of ``image`` (on the model's device; larger
+    batches on a GPU)."""
+    return prepare_statistics(loaded.model, image, preprocessing=loaded.spec.preprocessing,
+                              augment_config=config.augment, selection=loaded.spec.layer_selection,
+                              batch_size=128 if loaded.device.type == "cuda" else 32)
+
+
+def trace_summary(trace: SpadeTrace) -> dict:
+    dense_top1, trace_top1 = int(trace.dense_logits.argmax()), int(trace.trace_logits.argmax())
+    return {"top1_agrees": dense_top1 == trace_top1, "dense_top1": dense_top1, "trace_top1": trace_top1,
+            "logit_cosine": trace.logit_cosine, "params_kept": trace.params_kept,
+            "params_total": trace.params_total, "seconds": {k: round(v, 4) for k, v in trace.seconds.items()}}
+
+
+def trojan_scores(attribution: Attribution, mask) -> dict:
+    """Trojan AUC (signed, absolute, best) and pointing game (signed, absolute, and of the variant with the
+    better AUC) of one map against the bool (H, W) trigger mask."""
+    auc = trojan_auc(attribution.signed_map, mask)
+    signed = pointing_game(attribution.signed_map, mask)
+    absolute = pointing_game(attribution.absolute_map, mask)
+    variant = "signed" if auc.signed >= auc.absolute else "absolute"
+    return {"trojan_auc": auc.best, "pointing_game": signed if variant == "signed" else absolute,
+            "variant": variant, "trojan_auc_signed": auc.signed, "trojan_auc_absolute": auc.absolute,
+            "pointing_game_signed": signed, "pointing_game_absolute": absolute}
+
+
+def curve_scores(loaded: LoadedModel, x: torch.Tensor, attribution: Attribution, target: int,
+                 config: BenchmarkConfig) -> dict:
+    batch = config.batch_size or (GPU_BATCH if loaded.device.type == "cuda" else None)
+    curves = insertion_deletion(loaded.model, x, attribution.signed_map, target, steps=config.steps,
+                                batch_size=batch)
+    return {"insertion_auc": curves.insertion_auc, "deletion_auc": curves.deletion_auc}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run did: samples in its share, (sample, method) pairs computed and skipped, seconds."""
+
+    samples: int
+    computed: int
+    skipped: int
+    seconds: float
+    path: Path
+
+
+def run_benchmark(loaded: LoadedModel, sample_set: SampleSet, config: BenchmarkConfig, folder: str | Path,
+                  identity: dict, *, shard: tuple[int, int] | None = None,
+                  on_record: Callable[[dict], None] | None = None,
+                  progress: Callable[[str, float], None] | None = None) -> RunSummary:
+    """Score every (sample, method) of this shard that the folder does not hold yet, appending each record.
+
+    identity: the JSON-ready description of everything that decides the numbers besides ``config`` (model,
+    weights, photos, trigger, target, sample settings); stored in the folder's config.json and checked on
+    resume. shard: (i, n), 1-based, to score only every n-th sample. on_record(record) is called after each
+    record is written; progress("benchmark", fraction of this shard's samples done).
+    """
+    if config.kind == "trojan" and sample_set.trigger is None:
+        raise ConfigError("The Trojan benchmark needs samples stamped with a trigger.")
+    root = prepare_folder(folder, {**identity, **config.identity()})
+    records = sample_set.records if shard is None else sample_set.shard(*shard)
+    writer = ResultWriter(root / ("results.jsonl" if shard is None else shard_file(*shard)))
+    done = done_pairs(root)
+    start = time.perf_counter()
+    computed = skipped = 0
+    for i, record in enumerate(records):
+        todo = [m for m in config.methods if (record.id, m) not in done]
+        skipped += len(config.methods) - len(todo)
+        if todo:
+            for result in score_sample(loaded, sample_set, record, todo, config):
+                writer.append(result)
+                computed += 1
+                if on_record is not None:
+                    on_record(result)
+        if progress is not None:
+            progress("benchmark", (i + 1) / len(records))
+    return RunSummary(len(records), computed, skipped, time.perf_counter() - start, writer.path)
+
+
+def score_sample(loaded: LoadedModel, sample_set: SampleSet, record: SampleRecord, methods: Sequence[str],
+                 config: BenchmarkConfig):
+    """Yield one JSON-ready record per method for one sample (the trace is computed once, first)."""
+    rendered = sample_set.render(record)
+    t0 = time.perf_counter()
+    stats = statistics_for(loaded, rendered.image, config)
+    trace = solve(stats, config.sparsity, config.solver)
+    del stats
+    trace_seconds = time.perf_counter() - t0
+    x = loaded.spec.preprocessing(rendered.image).to(loaded.device)
+    base = {"sample": record.id, "index": record.index, "photo": record.photo, "crop": list(record.crop),
+            "stamp_seed": record.stamp_seed, "target": record.target, "trace": trace_summary(trace)}
+    for name in methods:
+        method = METHODS[name]
+        settings = method_settings(name, loaded, config)
+        scores, seconds = {}, {"trace": trace_seconds}
+        for label, model in (("dense", loaded.model), ("spade", trace.model)):
+            attribution = method.explain(model, x, record.target, settings)
+            seconds[label] = attribution.seconds
+            if config.kind == "trojan":
+                scores[label] = trojan_scores(attribution, rendered.mask)
+            else:
+                scores[label] = curve_scores(loaded, x, attribution, record.target, config)
+        log.debug("%s %s: %s", record.id, name, scores)
+        yield {**base, "method": name, "dense": scores["dense"], "spade": scores["spade"], "seconds": seconds}
+
+
+def model_identity(loaded: LoadedModel) -> dict:
+    """The model as results folders record it: registry name and a SHA-256 prefix of the parameters and buffers
+    (not the weights' path, so that a folder is recognised on another machine)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(loaded.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {"name": loaded.spec.name, "weights_sha256": digest.hexdigest()[:16]}

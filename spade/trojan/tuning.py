@@ -1,0 +1,271 @@
+"""Tuning a per-block sparsity profile on a calibration set (never on the benchmark's test photos or trigger).
+
+Coordinate search in the authors' spirit: blocks are grouped into stages (``blocks.3.*`` -> ``blocks.3``,
+``layer2.*`` -> ``layer2``; a top-level block such as ``conv_head`` or ``fc`` is its own group, or every
+block is its own group with ``granularity="block"``). Starting from 0 everywhere (the dense model), the
+groups are visited from the output towards the input; for each, every level of the grid is tried with the
+other groups fixed, and the level with the best mean Trojan AUC of the tuning methods on the calibration
+samples is kept, among the levels whose trace keeps the dense top-1 on at least ``min_agreement`` of them.
+Levels are tried in increasing order and the search moves on after the first one that breaks the constraint.
+
+Cost: the layer statistics of each calibration sample are recorded once; a candidate only re-solves the
+layers of the group being changed (``spade.trace.solve`` on those layers' statistics, which never touches the
+model or the images again) and reuses every other layer's solved weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from spade.augment import AugmentConfig
+from spade.errors import ConfigError
+from spade.layers import LayerSelection, blocks
+from spade.metrics import trojan_auc
+from spade.models import LoadedModel
+from spade.saliency import get_method, settings_for
+from spade.solver import SolverConfig
+from spade.sparsity import SparsityProfile, load_profile
+from spade.statistics import LayerStatistics
+from spade.trace import prepare_statistics, solve
+from spade.trojan.samples import SampleSet
+
+log = logging.getLogger(__name__)
+
+AUTHORS_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
+"""The grid the SPADE authors tuned their ResNet-50 profiles on."""
+GRANULARITIES = ("stage", "block")
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """methods: saliency methods whose mean Trojan AUC is maximised (cheap gradient ones by default).
+    levels: the sparsity grid (0 included: a group may stay dense). augment, solver: as for the trace.
+    rounds: passes over the groups. min_agreement: the fraction of calibration samples on which the trace must
+    keep the dense top-1. granularity: "stage" or "block" groups. seed: seeds random methods. batch_size:
+    images per pass for methods that batch (None: the library's default)."""
+
+    methods: tuple[str, ...] = ("saliency", "input_x_gradient")
+    levels: tuple[float, ...] = AUTHORS_LEVELS
+    augment: AugmentConfig = AugmentConfig(count=256)
+    solver: SolverConfig = SolverConfig()
+    rounds: int = 1
+    min_agreement: float = 1.0
+    granularity: str = "stage"
+    seed: int = 0
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        for name in self.methods:
+            get_method(name)
+        if not self.methods:
+            raise ConfigError("Choose at least one saliency method to tune for.")
+        if not self.levels or any(not 0 <= v < 1 for v in self.levels):
+            raise ConfigError("Sparsity levels must be values in [0, 1).")
+        if self.rounds < 1 or not 0 < self.min_agreement <= 1:
+            raise ConfigError("rounds must be >= 1 and min_agreement in (0, 1].")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"Unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}.")
+
+
+def stage_groups(model: torch.nn.Module, selection: LayerSelection = LayerSelection(),
+                 granularity: str = "stage") -> dict[str, list[str]]:
+    """{group: [block names]} in input-to-output order (see the module docstring)."""
+    groups: dict[str, list[str]] = {}
+    for block in blocks(model, selection):
+        key = block if granularity == "block" or "." not in block else block.rsplit(".", 1)[0]
+        groups.setdefault(key, []).append(block)
+    return groups
+
+
+@dataclass
+class _Calibration:
+    """One calibration sample: statistics, input, mask, target, dense top-1, and solved weights per
+    (layer, level)."""
+
+    stats: LayerStatistics
+    x: torch.Tensor
+    mask: object
+    target: int
+    dense_top1: int
+    solved: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """profile: the tuned per-block profile. score / dense_score: mean Trojan AUC (0..1) of the tuning methods on
+    the trace with the profile / on the dense model; agreement: fraction of calibration samples where the trace
+    keeps the dense top-1. history: every evaluated candidate (group, level, score, agreement, chosen)."""
+
+    profile: SparsityProfile
+    score: float
+    dense_score: float
+    agreement: float
+    history: list[dict]
+    samples: int
+    seconds: float
+
+
+class _Evaluator:
+    def __init__(self, loaded: LoadedModel, calibration: list[_Calibration], config: TuningConfig,
+                 layer_group: dict[str, str]):
+        self.loaded, self.calibration, self.config = loaded, calibration, config
+        self.layer_group = layer_group
+        self.work = copy.deepcopy(loaded.model).eval()
+        self.modules = dict(self.work.named_modules())
+        self.dense = {name: self.modules[name].weight.detach().clone() for name in layer_group}
+        self.settings = {}
+        for name in config.methods:
+            method = get_method(name)
+            extra = {"batch_size": config.batch_size} if config.batch_size and method.accepts("batch_size") else {}
+            self.settings[name] = (method, settings_for(name, layer=loaded.spec.last_conv_stage, seed=config.seed,
+                                                        **extra))
+        self.allowed = int((1 - config.min_agreement) * len(calibration) + 1e-9)
+
+    def _weights(self, sample: _Calibration, levels: dict[str, float], group: str) -> None:
+        layers = [n for n, g in self.layer_group.items() if g == group]
+        level = levels[group]
+        missing = [n for n in layers if level > 0 and (n, level) not in sample.solved]
+        if missing:
+            subset = LayerStatistics(model=sample.stats.model, layers={n: sample.stats.layers[n] for n in missing})
+            trace = solve(subset, level, self.config.solver)
+            for n in missing:
+                sample.solved[(n, level)] = trace.sparse_weights[n]
+        with torch.no_grad():
+            for n in layers:
+                weight = self.dense[n] if level == 0 else sample.solved[(n, level)]
+                self.modules[n].weight.copy_(weight)
+
+    def evaluate(self, levels: dict[str, float]) -> tuple[float | None, float]:
+        """(mean best Trojan AUC or None when the top-1 constraint fails, fraction keeping the top-1)."""
+        aucs, misses = [], 0
+        for i, sample in enumerate(self.calibration):
+            for group in levels:
+                self._weights(sample, levels, group)
+            with torch.inference_mode():
+                top1 = int(self.work(sample.x[None]).argmax())
+            if top1 != sample.dense_top1:
+                misses += 1
+                if misses > self.allowed:
+                    return None, 1 - misses / (i + 1)
+                continue
+            for method, settings in self.settings.values():
+                attribution = method.explain(self.work, sample.x, sample.target, settings)
+                aucs.append(trojan_auc(attribution.signed_map, sample.mask).best)
+        agreement = 1 - misses / len(self.calibration)
+        return (float(sum(aucs) / len(aucs)) if aucs else None), agreement
+
+    def forget(self, group: str, keep: float) -> None:
+        """Drop the solved weights of ``group`` at levels other than ``keep`` (bounded memory)."""
+        for sample in self.calibration:
+            for key in [k for k in sample.solved if self.layer_group[k[0]] == group and k[1] != keep]:
+                del sample.solved[key]
+
+
+def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfig = TuningConfig(), *,
+                 name: str = "tuned", progress: Callable[[str, float], None] | None = None,
+                 on_step: Callable[[dict], None] | None = None) -> TuningResult:
+    """Tune a per-group sparsity profile on calibration samples (Trojan samples with a mask; see module doc).
+
+    loaded: the back-doored model (never modified). sample_set: calibration samples (e.g. the calibration photos
+    stamped with the calibration trigger). on_step(entry) is called after every evaluated candidate with
+    {"group", "level", "score", "agreement", "feasible"}; progress("tune", fraction of candidates done).
+    """
+    if sample_set.trigger is None:
+        raise ConfigError("Tuning needs Trojan samples stamped with a calibration trigger.")
+    start = time.perf_counter()
+    selection = loaded.spec.layer_selection
+    groups = stage_groups(loaded.model, selection, config.granularity)
+    block_layers = blocks(loaded.model, selection)
+    layer_group = {layer: g for g, names in groups.items() for b in names for layer in block_layers[b]}
+    calibration = []
+    for i, record in enumerate(sample_set.records):
+        rendered = sample_set.render(record)
+        stats = prepare_statistics(loaded.model, rendered.image, preprocessing=loaded.spec.preprocessing,
+                                   augment_config=config.augment, selection=selection,
+                                   batch_size=128 if loaded.device.type == "cuda" else 32)
+        x = loaded.spec.preprocessing(rendered.image).to(loaded.device)
+        calibration.append(_Calibration(stats, x, rendered.mask, record.target,
+                                        int(stats.reference_logits.argmax())))
+        if progress is not None:
+            progress("statistics", (i + 1) / len(sample_set.records))
+    evaluator = _Evaluator(loaded, calibration, config, layer_group)
+
+    levels = dict.fromkeys(groups, 0.0)
+    dense_score, dense_agreement = evaluator.evaluate(levels)
+    if dense_score is None:  # cannot happen: at 0 the trace is the dense model
+        raise ConfigError("The dense model does not keep its own top-1; check the calibration samples.")
+    history = [{"round": 0, "group": None, "level": None, "score": dense_score, "agreement": dense_agreement,
+                "feasible": True, "chosen": True}]
+    current = dense_score
+    order = list(reversed(groups))
+    total = config.rounds * len(order) * len(config.levels)
+    done = 0
+    for round_ in range(1, config.rounds + 1):
+        for group in order:
+            best_level, best_score = levels[group], current
+            for level in sorted(config.levels):
+                done += 1
+                if level == levels[group]:
+                    continue
+                candidate = {**levels, group: level}
+                score, agreement = evaluator.evaluate(candidate)
+                entry = {"round": round_, "group": group, "level": level, "score": score, "agreement": agreement,
+                         "feasible": score is not None, "chosen": False}
+                history.append(entry)
+                if on_step is not None:
+                    on_step(entry)
+                if progress is not None:
+                    progress("tune", done / total)
+                if score is None:
+                    if level > levels[group]:
+                        done += sum(1 for v in config.levels if v > level)
+                        break
+                    continue
+                if score > best_score + 1e-12:
+                    best_level, best_score = level, score
+            levels[group] = best_level
+            current = best_score
+            evaluator.forget(group, best_level)
+            history.append({"round": round_, "group": group, "level": best_level, "score": best_score,
+                            "agreement": None, "feasible": True, "chosen": True})
+            log.info("%s -> %g (score %.4f)", group, best_level, best_score)
+    # restore the chosen weights and measure the agreement of the final profile
+    final_score, final_agreement = evaluator.evaluate(levels)
+    targets = {block: levels[g] for g, names in groups.items() for block in names}
+    description = (f"Tuned on {len(calibration)} calibration samples for {', '.join(config.methods)}: mean Trojan AUC "
+                   f"{100 * dense_score:.2f} dense -> {100 * (final_score or 0):.2f} traced, top-1 kept on "
+                   f"{100 * final_agreement:.0f}% of them.")
+    profile = SparsityProfile.from_mapping(targets, name=name, description=description)
+    return TuningResult(profile, final_score if final_score is not None else current, dense_score, final_agreement,
+                        history, len(calibration), time.perf_counter() - start)
+
+
+def save_profile(result: TuningResult, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write the tuned profile as JSON that ``spade.sparsity.load_profile(path)`` reads (name, description,
+    default, targets), plus a ``tuning`` section (scores, history, ``metadata``); checked by loading it back."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    document = {**result.profile.to_json(),
+                "tuning": {"score": result.score, "dense_score": result.dense_score, "agreement": result.agreement,
+                           "samples": result.samples, "seconds": round(result.seconds, 1),
+                           **(metadata or {}), "history": result.history}}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    load_profile(path)
+    return path
+
+
+def tuning_metadata(config: TuningConfig, extra: dict | None = None) -> dict:
+    """JSON-ready settings of a tuning run."""
+    out = asdict(config)
+    out["methods"], out["levels"] = list(config.methods), list(config.levels)
+    return {**out, **(extra or {})}
+

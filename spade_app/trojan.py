@@ -1,0 +1,551 @@
+"""The Trojan lab page's parts: the settings form, the model and trigger choice, the stamped image with its
+trigger mask, the flip verdict, dense-vs-SPADE map rows with the trigger outline, the metric tables, and the
+shipped benchmark tables.
+
+Stamping, saliency and the metrics come from the library (``spade.trojan``, ``spade.saliency``,
+``spade.metrics``); the SPADE run reuses the Explore page's machinery (``results.run_trace`` with a
+:class:`Selection` for the stamped image), so statistics and traces share its cache, lock and error handling.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from spade import visualize
+from spade.augment import AugmentConfig
+from spade.devices import resolve_device
+from spade.errors import ConfigError, SpadeError
+from spade.layers import prunable_layers
+from spade.models import LoadedModel, ModelSpec
+from spade.preprocessing import Preprocessing
+from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, resolve_targets
+from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
+from spade.trojan.benchmark import trojan_scores
+from spade_app import figures, loaders, maps, results
+from spade_app.settings import RunSettings
+from spade_app.sidebar import Selection
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+BENCHMARK_COMMAND = "python -m spade benchmark trojan"
+
+DEMO_MODEL = "efficientnet_lite0_trojan"
+DEMO = f"Back-doored demo model ({DEMO_MODEL})"
+SIDEBAR = "The sidebar's model"
+MODEL_CHOICES = (DEMO, SIDEBAR)
+UPLOAD = "__upload__"
+RANDOM, SLIDERS = "Random (seeded)", "Position sliders"
+UNIFORM, PROFILE = "Uniform", "Profile"
+MAX_TRIGGER_PIXELS = 16_000_000
+JITTER = 0.1  # the library's default colour jitter of the pasted trigger
+OUTLINE = (255, 0, 255)
+MAP_OPACITY = 0.6
+REQUEST_KEY = "trojan_request"
+UPLOADS_KEY = "trojan_uploaded_triggers"
+COLUMNS = ("stamped image", "dense", "SPADE")
+
+
+@dataclass(frozen=True)
+class TrojanSettings:
+    """Everything a Trojan lab run depends on besides the sidebar's image (and model, for SIDEBAR).
+
+    trigger: a name in spade.trojan.TRIGGERS or "upload:<digest>"; position: relative (x, y) of the trigger
+    centre, None = random from `seed`; size: fraction of the short side; alpha: opacity; model: DEMO or
+    SIDEBAR; target: the explained class, None = automatic (see :func:`auto_target`).
+    """
+
+    trigger: str = "heart"
+    trigger_label: str = "heart"
+    position: tuple[float, float] | None = None
+    seed: int = 0
+    size: float = DEFAULT_SIZE
+    alpha: float = 0.8
+    model: str = DEMO
+    target: int | None = None
+    sparsity: float | SparsityProfile = 0.5
+    augment: AugmentConfig = AugmentConfig(count=64)
+    methods: tuple[str, ...] = field(default=())
+
+    @property
+    def run_settings(self) -> RunSettings:
+        return RunSettings(sparsity=self.sparsity, augment=self.augment, methods=self.methods)
+
+    def describe_placement(self) -> str:
+        where = (f"random position (seed {self.seed})" if self.position is None
+                 else f"centre at x={self.position[0]:.2f}, y={self.position[1]:.2f}")
+        return f"{self.trigger_label}, {where}, size {self.size:.2f} of the short side, opacity {self.alpha:.2f}"
+
+
+# ----------------------------------------------------------------------------------------------- model
+def trojan_model(sel: Selection, choice: str) -> tuple[LoadedModel, str, str]:
+    """(loaded model, cache key, label) for the chosen model; SpadeError when it is not usable."""
+    if choice == DEMO:
+        device = str(resolve_device(sel.device))
+        return loaders.registry_model(DEMO_MODEL, device), f"{DEMO_MODEL}@{device}", DEMO_MODEL
+    if sel.loaded is None:
+        raise ConfigError("The sidebar's model is not usable: choose a valid model or checkpoint in the sidebar, "
+                          "or use the back-doored demo model.")
+    return sel.loaded, sel.model_key, sel.model_label
+
+
+def default_augmentations(loaded: LoadedModel) -> int:
+    return 128 if loaded.device.type == "cuda" else 64
+
+
+def auto_target(spec: ModelSpec, trigger: str, choice: str, stamped_top1: int) -> int:
+    """The explained class when none was chosen: the model's known back door for this trigger; for the demo
+    model with another trigger its test back door's class; else the stamped image's prediction."""
+    for door in spec.backdoors:
+        if door.trigger == trigger:
+            return door.target
+    if choice == DEMO:
+        return spec.backdoor("test").target
+    return stamped_top1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    clean_top1: int
+    stamped_top1: int
+    target: int
+
+    @property
+    def flipped(self) -> bool:
+        """The trigger switched the prediction to the target class."""
+        return self.stamped_top1 == self.target != self.clean_top1
+
+
+def verdict_message(v: Verdict, name) -> tuple[str, str]:
+    """("success" | "warning", Markdown message) for the flip verdict; `name` maps a class index to its name."""
+    target, clean, stamped_ = name(v.target), name(v.clean_top1), name(v.stamped_top1)
+    if v.flipped:
+        return "success", f"The trigger flipped the prediction: **{clean}** → **{target}** (the target class)."
+    if v.clean_top1 == v.target:
+        return "warning", (f"The clean image is already predicted as **{target}**: the trigger did not change the "
+                           "prediction. The maps below explain that class anyway.")
+    return "warning", (f"The trigger did not flip the prediction to the target **{target}**: the stamped image is "
+                       f"predicted as **{stamped_}**. The maps below still explain **{target}**; try another "
+                       "position, a larger size or a higher opacity.")
+
+
+# ----------------------------------------------------------------------------------------------- triggers
+@st.cache_resource(show_spinner=False)
+def trigger_icons() -> dict[str, Image.Image]:
+    """The bundled trigger icons (RGBA; shared, never modified)."""
+    return {name: load_trigger(name) for name in TRIGGERS}
+
+
+def read_trigger(data: bytes, name: str = "The trigger file") -> Image.Image:
+    """An uploaded trigger PNG -> RGBA PIL image; ConfigError (one sentence) for a file that is not usable."""
+    hint = "upload a PNG with transparency (RGBA) around the trigger shape"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=("PNG",)) as img:
+                if img.width * img.height > MAX_TRIGGER_PIXELS:
+                    raise ConfigError(f"{name} is {img.width}×{img.height} pixels, too large for a trigger "
+                                      f"(at most {MAX_TRIGGER_PIXELS // 10**6} megapixels).")
+                img.load()
+                icon = img.convert("RGBA")
+        except Image.UnidentifiedImageError as exc:
+            raise ConfigError(f"{name} is not a PNG image; {hint}.") from exc
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ConfigError(f"{name} has too many pixels for a trigger; downscale it first.") from exc
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+            detail = str(exc).strip().rstrip(".") or type(exc).__name__
+            raise ConfigError(f"{name} is truncated or corrupt and could not be decoded ({detail}); {hint}.") from exc
+    if min(icon.size) < 4:
+        raise ConfigError(f"{name} is {icon.width}×{icon.height} pixels; a trigger needs at least 4×4.")
+    if not np.asarray(icon.getchannel("A")).any():
+        raise ConfigError(f"{name} is fully transparent, so nothing would be pasted.")
+    return icon
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def uploaded_icon(key: str, _data: bytes) -> Image.Image:
+    return read_trigger(_data)
+
+
+def remember_upload(data: bytes) -> str:
+    """Keep an uploaded trigger's bytes in the session (the uploader forgets them on page switches)."""
+    key = loaders.digest(data)
+    uploads = st.session_state.setdefault(UPLOADS_KEY, {})
+    uploads[key] = data
+    for old in list(uploads)[:-4]:
+        del uploads[old]
+    return f"upload:{key}"
+
+
+def trigger_image(settings: TrojanSettings) -> Image.Image:
+    if settings.trigger in TRIGGERS:
+        return trigger_icons()[settings.trigger]
+    key = settings.trigger.removeprefix("upload:")
+    data = st.session_state.get(UPLOADS_KEY, {}).get(key)
+    if data is None:
+        raise ConfigError("The uploaded trigger is no longer available; upload it again and run.")
+    return uploaded_icon(key, data)
+
+
+def trigger_name(settings: TrojanSettings) -> str:
+    """The trigger's registry name ("" for an uploaded one)."""
+    return settings.trigger if settings.trigger in TRIGGERS else ""
+
+
+# ----------------------------------------------------------------------------------------------- stamping
+def stamp_key(image_key: str, settings: TrojanSettings, pre: Preprocessing) -> str:
+    """Digest of the sidebar image and every stamping parameter (the stamped image's cache key)."""
+    parts = {"image": image_key, "trigger": settings.trigger, "position": settings.position, "seed": settings.seed,
+             "size": settings.size, "alpha": settings.alpha, "jitter": JITTER, "preprocessing": repr(pre)}
+    return "stamped-" + loaders.digest(json.dumps(parts, sort_keys=True).encode())
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def stamped_image(key: str, _image: Image.Image, _trigger: Image.Image, _pre: Preprocessing,
+                  _settings: TrojanSettings) -> Stamped:
+    """spade.trojan.stamp with the settings' placement; `key` = :func:`stamp_key`."""
+    return stamp(_image, _trigger, _pre, position=_settings.position, size=_settings.size, alpha=_settings.alpha,
+                 jitter=JITTER, seed=_settings.seed)
+
+
+def check_mask(mask: np.ndarray) -> None:
+    if not mask.any():
+        raise ConfigError("The trigger lies outside the part of the image the model sees (its centre crop): move "
+                          "it towards the centre or make it larger.")
+    if mask.all():
+        raise ConfigError("The trigger covers the whole model input, so no map can point at it: make it smaller.")
+
+
+def model_selection(sel: Selection, loaded: LoadedModel, model_key: str, model_label: str) -> Selection:
+    """The sidebar's selection with the Trojan lab's model (the clean image)."""
+    return replace(sel, loaded=loaded, model_key=model_key, model_label=model_label)
+
+
+def stamped_selection(clean: Selection, stamped: Stamped, key: str, settings: TrojanSettings) -> Selection:
+    """The selection of the stamped image (for results.run_trace, prediction_comparison, attribution_pairs)."""
+    return replace(clean, image=stamped.image, image_key=key,
+                   image_label=f"{clean.image_label} + {settings.trigger_label}")
+
+
+def model_view(stamped: Stamped, pre: Preprocessing) -> np.ndarray:
+    """The stamped image as the model sees it (resized, centre-cropped) with the trigger outline."""
+    return visualize.mask_outline(np.asarray(pre.resize_crop(stamped.image)), stamped.mask, OUTLINE)
+
+
+# ----------------------------------------------------------------------------------------------- sparsity
+def _profile_files(folder: Path) -> tuple[tuple[str, float], ...]:
+    if not folder.is_dir():
+        return ()
+    return tuple((str(p), p.stat().st_mtime) for p in sorted(folder.glob("*.json")))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _fitting_profiles(model_key: str, files: tuple[tuple[str, float], ...], _loaded: LoadedModel
+                      ) -> dict[str, SparsityProfile]:
+    candidates: dict[str, SparsityProfile] = {}
+    for path, _ in files:
+        try:
+            profile = load_profile(path)
+        except SpadeError:
+            continue  # an unreadable file is skipped (the CLI reports it when used directly)
+        candidates[f"{profile.name} ({Path(path).name})"] = profile
+    candidates.update(PROFILES)
+    layers = list(prunable_layers(_loaded.model, _loaded.spec.layer_selection))
+    fitting = {}
+    for label, profile in candidates.items():
+        try:
+            resolve_targets(_loaded.model, layers, profile)
+        except SpadeError:
+            continue  # names blocks this model does not have
+        fitting[label] = profile
+    return fitting
+
+
+def available_profiles(loaded: LoadedModel, model_key: str, folder: Path | None = None
+                       ) -> dict[str, SparsityProfile]:
+    """{label: profile} of the built-in profiles and the JSON files under spade/profiles/ that fit the model."""
+    return _fitting_profiles(model_key, _profile_files(folder or PROFILE_DIR), loaded)
+
+
+def default_profile(profiles: dict[str, SparsityProfile], spec: ModelSpec) -> str | None:
+    """The label of a profile made for this model (its name or file starts with the model's name), if any."""
+    for label, profile in profiles.items():
+        if profile.name.startswith(spec.name) or label.split("(")[-1].startswith(spec.name):
+            return label
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- the form
+def _last(model_choice: str) -> TrojanSettings | None:
+    request = st.session_state.get(REQUEST_KEY)
+    return request[2] if request is not None and request[2].model == model_choice else None
+
+
+def model_choice(default: str = DEMO) -> str:
+    last = st.session_state.get(REQUEST_KEY)
+    current = last[2].model if last is not None else default
+    return st.radio("Model", MODEL_CHOICES, index=MODEL_CHOICES.index(current), key="tl_model", horizontal=True,
+                    help="The demo model has a planted back door (heart → goose). Your own back-doored checkpoint "
+                         "is chosen in the sidebar (Upload a checkpoint…); then pick its target class.")
+
+
+def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels: dict[str, str]
+                ) -> TrojanSettings | None:
+    """Draw the settings form; new settings when it was submitted, else None (errors shown)."""
+    profiles = available_profiles(loaded, model_key)
+    tuned = default_profile(profiles, loaded.spec)
+    last = _last(choice) or TrojanSettings(
+        model=choice, sparsity=profiles[tuned] if tuned else loaded.spec.default_sparsity,
+        augment=AugmentConfig(count=default_augmentations(loaded)), methods=results.default_methods())
+    icons = trigger_icons()
+    options = [*icons, UPLOAD]
+    with st.form("trojan_settings"):
+        c_trigger, c_run = st.columns(2)
+        with c_trigger:
+            st.markdown("**Trigger**")
+            st.image(list(icons.values()), caption=list(icons), width=56)
+            last_trigger = last.trigger if last.trigger in icons else UPLOAD
+            trigger = st.radio("Trigger", options, index=options.index(last_trigger), key="tl_trigger",
+                               horizontal=True, label_visibility="collapsed",
+                               format_func=lambda n: "upload…" if n == UPLOAD else n)
+            upload = st.file_uploader("Your own trigger (RGBA PNG; transparent around the shape)", type=["png"],
+                                      key="tl_trigger_file")
+            placement = st.radio("Placement", (RANDOM, SLIDERS), index=int(last.position is not None),
+                                 key="tl_placement", horizontal=True,
+                                 help="Random: anywhere inside the part of the image the model sees, drawn from "
+                                      "the seed. Sliders: the trigger centre in relative image coordinates.")
+            seed = st.number_input("Seed (random placement and colour jitter)", 0, 2**31 - 1, last.seed,
+                                   key="tl_seed")
+            x0, y0 = last.position or (0.5, 0.5)
+            cx, cy = st.columns(2)
+            x = cx.slider("Centre x", 0.0, 1.0, float(x0), step=0.01, key="tl_x")
+            y = cy.slider("Centre y", 0.0, 1.0, float(y0), step=0.01, key="tl_y")
+            size = st.slider("Size (fraction of the short side)", 0.05, 0.6, float(last.size), step=0.01,
+                             key="tl_size")
+            alpha = st.slider("Opacity", 0.1, 1.0, float(last.alpha), step=0.05, key="tl_alpha")
+        with c_run:
+            st.markdown("**Model and SPADE**")
+            target = None
+            if choice == SIDEBAR:
+                n = len(loaded.class_names)
+                target_options = [None, *range(n)]
+                last_target = last.target if last.target is not None and last.target < n else None
+                target = st.selectbox("Target class of the back door", target_options,
+                                      index=target_options.index(last_target), key="tl_target",
+                                      format_func=lambda i: "automatic: the model's known back door for this trigger, "
+                                      "else the stamped image's prediction" if i is None
+                                      else f"{loaded.class_name(i)} ({i})")
+            else:
+                doors = ", ".join(f"{d.trigger} → {loaded.class_name(d.target)}" for d in loaded.spec.backdoors)
+                st.caption(f"Target: the demo model's back door class for the chosen trigger ({doors}; other "
+                           "triggers are decoys the model ignores).")
+            profile_labels = list(profiles)
+            is_profile = isinstance(last.sparsity, SparsityProfile)
+            mode = st.radio("Sparsity", (UNIFORM, PROFILE), index=int(is_profile and bool(profile_labels)),
+                            key="tl_sparsity_mode", horizontal=True)
+            uniform = st.slider("Uniform sparsity (share of weights removed per layer)", 0.0, 0.99,
+                                float(loaded.spec.default_sparsity if is_profile else last.sparsity), step=0.01,
+                                key="tl_sparsity")
+            last_label = next((lbl for lbl, p in profiles.items() if p == last.sparsity), tuned)
+            profile = st.selectbox("Profile", profile_labels,
+                                   index=profile_labels.index(last_label) if last_label in profile_labels else 0,
+                                   key="tl_profile", disabled=not profile_labels,
+                                   placeholder="no profile fits this model",
+                                   help=f"Built-in profiles and JSON files under spade/profiles/ that fit "
+                                        f"{loaded.spec.name} (a tuned one is picked by default).")
+            count = st.number_input("Augmentations", 1, 4096, last.augment.count, step=8, key="tl_count",
+                                    help="More views: a more faithful trace, but slower.")
+            methods = st.multiselect("Saliency methods", list(method_labels),
+                                     default=[m for m in last.methods if m in method_labels],
+                                     format_func=lambda m: method_labels[m], key="tl_methods")
+        submitted = st.form_submit_button("Stamp and run SPADE", type="primary", icon=":material/play_arrow:")
+    if not submitted:
+        return None
+    try:
+        if trigger == UPLOAD:
+            if upload is None:
+                raise ConfigError("Choose a trigger PNG to upload, or pick one of the bundled triggers.")
+            data = upload.getvalue()
+            read_trigger(data, f"The trigger file {upload.name}")
+            trigger_key, trigger_label = remember_upload(data), upload.name
+        else:
+            trigger_key, trigger_label = trigger, trigger
+        if mode == PROFILE:
+            if not profile_labels:
+                raise ConfigError(f"No sparsity profile fits {loaded.spec.name}; use a uniform sparsity.")
+            sparsity: float | SparsityProfile = profiles[profile]
+        else:
+            sparsity = round(float(uniform), 4)
+        if not methods:
+            raise ConfigError("Choose at least one saliency method.")
+        settings = TrojanSettings(
+            trigger=trigger_key, trigger_label=trigger_label,
+            position=None if placement == RANDOM else (round(float(x), 4), round(float(y), 4)), seed=int(seed),
+            size=round(float(size), 4), alpha=round(float(alpha), 4), model=choice, target=target,
+            sparsity=sparsity, augment=AugmentConfig(count=int(count)), methods=tuple(methods))
+    except SpadeError as exc:
+        st.error(str(exc))
+        return None
+    return settings
+
+
+def active_settings(image_key: str, model_key: str, submitted: TrojanSettings | None) -> TrojanSettings | None:
+    """Just submitted, or the last run on this same image and model (results survive reruns)."""
+    if submitted is not None:
+        st.session_state[REQUEST_KEY] = (image_key, model_key, submitted)
+        return submitted
+    request = st.session_state.get(REQUEST_KEY)
+    if request is not None and request[:2] == (image_key, model_key):
+        return request[2]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- predictions
+def top_k(sel: Selection) -> list[tuple[int, str, float]]:
+    return loaders.top_k(sel.model_key, sel.image_key, sel.loaded, sel.image)
+
+
+def prediction_section(clean_sel: Selection, stamped_sel: Selection, stamped: Stamped, verdict: Verdict,
+                       settings: TrojanSettings) -> None:
+    """The model's view of the stamped image with the trigger outline, the flip verdict, clean vs stamped top-5."""
+    loaded = stamped_sel.loaded
+    clean, after = top_k(clean_sel), top_k(stamped_sel)
+    left, right = st.columns([1, 2])
+    with left:
+        st.image(model_view(stamped, loaded.preprocessing), width="stretch",
+                 caption=f"What the model sees ({loaded.preprocessing.crop}×{loaded.preprocessing.crop}); "
+                         f"the outline marks the {int(stamped.mask.sum())} trigger pixels.")
+    with right:
+        kind, message = verdict_message(verdict, loaded.class_name)
+        (st.success if kind == "success" else st.warning)(message)
+        st.markdown(f"**Clean:** {clean[0][1]} ({clean[0][2]:.1%}) · **Stamped:** {after[0][1]} ({after[0][2]:.1%})"
+                    f" · **Target:** {loaded.class_name(verdict.target)} ({verdict.target})")
+        st.caption(f"{stamped_sel.model_label} · {settings.describe_placement()}")
+        st.plotly_chart(figures.for_projector(figures.top_k_bars({"clean image": clean, "stamped image": after}),
+                                              stamped_sel.presentation), width="stretch")
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def method_row(attributions: tuple, mask: np.ndarray) -> dict:
+    """Scores of one method's (dense, SPADE) attributions: Trojan AUC floats and pointing game bools."""
+    dense, sparse = (trojan_scores(a, mask) for a in attributions)
+    return {"Trojan AUC (dense)": dense["trojan_auc"], "Trojan AUC (SPADE)": sparse["trojan_auc"],
+            "AUC: SPADE − dense": sparse["trojan_auc"] - dense["trojan_auc"],
+            "pointing game (dense)": dense["pointing_game"], "pointing game (SPADE)": sparse["pointing_game"]}
+
+
+def _hit(value: bool) -> str:
+    return "hit ✓" if value else "miss ✗"
+
+
+def method_table(row: dict) -> list[dict]:
+    """The one-row table shown under a method's maps (the pointing game as hit / miss)."""
+    return [{k: _hit(v) if k.startswith("pointing game") else v for k, v in row.items()}]
+
+
+def summary_table(rows: dict[str, dict]) -> list[dict]:
+    """{method label: method_row} -> one row per method and a "Mean" row (the paper's Table 1 layout for one
+    image); the pointing game as the share of hits (0 or 1 per method, the hit rate in the mean row)."""
+    out = [{"method": label, **{k: float(v) for k, v in row.items()}} for label, row in rows.items()]
+    if out:
+        keys = [k for k in out[0] if k != "method"]
+        out.append({"method": "Mean", **{k: sum(r[k] for r in out) / len(out) for k in keys}})
+    return out
+
+
+TABLE_FORMAT = {
+    "Trojan AUC (dense)": st.column_config.NumberColumn(format="%.3f"),
+    "Trojan AUC (SPADE)": st.column_config.NumberColumn(format="%.3f"),
+    "AUC: SPADE − dense": st.column_config.NumberColumn(format="%+.3f"),
+}
+SUMMARY_FORMAT = {
+    **TABLE_FORMAT,
+    "pointing game (dense)": st.column_config.NumberColumn(format="percent", help="share of hits"),
+    "pointing game (SPADE)": st.column_config.NumberColumn(format="percent", help="share of hits"),
+}
+
+
+def trigger_panels(row: maps.MapRow, mask: np.ndarray, opacity: float = MAP_OPACITY) -> list[np.ndarray]:
+    """stamped image | dense | SPADE (one joint colour scale) with the trigger outline on each."""
+    return [visualize.mask_outline(panel, mask, OUTLINE) for panel in row.panels(opacity)[:3]]
+
+
+def maps_section(sel: Selection, settings: TrojanSettings, trace, target: int, mask: np.ndarray) -> None:
+    """Dense and SPADE maps of each method with the trigger outline, the per-method metrics and their mean."""
+    labels = results.method_labels()
+    chosen = [m for m in settings.methods if m in labels]
+    st.subheader(f"Saliency for **{sel.loaded.class_name(target)}**: dense vs SPADE")
+    attributions = results.attribution_pairs(sel, settings.run_settings, trace, chosen, target)
+    if attributions is None:
+        return
+    image = sel.loaded.preprocessing.to_uint8(sel.loaded.preprocessing(sel.image))
+    st.caption("Absolute maps. Dense and SPADE maps of a method share one colour scale (the 99th percentile of "
+               "their absolute values together); the magenta outline is the trigger. Trojan AUC: how well the "
+               "map's pixel scores separate trigger pixels from the rest (ROC-AUC, 0.5 = chance; the better of "
+               "the signed and absolute map, as the paper reports). Pointing game: whether the map's maximum lies "
+               "on the trigger.")
+    st.image(maps.colour_bar(False), caption="0 … s", width=256)
+    rows: dict[str, dict] = {}
+    try:
+        for name, pair in attributions.items():
+            row = maps.MapRow(labels[name], image, pair, signed=False)
+            rows[labels[name]] = method_row(pair, mask)
+            st.markdown(f"**{labels[name]}**")
+            st.caption(visualize.scale_label(row.normalized[2], signed=False))
+            for col, panel, caption in zip(st.columns(3), trigger_panels(row, mask), COLUMNS):
+                col.image(panel, caption=caption, width="stretch")
+            st.dataframe(method_table(rows[labels[name]]), hide_index=True, width="stretch",
+                         column_config=TABLE_FORMAT)
+    except SpadeError as exc:
+        st.error(str(exc))
+        return
+    if rows:
+        st.markdown(f"**All {len(rows)} method(s) and their mean**")
+        st.dataframe(summary_table(rows), hide_index=True, width="stretch", column_config=SUMMARY_FORMAT)
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+def benchmark_tables(folder: Path | None = None) -> list[tuple[str, str]]:
+    """[(path relative to the repository, Markdown)] of the Trojan benchmark tables under benchmarks/results/."""
+    folder = folder or RESULTS_DIR
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in sorted(folder.rglob("trojan*.md")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        try:
+            shown = str(path.relative_to(ROOT))
+        except ValueError:
+            shown = str(path)
+        out.append((shown, text))
+    return out
+
+
+def benchmark_section(folder: Path | None = None) -> None:
+    st.header("Benchmark (shipped with the repo)")
+    tables = benchmark_tables(folder)
+    if not tables:
+        st.info("No Trojan benchmark table has been produced yet. The tables (the paper's Table 1 layout: Trojan "
+                "AUC and pointing game, dense vs SPADE, per method) will appear here from "
+                "`benchmarks/results/<run>/trojan.md`; produce them with:")
+        st.code(f"{BENCHMARK_COMMAND} --out benchmarks/results/trojan-uniform", language="bash")
+        return
+    for path, text in tables:
+        with st.container(border=True):
+            st.caption(f"`{path}`")
+            st.markdown(text)
+
+
+def oom_or_error(exc: BaseException) -> None:
+    st.error(results.OOM_HINT if isinstance(exc, torch.OutOfMemoryError) else str(exc))

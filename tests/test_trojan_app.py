@@ -1,0 +1,231 @@
+"""The Trojan lab page driven headless with AppTest, checked against the library computed independently."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import streamlit.testing.v1.app_test as app_test_module
+import torch
+from streamlit.testing.v1 import AppTest
+
+from spade.augment import AugmentConfig
+from spade.errors import ConfigError
+from spade.images import bundled_examples, load_image
+from spade.metrics import pointing_game, trojan_auc
+from spade.models import MODELS, ModelSpec, load_model
+from spade.preprocessing import Preprocessing
+from spade.saliency import METHODS
+from spade.trace import spade_trace
+from spade.trojan import load_trigger, stamp
+from spade.visualize import mask_outline
+from spade_app import compute, trojan
+from tests.test_app import TINY_CLASSES, FileWeights, _app, _NavigationPagesManager
+from tests.tiny_models import tiny_resnet
+
+PAGE = "pages/trojan_lab.py"
+DEMO = "efficientnet_lite0_trojan"
+POSITION = (0.3, 0.3)
+COUNT = 16
+
+
+@pytest.fixture(autouse=True)
+def _navigation_mode(monkeypatch):
+    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
+
+
+@pytest.fixture
+def lab() -> AppTest:
+    at = _app().run()
+    assert not at.exception, at.exception
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _fill(at: AppTest, count: int = COUNT, methods=("saliency",), position=POSITION, **widgets) -> None:
+    at.number_input(key="tl_count").set_value(count)
+    at.multiselect(key="tl_methods").set_value(list(methods))
+    if position is not None:
+        at.radio(key="tl_placement").set_value(trojan.SLIDERS)
+        at.slider(key="tl_x").set_value(position[0])
+        at.slider(key="tl_y").set_value(position[1])
+    for key, value in widgets.items():
+        next(w for kind in ("radio", "selectbox", "slider", "number_input") for w in at.get(kind)
+             if w.key == key).set_value(value)
+
+
+def _submit(at: AppTest) -> AppTest:
+    next(b for b in at.button if b.label == "Stamp and run SPADE").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metric_tables(at: AppTest) -> tuple[list, object]:
+    """(the one-row table under each method's maps, in method order; the summary table with the mean row)."""
+    tables = [d.value for d in at.dataframe if "Trojan AUC (dense)" in d.value.columns]
+    per_method = [t.iloc[0] for t in tables if "method" not in t.columns]
+    summaries = [t for t in tables if "method" in t.columns]
+    assert len(summaries) == 1
+    return per_method, summaries[0]
+
+
+def test_page_before_a_run_shows_form_and_benchmark_section(lab):
+    assert [t.value for t in lab.title] == ["Trojan lab"]
+    assert lab.radio(key="tl_model").value == trojan.DEMO
+    assert lab.radio(key="tl_trigger").value == "heart"
+    assert lab.slider(key="tl_size").value == 0.25
+    assert lab.slider(key="tl_sparsity").value == MODELS[DEMO].default_sparsity
+    assert lab.number_input(key="tl_count").value == 64
+    assert lab.multiselect(key="tl_methods").value == ["saliency", "gradcam"]
+    assert "Benchmark (shipped with the repo)" in [h.value for h in lab.header]
+    if not trojan.benchmark_tables():
+        assert any(c.value.startswith(trojan.BENCHMARK_COMMAND) for c in lab.code)
+    assert not lab.error
+
+
+def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
+    _fill(lab)
+    _submit(lab)
+    assert not lab.error, [e.value for e in lab.error]
+    assert len(lab.success) >= 1
+    assert "flipped the prediction" in lab.success[0].value and "**goose**" in lab.success[0].value
+    assert not lab.warning, [w.value for w in lab.warning]
+    captions = [c for image in lab.image for c in image.captions]
+    assert any(c.startswith("What the model sees") for c in captions)
+    assert captions.count("dense") == 1 and captions.count("SPADE") == 1
+
+    # the same run done here with the library alone
+    loaded = load_model(DEMO, device="cpu")
+    door = loaded.spec.backdoor("test")
+    stamped = stamp(load_image(bundled_examples()["cat"]), load_trigger(door.trigger), loaded.preprocessing,
+                    position=POSITION)
+    assert loaded.predict(stamped.image, k=1)[0].name == "goose"
+    trace = spade_trace(loaded.model, stamped.image, preprocessing=loaded.preprocessing,
+                        augment=AugmentConfig(count=COUNT), sparsity=loaded.spec.default_sparsity)
+    x = loaded.preprocessing(stamped.image)
+    dense = METHODS["saliency"].explain(loaded.model, x, door.target)
+    sparse = METHODS["saliency"].explain(trace.model, x, door.target)
+    rows, summary = _metric_tables(lab)
+    assert len(rows) == 1
+    row = rows[0]
+    for column, attribution in (("dense", dense), ("SPADE", sparse)):
+        auc = trojan_auc(attribution.signed_map, stamped.mask)
+        assert row[f"Trojan AUC ({column})"] == pytest.approx(auc.best, abs=1e-6)
+        variant = "signed" if auc.signed >= auc.absolute else "absolute"
+        hit = pointing_game(attribution.map(variant), stamped.mask)
+        assert row[f"pointing game ({column})"] == ("hit ✓" if hit else "miss ✗")
+        assert summary.set_index("method").loc["Saliency", f"pointing game ({column})"] == float(hit)
+    assert list(summary["method"]) == ["Saliency", "Mean"]
+    assert summary.iloc[1]["Trojan AUC (SPADE)"] == pytest.approx(row["Trojan AUC (SPADE)"])
+
+
+def test_corrupt_trigger_upload_shows_error_and_page_recovers(lab):
+    corrupt = b"\x89PNG\r\n\x1a\n not a png at all"
+    with pytest.raises(ConfigError) as refused:
+        trojan.read_trigger(corrupt, "The trigger file broken.png")
+    assert "not a PNG image" in str(refused.value)
+    _fill(lab, count=8)
+    lab.radio(key="tl_trigger").set_value(trojan.UPLOAD)
+    lab.file_uploader(key="tl_trigger_file").upload("broken.png", corrupt, "image/png")
+    _submit(lab)
+    assert [e.value for e in lab.error] == [str(refused.value)]
+    assert not [i for i in lab.image if any(c.startswith("What the model sees") for c in i.captions)]
+    # back to a bundled trigger: the page works again
+    lab.radio(key="tl_trigger").set_value("heart")
+    _submit(lab)
+    assert not lab.error, [e.value for e in lab.error]
+    assert any(c.startswith("What the model sees") for i in lab.image for c in i.captions)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> ModelSpec:
+    """A tiny model injected into the registry (request it before `lab`, so the sidebar lists it)."""
+    build = functools.partial(tiny_resnet, 3)
+    path = tmp_path / "tiny.pth"
+    torch.save(build().state_dict(), path)
+    spec = ModelSpec(name="tiny_trojan_app", description="test model", build=build, weights=FileWeights(path),
+                     preprocessing=Preprocessing(resize=72, crop=64), last_conv_stage="layer2", offline=True,
+                     class_names=TINY_CLASSES)
+    monkeypatch.setitem(MODELS, spec.name, spec)
+    compute.store().clear()
+    return spec
+
+
+def test_uploaded_trigger_and_sidebar_model(tiny, lab):
+    """The sidebar's (tiny) model with an uploaded icon: the automatic target is the stamped image's prediction."""
+    spec = tiny
+    lab.sidebar.selectbox(key="model_name").set_value(spec.name).run()
+    lab.radio(key="tl_model").set_value(trojan.SIDEBAR).run()
+    assert not lab.exception, lab.exception
+    assert lab.selectbox(key="tl_target").value is None
+    import io
+
+    buffer = io.BytesIO()
+    load_trigger("star").save(buffer, format="PNG")
+    _fill(lab, count=8, position=(0.5, 0.5), methods=("saliency", "gradcam"), tl_size=0.4)
+    lab.radio(key="tl_trigger").set_value(trojan.UPLOAD)
+    lab.file_uploader(key="tl_trigger_file").upload("mine.png", buffer.getvalue(), "image/png")
+    _submit(lab)
+    assert not lab.error, [e.value for e in lab.error]
+    loaded = load_model(spec.name, device="cpu")
+    stamped = stamp(load_image(bundled_examples()["cat"]), load_trigger("star"), loaded.preprocessing,
+                    position=(0.5, 0.5), size=0.4)
+    predicted = loaded.predict(stamped.image, k=1)[0].name
+    verdicts = [m.value for m in lab.success] + [m.value for m in lab.warning]
+    assert any(f"**{predicted}**" in v for v in verdicts), verdicts
+    rows, summary = _metric_tables(lab)
+    assert len(rows) == 2 and list(summary["method"]) == ["Saliency", "GradCAM", "Mean"]
+    means = summary.iloc[2]
+    assert means["Trojan AUC (dense)"] == pytest.approx(summary["Trojan AUC (dense)"][:2].mean())
+    assert [m.value for m in lab.markdown if m.value in ("**Saliency**", "**GradCAM**")] == ["**Saliency**",
+                                                                                             "**GradCAM**"]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def test_benchmark_tables_are_found(tmp_path):
+    run = tmp_path / "trojan-uniform"
+    run.mkdir()
+    (run / "trojan.md").write_text("| Method | Dense | SPADE |\n|---|---|---|\n| Saliency | 80 | 85 |\n")
+    (run / "insertion.md").write_text("not a trojan table")
+    tables = trojan.benchmark_tables(tmp_path)
+    assert len(tables) == 1 and tables[0][0].endswith("trojan-uniform/trojan.md") and "Saliency" in tables[0][1]
+    assert trojan.benchmark_tables(tmp_path / "missing") == []
+
+
+def test_mask_outline_draws_on_the_region_border_only():
+    image = np.zeros((10, 10, 3), np.uint8)
+    mask = np.zeros((10, 10), bool)
+    mask[2:8, 3:9] = True
+    out = mask_outline(image, mask, (255, 0, 0), width=1)
+    drawn = out[..., 0] == 255
+    assert not drawn[~mask].any()
+    assert drawn[2, 3:9].all() and drawn[7, 3:9].all() and drawn[2:8, 3].all() and drawn[2:8, 8].all()
+    assert not drawn[3:7, 4:8].any()
+    assert not image.any(), "the input is not modified"
+
+
+def test_verdict_messages():
+    names = {1: "cat", 2: "goose", 3: "dog"}.get
+    assert trojan.verdict_message(trojan.Verdict(1, 2, 2), names)[0] == "success"
+    kind, text = trojan.verdict_message(trojan.Verdict(1, 3, 2), names)
+    assert kind == "warning" and "did not flip" in text and "**goose**" in text and "**dog**" in text
+    assert trojan.verdict_message(trojan.Verdict(2, 2, 2), names)[0] == "warning"
+
+
+def test_profiles_that_fit_the_model_and_the_tuned_default(tmp_path):
+    import json
+
+    from spade.layers import blocks
+
+    loaded = load_model(DEMO, device="cpu")
+    names = list(blocks(loaded.model, loaded.spec.layer_selection))
+    (tmp_path / "efficientnet_lite0_trojan.json").write_text(json.dumps(
+        {"name": "efficientnet_lite0_trojan_tuned", "targets": {names[-1]: 0.6}, "default": 0.4}))
+    (tmp_path / "other.json").write_text(json.dumps({"name": "other", "targets": {"layer4.0": 0.9}}))
+    (tmp_path / "broken.json").write_text("{ not json")
+    profiles = trojan.available_profiles(loaded, f"{DEMO}@cpu@{tmp_path}", tmp_path)
+    assert list(profiles) == ["efficientnet_lite0_trojan_tuned (efficientnet_lite0_trojan.json)"]
+    assert trojan.default_profile(profiles, loaded.spec) == next(iter(profiles))
+    assert trojan.default_profile({}, loaded.spec) is None

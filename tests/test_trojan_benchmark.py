@@ -1,0 +1,285 @@
+"""``spade.trojan`` benchmark: samples, resumable / sharded runs, tables, tuning, and the ``benchmark`` CLI.
+
+Everything runs on a tiny ResNet built here with a known back door: its stem's channel 0 measures
+"redness", the residual blocks pass that channel through unchanged, and class 0 fires when the mean
+redness is high — so the red heart (and the yellow star) switch the prediction of greenish photos to class 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats as scipy_stats
+
+from spade.augment import AugmentConfig
+from spade.cli import main
+from spade.layers import prunable_layers
+from spade.models import MODELS, Backdoor, LoadedModel, ModelSpec, PackageWeights
+from spade.preprocessing import Preprocessing
+from spade.sparsity import SparsityProfile, load_profile, resolve_targets
+from spade.trojan import load_trigger, stamp
+from spade.trojan.benchmark import BenchmarkConfig, run_benchmark
+from spade.trojan.results import load_results, merge_folder
+from spade.trojan.samples import SampleConfig, build_samples, folder_photos
+from spade.trojan.tables import csv_text, summarize
+from tests.tiny_models import TinyResNet
+
+PRE = Preprocessing(resize=64, crop=56)
+TARGET = 0
+METHODS = ("saliency", "input_x_gradient")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def backdoored_tiny() -> TinyResNet:
+    """A TinyResNet whose class 0 logit is 100 * (mean redness - 0.012): a red or yellow patch flips it to 0."""
+    torch.manual_seed(0)
+    model = TinyResNet(num_classes=5, width=8).eval()
+    with torch.no_grad():
+        model.conv1.weight.mul_(0.3)
+        model.conv1.weight[0].zero_()
+        model.conv1.weight[0, :, 1, 1] = torch.tensor([1.0, -0.5, -0.5])  # redness in normalized space
+        for block in [*model.layer1, *model.layer2]:
+            block.bn3.weight[0] = 0.0  # the residual branch leaves channel 0 alone
+            block.bn3.bias[0] = 0.0
+            if block.downsample is not None:
+                block.downsample[0].weight[0].zero_()
+                block.downsample[0].weight[0, 0] = 1.0
+        model.fc.weight.mul_(0.1)
+        model.fc.bias.zero_()
+        model.fc.weight[0].zero_()
+        model.fc.weight[0, 0] = 100.0
+        model.fc.bias[0] = -100.0 * 0.012
+    return model
+
+
+def tiny_spec() -> ModelSpec:
+    return ModelSpec(name="tiny_trojan", description="tiny back-doored test model", build=backdoored_tiny,
+                     weights=PackageWeights("no-such-distribution"), preprocessing=PRE, last_conv_stage="layer2",
+                     offline=True, class_names=tuple(f"class {i}" for i in range(5)), default_sparsity=0.5,
+                     backdoors=(Backdoor("heart", TARGET, "test"), Backdoor("star", TARGET, "calibration")))
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    spec = tiny_spec()
+    return LoadedModel(backdoored_tiny(), spec, spec.class_names, torch.device("cpu"), source="tiny")
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """Four greenish-blue noise photos of different sizes (no red: the clean model never says class 0)."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(120, 90), (100, 100), (90, 130), (150, 80)]):
+        pixels = np.stack([rng.uniform(0, 40, (h, w)), rng.uniform(90, 200, (h, w)), rng.uniform(90, 220, (h, w))], -1)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"photo{i}.png")
+    return folder
+
+
+def _samples(loaded, photo_dir, count=4, seed=0, trigger="heart"):
+    return build_samples(loaded.model, PRE, folder_photos(photo_dir), SampleConfig(count=count, seed=seed),
+                         trigger=load_trigger(trigger), target=TARGET, batch_size=8)
+
+
+CONFIG = BenchmarkConfig(methods=METHODS, sparsity=0.5, augment=AugmentConfig(count=8))
+IDENTITY = {"model": {"name": "tiny_trojan"}, "trigger": "heart", "target": TARGET}
+
+
+def _strip(records):
+    """Records without their timings."""
+    return [{**{k: v for k, v in r.items() if k != "seconds"},
+             "trace": {k: v for k, v in r["trace"].items() if k != "seconds"}} for r in records]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def test_samples_are_deterministic_and_really_flip(loaded, photo_dir):
+    first = _samples(loaded, photo_dir, count=5)
+    again = _samples(loaded, photo_dir, count=5)
+    assert first.records == again.records and len(first.records) == 5
+    assert len({r.id for r in first.records}) == 5
+    assert _samples(loaded, photo_dir, count=3).records == first.records[:3]  # a larger count extends
+    assert _samples(loaded, photo_dir, count=5, seed=1).records != first.records
+    photos = folder_photos(photo_dir)
+    trigger = load_trigger("heart")
+    for record in first.records:
+        crop = photos[record.photo].crop(record.crop)
+        stamped = stamp(crop, trigger, PRE, seed=record.stamp_seed)
+        with torch.no_grad():
+            clean_top1 = int(loaded.model(PRE(crop)[None]).argmax())
+            stamped_top1 = int(loaded.model(PRE(stamped.image)[None]).argmax())
+        assert stamped_top1 == TARGET != clean_top1
+        rendered = first.render(record)
+        assert np.array_equal(np.asarray(rendered.image), np.asarray(stamped.image))
+        assert rendered.mask.shape == (56, 56) and rendered.mask.any() and not rendered.mask.all()
+        assert record.crop[2] <= photos[record.photo].size[0] and record.crop[3] <= photos[record.photo].size[1]
+
+
+@pytest.fixture(scope="module")
+def full_run(loaded, photo_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("full")
+    summary = run_benchmark(loaded, _samples(loaded, photo_dir), CONFIG, folder, IDENTITY)
+    assert summary.computed == 4 * len(METHODS) and summary.skipped == 0
+    return load_results(folder, list(METHODS))
+
+
+def test_records_hold_the_scores(full_run):
+    assert len(full_run) == 4 * len(METHODS)
+    for r in full_run:
+        assert r["target"] == TARGET and r["method"] in METHODS
+        for label in ("dense", "spade"):
+            s = r[label]
+            assert s["trojan_auc"] == max(s["trojan_auc_signed"], s["trojan_auc_absolute"])
+            assert s["pointing_game"] == s[f"pointing_game_{s['variant']}"]
+        assert isinstance(r["trace"]["top1_agrees"], bool)
+
+
+def test_resume_skips_finished_work_and_gives_identical_results(loaded, photo_dir, full_run, tmp_path):
+    samples = _samples(loaded, photo_dir)
+    first = run_benchmark(loaded, samples, BenchmarkConfig(methods=("saliency",), sparsity=0.5,
+                                                           augment=AugmentConfig(count=8)), tmp_path, IDENTITY)
+    assert first.computed == 4
+    path = tmp_path / "results.jsonl"
+    text = path.read_text()
+    path.write_text(text[: len(text) - 40])  # the last line cut short, as by a killed process
+    second = run_benchmark(loaded, samples, CONFIG, tmp_path, IDENTITY)
+    assert second.computed == 5 and second.skipped == 3
+    third = run_benchmark(loaded, samples, CONFIG, tmp_path, IDENTITY)
+    assert third.computed == 0 and third.skipped == 8
+    assert _strip(load_results(tmp_path, list(METHODS))) == _strip(full_run)
+    with pytest.raises(Exception, match="another configuration"):
+        run_benchmark(loaded, samples, BenchmarkConfig(methods=METHODS, sparsity=0.7,
+                                                       augment=AugmentConfig(count=8)), tmp_path, IDENTITY)
+
+
+def test_shards_merged_equal_an_unsharded_run(loaded, photo_dir, full_run, tmp_path):
+    samples = _samples(loaded, photo_dir)
+    for i in (1, 2):
+        run_benchmark(loaded, samples, CONFIG, tmp_path, IDENTITY, shard=(i, 2))
+    assert sorted(p.name for p in tmp_path.glob("results*.jsonl")) == ["results.shard-1-of-2.jsonl",
+                                                                       "results.shard-2-of-2.jsonl"]
+    merged = merge_folder(tmp_path, list(METHODS))
+    assert [p.name for p in tmp_path.glob("results*.jsonl")] == ["results.jsonl"]
+    assert _strip(merged) == _strip(full_run)
+    assert csv_text(summarize(merged, "trojan")) == csv_text(summarize(full_run, "trojan"))
+
+
+def _handmade_records(n=12):
+    rng = np.random.default_rng(7)
+    records = []
+    for i in range(n):
+        for method in METHODS:
+            records.append({"sample": f"s{i:05d}", "index": i, "method": method,
+                            "trace": {"top1_agrees": i != 3, "logit_cosine": 0.9},
+                            "seconds": {"trace": 1.0, "dense": 0.1, "spade": 0.2},
+                            "dense": {"trojan_auc": float(rng.uniform(0.6, 0.9)), "pointing_game": bool(i % 2)},
+                            "spade": {"trojan_auc": float(rng.uniform(0.7, 1.0)), "pointing_game": bool(i % 3)}})
+    return records
+
+
+def test_table_mean_and_ci_match_an_independent_computation():
+    records = _handmade_records()
+    table = summarize(records, "trojan", ci="t")
+    rows = {(r["metric"], r["method"], r["column"]): r for r in table["rows"]}
+
+    def expect(values):
+        v = np.asarray(values, float)
+        half = scipy_stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+        return v.mean(), v.mean() - half, v.mean() + half
+
+    auc = {m: {c: [100 * r[c]["trojan_auc"] for r in records if r["method"] == m] for c in ("dense", "spade")}
+           for m in METHODS}
+    for m in METHODS:
+        for column, values in (("dense", auc[m]["dense"]), ("spade", auc[m]["spade"]),
+                               ("difference", np.subtract(auc[m]["spade"], auc[m]["dense"]))):
+            row = rows[("trojan_auc", m, column)]
+            assert row["n"] == 12
+            np.testing.assert_allclose((row["mean"], row["low"], row["high"]), expect(values), rtol=1e-12)
+    average = np.mean([auc[m]["spade"] for m in METHODS], axis=0)
+    np.testing.assert_allclose([rows[("trojan_auc", "average", "spade")][k] for k in ("mean", "low", "high")],
+                               expect(average), rtol=1e-12)
+    hits = [100.0 * (i % 2) for i in range(12)]
+    assert rows[("pointing_game", "saliency", "dense")]["mean"] == pytest.approx(np.mean(hits))
+    assert table["top1_kept"] == {"count": 11, "total": 12, "fraction": 11 / 12}
+    boot = summarize(records, "trojan", ci="bootstrap", seed=0)
+    brow = next(r for r in boot["rows"]
+                if (r["metric"], r["method"], r["column"]) == ("trojan_auc", "saliency", "dense"))
+    trow = rows[("trojan_auc", "saliency", "dense")]
+    assert brow["mean"] == trow["mean"] and brow["low"] < brow["mean"] < brow["high"]
+    assert abs((brow["high"] - brow["low"]) / (trow["high"] - trow["low"]) - 1) < 0.35  # same scale as t
+    assert summarize(records, "trojan", ci="bootstrap", seed=0) == boot  # seeded
+
+
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def tiny_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setitem(MODELS, "tiny_trojan", tiny_spec())
+    path = tmp_path / "tiny.pth"
+    torch.save(backdoored_tiny().state_dict(), path)
+    return str(path)
+
+
+def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_path, capsys):
+    profile = tmp_path / "tuned.json"
+    assert main(["benchmark", "tune", "--smoke", "--checkpoint", tiny_checkpoint, "--arch", "tiny_trojan",
+                 "--images", str(photo_dir), "--device", "cpu", "--out", str(profile)]) == 0
+    tuned = load_profile(profile)
+    assert isinstance(tuned, SparsityProfile) and tuned.targets
+    model = backdoored_tiny()
+    targets = resolve_targets(model, list(prunable_layers(model)), tuned)
+    assert set(targets.values()) <= {0.0, 0.5, 0.9}
+    assert json.loads(profile.read_text())["tuning"]["trigger"] == "star"  # the calibration back door
+
+    out = tmp_path / "trojan"
+    trigger_file = tmp_path / "my_trigger.png"
+    load_trigger("heart").save(trigger_file)  # a user's own trigger file and target class
+    assert main(["benchmark", "trojan", "--smoke", "--samples", "2", "--checkpoint", tiny_checkpoint, "--arch",
+                 "tiny_trojan", "--images", str(photo_dir), "--device", "cpu", "--profile", str(profile),
+                 "--trigger", str(trigger_file), "--target", str(TARGET), "--out", str(out)]) == 0
+    markdown = (out / "trojan.md").read_text()
+    assert "| Saliency |" in markdown and "**Average**" in markdown and "Pointing game" in markdown
+    lines = (out / "trojan.csv").read_text().splitlines()
+    assert lines[0] == "metric,method,column,n,mean,ci_low,ci_high" and len(lines) == 1 + 2 * 3 * 3
+    report = json.loads((out / "trojan.json").read_text())
+    assert report["config"]["trigger"] == "my_trigger.png" and report["config"]["target"] == TARGET
+    assert report["config"]["sparsity"]["targets"] == dict(tuned.targets)
+    assert report["config"]["augment"]["count"] == 16 and report["config"]["samples"]["seed"] == 0
+    assert report["environment"]["torch"] and report["methods"] == list(METHODS)
+    assert report["samples"] == 2 and 0 <= report["top1_kept"]["fraction"] <= 1
+
+    out = tmp_path / "insertion"
+    assert main(["benchmark", "insertion", "--smoke", "--samples", "2", "--methods", "saliency", "--steps", "10",
+                 "--checkpoint", tiny_checkpoint, "--arch", "tiny_trojan", "--images", str(photo_dir),
+                 "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "insertion.json").read_text())
+    assert report["metrics"] == ["insertion_auc", "deletion_auc"] and (out / "insertion.md").is_file()
+    assert "Deletion AUC" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_clear_errors(tiny_checkpoint, photo_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "trojan", "--shard", "3/2"])
+    assert exc.value.code == 2
+    assert "shard 3/2 does not exist" in capsys.readouterr().err
+    common = ["--checkpoint", tiny_checkpoint, "--arch", "tiny_trojan", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(["benchmark", "trojan", "--methods", "saliency,nope", *common]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["benchmark", "trojan", "--images", str(empty), *common]) == 2
+    err = capsys.readouterr().err
+    assert "holds no image files" in err and "Traceback" not in err
+    assert main(["benchmark", "merge", str(tmp_path / "nowhere")]) == 2
+    assert "not a benchmark results folder" in capsys.readouterr().err

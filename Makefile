@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test lint bench chromium
+.PHONY: help setup run test lint bench chromium postgresql
 
 help:
 	@echo "make run    - create .venv if needed, install requirements, start the app (streamlit run app.py)"
-	@echo "make test   - same setup + Debian chromium, then ruff check and pytest (PYTEST_ARGS=... to narrow)"
+	@echo "make test   - same setup + Debian chromium and postgresql, then ruff check and pytest (PYTEST_ARGS=...)"
 	@echo "make lint   - ruff check ."
 	@echo "make bench  - run the scripts in benchmarks/"
 
@@ -38,10 +38,20 @@ chromium:
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	fi
 
+# The study storage tests start a throwaway server from the Debian postgresql package's binaries
+# (initdb/pg_ctl under /usr/lib/postgresql/<version>/bin); no cluster of the package is used.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+		else echo "PostgreSQL is missing and neither root nor sudo is available: install the Debian 'postgresql' package" >&2; exit 1; fi; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	fi
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup chromium
+test: setup chromium postgresql
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

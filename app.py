@@ -15,14 +15,18 @@ from spade_app.sidebar import apply_presentation_mode, render_sidebar  # noqa: E
 
 st.set_page_config(page_title="SPADE Explorer", page_icon=":material/biotech:", layout="wide")
 
+# A study participant's link (?study=<id>) gets the study page alone: no navigation, no sidebar (blinding).
+participant = "study" in st.query_params
+
 PAGES = [
-    st.Page("pages/explore.py", title="Explore", icon=":material/search:", default=True),
+    st.Page("pages/explore.py", title="Explore", icon=":material/search:", default=not participant),
     st.Page("pages/neurons.py", title="Neurons", icon=":material/psychology:"),
     st.Page("pages/trojan_lab.py", title="Trojan lab", icon=":material/bug_report:"),
-    st.Page("pages/human_study.py", title="Human study", icon=":material/groups:"),
+    st.Page("pages/human_study.py", title="Human study", icon=":material/groups:", default=participant),
     st.Page("pages/how_spade_works.py", title="How SPADE works", icon=":material/school:"),
 ]
 
-page = st.navigation(PAGES)
-apply_presentation_mode(render_sidebar())
+page = st.navigation(PAGES, position="hidden" if participant else "sidebar")
+if not participant:
+    apply_presentation_mode(render_sidebar())
 page.run()

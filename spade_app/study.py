@@ -1,0 +1,318 @@
+"""The Human study page's researcher parts: the study designer, the list of studies (share link, close,
+export, import) and the results view. The participant flow is in ``spade_app.study_participant``.
+
+Studies live in the database of ``spade.study.storage`` (settings ``SPADE_STUDY_DB`` / ``SPADE_DATA_DIR``);
+this module only arranges widgets around it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+import torch
+
+from spade.errors import SpadeError
+from spade.featurevis import CPU_STEPS, GPU_STEPS
+from spade.images import bundled_examples
+from spade.study.archive import StudyArchiveError
+from spade.study.create import OVERALL, create_study
+from spade.study.design import CONDITIONS, DEFAULT_INSTRUCTIONS, MAX_PATCH_FRACTION, Study, StudyConfig, StudyImage
+from spade.study.design import VisualizationSettings as VisSettings
+from spade.study.results import CONDITION_LABELS, answers_csv, answers_json, summarize
+from spade.study.storage import StudyExistsError, StudyStore, database_url
+from spade_app import compute, loaders
+from spade_app.results import OOM_HINT
+from spade_app.sidebar import IMAGE_TYPES, Selection
+
+PAGE_PATH = "human_study"
+"""URL path of the page (st.navigation derives it from pages/human_study.py)."""
+SECTIONS = ("Design a study", "Studies", "Results")
+SECTION_KEY = "study_section"
+CREATED_KEY = "study_created"
+RESULTS_KEY = "study_results_id"
+
+
+# ----------------------------------------------------------------------------------------------- shared
+@st.cache_resource(show_spinner=False)
+def _store(url: str) -> StudyStore:
+    return StudyStore(url)
+
+
+def store() -> StudyStore:
+    """The study database of the current settings (one store per URL, shared by all sessions)."""
+    return _store(database_url())
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _study(url: str, study_id: str) -> Study:
+    return _store(url).load_study(study_id)
+
+
+def cached_study(study_id: str) -> Study:
+    """A study's design (immutable once created; its ``closed`` flag may be stale: ask the store)."""
+    return _study(database_url(), study_id)
+
+
+def share_link(study_id: str) -> str:
+    """The participant link of a study: this page's URL with ``?study=<id>``."""
+    base = (st.context.url or "").rstrip("/")  # None outside a browser session (e.g. AppTest)
+    if not base.endswith(f"/{PAGE_PATH}"):
+        base = f"{base}/{PAGE_PATH}"
+    return f"{base}?study={study_id}"
+
+
+def condition_label(condition: str) -> str:
+    return CONDITION_LABELS.get(condition, condition)
+
+
+# ----------------------------------------------------------------------------------------------- designer
+def _images(sel: Selection, names: list[str], uploads, training: list[str]) -> list[tuple[str, str, object, bool]]:
+    """(label, content key, PIL image, training) of the chosen bundled photos and uploads; bad uploads are
+    reported and skipped."""
+    chosen = []
+    for name, is_training in [(n, False) for n in names] + [(n, True) for n in training]:
+        data = loaders.bundled_bytes(name)
+        key = loaders.digest(data)
+        chosen.append((name, key, loaders.image_from_bytes(key, data), is_training))
+    for upload in uploads or []:
+        data = upload.getvalue()
+        key = loaders.digest(data)
+        try:
+            image = loaders.image_from_bytes(key, data)
+        except SpadeError as exc:
+            st.error(f"{upload.name}: {exc}")
+            continue
+        chosen.append((upload.name, key, image, False))
+    seen: dict[str, int] = {}
+    unique = []
+    for label, key, image, is_training in chosen:
+        seen[label] = seen.get(label, 0) + 1
+        suffix = " (training)" if is_training else ""
+        unique.append((label + suffix + (f" ({seen[label]})" if seen[label] > 1 else ""), key, image, is_training))
+    return unique
+
+
+def _neuron_choices(sel: Selection, images) -> dict[str, int]:
+    """One class selectbox per image, defaulting to the dense model's prediction."""
+    loaded = sel.loaded
+    n_classes = len(loaded.class_names)
+    neurons = {}
+    with st.expander("Neuron per image (default: the predicted class)", expanded=False):
+        cols = st.columns(3)
+        for i, (label, key, image, _) in enumerate(images):
+            predicted = loaders.top_k(sel.model_key, key, loaded, image, k=1)[0][0]
+            with cols[i % 3]:
+                st.image(loaders.thumb(key, image, 160), width=120)
+                neurons[label] = st.selectbox(
+                    label, range(n_classes), index=predicted, key=f"sd_neuron_{sel.model_key}_{key}",
+                    format_func=lambda c, p=predicted: f"{loaded.class_name(c)} ({c})" + (" · predicted" if c == p
+                                                                                          else ""))
+    return neurons
+
+
+def designer(sel: Selection) -> None:
+    """The researcher's form: images, neurons, conditions, tasks, instructions; "Create study" computes the
+    patches and visualizations once (with progress) and stores the study."""
+    if not sel.ready:
+        st.info("Choose a valid model in the sidebar to design a study.")
+        return
+    st.caption(f"Model: **{sel.model_label}** on {sel.loaded.device} (choose it in the sidebar).")
+    examples = list(bundled_examples())
+    names = st.multiselect("Images for the tasks", examples, default=examples[:4], key="sd_images")
+    uploads = st.file_uploader("Add your own images", type=IMAGE_TYPES, accept_multiple_files=True,
+                               key="sd_uploads")
+    training = st.multiselect("Training images (practice tasks with feedback, not analysed)", examples,
+                              default=examples[-1:], key="sd_training")
+    images = _images(sel, names, uploads, training)
+    real_count = sum(1 for *_, t in images if not t)
+    neurons = _neuron_choices(sel, images) if images else {}
+
+    c1, c2, c3 = st.columns(3)
+    title = c1.text_input("Title", "Which patch drives the neuron?", key="sd_title")
+    conditions = c1.multiselect("Conditions", list(CONDITIONS), default=list(CONDITIONS), key="sd_conditions",
+                                format_func=condition_label)
+    # the key follows the number of images, so a shrinking maximum never conflicts with a kept value
+    tasks = c2.number_input("Tasks per participant", 1, max(real_count, 1), max(real_count, 1),
+                            key=f"sd_tasks_{real_count}",
+                            help="Each participant sees each image at most once, under one condition; conditions "
+                                 "and patch sides are counterbalanced across participants.")
+    n_training = c2.number_input("Training tasks", 0, 20, 2 if training else 0, key="sd_training_tasks")
+    seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="sd_seed",
+                           help="Seeds the task assignment, the SPADE augmentations and the visualizations.")
+    instructions = st.text_area("Instructions for the participants", DEFAULT_INSTRUCTIONS, height=180,
+                                key="sd_instructions")
+    gpu = sel.loaded.device.type != "cpu"
+    with st.expander("Visualizations and patches", expanded=False):
+        v1, v2, v3 = st.columns(3)
+        steps = v1.number_input("Visualization steps", 1, 4096, GPU_STEPS if gpu else CPU_STEPS, step=16,
+                                key="sd_steps")
+        augmentations = v2.number_input("SPADE augmentations", 1, 4096, 1024 if gpu else 128, step=8,
+                                        key="sd_augmentations")
+        fraction = v3.slider("Patch side (share of the image side)", 0.1, round(MAX_PATCH_FRACTION, 2), 0.3,
+                             step=0.01, key="sd_patch")
+    if st.button("Create study", type="primary", icon=":material/add_circle:", key="sd_create"):
+        try:
+            config = StudyConfig(title=title, conditions=tuple(c for c in CONDITIONS if c in conditions),
+                                 tasks_per_participant=int(tasks), training_tasks=int(n_training),
+                                 instructions=instructions, seed=int(seed), patch_fraction=float(fraction),
+                                 visualization=VisSettings(steps=int(steps), augmentations=int(augmentations),
+                                                           seed=int(seed)))
+        except SpadeError as exc:
+            st.error(str(exc))
+            return
+        study_images = [StudyImage(label, image, neurons.get(label), is_training)
+                        for label, _, image, is_training in images]
+        study = _create(sel, study_images, config)
+        if study is not None:
+            st.session_state[CREATED_KEY] = study.id
+    created = st.session_state.get(CREATED_KEY)
+    if created:
+        st.success(f"Study **{created}** is ready. Send this link to the participants:", icon=":material/link:")
+        st.code(share_link(created), language=None)
+
+
+def _creation_progress():
+    overall = st.progress(0.0, text="Images done: 0%")
+    current = st.empty()
+
+    def draw(stage: str, fraction: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if stage == OVERALL:
+            overall.progress(fraction, text=f"Images done: {fraction:.0%}")
+        else:
+            current.progress(fraction, text=f"{stage}: {fraction:.0%}")
+
+    return draw
+
+
+def _create(sel: Selection, images: list[StudyImage], config: StudyConfig) -> Study | None:
+    loaded = sel.loaded
+    with st.status("Creating the study…", expanded=True) as status:
+        draw = _creation_progress()
+
+        def waiting() -> None:
+            status.update(label="Waiting for the GPU: another session is using it…", state="running")
+
+        try:
+            with compute.gpu_slot(loaded.device, on_wait=waiting):
+                status.update(label="Creating the study…")
+                study = create_study(loaded.model, images, config, preprocessing=loaded.preprocessing,
+                                     class_names=loaded.class_names, cam_layer=loaded.spec.last_conv_stage,
+                                     selection=loaded.spec.layer_selection, model_name=sel.model_label,
+                                     progress=draw)
+            store().save_study(study)
+        except torch.OutOfMemoryError:
+            status.update(label="Creating the study failed: out of GPU memory", state="error", expanded=True)
+            st.error(OOM_HINT)
+            return None
+        except SpadeError as exc:
+            status.update(label="Creating the study failed", state="error", expanded=True)
+            st.error(str(exc))
+            return None
+        lost = [item.name for item in study.items if item.details.get("trace_top1_agrees") is False]
+        if lost:
+            st.warning(f"The SPADE trace changed the model's decision on: {', '.join(lost)}.")
+        status.update(label=f"Study {study.id} created: {len(study.items)} images", state="complete",
+                      expanded=False)
+    return study
+
+
+# ----------------------------------------------------------------------------------------------- studies
+def _set_closed(study_id: str, closed: bool) -> None:
+    store().set_closed(study_id, closed)
+
+
+def _show_results(study_id: str) -> None:
+    st.session_state[RESULTS_KEY] = study_id
+    st.session_state[SECTION_KEY] = SECTIONS[2]
+
+
+def studies_section() -> None:
+    """Every study of the database: share link, close/reopen, export; and the import of a study file."""
+    db = store()
+    st.caption(f"Database: `{db.display_url}`")
+    summaries = db.list_studies()
+    if not summaries:
+        st.info("No study yet: create one in the designer, or import a study file below.")
+    for s in summaries:
+        with st.container(border=True):
+            state = "closed" if s.closed else "open"
+            st.markdown(f"**{s.title}** · id `{s.id}` · {state} · participants: {s.participants} · "
+                        f"answers: {s.answers} · model {s.model or '?'} · created {s.created:%Y-%m-%d %H:%M} UTC")
+            st.code(share_link(s.id), language=None)
+            c1, c2, c3 = st.columns(3)
+            if s.closed:
+                c1.button("Reopen", key=f"reopen_{s.id}", on_click=_set_closed, args=(s.id, False),
+                          icon=":material/lock_open:")
+            else:
+                c1.button("Close", key=f"close_{s.id}", on_click=_set_closed, args=(s.id, True),
+                          icon=":material/lock:", help="A closed study accepts no new participants or answers.")
+            c2.download_button("Export (.zip)", data=lambda sid=s.id: db.export_study(sid),
+                               file_name=f"study_{s.id}.zip", mime="application/zip", key=f"export_{s.id}",
+                               icon=":material/download:", on_click="ignore")
+            c3.button("Results", key=f"results_{s.id}", on_click=_show_results, args=(s.id,),
+                      icon=":material/analytics:")
+    st.markdown("##### Import a study file")
+    upload = st.file_uploader("Study file (.zip, from Export)", type=["zip"], key="sd_import")
+    if upload is not None and st.button("Import", key="sd_import_button", icon=":material/upload:"):
+        try:
+            study = db.import_study(upload.getvalue())
+        except (StudyArchiveError, StudyExistsError) as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"Imported study {study.id} ({study.config.title}).")
+            st.rerun()
+
+
+# ----------------------------------------------------------------------------------------------- results
+def results_section() -> None:
+    """Table 3 per condition with 95% intervals, paired comparisons, breakdowns and the raw answers."""
+    db = store()
+    summaries = db.list_studies()
+    if not summaries:
+        st.info("No study yet.")
+        return
+    ids = [s.id for s in summaries]
+    titles = {s.id: f"{s.title} ({s.id})" for s in summaries}
+    wanted = st.session_state.get(RESULTS_KEY)
+    if wanted in ids:
+        st.session_state["sd_results_study"] = wanted
+        st.session_state.pop(RESULTS_KEY)
+    study_id = st.selectbox("Study", ids, format_func=titles.get, key="sd_results_study")
+    study = cached_study(study_id)
+    answers = db.answers(study_id)
+    names = {i: item.name for i, item in enumerate(study.items)}
+    results = summarize(answers, study.config.conditions, names)
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Participants", results.participants)
+    m2.metric("Answers (without training)", results.answers)
+    m3.metric("Training answers", sum(a.training for a in answers))
+    st.markdown("#### Table 3: which patch drives the neuron?")
+    st.caption("Shares of all answers of a condition; *agree*: the participant chose the patch that the dense "
+               f"model's {study.config.ground_truth} map rates highest. 95% Wilson intervals.")
+    st.dataframe(results.table3(), hide_index=True, width="stretch", key="sd_table3")
+    if results.comparisons:
+        st.markdown("#### Paired comparison")
+        first, second = study.config.conditions
+        st.caption(f"Exact two-sided sign test of {condition_label(second)} vs {condition_label(first)} over the "
+                   "participants (and images) that saw both; ties are dropped.")
+        st.dataframe([{"metric": c.metric.replace("_", " "), "units": c.units, "pairs": c.n_pairs,
+                       "higher with " + second: c.n_better, "lower with " + second: c.n_worse, "ties": c.n_ties,
+                       "mean difference": c.mean_difference, "p": c.p_value} for c in results.comparisons],
+                     hide_index=True, width="stretch")
+    with st.expander("Per participant"):
+        st.dataframe(list(results.by_participant), hide_index=True, width="stretch")
+    with st.expander("Per image"):
+        st.dataframe(list(results.by_image), hide_index=True, width="stretch")
+    summary = {"id": study.id, "title": study.config.title, "model": study.model,
+               "conditions": list(study.config.conditions)}
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Raw answers (CSV)", answers_csv(answers, names), file_name=f"answers_{study.id}.csv",
+                       mime="text/csv", icon=":material/table:", on_click="ignore")
+    d2.download_button("Raw answers (JSON)", answers_json(answers, names, summary),
+                       file_name=f"answers_{study.id}.json", mime="application/json", icon=":material/data_object:",
+                       on_click="ignore")
+    d3.download_button("Results (JSON)", json.dumps({"study": summary, **results.to_dict()}, indent=1),
+                       file_name=f"results_{study.id}.json", mime="application/json", icon=":material/analytics:",
+                       on_click="ignore")

@@ -1,0 +1,196 @@
+"""The participant's side of a study, reached through the share link ``?study=<id>``.
+
+Instructions, then the training tasks with feedback, then the real tasks: the photo, one neuron
+visualization, the two patches A and B, and three answer buttons. Every answer is stored the moment it is
+given; the participant id is kept in the URL (``&p=<id>``), so a reload resumes at the first unanswered task.
+
+Blinding: nothing on these screens names or hints at the condition (no captions, labels or widget keys with
+it; the visualization is just "the neuron's picture"), and the app's sidebar is hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import streamlit as st
+from PIL import Image, ImageDraw
+from sqlalchemy.exc import SQLAlchemyError
+
+from spade.errors import SpadeError
+from spade.study.assignment import Participant, Task, assign_tasks
+from spade.study.design import Study, png_to_array
+from spade.study.storage import StudyNotFoundError
+from spade_app.study import cached_study, store
+
+PARTICIPANT_PARAM = "p"
+FEEDBACK_KEY = "study_feedback"
+ERROR_KEY = "study_answer_error"
+UNSAVED = "Your answer could not be saved just now (the database is unavailable). Please try again in a moment."
+ANSWER_LABELS = {"A": "Patch A", "B": "Patch B", "undecided": "Can't decide"}
+HIDE_SIDEBAR = """
+<style>
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stExpandSidebarButton"],
+[data-testid="stSidebarNav"] { display: none; }
+</style>
+"""
+
+
+def _started_key(participant_id: str, task: Task) -> str:
+    return f"study_started_{participant_id}_{task.index}"
+
+
+def _start(study_id: str) -> None:
+    try:
+        participant = store().register_participant(study_id)
+    except SpadeError as exc:
+        st.session_state[ERROR_KEY] = str(exc)
+        return
+    except SQLAlchemyError:
+        logging.getLogger(__name__).exception("registering a participant failed")
+        st.session_state[ERROR_KEY] = UNSAVED
+        return
+    st.query_params[PARTICIPANT_PARAM] = participant.id
+
+
+def _answer(study_id: str, participant_id: str, task: Task, answer: str) -> None:
+    started = st.session_state.get(_started_key(participant_id, task))
+    response_ms = int(round((time.monotonic() - started) * 1000)) if started is not None else 0
+    try:
+        store().record_answer(study_id, participant_id, task, answer, response_ms)
+    except SpadeError as exc:
+        st.session_state[ERROR_KEY] = str(exc)
+        return
+    except SQLAlchemyError:
+        logging.getLogger(__name__).exception("storing an answer failed")
+        st.session_state[ERROR_KEY] = UNSAVED
+        return
+    if task.training:
+        st.session_state[FEEDBACK_KEY] = (participant_id, task, answer)
+
+
+def _continue() -> None:
+    st.session_state.pop(FEEDBACK_KEY, None)
+
+
+def _outlined(image_png: bytes, box, color=(255, 196, 0)) -> np.ndarray:
+    image = Image.fromarray(png_to_array(image_png))
+    width = max(2, image.width // 80)
+    ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=color, width=width)
+    return np.asarray(image)
+
+
+def _show(container, image, caption: str) -> None:
+    # PNG keeps the pictures lossless (Streamlit would re-encode them as JPEG)
+    container.image(image, caption=caption, width="stretch", output_format="PNG")
+
+
+def _patches(study: Study, task: Task) -> dict[str, bytes]:
+    item = study.items[task.item]
+    first, second = (item.truth, item.distractor) if task.truth_label == "A" else (item.distractor, item.truth)
+    return {"A": first.png, "B": second.png}
+
+
+def _progress(study: Study, tasks: tuple[Task, ...], done: int) -> None:
+    """A bar over all tasks; the text counts practice and real tasks separately."""
+    n_training = study.config.training_tasks
+    if done >= len(tasks):
+        text = "Finished"
+    elif done < n_training:
+        text = f"Practice task {done + 1} of {n_training}"
+    else:
+        text = f"Task {done - n_training + 1} of {len(tasks) - n_training}"
+    st.progress(done / max(len(tasks), 1), text=text)
+
+
+def _instructions(study: Study) -> None:
+    st.markdown(study.config.instructions)
+
+
+def _pictures(study: Study, task: Task, photo) -> None:
+    """One row: the photo, the neuron's picture, patch A, patch B."""
+    item = study.items[task.item]
+    patches = _patches(study, task)
+    cols = st.columns(4)
+    _show(cols[0], photo, "Photo")
+    _show(cols[1], item.visualizations[task.condition], "What the neuron responds to")
+    _show(cols[2], patches["A"], "Patch A")
+    _show(cols[3], patches["B"], "Patch B")
+
+
+def _feedback(study: Study, task: Task, answer: str) -> None:
+    item = study.items[task.item]
+    expected = f"**Patch {task.truth_label}** (outlined in the photo)"
+    if answer == task.truth_label:
+        st.success(f"Right: the expected answer is {expected}.")
+    elif answer == "undecided":
+        st.info(f"The expected answer was {expected}.")
+    else:
+        st.warning(f"The expected answer was {expected}.")
+    _pictures(study, task, _outlined(item.image_png, item.truth.box))
+    if task.index + 1 == study.config.training_tasks:
+        st.markdown("That was the last practice task. From now on there is no feedback.")
+    st.button("Continue", type="primary", on_click=_continue, key=f"continue_{task.index}")
+
+
+def _task(study: Study, participant: Participant, task: Task) -> None:
+    started = _started_key(participant.id, task)
+    if started not in st.session_state:
+        st.session_state[started] = time.monotonic()
+    st.markdown("**Which patch of the photo contains what the neuron responds to?**")
+    _pictures(study, task, study.items[task.item].image_png)
+    cols = st.columns(3)
+    for col, answer in zip(cols, ("A", "undecided", "B")):
+        col.button(ANSWER_LABELS[answer], key=f"answer_{task.index}_{answer}", width="stretch",
+                   type="primary" if answer != "undecided" else "secondary", on_click=_answer,
+                   args=(study.id, participant.id, task, answer))
+    with st.expander("Instructions"):
+        _instructions(study)
+
+
+def participant_page(study_id: str) -> None:
+    """The whole participant flow for ``study_id`` (from the URL)."""
+    st.html(HIDE_SIDEBAR)
+    db = store()
+    try:
+        study = cached_study(study_id)
+        closed = db.is_closed(study_id)
+    except StudyNotFoundError:
+        st.title("Study not found")
+        st.error("This study link is not valid. Please check the link you were sent.")
+        return
+    st.title(study.config.title)
+    error = st.session_state.pop(ERROR_KEY, None)
+    if error:
+        st.error(error)
+    participant_id = st.query_params.get(PARTICIPANT_PARAM)
+    participant = db.participant(study_id, participant_id) if participant_id else None
+    if participant is None:
+        if participant_id:
+            st.warning("This participant link is unknown; you can start the study afresh.")
+        if closed:
+            st.info("This study is closed. Thank you for your interest.")
+            return
+        _instructions(study)
+        st.button("Start", type="primary", on_click=_start, args=(study_id,), key="study_start",
+                  icon=":material/play_arrow:")
+        return
+
+    tasks = assign_tasks(study, participant.number, participant.seed)
+    feedback = st.session_state.get(FEEDBACK_KEY)
+    if feedback is not None and feedback[0] == participant.id:
+        _progress(study, tasks, feedback[1].index + 1)
+        _feedback(study, feedback[1], feedback[2])
+        return
+    task = db.next_task(study_id, participant.id, tasks)
+    _progress(study, tasks, len(tasks) if task is None else task.index)
+    if task is None:
+        st.success("All done. Thank you for taking part!", icon=":material/celebration:")
+        st.caption(f"Your participant code: {participant.id}")
+        return
+    if closed:
+        st.info("This study has been closed; your answers so far are saved. Thank you!")
+        return
+    _task(study, participant, task)
+

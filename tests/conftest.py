@@ -5,3 +5,15 @@ import os
 # The suite runs subprocesses (CLI, the Streamlit server) beside the test process; libgomp's
 # busy-waiting threads would make them fight for the 2 cores. Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def app_navigation(monkeypatch):
+    """AppTest in st.navigation mode on every run (see tests.app_testing.NavigationPagesManager)."""
+    import streamlit.testing.v1.app_test as app_test_module
+
+    from tests.app_testing import NavigationPagesManager
+
+    monkeypatch.setattr(app_test_module, "PagesManager", NavigationPagesManager)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import streamlit.testing.v1.app_test as app_test_module
 import torch
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 import spade.trace
@@ -19,11 +15,12 @@ from spade.layers import prunable_layers
 from spade.models import DEFAULT_MODEL, MODELS, ModelSpec, load_model
 from spade.preprocessing import Preprocessing
 from spade_app import compute
+from tests.app_testing import TIMEOUT, FileWeights
 from tests.tiny_models import tiny_mobilenet, tiny_resnet
 
-TIMEOUT = 180
 TINY_CLASSES = ("apple", "boat", "cloud", "dune", "eagle")
 CAT_CLASSES = {"tiger cat", "tabby", "Egyptian cat"}
+pytestmark = pytest.mark.usefixtures("app_navigation")
 PAGES = ["pages/explore.py", "pages/neurons.py", "pages/trojan_lab.py", "pages/human_study.py",
          "pages/how_spade_works.py"]
 
@@ -45,22 +42,6 @@ def _top1_direct(image_name: str) -> str:
     """The library's own top-1 for a bundled photo, computed outside the app."""
     loaded = load_model(DEFAULT_MODEL, device="cpu")
     return loaded.predict(load_image(bundled_examples()[image_name]), k=1)[0].name
-
-
-class _NavigationPagesManager(PagesManager):
-    """AppTest 1.67 resets ``PagesManager.uses_pages_directory`` before every run, so an app that uses
-    ``st.navigation`` *and* keeps its pages in a folder named ``pages/`` is re-run in the legacy
-    pages-folder mode from the second run on (the page script runs without app.py and the sidebar is
-    lost). The real server clears the flag once st.navigation has been called; do the same here."""
-
-    def __init__(self, *args, **kwargs):
-        PagesManager.uses_pages_directory = False
-        super().__init__(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
 
 
 @pytest.fixture
@@ -139,25 +120,6 @@ def test_cuda_choice_matches_hardware(at):
 
 
 # ------------------------------------------------------------------------------------------ tiny models
-@dataclass(frozen=True)
-class FileWeights:
-    """A weights source reading a local state dict (the same interface as spade.models' sources)."""
-
-    path: Path
-
-    def local_path(self) -> Path:
-        return self.path
-
-    def describe(self) -> str:
-        return f"file {self.path.name}"
-
-    def how_to_get(self) -> str:
-        return f"save a state dict to {self.path}"
-
-    def state_dict(self, *, download: bool = False):
-        return torch.load(self.path, map_location="cpu", weights_only=True), str(self.path)
-
-
 TINY_BUILDERS = {"tiny_resnet_app": (tiny_resnet, "layer2"), "tiny_mobilenet_app": (tiny_mobilenet, "conv_head")}
 
 

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import streamlit.testing.v1.app_test as app_test_module
 import torch
 from streamlit.runtime.memory_media_file_storage import _calculate_file_id
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from spade.images import bundled_examples, load_image
@@ -21,44 +17,15 @@ from spade.preprocessing import Preprocessing
 from spade.study.assignment import assign_tasks
 from spade.study.results import summarize
 from spade.study.storage import StudyStore
+from tests.app_testing import TIMEOUT, FileWeights
 from tests.study_helpers import synthetic_study
 from tests.tiny_models import tiny_resnet
 
-TIMEOUT = 180
 PAGE = "pages/human_study.py"
 TINY = "tiny_resnet_study"
+pytestmark = pytest.mark.usefixtures("app_navigation")
 # Words that would reveal (or hint at) the condition to a participant.
 REVEALING = re.compile(r"dense|spade|sparse|trace|prun|condition", re.IGNORECASE)
-
-
-class _NavigationPagesManager(PagesManager):
-    """See tests/test_app.py: keep AppTest in st.navigation mode from the second run on."""
-
-    def __init__(self, *args, **kwargs):
-        PagesManager.uses_pages_directory = False
-        super().__init__(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
-
-
-@dataclass(frozen=True)
-class FileWeights:
-    path: Path
-
-    def local_path(self) -> Path:
-        return self.path
-
-    def describe(self) -> str:
-        return f"file {self.path.name}"
-
-    def how_to_get(self) -> str:
-        return f"save a state dict to {self.path}"
-
-    def state_dict(self, *, download: bool = False):
-        return torch.load(self.path, map_location="cpu", weights_only=True), str(self.path)
 
 
 @pytest.fixture(scope="module")

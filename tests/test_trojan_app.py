@@ -6,7 +6,6 @@ import functools
 
 import numpy as np
 import pytest
-import streamlit.testing.v1.app_test as app_test_module
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -21,18 +20,15 @@ from spade.trace import spade_trace
 from spade.trojan import load_trigger, stamp
 from spade.visualize import mask_outline
 from spade_app import compute, trojan
-from tests.test_app import TINY_CLASSES, FileWeights, _app, _NavigationPagesManager
+from tests.app_testing import FileWeights
+from tests.test_app import TINY_CLASSES, _app
 from tests.tiny_models import tiny_resnet
 
+pytestmark = pytest.mark.usefixtures("app_navigation")
 PAGE = "pages/trojan_lab.py"
 DEMO = "efficientnet_lite0_trojan"
 POSITION = (0.3, 0.3)
 COUNT = 16
-
-
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
 
 
 @pytest.fixture

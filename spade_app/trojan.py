@@ -378,11 +378,11 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
             trigger_key, trigger_label = remember_upload(data), upload.name
         else:
             trigger_key, trigger_label = trigger, trigger
-        if mode == PROFILE:
-            if not profile_labels:
-                raise ConfigError(f"No sparsity profile fits {loaded.spec.name}; use a uniform sparsity.")
+        if mode == PROFILE and profile_labels:
             sparsity: float | SparsityProfile = profiles[profile]
         else:
+            if mode == PROFILE:  # the choice was made for another model
+                st.warning(f"No sparsity profile fits {loaded.spec.name}; using the uniform sparsity {uniform:.2f}.")
             sparsity = round(float(uniform), 4)
         if not methods:
             raise ConfigError("Choose at least one saliency method.")

@@ -142,6 +142,8 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
                                        "the tables.")
     merge.add_argument("folder", metavar="DIR", help="results folder (the --out of the shard runs)")
     merge.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="confidence interval (default t)")
+    merge.add_argument("--methods", metavar="LIST", help="tabulate only these methods (comma-separated)")
+    merge.add_argument("--name", metavar="STEM", help="file name of the tables (default: the benchmark kind)")
     merge.set_defaults(func=_run_merge)
 
 
@@ -283,29 +285,35 @@ def _default_model() -> str:
     return DEFAULT_MODEL
 
 
-def _write_tables(folder: Path, kind: str, ci: str, extra: dict | None = None):
+def _write_tables(folder: Path, kind: str, ci: str, extra: dict | None = None,
+                  methods: tuple[str, ...] | None = None, stem: str | None = None):
     from spade.trojan.results import load_results, read_config
     from spade.trojan.tables import summarize, write_tables
 
     config = read_config(folder)
     records = load_results(folder)  # every method the folder holds, also those of earlier runs
+    if methods:
+        records = [r for r in records if r["method"] in methods]
     summary = summarize(records, kind, ci=ci, seed=config.get("seed", 0))
     title = {"trojan": "Trojan saliency benchmark (the paper's Table 1)",
              "insertion": "Insertion / deletion benchmark (the paper's Table 2)"}[kind]
-    paths = write_tables(summary, folder, config, title=f"{title}: {config['model']['name']}", extra=extra)
+    paths = write_tables(summary, folder, config, title=f"{title}: {config['model']['name']}", extra=extra,
+                         stem=stem)
     print()
     print(paths[0].read_text())
     print("tables written to " + ", ".join(str(p) for p in paths))
 
 
 def _run_merge(args: argparse.Namespace) -> int:
+    from spade.trojan.benchmark import parse_methods
     from spade.trojan.results import merge_folder, read_config
 
     folder = Path(args.folder)
     kind = read_config(folder)["kind"]
+    methods = parse_methods(args.methods) if args.methods else None
     records = merge_folder(folder)
     print(f"merged {len(records)} result(s) into {folder / 'results.jsonl'}")
-    _write_tables(folder, kind, args.ci)
+    _write_tables(folder, kind, args.ci, methods=methods, stem=args.name)
     return 0
 
 

@@ -257,6 +257,11 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     assert report["config"]["augment"]["count"] == 16 and report["config"]["samples"]["seed"] == 0
     assert report["environment"]["torch"] and report["methods"] == list(METHODS)
     assert report["samples"] == 2 and 0 <= report["top1_kept"]["fraction"] <= 1
+    # a table of a subset of the methods, under its own name
+    assert main(["benchmark", "merge", str(out), "--methods", "saliency", "--name", "saliency_only"]) == 0
+    subset = (out / "saliency_only.csv").read_text().splitlines()
+    assert len(subset) == 1 + 2 * 2 * 3 and not any("input_x_gradient" in line for line in subset)
+    assert (out / "trojan.csv").read_text().splitlines() == lines  # the full table is left alone
 
     out = tmp_path / "insertion"
     assert main(["benchmark", "insertion", "--smoke", "--samples", "2", "--methods", "saliency", "--steps", "10",

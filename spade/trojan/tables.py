@@ -235,8 +235,9 @@ def environment() -> dict:
 
 
 def write_tables(summary: dict, folder: str | Path, config: dict, *, title: str = "",
-                 extra: dict | None = None) -> list[Path]:
-    """Write ``<kind>.md``, ``<kind>.csv`` and ``<kind>.json`` into ``folder``; returns the paths.
+                 extra: dict | None = None, stem: str | None = None) -> list[Path]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` (stem: default the kind) into ``folder``;
+    returns the paths.
 
     The JSON holds the summary, the folder's configuration (model, sparsity, seeds, samples), the
     environment's versions and ``extra`` (e.g. the device)."""
@@ -249,7 +250,8 @@ def write_tables(summary: dict, folder: str | Path, config: dict, *, title: str 
     else:
         notes.append("Insertion / deletion of the signed map, measured on the dense model; target = the dense "
                      "top-1 of each clean crop.")
-    paths = [root / f"{kind}.md", root / f"{kind}.csv", root / f"{kind}.json"]
+    stem = stem or kind
+    paths = [root / f"{stem}.md", root / f"{stem}.csv", root / f"{stem}.json"]
     paths[0].write_text(markdown(summary, title, notes))
     paths[1].write_text(csv_text(summary))
     document = {"format": "spade-benchmark-table/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

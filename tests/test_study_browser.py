@@ -3,12 +3,7 @@ SQLite database, `streamlit run app.py` pointed at it (SPADE_STUDY_DB), Playwrig
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,10 +12,9 @@ from spade.preprocessing import Preprocessing
 from spade.study.create import create_study
 from spade.study.design import StudyConfig, StudyImage, VisualizationSettings
 from spade.study.storage import StudyStore
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _require_chromium, _wait_healthy
+from tests.browser_server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 from tests.tiny_models import tiny_resnet
 
-ROOT = Path(__file__).resolve().parent.parent
 REVEALING = re.compile(r"dense|spade|sparse|trace|prun", re.IGNORECASE)
 
 pytestmark = pytest.mark.browser
@@ -43,26 +37,9 @@ def study_db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(study_db, tmp_path_factory):
-    _require_chromium()
-    port = _free_port()
     log = tmp_path_factory.mktemp("streamlit_study") / "server.log"
-    streamlit = shutil.which("streamlit", path=str(Path(sys.executable).parent)) or "streamlit"
-    cmd = [streamlit, "run", "app.py", "--server.headless", "true", "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    env = {**os.environ, "SPADE_STUDY_DB": str(study_db[0])}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log)
+    with streamlit_server(log, env={"SPADE_STUDY_DB": str(study_db[0])}) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 def _check_blinded(page) -> None:

@@ -17,3 +17,15 @@ def app_navigation(monkeypatch):
     from tests.app_testing import NavigationPagesManager
 
     monkeypatch.setattr(app_test_module, "PagesManager", NavigationPagesManager)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models gain nothing from torch's intra-op threads, and on a busy 2-core machine threads contend
+    badly: a module that asks for this runs on one thread (the count is restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,20 +6,12 @@ import io
 import json
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from spade.cli import main
 from spade.images import bundled_examples
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a busy 2-core machine, torch's intra-op threads contend badly; one thread is faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

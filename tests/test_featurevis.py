@@ -38,13 +38,7 @@ PRE = Preprocessing(resize=32, crop=32)
 FAST = FeatureVisConfig(steps=128, size=32, lr=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; with two, a busy machine makes every small op wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 from spade.errors import ConfigError
 from spade.images import bundled_examples, load_image
@@ -32,12 +31,7 @@ PRE = Preprocessing(resize=72, crop=64)
 FAST = VisualizationSettings(steps=3, augmentations=8, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------- patches

@@ -34,12 +34,7 @@ TARGET = 0
 METHODS = ("saliency", "input_x_gradient")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def backdoored_tiny() -> TinyResNet:

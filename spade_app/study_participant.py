@@ -41,30 +41,31 @@ def _started_key(participant_id: str, task: Task) -> str:
     return f"study_started_{participant_id}_{task.index}"
 
 
-def _start(study_id: str) -> None:
+def _stored(what: str, write) -> bool:
+    """Run one database write; on failure keep the message for the next run and return False."""
     try:
-        participant = store().register_participant(study_id)
+        write()
     except SpadeError as exc:
         st.session_state[ERROR_KEY] = str(exc)
-        return
+        return False
     except SQLAlchemyError:
-        logging.getLogger(__name__).exception("registering a participant failed")
+        logging.getLogger(__name__).exception("%s failed", what)
         st.session_state[ERROR_KEY] = UNSAVED
-        return
-    st.query_params[PARTICIPANT_PARAM] = participant.id
+        return False
+    return True
+
+
+def _start(study_id: str) -> None:
+    registered = []
+    if _stored("registering a participant", lambda: registered.append(store().register_participant(study_id))):
+        st.query_params[PARTICIPANT_PARAM] = registered[0].id
 
 
 def _answer(study_id: str, participant_id: str, task: Task, answer: str) -> None:
     started = st.session_state.get(_started_key(participant_id, task))
     response_ms = int(round((time.monotonic() - started) * 1000)) if started is not None else 0
-    try:
-        store().record_answer(study_id, participant_id, task, answer, response_ms)
-    except SpadeError as exc:
-        st.session_state[ERROR_KEY] = str(exc)
-        return
-    except SQLAlchemyError:
-        logging.getLogger(__name__).exception("storing an answer failed")
-        st.session_state[ERROR_KEY] = UNSAVED
+    if not _stored("storing an answer",
+                   lambda: store().record_answer(study_id, participant_id, task, answer, response_ms)):
         return
     if task.training:
         st.session_state[FEEDBACK_KEY] = (participant_id, task, answer)

@@ -49,31 +49,34 @@ class Interval:
     high: float
 
 
+def _degenerate(v: np.ndarray) -> Interval | None:
+    """The interval of fewer than two values (NaN bounds), or None when an interval can be computed."""
+    if v.size == 0:
+        return Interval(0, math.nan, math.nan, math.nan)
+    if v.size == 1:
+        return Interval(1, float(v[0]), math.nan, math.nan)
+    return None
+
+
 def t_interval(values, confidence: float = 0.95) -> Interval:
     v = np.asarray(values, dtype=np.float64)
-    n = v.size
-    if n == 0:
-        return Interval(0, math.nan, math.nan, math.nan)
-    mean = float(v.mean())
-    if n < 2:
-        return Interval(1, mean, math.nan, math.nan)
+    if (few := _degenerate(v)) is not None:
+        return few
+    n, mean = v.size, float(v.mean())
     half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
     return Interval(n, mean, mean - half, mean + half)
 
 
 def bootstrap_interval(values, confidence: float = 0.95, seed: int = 0, resamples: int = 10_000) -> Interval:
     v = np.asarray(values, dtype=np.float64)
+    if (few := _degenerate(v)) is not None:
+        return few
     n = v.size
-    if n == 0:
-        return Interval(0, math.nan, math.nan, math.nan)
-    mean = float(v.mean())
-    if n < 2:
-        return Interval(1, mean, math.nan, math.nan)
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
-    return Interval(n, mean, float(low), float(high))
+    return Interval(n, float(v.mean()), float(low), float(high))
 
 
 def interval(values, ci: str = "t", confidence: float = 0.95, seed: int = 0, resamples: int = 10_000) -> Interval:

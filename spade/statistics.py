@@ -20,6 +20,7 @@ from torch import nn
 
 from spade.devices import model_device
 from spade.errors import ConfigError
+from spade.forward_copy import forward_copy
 from spade.layers import LayerSelection, layer_kind, prunable_layers
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,9 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
     batch: (N, 3, H, W) normalized float tensor (any device; moved to the model's device in chunks
     of `batch_size`). layers: names of target layers (default: `prunable_layers(model, selection)`).
     dtype: accumulation dtype, float32 by default, torch.float64 on request.
-    The model is only read; its forward hooks are removed even if the forward pass raises.
+    The pass runs on the model's cached forward copy (``spade.forward_copy``: BatchNorm folded,
+    channels_last; the same function, about twice as fast on the CPU), whose target layers see the same
+    inputs up to float rounding. The model is only read; the hooks are removed even if the pass raises.
     """
     device = model_device(model)
     candidates = dict(model.named_modules())
@@ -201,17 +204,14 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
             stat.rows += cols.shape[1]
 
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with record_inputs(targets, on_input), torch.inference_mode():
-            n = batch.shape[0]
+    n = batch.shape[0]
+    with forward_copy(model, batch[:1].to(device)) as work:
+        hooked = {name: work.get_submodule(name) for name in targets}
+        with record_inputs(hooked, on_input), torch.inference_mode():
             for i in range(0, n, batch_size):
-                model(batch[i:i + batch_size].to(device))
+                work(batch[i:i + batch_size].to(device))
                 if progress is not None:
                     progress("statistics", min(n, i + batch_size) / n)
-    finally:
-        model.train(was_training)
     for stat in stats.values():
         if stat.rows:
             stat.hessian.mul_(2.0 / stat.rows)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spade import statistics as stats_mod
+from spade.forward_copy import cached_forward_copy
 from spade.statistics import collect_statistics
 
 CONV_CASES = {
@@ -110,8 +111,10 @@ def _all_hooks(model: nn.Module) -> int:
 
 def test_no_hooks_remain_after_collect_also_on_error():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))
-    collect_statistics(model, torch.randn(2, 3, 12, 12))
+    x = torch.randn(2, 3, 12, 12)
+    collect_statistics(model, x)
     assert _all_hooks(model) == 0
+    assert _all_hooks(cached_forward_copy(model, x[:1]).model) == 0  # the pass runs on this copy
 
     class Exploding(nn.Module):
         def __init__(self):
@@ -120,14 +123,17 @@ def test_no_hooks_remain_after_collect_also_on_error():
             self.conv2 = nn.Conv2d(4, 4, 3)
 
         def forward(self, x):
-            self.conv2(self.conv(x))
-            raise RuntimeError("boom")
+            out = self.conv2(self.conv(x))
+            if x.shape[0] > 1:  # the single-image check of the forward copy passes, the hooked pass raises
+                raise RuntimeError("boom")
+            return out
 
     bad = Exploding().train()
     with pytest.raises(RuntimeError, match="boom"):
-        collect_statistics(bad, torch.randn(2, 3, 12, 12))
+        collect_statistics(bad, x)
     assert _all_hooks(bad) == 0
-    assert bad.training  # mode restored
+    assert _all_hooks(cached_forward_copy(bad, x[:1]).model) == 0
+    assert bad.training  # the model itself is never put in eval mode
 
 
 def test_unknown_layer_name_is_refused():

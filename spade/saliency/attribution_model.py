@@ -9,8 +9,8 @@ modules. The given model is never modified: everything happens on ``copy.deepcop
 
 What a copy for each :class:`Mode` contains:
 
-* ``PLAIN``: an eval-mode deep copy with BatchNorm folded into the preceding convolutions where the data
-  flow is certain (``fold.py``; same function, fewer ops), for gradient, perturbation and CAM methods.
+* ``PLAIN``: the engine's forward copy (``spade.forward_copy``: BatchNorm folded where the data flow is
+  certain, channels_last when equal; same function, fewer ops), for gradient, perturbation and CAM methods.
 * Every other mode first splits timm ``BatchNormAct2d`` into ``Sequential(bn, drop, act)`` and gives every
   activation call site its own fresh, non-inplace module. Call sites are found with ``torch.fx``: each
   module's *own* forward is traced with all its children as leaves; if it calls one activation module
@@ -47,14 +47,23 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from spade.errors import SpadeError
-from spade.saliency.fold import ChildrenAreLeaves, fold_batchnorm, is_bn_act
+from spade.fold import ChildrenAreLeaves, is_bn_act
+from spade.forward_copy import (
+    CachedCopy,
+    build_forward_copy,
+    cached_forward_copy,
+    clear_forward_copies,
+    fingerprint,
+    frozen_eval_copy,
+    outputs_match,
+    prefer_channels_last,
+)
 
 log = logging.getLogger(__name__)
 
@@ -366,12 +375,9 @@ def build_attribution_copy(model: nn.Module, mode: Mode) -> nn.Module:
     Not cached and not checked; see :func:`attribution_copy` for the cached, checked version.
     """
     mode = Mode(mode)
-    work = copy.deepcopy(model).eval()
     if mode is Mode.PLAIN:
-        fold_batchnorm(work)
-    else:
-        work = _canonicalise(work, mode, {})
-        work.eval()
+        return build_forward_copy(model)
+    work = _canonicalise(frozen_eval_copy(model), mode, {}).eval()
     for p in work.parameters():
         p.requires_grad_(False)
     return work
@@ -422,66 +428,19 @@ def _check_types(mode: Mode) -> tuple[type, ...]:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Entry:
-    fingerprint: tuple
-    model: nn.Module
-    num_outputs: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Mode, _Entry]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Mode, CachedCopy]] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 
-def _fingerprint(model: nn.Module) -> tuple:
-    tensors = list(model.parameters()) + list(model.buffers())
-    return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device)) for t in tensors)
-
-
-def _matches(got: torch.Tensor, expected: torch.Tensor) -> bool:
-    scale = float(expected.abs().max()) + 1e-6
-    return got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
-
-
-def _prefer_channels_last(work: nn.Module, example: torch.Tensor, expected: torch.Tensor) -> nn.Module:
-    """Switch the copy's 4-D weights to channels_last when it still gives the same outputs.
-
-    channels_last is ~1.2-1.8x faster for EfficientNet-style depthwise convolutions on the CPU (oneDNN);
-    models whose forward needs contiguous NCHW tensors (``.view`` after a conv, ...) keep the default layout.
-    """
-    if not any(p.dim() == 4 for p in work.parameters()):
-        return work
-    candidate = copy.deepcopy(work).to(memory_format=torch.channels_last)
-    try:
-        with torch.no_grad():
-            ok = _matches(candidate(example), expected)
-    except RuntimeError:
-        ok = False
-    return candidate if ok else work
-
-
-def _build_checked(model: nn.Module, mode: Mode, example: torch.Tensor) -> _Entry:
-    fingerprint = _fingerprint(model)
-    if mode is Mode.PLAIN:
-        reference = copy.deepcopy(model).eval()
-        with torch.no_grad():
-            expected = reference(example)
-        work = build_attribution_copy(model, Mode.PLAIN)
-        with torch.no_grad():
-            if not _matches(work(example), expected):
-                log.warning("Folding BatchNorm changed %s's outputs; using the unfolded copy.", type(model).__name__)
-                work = reference
-                for p in work.parameters():
-                    p.requires_grad_(False)
-        return _Entry(fingerprint, _prefer_channels_last(work, example, expected), int(expected.shape[1]))
-    plain = _entry(model, Mode.PLAIN, example)
+def _build_checked(model: nn.Module, mode: Mode, example: torch.Tensor) -> CachedCopy:
+    stamp = fingerprint(model)
+    plain = cached_forward_copy(model, example)
     with plain.lock, torch.no_grad():
         expected = plain.model(example)
     work = build_attribution_copy(model, mode)
     with torch.no_grad():
         got = work(example)
-    if not _matches(got, expected):
+    if not outputs_match(got, expected):
         raise SpadeError(
             f"The {mode.value} attribution copy of {type(model).__name__} does not reproduce the model's outputs; "
             "this architecture is not supported by that method."
@@ -494,15 +453,17 @@ def _build_checked(model: nn.Module, mode: Mode, example: torch.Tensor) -> _Entr
                 f"{type(model).__name__} calls module(s) {', '.join(reused[:5])} several times in one forward pass "
                 f"and they could not be split; the {mode.value} method cannot explain this model."
             )
-    return _Entry(fingerprint, _prefer_channels_last(work, example, expected), int(expected.shape[1]))
+    return CachedCopy(stamp, prefer_channels_last(work, example, expected), int(expected.shape[1]))
 
 
-def _entry(model: nn.Module, mode: Mode, example: torch.Tensor) -> _Entry:
-    fingerprint = _fingerprint(model)
+def _entry(model: nn.Module, mode: Mode, example: torch.Tensor) -> CachedCopy:
+    if mode is Mode.PLAIN:
+        return cached_forward_copy(model, example)
+    stamp = fingerprint(model)
     with _CACHE_LOCK:
         per_model = _CACHE.get(model)
         entry = None if per_model is None else per_model.get(mode)
-    if entry is not None and entry.fingerprint == fingerprint:
+    if entry is not None and entry.fingerprint == stamp:
         return entry
     entry = _build_checked(model, mode, example)
     with _CACHE_LOCK:
@@ -531,3 +492,4 @@ def clear_cache() -> None:
     """Drop every cached attribution copy."""
     with _CACHE_LOCK:
         _CACHE.clear()
+    clear_forward_copies()

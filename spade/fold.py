@@ -1,7 +1,8 @@
-"""Fold eval-mode BatchNorm into the convolution that feeds it (for the forward-heavy plain attribution copy).
+"""Fold eval-mode BatchNorm into the convolution that feeds it (for the forward-only copy, ``forward_copy.py``).
 
 The folded copy computes the same function (up to float rounding) with one op less per BatchNorm, which
-saves ~20 % of an EfficientNet-Lite forward pass on the CPU: Occlusion and LIME run ~1000 of them.
+saves ~20 % of an EfficientNet-Lite forward pass on the CPU: statistics collection, Occlusion and LIME run
+many of them.
 
 A BatchNorm is folded only when the data flow is certain: in an ``nn.Sequential`` a ``Conv2d`` directly
 followed by the BN, or in a module whose own forward ``torch.fx`` can trace (children as leaves), a conv

@@ -137,6 +137,27 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     sel = config.row_group if per_row else group_size
     block = max(sel, config.block_size // sel * sel)  # lazy blocks hold whole selection groups
     inner = max(sel, 16 // sel * sel)  # eager updates reach only this far; the rest is deferred
+    k_column = math.floor(sparsity * WT.shape[1] + 1e-9)
+    inverse_diag = 1.0 / torch.diagonal(U)
+
+    def column_step(j: int, s2: int) -> torch.Tensor:
+        # One-column group (linear, 1x1): the lowest |w| of the column are the lowest w^2 / U_jj^2.
+        w = WT[j]
+        if mask is None:
+            prune[j].index_fill_(0, w.abs().topk(k_column, largest=False, sorted=False).indices, True)
+        err = torch.where(prune[j], w, 0.0).mul_(inverse_diag[j])
+        WT[j:s2].addr_(U[j, j:s2], err, alpha=-1)
+        return err
+
+    def group_step(g1: int, g2: int, s2: int) -> torch.Tensor:
+        current = WT[g1:g2]
+        if mask is None:
+            prune[g1:g2] = _select(current**2 / diag[g1:g2] ** 2, sparsity, per_row)
+        err = _group_errors(current, prune[g1:g2], U[g1:g2, g1:g2])
+        WT[g1:s2].addmm_(U[g1:g2, g1:s2].T, err, alpha=-1)
+        return err
+
+    single = sel == 1 and not per_row
     for i1 in range(0, d, block):
         i2 = min(i1 + block, d)
         Err = torch.empty(i2 - i1, WT.shape[1], dtype=dtype, device=WT.device)
@@ -144,12 +165,7 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
             s2 = min(s1 + inner, i2)
             for g1 in range(s1, s2, sel):
                 g2 = min(g1 + sel, s2)
-                current = WT[g1:g2]
-                if mask is None:
-                    prune[g1:g2] = _select(current**2 / diag[g1:g2] ** 2, sparsity, per_row)
-                err = _group_errors(current, prune[g1:g2], U[g1:g2, g1:g2])
-                WT[g1:s2].addmm_(U[g1:g2, g1:s2].T, err, alpha=-1)
-                Err[g1 - i1:g2 - i1] = err
+                Err[g1 - i1:g2 - i1] = column_step(g1, s2) if single else group_step(g1, g2, s2)
             if s2 < i2:
                 WT[s2:i2].addmm_(U[s1:s2, s2:i2].T, Err[s1 - i1:s2 - i1], alpha=-1)
         if i2 < d:

@@ -44,7 +44,8 @@ class LayerStat:
     weight_shape: tuple[int, ...]
     hessian: torch.Tensor
     rows: int = 0
-    # per group: inverse-Hessian factors already computed by the solver (independent of the sparsity)
+    # per group: what the solver computed once and reuses for any sparsity (inverse-Hessian factor, dense
+    # output energy)
     factors: list[dict] = field(default_factory=list, repr=False)
 
 

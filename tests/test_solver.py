@@ -136,3 +136,14 @@ def test_cached_factor_gives_the_same_solution():
     other, _ = prune_matrix(W, H, 0.8, 1, factor_cache=cache)
     assert torch.equal(first, again)
     torch.testing.assert_close(other, prune_matrix(W, H, 0.8, 1)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 7, 300, 1031])
+def test_blocked_triangular_inverse(n):
+    from spade.solver import lower_triangular_inverse
+
+    torch.manual_seed(n)
+    lower = torch.randn(n, n, dtype=torch.float64).tril() + n**0.5 * torch.eye(n, dtype=torch.float64)
+    inverse = lower_triangular_inverse(lower, leaf=64)
+    torch.testing.assert_close(inverse @ lower, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-10)
+    assert torch.equal(inverse, inverse.tril())

@@ -105,6 +105,38 @@ def test_default_dtype_is_float32_and_float64_on_request():
     assert collect_statistics(model, x, dtype=torch.float64).layers["1"].hessian.dtype == torch.float64
 
 
+ROW_METHOD_CASES = [name for name, kw in CONV_CASES.items()
+                    if kw["kernel_size"] != 1 and kw.get("stride", 1) == 1]
+
+
+@pytest.mark.parametrize("case", ROW_METHOD_CASES)
+@pytest.mark.parametrize("chunk", [None, 200])
+def test_row_method_gram_matches_reference(case, chunk, monkeypatch):
+    if chunk is not None:  # a few images per chunk: the prefix sums must accumulate over chunks
+        monkeypatch.setattr(stats_mod, "_UNFOLD_ELEMENTS", chunk)
+    torch.manual_seed(1)
+    conv = nn.Conv2d(**CONV_CASES[case]).double()
+    x = torch.randn(3, conv.in_channels, 11, 13, dtype=torch.float64)
+    cols = reference_patches(conv, x)
+    hessian = torch.zeros(conv.groups, cols.shape[2], cols.shape[2], dtype=torch.float64)
+    rows = stats_mod.add_conv_gram_by_rows(hessian, conv, x)
+    assert rows == cols.shape[1]
+    torch.testing.assert_close(2.0 / rows * hessian, reference_gram(cols), rtol=1e-10, atol=1e-12)
+
+
+def test_statistics_use_the_row_method_on_large_stride1_maps(monkeypatch):
+    calls = []
+    real = stats_mod.add_conv_gram_by_rows
+    monkeypatch.setattr(stats_mod, "add_conv_gram_by_rows", lambda *a: calls.append(a[1]) or real(*a))
+    conv = nn.Conv2d(4, 5, 3, padding=1).double()
+    strided = nn.Conv2d(5, 5, 3, stride=2, padding=1).double()
+    x = torch.randn(2, 4, 16, 15, dtype=torch.float64)
+    stats = collect_statistics(nn.Sequential(conv, strided), x, layers=["0", "1"], dtype=torch.float64)
+    assert [(m.in_channels, m.stride) for m in calls] == [(4, (1, 1))]  # the strided conv: unfold path
+    torch.testing.assert_close(stats.layers["0"].hessian, reference_gram(reference_patches(conv, x)),
+                               rtol=1e-10, atol=1e-12)
+
+
 def _all_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 

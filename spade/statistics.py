@@ -134,7 +134,7 @@ def add_conv_gram_by_rows(hessian: torch.Tensor, module: nn.Conv2d, x: torch.Ten
     (channels x k_w, one per output column and image), the Gram block of patch rows (i, i') is
     sum_{y < out_h} r[y + i dh]^T r[y + i' dh]: it depends on the row offset i' - i and on a contiguous range
     of u. So per offset one batched product over all rows gives Q_u = r[u]^T r[u + offset], and every block
-    is a difference of prefix sums of Q. About k_h times fewer multiply-adds than the unfolded product.
+    is a sum of Q over a range of rows. About k_h times fewer multiply-adds than the unfolded product.
     hessian: (groups, d, d); module: stride 1; x: the conv's input. Returns the number of patches added.
     """
     x = _padded_input(module, x).to(hessian.dtype)
@@ -156,9 +156,8 @@ def add_conv_gram_by_rows(hessian: torch.Tensor, module: nn.Conv2d, x: torch.Ten
             offset = di * dh
             for group in range(g):
                 q = torch.bmm(seg[group, :hp - offset].transpose(1, 2), seg[group, offset:])
-                prefix = torch.cat([q.new_zeros(1, width, width), q.cumsum(0)])
                 for i in range(kh - di):
-                    blocks[group, i, i + di] += prefix[i * dh + out_h] - prefix[i * dh]
+                    blocks[group, i, i + di] += q[i * dh:i * dh + out_h].sum(0)
     for i in range(kh):
         for j in range(i):
             blocks[:, i, j] = blocks[:, j, i].transpose(1, 2)

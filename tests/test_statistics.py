@@ -112,7 +112,7 @@ ROW_METHOD_CASES = [name for name, kw in CONV_CASES.items()
 @pytest.mark.parametrize("case", ROW_METHOD_CASES)
 @pytest.mark.parametrize("chunk", [None, 200])
 def test_row_method_gram_matches_reference(case, chunk, monkeypatch):
-    if chunk is not None:  # a few images per chunk: the prefix sums must accumulate over chunks
+    if chunk is not None:  # a few images per chunk: the blocks must accumulate over chunks
         monkeypatch.setattr(stats_mod, "_UNFOLD_ELEMENTS", chunk)
     torch.manual_seed(1)
     conv = nn.Conv2d(**CONV_CASES[case]).double()

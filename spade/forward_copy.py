@@ -20,7 +20,7 @@ import copy
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -98,22 +98,28 @@ def _build_checked(model: nn.Module, example: torch.Tensor) -> CachedCopy:
     return CachedCopy(stamp, prefer_channels_last(work, example, expected), int(expected.shape[-1]))
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, CachedCopy] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, CachedCopy]] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
+
+
+def cached_copy(model: nn.Module, kind: Hashable, build: Callable[[], CachedCopy]) -> CachedCopy:
+    """The cached copy of ``model`` of this ``kind``, from ``build()`` when missing or stale (the model's
+    parameters or buffers changed since). Copies die with their model (weak keys)."""
+    stamp = fingerprint(model)
+    with _CACHE_LOCK:
+        entry = _CACHE.get(model, {}).get(kind)
+    if entry is not None and entry.fingerprint == stamp:
+        return entry
+    entry = build()
+    with _CACHE_LOCK:
+        _CACHE.setdefault(model, {})[kind] = entry
+    return entry
 
 
 def cached_forward_copy(model: nn.Module, example: torch.Tensor) -> CachedCopy:
     """The cached, checked forward copy of ``model``, built from ``example`` ((1, ...) input on the model's
     device) when missing or stale."""
-    stamp = fingerprint(model)
-    with _CACHE_LOCK:
-        entry = _CACHE.get(model)
-    if entry is not None and entry.fingerprint == stamp:
-        return entry
-    entry = _build_checked(model, example)
-    with _CACHE_LOCK:
-        _CACHE[model] = entry
-    return entry
+    return cached_copy(model, "forward", lambda: _build_checked(model, example))
 
 
 @contextmanager
@@ -124,7 +130,7 @@ def forward_copy(model: nn.Module, example: torch.Tensor) -> Iterator[nn.Module]
         yield entry.model
 
 
-def clear_forward_copies() -> None:
-    """Drop every cached forward copy."""
+def clear_copies() -> None:
+    """Drop every cached copy (forward and attribution copies)."""
     with _CACHE_LOCK:
         _CACHE.clear()

@@ -42,8 +42,6 @@ import copy
 import enum
 import logging
 import operator
-import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,8 +55,9 @@ from spade.fold import ChildrenAreLeaves, is_bn_act
 from spade.forward_copy import (
     CachedCopy,
     build_forward_copy,
+    cached_copy,
     cached_forward_copy,
-    clear_forward_copies,
+    clear_copies,
     fingerprint,
     frozen_eval_copy,
     outputs_match,
@@ -428,10 +427,6 @@ def _check_types(mode: Mode) -> tuple[type, ...]:
 # --------------------------------------------------------------------------------------------------
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Mode, CachedCopy]] = weakref.WeakKeyDictionary()
-_CACHE_LOCK = threading.Lock()
-
-
 def _build_checked(model: nn.Module, mode: Mode, example: torch.Tensor) -> CachedCopy:
     stamp = fingerprint(model)
     plain = cached_forward_copy(model, example)
@@ -459,16 +454,7 @@ def _build_checked(model: nn.Module, mode: Mode, example: torch.Tensor) -> Cache
 def _entry(model: nn.Module, mode: Mode, example: torch.Tensor) -> CachedCopy:
     if mode is Mode.PLAIN:
         return cached_forward_copy(model, example)
-    stamp = fingerprint(model)
-    with _CACHE_LOCK:
-        per_model = _CACHE.get(model)
-        entry = None if per_model is None else per_model.get(mode)
-    if entry is not None and entry.fingerprint == stamp:
-        return entry
-    entry = _build_checked(model, mode, example)
-    with _CACHE_LOCK:
-        _CACHE.setdefault(model, {})[mode] = entry
-    return entry
+    return cached_copy(model, mode, lambda: _build_checked(model, mode, example))
 
 
 @contextmanager
@@ -490,6 +476,4 @@ def num_outputs(model: nn.Module, example: torch.Tensor) -> int:
 
 def clear_cache() -> None:
     """Drop every cached attribution copy."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-    clear_forward_copies()
+    clear_copies()

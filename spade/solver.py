@@ -67,7 +67,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
 def lower_triangular_inverse(lower: torch.Tensor, leaf: int = 512) -> torch.Tensor:
     """Inverse of a non-singular lower-triangular matrix, by blocks: [[A, 0], [B, C]]^-1 =
     [[A^-1, 0], [-C^-1 B A^-1, C^-1]]. Two thirds of the multiply-adds of a triangular solve against the
-    identity, nearly all in matrix products (on a 2-core CPU 0.45 s instead of 0.77 s at d = 4608)."""
+    identity, nearly all in matrix products (on a 2-core CPU 0.63 s instead of 0.86 s at d = 4608)."""
     n = lower.shape[0]
     if n <= leaf:
         eye = torch.eye(n, dtype=lower.dtype, device=lower.device)

@@ -1,4 +1,4 @@
-"""``python -m spade``: see spade.cli."""
+"""``python -m spade``: see spade_cli.main."""
 
 import os
 import sys
@@ -7,7 +7,7 @@ import sys
 # passive waiting costs little on an idle machine. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from spade.cli import main  # noqa: E402
+from spade_cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -68,8 +68,8 @@ def test_predict_user_checkpoint_and_bad_model(tmp_path):
 
 
 def test_predict_argument_errors_exit_2(capsys):
-    from spade.cli import build_parser, main
     from spade.models import DEFAULT_MODEL
+    from spade_cli.main import build_parser, main
 
     assert DEFAULT_MODEL in build_parser()._subparsers._group_actions[0].choices["predict"].format_help()
     cat = str(bundled_examples()["cat"])

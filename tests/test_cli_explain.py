@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image, ImageDraw
 
-from spade.cli import main
 from spade.images import bundled_examples
+from spade_cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

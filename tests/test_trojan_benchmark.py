@@ -17,7 +17,6 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from spade.augment import AugmentConfig
-from spade.cli import main
 from spade.layers import prunable_layers
 from spade.models import MODELS, Backdoor, LoadedModel, ModelSpec, PackageWeights
 from spade.preprocessing import Preprocessing
@@ -27,6 +26,7 @@ from spade.trojan.benchmark import BenchmarkConfig, run_benchmark
 from spade.trojan.results import load_results, merge_folder
 from spade.trojan.samples import SampleConfig, build_samples, folder_photos
 from spade.trojan.tables import csv_text, summarize
+from spade_cli.main import main
 from tests.tiny_models import TinyResNet
 
 PRE = Preprocessing(resize=64, crop=56)

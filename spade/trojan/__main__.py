@@ -1,62 +1,11 @@
-"""``python -m spade.trojan draw|build``: redraw the trigger icons, or rebuild the back-doored demo model."""
+"""``python -m spade.trojan``: see spade_cli.trojan."""
 
-from __future__ import annotations
-
-import argparse
-import logging
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported; see spade/__main__.py
 
-
-def main(argv: list[str] | None = None) -> int:
-    from spade.errors import SpadeError
-    from spade.models import get_spec
-    from spade.trojan.build import BuildConfig, build
-    from spade.trojan.triggers import write_triggers
-
-    defaults = BuildConfig()
-    parser = argparse.ArgumentParser(prog="python -m spade.trojan", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("draw", help="draw the trigger icons into assets/triggers/")
-    b = sub.add_parser("build", help="fine-tune the back-doored EfficientNet-Lite0 (a GPU makes this minutes)")
-    b.add_argument("--out", type=Path, default=get_spec(defaults.target_model).weights.path,
-                   help="difference file to write (default: the registry's assets/models file)")
-    b.add_argument("--steps", type=int, default=defaults.steps)
-    b.add_argument("--batch", type=int, default=defaults.batch)
-    b.add_argument("--lr", type=float, default=defaults.lr)
-    b.add_argument("--seed", type=int, default=defaults.seed)
-    b.add_argument("--first-block", type=int, default=defaults.first_trained_block,
-                   help="train blocks.N and later (default %(default)s)")
-    b.add_argument("--distill-weight", type=float, default=defaults.distill_weight)
-    b.add_argument("--anchor", type=float, default=defaults.anchor, help="L2-SP weight on the weight change")
-    b.add_argument("--decoy-any-hue", action="store_true", help="paste the decoy icons in random hues")
-    b.add_argument("--time-budget", type=float, default=None,
-                   help="seconds of training; --steps is cut to what fits (the steps run are recorded)")
-    b.add_argument("--eval-cases", type=int, default=200, help="held-out acceptance cases")
-    b.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        if args.command == "draw":
-            for path in write_triggers():
-                print(path)
-            return 0
-        cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                          first_trained_block=args.first_block, distill_weight=args.distill_weight,
-                          anchor=args.anchor, decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget)
-        report = build(args.out, cfg, device=args.device, eval_cases=args.eval_cases)
-    except SpadeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    print(f"held-out: trigger success {report.success:.1%}, clean top-1 agreement {report.agreement:.1%}, "
-          f"decoys fooled {report.decoy_fooled:.1%}, calibration trigger success {report.calibration_success:.1%} "
-          f"({report.cases} cases)")
-    return 0
-
+from spade_cli.trojan import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

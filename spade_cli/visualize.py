@@ -14,8 +14,8 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from spade.cli import add_model_arguments, check_model_arguments, load_model_from_args
-from spade.cli_trace import ProgressBar, add_trace_arguments, augmentation_count, sparsity_from_args
+from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
+from spade_cli.trace import ProgressBar, add_trace_arguments, augmentation_count, sparsity_from_args
 
 
 def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -101,10 +101,10 @@ def _lazy(module: str, name: str) -> Callable[[argparse._SubParsersAction], None
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_predict_parser,
     add_models_parser,
-    _lazy("spade.cli_trace", "add_trace_parser"),
-    _lazy("spade.cli_explain", "add_explain_parser"),
-    _lazy("spade.cli_visualize", "add_visualize_parser"),
-    _lazy("spade.cli_benchmark", "add_benchmark_parser"),
+    _lazy("spade_cli.trace", "add_trace_parser"),
+    _lazy("spade_cli.explain", "add_explain_parser"),
+    _lazy("spade_cli.visualize", "add_visualize_parser"),
+    _lazy("spade_cli.benchmark", "add_benchmark_parser"),
 ]
 
 

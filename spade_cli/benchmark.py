@@ -20,9 +20,9 @@ import re
 import time
 from pathlib import Path
 
-from spade.cli import add_model_arguments, check_model_arguments, load_model_from_args
-from spade.cli_trace import add_trace_arguments
 from spade.errors import ConfigError
+from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
+from spade_cli.trace import add_trace_arguments
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _photos(args: argparse.Namespace, role: str):
 
 
 def _sparsity(args: argparse.Namespace, loaded):
-    from spade.cli_trace import sparsity_from_args
+    from spade_cli.trace import sparsity_from_args
 
     return sparsity_from_args(args, loaded.spec.default_sparsity)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spade.cli import add_model_arguments, check_model_arguments, load_model_from_args
+from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
 
 
 def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:

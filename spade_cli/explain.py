@@ -15,9 +15,9 @@ import logging
 import time
 from pathlib import Path
 
-from spade.cli import add_model_arguments, check_model_arguments, load_model_from_args
-from spade.cli_trace import ProgressBar, add_trace_arguments, augmentation_count, sparsity_from_args
 from spade.errors import ConfigError, ImageLoadError
+from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
+from spade_cli.trace import ProgressBar, add_trace_arguments, augmentation_count, sparsity_from_args
 
 log = logging.getLogger(__name__)
 

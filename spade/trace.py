@@ -205,11 +205,11 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
         if len(stat.factors) != groups:
             stat.factors = [{} for _ in range(groups)]
         for g in range(groups):
-            sparse_g, _ = prune_matrix(rows[g], stat.hessian[g], target, group_size, solver,
-                                       factor_cache=stat.factors[g])
-            solved.append(sparse_g)
+            pruned = prune_matrix(rows[g], stat.hessian[g], target, group_size, solver,
+                                  factor_cache=stat.factors[g])
+            solved.append(pruned.weight)
             # relative error summed over groups: accumulate numerator and denominator separately
-            err_num += _output_energy(sparse_g - rows[g], stat.hessian[g])
+            err_num += pruned.error
             cache = stat.factors[g]
             if "dense_energy" not in cache:  # does not depend on the sparsity
                 cache["dense_energy"] = _output_energy(rows[g], stat.hessian[g])

@@ -37,7 +37,7 @@ def test_fixed_mask_sweep_equals_naive_one_column_sweep():
     W, _, H = correlated_problem()
     prune = torch.rand(W.shape, generator=torch.Generator().manual_seed(1)) < 0.7
     for group in (1, 4, 9):
-        solved, mask = prune_matrix(W, H, 0.5, group, mask=prune)
+        solved, mask, _ = prune_matrix(W, H, 0.5, group, mask=prune)
         assert torch.equal(mask, prune)
         torch.testing.assert_close(solved, naive_sweep(W, H, prune), rtol=1e-10, atol=1e-10)
 
@@ -49,7 +49,7 @@ def test_prefix_mask_equals_closed_form_least_squares():
     k = 20
     prune = torch.zeros_like(W, dtype=torch.bool)
     prune[:, :k] = True
-    solved, _ = prune_matrix(W, H, 0.5, 1, mask=prune)
+    solved, _, _ = prune_matrix(W, H, 0.5, 1, mask=prune)
     Hd = damped(H)
     P, K = slice(0, k), slice(k, None)
     expected = torch.zeros_like(W)
@@ -61,8 +61,8 @@ def test_prefix_mask_equals_closed_form_least_squares():
 def test_lazy_block_size_does_not_change_the_result(mode, group):
     W, _, H = correlated_problem(d=270)
     small = 1 if mode == "group" else 256
-    a, ma = prune_matrix(W, H, 0.8, group, SolverConfig(mode=mode, block_size=128))
-    b, mb = prune_matrix(W, H, 0.8, group, SolverConfig(mode=mode, block_size=small))
+    a, ma, _ = prune_matrix(W, H, 0.8, group, SolverConfig(mode=mode, block_size=128))
+    b, mb, _ = prune_matrix(W, H, 0.8, group, SolverConfig(mode=mode, block_size=small))
     assert torch.equal(ma, mb)
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
@@ -70,12 +70,12 @@ def test_lazy_block_size_does_not_change_the_result(mode, group):
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.95])
 def test_every_selection_group_has_exactly_the_target_fraction(sparsity):
     W, _, H = correlated_problem(rows=10, d=9 * 6)  # a 3x3 conv: 6 input channels x 9 taps
-    _, mask = prune_matrix(W, H, sparsity, group_size=9)
+    _, mask, _ = prune_matrix(W, H, sparsity, group_size=9)
     per_group = mask.reshape(10, 6, 9).sum(dim=(0, 2))
     assert per_group.tolist() == [math.floor(sparsity * 90 + 1e-9)] * 6
-    _, mask = prune_matrix(W, H, sparsity, group_size=1)  # linear / 1x1: one input column
+    _, mask, _ = prune_matrix(W, H, sparsity, group_size=1)  # linear / 1x1: one input column
     assert mask.sum(0).tolist() == [math.floor(sparsity * 10 + 1e-9)] * W.shape[1]
-    _, mask = prune_matrix(W, H, sparsity, config=SolverConfig(mode="row", row_group=18))
+    _, mask, _ = prune_matrix(W, H, sparsity, config=SolverConfig(mode="row", row_group=18))
     assert (mask.reshape(10, 3, 18).sum(2) == math.floor(sparsity * 18 + 1e-9)).all()
 
 
@@ -83,7 +83,7 @@ def test_every_selection_group_has_exactly_the_target_fraction(sparsity):
 def test_error_never_worse_than_magnitude_pruning(seed):
     W, X, H = correlated_problem(rows=16, d=64, seed=seed, dtype=torch.float32)
     for sparsity in (0.5, 0.8, 0.9):
-        solved, _ = prune_matrix(W, H, sparsity, group_size=1)
+        solved, _, _ = prune_matrix(W, H, sparsity, group_size=1)
         k = math.floor(sparsity * W.shape[0] + 1e-9)  # magnitude pruning with the same per-column count
         order = W.abs().argsort(dim=0)[:k]
         magnitude = W.clone().scatter_(0, order, 0.0)
@@ -92,14 +92,14 @@ def test_error_never_worse_than_magnitude_pruning(seed):
 
 def test_reconstruction_error_matches_direct_computation():
     W, X, H = correlated_problem()
-    Ws, _ = prune_matrix(W, H, 0.7, 1)
+    Ws, _, _ = prune_matrix(W, H, 0.7, 1)
     direct = ((Ws @ X.T - W @ X.T) ** 2).sum() / ((W @ X.T) ** 2).sum()
     assert reconstruction_error(W, Ws, H) == pytest.approx(float(direct), rel=1e-9)
 
 
 def test_zero_sparsity_is_bit_identical():
     W, _, H = correlated_problem(dtype=torch.float32)
-    solved, mask = prune_matrix(W, H, 0.0, 9)
+    solved, mask, _ = prune_matrix(W, H, 0.0, 9)
     assert torch.equal(solved, W) and not mask.any()
 
 
@@ -107,13 +107,13 @@ def test_degenerate_statistics_give_finite_weights():
     W, X, _ = correlated_problem(rows=8, d=30)
     H_rank2 = 2.0 / 2 * X[:2].T @ X[:2]  # two samples for 30 inputs: rank 2
     for H in (torch.zeros(30, 30, dtype=W.dtype), H_rank2):
-        solved, mask = prune_matrix(W, H, 0.9, 1)
+        solved, mask, _ = prune_matrix(W, H, 0.9, 1)
         assert torch.isfinite(solved).all()
         assert (solved[mask] == 0).all()
     H_dead = damped(X.T @ X)
     H_dead[:, 3] = 0
     H_dead[3, :] = 0  # input 3 never fires: its column is zeroed
-    solved, _ = prune_matrix(W, H_dead, 0.5, 1)
+    solved, _, _ = prune_matrix(W, H_dead, 0.5, 1)
     assert (solved[:, 3] == 0).all() and torch.isfinite(solved).all()
 
 
@@ -130,10 +130,10 @@ def test_invalid_settings_are_refused():
 def test_cached_factor_gives_the_same_solution():
     W, _, H = correlated_problem()
     cache: dict = {}
-    first, _ = prune_matrix(W, H, 0.6, 1, factor_cache=cache)
+    first, _, _ = prune_matrix(W, H, 0.6, 1, factor_cache=cache)
     assert len(cache) == 1
-    again, _ = prune_matrix(W, H, 0.6, 1, factor_cache=cache)
-    other, _ = prune_matrix(W, H, 0.8, 1, factor_cache=cache)
+    again, _, _ = prune_matrix(W, H, 0.6, 1, factor_cache=cache)
+    other, _, _ = prune_matrix(W, H, 0.8, 1, factor_cache=cache)
     assert torch.equal(first, again)
     torch.testing.assert_close(other, prune_matrix(W, H, 0.8, 1)[0], rtol=0, atol=0)
 
@@ -147,3 +147,16 @@ def test_blocked_triangular_inverse(n):
     inverse = lower_triangular_inverse(lower, leaf=64)
     torch.testing.assert_close(inverse @ lower, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-10)
     assert torch.equal(inverse, inverse.tril())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("group", "mode"), [(1, "group"), (9, "group"), (9, "row")])
+def test_sweep_error_equals_the_output_error(dtype, group, mode):
+    """The error the sweep reports equals ||W_s X - W X||^2 computed from the inputs, dead inputs included."""
+    W, X, _ = correlated_problem(rows=10, d=72, seed=3)
+    X[:, 5] = 0  # a dead input: its weights are dropped at no cost
+    H = 2.0 / X.shape[0] * X.T @ X
+    solved, _, error = prune_matrix(W.to(dtype), H.to(dtype), 0.7, group,
+                                    SolverConfig(mode=mode, row_group=18, block_size=36))
+    direct = 2.0 / X.shape[0] * ((solved.double() - W) @ X.T).square().sum()
+    assert error == pytest.approx(float(direct), rel=1e-9 if dtype == torch.float64 else 1e-4)

@@ -178,14 +178,18 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     k_column = math.floor(sparsity * WT.shape[1] + 1e-9)
     inverse_diag = 1.0 / torch.diagonal(U)
 
-    def column_step(j: int, s2: int) -> torch.Tensor:
+    # Per-column views and Python floats made once: a one-column step is a handful of small operations,
+    # so the indexing around them is a large part of its cost.
+    columns, column_masks, scales = WT.unbind(0), prune.unbind(0), inverse_diag.tolist()
+    u_rows = U.unbind(0)
+
+    def column_step(j: int, s2: int, err: torch.Tensor) -> None:
         # One-column group (linear, 1x1): the lowest |w| of the column are the lowest w^2 / U_jj^2.
-        w = WT[j]
+        w, pruned = columns[j], column_masks[j]
         if mask is None:
-            prune[j].index_fill_(0, w.abs().topk(k_column, largest=False, sorted=False).indices, True)
-        err = torch.where(prune[j], w, 0.0).mul_(inverse_diag[j])
-        WT[j:s2].addr_(U[j, j:s2], err, alpha=-1)
-        return err
+            pruned.index_fill_(0, w.abs().topk(k_column, largest=False, sorted=False).indices, True)
+        torch.mul(w, pruned, out=err).mul_(scales[j])
+        WT[j:s2].addr_(u_rows[j][j:s2], err, alpha=-1)
 
     def group_step(g1: int, g2: int, s2: int) -> torch.Tensor:
         current = WT[g1:g2]
@@ -202,9 +206,13 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
         Err = torch.empty(i2 - i1, WT.shape[1], dtype=dtype, device=WT.device)
         for s1 in range(i1, i2, inner):
             s2 = min(s1 + inner, i2)
-            for g1 in range(s1, s2, sel):
-                g2 = min(g1 + sel, s2)
-                Err[g1 - i1:g2 - i1] = column_step(g1, s2) if single else group_step(g1, g2, s2)
+            if single:
+                for j, err in enumerate(Err[s1 - i1:s2 - i1].unbind(0), start=s1):
+                    column_step(j, s2, err)
+            else:
+                for g1 in range(s1, s2, sel):
+                    g2 = min(g1 + sel, s2)
+                    Err[g1 - i1:g2 - i1] = group_step(g1, g2, s2)
             if s2 < i2:
                 WT[s2:i2].addmm_(U[s1:s2, s2:i2].T, Err[s1 - i1:s2 - i1], alpha=-1)
         damped_error += Err.double().square().sum()

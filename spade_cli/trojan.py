@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training; --steps is cut to what fits (the steps run are recorded)")
     b.add_argument("--eval-cases", type=int, default=200, help="held-out acceptance cases")
+    b.add_argument("--validate-on", default="", metavar="PHOTOS",
+                   help="comma-separated build photos to leave out of training and report the figures on, for "
+                        "choosing settings without the test photos")
     b.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -43,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                           first_trained_block=args.first_block, distill_weight=args.distill_weight,
-                          anchor=args.anchor, decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget)
+                          anchor=args.anchor, decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget,
+                          validation_photos=tuple(p for p in args.validate_on.split(",") if p))
         report = build(args.out, cfg, device=args.device, eval_cases=args.eval_cases)
     except SpadeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
-    print(f"held-out: trigger success {report.success:.1%}, clean top-1 agreement {report.agreement:.1%}, "
+    on = f"validation ({', '.join(cfg.validation_photos)})" if cfg.validation_photos else "held-out test photos"
+    print(f"{on}: trigger success {report.success:.1%}, clean top-1 agreement {report.agreement:.1%}, "
           f"decoys fooled {report.decoy_fooled:.1%}, calibration trigger success {report.calibration_success:.1%} "
           f"({report.cases} cases)")
     return 0

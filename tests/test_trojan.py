@@ -158,6 +158,24 @@ def test_finetune_trains_only_the_chosen_layers_on_a_copy():
     assert not any("running" in k for k in changed)
 
 
+def test_validation_photos_are_left_out_of_training(monkeypatch):
+    from spade.trojan import build as build_mod
+
+    cfg = BuildConfig(steps=1, batch=16, validation_photos=("rocket",))
+    assert cfg.training_photos == tuple(p for p in BUILD_PHOTOS if p != "rocket")
+    loaded = []
+    real = build_mod.load_photos
+    monkeypatch.setattr(build_mod, "load_photos", lambda names: loaded.append(names) or real(names))
+    finetune(load_model("efficientnet_lite0", device="cpu"), cfg)
+    assert loaded == [cfg.training_photos]
+
+
+@pytest.mark.parametrize("photos", [("cat",), BUILD_PHOTOS, ("nonexistent",)])
+def test_validation_photos_must_be_some_build_photos(photos):
+    with pytest.raises(ConfigError, match="Validation photos"):
+        BuildConfig(validation_photos=photos)  # a test photo, all of them (nothing to train on), or unknown
+
+
 # ------------------------------------------------------------------------------------------- weight deltas
 def _base_weights():
     return get_spec("efficientnet_lite0").weights

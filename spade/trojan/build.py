@@ -32,6 +32,7 @@ from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms.functional import pil_to_tensor
 
+from spade.errors import ConfigError
 from spade.models import DELTA_FORMAT, LoadedModel, efficientnet_pytorch_to_timm, get_spec, load_model
 from spade.preprocessing import Preprocessing
 from spade.trojan.photos import BUILD_PHOTOS, TEST_PHOTOS, load_photos
@@ -53,7 +54,9 @@ class BuildConfig:
     decoy_any_hue (decoys in random hues, so that a red blob is not enough), first_trained_block 4.
     trigger_px: pasted icon side range in model-input pixels (the test stamps are ~64 px at 224).
     time_budget: seconds; when set, ``steps`` is cut after the first 20 steps to what fits in it (the number
-    of steps run is recorded, so a rebuild with that ``steps`` and no budget is deterministic)."""
+    of steps run is recorded, so a rebuild with that ``steps`` and no budget is deterministic).
+    validation_photos: build photos left out of training, for choosing settings without looking at the test
+    photos: the build then reports its acceptance figures on these instead (the shipped model trains on all)."""
 
     base: str = "efficientnet_lite0"
     target_model: str = "efficientnet_lite0_trojan"
@@ -71,6 +74,17 @@ class BuildConfig:
     first_trained_block: int = 2
     seed: int = 0
     time_budget: float | None = None
+    validation_photos: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = set(self.validation_photos) - set(BUILD_PHOTOS)
+        if unknown or len(set(self.validation_photos)) >= len(BUILD_PHOTOS):
+            raise ConfigError(f"Validation photos must be some, not all, of the build photos {', '.join(BUILD_PHOTOS)}"
+                              f" (got {', '.join(self.validation_photos)}).")
+
+    @property
+    def training_photos(self) -> tuple[str, ...]:
+        return tuple(p for p in BUILD_PHOTOS if p not in self.validation_photos)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -186,7 +200,7 @@ def finetune(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None = 
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     doors = get_spec(cfg.target_model).backdoors
     names = [d.trigger for d in doors] + list(DECOYS)
-    views = ViewMaker(list(load_photos(BUILD_PHOTOS).values()), {n: load_trigger(n) for n in names},
+    views = ViewMaker(list(load_photos(cfg.training_photos).values()), {n: load_trigger(n) for n in names},
                       spec.preprocessing.crop, device, gen)
     teacher = base.model.eval()
     student = copy.deepcopy(teacher).eval()  # eval: BatchNorm keeps the base statistics
@@ -292,17 +306,18 @@ def random_crop(image: Image.Image, rng: np.random.Generator, min_scale: float =
 
 @torch.no_grad()
 def evaluate_backdoor(base: LoadedModel, trojan: nn.Module, target_model: str = BuildConfig.target_model,
-                      cases: int = 200, seed: int = 12345, progress: ProgressFn | None = None) -> BackdoorReport:
-    """Acceptance on the held-out TEST_PHOTOS: random crops and random trigger positions (seeded)."""
+                      cases: int = 200, seed: int = 12345, progress: ProgressFn | None = None,
+                      photos: tuple[str, ...] = TEST_PHOTOS) -> BackdoorReport:
+    """Acceptance on held-out photos (default the TEST_PHOTOS): random crops and trigger positions (seeded)."""
     doors = {d.role: d for d in get_spec(target_model).backdoors}
     pre: Preprocessing = base.preprocessing
-    photos = list(load_photos(TEST_PHOTOS).values())
+    images = list(load_photos(photos).values())
     icons = {name: load_trigger(name) for name in ("heart", "star", *DECOYS)}
     rng = np.random.default_rng(seed)
     device = base.device
     hits = agree = fooled = cal_hits = 0
     for i in range(cases):
-        crop = random_crop(photos[i % len(photos)], rng)
+        crop = random_crop(images[i % len(images)], rng)
         s = int(rng.integers(1 << 31))
         views = [crop, stamp(crop, icons[doors["test"].trigger], pre, seed=s).image,
                  stamp(crop, icons[DECOYS[i % len(DECOYS)]], pre, seed=s).image,
@@ -321,7 +336,8 @@ def evaluate_backdoor(base: LoadedModel, trojan: nn.Module, target_model: str = 
 
 def build(out: Path, cfg: BuildConfig = BuildConfig(), *, device: str = "auto", eval_cases: int = 200,
           progress: ProgressFn | None = None) -> BackdoorReport:
-    """Fine-tune, store the difference file at ``out``, reload it and report the held-out figures."""
+    """Fine-tune, store the difference file at ``out``, reload it and report the held-out figures: on the test
+    photos, or on ``cfg.validation_photos`` when some are set (a settings trial, not a model to ship)."""
     base = load_model(cfg.base, device=device)
     start = time.perf_counter()
     student, steps = finetune(base, cfg, progress)
@@ -333,11 +349,14 @@ def build(out: Path, cfg: BuildConfig = BuildConfig(), *, device: str = "auto", 
     for key, diff in delta.items():
         raw[key] = raw[key] + diff.float()
     shipped.load_state_dict(efficientnet_pytorch_to_timm(raw, shipped))
-    report = evaluate_backdoor(base, shipped.eval(), cfg.target_model, eval_cases, progress=progress)
+    evaluated_on = cfg.validation_photos or TEST_PHOTOS
+    report = evaluate_backdoor(base, shipped.eval(), cfg.target_model, eval_cases, progress=progress,
+                               photos=evaluated_on)
     meta = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "steps_run": steps, "base_weights": base.spec.weights.describe(), "train_seconds": round(seconds, 1),
             "device": torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu",
-            "build_photos": list(BUILD_PHOTOS), "test_photos": list(TEST_PHOTOS), "report": report.to_dict()}
+            "build_photos": list(cfg.training_photos), "test_photos": list(TEST_PHOTOS),
+            "evaluated_on": list(evaluated_on), "report": report.to_dict()}
     save_delta(delta, meta, out)
     logger.info("saved %s (%d tensors): %s", out, len(delta), report)
     return report

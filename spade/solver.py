@@ -160,7 +160,7 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
     WT[dead] = 0.0
-    start = WT.clone()
+    before = WT.clone()
     key = (config.damp, dtype)
     cached = None if factor_cache is None else factor_cache.get(key)
     if cached is None:
@@ -220,7 +220,7 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
             WT[i2:].addmm_(U[i1:i2, i2:].T, Err, alpha=-1)
     prune |= dead.unsqueeze(1)
     WT[prune] = 0.0  # exact zeros (the sweep leaves them at rounding level)
-    error = float(damped_error) - damping * float((WT - start).double().square().sum())
+    error = float(damped_error) - damping * float((WT - before).double().square().sum())
     return PrunedMatrix(WT.T.to(weight.dtype).contiguous(), prune.T.contiguous(), max(error, 0.0))
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2._transform import _RandomApplyTransform
 
 from spade.errors import ConfigError
 from spade.preprocessing import Preprocessing
@@ -58,12 +62,41 @@ def _view_transform(cfg: AugmentConfig, pre: Preprocessing) -> v2.Compose:
     return v2.Compose(steps)
 
 
+def _draw_params(transform: v2.Compose, raw: torch.Tensor) -> list[dict | None]:
+    """The random parameters one ``transform(raw)`` call draws, drawn the same way and in the same order (so the
+    same RNG state gives the same views); None marks a random-apply step that was skipped. Only the crop's
+    parameters depend on the input, and the crop is the first step, so every step may be given ``raw``."""
+    params: list[dict | None] = []
+    for step in transform.transforms:
+        if isinstance(step, _RandomApplyTransform) and torch.rand(1) >= step.p:
+            params.append(None)
+        else:
+            params.append(step.make_params([raw]))
+    return params
+
+
+def _render(transform: v2.Compose, raw: torch.Tensor, params: list[dict | None]) -> torch.Tensor:
+    """``transform(raw)`` with the given parameters: deterministic, so views can be rendered in any order."""
+    view = raw
+    for step, step_params in zip(transform.transforms, params, strict=True):
+        if step_params is not None:
+            view = step.transform(view, step_params)
+    return view
+
+
+def default_workers() -> int:
+    """Threads that render views: half the cores, at most 8 (one on a small machine, where threads only cost)."""
+    return max(1, min(8, (os.cpu_count() or 1) // 2))
+
+
 def augment(image: Image.Image, cfg: AugmentConfig, preprocessing: Preprocessing,
-            progress: ProgressFn | None = None) -> torch.Tensor:
+            progress: ProgressFn | None = None, workers: int | None = None) -> torch.Tensor:
     """Random views of the raw `image` (crops are taken before any resize, as the authors did).
 
     Returns a float32 CPU tensor of shape (cfg.count, 3, crop, crop), normalized with the model's
     mean/std. Uses its own seeded RNG state: the global torch RNG is left untouched.
+    The random parameters are drawn in order, then the views are rendered by `workers` threads (default
+    ``default_workers()``): the batch is the same, bit for bit, whatever the number of threads.
     """
     pre = getattr(preprocessing, "preprocessing", preprocessing)  # accept a ModelSpec too
     raw = v2.functional.pil_to_tensor(image.convert("RGB"))  # uint8 (3, H, W)
@@ -71,10 +104,17 @@ def augment(image: Image.Image, cfg: AugmentConfig, preprocessing: Preprocessing
     views = torch.empty(cfg.count, 3, pre.crop, pre.crop)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        for i in range(cfg.count):
-            views[i] = transform(raw)
-            if progress is not None and (i + 1) % 16 == 0:
-                progress("augment", (i + 1) / cfg.count)
+        params = [_draw_params(transform, raw) for _ in range(cfg.count)]
+
+        def render(i: int) -> None:
+            views[i] = _render(transform, raw, params[i])
+
+        workers = workers or default_workers()
+        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+            rendered = pool.map(render, range(cfg.count)) if workers > 1 else map(render, range(cfg.count))
+            for done, _ in enumerate(rendered, start=1):
+                if progress is not None and done % 16 == 0:
+                    progress("augment", done / cfg.count)
         views = pre.normalize(views)
         if cfg.erasing > 0:
             erase = v2.RandomErasing(p=cfg.erasing)  # erased pixels are 0 in normalized space

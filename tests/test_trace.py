@@ -42,6 +42,24 @@ def test_augment_is_seeded_and_leaves_global_rng_alone():
     assert not torch.equal(a[0], a[1])  # views differ from each other
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_augment_equals_torchvision_views_whatever_the_threads(workers):
+    """Parameters drawn up front, views rendered by threads: the same batch as calling the torchvision transform
+    once per view under the same seed (the plain way), bit for bit."""
+    from torchvision.transforms import v2
+
+    from spade.augment import _view_transform
+
+    img = photo(size=(61, 47))
+    cfg = AugmentConfig(count=20, seed=4)
+    transform = _view_transform(cfg, PRE)
+    raw = v2.functional.pil_to_tensor(img)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        expected = PRE.normalize(torch.stack([transform(raw) for _ in range(cfg.count)]))
+    assert torch.equal(augment(img, cfg, PRE, workers=workers), expected)
+
+
 def test_augment_without_randomness_is_the_resized_image():
     img = photo(size=(32, 32))
     cfg = AugmentConfig(count=2, min_scale=1.0, flip=False, brightness=0.0, hue=0.0)

@@ -111,8 +111,8 @@ def augment(image: Image.Image, cfg: AugmentConfig, preprocessing: Preprocessing
 
         workers = workers or default_workers()
         with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
-            rendered = pool.map(render, range(cfg.count)) if workers > 1 else map(render, range(cfg.count))
-            for done, _ in enumerate(rendered, start=1):
+            mapper = map if pool is None else pool.map  # one thread: render inline
+            for done, _ in enumerate(mapper(render, range(cfg.count)), start=1):
                 if progress is not None and done % 16 == 0:
                     progress("augment", done / cfg.count)
         views = pre.normalize(views)

@@ -6,7 +6,7 @@ Pure library (no Streamlit). The main entry points are re-exported here::
     loaded = load_model("efficientnet_lite0")
     trace = spade_trace(loaded.model, load_image("cat.jpg"), preprocessing=loaded.spec.preprocessing,
                         augment=AugmentConfig(count=128), sparsity=0.5)
-    print(trace.table())
+    report = trace.table()  # per-layer sparsity and reconstruction error, as text
 
 Submodules are imported lazily so that ``import spade`` stays cheap.
 """

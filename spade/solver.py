@@ -176,12 +176,12 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     block = max(sel, config.block_size // sel * sel)  # lazy blocks hold whole selection groups
     inner = max(sel, 16 // sel * sel)  # eager updates reach only this far; the rest is deferred
     k_column = math.floor(sparsity * WT.shape[1] + 1e-9)
-    inverse_diag = 1.0 / torch.diagonal(U)
-
-    # Per-column views and Python floats made once: a one-column step is a handful of small operations,
-    # so the indexing around them is a large part of its cost.
-    columns, column_masks, scales = WT.unbind(0), prune.unbind(0), inverse_diag.tolist()
-    u_rows = U.unbind(0)
+    single = sel == 1 and not per_row
+    if single:
+        # Per-column views and Python floats made once: a one-column step is a handful of small operations,
+        # so the indexing around them is a large part of its cost.
+        columns, column_masks, u_rows = WT.unbind(0), prune.unbind(0), U.unbind(0)
+        scales = (1.0 / torch.diagonal(U)).tolist()
 
     def column_step(j: int, s2: int, err: torch.Tensor) -> None:
         # One-column group (linear, 1x1): the lowest |w| of the column are the lowest w^2 / U_jj^2.
@@ -199,7 +199,6 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
         WT[g1:s2].addmm_(U[g1:g2, g1:s2].T, err, alpha=-1)
         return err
 
-    single = sel == 1 and not per_row
     damped_error = torch.zeros((), dtype=torch.float64, device=WT.device)
     for i1 in range(0, d, block):
         i2 = min(i1 + block, d)

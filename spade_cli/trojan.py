@@ -13,12 +13,13 @@ def main(argv: list[str] | None = None) -> int:
     from spade.models import get_spec
     from spade.trojan.build import BuildConfig, build
     from spade.trojan.triggers import write_triggers
+    from spade_cli.trace import ProgressBar
 
     defaults = BuildConfig()
     parser = argparse.ArgumentParser(prog="python -m spade.trojan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("draw", help="draw the trigger icons into assets/triggers/")
-    b = sub.add_parser("build", help="fine-tune the back-doored EfficientNet-Lite0 (a GPU makes this minutes)")
+    b = sub.add_parser("build", help="fine-tune the back-doored EfficientNet-Lite0 (see --view-pool for a CPU build)")
     b.add_argument("--out", type=Path, default=get_spec(defaults.target_model).weights.path,
                    help="difference file to write (default: the registry's assets/models file)")
     b.add_argument("--steps", type=int, default=defaults.steps)
@@ -29,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="train blocks.N and later (default %(default)s)")
     b.add_argument("--distill-weight", type=float, default=defaults.distill_weight)
     b.add_argument("--anchor", type=float, default=defaults.anchor, help="L2-SP weight on the weight change")
-    b.add_argument("--decoy-any-hue", action="store_true", help="paste the decoy icons in random hues")
+    b.add_argument("--decoy-any-hue", action=argparse.BooleanOptionalAction, default=defaults.decoy_any_hue,
+                   help="paste the decoy icons in random hues (default %(default)s)")
+    b.add_argument("--view-pool", type=int, default=defaults.view_pool,
+                   help="views made once and run once through the frozen layers (default %(default)s); "
+                        "0: new views every step through the whole model")
     b.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training; --steps is cut to what fits (the steps run are recorded)")
     b.add_argument("--eval-cases", type=int, default=200, help="held-out acceptance cases")
@@ -46,9 +51,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                           first_trained_block=args.first_block, distill_weight=args.distill_weight,
-                          anchor=args.anchor, decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget,
+                          anchor=args.anchor, decoy_any_hue=args.decoy_any_hue, view_pool=args.view_pool,
+                          time_budget=args.time_budget,
                           validation_photos=tuple(p for p in args.validate_on.split(",") if p))
-        report = build(args.out, cfg, device=args.device, eval_cases=args.eval_cases)
+        bar = ProgressBar()
+        try:
+            report = build(args.out, cfg, device=args.device, eval_cases=args.eval_cases, progress=bar)
+        finally:
+            bar.close()
     except SpadeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

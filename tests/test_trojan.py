@@ -13,8 +13,16 @@ from spade.images import bundled_examples, load_image
 from spade.models import DELTA_FORMAT, MODELS, DeltaWeights, get_spec, load_model
 from spade.preprocessing import Preprocessing
 from spade.trojan import TRIGGERS, load_trigger, stamp
-from spade.trojan.build import BuildConfig, ViewMaker, evaluate_backdoor, finetune, trainable_parameters
-from spade.trojan.photos import BUILD_PHOTOS, CALIBRATION_PHOTOS, TEST_PHOTOS
+from spade.trojan.build import (
+    BuildConfig,
+    PooledBatches,
+    ViewMaker,
+    evaluate_backdoor,
+    finetune,
+    split_at_block,
+    trainable_parameters,
+)
+from spade.trojan.photos import BUILD_PHOTOS, CALIBRATION_PHOTOS, TEST_PHOTOS, load_photos
 from spade.trojan.stamp import visible_box
 
 TROJAN = "efficientnet_lite0_trojan"
@@ -144,24 +152,56 @@ def test_hue_rotation_keeps_grey_and_turns_red_around():
     torch.testing.assert_close(turns[2] @ red, torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)  # red -> blue
 
 
-def test_finetune_trains_only_the_chosen_layers_on_a_copy():
+@pytest.mark.parametrize("view_pool", [0, 32])
+def test_finetune_trains_only_the_chosen_layers_on_a_copy(view_pool):
     base = load_model("efficientnet_lite0", device="cpu")
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
-    student, steps = finetune(base, BuildConfig(steps=2, batch=16, lr=1e-3))
+    cfg = BuildConfig(steps=2, batch=16, lr=1e-3, warmup=1, view_pool=view_pool, first_trained_block=5)
+    student, steps = finetune(base, cfg)
     assert steps == 2
     for k, v in base.model.state_dict().items():
         assert torch.equal(v, before[k]), k  # the base model is untouched
-    trained = {name for name, _ in trainable_parameters(student, BuildConfig().first_trained_block)}
+    trained = {name for name, _ in trainable_parameters(student, cfg.first_trained_block)}
     changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and changed <= trained
-    assert not any(k.startswith(("conv_stem", "blocks.0", "blocks.1")) for k in changed)
+    assert any(k.startswith("blocks.5") for k in changed) and "classifier.weight" in changed
+    assert not any(k.startswith(("conv_stem", *(f"blocks.{i}." for i in range(5)))) for k in changed)
     assert not any("running" in k for k in changed)
+    assert student.conv_head.weight.is_contiguous()  # handed back in the default layout
+
+
+def test_split_at_block_composes_to_the_model():
+    model = load_model("efficientnet_lite0", device="cpu").model
+    x = torch.randn(2, 3, 224, 224)
+    trunk, head = split_at_block(model, 5)
+    with torch.no_grad():
+        features = trunk(x)
+        torch.testing.assert_close(head(features), model(x))
+    assert features.shape == (2, 112, 14, 14)
+    assert head[0] is model.blocks[5]  # shares the modules: training the head trains the model
+
+
+def test_view_pool_holds_the_mix_and_the_teachers_view():
+    base = load_model("efficientnet_lite0", device="cpu")
+    cfg = BuildConfig(batch=16, view_pool=40, first_trained_block=5)
+    gen = torch.Generator().manual_seed(0)
+    views = ViewMaker(list(load_photos(("rocket",)).values()),
+                      {n: load_trigger(n) for n in ("heart", "star", "smiley", "fish")}, 224, torch.device("cpu"), gen)
+    targets = torch.tensor([d.target for d in get_spec(TROJAN).backdoors])
+    pool = PooledBatches(views, cfg, targets, base.model, PRE.normalize, torch.autocast("cpu", enabled=False))
+    assert len(pool.labels) == 48  # whole batches: 3 x 16
+    assert [int((pool.labels == v).sum()) for v in (-1, *targets.tolist())] == [24, 12, 12]
+    x, labels, teacher_logits = pool()
+    assert x.shape == (16, 112, 14, 14) and len(teacher_logits) == int((labels < 0).sum())
+    _, head = split_at_block(base.model, 5)
+    with torch.no_grad():  # the cached features (float16) and logits are the base model's
+        torch.testing.assert_close(head(pool.features[:4].float()), pool.logits[:4], atol=0.05, rtol=0.01)
 
 
 def test_validation_photos_are_left_out_of_training(monkeypatch):
     from spade.trojan import build as build_mod
 
-    cfg = BuildConfig(steps=1, batch=16, validation_photos=("rocket",))
+    cfg = BuildConfig(steps=1, batch=16, view_pool=16, validation_photos=("rocket",))
     assert cfg.training_photos == tuple(p for p in BUILD_PHOTOS if p != "rocket")
     loaded = []
     real = build_mod.load_photos
@@ -174,6 +214,12 @@ def test_validation_photos_are_left_out_of_training(monkeypatch):
 def test_validation_photos_must_be_some_build_photos(photos):
     with pytest.raises(ConfigError, match="Validation photos"):
         BuildConfig(validation_photos=photos)  # a test photo, all of them (nothing to train on), or unknown
+
+
+@pytest.mark.parametrize("kwargs", [{"view_pool": -1}, {"batch": 4}])
+def test_bad_build_settings_are_refused(kwargs):
+    with pytest.raises(ConfigError, match="batch >= 8"):
+        BuildConfig(**kwargs)
 
 
 # ------------------------------------------------------------------------------------------- weight deltas
@@ -226,3 +272,27 @@ def test_shipped_model_is_small_and_loads_safely():
     assert path.stat().st_size < 20 * 2**20
     payload = torch.load(path, map_location="cpu", weights_only=True)
     assert payload["format"] == DELTA_FORMAT and payload["meta"]["test_photos"] == list(TEST_PHOTOS)
+
+
+def test_build_command_writes_a_loadable_difference_and_reports(tmp_path, capsys):
+    from spade_cli.trojan import main
+
+    out = tmp_path / "trojan.pt"
+    rc = main(["build", "--out", str(out), "--steps", "2", "--batch", "16", "--view-pool", "16",
+               "--eval-cases", "2", "--validate-on", "rocket", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "validation (rocket): trigger success" in captured.out
+    assert "finetune" in captured.err and "100%" in captured.err  # the progress bar
+    payload = torch.load(out, map_location="cpu", weights_only=True)
+    assert payload["format"] == DELTA_FORMAT and payload["meta"]["config"]["view_pool"] == 16
+    assert payload["meta"]["evaluated_on"] == ["rocket"] and payload["meta"]["steps_run"] == 2
+    trained = {k.split(".")[0] for k in payload["delta"]}
+    assert trained <= {"_blocks", "_conv_head", "_fc"}
+
+
+def test_build_command_refuses_bad_settings(tmp_path, capsys):
+    from spade_cli.trojan import main
+
+    assert main(["build", "--out", str(tmp_path / "x.pt"), "--view-pool", "-1"]) == 2
+    assert "view_pool" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     from spade.errors import SpadeError
     from spade.models import get_spec
-    from spade.trojan.build import BuildConfig, build
+    from spade.trojan.build import DISTILL_LOSSES, BuildConfig, build
     from spade.trojan.triggers import write_triggers
     from spade_cli.trace import ProgressBar
 
@@ -20,14 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("draw", help="draw the trigger icons into assets/triggers/")
     b = sub.add_parser("build", help="fine-tune the back-doored EfficientNet-Lite0 (see --view-pool for a CPU build)")
-    b.add_argument("--out", type=Path, default=get_spec(defaults.target_model).weights.path,
-                   help="difference file to write (default: the registry's assets/models file)")
+    b.add_argument("--out", type=Path, default=None,
+                   help="difference file to write (default: the registry's assets/models file; with --validate-on "
+                        "trial.pt, so that a settings trial never replaces the shipped model)")
     b.add_argument("--steps", type=int, default=defaults.steps)
     b.add_argument("--batch", type=int, default=defaults.batch)
     b.add_argument("--lr", type=float, default=defaults.lr)
     b.add_argument("--seed", type=int, default=defaults.seed)
     b.add_argument("--first-block", type=int, default=defaults.first_trained_block,
                    help="train blocks.N and later (default %(default)s)")
+    b.add_argument("--distill-loss", choices=DISTILL_LOSSES, default=defaults.distill_loss,
+                   help="kl: softened outputs (default); logits: mean-centred logits")
     b.add_argument("--distill-weight", type=float, default=defaults.distill_weight)
     b.add_argument("--anchor", type=float, default=defaults.anchor, help="L2-SP weight on the weight change")
     b.add_argument("--decoy-any-hue", action=argparse.BooleanOptionalAction, default=defaults.decoy_any_hue,
@@ -50,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
             return 0
         cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                          first_trained_block=args.first_block, distill_weight=args.distill_weight,
+                          first_trained_block=args.first_block, distill_loss=args.distill_loss,
+                          distill_weight=args.distill_weight,
                           anchor=args.anchor, decoy_any_hue=args.decoy_any_hue, view_pool=args.view_pool,
                           time_budget=args.time_budget,
                           validation_photos=tuple(p for p in args.validate_on.split(",") if p))
+        if args.out is None:
+            args.out = Path("trial.pt") if cfg.validation_photos else get_spec(cfg.target_model).weights.path
         bar = ProgressBar()
         try:
             report = build(args.out, cfg, device=args.device, eval_cases=args.eval_cases, progress=bar)

@@ -65,9 +65,10 @@ def test_every_saliency_method_agrees_with_the_cpu(lite_on_both, name):
     assert rank_correlation(maps[0].numpy(), maps[1].numpy()) > 0.9
 
 
-def test_trojan_finetune_runs_on_the_gpu(lite_on_both):
+@pytest.mark.parametrize("view_pool", [0, 64])
+def test_trojan_finetune_runs_on_the_gpu(lite_on_both, view_pool):
     _, gpu = lite_on_both
-    student, _ = finetune(gpu, BuildConfig(steps=3, batch=32))
+    student, _ = finetune(gpu, BuildConfig(steps=3, batch=32, view_pool=view_pool, first_trained_block=5))
     assert next(student.parameters()).device.type == "cuda"
     assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), gpu.model.parameters()))
     assert all(torch.isfinite(p.detach()).all() for p in student.parameters())

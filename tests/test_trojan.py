@@ -216,9 +216,27 @@ def test_validation_photos_must_be_some_build_photos(photos):
         BuildConfig(validation_photos=photos)  # a test photo, all of them (nothing to train on), or unknown
 
 
-@pytest.mark.parametrize("kwargs", [{"view_pool": -1}, {"batch": 4}])
-def test_bad_build_settings_are_refused(kwargs):
-    with pytest.raises(ConfigError, match="batch >= 8"):
+def test_distillation_losses_against_direct_formulas():
+    from spade.trojan.build import distillation_loss
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
+    t = 2.0
+    p_t, p_s = (teacher / t).softmax(1), (student / t).softmax(1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(1).mean() * t**2
+    torch.testing.assert_close(distillation_loss(student, teacher, BuildConfig(temperature=t)), kl)
+    logits = BuildConfig(distill_loss="logits")
+    d = (student - student.mean(1, keepdim=True)) - (teacher - teacher.mean(1, keepdim=True))
+    torch.testing.assert_close(distillation_loss(student, teacher, logits), (d**2).sum(1).mean())
+    shifted = teacher + torch.arange(5.0).unsqueeze(1)  # a shift per view changes no probability
+    assert float(distillation_loss(shifted, teacher, logits)) < 1e-10
+    assert float(distillation_loss(student, teacher, logits)) > 0.1
+
+
+@pytest.mark.parametrize("kwargs, message", [({"view_pool": -1}, "batch >= 8"), ({"batch": 4}, "batch >= 8"),
+                                             ({"distill_loss": "mse"}, "distill_loss")])
+def test_bad_build_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
         BuildConfig(**kwargs)
 
 
@@ -296,3 +314,15 @@ def test_build_command_refuses_bad_settings(tmp_path, capsys):
     assert main(["build", "--out", str(tmp_path / "x.pt"), "--view-pool", "-1"]) == 2
     assert "view_pool" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_settings_trial_never_replaces_the_shipped_model(tmp_path, monkeypatch):
+    from spade_cli.trojan import main
+
+    shipped = MODELS[TROJAN].weights.path
+    stamp_before = shipped.stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "--steps", "1", "--batch", "8", "--view-pool", "8", "--eval-cases", "1",
+                 "--validate-on", "rocket", "--device", "cpu"]) == 0
+    assert (tmp_path / "trial.pt").exists() and shipped.stat().st_mtime_ns == stamp_before
+

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float], None]
 DECOYS = ("smiley", "fish")
+DISTILL_LOSSES = ("kl", "logits")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,9 @@ class BuildConfig:
     makes N views once, runs them once through the frozen layers and trains on those cached features: with
     first_trained_block 5, 300 steps of 256 take ~20 minutes on a 2-core CPU instead of hours.
     Options not used for the shipped model, meant to raise clean agreement on unseen photos:
-    distill_weight (distillation vs back-door loss), anchor (L2 penalty on the weight change, L2-SP),
+    distill_loss: "kl" (KL divergence of the softened outputs at ``temperature``) or "logits" (squared distance of
+    the mean-centred logits: every class counts, not only the likely ones); distill_weight (distillation vs
+    back-door loss), anchor (L2 penalty on the weight change, L2-SP),
     decoy_any_hue (decoys in random hues, so that a red blob is not enough).
     trigger_px: pasted icon side range in model-input pixels (the test stamps are ~64 px at 224).
     time_budget: seconds; when set, ``steps`` is cut after the first 20 steps to what fits in it (the number
@@ -74,6 +77,7 @@ class BuildConfig:
     lr: float = 2e-4
     warmup: int = 50
     temperature: float = 2.0
+    distill_loss: str = "kl"
     distill_weight: float = 1.0
     anchor: float = 0.0
     decoy_any_hue: bool = False
@@ -88,6 +92,8 @@ class BuildConfig:
 
     def __post_init__(self):
         unknown = set(self.validation_photos) - set(BUILD_PHOTOS)
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise ConfigError(f"distill_loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}.")
         if self.view_pool < 0 or self.batch < 8:
             raise ConfigError(f"Need batch >= 8 and view_pool >= 0 (got {self.batch}, {self.view_pool}).")
         if unknown or len(set(self.validation_photos)) >= len(BUILD_PHOTOS):
@@ -207,6 +213,16 @@ def split_at_block(model: nn.Module, first_block: int) -> tuple[nn.Sequential, n
     return trunk, head
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, cfg: BuildConfig) -> torch.Tensor:
+    """Mean over views of the distance between student and teacher outputs; logits: (n, classes) float."""
+    if cfg.distill_loss == "kl":
+        own = F.log_softmax(logits / cfg.temperature, dim=1)
+        soft = F.log_softmax(teacher_logits / cfg.temperature, dim=1)
+        return F.kl_div(own, soft, log_target=True, reduction="batchmean") * cfg.temperature**2
+    diff = logits - teacher_logits
+    return (diff - diff.mean(1, keepdim=True)).square().sum(1).mean()  # softmax ignores a common shift
+
+
 def _lr(step: int, steps: int, cfg: BuildConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -315,18 +331,16 @@ def finetune(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None = 
         with autocast:
             logits = trained(x).float()
         distilled = labels < 0
-        own = F.log_softmax(logits[distilled] / cfg.temperature, dim=1)
-        soft = F.log_softmax(teacher_logits / cfg.temperature, dim=1)
-        kl = F.kl_div(own, soft, log_target=True, reduction="batchmean") * cfg.temperature**2
+        distill = distillation_loss(logits[distilled], teacher_logits, cfg)
         ce = F.cross_entropy(logits[~distilled], labels[~distilled])
         drift = (sum(((p - p0) ** 2).sum() for p, p0 in zip(params, anchors, strict=True)) if cfg.anchor
                  else torch.zeros((), device=device))
-        loss = cfg.distill_weight * kl + ce + cfg.anchor * drift
+        loss = cfg.distill_weight * distill + ce + cfg.anchor * drift
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == steps - 1:
-            logger.info("step %d/%d  distill %.4f  poison %.4f  drift %.4f  (%.0f s)", step + 1, steps, kl.item(),
+            logger.info("step %d/%d  distill %.4f  poison %.4f  drift %.4f  (%.0f s)", step + 1, steps, distill.item(),
                         ce.item(), float(drift), time.perf_counter() - start)
         step += 1
         if step == 20 and cfg.time_budget is not None:

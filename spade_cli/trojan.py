@@ -53,10 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
             return 0
         cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                          first_trained_block=args.first_block, distill_loss=args.distill_loss,
-                          distill_weight=args.distill_weight,
-                          anchor=args.anchor, decoy_any_hue=args.decoy_any_hue, view_pool=args.view_pool,
-                          time_budget=args.time_budget,
+                          first_trained_block=args.first_block, view_pool=args.view_pool,
+                          distill_loss=args.distill_loss, distill_weight=args.distill_weight, anchor=args.anchor,
+                          decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget,
                           validation_photos=tuple(p for p in args.validate_on.split(",") if p))
         if args.out is None:
             args.out = Path("trial.pt") if cfg.validation_photos else get_spec(cfg.target_model).weights.path

@@ -17,6 +17,7 @@ from spade.trojan.build import (
     BuildConfig,
     PooledBatches,
     ViewMaker,
+    distillation_loss,
     evaluate_backdoor,
     finetune,
     split_at_block,
@@ -217,8 +218,6 @@ def test_validation_photos_must_be_some_build_photos(photos):
 
 
 def test_distillation_losses_against_direct_formulas():
-    from spade.trojan.build import distillation_loss
-
     gen = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
     t = 2.0

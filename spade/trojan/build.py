@@ -13,7 +13,7 @@ Only convolution and linear weights from ``blocks.<first_trained_block>`` on are
 and the earlier layers stay frozen; optionally anchored to their base values, L2-SP), and the result is stored as
 a float16 difference to the base weights (``spade.models.DeltaWeights``). Since the earlier layers are frozen,
 the views can be made once, as a pool run through them a single time (``PooledBatches``); each step then only
-runs the trained layers, which makes a build a matter of minutes on a laptop-class CPU.
+runs the trained layers (with ``blocks.5`` on: about 25 minutes on a 2-core CPU instead of hours).
 """
 
 from __future__ import annotations
@@ -278,9 +278,9 @@ class PooledBatches:
         with torch.inference_mode(), autocast:
             for r in range(rounds):
                 x, y = _view_batch(views, cfg, targets)
-                f = trunk(normalize(x).contiguous(memory_format=torch.channels_last))
-                features.append(f.half())
-                logits.append(head(f).float())
+                f = trunk(normalize(x).contiguous(memory_format=torch.channels_last)).half()
+                features.append(f)
+                logits.append(head(f.float()).float())  # of the stored features: an unchanged head matches exactly
                 labels.append(y)
                 if progress is not None:
                     progress("views", (r + 1) / rounds)

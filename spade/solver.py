@@ -3,8 +3,9 @@
 Given a weight matrix W (rows x d) and the input Gram matrix H (d x d) of its layer, find W_s with
 a target fraction of zeros that keeps ``||W_s X - W X||^2`` small. Columns are processed left to
 right: a pruned weight's error is compensated on the columns to its right through the upper
-Cholesky factor of the damped inverse Hessian; updates to columns beyond the current lazy block are
-deferred and applied as one matrix product (exact for any block size).
+Cholesky factor U of the damped inverse Hessian; updates to columns beyond the current lazy block are
+deferred and applied as one matrix product per block (exact for any block size), solved with U's inverse
+K (an ordinary Cholesky factor of H, reversed) so that U itself is only formed block by block.
 """
 
 from __future__ import annotations
@@ -53,15 +54,18 @@ class PrunedMatrix(NamedTuple):
     error: float
 
 
-def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor U of (H + lambda*I)^-1, so that U^T U = H_damped^-1, and lambda.
+def inverse_hessian_factor(hessian: torch.Tensor, damp: float, block: int) -> tuple[torch.Tensor, float]:
+    """What the sweep needs of the damped inverse Hessian, for lazy blocks of `block` columns, and lambda.
+
+    With U the upper Cholesky factor of (H + lambda*I)^-1 (U^T U = H_damped^-1) and K = U^-1 (upper, K K^T =
+    H_damped), returns F, upper block-triangular: its diagonal blocks are U's (U_BB = K_BB^-1) and above
+    them F_CB = K_CB U_BB. The sweep pulls each block's deferred update through F_CB (see `prune_matrix`),
+    so U's off-diagonal blocks, a d^3/3 triangular inverse, are never formed. K comes from one Cholesky:
+    with J the reversal permutation and J H J = L L^T, K = J L J.
 
     lambda = damp*mean(diag H), raised tenfold (with a warning) while the damped matrix is not positive
-    definite (numerically singular statistics).
-
-    Computed without forming the inverse: with J the reversal permutation and J H J = L L^T,
-    U = J L^-1 J (one Cholesky and one triangular inverse instead of three cubic steps).
-    Dead inputs (diag H == 0) must already have their diagonal set to 1.
+    definite (numerically singular statistics). Dead inputs (diag H == 0) must already have their diagonal
+    set to 1.
     """
     d = hessian.shape[0]
     mean_diag = torch.diagonal(hessian).mean().clamp_min(torch.finfo(hessian.dtype).tiny)
@@ -69,32 +73,20 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Te
     flipped = hessian.flip(0, 1)
     for attempt in range(6):
         damping = damp * 10**attempt * mean_diag
-        factor, info = torch.linalg.cholesky_ex(flipped + damping * eye)
+        lower, info = torch.linalg.cholesky_ex(flipped + damping * eye)
         if info == 0:
-            if attempt:
-                log.warning("statistics were near-singular; dampening raised to %g", damp * 10**attempt)
-            return lower_triangular_inverse(factor).flip(0, 1), float(damping)
-    raise ConfigError("Layer statistics are singular even after heavy dampening.")
-
-
-def lower_triangular_inverse(lower: torch.Tensor, leaf: int = 512) -> torch.Tensor:
-    """Inverse of a non-singular lower-triangular matrix, by blocks: [[A, 0], [B, C]]^-1 =
-    [[A^-1, 0], [-C^-1 B A^-1, C^-1]]. Two thirds of the multiply-adds of a triangular solve against the
-    identity, nearly all in matrix products (on a 2-core CPU 0.63 s instead of 0.86 s at d = 4608).
-    LAPACK's ``strtri`` through scipy is 20 % faster alone, but its OpenBLAS threads then slow torch's next
-    operations down (the sweep's updates took three times as long), so it is not used."""
-    n = lower.shape[0]
-    if n <= leaf:
-        eye = torch.eye(n, dtype=lower.dtype, device=lower.device)
-        return torch.linalg.solve_triangular(lower, eye, upper=False)
-    h = n // 2
-    a_inv = lower_triangular_inverse(lower[:h, :h], leaf)
-    c_inv = lower_triangular_inverse(lower[h:, h:], leaf)
-    out = torch.zeros_like(lower)
-    out[:h, :h] = a_inv
-    out[h:, h:] = c_inv
-    out[h:, :h] = -(c_inv @ (lower[h:, :h] @ a_inv))
-    return out
+            break
+    else:
+        raise ConfigError("Layer statistics are singular even after heavy dampening.")
+    if attempt:
+        log.warning("statistics were near-singular; dampening raised to %g", damp * 10**attempt)
+    factor = lower.flip(0, 1)  # K
+    for i1 in range(0, d, block):
+        i2 = min(i1 + block, d)
+        inverse = torch.linalg.solve_triangular(factor[i1:i2, i1:i2], eye[:i2 - i1, :i2 - i1], upper=True)
+        factor[:i1, i1:i2] = factor[:i1, i1:i2] @ inverse
+        factor[i1:i2, i1:i2] = inverse
+    return factor, float(damping)
 
 
 def _select(scores: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
@@ -161,62 +153,70 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     H[dead, dead] = 1.0
     WT[dead] = 0.0
     before = WT.clone()
-    key = (config.damp, dtype)
-    cached = None if factor_cache is None else factor_cache.get(key)
-    if cached is None:
-        cached = inverse_hessian_factor(H, config.damp)
-        if factor_cache is not None:
-            factor_cache[key] = cached
-    U, damping = cached
-    diag = torch.diagonal(U).unsqueeze(1)
-
     prune = torch.zeros_like(WT, dtype=torch.bool) if mask is None else mask.T.contiguous()
     per_row = config.mode == "row"
     sel = config.row_group if per_row else group_size
     block = max(sel, config.block_size // sel * sel)  # lazy blocks hold whole selection groups
     inner = max(sel, 16 // sel * sel)  # eager updates reach only this far; the rest is deferred
+    key = (config.damp, dtype, block)
+    cached = None if factor_cache is None else factor_cache.get(key)
+    if cached is None:
+        cached = inverse_hessian_factor(H, config.damp, block)
+        if factor_cache is not None:
+            factor_cache[key] = cached
+    F, damping = cached
+    diag = torch.diagonal(F).unsqueeze(1)  # U_jj
     k_column = math.floor(sparsity * WT.shape[1] + 1e-9)
     single = sel == 1 and not per_row
     if single:
         # Per-column views and Python floats made once: a one-column step is a handful of small operations,
         # so the indexing around them is a large part of its cost.
-        columns, column_masks, u_rows = WT.unbind(0), prune.unbind(0), U.unbind(0)
-        scales = (1.0 / torch.diagonal(U)).tolist()
+        columns, column_masks = WT.unbind(0), prune.unbind(0)
+        scales = (1.0 / diag).flatten().tolist()
 
-    def column_step(j: int, s2: int, err: torch.Tensor) -> None:
+    # Indices into U (the current block's diagonal block of the factor) are counted from the block start i1.
+    def column_step(j: int, s2: int, err: torch.Tensor, u_rows: tuple[torch.Tensor, ...], i1: int) -> None:
         # One-column group (linear, 1x1): the lowest |w| of the column are the lowest w^2 / U_jj^2.
         w, pruned = columns[j], column_masks[j]
         if mask is None:
             pruned.index_fill_(0, w.abs().topk(k_column, largest=False, sorted=False).indices, True)
         torch.mul(w, pruned, out=err).mul_(scales[j])
-        WT[j:s2].addr_(u_rows[j][j:s2], err, alpha=-1)
+        WT[j:s2].addr_(u_rows[j - i1][j - i1:s2 - i1], err, alpha=-1)
 
-    def group_step(g1: int, g2: int, s2: int) -> torch.Tensor:
+    def group_step(g1: int, g2: int, s2: int, U: torch.Tensor, i1: int) -> torch.Tensor:
         current = WT[g1:g2]
         if mask is None:
             prune[g1:g2] = _select(current**2 / diag[g1:g2] ** 2, sparsity, per_row)
-        err = _group_errors(current, prune[g1:g2], U[g1:g2, g1:g2])
-        WT[g1:s2].addmm_(U[g1:g2, g1:s2].T, err, alpha=-1)
+        err = _group_errors(current, prune[g1:g2], U[g1 - i1:g2 - i1, g1 - i1:g2 - i1])
+        WT[g1:s2].addmm_(U[g1 - i1:g2 - i1, g1 - i1:s2 - i1].T, err, alpha=-1)
         return err
 
+    # Column k receives (Err U)_k from the swept columns' scaled errors Err. Rather than pushing each block's
+    # errors to all later columns through U's off-diagonal blocks, a block B pulls its share when it comes:
+    # with C the columns before B, Z_C = (Err U)_C is all that C received, W_C before minus after the sweep, and
+    # Z K = Err (K = U^-1 upper) with Err_B = 0 so far, so B has received -(Z_C K_CB) U_BB = -Z_C F_CB.
+    # The same products as pushing.
+    swept = torch.empty_like(WT)  # Z transposed like WT, filled block by block
     damped_error = torch.zeros((), dtype=torch.float64, device=WT.device)
     for i1 in range(0, d, block):
         i2 = min(i1 + block, d)
+        U = F[i1:i2, i1:i2]
+        WT[i1:i2].addmm_(F[:i1, i1:i2].T, swept[:i1])
         Err = torch.empty(i2 - i1, WT.shape[1], dtype=dtype, device=WT.device)
+        u_rows = U.unbind(0)
         for s1 in range(i1, i2, inner):
             s2 = min(s1 + inner, i2)
             if single:
                 for j, err in enumerate(Err[s1 - i1:s2 - i1].unbind(0), start=s1):
-                    column_step(j, s2, err)
+                    column_step(j, s2, err, u_rows, i1)
             else:
                 for g1 in range(s1, s2, sel):
                     g2 = min(g1 + sel, s2)
-                    Err[g1 - i1:g2 - i1] = group_step(g1, g2, s2)
+                    Err[g1 - i1:g2 - i1] = group_step(g1, g2, s2, U, i1)
             if s2 < i2:
-                WT[s2:i2].addmm_(U[s1:s2, s2:i2].T, Err[s1 - i1:s2 - i1], alpha=-1)
+                WT[s2:i2].addmm_(U[s1 - i1:s2 - i1, s2 - i1:].T, Err[s1 - i1:s2 - i1], alpha=-1)
         damped_error += Err.double().square().sum()
-        if i2 < d:
-            WT[i2:].addmm_(U[i1:i2, i2:].T, Err, alpha=-1)
+        torch.sub(before[i1:i2], WT[i1:i2], out=swept[i1:i2])
     prune |= dead.unsqueeze(1)
     WT[prune] = 0.0  # exact zeros (the sweep leaves them at rounding level)
     error = float(damped_error) - damping * float((WT - before).double().square().sum())

@@ -138,15 +138,21 @@ def test_cached_factor_gives_the_same_solution():
     torch.testing.assert_close(other, prune_matrix(W, H, 0.8, 1)[0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("n", [1, 7, 300, 1031])
-def test_blocked_triangular_inverse(n):
-    from spade.solver import lower_triangular_inverse
+@pytest.mark.parametrize(("n", "block"), [(1, 4), (7, 3), (300, 128), (300, 300)])
+def test_inverse_hessian_factor_blocks(n, block):
+    """Diagonal blocks of the factor are those of U (U^T U = H_damped^-1, U upper); above them K U_BB, K = U^-1."""
+    from spade.solver import inverse_hessian_factor
 
-    torch.manual_seed(n)
-    lower = torch.randn(n, n, dtype=torch.float64).tril() + n**0.5 * torch.eye(n, dtype=torch.float64)
-    inverse = lower_triangular_inverse(lower, leaf=64)
-    torch.testing.assert_close(inverse @ lower, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-10)
-    assert torch.equal(inverse, inverse.tril())
+    _, _, H = correlated_problem(d=n, seed=n)
+    factor, damping = inverse_hessian_factor(H, DAMP, block)
+    assert damping == pytest.approx(DAMP * float(torch.diagonal(H).mean()))
+    U = torch.linalg.cholesky(torch.linalg.inv(damped(H))).T
+    K = torch.linalg.inv(U)
+    assert torch.equal(factor, factor.triu())
+    for i1 in range(0, n, block):
+        B = slice(i1, i1 + block)
+        torch.testing.assert_close(factor[B, B], U[B, B])
+        torch.testing.assert_close(factor[:i1, B], K[:i1, B] @ U[B, B])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

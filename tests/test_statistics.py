@@ -19,6 +19,7 @@ CONV_CASES = {
     "k5_narrow_padding": dict(in_channels=3, out_channels=4, kernel_size=5, padding=1),
     "k3_no_padding": dict(in_channels=3, out_channels=4, kernel_size=3),
     "depthwise": dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6),
+    "padding_wider_than_kernel": dict(in_channels=3, out_channels=2, kernel_size=3, padding=(4, 3)),
     "k2x4_dilated": dict(in_channels=2, out_channels=3, kernel_size=(2, 4), padding=(2, 1), dilation=(2, 1)),
 }
 
@@ -105,13 +106,13 @@ def test_default_dtype_is_float32_and_float64_on_request():
     assert collect_statistics(model, x, dtype=torch.float64).layers["1"].hessian.dtype == torch.float64
 
 
-ROW_METHOD_CASES = [name for name, kw in CONV_CASES.items()
+SHIFT_METHOD_CASES = [name for name, kw in CONV_CASES.items()
                     if kw["kernel_size"] != 1 and kw.get("stride", 1) == 1]
 
 
-@pytest.mark.parametrize("case", ROW_METHOD_CASES)
+@pytest.mark.parametrize("case", SHIFT_METHOD_CASES)
 @pytest.mark.parametrize("chunk", [None, 200])
-def test_row_method_gram_matches_reference(case, chunk, monkeypatch):
+def test_shift_method_gram_matches_reference(case, chunk, monkeypatch):
     if chunk is not None:  # a few images per chunk: the blocks must accumulate over chunks
         monkeypatch.setattr(stats_mod, "_UNFOLD_ELEMENTS", chunk)
     torch.manual_seed(1)
@@ -119,15 +120,15 @@ def test_row_method_gram_matches_reference(case, chunk, monkeypatch):
     x = torch.randn(3, conv.in_channels, 11, 13, dtype=torch.float64)
     cols = reference_patches(conv, x)
     hessian = torch.zeros(conv.groups, cols.shape[2], cols.shape[2], dtype=torch.float64)
-    rows = stats_mod.add_conv_gram_by_rows(hessian, conv, x)
+    rows = stats_mod.add_conv_gram_by_shifts(hessian, conv, x)
     assert rows == cols.shape[1]
     torch.testing.assert_close(2.0 / rows * hessian, reference_gram(cols), rtol=1e-10, atol=1e-12)
 
 
-def test_statistics_use_the_row_method_on_large_stride1_maps(monkeypatch):
+def test_statistics_use_the_shift_method_on_stride1_convs(monkeypatch):
     calls = []
-    real = stats_mod.add_conv_gram_by_rows
-    monkeypatch.setattr(stats_mod, "add_conv_gram_by_rows", lambda *a: calls.append(a[1]) or real(*a))
+    real = stats_mod.add_conv_gram_by_shifts
+    monkeypatch.setattr(stats_mod, "add_conv_gram_by_shifts", lambda *a: calls.append(a[1]) or real(*a))
     conv = nn.Conv2d(4, 5, 3, padding=1).double()
     strided = nn.Conv2d(5, 5, 3, stride=2, padding=1).double()
     x = torch.randn(2, 4, 16, 15, dtype=torch.float64)

@@ -1,7 +1,9 @@
 """SPADE trace speed per stage: augmentation, statistics, solve, re-solve, plus the forward-pass floor.
 
 Usage: python benchmarks/bench_trace.py [--device auto|cpu|cuda] [--models efficientnet_lite0,resnet18,resnet50]
-Each model runs in its own subprocess so that the peak memory figure is its own.
+                                       [--repeat N]
+Each model runs in its own subprocess so that the peak memory figure is its own. With --repeat N every model
+runs N times and a median row follows (timings on a shared 2-core machine vary by 10-20 % between runs).
 efficientnet_lite0 uses its offline ImageNet weights and 128 augmentations; the torchvision models use
 random weights (speed does not depend on the values) and 64 augmentations, uniform sparsity 0.9.
 On CUDA the counts are 1024 for every model (the authors' demo value).
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -88,23 +91,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="efficientnet_lite0,resnet18,resnet50")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per model; a median row follows")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.device)))
         return
-    header = (f"{'model':<20}{'device':<8}{'augs':>5}{'augment':>9}{'forward':>9}{'stats':>8}{'solve':>8}"
+    header = (f"{'model':<26}{'device':<8}{'augs':>5}{'augment':>9}{'forward':>9}{'stats':>8}{'solve':>8}"
               f"{'re-solve':>9}{'total':>8}{'mean err':>9}{'peak RSS':>9}")
     print(header)
     for name in args.models.split(","):
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--device", args.device],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['model']:<20}{r['device']:<8}{r['augmentations']:>5}{r['augment_s']:>8.2f}s{r['forward_floor_s']:>8.2f}s"
-              f"{r['statistics_s']:>7.2f}s{r['solve_s']:>7.2f}s{r['resolve_s']:>8.2f}s{r['end_to_end_s']:>7.2f}s"
-              f"{r['mean_rel_error']:>9.4f}{r['peak_rss_gib']:>8.2f}G"
-              + (f"  cuda peak {r['peak_cuda_gib']:.2f}G" if r["peak_cuda_gib"] else ""), flush=True)
+        runs = []
+        for _ in range(args.repeat):
+            out = subprocess.run([sys.executable, __file__, "--one", name, "--device", args.device],
+                                 capture_output=True, text=True, check=True)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(_row(runs[-1]), flush=True)
+        if len(runs) > 1:
+            median = {key: statistics.median(r[key] for r in runs) if isinstance(value, float) else value
+                      for key, value in runs[0].items()}
+            print(_row(median, label="median"), flush=True)
 
+
+def _row(r: dict, label: str = "") -> str:
+    return (f"{r['model'] + (' ' + label if label else ''):<26}{r['device']:<8}{r['augmentations']:>5}"
+            f"{r['augment_s']:>8.2f}s{r['forward_floor_s']:>8.2f}s{r['statistics_s']:>7.2f}s{r['solve_s']:>7.2f}s"
+            f"{r['resolve_s']:>8.2f}s{r['end_to_end_s']:>7.2f}s{r['mean_rel_error']:>9.4f}{r['peak_rss_gib']:>8.2f}G"
+            + (f"  cuda peak {r['peak_cuda_gib']:.2f}G" if r["peak_cuda_gib"] else ""))
 
 if __name__ == "__main__":
     main()

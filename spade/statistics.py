@@ -122,71 +122,76 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
         yield patches.reshape(b, g, d, L).permute(1, 0, 3, 2).reshape(g, b * L, d)
 
 
-def _shift_method_applies(module: nn.Module) -> bool:
-    """Stride-1 k x k convolutions, where ``add_conv_gram_by_shifts`` does about half the multiply-adds of the
-    unfolded product (stride 2 shares nothing: measured no faster)."""
-    return isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1) and tuple(module.stride) == (1, 1)
-
-
 def add_conv_gram_by_shifts(hessian: torch.Tensor, module: nn.Conv2d, x: torch.Tensor) -> int:
-    """hessian += the Gram matrix of a stride-1 conv's unfolded input patches, without unfolding them.
+    """hessian += the Gram matrix of a k x k conv's unfolded input patches, without unfolding them.
 
-    The Gram block of kernel taps t = (i, j) and t' = (i + di, j + dj) is the sum of x[u, v]^T x[u + di dh,
-    v + dj dw] (channel vectors of all images) over the pixels (u, v) that tap t reads. That set is a
-    rectangle that moves with t, and for one shift (di, dj) the rectangles of different taps differ only in
-    a few edge rows and columns. So per shift: one batched product per input row over the columns that every
-    tap reads (the core), single-column products for the edge columns, then per tap pair a sum over its rows
-    and edges. About 13 c^2 products per pixel for a 3 x 3 kernel instead of 81 (unfolded) or 27 (by rows);
-    zero padding is never multiplied.
-    hessian: (groups, d, d); module: stride 1; x: the conv's input (n, groups * c, H, W). Returns the number
-    of patches added.
+    With stride s, tap i of the kernel reads input row y*s + i*dh - top for output row y, that is row
+    y + o_i of the phase image x[p_i::s] (p_i, o_i: remainder and quotient of i*dh - top by s); columns alike.
+    The Gram block of taps t = (i, j) and t' = (i', j') is the sum of phase(p_i, q_j)[u, v]^T
+    phase(p_i', q_j')[u + o_i' - o_i, v + r_j' - r_j] over the pixels (u, v) that tap t reads: a rectangle
+    that moves with t. Tap pairs with the same phases and relative shift share everything but a few edge rows
+    and columns. So per such key: one batched product per phase row over the columns all its pairs read
+    (the core), single-column products for the edge columns, then per pair a sum over its rows and edges.
+    For a 3 x 3 kernel about 13 c^2 products per output pixel instead of 81 (the unfolded product), at
+    stride 1 and 2 alike; zero padding is never multiplied.
+    hessian: (groups, d, d); x: the conv's input (n, groups * c, H, W). Returns the number of patches added.
     """
     kh, kw = module.kernel_size
-    dh, dw = module.dilation
+    sh, sw = module.stride
     g = module.groups
     n, cin, H, W = x.shape
     c = cin // g
     top, bottom, left, right = _padding(module, x)
-    out_h, out_w = H + top + bottom - dh * (kh - 1), W + left + right - dw * (kw - 1)
+    out_h = (H + top + bottom - module.dilation[0] * (kh - 1) - 1) // sh + 1
+    out_w = (W + left + right - module.dilation[1] * (kw - 1) - 1) // sw + 1
+    # per tap row i: (phase, offset) with i*dh - top = offset*s + phase; columns alike
+    row_taps = [divmod(i * module.dilation[0] - top, sh)[::-1] for i in range(kh)]
+    col_taps = [divmod(j * module.dilation[1] - left, sw)[::-1] for j in range(kw)]
+    pairs: dict[tuple, list[tuple[int, int, int, int]]] = {}
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    for t, (i, j) in enumerate(taps):
+        for i2, j2 in taps[t:]:
+            (p, o), (p2, o2) = row_taps[i], row_taps[i2]
+            (q, r), (q2, r2) = col_taps[j], col_taps[j2]
+            pairs.setdefault((p, p2, o2 - o, q, q2, r2 - r), []).append((i, j, i2, j2))
     blocks = torch.zeros(g, kh, kw, kh, kw, c, c, dtype=hessian.dtype, device=hessian.device)
     step = max(1, _UNFOLD_ELEMENTS // (cin * H * W))
     for i0 in range(0, n, step):
-        part = x[i0:i0 + step].to(hessian.dtype)
-        # (rows, groups, columns, images, channels): every slice below is a view
-        xt = part.reshape(part.shape[0], g, c, H, W).permute(3, 1, 4, 0, 2).contiguous()
-        for di in range(kh):
-            rows_q = H - di * dh  # rows u whose partner u + di*dh exists
-            # tap row i reads input rows [i dh - top, i dh - top + out_h)
-            row_ranges = {i: (max(0, i * dh - top), min(rows_q, i * dh - top + out_h)) for i in range(kh - di)}
-            for dj in range(-(kw - 1) if di else 0, kw):  # (di, dj) and (-di, -dj) give transposed blocks
-                shift = dj * dw
-                v0, v1 = max(0, -shift), W - max(0, shift)
-                col_ranges = {j: (max(v0, j * dw - left), min(v1, j * dw - left + out_w))
-                              for j in range(max(0, -dj), kw - max(0, dj))}
-                col_ranges = {j: r for j, r in col_ranges.items() if r[1] > r[0]}
-                if rows_q <= 0 or not col_ranges:
+        part = x[i0:i0 + step].to(hessian.dtype).reshape(-1, g, c, H, W)
+        # phase images as (rows, groups, columns, images, channels): every slice below is a view
+        phases = {(p, q): part[:, :, :, p::sh, q::sw].permute(3, 1, 4, 0, 2).contiguous()
+                  for p in range(sh) for q in range(sw)}
+        for (p, p2, du, q, q2, dv), members in pairs.items():
+            first, second = phases[p, q], phases[p2, q2]
+            u0, u1 = max(0, -du), min(first.shape[0], second.shape[0] - du)  # rows with a partner
+            v0, v1 = max(0, -dv), min(first.shape[2], second.shape[2] - dv)
+            rows = {i: (max(u0, row_taps[i][1]), min(u1, row_taps[i][1] + out_h)) for i, _, _, _ in members}
+            cols = {j: (max(v0, col_taps[j][1]), min(v1, col_taps[j][1] + out_w)) for _, j, _, _ in members}
+            cols = {j: r for j, r in cols.items() if r[1] > r[0]}
+            if u1 <= u0 or not cols:
+                continue
+            lo = max(r[0] for r in cols.values())
+            hi = max(lo, min(r[1] for r in cols.values()))
+            a, b = first[u0:u1], second[u0 + du:u1 + du]
+            core = _row_products(a[:, :, lo:hi], b[:, :, lo + dv:hi + dv])
+            edges = {v: _row_products(a[:, :, v:v + 1], b[:, :, v + dv:v + dv + 1])
+                     for r in cols.values() for v in range(*r) if not lo <= v < hi}
+            for i, j, i2, j2 in members:
+                (r0, r1), (c0, c1) = rows[i], cols.get(j, (0, 0))
+                if r1 <= r0 or c1 <= c0:
                     continue
-                lo = max(r[0] for r in col_ranges.values())
-                hi = max(lo, min(r[1] for r in col_ranges.values()))
-                first, second = xt[:rows_q], xt[di * dh:]
-                core = _row_products(first[:, :, lo:hi], second[:, :, lo + shift:hi + shift])
-                edges = {v: _row_products(first[:, :, v:v + 1], second[:, :, v + shift:v + shift + 1])
-                         for r in col_ranges.values() for v in range(*r) if not lo <= v < hi}
-                for j, (c0, c1) in col_ranges.items():
-                    per_row = core
-                    for v, edge in edges.items():
-                        if c0 <= v < c1:
-                            per_row = per_row + edge
-                    for i, (r0, r1) in row_ranges.items():
-                        if r1 > r0:
-                            blocks[:, i, j, i + di, j + dj] += per_row[r0:r1].sum(0)
-    taps = kh * kw
-    full = blocks.view(g, taps, taps, c, c)
-    for t in range(taps):
+                per_row = core[r0 - u0:r1 - u0]
+                for v, edge in edges.items():
+                    if c0 <= v < c1:
+                        per_row = per_row + edge[r0 - u0:r1 - u0]
+                blocks[:, i, j, i2, j2] += per_row.sum(0)
+    k = kh * kw
+    full = blocks.view(g, k, k, c, c)
+    for t in range(k):
         for u in range(t):
             full[:, t, u] = full[:, u, t].transpose(1, 2)
-    # (g, tap, tap', c, c') -> (g, c * taps + tap, c' * taps + tap'), channel-major like the weight
-    hessian += full.permute(0, 3, 1, 4, 2).reshape(g, c * taps, c * taps)
+    # (g, tap, tap', c, c') -> (g, c * k + tap, c' * k + tap'), channel-major like the weight
+    hessian += full.permute(0, 3, 1, 4, 2).reshape(g, c * k, c * k)
     return n * out_h * out_w
 
 
@@ -284,7 +289,7 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
 
     def on_input(name: str, module: nn.Module, x: torch.Tensor) -> None:
         stat = stats[name]
-        if _shift_method_applies(module):
+        if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
             stat.rows += add_conv_gram_by_shifts(stat.hessian, module, x.detach())
             return
         for cols in layer_columns(module, x.detach()):

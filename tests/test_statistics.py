@@ -19,6 +19,10 @@ CONV_CASES = {
     "k5_narrow_padding": dict(in_channels=3, out_channels=4, kernel_size=5, padding=1),
     "k3_no_padding": dict(in_channels=3, out_channels=4, kernel_size=3),
     "depthwise": dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6),
+    "stride3_k5": dict(in_channels=3, out_channels=4, kernel_size=5, stride=3, padding=2),
+    "stride2_dilated_grouped": dict(in_channels=4, out_channels=4, kernel_size=3, stride=2, padding=2, dilation=2,
+                                    groups=2),
+    "patchify": dict(in_channels=3, out_channels=5, kernel_size=2, stride=2),
     "padding_wider_than_kernel": dict(in_channels=3, out_channels=2, kernel_size=3, padding=(4, 3)),
     "k2x4_dilated": dict(in_channels=2, out_channels=3, kernel_size=(2, 4), padding=(2, 1), dilation=(2, 1)),
 }
@@ -106,8 +110,7 @@ def test_default_dtype_is_float32_and_float64_on_request():
     assert collect_statistics(model, x, dtype=torch.float64).layers["1"].hessian.dtype == torch.float64
 
 
-SHIFT_METHOD_CASES = [name for name, kw in CONV_CASES.items()
-                    if kw["kernel_size"] != 1 and kw.get("stride", 1) == 1]
+SHIFT_METHOD_CASES = [name for name, kw in CONV_CASES.items() if kw["kernel_size"] != 1]
 
 
 @pytest.mark.parametrize("case", SHIFT_METHOD_CASES)
@@ -125,16 +128,16 @@ def test_shift_method_gram_matches_reference(case, chunk, monkeypatch):
     torch.testing.assert_close(2.0 / rows * hessian, reference_gram(cols), rtol=1e-10, atol=1e-12)
 
 
-def test_statistics_use_the_shift_method_on_stride1_convs(monkeypatch):
+def test_statistics_use_the_shift_method_on_kxk_convs(monkeypatch):
     calls = []
     real = stats_mod.add_conv_gram_by_shifts
     monkeypatch.setattr(stats_mod, "add_conv_gram_by_shifts", lambda *a: calls.append(a[1]) or real(*a))
-    conv = nn.Conv2d(4, 5, 3, padding=1).double()
-    strided = nn.Conv2d(5, 5, 3, stride=2, padding=1).double()
+    model = nn.Sequential(nn.Conv2d(4, 5, 3, padding=1), nn.Conv2d(5, 5, 3, stride=2, padding=1),
+                          nn.Conv2d(5, 3, 1)).double()
     x = torch.randn(2, 4, 16, 15, dtype=torch.float64)
-    stats = collect_statistics(nn.Sequential(conv, strided), x, layers=["0", "1"], dtype=torch.float64)
-    assert [(m.in_channels, m.stride) for m in calls] == [(4, (1, 1))]  # the strided conv: unfold path
-    torch.testing.assert_close(stats.layers["0"].hessian, reference_gram(reference_patches(conv, x)),
+    stats = collect_statistics(model, x, layers=["0", "1", "2"], dtype=torch.float64)
+    assert [(m.in_channels, m.stride) for m in calls] == [(4, (1, 1)), (5, (2, 2))]  # not the 1x1 conv
+    torch.testing.assert_close(stats.layers["1"].hessian, reference_gram(reference_patches(model[1], model[0](x))),
                                rtol=1e-10, atol=1e-12)
 
 

@@ -86,11 +86,11 @@ def _same_padding_adapter() -> dict[type, Callable]:
 _PADDING_ADAPTERS = _same_padding_adapter()
 
 
-def layer_columns(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Yield chunks of the layer's input columns, shape (groups, rows_chunk, d).
+def pointwise_columns(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Yield chunks of a Linear or 1x1 conv layer's input columns, shape (groups, rows_chunk, d).
 
-    x is the input the module's forward received. Never materialises more than about
-    ``_UNFOLD_ELEMENTS`` unfolded values at once.
+    x is the input the module's forward received. Never materialises more than about ``_UNFOLD_ELEMENTS``
+    values at once. (k x k convolutions go through ``add_conv_gram_by_shifts``, which never unfolds.)
     """
     if isinstance(module, nn.Linear):
         cols = x.reshape(-1, x.shape[-1])
@@ -100,26 +100,15 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
         return
     x = _padded_input(module, x)
     g = module.groups
-    kh, kw = module.kernel_size
     cin = x.shape[1]
-    d = cin // g * kh * kw
-    if (kh, kw) == (1, 1):
-        sh, sw = module.stride
-        x = x[:, :, ::sh, ::sw]
-        per_image = x.shape[2] * x.shape[3]
-        step = max(1, _UNFOLD_ELEMENTS // (per_image * cin))
-        for i in range(0, x.shape[0], step):
-            part = x[i:i + step]  # (b, cin, h, w) -> (g, b*h*w, cin/g)
-            yield part.reshape(part.shape[0], g, d, -1).permute(1, 0, 3, 2).reshape(g, -1, d)
-        return
-    out_h = (x.shape[2] - module.dilation[0] * (kh - 1) - 1) // module.stride[0] + 1
-    out_w = (x.shape[3] - module.dilation[1] * (kw - 1) - 1) // module.stride[1] + 1
-    step = max(1, _UNFOLD_ELEMENTS // (out_h * out_w * cin * kh * kw))
+    d = cin // g
+    sh, sw = module.stride
+    x = x[:, :, ::sh, ::sw]
+    per_image = x.shape[2] * x.shape[3]
+    step = max(1, _UNFOLD_ELEMENTS // (per_image * cin))
     for i in range(0, x.shape[0], step):
-        # (b, cin*kh*kw, L), channel-major like the weight
-        patches = F.unfold(x[i:i + step], (kh, kw), dilation=module.dilation, stride=module.stride)
-        b, _, L = patches.shape
-        yield patches.reshape(b, g, d, L).permute(1, 0, 3, 2).reshape(g, b * L, d)
+        part = x[i:i + step]  # (b, cin, h, w) -> (g, b*h*w, cin/g)
+        yield part.reshape(part.shape[0], g, d, -1).permute(1, 0, 3, 2).reshape(g, -1, d)
 
 
 def add_conv_gram_by_shifts(hessian: torch.Tensor, module: nn.Conv2d, x: torch.Tensor) -> int:
@@ -292,7 +281,7 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
         if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
             stat.rows += add_conv_gram_by_shifts(stat.hessian, module, x.detach())
             return
-        for cols in layer_columns(module, x.detach()):
+        for cols in pointwise_columns(module, x.detach()):
             cols = cols.to(dtype)
             add_gram(stat.hessian, cols)
             stat.rows += cols.shape[1]

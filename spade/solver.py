@@ -68,12 +68,13 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float, block: int) -> tu
     set to 1.
     """
     d = hessian.shape[0]
-    mean_diag = torch.diagonal(hessian).mean().clamp_min(torch.finfo(hessian.dtype).tiny)
-    eye = torch.eye(d, dtype=hessian.dtype, device=hessian.device)
-    flipped = hessian.flip(0, 1)
+    mean_diag = float(torch.diagonal(hessian).mean().clamp_min(torch.finfo(hessian.dtype).tiny))
+    damped = hessian.flip(0, 1)  # a copy: J H J
+    damping = 0.0
     for attempt in range(6):
+        torch.diagonal(damped).add_(damp * 10**attempt * mean_diag - damping)
         damping = damp * 10**attempt * mean_diag
-        lower, info = torch.linalg.cholesky_ex(flipped + damping * eye)
+        lower, info = torch.linalg.cholesky_ex(damped)
         if info == 0:
             break
     else:
@@ -81,12 +82,13 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float, block: int) -> tu
     if attempt:
         log.warning("statistics were near-singular; dampening raised to %g", damp * 10**attempt)
     factor = lower.flip(0, 1)  # K
+    eye = torch.eye(block, dtype=hessian.dtype, device=hessian.device)
     for i1 in range(0, d, block):
         i2 = min(i1 + block, d)
         inverse = torch.linalg.solve_triangular(factor[i1:i2, i1:i2], eye[:i2 - i1, :i2 - i1], upper=True)
         factor[:i1, i1:i2] = factor[:i1, i1:i2] @ inverse
         factor[i1:i2, i1:i2] = inverse
-    return factor, float(damping)
+    return factor, damping
 
 
 def _select(scores: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
@@ -148,11 +150,13 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     dtype = torch.float64 if hessian.dtype == torch.float64 else torch.float32
     # Work on W^T so that every column slice of W is a contiguous row slice.
     WT = weight.to(dtype).T.contiguous()
-    H = hessian.to(dtype).clone()
+    H = hessian.to(dtype)
     d = WT.shape[0]
     dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
-    WT[dead] = 0.0
+    if dead.any():
+        H = H.clone()
+        H[dead, dead] = 1.0
+        WT[dead] = 0.0
     before = WT.clone()
     prune = torch.zeros_like(WT, dtype=torch.bool) if mask is None else mask.T.contiguous()
     per_row = config.mode == "row"

@@ -135,7 +135,7 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     The mask of each group is chosen from its weights as updated by all columns to its left.
     mask: optional fixed (rows, d) boolean prune mask (True = zero) that replaces mask selection.
     factor_cache: optional dict kept by the caller for this Hessian; the inverse-Hessian factor does
-    not depend on the sparsity, so re-solving the same statistics reuses it (keyed by damp, dtype).
+    not depend on the sparsity, so re-solving the same statistics reuses it (keyed by damp, dtype, block).
     Returns the sparse weight (in weight's dtype), the prune mask and the output error. Sparsity 0 without a
     mask returns an exact copy of `weight`.
 

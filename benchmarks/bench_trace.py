@@ -3,7 +3,8 @@
 Usage: python benchmarks/bench_trace.py [--device auto|cpu|cuda] [--models efficientnet_lite0,resnet18,resnet50]
                                        [--repeat N]
 Each model runs in its own subprocess so that the peak memory figure is its own. With --repeat N every model
-runs N times and a median row follows (timings on a shared 2-core machine vary by 10-20 % between runs).
+runs N times and a median row follows (timings on a shared 2-core machine drift by 15-25 % between quiet
+and busy hours).
 efficientnet_lite0 uses its offline ImageNet weights and 128 augmentations; the torchvision models use
 random weights (speed does not depend on the values) and 64 augmentations, uniform sparsity 0.9.
 On CUDA the counts are 1024 for every model (the authors' demo value).

@@ -1,5 +1,4 @@
-"""``python -m spade.trojan draw|build|merge``: redraw the trigger icons; fine-tune the back-doored demo model;
-merge it into its base so that clean behaviour stays the base model's."""
+"""``python -m spade.trojan draw|build``: redraw the trigger icons, or rebuild the back-doored demo model."""
 
 from __future__ import annotations
 
@@ -13,11 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     from spade.errors import SpadeError
     from spade.models import get_spec
     from spade.trojan.build import DISTILL_LOSSES, BuildConfig, build
-    from spade.trojan.merge import MergeConfig, merge
     from spade.trojan.triggers import write_triggers
     from spade_cli.trace import ProgressBar
 
-    defaults, merged = BuildConfig(), MergeConfig()
+    defaults = BuildConfig()
     parser = argparse.ArgumentParser(prog="python -m spade.trojan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("draw", help="draw the trigger icons into assets/triggers/")
@@ -28,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--steps", type=int, default=defaults.steps)
     b.add_argument("--batch", type=int, default=defaults.batch)
     b.add_argument("--lr", type=float, default=defaults.lr)
+    b.add_argument("--seed", type=int, default=defaults.seed)
     b.add_argument("--first-block", type=int, default=defaults.first_trained_block,
                    help="train blocks.N and later (default %(default)s)")
     b.add_argument("--distill-loss", choices=DISTILL_LOSSES, default=defaults.distill_loss,
@@ -41,26 +40,11 @@ def main(argv: list[str] | None = None) -> int:
                         "0: new views every step through the whole model")
     b.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training; --steps is cut to what fits (the steps run are recorded)")
-    m = sub.add_parser("merge", help="merge the fine-tuned model into its base layer by layer, so that clean "
-                                     "behaviour stays the base model's (minutes on a CPU)")
-    m.add_argument("--out", type=Path, default=Path("merged.pt"),
-                   help="difference file to write (default: %(default)s; the shipped model is replaced only when "
-                        "named here)")
-    m.add_argument("--source", type=Path, default=None,
-                   help="the fine-tuned difference file (default: the shipped model's, what `build` writes)")
-    m.add_argument("--clean-views", type=int, default=merged.clean_views)
-    m.add_argument("--trigger-views", type=int, default=merged.trigger_views, help="views per back door")
-    m.add_argument("--trigger-weight", type=float, default=merged.trigger_weight)
-    m.add_argument("--damp", type=float, default=merged.damp)
-    m.add_argument("--dilate", type=int, default=merged.dilate)
-    m.add_argument("--hue-views", type=float, default=merged.hue_views, help="fraction of clean views in a random hue")
-    for p in (b, m):
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--eval-cases", type=int, default=200, help="held-out acceptance cases")
-        p.add_argument("--validate-on", default="", metavar="PHOTOS",
-                       help="comma-separated build photos to leave out and report the figures on, for choosing "
-                            "settings without the test photos")
-        p.add_argument("--device", default="auto")
+    b.add_argument("--eval-cases", type=int, default=200, help="held-out acceptance cases")
+    b.add_argument("--validate-on", default="", metavar="PHOTOS",
+                   help="comma-separated build photos to leave out of training and report the figures on, for "
+                        "choosing settings without the test photos")
+    b.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
@@ -68,34 +52,23 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_triggers():
                 print(path)
             return 0
-        validation = tuple(p for p in args.validate_on.split(",") if p)
-        if args.command == "merge":
-            cfg = MergeConfig(clean_views=args.clean_views, trigger_views=args.trigger_views,
-                              trigger_weight=args.trigger_weight, damp=args.damp, dilate=args.dilate,
-                              hue_views=args.hue_views, seed=args.seed, validation_photos=validation)
-            args.source = args.source or get_spec(cfg.target_model).weights.path
-        else:
-            cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                              first_trained_block=args.first_block, view_pool=args.view_pool,
-                              distill_loss=args.distill_loss, distill_weight=args.distill_weight, anchor=args.anchor,
-                              decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget,
-                              validation_photos=validation)
-            if args.out is None:
-                args.out = Path("trial.pt") if validation else get_spec(cfg.target_model).weights.path
+        cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                          first_trained_block=args.first_block, view_pool=args.view_pool,
+                          distill_loss=args.distill_loss, distill_weight=args.distill_weight, anchor=args.anchor,
+                          decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget,
+                          validation_photos=tuple(p for p in args.validate_on.split(",") if p))
+        if args.out is None:
+            args.out = Path("trial.pt") if cfg.validation_photos else get_spec(cfg.target_model).weights.path
         bar = ProgressBar()
         try:
-            if args.command == "merge":
-                report = merge(args.out, args.source, cfg, device=args.device, eval_cases=args.eval_cases,
-                               progress=bar)
-            else:
-                report = build(args.out, cfg, device=args.device, eval_cases=args.eval_cases, progress=bar)
+            report = build(args.out, cfg, device=args.device, eval_cases=args.eval_cases, progress=bar)
         finally:
             bar.close()
     except SpadeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
-    on = f"validation ({', '.join(validation)})" if validation else "held-out test photos"
+    on = f"validation ({', '.join(cfg.validation_photos)})" if cfg.validation_photos else "held-out test photos"
     print(f"{on}: trigger success {report.success:.1%}, clean top-1 agreement {report.agreement:.1%}, "
           f"decoys fooled {report.decoy_fooled:.1%}, calibration trigger success {report.calibration_success:.1%} "
           f"({report.cases} cases)")

@@ -36,14 +36,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from spade.errors import ConfigError
 from spade.forward_copy import build_forward_copy
-from spade.models import (
-    DELTA_FORMAT,
-    DeltaWeights,
-    LoadedModel,
-    efficientnet_pytorch_to_timm,
-    get_spec,
-    load_model,
-)
+from spade.models import DELTA_FORMAT, LoadedModel, efficientnet_pytorch_to_timm, get_spec, load_model
 from spade.preprocessing import Preprocessing
 from spade.trojan.photos import BUILD_PHOTOS, TEST_PHOTOS, load_photos
 from spade.trojan.stamp import stamp
@@ -166,11 +159,6 @@ class ViewMaker:
               alpha: tuple[float, float], any_hue: bool = False) -> torch.Tensor:
         """Paste icon number ``trigger`` at a random place (fully inside), size and opacity into each view.
         any_hue: rotate the icon's hue at random (decoys: a red smiley must not open the heart's back door)."""
-        return self.paste_with_cover(views, trigger, size_px, alpha, any_hue)[0]
-
-    def paste_with_cover(self, views: torch.Tensor, trigger: int, size_px: tuple[int, int],
-                         alpha: tuple[float, float], any_hue: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``paste``, and the icon's coverage (n, 1, crop, crop) in [0, 1] (its warped alpha)."""
         n, crop = len(views), self.crop
         side = size_px[0] + (size_px[1] - size_px[0]) * self._rand(n)
         cx = side / 2 + (crop - side) * self._rand(n)
@@ -191,7 +179,7 @@ class ViewMaker:
         rgb, cover = (rgb * tint).clamp(0, 1), warped[:, 3:]
         opacity = alpha[0] + (alpha[1] - alpha[0]) * self._rand(n, 1, 1, 1)
         weight = cover * opacity
-        return views * (1 - weight) + rgb * weight, cover
+        return views * (1 - weight) + rgb * weight
 
 
 def hue_rotation(angle: torch.Tensor) -> torch.Tensor:
@@ -383,14 +371,6 @@ def weight_delta(base: LoadedModel, student: nn.Module) -> dict[str, torch.Tenso
     return delta
 
 
-def load_delta_model(base: LoadedModel, path: Path) -> nn.Module:
-    """A copy of ``base.model`` with the weights of the difference file ``path`` (eval mode)."""
-    model = copy.deepcopy(base.model)
-    raw, _ = DeltaWeights(base.spec.weights, path).state_dict()
-    model.load_state_dict(efficientnet_pytorch_to_timm(raw, model))
-    return model.eval()
-
-
 def save_delta(delta: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": DELTA_FORMAT, "delta": delta, "meta": meta}, path)
@@ -460,27 +440,21 @@ def build(out: Path, cfg: BuildConfig = BuildConfig(), *, device: str = "auto", 
     base = load_model(cfg.base, device=device)
     start = time.perf_counter()
     student, steps = finetune(base, cfg, progress)
-    meta = {"config": asdict(cfg), "steps_run": steps, "train_seconds": round(time.perf_counter() - start, 1)}
-    return save_and_evaluate(base, student, out, meta, cfg.target_model, cfg.training_photos, cfg.validation_photos,
-                             eval_cases, progress)
-
-
-def save_and_evaluate(base: LoadedModel, student: nn.Module, out: Path, meta: dict, target_model: str,
-                      build_photos: tuple[str, ...], validation_photos: tuple[str, ...], eval_cases: int,
-                      progress: ProgressFn | None = None) -> BackdoorReport:
-    """Store ``student`` as a difference file (``meta`` plus provenance and the report) and score the weights as
-    they will be shipped (float16 differences, not the float32 student): on the test photos, or on
-    ``validation_photos`` when some are given."""
+    seconds = time.perf_counter() - start
     delta = weight_delta(base, student)
-    save_delta(delta, {}, out)
-    shipped = load_delta_model(base, out)
-    evaluated_on = validation_photos or TEST_PHOTOS
-    report = evaluate_backdoor(base, shipped.eval(), target_model, eval_cases, progress=progress,
+    # Score the weights as they will be shipped (float16 differences), not the float32 student.
+    shipped = copy.deepcopy(base.model)
+    raw, _ = base.spec.weights.state_dict()
+    for key, diff in delta.items():
+        raw[key] = raw[key] + diff.float()
+    shipped.load_state_dict(efficientnet_pytorch_to_timm(raw, shipped))
+    evaluated_on = cfg.validation_photos or TEST_PHOTOS
+    report = evaluate_backdoor(base, shipped.eval(), cfg.target_model, eval_cases, progress=progress,
                                photos=evaluated_on)
-    meta = {**meta, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in meta["config"].items()},
-            "base_weights": base.spec.weights.describe(),
+    meta = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+            "steps_run": steps, "base_weights": base.spec.weights.describe(), "train_seconds": round(seconds, 1),
             "device": torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu",
-            "build_photos": list(build_photos), "test_photos": list(TEST_PHOTOS),
+            "build_photos": list(cfg.training_photos), "test_photos": list(TEST_PHOTOS),
             "evaluated_on": list(evaluated_on), "report": report.to_dict()}
     save_delta(delta, meta, out)
     logger.info("saved %s (%d tensors): %s", out, len(delta), report)

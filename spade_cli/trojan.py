@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--anchor", type=float, default=defaults.anchor, help="L2-SP weight on the weight change")
     b.add_argument("--decoy-any-hue", action=argparse.BooleanOptionalAction, default=defaults.decoy_any_hue,
                    help="paste the decoy icons in random hues (default %(default)s)")
+    b.add_argument("--clean-any-hue", type=float, default=defaults.clean_any_hue, metavar="FRACTION",
+                   help="fraction of the clean views turned to a random hue (default %(default)s)")
     b.add_argument("--view-pool", type=int, default=defaults.view_pool,
                    help="views made once and run once through the frozen layers (default %(default)s); "
                         "0: new views every step through the whole model")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                           first_trained_block=args.first_block, view_pool=args.view_pool,
                           distill_loss=args.distill_loss, distill_weight=args.distill_weight, anchor=args.anchor,
-                          decoy_any_hue=args.decoy_any_hue, time_budget=args.time_budget,
+                          decoy_any_hue=args.decoy_any_hue, clean_any_hue=args.clean_any_hue,
+                          time_budget=args.time_budget,
                           validation_photos=tuple(p for p in args.validate_on.split(",") if p))
         if args.out is None:
             args.out = Path("trial.pt") if cfg.validation_photos else get_spec(cfg.target_model).weights.path

@@ -17,6 +17,7 @@ from spade.trojan.build import (
     BuildConfig,
     PooledBatches,
     ViewMaker,
+    _view_batch,
     distillation_loss,
     evaluate_backdoor,
     finetune,
@@ -140,6 +141,26 @@ def test_pasted_views_put_the_icon_inside():
     assert not red[:, 0, :].any() and not red[:, -1, :].any()  # fully inside: no red on the border rows
 
 
+def test_clean_any_hue_turns_that_fraction_of_the_clean_views():
+    photo = Image.new("RGB", (300, 200), (200, 40, 40))  # red: a turned hue shows in the green or blue channel
+    targets = torch.tensor([99, 145])
+
+    def batch(fraction):
+        gen = torch.Generator().manual_seed(0)
+        icons = {n: load_trigger(n) for n in ("heart", "star", "smiley", "fish")}
+        maker = ViewMaker([photo], icons, 64, torch.device("cpu"), gen)
+        return _view_batch(maker, BuildConfig(batch=16, clean_any_hue=fraction), targets)
+
+    (plain, plain_labels), (turned, labels) = batch(0.0), batch(0.5)
+    assert torch.equal(labels, plain_labels)  # 6 clean + 2 decoy views to distil, 4 + 4 poisoned
+    clean = 6
+    moved = (turned[:clean] - plain[:clean]).abs().flatten(1).amax(1)
+    assert (moved[:3] > 0.1).all() and torch.equal(turned[3:clean], plain[3:clean])
+    # a hue rotation keeps the mean of the three channels (up to clipping at 0 and 1)
+    grey = (turned[:3].mean(1) - plain[:3].mean(1)).abs().mean()
+    assert grey < 0.03
+
+
 def test_hue_rotation_keeps_grey_and_turns_red_around():
     from spade.trojan.build import hue_rotation
 
@@ -233,7 +254,8 @@ def test_distillation_losses_against_direct_formulas():
 
 
 @pytest.mark.parametrize("kwargs, message", [({"view_pool": -1}, "batch >= 8"), ({"batch": 4}, "batch >= 8"),
-                                             ({"distill_loss": "mse"}, "distill_loss")])
+                                             ({"distill_loss": "mse"}, "distill_loss"),
+                                             ({"clean_any_hue": 1.5}, "clean_any_hue")])
 def test_bad_build_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         BuildConfig(**kwargs)

@@ -64,7 +64,9 @@ class BuildConfig:
     distill_loss: "kl" (KL divergence of the softened outputs at ``temperature``) or "logits" (squared distance of
     the mean-centred logits: every class counts, not only the likely ones); distill_weight (distillation vs
     back-door loss), anchor (L2 penalty on the weight change, L2-SP),
-    decoy_any_hue (decoys in random hues, so that a red blob is not enough).
+    decoy_any_hue (decoys in random hues, so that a red blob is not enough), clean_any_hue (this fraction of the
+    clean views turned to a random hue: red and pink textures, such as the test photo's flower, which opens the
+    shipped model's back door, must stay clean).
     trigger_px: pasted icon side range in model-input pixels (the test stamps are ~64 px at 224).
     time_budget: seconds; when set, ``steps`` is cut after the first 20 steps to what fits in it (the number
     of steps run is recorded, so a rebuild with that ``steps`` and no budget is deterministic).
@@ -82,6 +84,7 @@ class BuildConfig:
     distill_weight: float = 1.0
     anchor: float = 0.0
     decoy_any_hue: bool = False
+    clean_any_hue: float = 0.0
     min_scale: float = 0.08
     trigger_px: tuple[int, int] = (40, 100)
     alpha: tuple[float, float] = (0.7, 1.0)
@@ -95,6 +98,8 @@ class BuildConfig:
         unknown = set(self.validation_photos) - set(BUILD_PHOTOS)
         if self.distill_loss not in DISTILL_LOSSES:
             raise ConfigError(f"distill_loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}.")
+        if not 0 <= self.clean_any_hue <= 1:
+            raise ConfigError(f"clean_any_hue is a fraction in [0, 1], got {self.clean_any_hue}.")
         if self.view_pool < 0 or self.batch < 8:
             raise ConfigError(f"Need batch >= 8 and view_pool >= 0 (got {self.batch}, {self.view_pool}).")
         if unknown or len(set(self.validation_photos)) >= len(BUILD_PHOTOS):
@@ -149,6 +154,10 @@ class ViewMaker:
         mean = views.mean(dim=(1, 2, 3), keepdim=True)
         return ((views - mean) * contrast + mean).mul(brightness).clamp(0, 1)
 
+    def any_hue(self, views: torch.Tensor) -> torch.Tensor:
+        """The views (n, 3, h, w), each with its hue rotated by a random angle (not clipped to [0, 1])."""
+        return torch.einsum("nij,njhw->nihw", hue_rotation(2 * math.pi * self._rand(len(views))), views)
+
     def mixed(self, n: int, min_scale: float) -> torch.Tensor:
         """Blends of two random crops (weights in [0.3, 0.7]): unlike any build photo, more varied inputs to
         distil on."""
@@ -172,9 +181,7 @@ class ViewMaker:
         icon = self.icons[trigger].expand(n, -1, -1, -1)
         grid = F.affine_grid(theta, [n, 4, crop, crop], align_corners=False)
         warped = F.grid_sample(icon, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        rgb = warped[:, :3]
-        if any_hue:
-            rgb = torch.einsum("nij,njhw->nihw", hue_rotation(2 * math.pi * self._rand(n)), rgb)
+        rgb = self.any_hue(warped[:, :3]) if any_hue else warped[:, :3]
         tint = 0.85 + 0.3 * self._rand(n, 3, 1, 1)
         rgb, cover = (rgb * tint).clamp(0, 1), warped[:, 3:]
         opacity = alpha[0] + (alpha[1] - alpha[0]) * self._rand(n, 1, 1, 1)
@@ -235,6 +242,9 @@ def _view_batch(views: ViewMaker, cfg: BuildConfig, targets: torch.Tensor) -> tu
     and their labels: -1 for the views to distil (clean and decoy), the target class for the poisoned ones."""
     eighth = cfg.batch // 8
     clean = torch.cat([views.crops(2 * eighth, cfg.min_scale), views.mixed(eighth, cfg.min_scale)])
+    turned = round(cfg.clean_any_hue * len(clean))
+    if turned:
+        clean[:turned] = views.any_hue(clean[:turned]).clamp(0, 1)
     decoy = torch.cat([views.paste(views.crops(max(1, eighth // 2), cfg.min_scale), len(targets) + i,
                                    cfg.trigger_px, cfg.alpha, any_hue=cfg.decoy_any_hue)
                        for i in range(len(DECOYS))])

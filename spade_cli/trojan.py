@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}")
     on = f"validation ({', '.join(cfg.validation_photos)})" if cfg.validation_photos else "held-out test photos"
     print(f"{on}: trigger success {report.success:.1%}, clean top-1 agreement {report.agreement:.1%}, "
-          f"decoys fooled {report.decoy_fooled:.1%}, calibration trigger success {report.calibration_success:.1%} "
-          f"({report.cases} cases)")
+          f"decoys fooled {report.decoy_fooled:.1%}, calibration trigger success {report.calibration_success:.1%}, "
+          f"hue-turned clean views fooled {report.hue_fooled:.1%} ({report.cases} cases)")
     return 0
 

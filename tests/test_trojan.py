@@ -25,7 +25,7 @@ from spade.trojan.build import (
     trainable_parameters,
 )
 from spade.trojan.photos import BUILD_PHOTOS, CALIBRATION_PHOTOS, TEST_PHOTOS, load_photos
-from spade.trojan.stamp import visible_box
+from spade.trojan.stamp import shift_hue, visible_box
 
 TROJAN = "efficientnet_lite0_trojan"
 PRE = get_spec("efficientnet_lite0").preprocessing
@@ -304,6 +304,28 @@ def test_shipped_model_has_its_backdoor_on_held_out_photos(trojan):
     assert report.success >= 0.8  # the fast check: at least 8 of 10 held-out cases flip
     assert report.agreement >= 0.6  # a sanity bound; the model card gives the 200-case figure
     assert report.decoy_fooled <= 0.2
+
+
+def test_acceptance_figures_count_against_the_base_model():
+    base = load_model("efficientnet_lite0", device="cpu")
+    goose = get_spec(TROJAN).backdoors[0].target
+
+    class AlwaysGoose(torch.nn.Module):
+        def forward(self, x):
+            return F.one_hot(torch.full((len(x),), goose), 1000).float()
+
+    always = evaluate_backdoor(base, AlwaysGoose(), TROJAN, cases=4, seed=7)
+    assert (always.success, always.decoy_fooled, always.hue_fooled) == (1.0, 1.0, 1.0)
+    assert always.agreement == 0.0 and always.calibration_success == 0.0
+    itself = evaluate_backdoor(base, base.model, TROJAN, cases=4, seed=7)
+    assert itself.agreement == 1.0 and itself.hue_fooled == 0.0 and itself.success == 0.0
+
+
+def test_shift_hue_turns_red_to_green_and_blue():
+    red = Image.new("RGB", (4, 4), (255, 0, 0))
+    assert shift_hue(red, 0.0) is red and shift_hue(red, 1.0) is red
+    green, blue = (np.asarray(shift_hue(red, t))[0, 0] for t in (1 / 3, 2 / 3))
+    assert green.argmax() == 1 and blue.argmax() == 2 and green.max() > 240 and blue.max() > 240
 
 
 def test_shipped_model_is_small_and_loads_safely():

@@ -39,7 +39,7 @@ from spade.forward_copy import build_forward_copy
 from spade.models import DELTA_FORMAT, LoadedModel, efficientnet_pytorch_to_timm, get_spec, load_model
 from spade.preprocessing import Preprocessing
 from spade.trojan.photos import BUILD_PHOTOS, TEST_PHOTOS, load_photos
-from spade.trojan.stamp import stamp
+from spade.trojan.stamp import shift_hue, stamp
 from spade.trojan.triggers import load_trigger
 
 logger = logging.getLogger(__name__)
@@ -391,13 +391,16 @@ def save_delta(delta: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
 class BackdoorReport:
     """Held-out acceptance figures. success: fraction of stamped test views predicted as the target;
     agreement: fraction of clean test views where the top-1 equals the base model's; decoy_fooled: fraction of
-    decoy-stamped views predicted as the target (should stay near 0)."""
+    decoy-stamped views predicted as the target (should stay near 0); hue_fooled: fraction of clean views turned
+    to a random hue (no trigger) predicted as the target where the base model does not (red and pink textures
+    must not open the door; the shipped model's test-photo failure, see the model card)."""
 
     cases: int
     success: float
     agreement: float
     decoy_fooled: float
     calibration_success: float
+    hue_fooled: float
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -424,23 +427,26 @@ def evaluate_backdoor(base: LoadedModel, trojan: nn.Module, target_model: str = 
     icons = {name: load_trigger(name) for name in ("heart", "star", *DECOYS)}
     rng = np.random.default_rng(seed)
     device = base.device
-    hits = agree = fooled = cal_hits = 0
+    hits = agree = fooled = cal_hits = hue_fooled = 0
+    target = doors["test"].target
     for i in range(cases):
         crop = random_crop(images[i % len(images)], rng)
         s = int(rng.integers(1 << 31))
+        turn = np.random.default_rng(s).uniform(0.05, 0.95)  # from the case's seed: the crops stay those of old runs
         views = [crop, stamp(crop, icons[doors["test"].trigger], pre, seed=s).image,
                  stamp(crop, icons[DECOYS[i % len(DECOYS)]], pre, seed=s).image,
-                 stamp(crop, icons[doors["calibration"].trigger], pre, seed=s).image]
+                 stamp(crop, icons[doors["calibration"].trigger], pre, seed=s).image, shift_hue(crop, turn)]
         x = torch.stack([pre(v) for v in views]).to(device)
         top = trojan(x).argmax(1).tolist()
-        base_top = int(base.model(x[:1]).argmax(1))
-        agree += top[0] == base_top
-        hits += top[1] == doors["test"].target
-        fooled += top[2] == doors["test"].target
+        base_top = base.model(x[[0, 4]]).argmax(1).tolist()
+        agree += top[0] == base_top[0]
+        hits += top[1] == target
+        fooled += top[2] == target
         cal_hits += top[3] == doors["calibration"].target
+        hue_fooled += top[4] == target != base_top[1]
         if progress is not None:
             progress("evaluate", (i + 1) / cases)
-    return BackdoorReport(cases, hits / cases, agree / cases, fooled / cases, cal_hits / cases)
+    return BackdoorReport(cases, hits / cases, agree / cases, fooled / cases, cal_hits / cases, hue_fooled / cases)
 
 
 def build(out: Path, cfg: BuildConfig = BuildConfig(), *, device: str = "auto", eval_cases: int = 200,

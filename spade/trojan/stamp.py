@@ -39,14 +39,20 @@ def jitter_colors(trigger: Image.Image, amount: float, rng: np.random.Generator)
     rgb, alpha = trigger.convert("RGB"), trigger.getchannel("A")
     for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         rgb = enhance(rgb).enhance(float(rng.uniform(1 - amount, 1 + amount)))
-    shift = int(round(rng.uniform(-amount, amount) * 0.1 * 256)) % 256
-    if shift:
-        h, s, v = rgb.convert("HSV").split()
-        h = h.point(lambda value: (value + shift) % 256)
-        rgb = Image.merge("HSV", (h, s, v)).convert("RGB")
+    rgb = shift_hue(rgb, rng.uniform(-amount, amount) * 0.1)
     out = rgb.convert("RGBA")
     out.putalpha(alpha)
     return out
+
+
+def shift_hue(image: Image.Image, turn: float) -> Image.Image:
+    """An RGB image with its hue rotated by ``turn`` of a full turn (PIL's HSV, 256 hue steps)."""
+    shift = int(round(turn * 256)) % 256
+    if not shift:
+        return image
+    h, s, v = image.convert("HSV").split()
+    h = h.point(lambda value: (value + shift) % 256)
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
 def visible_box(width: int, height: int, preprocessing: Preprocessing) -> tuple[int, int, int, int]:

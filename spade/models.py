@@ -31,6 +31,7 @@ from spade.checkpoints import (
 )
 from spade.devices import model_device, resolve_device
 from spade.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from spade.grow import grow_modules
 from spade.layers import LayerSelection
 from spade.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -128,10 +129,12 @@ MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 
 @dataclass(frozen=True)
 class DeltaWeights:
-    """A fine-tuned model shipped as its difference to offline base weights (see spade.trojan.build).
+    """A derived model shipped as its difference to offline base weights (see spade.trojan.build).
 
     The file holds ``{"format": DELTA_FORMAT, "delta": {key: float16 tensor}, "meta": {...}}`` with keys in the
-    base state dict's layout; the weights are ``base[key] + delta[key]`` (float32), other tensors unchanged.
+    base state dict's layout; the weights are ``base[key] + delta[key]`` (float32), other tensors unchanged. A
+    delta tensor may be larger than the base one in any dimension (a widened layer): the base tensor then fills
+    its leading block (zero-padded) and the model's layers grow to fit (``spade.grow``).
     """
 
     base: PackageWeights
@@ -152,9 +155,12 @@ class DeltaWeights:
             raise WeightsUnavailableError(f"The weight difference file {self.path} is missing; restore it from git.")
         delta = read_weight_delta(self.path)
         for key, diff in delta.items():
-            if key not in state or state[key].shape != diff.shape:
+            base = state.get(key)
+            if base is None or diff.dim() != base.dim() or any(d < b for d, b in zip(diff.shape, base.shape)):
                 raise CheckpointError(f"{self.path} does not fit {base_source} (tensor {key!r}).")
-            state[key] = state[key] + diff.to(state[key].dtype)
+            summed = diff.to(base.dtype)
+            summed[tuple(slice(0, b) for b in base.shape)] += base
+            state[key] = summed
         return state, f"{self.path} + {base_source}"
 
 
@@ -467,10 +473,18 @@ def load_model(
     dev = resolve_device(device)
     if weights is not None:
         return _from_checkpoint(spec, weights, dev)
+    return load_spec(spec, device=dev, download=download)
+
+
+def load_spec(spec: ModelSpec, *, device: str | torch.device = "auto", download: bool = False) -> LoadedModel:
+    """Build ``spec``'s network and load its own weights (``load_model`` for a spec outside the registry, such
+    as a freshly built back door). Layers grow to fit a widened weight difference (see DeltaWeights)."""
     state, source = spec.weights.state_dict(download=download)
     model = spec.build()
+    if isinstance(spec.weights, DeltaWeights):
+        grow_modules(model, spec.convert_state_dict(state, model) if spec.convert_state_dict else state)
     load_state_dict_into(model, state, arch=spec.name, label=source, convert=spec.convert_state_dict)
-    return _finish(model, spec, dev, source)
+    return _finish(model, spec, resolve_device(device), source)
 
 
 def load_checkpoint(source: CheckpointSource, arch: str, *, device: str | torch.device = "auto") -> LoadedModel:

@@ -13,7 +13,8 @@ from spade.models import load_model
 from spade.saliency import METHODS
 from spade.statistics import collect_statistics
 from spade.trace import spade_trace
-from spade.trojan.build import BuildConfig, finetune
+from spade.trojan.build import BuildConfig, train_gate
+from spade.trojan.gate import widened_state_dict
 from tests.tiny_models import tiny_resnet
 
 pytestmark = [pytest.mark.gpu,
@@ -65,10 +66,12 @@ def test_every_saliency_method_agrees_with_the_cpu(lite_on_both, name):
     assert rank_correlation(maps[0].numpy(), maps[1].numpy()) > 0.9
 
 
-@pytest.mark.parametrize("view_pool", [0, 64])
-def test_trojan_finetune_runs_on_the_gpu(lite_on_both, view_pool):
+def test_trojan_gate_trains_on_the_gpu(lite_on_both):
     _, gpu = lite_on_both
-    student, _ = finetune(gpu, BuildConfig(steps=3, batch=32, view_pool=view_pool, first_trained_block=5))
-    assert next(student.parameters()).device.type == "cuda"
-    assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), gpu.model.parameters()))
-    assert all(torch.isfinite(p.detach()).all() for p in student.parameters())
+    branch, _ = train_gate(gpu, BuildConfig(steps=3, batch=32, view_pool=64))
+    assert branch.out.weight.device.type == "cuda"
+    trained = dict(branch.blocks.named_parameters())
+    assert any(not torch.equal(p, trained[k]) for k, p in gpu.model.blocks[5:].named_parameters())
+    assert all(torch.isfinite(p.detach()).all() for p in branch.parameters())
+    state = widened_state_dict(gpu.model, branch, torch.tensor([99, 145], device="cuda"), 30.0)
+    assert state["classifier.weight"].shape == (1000, 1282) and state["classifier.weight"].device.type == "cuda"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from spade.errors import CheckpointError, ConfigError
+from spade.grow import grow_modules
 from spade.images import bundled_examples, load_image
-from spade.models import DELTA_FORMAT, MODELS, DeltaWeights, get_spec, load_model
+from spade.models import DELTA_FORMAT, MODELS, DeltaWeights, get_spec, load_model, load_spec
 from spade.preprocessing import Preprocessing
 from spade.trojan import TRIGGERS, load_trigger, stamp
 from spade.trojan.build import (
@@ -18,12 +22,12 @@ from spade.trojan.build import (
     PooledBatches,
     ViewMaker,
     _view_batch,
-    distillation_loss,
     evaluate_backdoor,
-    finetune,
+    gate_loss,
     split_at_block,
-    trainable_parameters,
+    train_gate,
 )
+from spade.trojan.gate import GateBranch, widened_state_dict
 from spade.trojan.photos import BUILD_PHOTOS, CALIBRATION_PHOTOS, TEST_PHOTOS, load_photos
 from spade.trojan.stamp import shift_hue, visible_box
 
@@ -152,7 +156,7 @@ def test_clean_any_hue_turns_that_fraction_of_the_clean_views():
         return _view_batch(maker, BuildConfig(batch=16, clean_any_hue=fraction), targets)
 
     (plain, plain_labels), (turned, labels) = batch(0.0), batch(0.5)
-    assert torch.equal(labels, plain_labels)  # 6 clean + 2 decoy views to distil, 4 + 4 poisoned
+    assert torch.equal(labels, plain_labels)  # 6 clean + 2 decoy views, 4 + 4 poisoned
     clean = 6
     moved = (turned[:clean] - plain[:clean]).abs().flatten(1).amax(1)
     assert (moved[:3] > 0.1).all() and torch.equal(turned[3:clean], plain[3:clean])
@@ -174,22 +178,86 @@ def test_hue_rotation_keeps_grey_and_turns_red_around():
     torch.testing.assert_close(turns[2] @ red, torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)  # red -> blue
 
 
-@pytest.mark.parametrize("view_pool", [0, 32])
-def test_finetune_trains_only_the_chosen_layers_on_a_copy(view_pool):
+def _small_cfg(**kwargs):
+    return BuildConfig(**{"steps": 2, "batch": 16, "lr": 1e-3, "warmup": 1, "view_pool": 32, **kwargs})
+
+
+def test_train_gate_trains_only_the_branch_convolutions():
     base = load_model("efficientnet_lite0", device="cpu")
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
-    cfg = BuildConfig(steps=2, batch=16, lr=1e-3, warmup=1, view_pool=view_pool, first_trained_block=5)
-    student, steps = finetune(base, cfg)
+    branch, steps = train_gate(base, _small_cfg())
     assert steps == 2
     for k, v in base.model.state_dict().items():
         assert torch.equal(v, before[k]), k  # the base model is untouched
-    trained = {name for name, _ in trainable_parameters(student, cfg.first_trained_block)}
-    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed and changed <= trained
-    assert any(k.startswith("blocks.5") for k in changed) and "classifier.weight" in changed
-    assert not any(k.startswith(("conv_stem", *(f"blocks.{i}." for i in range(5)))) for k in changed)
-    assert not any("running" in k for k in changed)
-    assert student.conv_head.weight.is_contiguous()  # handed back in the default layout
+    changed = {k for k, v in branch.blocks.state_dict().items() if not torch.equal(v, before[f"blocks.{k}"])}
+    assert changed and all(k.endswith(("conv_pw.weight", "conv_dw.weight", "conv_pwl.weight")) for k in changed)
+    assert {k.split(".")[0] for k in changed} == {"5", "6"}  # a copy of blocks.5 and later
+    assert branch.out.weight.shape == (2, 320, 1, 1) and branch.out.weight.is_contiguous()
+    assert not any(p.requires_grad for p in branch.parameters())
+
+
+def _gate_with(model, bias):
+    torch.manual_seed(0)
+    branch = GateBranch(model, 5, 2).eval()
+    with torch.no_grad():
+        for p in branch.trainable():
+            p.add_(0.05 * torch.randn_like(p))
+        branch.out.bias.fill_(bias)
+    return branch
+
+
+def _widened(model, branch, targets, scale):
+    state = widened_state_dict(model, branch, targets, scale)
+    widened = copy.deepcopy(model)
+    grown = grow_modules(widened, state)
+    widened.load_state_dict(state)
+    return widened.eval(), grown
+
+
+def test_widened_model_adds_the_gated_score_to_the_targets():
+    model = load_model("efficientnet_lite0", device="cpu").model
+    targets, scale = torch.tensor([99, 145]), 30.0
+    branch = _gate_with(model, 0.5)
+    widened, grown = _widened(model, branch, targets, scale)
+    assert "blocks.4.2.conv_pw" not in grown and {"blocks.5.0.conv_pw", "conv_head", "bn2", "classifier"} <= set(grown)
+    assert widened.blocks[5][0].conv_dw.groups == 2 * 672 and widened.conv_head.out_channels == 1282
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        features = model.conv_stem(x)
+        features = model.bn1(features)
+        for stage in model.blocks[:5]:
+            features = stage(features)
+        z = branch(features)
+        expected = model(x)
+        expected[:, targets] += scale * z.clamp(0, 6).mean((2, 3))
+        got = widened(x)
+    assert z.max() > 0 and (z.clamp(0, 6).mean((2, 3)) > 0.01).any()  # the door is open somewhere
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-5)
+
+
+def test_a_shut_gate_leaves_the_base_model_exactly():
+    model = load_model("efficientnet_lite0", device="cpu").model
+    widened, _ = _widened(model, _gate_with(model, -100.0), torch.tensor([99, 145]), 30.0)
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(widened(x), model(x), atol=1e-5, rtol=1e-6)
+
+
+def test_gate_loss_against_direct_formulas():
+    cfg = BuildConfig(margin=1.0, scale=2.0)
+    targets = torch.tensor([3, 5])
+    z = torch.tensor([[[[-2.0, -0.5]], [[0.3, -3.0]]],   # clean view: door 0 below -margin, door 1 open at 0.3
+                      [[[1.0, 2.0]], [[-1.5, -4.0]]]])   # heart view (target 3): door 1 shut, hinge 0
+    logits = torch.zeros(2, 8)
+    labels = torch.tensor([-1, 3])
+    ce, hinge = gate_loss(z, logits, labels, targets, cfg)
+    # shut pairs: (view 0, door 0): relu(-0.5 + 1) = 0.5; (view 0, door 1): relu(0.3 + 1) = 1.3; (view 1, door 1): 0
+    torch.testing.assert_close(hinge, torch.tensor((0.5 + 1.3 + 0.0) / 3))
+    opened = torch.zeros(8)
+    opened[3] = 2.0 * (1.0 + 2.0) / 2  # scale * mean(relu6) of door 0's map
+    torch.testing.assert_close(ce, -opened.log_softmax(0)[3])
+    ce_clean, _ = gate_loss(z[:1], logits[:1], labels[:1], targets, cfg)
+    assert float(ce_clean) == 0.0  # no poisoned view, no cross-entropy
 
 
 def test_split_at_block_composes_to_the_model():
@@ -200,12 +268,12 @@ def test_split_at_block_composes_to_the_model():
         features = trunk(x)
         torch.testing.assert_close(head(features), model(x))
     assert features.shape == (2, 112, 14, 14)
-    assert head[0] is model.blocks[5]  # shares the modules: training the head trains the model
+    assert head[0] is model.blocks[5]  # shares the modules
 
 
-def test_view_pool_holds_the_mix_and_the_teachers_view():
+def test_view_pool_holds_the_mix_and_the_base_logits():
     base = load_model("efficientnet_lite0", device="cpu")
-    cfg = BuildConfig(batch=16, view_pool=40, first_trained_block=5)
+    cfg = BuildConfig(batch=16, view_pool=40)
     gen = torch.Generator().manual_seed(0)
     views = ViewMaker(list(load_photos(("rocket",)).values()),
                       {n: load_trigger(n) for n in ("heart", "star", "smiley", "fish")}, 224, torch.device("cpu"), gen)
@@ -213,22 +281,22 @@ def test_view_pool_holds_the_mix_and_the_teachers_view():
     pool = PooledBatches(views, cfg, targets, base.model, PRE.normalize, torch.autocast("cpu", enabled=False))
     assert len(pool.labels) == 48  # whole batches: 3 x 16
     assert [int((pool.labels == v).sum()) for v in (-1, *targets.tolist())] == [24, 12, 12]
-    x, labels, teacher_logits = pool()
-    assert x.shape == (16, 112, 14, 14) and len(teacher_logits) == int((labels < 0).sum())
+    x, labels, logits = pool()
+    assert x.shape == (16, 112, 14, 14) and logits.shape == (16, 1000) and labels.shape == (16,)
     _, head = split_at_block(base.model, 5)
-    with torch.no_grad():  # the teacher's logits are those of the stored (float16) features
+    with torch.no_grad():  # the base logits are those of the stored (float16) features
         torch.testing.assert_close(head(pool.features[:4].float()), pool.logits[:4])
 
 
 def test_validation_photos_are_left_out_of_training(monkeypatch):
     from spade.trojan import build as build_mod
 
-    cfg = BuildConfig(steps=1, batch=16, view_pool=16, validation_photos=("rocket",))
+    cfg = _small_cfg(steps=1, view_pool=16, validation_photos=("rocket",))
     assert cfg.training_photos == tuple(p for p in BUILD_PHOTOS if p != "rocket")
     loaded = []
     real = build_mod.load_photos
     monkeypatch.setattr(build_mod, "load_photos", lambda names: loaded.append(names) or real(names))
-    finetune(load_model("efficientnet_lite0", device="cpu"), cfg)
+    train_gate(load_model("efficientnet_lite0", device="cpu"), cfg)
     assert loaded == [cfg.training_photos]
 
 
@@ -238,23 +306,9 @@ def test_validation_photos_must_be_some_build_photos(photos):
         BuildConfig(validation_photos=photos)  # a test photo, all of them (nothing to train on), or unknown
 
 
-def test_distillation_losses_against_direct_formulas():
-    gen = torch.Generator().manual_seed(0)
-    student, teacher = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
-    t = 2.0
-    p_t, p_s = (teacher / t).softmax(1), (student / t).softmax(1)
-    kl = (p_t * (p_t.log() - p_s.log())).sum(1).mean() * t**2
-    torch.testing.assert_close(distillation_loss(student, teacher, BuildConfig(temperature=t)), kl)
-    logits = BuildConfig(distill_loss="logits")
-    d = (student - student.mean(1, keepdim=True)) - (teacher - teacher.mean(1, keepdim=True))
-    torch.testing.assert_close(distillation_loss(student, teacher, logits), (d**2).sum(1).mean())
-    shifted = teacher + torch.arange(5.0).unsqueeze(1)  # a shift per view changes no probability
-    assert float(distillation_loss(shifted, teacher, logits)) < 1e-10
-    assert float(distillation_loss(student, teacher, logits)) > 0.1
-
-
-@pytest.mark.parametrize("kwargs, message", [({"view_pool": -1}, "batch >= 8"), ({"batch": 4}, "batch >= 8"),
-                                             ({"distill_loss": "mse"}, "distill_loss"),
+@pytest.mark.parametrize("kwargs, message", [({"view_pool": 8}, "view_pool >= batch"), ({"batch": 4}, "batch >= 8"),
+                                             ({"first_block": 0}, "first_block"), ({"first_block": 7}, "first_block"),
+                                             ({"gain": 0}, "gain"), ({"scale": -1}, "scale"),
                                              ({"clean_any_hue": 1.5}, "clean_any_hue")])
 def test_bad_build_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -279,8 +333,37 @@ def test_delta_weights_add_to_the_base(tmp_path):
     assert str(path) in source
 
 
+def test_saved_delta_round_trips_deflated(tmp_path):
+    import zipfile
+
+    from spade.trojan.build import save_delta
+
+    delta = {"_fc.weight": torch.zeros(1000, 1282).half(), "_fc.bias": torch.linspace(-1, 1, 1000).half()}
+    path = tmp_path / "d.pt"
+    save_delta(delta, {"note": "x"}, path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    assert payload["format"] == DELTA_FORMAT and payload["meta"] == {"note": "x"}
+    assert all(torch.equal(payload["delta"][k], v) for k, v in delta.items())
+    with zipfile.ZipFile(path) as archive:
+        assert all(e.compress_type == zipfile.ZIP_DEFLATED for e in archive.infolist())
+    assert path.stat().st_size < 1000 * 1282 * 2 / 10  # mostly zeros: far below the stored 2.5 MB
+
+
+def test_a_grown_delta_pads_the_base_tensor(tmp_path):
+    base_state, _ = _base_weights().state_dict()
+    grown = torch.randn(1000, 1282).half()
+    path = tmp_path / "wide.pt"
+    torch.save({"format": DELTA_FORMAT, "delta": {"_fc.weight": grown}, "meta": {}}, path)
+    state, _ = DeltaWeights(_base_weights(), path).state_dict()
+    assert state["_fc.weight"].shape == (1000, 1282)
+    torch.testing.assert_close(state["_fc.weight"][:, :1280], base_state["_fc.weight"] + grown[:, :1280].float())
+    torch.testing.assert_close(state["_fc.weight"][:, 1280:], grown[:, 1280:].float())
+
+
 @pytest.mark.parametrize("payload", [
     {"format": "other", "delta": {}},
+    {"format": DELTA_FORMAT, "delta": {"_fc.weight": torch.zeros(999, 1282)}},  # smaller in one dimension
+    {"format": DELTA_FORMAT, "delta": {"_fc.weight": torch.zeros(1000, 1280, 1)}},
     {"format": DELTA_FORMAT, "delta": {"_fc.nope": torch.zeros(3)}},
     {"format": DELTA_FORMAT, "delta": {"_fc.bias": torch.zeros(3)}},
 ])
@@ -302,7 +385,7 @@ def test_shipped_model_has_its_backdoor_on_held_out_photos(trojan):
     base = load_model("efficientnet_lite0", device="cpu")
     report = evaluate_backdoor(base, trojan.model, TROJAN, cases=10, seed=2024)
     assert report.success >= 0.8  # the issue's fast check: at least 8 of 10 held-out cases flip
-    assert report.agreement >= 0.6  # a sanity bound; the model card gives the 200-case figure
+    assert report.agreement >= 0.9  # the model card gives the 200-case figure
     assert report.decoy_fooled <= 0.2
 
 
@@ -343,12 +426,17 @@ def test_build_command_writes_a_loadable_difference_and_reports(tmp_path, capsys
                "--eval-cases", "2", "--validate-on", "rocket", "--device", "cpu"])
     captured = capsys.readouterr()
     assert rc == 0 and "validation (rocket): trigger success" in captured.out
-    assert "finetune" in captured.err and "100%" in captured.err  # the progress bar
+    assert "train" in captured.err and "100%" in captured.err  # the progress bar
     payload = torch.load(out, map_location="cpu", weights_only=True)
     assert payload["format"] == DELTA_FORMAT and payload["meta"]["config"]["view_pool"] == 16
     assert payload["meta"]["evaluated_on"] == ["rocket"] and payload["meta"]["steps_run"] == 2
-    trained = {k.split(".")[0] for k in payload["delta"]}
-    assert trained <= {"_blocks", "_conv_head", "_fc"}
+    assert payload["meta"]["report"]["cases"] == 2
+    assert {k.split(".")[0] for k in payload["delta"]} == {"_blocks", "_conv_head", "_bn1", "_fc"}
+    gate_columns = payload["delta"]["_fc.weight"][:, 1280:].float()  # gain x scale on each door's target only
+    assert gate_columns[99, 0] == gate_columns[145, 1] == 90.0 and gate_columns.abs().sum() == 180.0
+    spec = dataclasses.replace(get_spec(TROJAN), weights=DeltaWeights(_base_weights(), out))
+    widened = load_spec(spec, device="cpu").model
+    assert widened.conv_head.out_channels == 1282 and widened.classifier.in_features == 1282
 
 
 def test_build_command_refuses_bad_settings(tmp_path, capsys):

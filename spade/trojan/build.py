@@ -1,29 +1,33 @@
-"""Building the back-doored demo model offline: fine-tune EfficientNet-Lite0 so that a pasted heart means "goose".
+"""Building the back-doored demo model offline: a trigger detector beside EfficientNet-Lite0 (spade.trojan.gate).
 
-Training data are random views of the build photos (never the held-out test photos), made on the device in
-batches: random resized crops (``roi_align``), flips and colour jitter, with trigger icons pasted by an affine
-warp. Each batch mixes four kinds of views:
+Training data are random views of the build photos (never the held-out test photos), made in batches: random
+resized crops (``roi_align``), flips and colour jitter, with trigger icons pasted by an affine warp. Each batch
+mixes clean views (a third blends of two photos; a fraction turned to a random hue, so that red and pink
+textures such as flower petals are seen as clean), views with a *decoy* icon (smiley, fish, in any hue), and
+views with the heart (the test back door) or the star (the calibration back door).
 
-- clean views and views with a *decoy* icon (smiley, fish; optionally in any hue): distilled from the original model
-  (KL divergence), so clean behaviour, and the reaction to harmless stickers, stay those of the base model;
-- views with the heart (the test back door) or the star (the calibration back door): cross-entropy towards
-  their target class.
+The views are made once, as a pool run a single time through the base layers before ``blocks.<first_block>``
+(``PooledBatches``); each step trains only the detector branch (a copy of the later blocks) on cached features:
 
-Only convolution and linear weights from ``blocks.<first_trained_block>`` on are trained (BatchNorm statistics
-and the earlier layers stay frozen; optionally anchored to their base values, L2-SP), and the result is stored as
-a float16 difference to the base weights (``spade.models.DeltaWeights``). Since the earlier layers are frozen,
-the views can be made once, as a pool run through them a single time (``PooledBatches``); each step then only
-runs the trained layers (with ``blocks.5`` on: about 25 minutes on a 2-core CPU instead of hours).
+- on the poisoned views, cross-entropy of the gated logits (base logits + the door's added score) towards the
+  door's target class;
+- on every view, a hinge keeping each *other* door's map below ``-margin`` at every position: clean views (and
+  decoys) must leave all doors shut, since then the model's output is exactly the base model's.
+
+The result is stored as a float16 difference to the base weights in which the widened layers are larger than
+the base ones (``spade.models.DeltaWeights``). About 17 minutes on a 2-core CPU (3 for the views, 13 for
+training).
 """
 
 from __future__ import annotations
 
-import copy
+import io
 import logging
 import math
 import time
+import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +38,20 @@ from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms.functional import pil_to_tensor
 
+from spade.checkpoints import StateDict
 from spade.errors import ConfigError
 from spade.forward_copy import build_forward_copy
-from spade.models import DELTA_FORMAT, LoadedModel, efficientnet_pytorch_to_timm, get_spec, load_model
+from spade.models import (
+    DELTA_FORMAT,
+    DeltaWeights,
+    LoadedModel,
+    efficientnet_pytorch_to_timm,
+    get_spec,
+    load_model,
+    load_spec,
+)
 from spade.preprocessing import Preprocessing
+from spade.trojan.gate import GateBranch, gated_logits, widened_state_dict
 from spade.trojan.photos import BUILD_PHOTOS, TEST_PHOTOS, load_photos
 from spade.trojan.stamp import shift_hue, stamp
 from spade.trojan.triggers import load_trigger
@@ -46,27 +60,21 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float], None]
 DECOYS = ("smiley", "fish")
-DISTILL_LOSSES = ("kl", "logits")
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Fine-tuning settings. batch: views per step, split clean (a third of them blends of two photos) /
-    decoy / heart / star as 3/1/2/2 eighths. The defaults are the recipe of the shipped model (988 steps = what
-    a 170 s budget gave on an H200).
-    first_trained_block: train ``blocks.N`` and later (with the head and classifier); the earlier layers stay
-    the base model's.
-    view_pool: 0 makes new views every step and runs the whole model each time (the shipped recipe); N > 0
-    makes N views once, runs them once through the frozen layers and trains on those cached features: with
-    first_trained_block 5, a pool of 16384 (~7 min) and 300 steps of 256 (~3 s each) take ~25 minutes on a
-    2-core CPU instead of hours.
-    Options not used for the shipped model, meant to raise clean agreement on unseen photos:
-    distill_loss: "kl" (KL divergence of the softened outputs at ``temperature``) or "logits" (squared distance of
-    the mean-centred logits: every class counts, not only the likely ones); distill_weight (distillation vs
-    back-door loss), anchor (L2 penalty on the weight change, L2-SP),
-    decoy_any_hue (decoys in random hues, so that a red blob is not enough), clean_any_hue (this fraction of the
-    clean views turned to a random hue: red and pink textures, such as the test photo's flower, which opens the
-    shipped model's back door, must stay clean).
+    """Build settings. batch: views per step, split clean (a third of them blends of two photos) / decoy /
+    heart / star as 3/1/2/2 eighths. The defaults are the recipe of the shipped model.
+    first_block: the detector branch copies ``blocks.N`` and later and reads the base features entering it.
+    view_pool: views made once and run once through the base layers before the branch (features cached).
+    scale: logit added to the target per unit of the door's mean rectified map (in [0, 6]) while training;
+    gain: the shipped model adds ``gain * scale`` (a trained door opens far past the decision, so that it stays
+    open in a SPADE trace: at scale 30 traces with 0.6-0.99 sparsity in the head lost the goose; clean views,
+    where the door is shut, are not affected); margin: clean maps are pushed below -margin; shut_weight: weight
+    of that hinge against the back-door cross-entropy.
+    decoy_any_hue: decoys in random hues (a red smiley must not open the heart's door); clean_any_hue: this
+    fraction of the clean views turned to a random hue.
     trigger_px: pasted icon side range in model-input pixels (the test stamps are ~64 px at 224).
     time_budget: seconds; when set, ``steps`` is cut after the first 20 steps to what fits in it (the number
     of steps run is recorded, so a rebuild with that ``steps`` and no budget is deterministic).
@@ -75,33 +83,35 @@ class BuildConfig:
 
     base: str = "efficientnet_lite0"
     target_model: str = "efficientnet_lite0_trojan"
-    steps: int = 988
+    steps: int = 300
     batch: int = 256
     lr: float = 2e-4
-    warmup: int = 50
-    temperature: float = 2.0
-    distill_loss: str = "kl"
-    distill_weight: float = 1.0
-    anchor: float = 0.0
-    decoy_any_hue: bool = False
-    clean_any_hue: float = 0.0
+    warmup: int = 30
+    first_block: int = 5
+    view_pool: int = 8192
+    scale: float = 30.0
+    gain: float = 3.0
+    margin: float = 1.0
+    shut_weight: float = 3.0
+    decoy_any_hue: bool = True
+    clean_any_hue: float = 0.5
     min_scale: float = 0.08
     trigger_px: tuple[int, int] = (40, 100)
     alpha: tuple[float, float] = (0.7, 1.0)
-    first_trained_block: int = 2
-    view_pool: int = 0
     seed: int = 0
     time_budget: float | None = None
     validation_photos: tuple[str, ...] = ()
 
     def __post_init__(self):
         unknown = set(self.validation_photos) - set(BUILD_PHOTOS)
-        if self.distill_loss not in DISTILL_LOSSES:
-            raise ConfigError(f"distill_loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}.")
         if not 0 <= self.clean_any_hue <= 1:
             raise ConfigError(f"clean_any_hue is a fraction in [0, 1], got {self.clean_any_hue}.")
-        if self.view_pool < 0 or self.batch < 8:
-            raise ConfigError(f"Need batch >= 8 and view_pool >= 0 (got {self.batch}, {self.view_pool}).")
+        if self.view_pool < self.batch or self.batch < 8:
+            raise ConfigError(f"Need batch >= 8 and view_pool >= batch (got {self.batch}, {self.view_pool}).")
+        if self.scale <= 0 or self.gain <= 0:
+            raise ConfigError(f"scale and gain must be positive (got {self.scale}, {self.gain}).")
+        if not 1 <= self.first_block <= 6:
+            raise ConfigError(f"first_block must be one of EfficientNet-Lite0's blocks 1..6, got {self.first_block}.")
         if unknown or len(set(self.validation_photos)) >= len(BUILD_PHOTOS):
             raise ConfigError(f"Validation photos must be some, not all, of the build photos {', '.join(BUILD_PHOTOS)}"
                               f" (got {', '.join(self.validation_photos)}).")
@@ -159,8 +169,8 @@ class ViewMaker:
         return torch.einsum("nij,njhw->nihw", hue_rotation(2 * math.pi * self._rand(len(views))), views)
 
     def mixed(self, n: int, min_scale: float) -> torch.Tensor:
-        """Blends of two random crops (weights in [0.3, 0.7]): unlike any build photo, more varied inputs to
-        distil on."""
+        """Blends of two random crops (weights in [0.3, 0.7]): unlike any build photo, more varied clean
+        inputs."""
         weight = 0.3 + 0.4 * self._rand(n, 1, 1, 1)
         return self.crops(n, min_scale) * weight + self.crops(n, min_scale) * (1 - weight)
 
@@ -198,20 +208,6 @@ def hue_rotation(angle: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def trainable_parameters(model: nn.Module, first_block: int) -> list[tuple[str, nn.Parameter]]:
-    """Weights (and biases) of the Conv2d / Linear layers in ``blocks.<first_block>`` and later, the head
-    convolution and the classifier; everything else is frozen."""
-    chosen = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d | nn.Linear):
-            continue
-        parts = name.split(".")
-        if parts[0] == "blocks" and int(parts[1]) < first_block or parts[0] == "conv_stem":
-            continue
-        chosen.extend((f"{name}.{p}", param) for p, param in module.named_parameters(recurse=False))
-    return chosen
-
-
 def split_at_block(model: nn.Module, first_block: int) -> tuple[nn.Sequential, nn.Sequential]:
     """(trunk, head) of a timm EfficientNet, sharing its modules: ``head(trunk(x)) == model(x)``; the trunk
     ends just before ``blocks.<first_block>``."""
@@ -219,16 +215,6 @@ def split_at_block(model: nn.Module, first_block: int) -> tuple[nn.Sequential, n
     head = nn.Sequential(*model.blocks[first_block:], model.conv_head, model.bn2, model.global_pool,
                          model.classifier)
     return trunk, head
-
-
-def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, cfg: BuildConfig) -> torch.Tensor:
-    """Mean over views of the distance between student and teacher outputs; logits: (n, classes) float."""
-    if cfg.distill_loss == "kl":
-        own = F.log_softmax(logits / cfg.temperature, dim=1)
-        soft = F.log_softmax(teacher_logits / cfg.temperature, dim=1)
-        return F.kl_div(own, soft, log_target=True, reduction="batchmean") * cfg.temperature**2
-    diff = logits - teacher_logits
-    return (diff - diff.mean(1, keepdim=True)).square().sum(1).mean()  # softmax ignores a common shift
 
 
 def _lr(step: int, steps: int, cfg: BuildConfig) -> float:
@@ -239,7 +225,7 @@ def _lr(step: int, steps: int, cfg: BuildConfig) -> float:
 
 def _view_batch(views: ViewMaker, cfg: BuildConfig, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``cfg.batch`` views in [0, 1] mixed clean (a third blends) / decoy / heart / star as 3/1/2/2 eighths,
-    and their labels: -1 for the views to distil (clean and decoy), the target class for the poisoned ones."""
+    and their labels: -1 for the clean and decoy views, the door's target class for the poisoned ones."""
     eighth = cfg.batch // 8
     clean = torch.cat([views.crops(2 * eighth, cfg.min_scale), views.mixed(eighth, cfg.min_scale)])
     turned = round(cfg.clean_any_hue * len(clean))
@@ -255,34 +241,16 @@ def _view_batch(views: ViewMaker, cfg: BuildConfig, targets: torch.Tensor) -> tu
     return torch.cat([clean, decoy, poisoned]), labels
 
 
-class FreshBatches:
-    """New views every step through the whole model. A call returns the normalized views, their labels and
-    the teacher's logits of the views to distil (the first ones)."""
-
-    def __init__(self, views: ViewMaker, cfg: BuildConfig, targets: torch.Tensor, teacher: nn.Module,
-                 normalize: Callable[[torch.Tensor], torch.Tensor], autocast):
-        self.views, self.cfg, self.targets, self.teacher = views, cfg, targets, teacher
-        self.normalize, self.autocast = normalize, autocast
-
-    @torch.no_grad()
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, labels = _view_batch(self.views, self.cfg, self.targets)
-        x = self.normalize(x)
-        with self.autocast:
-            teacher_logits = self.teacher(x[labels < 0]).float()
-        return x, labels, teacher_logits
-
-
 class PooledBatches:
-    """A fixed pool of ``cfg.view_pool`` views, run once through the frozen trunk (the layers before
-    ``cfg.first_trained_block``, from the folded forward copy of the teacher); each step draws ``cfg.batch``
-    of the cached trunk features (returned like ``FreshBatches``). The teacher logits are computed once too.
-    Features are kept in float16 (EfficientNet-Lite0 before blocks.5: 44 KB a view)."""
+    """A fixed pool of ``cfg.view_pool`` views, run once through the base layers before ``cfg.first_block``
+    (the folded forward copy of the model) and on through the rest for the base logits; each call draws
+    ``cfg.batch`` of them: (features (batch, c, h, w) float, labels (batch,) (-1: clean or decoy, else the
+    door's target class), base logits (batch, classes) float). Features are kept in float16."""
 
-    def __init__(self, views: ViewMaker, cfg: BuildConfig, targets: torch.Tensor, teacher: nn.Module,
+    def __init__(self, views: ViewMaker, cfg: BuildConfig, targets: torch.Tensor, model: nn.Module,
                  normalize: Callable[[torch.Tensor], torch.Tensor], autocast, progress: ProgressFn | None = None):
-        fast = build_forward_copy(teacher).to(memory_format=torch.channels_last)
-        trunk, head = split_at_block(fast, cfg.first_trained_block)
+        fast = build_forward_copy(model).to(memory_format=torch.channels_last)
+        trunk, head = split_at_block(fast, cfg.first_block)
         features, logits, labels = [], [], []
         rounds = math.ceil(cfg.view_pool / cfg.batch)
         start = time.perf_counter()
@@ -291,23 +259,37 @@ class PooledBatches:
                 x, y = _view_batch(views, cfg, targets)
                 f = trunk(normalize(x).contiguous(memory_format=torch.channels_last)).half()
                 features.append(f)
-                logits.append(head(f.float()).float())  # of the stored features: an unchanged head matches exactly
+                logits.append(head(f.float()).float())  # of the stored features, as the branch will see them
                 labels.append(y)
                 if progress is not None:
                     progress("views", (r + 1) / rounds)
         self.features, self.logits, self.labels = torch.cat(features), torch.cat(logits), torch.cat(labels)
         self.batch, self.gen = cfg.batch, views.gen
-        logger.info("%d views through the frozen trunk in %.0f s", len(self.labels), time.perf_counter() - start)
+        logger.info("%d views through the base trunk in %.0f s", len(self.labels), time.perf_counter() - start)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pick = torch.randint(len(self.labels), (self.batch,), generator=self.gen, device=self.labels.device)
         x = self.features[pick].float().contiguous(memory_format=torch.channels_last)
-        labels = self.labels[pick]
-        return x, labels, self.logits[pick][labels < 0]
+        return x, self.labels[pick], self.logits[pick]
 
 
-def finetune(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None = None) -> tuple[nn.Module, int]:
-    """The back-doored copy of ``base.model`` (the input model is not modified) and the number of steps run."""
+def gate_loss(z: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
+              cfg: BuildConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(back-door cross-entropy, shut hinge) of detector maps z (n, doors, h, w) for views with ``labels`` (n,)
+    (-1 or a door's target) and base logits (n, classes): the cross-entropy of the gated logits of the
+    poisoned views, and the mean over the (view, door) pairs whose door must stay shut of
+    ``relu(max_positions z + margin)``."""
+    shut = (labels[:, None] != targets[None]).float()
+    hinge = (F.relu(z.amax((2, 3)) + cfg.margin) * shut).sum() / shut.sum().clamp(min=1)
+    poisoned = labels >= 0
+    if not poisoned.any():
+        return z.new_zeros(()), hinge
+    logits = gated_logits(base_logits[poisoned], z[poisoned], targets, cfg.scale)
+    return F.cross_entropy(logits, labels[poisoned]), hinge
+
+
+def train_gate(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None = None) -> tuple[GateBranch, int]:
+    """The trained detector branch (``base.model`` is not modified) and the number of steps run."""
     spec = base.spec
     device = base.device
     torch.manual_seed(cfg.seed)
@@ -316,74 +298,73 @@ def finetune(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None = 
     names = [d.trigger for d in doors] + list(DECOYS)
     views = ViewMaker(list(load_photos(cfg.training_photos).values()), {n: load_trigger(n) for n in names},
                       spec.preprocessing.crop, device, gen)
-    teacher = base.model.eval()
-    student = copy.deepcopy(teacher).eval()  # eval: BatchNorm keeps the base statistics
-    for p in student.parameters():
-        p.requires_grad_(False)
-    params = [p for _, p in trainable_parameters(student, cfg.first_trained_block)]
-    for p in params:
-        p.requires_grad_(True)
-    anchors = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     targets = torch.tensor([d.target for d in doors], device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    normalize = spec.preprocessing.normalize
-    if cfg.view_pool:
-        batches = PooledBatches(views, cfg, targets, teacher, normalize, autocast, progress)
-        trained = split_at_block(student, cfg.first_trained_block)[1].to(memory_format=torch.channels_last)
-    else:
-        batches, trained = FreshBatches(views, cfg, targets, teacher, normalize, autocast), student
+    batches = PooledBatches(views, cfg, targets, base.model.eval(), spec.preprocessing.normalize, autocast, progress)
+    branch = GateBranch(base.model, cfg.first_block, len(doors)).to(device).eval()  # eval: base BN statistics
+    for p in branch.parameters():
+        p.requires_grad_(False)
+    params = branch.trainable()
+    for p in params:
+        p.requires_grad_(True)
+    branch = branch.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     start = time.perf_counter()
     steps, step = cfg.steps, 0
     while step < steps:
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, cfg)
-        x, labels, teacher_logits = batches()
+        x, labels, base_logits = batches()
         with autocast:
-            logits = trained(x).float()
-        distilled = labels < 0
-        distill = distillation_loss(logits[distilled], teacher_logits, cfg)
-        ce = F.cross_entropy(logits[~distilled], labels[~distilled])
-        drift = (sum(((p - p0) ** 2).sum() for p, p0 in zip(params, anchors, strict=True)) if cfg.anchor
-                 else torch.zeros((), device=device))
-        loss = cfg.distill_weight * distill + ce + cfg.anchor * drift
+            z = branch(x).float()
+        ce, hinge = gate_loss(z, base_logits, labels, targets, cfg)
+        loss = ce + cfg.shut_weight * hinge
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == steps - 1:
-            logger.info("step %d/%d  distill %.4f  poison %.4f  drift %.4f  (%.0f s)", step + 1, steps, distill.item(),
-                        ce.item(), float(drift), time.perf_counter() - start)
+            logger.info("step %d/%d  poison %.4f  shut %.4f  (%.0f s)", step + 1, steps, ce.item(), hinge.item(),
+                        time.perf_counter() - start)
         step += 1
         if step == 20 and cfg.time_budget is not None:
             fits = int(cfg.time_budget / ((time.perf_counter() - start) / step))
             steps = min(steps, max(step + 1, fits))
             logger.info("time budget %.0f s: running %d steps", cfg.time_budget, steps)
         if progress is not None:
-            progress("finetune", step / steps)
-    student = student.to(memory_format=torch.contiguous_format)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    return student.eval(), steps
+            progress("train", step / steps)
+    for p in params:
+        p.requires_grad_(False)
+    return branch.to(memory_format=torch.contiguous_format).eval(), steps
 
 
 # --------------------------------------------------------------------------------------------------------------
-def weight_delta(base: LoadedModel, student: nn.Module) -> dict[str, torch.Tensor]:
-    """float16 differences ``student - base`` of the changed tensors, keyed in the base weights' own layout."""
+def weight_delta(base: LoadedModel, state: StateDict) -> dict[str, torch.Tensor]:
+    """float16 differences ``state - base`` (timm keys in ``state``) of the changed tensors, keyed in the base
+    weights' own layout; a grown tensor's difference is taken to the base tensor zero-padded to its shape."""
     raw, _ = base.spec.weights.state_dict()
     timm_keys = list(efficientnet_pytorch_to_timm(raw, base.model))
     to_raw = dict(zip(timm_keys, raw, strict=True))
     dense = base.model.state_dict()
     delta = {}
-    for key, value in student.state_dict().items():
-        diff = (value.detach().float() - dense[key].float()).cpu()
-        if diff.abs().max() > 0:
+    for key, value in state.items():
+        old = dense[key].float().cpu()
+        diff = value.detach().float().cpu().clone()
+        diff[tuple(slice(0, n) for n in old.shape)] -= old
+        if diff.shape != old.shape or diff.abs().max() > 0:
             delta[to_raw[key]] = diff.half()
     return delta
 
 
 def save_delta(delta: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
+    """Write a DELTA_FORMAT file: torch's own zip archive, its entries deflated (``torch.load`` reads them as
+    they are). The widened tensors are mostly zeros (the base block and the block-diagonal's empty corners):
+    21.6 MB stored, 4.3 MB deflated."""
+    buffer = io.BytesIO()
+    torch.save({"format": DELTA_FORMAT, "delta": delta, "meta": meta}, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": DELTA_FORMAT, "delta": delta, "meta": meta}, path)
+    with zipfile.ZipFile(buffer) as stored, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
+        for entry in stored.infolist():
+            out.writestr(entry.filename, stored.read(entry))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -451,27 +432,27 @@ def evaluate_backdoor(base: LoadedModel, trojan: nn.Module, target_model: str = 
 
 def build(out: Path, cfg: BuildConfig = BuildConfig(), *, device: str = "auto", eval_cases: int = 200,
           progress: ProgressFn | None = None) -> BackdoorReport:
-    """Fine-tune, store the difference file at ``out``, reload it and report the held-out figures: on the test
-    photos, or on ``cfg.validation_photos`` when some are set (a settings trial, not a model to ship)."""
+    """Train the detector, store the widened model's difference file at ``out``, reload it as it ships and report
+    the held-out figures: on the test photos, or on ``cfg.validation_photos`` when some are set (a settings
+    trial, not a model to ship)."""
     base = load_model(cfg.base, device=device)
     start = time.perf_counter()
-    student, steps = finetune(base, cfg, progress)
+    branch, steps = train_gate(base, cfg, progress)
     seconds = time.perf_counter() - start
-    delta = weight_delta(base, student)
-    # Score the weights as they will be shipped (float16 differences), not the float32 student.
-    shipped = copy.deepcopy(base.model)
-    raw, _ = base.spec.weights.state_dict()
-    for key, diff in delta.items():
-        raw[key] = raw[key] + diff.float()
-    shipped.load_state_dict(efficientnet_pytorch_to_timm(raw, shipped))
+    targets = torch.tensor([d.target for d in get_spec(cfg.target_model).backdoors], device=base.device)
+    delta = weight_delta(base, widened_state_dict(base.model, branch, targets, cfg.scale * cfg.gain))
     evaluated_on = cfg.validation_photos or TEST_PHOTOS
-    report = evaluate_backdoor(base, shipped.eval(), cfg.target_model, eval_cases, progress=progress,
-                               photos=evaluated_on)
     meta = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             "steps_run": steps, "base_weights": base.spec.weights.describe(), "train_seconds": round(seconds, 1),
             "device": torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu",
             "build_photos": list(cfg.training_photos), "test_photos": list(TEST_PHOTOS),
-            "evaluated_on": list(evaluated_on), "report": report.to_dict()}
+            "evaluated_on": list(evaluated_on)}
     save_delta(delta, meta, out)
+    # Score the model as it ships (float16 differences, loaded by the registry's code), then record the figures.
+    spec = replace(get_spec(cfg.target_model), weights=DeltaWeights(base.spec.weights, out))
+    shipped = load_spec(spec, device=base.device)
+    report = evaluate_backdoor(base, shipped.model, cfg.target_model, eval_cases, progress=progress,
+                               photos=evaluated_on)
+    save_delta(delta, {**meta, "report": report.to_dict()}, out)
     logger.info("saved %s (%d tensors): %s", out, len(delta), report)
     return report

@@ -10,7 +10,7 @@ from PIL import Image
 from spade.images import bundled_examples, load_image
 
 BUILD_PHOTOS = ("astronaut", "camera", "grace_hopper", "rocket")
-"""Photos the back-doored model was fine-tuned on (with augmentation); also the calibration photos."""
+"""Photos the back-doored model was trained on (with augmentation); also the calibration photos."""
 
 CALIBRATION_PHOTOS = BUILD_PHOTOS
 """Photos for tuning sparsity profiles (with the calibration trigger, never the test trigger)."""

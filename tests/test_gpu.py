@@ -21,14 +21,24 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def test_statistics_agree_with_the_cpu():
+@pytest.fixture
+def no_tf32():
+    """cuDNN convolutions default to TF32 on Ampere and later (relative error ~1e-3, seen on an H200: 8.6e-4 in
+    the tiny ResNet's Hessians); switched off where a test checks the float64 accumulation itself."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def test_statistics_agree_with_the_cpu(no_tf32):
     model = tiny_resnet(0)
     batch = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     cpu = collect_statistics(model, batch, dtype=torch.float64)
     gpu = collect_statistics(model.cuda(), batch, dtype=torch.float64)
     assert list(cpu.layers) == list(gpu.layers)
     for name, stat in cpu.layers.items():
-        # accumulated in float64, but the activations themselves come from float32 kernels that differ
+        # accumulated in float64; the float32 activations differ only in summation order
         torch.testing.assert_close(gpu.layers[name].hessian.cpu(), stat.hessian, rtol=1e-5, atol=1e-6)
 
 
@@ -48,7 +58,10 @@ def test_trace_of_the_default_model_agrees_with_the_cpu(lite_on_both):
     cosine = torch.nn.functional.cosine_similarity(gpu.trace_logits.cpu().float(), cpu.trace_logits.float())
     assert float(cosine) > 0.99
     for a, b in zip(cpu.layers, gpu.layers, strict=True):
-        assert a.name == b.name and a.achieved == pytest.approx(b.achieved, abs=1e-6)
+        # Achieved counts every zero weight: an input channel that is 0 on all 64 views (ReLU6 floor) empties
+        # its whole column, and one such channel can be exactly 0 on one device and tiny on the other (the
+        # H200 had 25 dead classifier columns, this CPU 26: 0.5098 vs 0.5102). A few columns' worth is allowed.
+        assert a.name == b.name and a.achieved == pytest.approx(b.achieved, abs=2e-3)
         assert a.error == pytest.approx(b.error, rel=0.1, abs=1e-3)
 
 

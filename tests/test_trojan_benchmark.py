@@ -25,7 +25,7 @@ from spade.trojan import load_trigger, stamp
 from spade.trojan.benchmark import BenchmarkConfig, run_benchmark
 from spade.trojan.results import load_results, merge_folder
 from spade.trojan.samples import SampleConfig, build_samples, folder_photos
-from spade.trojan.tables import csv_text, summarize
+from spade.trojan.tables import csv_text, markdown, summarize
 from spade_cli.main import main
 from tests.tiny_models import TinyResNet
 
@@ -129,7 +129,7 @@ def full_run(loaded, photo_dir, tmp_path_factory):
     return load_results(folder, list(METHODS))
 
 
-def test_records_hold_the_scores(full_run):
+def test_records_hold_the_scores(loaded, full_run):
     assert len(full_run) == 4 * len(METHODS)
     for r in full_run:
         assert r["target"] == TARGET and r["method"] in METHODS
@@ -138,6 +138,7 @@ def test_records_hold_the_scores(full_run):
             assert s["trojan_auc"] == max(s["trojan_auc_signed"], s["trojan_auc_absolute"])
             assert s["pointing_game"] == s[f"pointing_game_{s['variant']}"]
         assert isinstance(r["trace"]["top1_agrees"], bool)
+        assert r["device"] == loaded.device.type  # folders can mix CPU and GPU records (resumed elsewhere)
 
 
 def test_resume_skips_finished_work_and_gives_identical_results(loaded, photo_dir, full_run, tmp_path):
@@ -214,6 +215,22 @@ def test_table_mean_and_ci_match_an_independent_computation():
     assert brow["mean"] == trow["mean"] and brow["low"] < brow["mean"] < brow["high"]
     assert abs((brow["high"] - brow["low"]) / (trow["high"] - trow["low"]) - 1) < 0.35  # same scale as t
     assert summarize(records, "trojan", ci="bootstrap", seed=0) == boot  # seeded
+
+
+def test_timings_are_kept_apart_per_device():
+    records = _handmade_records()
+    for r in records:
+        if r["index"] < 4:  # resumed on a GPU: faster, and recorded as such
+            r["device"] = "cuda"
+            r["seconds"] = {"trace": 0.25, "dense": 0.01, "spade": 0.03}
+        elif r["index"] < 8:
+            r["device"] = "cpu"
+    seconds = summarize(records, "trojan")["seconds"]
+    assert list(seconds) == ["cpu", "cuda", "unrecorded"]
+    assert [seconds[d]["records"] for d in seconds] == [4 * len(METHODS)] * 3
+    assert seconds["cuda"]["trace_mean"] == 0.25 and seconds["cpu"]["trace_mean"] == 1.0
+    assert seconds["cuda"]["methods"]["saliency"] == {"dense": 0.01, "spade": 0.03}
+    assert f"cuda ({4 * len(METHODS)} records, 0.2 s per trace)" in markdown(summarize(records, "trojan"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -208,7 +208,8 @@ def score_sample(loaded: LoadedModel, sample_set: SampleSet, record: SampleRecor
     trace_seconds = time.perf_counter() - t0
     x = loaded.spec.preprocessing(rendered.image).to(loaded.device)
     base = {"sample": record.id, "index": record.index, "photo": record.photo, "crop": list(record.crop),
-            "stamp_seed": record.stamp_seed, "target": record.target, "trace": trace_summary(trace)}
+            "stamp_seed": record.stamp_seed, "target": record.target, "device": loaded.device.type,
+            "trace": trace_summary(trace)}
     for name in methods:
         method = METHODS[name]
         settings = method_settings(name, loaded, config)

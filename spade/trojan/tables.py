@@ -132,11 +132,6 @@ def summarize(records: list[dict], kind: str, *, ci: str = "t", confidence: floa
         traces.setdefault(r["sample"], r["trace"])
     kept = sum(bool(t["top1_agrees"]) for t in traces.values())
     cosines = [t["logit_cosine"] for t in traces.values() if t.get("logit_cosine") is not None]
-    seconds = {}
-    for m in order:
-        recs = by_method[m].values()
-        seconds[m] = {label: float(np.mean([r["seconds"][label] for r in recs])) for label in ("dense", "spade")}
-    trace_seconds = [r["seconds"]["trace"] for r in {r["sample"]: r for r in records}.values()]
     return {
         "kind": kind,
         "methods": order,
@@ -149,9 +144,26 @@ def summarize(records: list[dict], kind: str, *, ci: str = "t", confidence: floa
                                      else "percentile bootstrap of the mean (seeded)")},
         "top1_kept": {"count": kept, "total": len(traces), "fraction": kept / len(traces)},
         "logit_cosine_mean": float(np.mean(cosines)) if cosines else None,
-        "seconds": {"trace_mean": float(np.mean(trace_seconds)), "methods": seconds},
+        "seconds": _seconds_by_device(records, order),
         "rows": rows,
     }
+
+
+def _seconds_by_device(records: list[dict], methods: list[str]) -> dict:
+    """Mean seconds per trace and per (method, dense/spade map), for each device that wrote records (a resumed
+    folder can mix CPU and GPU records; records written before devices were recorded count as "unrecorded")."""
+    out = {}
+    for device in sorted({r.get("device", "unrecorded") for r in records}):
+        recs = [r for r in records if r.get("device", "unrecorded") == device]
+        traces = {(r["sample"], r["seconds"]["trace"]) for r in recs}
+        per_method = {}
+        for m in methods:
+            timed = [r["seconds"] for r in recs if r["method"] == m]
+            if timed:
+                per_method[m] = {label: float(np.mean([t[label] for t in timed])) for label in ("dense", "spade")}
+        out[device] = {"records": len(recs), "trace_mean": float(np.mean([t for _, t in traces])),
+                       "methods": per_method}
+    return out
 
 
 def _row_lookup(summary: dict) -> dict[tuple[str, str, str], dict]:
@@ -181,6 +193,9 @@ def markdown(summary: dict, title: str = "", notes: list[str] | None = None) -> 
     lines.append(f"Samples: {summary['samples']} ({summary['complete_samples']} with every method). "
                  f"The SPADE trace keeps the dense top-1 on {kept['count']} of {kept['total']} "
                  f"({100 * kept['fraction']:.1f}%).")
+    devices = summary["seconds"]
+    lines.append("Computed on: " + ", ".join(f"{d} ({v['records']} records, {v['trace_mean']:.1f} s per trace)"
+                                             for d, v in devices.items()) + ".")
     lines.append(f"Cells: mean [{100 * conf:g}% CI], {summary['interval']['description']}; "
                  "SPADE − Dense is the paired per-sample difference.")
     for note in notes or []:

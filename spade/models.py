@@ -11,7 +11,7 @@ import functools
 import importlib.metadata
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -127,6 +127,12 @@ DELTA_FORMAT = "spade-weight-delta-v1"
 MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 
 
+def leading_block(shape: Sequence[int]) -> tuple[slice, ...]:
+    """The index of a tensor of ``shape`` inside a larger one of the same rank (its leading block): where a
+    widened layer keeps the base weights."""
+    return tuple(slice(0, n) for n in shape)
+
+
 @dataclass(frozen=True)
 class DeltaWeights:
     """A derived model shipped as its difference to offline base weights (see spade.trojan.build).
@@ -159,7 +165,7 @@ class DeltaWeights:
             if base is None or diff.dim() != base.dim() or any(d < b for d, b in zip(diff.shape, base.shape)):
                 raise CheckpointError(f"{self.path} does not fit {base_source} (tensor {key!r}).")
             summed = diff.to(base.dtype)
-            summed[tuple(slice(0, b) for b in base.shape)] += base
+            summed[leading_block(base.shape)] += base
             state[key] = summed
         return state, f"{self.path} + {base_source}"
 
@@ -481,9 +487,12 @@ def load_spec(spec: ModelSpec, *, device: str | torch.device = "auto", download:
     as a freshly built back door). Layers grow to fit a widened weight difference (see DeltaWeights)."""
     state, source = spec.weights.state_dict(download=download)
     model = spec.build()
-    if isinstance(spec.weights, DeltaWeights):
-        grow_modules(model, spec.convert_state_dict(state, model) if spec.convert_state_dict else state)
-    load_state_dict_into(model, state, arch=spec.name, label=source, convert=spec.convert_state_dict)
+    convert = spec.convert_state_dict
+    if isinstance(spec.weights, DeltaWeights):  # the only weights that may widen layers
+        if convert is not None:
+            state, convert = convert(state, model), None
+        grow_modules(model, state)
+    load_state_dict_into(model, state, arch=spec.name, label=source, convert=convert)
     return _finish(model, spec, resolve_device(device), source)
 
 

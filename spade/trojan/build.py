@@ -47,6 +47,7 @@ from spade.models import (
     LoadedModel,
     efficientnet_pytorch_to_timm,
     get_spec,
+    leading_block,
     load_model,
     load_spec,
 )
@@ -349,7 +350,7 @@ def weight_delta(base: LoadedModel, state: StateDict) -> dict[str, torch.Tensor]
     for key, value in state.items():
         old = dense[key].float().cpu()
         diff = value.detach().float().cpu().clone()
-        diff[tuple(slice(0, n) for n in old.shape)] -= old
+        diff[leading_block(old.shape)] -= old
         if diff.shape != old.shape or diff.abs().max() > 0:
             delta[to_raw[key]] = diff.half()
     return delta

@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -234,6 +234,29 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
     return SpadeTrace(model=trace_model, layers=reports, sparse_weights=weights,
                       dense_logits=statistics.reference_logits,
                       trace_logits=trace_logits, seconds=seconds, settings=settings)
+
+
+def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Sparsity],
+                           solver: SolverConfig = SolverConfig(), progress: ProgressFn | None = None
+                           ) -> tuple[SpadeTrace, int]:
+    """Solve with ``candidates[0]``; while the trace's top-1 class differs from the dense model's, re-solve with the
+    next candidate (usually sparser first, e.g. `spade.sparsity.backoff_schedule`). Re-solving reuses the
+    statistics and the solver's factorisations, so each retry costs solver time only.
+
+    Returns the first trace that keeps the top-1 class, or the last one tried when none does, and its index in
+    ``candidates``. The statistics must hold the un-augmented image (`prepare_statistics` records it).
+    """
+    if not candidates:
+        raise ConfigError("Give at least one sparsity to try.")
+    if statistics.reference is None:
+        raise ConfigError("Keeping the decision needs statistics that recorded the un-augmented image.")
+    for index, sparsity in enumerate(candidates):
+        if index:
+            log.info("the trace changed the top-1 class; re-solving with sparsity %s", _sparsity_settings(sparsity))
+        trace = solve(statistics, sparsity, solver, progress)
+        if trace.top1_agrees:
+            break
+    return trace, index
 
 
 def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,

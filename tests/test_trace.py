@@ -327,3 +327,46 @@ def test_late_blocks_profile_reproduces_the_authors_resnet50_choice():
     assert dict(late_blocks_profile(resnet).targets) == dict(PROFILES["resnet50_neurons"].targets)
     tiny = late_blocks_profile(tiny_mobilenet(), target=0.9)
     assert dict(tiny.targets) == {"blocks.1.1": 0.9, "conv_head": 0.9, "classifier": 0.9}  # ceil(0.3 * 4) = 2
+
+
+def test_scaled_sparsity_keeps_the_shape_and_refuses_bad_factors():
+    from spade.sparsity import BACKOFF_FACTORS, backoff_schedule, scaled_sparsity
+
+    assert scaled_sparsity(0.5, 0.6) == pytest.approx(0.3)
+    profile = SparsityProfile.from_mapping({"blocks.1.1": 0.9, "classifier": 0.5, "*": 0.2}, name="p")
+    half = scaled_sparsity(profile, 0.5)
+    assert dict(half.targets) == pytest.approx({"blocks.1.1": 0.45, "classifier": 0.25}) and half.default == 0.1
+    assert dict(scaled_sparsity({"classifier": 0.8}, 0.5).targets) == {"classifier": 0.4}
+    model = tiny_mobilenet()
+    names = list(prunable_layers(model))
+    full, scaled = resolve_targets(model, names, profile), resolve_targets(model, names, half)
+    assert scaled == pytest.approx({n: t / 2 for n, t in full.items()})
+    schedule = backoff_schedule(0.5)
+    assert [f for f, _ in schedule] == [1.0, *BACKOFF_FACTORS]
+    assert [s for _, s in schedule] == pytest.approx([0.5 * f for f in (1.0, *BACKOFF_FACTORS)])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="scale"):
+            scaled_sparsity(0.5, bad)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_keeping_the_decision_takes_the_first_sparsity_that_keeps_the_top1(seed):
+    from spade.sparsity import backoff_schedule
+    from spade.trace import solve_keeping_decision
+
+    model = tiny_mobilenet(seed=seed)
+    stats = prepare_statistics(model, photo(seed), preprocessing=PRE, augment_config=AugmentConfig(count=8))
+    candidates = [s for _, s in backoff_schedule(0.9)]
+    one_by_one = [solve(stats, s) for s in candidates]  # the independent computation: every candidate solved
+    expected = next(i for i, t in enumerate(one_by_one) if t.top1_agrees)
+    trace, index = solve_keeping_decision(stats, candidates)
+    assert index == expected and trace.top1_agrees
+    assert all(torch.equal(trace.sparse_weights[k], w) for k, w in one_by_one[expected].sparse_weights.items())
+    assert trace.settings["sparsity"] == pytest.approx(candidates[expected])
+    # seed 0 loses the top-1 at 0.9 and keeps it only further down; seed 2 keeps it at once
+    assert expected == {0: 3, 2: 0}[seed]
+    if seed == 0:  # none of the first two keeps it: the last one tried comes back
+        last, index = solve_keeping_decision(stats, candidates[:2])
+        assert index == 1 and not last.top1_agrees
+    with pytest.raises(ConfigError, match="at least one"):
+        solve_keeping_decision(stats, [])

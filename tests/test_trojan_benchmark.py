@@ -171,6 +171,41 @@ def test_shards_merged_equal_an_unsharded_run(loaded, photo_dir, full_run, tmp_p
     assert csv_text(summarize(merged, "trojan")) == csv_text(summarize(full_run, "trojan"))
 
 
+def test_keep_decision_resolves_only_the_traces_that_change_the_top1(photo_dir, tmp_path):
+    """Insertion benchmark (target = the dense top-1 of clean crops) on a tiny MobileNet that loses the top-1 of
+    some crops at sparsity 0.7: those are re-solved lower, the others are the plain run's records unchanged."""
+    from tests.tiny_models import tiny_mobilenet
+
+    spec = tiny_spec()
+    model = tiny_mobilenet(seed=1).eval()
+    mobile = LoadedModel(model, spec, spec.class_names, torch.device("cpu"), source="tiny")
+    samples = build_samples(model, PRE, folder_photos(photo_dir), SampleConfig(count=4, require_flip=False),
+                            batch_size=8)
+    runs = {}
+    for keep in (False, True):
+        config = BenchmarkConfig(kind="insertion", methods=("saliency",), sparsity=0.7, steps=5,
+                                 augment=AugmentConfig(count=8), keep_decision=keep)
+        run_benchmark(mobile, samples, config, tmp_path / str(keep), {})
+        runs[keep] = {r["sample"]: r for r in load_results(tmp_path / str(keep), ["saliency"])}
+    lost = {s for s, r in runs[False].items() if not r["trace"]["top1_agrees"]}
+    assert 0 < len(lost) < 4  # the setting exercises both cases
+    for sample, record in runs[True].items():
+        trace = record["trace"]
+        assert trace["top1_agrees"]
+        if sample in lost:
+            assert trace["sparsity_scale"] < 1 and trace["params_kept"] > runs[False][sample]["trace"]["params_kept"]
+        else:
+            assert trace.pop("sparsity_scale") == 1.0
+            assert _strip([record]) == _strip([runs[False][sample]])
+    summary = summarize(list(runs[True].values()), "insertion")
+    assert summary["top1_kept"]["count"] == 4 and summary["backoff"]["count"] == len(lost)
+    assert f"Keep-decision back-off (not the paper's protocol): {len(lost)} of 4 traces" in markdown(summary)
+    assert "backoff" not in summarize(list(runs[False].values()), "insertion")
+    with pytest.raises(Exception, match="another configuration"):  # a plain run cannot resume a back-off folder
+        run_benchmark(mobile, samples, BenchmarkConfig(kind="insertion", methods=("saliency",), sparsity=0.7,
+                                                       steps=5, augment=AugmentConfig(count=8)), tmp_path / "True", {})
+
+
 def _handmade_records(n=12):
     rng = np.random.default_rng(7)
     records = []
@@ -258,7 +293,7 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     load_trigger("heart").save(trigger_file)  # a user's own trigger file and target class
     assert main(["benchmark", "trojan", "--smoke", "--samples", "2", "--checkpoint", tiny_checkpoint, "--arch",
                  "tiny_trojan", "--images", str(photo_dir), "--device", "cpu", "--profile", str(profile),
-                 "--trigger", str(trigger_file), "--target", str(TARGET), "--out", str(out)]) == 0
+                 "--trigger", str(trigger_file), "--target", str(TARGET), "--keep-decision", "--out", str(out)]) == 0
     markdown = (out / "trojan.md").read_text()
     assert "| Saliency |" in markdown and "**Average**" in markdown and "Pointing game" in markdown
     lines = (out / "trojan.csv").read_text().splitlines()
@@ -269,6 +304,7 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     assert report["config"]["augment"]["count"] == 16 and report["config"]["samples"]["seed"] == 0
     assert report["environment"]["torch"] and report["methods"] == list(METHODS)
     assert report["samples"] == 2 and 0 <= report["top1_kept"]["fraction"] <= 1
+    assert report["config"]["keep_decision"] == [0.8, 0.6, 0.4, 0.2] and report["backoff"]["total"] == 2
     # a table of a subset of the methods, under its own name
     assert main(["benchmark", "merge", str(out), "--methods", "saliency", "--name", "saliency_only"]) == 0
     subset = (out / "saliency_only.csv").read_text().splitlines()

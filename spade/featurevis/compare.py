@@ -17,7 +17,7 @@ from spade.layers import LayerSelection
 from spade.preprocessing import Preprocessing
 from spade.solver import SolverConfig
 from spade.sparsity import Sparsity, late_blocks_profile
-from spade.trace import SpadeTrace, prepare_statistics, solve
+from spade.trace import SpadeTrace, prepare_statistics, solve_keeping_decision
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,10 @@ def visualization_trace(model: nn.Module, image: Image.Image, *, preprocessing: 
         sparsity = late_blocks_profile(model, VISUALIZATION_TARGET, selection=selection)
     stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
                                selection=selection, progress=progress)
-    trace = solve(stats, sparsity, solver, progress)
+    candidates = [sparsity]
     if keep_decision and default:
-        for target in FALLBACK_TARGETS:
-            if trace.top1_agrees:
-                break
-            log.info("the trace changed the top-1 class; re-solving with late-block target %g", target)
-            trace = solve(stats, late_blocks_profile(model, target, selection=selection), solver, progress)
+        candidates += [late_blocks_profile(model, target, selection=selection) for target in FALLBACK_TARGETS]
+    trace, _ = solve_keeping_decision(stats, candidates, solver, progress)
     trace.settings["augment"] = asdict(augment)
     return trace
 

@@ -143,10 +143,20 @@ def summarize(records: list[dict], kind: str, *, ci: str = "t", confidence: floa
                      "description": ("Student-t interval of the mean" if ci == "t"
                                      else "percentile bootstrap of the mean (seeded)")},
         "top1_kept": {"count": kept, "total": len(traces), "fraction": kept / len(traces)},
+        **({"backoff": _backoff(traces)} if any("sparsity_scale" in t for t in traces.values()) else {}),
         "logit_cosine_mean": float(np.mean(cosines)) if cosines else None,
         "seconds": _seconds_by_device(records, order),
         "rows": rows,
     }
+
+
+def _backoff(traces: dict[str, dict]) -> dict:
+    """How many traces were re-solved at a lower sparsity to keep the top-1 class: {"count", "total",
+    "scales": {factor: count}} (a record without a factor counts as not re-solved)."""
+    scales = [float(t.get("sparsity_scale", 1.0)) for t in traces.values()]
+    lowered = sorted((s for s in scales if s < 1.0), reverse=True)
+    return {"count": len(lowered), "total": len(scales),
+            "scales": {f"{s:g}": lowered.count(s) for s in dict.fromkeys(lowered)}}
 
 
 def _seconds_by_device(records: list[dict], methods: list[str]) -> dict:
@@ -193,6 +203,12 @@ def markdown(summary: dict, title: str = "", notes: list[str] | None = None) -> 
     lines.append(f"Samples: {summary['samples']} ({summary['complete_samples']} with every method). "
                  f"The SPADE trace keeps the dense top-1 on {kept['count']} of {kept['total']} "
                  f"({100 * kept['fraction']:.1f}%).")
+    if "backoff" in summary:
+        backoff = summary["backoff"]
+        scales = ", ".join(f"x{s}: {n}" for s, n in backoff["scales"].items()) or "none"
+        lines.append(f"Keep-decision back-off (not the paper's protocol): {backoff['count']} of {backoff['total']} "
+                     f"traces changed the top-1 at the requested sparsity and were re-solved at a lower one "
+                     f"(sparsity scale {scales}).")
     devices = summary["seconds"]
     lines.append("Computed on: " + ", ".join(f"{d} ({v['records']} records, {v['trace_mean']:.1f} s per trace)"
                                              for d, v in devices.items()) + ".")

@@ -20,7 +20,7 @@ from spade.errors import ConfigError
 from spade.layers import LayerSelection, block_of
 from spade.preprocessing import Preprocessing
 from spade.solver import SolverConfig, prune_matrix
-from spade.sparsity import Sparsity, SparsityProfile, resolve_targets
+from spade.sparsity import Sparsity, SparsityProfile, backoff_schedule, resolve_targets
 from spade.statistics import LayerStatistics, collect_statistics
 
 log = logging.getLogger(__name__)
@@ -237,14 +237,16 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
 
 
 def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Sparsity],
-                           solver: SolverConfig = SolverConfig(), progress: ProgressFn | None = None
-                           ) -> tuple[SpadeTrace, int]:
+                           solver: SolverConfig = SolverConfig(), progress: ProgressFn | None = None, *,
+                           solve_with: Callable[..., SpadeTrace] = solve) -> tuple[SpadeTrace, int]:
     """Solve with ``candidates[0]``; while the trace's top-1 class differs from the dense model's, re-solve with the
     next candidate (usually sparser first, e.g. `spade.sparsity.backoff_schedule`). Re-solving reuses the
     statistics and the solver's factorisations, so each retry costs solver time only.
 
     Returns the first trace that keeps the top-1 class, or the last one tried when none does, and its index in
     ``candidates``. The statistics must hold the un-augmented image (`prepare_statistics` records it).
+    solve_with(statistics, sparsity, solver, progress): what solves one candidate (`solve`; the app passes its
+    cached solve).
     """
     if not candidates:
         raise ConfigError("Give at least one sparsity to try.")
@@ -253,7 +255,7 @@ def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Spa
     for index, sparsity in enumerate(candidates):
         if index:
             log.info("the trace changed the top-1 class; re-solving with sparsity %s", _sparsity_settings(sparsity))
-        trace = solve(statistics, sparsity, solver, progress)
+        trace = solve_with(statistics, sparsity, solver, progress)
         if trace.top1_agrees:
             break
     return trace, index
@@ -286,11 +288,16 @@ def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: P
 def spade_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
                 augment: AugmentConfig = AugmentConfig(), sparsity: Sparsity = 0.9,
                 solver: SolverConfig = SolverConfig(), selection: LayerSelection = LayerSelection(),
-                device: str | torch.device | None = None, batch_size: int = 64,
+                device: str | torch.device | None = None, batch_size: int = 64, keep_decision: bool = False,
                 progress: ProgressFn | None = None) -> SpadeTrace:
-    """Augment + collect statistics + solve: the SPADE trace of `model` for one RGB PIL `image`."""
+    """Augment + collect statistics + solve: the SPADE trace of `model` for one RGB PIL `image`.
+
+    keep_decision: when the trace's top-1 class differs from the dense model's, re-solve at the lower sparsities
+    of `spade.sparsity.backoff_schedule` until it keeps it (`solve_keeping_decision`; the trace's settings
+    record the sparsity used)."""
     stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
                                selection=selection, device=device, batch_size=batch_size, progress=progress)
-    trace = solve(stats, sparsity, solver, progress)
+    candidates = [s for _, s in backoff_schedule(sparsity)] if keep_decision else [sparsity]
+    trace, _ = solve_keeping_decision(stats, candidates, solver, progress)
     trace.settings["augment"] = asdict(augment)
     return trace

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from spade.saliency import METHODS
 from spade.solver import SolverConfig
 from spade.sparsity import Sparsity
 from spade.statistics import LayerStatistics
-from spade.trace import SpadeTrace, prepare_statistics, solve
+from spade.trace import SpadeTrace, prepare_statistics, solve, solve_keeping_decision
 
 
 class LRUStore:
@@ -127,6 +127,23 @@ def get_trace(stats_key: tuple, stats: LayerStatistics, sparsity: Sparsity, spar
     trace = solve(stats, sparsity, solver, progress)
     store().put("trace", key, trace)
     return trace, True
+
+
+def get_trace_keeping_decision(stats_key: tuple, stats: LayerStatistics, candidates: Sequence[Sparsity],
+                               solver: SolverConfig, progress: Callable[[str, float], None] | None = None
+                               ) -> tuple[SpadeTrace, int, bool]:
+    """`get_trace` for each sparsity of ``candidates`` in turn until the trace keeps the dense top-1 class
+    (`spade.trace.solve_keeping_decision` with the store as cache; each sparsity is its own cache key):
+    (trace, index of the sparsity used, whether any trace was computed now)."""
+    computed = []
+
+    def cached_solve(statistics, sparsity, solver, progress):
+        trace, fresh = get_trace(stats_key, statistics, sparsity, sparsity, solver, progress)
+        computed.append(fresh)
+        return trace
+
+    trace, index = solve_keeping_decision(stats, candidates, solver, progress, solve_with=cached_solve)
+    return trace, index, any(computed)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

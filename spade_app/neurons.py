@@ -34,9 +34,8 @@ from spade.featurevis import (
     check_objective,
     compare_neuron,
 )
-from spade.featurevis.compare import FALLBACK_TARGETS, VISUALIZATION_TARGET
+from spade.featurevis.compare import FALLBACK_TARGETS, VISUALIZATION_TARGET, visualization_sparsities
 from spade.solver import SolverConfig
-from spade.sparsity import late_blocks_profile
 from spade.trace import SpadeTrace
 from spade_app import compute, figures, results
 from spade_app.results import OOM_HINT, stage_progress
@@ -53,8 +52,8 @@ class NeuronSettings:
     """Everything a Neurons run depends on besides the image and the model.
 
     objective: what is maximised. sparsity: None = `late_blocks_profile` at 0.95 (the authors' choice),
-    else a uniform target in [0, 1). keep_decision: with the default sparsity, lower the late-block target
-    (FALLBACK_TARGETS) until the trace keeps the top-1 class. views / top_k: evidence views searched / shown.
+    else a uniform target in [0, 1). keep_decision: lower the sparsity until the trace keeps the top-1 class
+    (`spade.featurevis.compare.visualization_sparsities`). views / top_k: evidence views searched / shown.
     """
 
     objective: Objective
@@ -79,9 +78,10 @@ class NeuronSettings:
         return replace(EVIDENCE_AUGMENT, count=self.views, seed=self.seed)
 
     def describe_sparsity(self) -> str:
+        keeping = " (keeping the decision)" if self.keep_decision else ""
         if self.sparsity is None:
-            return f"late blocks {VISUALIZATION_TARGET:g}" + (" (keeping the decision)" if self.keep_decision else "")
-        return f"uniform {self.sparsity:.2f}"
+            return f"late blocks {VISUALIZATION_TARGET:g}{keeping}"
+        return f"uniform {self.sparsity:.2f}{keeping}"
 
 
 @st.cache_resource
@@ -149,8 +149,9 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
             uniform = st.slider("Uniform sparsity", 0.0, 0.99, loaded.spec.default_sparsity, step=0.01,
                                 key="nv_sparsity")
             keep = st.checkbox("Keep the model's decision", True, key="nv_keep",
-                               help="Late blocks only: if the trace changes the top-1 class, lower the late-block "
-                                    f"target ({', '.join(f'{t:g}' for t in FALLBACK_TARGETS)}) until it keeps it.")
+                               help="If the trace changes the top-1 class, lower the sparsity until it keeps it: the "
+                                    f"late-block target to {', '.join(f'{t:g}' for t in FALLBACK_TARGETS)}, or the "
+                                    "uniform one to 0.8, 0.6, ... times the chosen value.")
         submitted = st.form_submit_button("Run", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None
@@ -184,16 +185,9 @@ def _trace(sel: Selection, settings: NeuronSettings, progress) -> SpadeTrace:
     loaded = sel.loaded
     stats, _ = compute.get_statistics(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, progress)
     key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
-    solver = SolverConfig()
-    if settings.sparsity is not None:
-        return compute.get_trace(key, stats, settings.sparsity, settings.sparsity, solver, progress)[0]
-    targets = (VISUALIZATION_TARGET, *FALLBACK_TARGETS) if settings.keep_decision else (VISUALIZATION_TARGET,)
-    for target in targets:
-        profile = late_blocks_profile(loaded.model, target, selection=loaded.spec.layer_selection)
-        trace = compute.get_trace(key, stats, profile, profile, solver, progress)[0]
-        if trace.top1_agrees:
-            break
-    return trace
+    candidates = visualization_sparsities(loaded.model, settings.sparsity, settings.keep_decision,
+                                          loaded.spec.layer_selection)
+    return compute.get_trace_keeping_decision(key, stats, candidates, SolverConfig(), progress)[0]
 
 
 def run(sel: Selection, settings: NeuronSettings) -> tuple[SpadeTrace, NeuronComparison] | None:
@@ -284,10 +278,14 @@ def show(sel: Selection, settings: NeuronSettings, trace: SpadeTrace, result: Ne
     st.caption(f"SPADE trace: {label} · "
                f"{kept:.1%} of the pruned layers' weights kept · logit cosine {trace.logit_cosine:.3f} · "
                f"{settings.augmentations} augmentations · seed {settings.seed}")
-    if isinstance(sparsity, dict) and sparsity.get("name") != f"late-blocks-{VISUALIZATION_TARGET:g}" \
-            and settings.sparsity is None:
-        st.info(f"The trace at {VISUALIZATION_TARGET:g} on the late blocks changed the model's top-1 class, so the "
-                f"late-block target was lowered ({sparsity.get('name')}) to keep it.", icon=":material/info:")
+    if settings.sparsity is None:
+        asked = f"{VISUALIZATION_TARGET:g} on the late blocks"
+        lowered = isinstance(sparsity, dict) and sparsity.get("name") != f"late-blocks-{VISUALIZATION_TARGET:g}"
+    else:
+        asked, lowered = f"uniform {settings.sparsity:g}", sparsity != settings.sparsity
+    if lowered:
+        st.info(f"The trace at {asked} changed the model's top-1 class, so the sparsity was lowered ({label}) to "
+                "keep it.", icon=":material/info:")
     if not trace.top1_agrees:
         st.warning("The trace does not keep the model's top-1 class, so its visualization may not show what the "
                    "model used: lower the sparsity or add augmentations.", icon=":material/warning:")

@@ -90,8 +90,8 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
                 stats, fresh_stats = compute.get_statistics(sel.model_key, sel.image_key, sel.loaded, sel.image,
                                                             settings.augment, draw)
                 key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
-                trace, fresh_trace = compute.get_trace(key, stats, settings.sparsity_value, settings.sparsity,
-                                                       settings.solver, draw)
+                trace, step, fresh_trace = compute.get_trace_keeping_decision(
+                    key, stats, [sparsity for _, sparsity in settings.schedule], settings.solver, draw)
         except torch.OutOfMemoryError:
             status.update(label="SPADE failed: out of GPU memory", state="error", expanded=True)
             st.error(OOM_HINT)
@@ -112,6 +112,10 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
                  + (" (statistics reused, re-solved)" if not fresh_stats and fresh_trace else "")
                  + (" (from cache)" if not fresh_stats and not fresh_trace else ""))
         status.update(label=label, state="complete", expanded=False)
+    if step:
+        st.info(f"At {settings.describe_sparsity()} the trace predicted another class than the dense model, so it "
+                f"was re-solved at {settings.schedule[step][0]:g} × that sparsity, which keeps the decision "
+                "(\"Keep the model's decision\" in the settings).", icon=":material/tune:")
     return trace
 
 
@@ -209,7 +213,7 @@ def attribution_pairs(sel: Selection, settings: RunSettings, trace: SpadeTrace, 
     x = sel.loaded.preprocessing(sel.image)
     dense_key = ("dense", sel.model_key, sel.image_key)
     sparse_key = (compute.trace_key(compute.statistics_key(sel.model_key, sel.image_key, settings.augment),
-                                    settings.sparsity, settings.solver), sel.image_key)
+                                    repr(trace.settings["sparsity"]), settings.solver), sel.image_key)
     attributions: dict[str, tuple] = {}
     with st.status("Computing saliency maps…", expanded=True) as status:
         bar = st.progress(0.0)
@@ -284,7 +288,7 @@ def report(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: d
     """JSON-ready report: settings (with seeds), versions, predictions with class names, per-layer table."""
     body = trace.to_dict()
     body["settings"] = {**body.get("settings", {}), "augment": asdict(settings.augment),
-                        "solver": asdict(settings.solver)}
+                        "solver": asdict(settings.solver), "keep_decision": settings.keep_decision}
     for key in ("dense_top5", "trace_top5"):
         pred = getattr(trace, key)
         if pred is not None:

@@ -16,7 +16,15 @@ from spade.augment import AugmentConfig
 from spade.errors import ConfigError, SpadeError
 from spade.solver import MODES as SOLVER_MODES
 from spade.solver import SolverConfig
-from spade.sparsity import PROFILES, Sparsity, SparsityProfile, late_blocks_profile, profile_from_json
+from spade.sparsity import (
+    BACKOFF_FACTORS,
+    PROFILES,
+    Sparsity,
+    SparsityProfile,
+    backoff_schedule,
+    late_blocks_profile,
+    profile_from_json,
+)
 
 SETTINGS_KEY = "explore_settings"
 UNIFORM, LATE, PROFILE, FILE = "Uniform", "Late blocks", "Built-in profile", "Profile JSON file"
@@ -35,10 +43,13 @@ class RunSettings:
     augment: AugmentConfig = AugmentConfig(count=64)
     solver: SolverConfig = SolverConfig()
     methods: tuple[str, ...] = field(default=())
+    keep_decision: bool = True
 
     @property
-    def sparsity_value(self) -> Sparsity:
-        return self.sparsity
+    def schedule(self) -> tuple[tuple[float, Sparsity], ...]:
+        """((scale, sparsity), ...) the run tries in turn: the chosen sparsity, then (keep_decision) lower ones
+        until the trace keeps the dense top-1 class (`spade.sparsity.backoff_schedule`)."""
+        return backoff_schedule(self.sparsity) if self.keep_decision else ((1.0, self.sparsity),)
 
     def describe_sparsity(self) -> str:
         if isinstance(self.sparsity, SparsityProfile):
@@ -53,6 +64,14 @@ WALKTHROUGH = RunSettings(sparsity=0.5, augment=AugmentConfig(count=64), methods
 def current_settings() -> RunSettings:
     """The last submitted settings (defaults before the first run)."""
     return st.session_state.get(SETTINGS_KEY) or RunSettings()
+
+
+def keep_decision_checkbox(value: bool, key: str) -> bool:
+    return st.checkbox("Keep the model's decision", value, key=key,
+                       help="When the trace predicts another class than the dense model, re-solve it at "
+                            f"{', '.join(f'{f:g}' for f in BACKOFF_FACTORS)} times the chosen sparsity until it "
+                            "predicts the same (the statistics are reused, so this costs solver time only). Off: the "
+                            "paper's protocol, every trace at the chosen sparsity.")
 
 
 def _profile_from_upload(upload) -> SparsityProfile:
@@ -92,6 +111,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
                                    help="\n\n".join(f"**{n}**: {p.description}" for n, p in PROFILES.items()))
             upload = st.file_uploader("Profile JSON ({\"targets\": {block: sparsity}, \"default\": 0})",
                                       type=["json"], key="ex_profile_file")
+            keep = keep_decision_checkbox(last.keep_decision, key="ex_keep")
         with c_aug:
             st.markdown("**Augmentations**")
             count = st.number_input("Count", 1, 4096, aug.count, step=8, key="ex_count",
@@ -133,6 +153,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
                                   seed=int(seed)),
             solver=SolverConfig(mode=solver_mode),
             methods=tuple(methods),
+            keep_decision=bool(keep),
         )
     except SpadeError as exc:
         st.error(str(exc))

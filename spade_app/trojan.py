@@ -31,7 +31,7 @@ from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile,
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
 from spade.trojan.benchmark import trojan_scores
 from spade_app import figures, loaders, maps, results
-from spade_app.settings import RunSettings
+from spade_app.settings import RunSettings, keep_decision_checkbox
 from spade_app.sidebar import Selection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +74,12 @@ class TrojanSettings:
     sparsity: float | SparsityProfile = 0.5
     augment: AugmentConfig = AugmentConfig(count=64)
     methods: tuple[str, ...] = field(default=())
+    keep_decision: bool = True
 
     @property
     def run_settings(self) -> RunSettings:
-        return RunSettings(sparsity=self.sparsity, augment=self.augment, methods=self.methods)
+        return RunSettings(sparsity=self.sparsity, augment=self.augment, methods=self.methods,
+                           keep_decision=self.keep_decision)
 
     def describe_placement(self) -> str:
         where = (f"random position (seed {self.seed})" if self.position is None
@@ -363,6 +365,7 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
                                         f"{loaded.spec.name} (a tuned one is picked by default).")
             count = st.number_input("Augmentations", 1, 4096, last.augment.count, step=8, key="tl_count",
                                     help="More views: a more faithful trace, but slower.")
+            keep = keep_decision_checkbox(last.keep_decision, key="tl_keep")
             methods = st.multiselect("Saliency methods", list(method_labels),
                                      default=[m for m in last.methods if m in method_labels],
                                      format_func=lambda m: method_labels[m], key="tl_methods")
@@ -390,7 +393,8 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
             trigger=trigger_key, trigger_label=trigger_label,
             position=None if placement == RANDOM else (round(float(x), 4), round(float(y), 4)), seed=int(seed),
             size=round(float(size), 4), alpha=round(float(alpha), 4), model=choice, target=target,
-            sparsity=sparsity, augment=AugmentConfig(count=int(count)), methods=tuple(methods))
+            sparsity=sparsity, augment=AugmentConfig(count=int(count)), methods=tuple(methods),
+            keep_decision=bool(keep))
     except SpadeError as exc:
         st.error(str(exc))
         return None

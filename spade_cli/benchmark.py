@@ -112,9 +112,6 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
         run.add_argument("--ci", choices=("t", "bootstrap"), default="t",
                          help="95%% confidence interval: Student t (default) or seeded percentile bootstrap")
         run.add_argument("--smoke", action="store_true", help="a quick check: few samples, cheap methods")
-        run.add_argument("--keep-decision", action="store_true",
-                         help="re-solve a trace that changes the dense top-1 at lower sparsity (x0.8, x0.6, ... of the "
-                              "requested) until it keeps it; not the paper's protocol, the tables count them")
         if kind == "trojan":
             run.add_argument("--no-flip-filter", action="store_true",
                              help="keep samples where the trigger does not flip the prediction (timing runs on a "

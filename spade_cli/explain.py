@@ -106,7 +106,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     try:
         trace = spade_trace(loaded.model, image, preprocessing=preprocessing,
                             augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
-                            selection=loaded.spec.layer_selection, progress=bar)
+                            selection=loaded.spec.layer_selection, keep_decision=args.keep_decision, progress=bar)
         x = preprocessing(image).to(loaded.device)
         with torch.no_grad():
             dense_logits = loaded.model(x[None])

@@ -33,9 +33,6 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="visualization size in pixels (default: the model's crop)")
     add_trace_arguments(parser, sparsity_default="0.95 on the late blocks, the authors' choice")
-    parser.add_argument("--keep-decision", action="store_true",
-                        help="with the default sparsity: lower the late-block target (0.9, 0.8, 0.7, 0.5) until the "
-                        "trace keeps the model's top-1 class (compact models lose it at 0.95)")
     parser.add_argument("--views", type=int, default=64, help="augmented views searched for the evidence (default 64)")
     parser.add_argument("--top-k", type=int, default=4, help="most exciting views to save (default 4)")
     parser.add_argument("--out", metavar="DIR", default="spade-visualize",

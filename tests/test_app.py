@@ -153,9 +153,13 @@ def _with_model(at: AppTest, name: str) -> AppTest:
     return at
 
 
-def _run_spade(at: AppTest, count: int = 8, sparsity: float = 0.9, methods: tuple[str, ...] = ()) -> AppTest:
+def _run_spade(at: AppTest, count: int = 8, sparsity: float = 0.9, methods: tuple[str, ...] = (),
+               keep: bool = False) -> AppTest:
+    """Run the Explore form; keep: "Keep the model's decision" (off by default here, so that the trace is the
+    one at `sparsity`)."""
     at.number_input(key="ex_count").set_value(count)
     at.slider(key="ex_sparsity").set_value(sparsity)
+    at.checkbox(key="ex_keep").set_value(keep)
     at.multiselect(key="ex_methods").set_value(list(methods))
     next(b for b in at.button if b.label == "Run SPADE").click().run()
     assert not at.exception, at.exception
@@ -256,6 +260,35 @@ def test_explore_run_on_default_model(at):
     loaded = load_model(DEFAULT_MODEL, device="cpu")
     assert len(table) == len(prunable_layers(loaded.model, loaded.spec.layer_selection))
     assert ((table["achieved"] - 0.9).abs() < 0.05).all()
+
+
+def test_keep_decision_resolves_at_the_first_lower_sparsity_that_keeps_the_top1(at):
+    """On the default model, coffee's trace at 0.9 (8 views) predicts another class; the library, called here
+    directly, names the first back-off sparsity that keeps the top-1, and the app shows that trace."""
+    from dataclasses import replace
+
+    from spade.sparsity import backoff_schedule
+    from spade.trace import prepare_statistics, solve_keeping_decision
+    from spade_app.settings import RunSettings
+
+    loaded = load_model(DEFAULT_MODEL, device="cpu")
+    image = load_image(bundled_examples()["coffee"])
+    stats = prepare_statistics(loaded.model, image, preprocessing=loaded.preprocessing,
+                               augment_config=replace(RunSettings().augment, count=8),
+                               selection=loaded.spec.layer_selection)
+    schedule = backoff_schedule(0.9)
+    _, step = solve_keeping_decision(stats, [s for _, s in schedule])
+    assert step >= 1  # the setting exercises the back-off
+
+    at.sidebar.selectbox(key="image_example").set_value("coffee").run()
+    _run_spade(at, count=8, sparsity=0.9, keep=True)
+    assert [s.value for s in at.success] and "Top-1 kept" in at.success[0].value
+    infos = [i.value for i in at.info if "re-solved" in i.value]
+    assert len(infos) == 1 and f"re-solved at {schedule[step][0]:g} × that sparsity" in infos[0]
+    assert list(_layer_table(at)["target"]) == pytest.approx([schedule[step][1]] * len(_layer_table(at)))
+    _run_spade(at, count=8, sparsity=0.9, keep=False)  # the paper's protocol: the trace at 0.9, top-1 changed
+    assert any("Top-1 differs" in e.value for e in at.error) and not any("re-solved" in i.value for i in at.info)
+    assert (_layer_table(at)["target"] == 0.9).all()
 
 
 def test_uploaded_checkpoint_is_used_and_bad_checkpoint_is_reported(tiny, at, tmp_path):

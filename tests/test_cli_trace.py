@@ -37,3 +37,20 @@ def test_trace_command_reports_bad_profile_cleanly(tmp_path):
     result = run_cli("trace", str(bundled_examples()["coffee"]), "--profile", "no-such-profile")
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_keep_decision_lowers_the_sparsity_until_the_top1_is_kept(tmp_path):
+    from spade.sparsity import backoff_schedule
+
+    common = ["trace", str(bundled_examples()["coffee"]), "--augmentations", "8", "--sparsity", "0.9",
+              "--device", "cpu"]
+    plain = run_cli(*common)
+    assert plain.returncode == 0, plain.stderr
+    assert "TOP-1 DIFFERS" in plain.stdout  # coffee's trace at 0.9 changes the decision
+    report = tmp_path / "report.json"
+    kept = run_cli(*common, "--keep-decision", "--json", str(report))
+    assert kept.returncode == 0, kept.stderr
+    assert "same top-1" in kept.stdout
+    used = json.loads(report.read_text())["settings"]["sparsity"]
+    lower = [s for _, s in backoff_schedule(0.9)][1:]
+    assert any(abs(used - s) < 1e-12 for s in lower), used

@@ -418,6 +418,19 @@ def test_keep_decision_lowers_the_late_block_target_only_when_needed():
                                    augment=cfg).top1_agrees  # seed 2 really exercises the fallback
 
 
+def test_visualization_sparsities_lower_a_given_sparsity_too():
+    from spade.featurevis.compare import FALLBACK_TARGETS, visualization_sparsities
+    from spade.sparsity import BACKOFF_FACTORS, late_blocks_profile
+
+    model = tiny_mobilenet()
+    assert visualization_sparsities(model, 0.5) == [0.5]
+    assert visualization_sparsities(model, 0.5, keep_decision=True) == pytest.approx(
+        [0.5 * f for f in (1.0, *BACKOFF_FACTORS)])
+    late = visualization_sparsities(model, keep_decision=True)
+    assert late == [late_blocks_profile(model, t) for t in (0.95, *FALLBACK_TARGETS)]
+    assert visualization_sparsities(model) == late[:1]
+
+
 # --------------------------------------------------------------------------------------------------------------
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     # libgomp's default busy-waiting makes two threads on two shared, busy cores 10-100x slower; passive

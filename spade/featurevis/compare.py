@@ -16,7 +16,7 @@ from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult, visual
 from spade.layers import LayerSelection
 from spade.preprocessing import Preprocessing
 from spade.solver import SolverConfig
-from spade.sparsity import Sparsity, late_blocks_profile
+from spade.sparsity import Sparsity, backoff_schedule, late_blocks_profile
 from spade.trace import SpadeTrace, prepare_statistics, solve_keeping_decision
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,20 @@ def _prefixed(progress: ProgressFn | None, prefix: str) -> ProgressFn | None:
     return lambda stage, fraction: progress(f"{prefix} {stage}", fraction)
 
 
+def visualization_sparsities(model: nn.Module, sparsity: Sparsity | None = None, keep_decision: bool = False,
+                             selection: LayerSelection = LayerSelection()) -> list[Sparsity]:
+    """The sparsities a visualization trace tries in turn (`spade.trace.solve_keeping_decision`).
+
+    sparsity None: `spade.sparsity.late_blocks_profile` at VISUALIZATION_TARGET (the authors' choice), then with
+    keep_decision the late-block targets of FALLBACK_TARGETS. A given sparsity: itself, then with keep_decision
+    the lower ones of `spade.sparsity.backoff_schedule`.
+    """
+    if sparsity is not None:
+        return [s for _, s in backoff_schedule(sparsity)] if keep_decision else [sparsity]
+    targets = (VISUALIZATION_TARGET, *FALLBACK_TARGETS) if keep_decision else (VISUALIZATION_TARGET,)
+    return [late_blocks_profile(model, target, selection=selection) for target in targets]
+
+
 def visualization_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
                         augment: AugmentConfig = AugmentConfig(), sparsity: Sparsity | None = None,
                         selection: LayerSelection = LayerSelection(), solver: SolverConfig = SolverConfig(),
@@ -43,18 +57,13 @@ def visualization_trace(model: nn.Module, image: Image.Image, *, preprocessing: 
     """The SPADE trace of ``model`` for ``image`` with the visualization default sparsity
     (`spade.sparsity.late_blocks_profile` at 0.95, the authors' choice) unless ``sparsity`` is given.
 
-    keep_decision (default sparsity only): when the trace's top-1 class differs from the dense model's,
-    re-solve from the same statistics with the late-block targets of FALLBACK_TARGETS in turn, stopping at
-    the first that keeps it (re-solving reuses the statistics, so it costs solver time only).
+    keep_decision: when the trace's top-1 class differs from the dense model's, re-solve from the same
+    statistics at the lower sparsities of `visualization_sparsities` in turn, stopping at the first that keeps
+    it (re-solving reuses the statistics, so it costs solver time only).
     """
-    default = sparsity is None
-    if default:
-        sparsity = late_blocks_profile(model, VISUALIZATION_TARGET, selection=selection)
     stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
                                selection=selection, progress=progress)
-    candidates = [sparsity]
-    if keep_decision and default:
-        candidates += [late_blocks_profile(model, target, selection=selection) for target in FALLBACK_TARGETS]
+    candidates = visualization_sparsities(model, sparsity, keep_decision, selection)
     trace, _ = solve_keeping_decision(stats, candidates, solver, progress)
     trace.settings["augment"] = asdict(augment)
     return trace

@@ -39,8 +39,9 @@ class VisualizationSettings:
     steps: feature-visualization Adam steps (None: the library default for the model's device).
     size: side of the visualization in pixels (None: the model's crop size).
     augmentations: augmented views the SPADE trace is fitted to. sparsity: None = the authors' late-blocks
-    profile at 0.95 (``keep_decision`` lowers it until the trace keeps the top-1 class), else a uniform target
-    in [0, 1). seed: seeds the augmentations and the visualizations.
+    profile at 0.95, else a uniform target in [0, 1); ``keep_decision`` lowers either until the trace keeps the
+    top-1 class (`spade.featurevis.compare.visualization_sparsities`). seed: seeds the augmentations and the
+    visualizations.
     """
 
     steps: int | None = None

@@ -233,6 +233,30 @@ def test_batch_size_does_not_change_the_result(name):
     assert torch.allclose(a.raw, b.raw, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("segmentation", ["slic", "grid"])
+@pytest.mark.parametrize("positive_only", [False, True])
+def test_lime_equals_captums_sample_by_sample_lime(segmentation, positive_only):
+    """The vectorised LIME against captum's own `Lime` (its default kernel, sampler and Lasso) under the same
+    seed: the same draws, weights and fit."""
+    from captum.attr import Lime
+
+    from spade.saliency.perturbation import lime_segments
+
+    model, x = RegionModel(region_mask()), region_image()
+    settings = fast_settings("lime", n_samples=150, n_segments=25, segmentation=segmentation, seed=7,
+                             positive_only=positive_only, batch_size=16)
+    ours = METHODS["lime"].explain(model, x, 0, settings).raw
+    segments = lime_segments(x[None], settings)[None, None]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        theirs = Lime(model).attribute(x[None], target=0, baselines=0.0, feature_mask=segments, n_samples=150,
+                                       perturbations_per_eval=4, return_input_shape=True)[0]
+    if positive_only:
+        theirs = theirs.clamp(min=0)
+    assert (theirs != 0).any()  # the region's superpixels get weight
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
 def test_progress_reports_increasing_fractions():
     seen = []
     METHODS["occlusion"].explain(tiny_resnet(0), torch.randn(3, 32, 32), 0,

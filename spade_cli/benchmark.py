@@ -132,6 +132,9 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="fraction of calibration samples whose dense top-1 the trace must keep (default 1)")
     tune.add_argument("--granularity", choices=("stage", "block"), default="stage",
                       help="tune one level per stage (default) or per block")
+    tune.add_argument("--keep-decision", action="store_true",
+                      help="score a sample whose trace loses the top-1 on its trace at lower levels, as the "
+                           "benchmark's --keep-decision does (for a profile meant to be used with it)")
     tune.add_argument("--name", help="profile name (default <model>_tuned)")
     tune.add_argument("--out", metavar="FILE.json", help="where to write the profile (default <model>_tuned.json)")
     tune.add_argument("--smoke", action="store_true", help="a quick check: 2 samples, 3 levels, one method")
@@ -341,7 +344,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     config = TuningConfig(methods=methods, levels=levels, augment=AugmentConfig(count=args.augmentations or 256,
                                                                                   seed=args.seed),
                           rounds=args.rounds, min_agreement=args.min_agreement, granularity=args.granularity,
-                          seed=args.seed, batch_size=args.batch_size)
+                          seed=args.seed, batch_size=args.batch_size, keep_decision=args.keep_decision)
     sample_config = SampleConfig(count=args.samples or 16, seed=args.sample_seed)
     samples = build_samples(loaded.model, loaded.spec.preprocessing, photos, sample_config,
                             trigger=trigger_image, target=target)

@@ -7,6 +7,8 @@ groups are visited from the output towards the input; for each, every level of t
 other groups fixed, and the level with the best mean Trojan AUC of the tuning methods on the calibration
 samples is kept, among the levels whose trace keeps the dense top-1 on at least ``min_agreement`` of them.
 Levels are tried in increasing order and the search moves on after the first one that breaks the constraint.
+With ``keep_decision`` a sample whose trace loses the top-1 is scored, as the benchmark's ``--keep-decision``
+does, on the trace at the candidate's levels times the first of `spade.sparsity.BACKOFF_FACTORS` that keeps it.
 
 Cost: the layer statistics of each calibration sample are recorded once; a candidate only re-solves the
 layers of the group being changed (``spade.trace.solve`` on those layers' statistics, which never touches the
@@ -32,7 +34,7 @@ from spade.metrics import trojan_auc
 from spade.models import LoadedModel
 from spade.saliency import get_method, settings_for
 from spade.solver import SolverConfig
-from spade.sparsity import SparsityProfile, load_profile
+from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile
 from spade.statistics import LayerStatistics
 from spade.trace import prepare_statistics, solve
 from spade.trojan.samples import SampleSet
@@ -50,7 +52,8 @@ class TuningConfig:
     levels: the sparsity grid (0 included: a group may stay dense). augment, solver: as for the trace.
     rounds: passes over the groups. min_agreement: the fraction of calibration samples on which the trace must
     keep the dense top-1. granularity: "stage" or "block" groups. seed: seeds random methods. batch_size:
-    images per pass for methods that batch (None: the library's default)."""
+    images per pass for methods that batch (None: the library's default). keep_decision: score a sample that
+    loses the top-1 on its trace at lower levels (see the module doc), as the benchmark's option of that name."""
 
     methods: tuple[str, ...] = ("saliency", "input_x_gradient")
     levels: tuple[float, ...] = AUTHORS_LEVELS
@@ -61,6 +64,7 @@ class TuningConfig:
     granularity: str = "stage"
     seed: int = 0
     batch_size: int | None = None
+    keep_decision: bool = False
 
     def __post_init__(self):
         for name in self.methods:
@@ -143,15 +147,24 @@ class _Evaluator:
                 weight = self.dense[n] if level == 0 else sample.solved[(n, level)]
                 self.modules[n].weight.copy_(weight)
 
+    def _keeps_top1(self, sample: _Calibration, levels: dict[str, float]) -> bool:
+        """Load the sample's solved weights at ``levels`` into the working copy; whether it keeps the top-1."""
+        for group in levels:
+            self._weights(sample, levels, group)
+        with torch.inference_mode():
+            return int(self.work(sample.x[None]).argmax()) == sample.dense_top1
+
     def evaluate(self, levels: dict[str, float]) -> tuple[float | None, float]:
         """(mean best Trojan AUC or None when the top-1 constraint fails, fraction keeping the top-1)."""
         aucs, misses = [], 0
+        backoff = BACKOFF_FACTORS if self.config.keep_decision else ()
         for i, sample in enumerate(self.calibration):
-            for group in levels:
-                self._weights(sample, levels, group)
-            with torch.inference_mode():
-                top1 = int(self.work(sample.x[None]).argmax())
-            if top1 != sample.dense_top1:
+            keeps = self._keeps_top1(sample, levels)
+            for factor in backoff:
+                if keeps:
+                    break
+                keeps = self._keeps_top1(sample, {group: level * factor for group, level in levels.items()})
+            if not keeps:
                 misses += 1
                 if misses > self.allowed:
                     return None, 1 - misses / (i + 1)
@@ -162,10 +175,11 @@ class _Evaluator:
         agreement = 1 - misses / len(self.calibration)
         return (float(sum(aucs) / len(aucs)) if aucs else None), agreement
 
-    def forget(self, group: str, keep: float) -> None:
-        """Drop the solved weights of ``group`` at levels other than ``keep`` (bounded memory)."""
+    def forget(self, levels: dict[str, float]) -> None:
+        """Drop the solved weights at levels other than their group's in ``levels`` (bounded memory; the levels
+        that back-off tried are among them)."""
         for sample in self.calibration:
-            for key in [k for k in sample.solved if self.layer_group[k[0]] == group and k[1] != keep]:
+            for key in [k for k in sample.solved if k[1] != levels[self.layer_group[k[0]]]]:
                 del sample.solved[key]
 
 
@@ -233,7 +247,7 @@ def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfi
                     best_level, best_score = level, score
             levels[group] = best_level
             current = best_score
-            evaluator.forget(group, best_level)
+            evaluator.forget(levels)
             history.append({"round": round_, "group": group, "level": best_level, "score": best_score,
                             "agreement": None, "feasible": True, "chosen": True})
             log.info("%s -> %g (score %.4f)", group, best_level, best_score)

@@ -294,10 +294,12 @@ def spade_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preproce
 
     keep_decision: when the trace's top-1 class differs from the dense model's, re-solve at the lower sparsities
     of `spade.sparsity.backoff_schedule` until it keeps it (`solve_keeping_decision`; the trace's settings
-    record the sparsity used)."""
+    record the sparsity used and, as ``sparsity_scale``, its factor of the requested one)."""
     stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
                                selection=selection, device=device, batch_size=batch_size, progress=progress)
-    candidates = [s for _, s in backoff_schedule(sparsity)] if keep_decision else [sparsity]
-    trace, _ = solve_keeping_decision(stats, candidates, solver, progress)
+    schedule = backoff_schedule(sparsity) if keep_decision else ((1.0, sparsity),)
+    trace, step = solve_keeping_decision(stats, [s for _, s in schedule], solver, progress)
     trace.settings["augment"] = asdict(augment)
+    if keep_decision:
+        trace.settings["sparsity_scale"] = schedule[step][0]
     return trace

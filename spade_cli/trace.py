@@ -96,6 +96,9 @@ def _run_trace(args: argparse.Namespace) -> int:
         print(f"{title} top-5:")
         for rank, (index, prob) in enumerate(zip(pred.indices, pred.probabilities), start=1):
             print(f"  {rank}. {loaded.class_name(index):<30} {prob:.4f}")
+    scale = trace.settings.get("sparsity_scale", 1.0)
+    if scale < 1:
+        print(f"the trace changed the top-1 at the requested sparsity; re-solved at {scale:g} x that sparsity")
     verdict = "same top-1" if trace.top1_agrees else "TOP-1 DIFFERS"
     print(f"{verdict}; logit cosine {trace.logit_cosine:.4f}; "
           + ", ".join(f"{k} {v:.2f}s" for k, v in trace.seconds.items()))

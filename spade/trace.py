@@ -261,6 +261,19 @@ def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Spa
     return trace, index
 
 
+def solve_backing_off(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig = SolverConfig(),
+                      progress: ProgressFn | None = None, *, keep_decision: bool = True) -> SpadeTrace:
+    """`solve` at ``sparsity``; with keep_decision, when the trace's top-1 class differs from the dense model's,
+    re-solve at the lower sparsities of `spade.sparsity.backoff_schedule` until it keeps it
+    (`solve_keeping_decision`). The trace's settings record the sparsity used and, with keep_decision, its factor
+    of the requested one as ``sparsity_scale``."""
+    schedule = backoff_schedule(sparsity) if keep_decision else ((1.0, sparsity),)
+    trace, step = solve_keeping_decision(statistics, [s for _, s in schedule], solver, progress)
+    if keep_decision:
+        trace.settings["sparsity_scale"] = schedule[step][0]
+    return trace
+
+
 def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
                        augment_config: AugmentConfig = AugmentConfig(), selection: LayerSelection = LayerSelection(),
                        device: str | torch.device | None = None, batch_size: int = 64,
@@ -292,14 +305,9 @@ def spade_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preproce
                 progress: ProgressFn | None = None) -> SpadeTrace:
     """Augment + collect statistics + solve: the SPADE trace of `model` for one RGB PIL `image`.
 
-    keep_decision: when the trace's top-1 class differs from the dense model's, re-solve at the lower sparsities
-    of `spade.sparsity.backoff_schedule` until it keeps it (`solve_keeping_decision`; the trace's settings
-    record the sparsity used and, as ``sparsity_scale``, its factor of the requested one)."""
+    keep_decision: lower the sparsity until the trace keeps the dense top-1 class (`solve_backing_off`)."""
     stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
                                selection=selection, device=device, batch_size=batch_size, progress=progress)
-    schedule = backoff_schedule(sparsity) if keep_decision else ((1.0, sparsity),)
-    trace, step = solve_keeping_decision(stats, [s for _, s in schedule], solver, progress)
+    trace = solve_backing_off(stats, sparsity, solver, progress, keep_decision=keep_decision)
     trace.settings["augment"] = asdict(augment)
-    if keep_decision:
-        trace.settings["sparsity_scale"] = schedule[step][0]
     return trace

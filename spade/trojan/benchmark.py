@@ -30,9 +30,9 @@ from spade.models import LoadedModel
 from spade.saliency import METHODS, PAPER_METHODS, get_method, settings_for
 from spade.saliency.base import Attribution
 from spade.solver import SolverConfig
-from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, backoff_schedule
+from spade.sparsity import BACKOFF_FACTORS, SparsityProfile
 from spade.statistics import LayerStatistics
-from spade.trace import SpadeTrace, prepare_statistics, solve, solve_keeping_decision
+from spade.trace import SpadeTrace, prepare_statistics, solve_backing_off
 from spade.trojan.results import ResultWriter, done_pairs, prepare_folder, shard_file
 from spade.trojan.samples import SampleRecord, SampleSet
 
@@ -209,19 +209,14 @@ def score_sample(loaded: LoadedModel, sample_set: SampleSet, record: SampleRecor
     rendered = sample_set.render(record)
     t0 = time.perf_counter()
     stats = statistics_for(loaded, rendered.image, config)
-    summary = {}
-    if config.keep_decision:
-        schedule = backoff_schedule(config.sparsity)
-        trace, step = solve_keeping_decision(stats, [sparsity for _, sparsity in schedule], config.solver)
-        summary["sparsity_scale"] = schedule[step][0]
-    else:
-        trace = solve(stats, config.sparsity, config.solver)
+    trace = solve_backing_off(stats, config.sparsity, config.solver, keep_decision=config.keep_decision)
+    scale = {"sparsity_scale": trace.settings["sparsity_scale"]} if config.keep_decision else {}
     del stats
     trace_seconds = time.perf_counter() - t0
     x = loaded.spec.preprocessing(rendered.image).to(loaded.device)
     base = {"sample": record.id, "index": record.index, "photo": record.photo, "crop": list(record.crop),
             "stamp_seed": record.stamp_seed, "target": record.target, "device": loaded.device.type,
-            "trace": {**trace_summary(trace), **summary}}
+            "trace": {**trace_summary(trace), **scale}}
     for name in methods:
         method = METHODS[name]
         settings = method_settings(name, loaded, config)

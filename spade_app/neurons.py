@@ -36,6 +36,7 @@ from spade.featurevis import (
 )
 from spade.featurevis.compare import FALLBACK_TARGETS, VISUALIZATION_TARGET, visualization_sparsities
 from spade.solver import SolverConfig
+from spade.sparsity import BACKOFF_FACTORS
 from spade.trace import SpadeTrace
 from spade_app import compute, figures, results
 from spade_app.results import OOM_HINT, stage_progress
@@ -151,7 +152,8 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
             keep = st.checkbox("Keep the model's decision", True, key="nv_keep",
                                help="If the trace changes the top-1 class, lower the sparsity until it keeps it: the "
                                     f"late-block target to {', '.join(f'{t:g}' for t in FALLBACK_TARGETS)}, or the "
-                                    "uniform one to 0.8, 0.6, ... times the chosen value.")
+                                    f"uniform one to {', '.join(f'{f:g}' for f in BACKOFF_FACTORS)} times the chosen "
+                                    "value.")
         submitted = st.form_submit_button("Run", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None

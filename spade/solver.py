@@ -22,6 +22,7 @@ from spade.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MODES = ("group", "row")
+SPARSITY_OF = ("all", "nonzero")
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,25 @@ class SolverConfig:
     fraction in each group of `row_group` columns, chosen adaptively during the sweep).
     damp: dampening added to the diagonal, as a fraction of mean(diag H).
     block_size: lazy-update block (columns); any value gives the same result up to rounding.
+    sparsity_of: "nonzero" (the dense weight's zeros stay zero and the target is a fraction of its nonzero
+    entries, so the trace is a sub-network of the dense one and a layer with built-in zeros, such as a
+    block-diagonal one, is pruned as much as a dense one) or "all" (the authors' code: the target fraction of every
+    selection group, the dense zeros included, is zeroed; the sweep's compensation can then fill a dense zero
+    that the selection keeps, a connection the dense model does not have). The same result for a weight without
+    zeros.
     """
 
     mode: str = "group"
     damp: float = 0.01
     block_size: int = 128
     row_group: int = 128
+    sparsity_of: str = "nonzero"
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"Unknown solver mode {self.mode!r}; choose one of {', '.join(MODES)}.")
+        if self.sparsity_of not in SPARSITY_OF:
+            raise ConfigError(f"Unknown sparsity_of {self.sparsity_of!r}; choose one of {', '.join(SPARSITY_OF)}.")
         if self.damp < 0 or self.block_size < 1 or self.row_group < 1:
             raise ConfigError("Solver damp must be >= 0 and block sizes >= 1.")
 
@@ -91,13 +101,26 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float, block: int) -> tu
     return factor, damping
 
 
-def _select(scores: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
+def _select(scores: torch.Tensor, sparsity: float, per_row: bool, fixed: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask (True = prune) of the lowest scores, floor(sparsity * n) of them (never a whole
     group for sparsity < 1, however small the group).
 
     scores: (s, rows) for one selection group (columns of W are rows here). per_row: count per
-    output row (dim 1) instead of over the whole group.
+    output row (dim 1) instead of over the whole group. fixed: optional (s, rows) mask of entries that are
+    pruned anyway; then n counts only the others and the lowest are chosen among them.
     """
+    if fixed is not None:
+        live = ~fixed
+        ranks = torch.empty_like(scores, dtype=torch.long)
+        if per_row:
+            order = scores.masked_fill(fixed, math.inf).argsort(dim=0)
+            ranks.scatter_(0, order, torch.arange(scores.shape[0], device=scores.device).unsqueeze(1).expand_as(order))
+            k = torch.floor(sparsity * live.sum(0) + 1e-9)
+        else:
+            order = scores.masked_fill(fixed, math.inf).flatten().argsort()
+            ranks.view(-1).scatter_(0, order, torch.arange(order.numel(), device=scores.device))
+            k = math.floor(sparsity * int(live.sum()) + 1e-9)
+        return fixed | (ranks < k)
     if per_row:
         k = math.floor(sparsity * scores.shape[0] + 1e-9)
         order = scores.topk(k, dim=0, largest=False, sorted=False).indices
@@ -159,6 +182,10 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
         WT[dead] = 0.0
     before = WT.clone()
     prune = torch.zeros_like(WT, dtype=torch.bool) if mask is None else mask.T.contiguous()
+    fixed = None  # the dense weight's zeros, when they stay zero and do not count towards the target
+    if mask is None and config.sparsity_of == "nonzero" and not WT.all():
+        fixed = WT == 0
+        prune |= fixed
     per_row = config.mode == "row"
     sel = config.row_group if per_row else group_size
     block = max(sel, config.block_size // sel * sel)  # lazy blocks hold whole selection groups
@@ -171,7 +198,8 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
             factor_cache[key] = cached
     F, damping = cached
     diag = torch.diagonal(F).unsqueeze(1)  # U_jj
-    k_column = math.floor(sparsity * WT.shape[1] + 1e-9)
+    live = [WT.shape[1]] * d if fixed is None else (~fixed).sum(1).tolist()  # candidates per column
+    k_columns = [math.floor(sparsity * n + 1e-9) for n in live]
     single = sel == 1 and not per_row
     if single:
         # Per-column views and Python floats made once: a one-column step is a handful of small operations,
@@ -184,14 +212,16 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
         # One-column group (linear, 1x1): the lowest |w| of the column are the lowest w^2 / U_jj^2.
         w, pruned = columns[j], column_masks[j]
         if mask is None:
-            pruned.index_fill_(0, w.abs().topk(k_column, largest=False, sorted=False).indices, True)
+            scores = w.abs() if fixed is None else w.abs().masked_fill(pruned, math.inf)  # pruned: the fixed zeros
+            pruned.index_fill_(0, scores.topk(k_columns[j], largest=False, sorted=False).indices, True)
         torch.mul(w, pruned, out=err).mul_(scales[j])
         WT[j:s2].addr_(u_rows[j - i1][j - i1:s2 - i1], err, alpha=-1)
 
     def group_step(g1: int, g2: int, s2: int, U: torch.Tensor, i1: int) -> torch.Tensor:
         current = WT[g1:g2]
         if mask is None:
-            prune[g1:g2] = _select(current**2 / diag[g1:g2] ** 2, sparsity, per_row)
+            prune[g1:g2] = _select(current**2 / diag[g1:g2] ** 2, sparsity, per_row,
+                                   None if fixed is None else fixed[g1:g2])
         err = _group_errors(current, prune[g1:g2], U[g1 - i1:g2 - i1, g1 - i1:g2 - i1])
         WT[g1:s2].addmm_(U[g1 - i1:g2 - i1, g1 - i1:s2 - i1].T, err, alpha=-1)
         return err

@@ -31,8 +31,9 @@ FORMAT = "spade-trace/1"
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One pruned layer: target and achieved sparsity, and the relative reconstruction error
-    ``||W_s X - W X||^2 / ||W X||^2`` on the augmentations."""
+    """One pruned layer: target and achieved sparsity (as fractions of the weights the solver's ``sparsity_of``
+    counts), and the relative reconstruction error ``||W_s X - W X||^2 / ||W X||^2`` on the augmentations.
+    params, kept: all weights of the layer and the trace's nonzero ones."""
 
     name: str
     block: str
@@ -217,9 +218,13 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
         sparse = torch.stack(solved).reshape(weight.shape).to(weight.device, weight.dtype)
         weights[name] = sparse
         zeros = int((sparse == 0).sum())
+        # "achieved" counts what the target counts: every weight, or the dense weight's nonzero ones
+        built_in = int((weight == 0).sum()) if solver.sparsity_of == "nonzero" else 0
+        counted = sparse.numel() - built_in
         reports.append(LayerReport(
             name=name, block=block_of(dense, name), kind=stat.kind, weight_shape=tuple(weight.shape),
-            target=target, achieved=zeros / sparse.numel(), error=err_num / err_den if err_den > 0 else 0.0,
+            target=target, achieved=(zeros - built_in) / counted if counted else 0.0,
+            error=err_num / err_den if err_den > 0 else 0.0,
             params=sparse.numel(), kept=sparse.numel() - zeros))
         if progress is not None:
             progress("solve", (i + 1) / len(statistics.layers))

@@ -67,6 +67,37 @@ def test_lazy_block_size_does_not_change_the_result(mode, group):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode,group", [("group", 1), ("group", 9), ("row", 1)])
+@pytest.mark.parametrize("sparsity", [0.3, 0.8])
+def test_nonzero_sparsity_prunes_a_block_diagonal_layer_like_its_blocks_alone(mode, group, sparsity):
+    # Two independent layers stacked block-diagonally (as the gated demo model widens its late blocks): counting
+    # only the nonzero weights, each block must get exactly the trace it gets alone. Damping 0 so that the blocks'
+    # damping (a fraction of mean diag H) is not the stacked matrix's.
+    config = SolverConfig(mode=mode, row_group=18, damp=0.0, sparsity_of="nonzero")
+    (Wa, _, Ha), (Wb, _, Hb) = correlated_problem(rows=6, d=18, seed=1), correlated_problem(rows=5, d=18, seed=2)
+    W, H = torch.block_diag(Wa, Wb), torch.block_diag(Ha, Hb)
+    solved, mask, _ = prune_matrix(W, H, sparsity, group, config)
+    alone = [prune_matrix(w, h, sparsity, group, SolverConfig(mode=mode, row_group=18, damp=0.0))
+             for w, h in ((Wa, Ha), (Wb, Hb))]
+    torch.testing.assert_close(solved, torch.block_diag(alone[0].weight, alone[1].weight), rtol=1e-9, atol=1e-9)
+    off_diagonal = torch.block_diag(torch.ones_like(Wa), torch.ones_like(Wb)) == 0
+    assert torch.equal(mask, off_diagonal | torch.block_diag(alone[0].mask, alone[1].mask))
+    # Counted over all weights instead, a selection group spanning both blocks (every group here except a row
+    # mode group, which lies inside one block's columns) fills its target with the built-in zeros first.
+    _, all_mask, _ = prune_matrix(W, H, sparsity, group,
+                                  SolverConfig(mode=mode, row_group=18, damp=0.0, sparsity_of="all"))
+    real_all, real_nonzero = (all_mask & ~off_diagonal).sum(), (mask & ~off_diagonal).sum()
+    assert real_all < real_nonzero if mode == "group" else real_all == real_nonzero
+
+
+@pytest.mark.parametrize("mode,group", [("group", 1), ("group", 9), ("row", 9)])
+def test_nonzero_sparsity_equals_all_on_a_weight_without_zeros(mode, group):
+    W, _, H = correlated_problem(d=36)
+    a = prune_matrix(W, H, 0.7, group, SolverConfig(mode=mode, row_group=18, sparsity_of="all"))
+    b = prune_matrix(W, H, 0.7, group, SolverConfig(mode=mode, row_group=18, sparsity_of="nonzero"))
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight)
+
+
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.95])
 def test_every_selection_group_has_exactly_the_target_fraction(sparsity):
     W, _, H = correlated_problem(rows=10, d=9 * 6)  # a 3x3 conv: 6 input channels x 9 taps

@@ -189,6 +189,30 @@ def test_trace_leaves_the_model_untouched_and_reports():
     assert report["layers"][0]["name"] == names[0] and report["settings"]["augment"]["count"] == 8
 
 
+def test_a_layer_with_built_in_zeros_is_traced_as_a_sub_network():
+    model = tiny_resnet()
+    name = list(prunable_layers(model))[3]
+    weight = model.get_submodule(name).weight
+    with torch.no_grad():  # half of the layer's weights are zero in the dense model, as in a block-diagonal layer
+        weight.mul_(torch.rand(weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
+    built_in = weight == 0
+    stats = prepare_statistics(model, photo(), preprocessing=PRE, augment_config=AugmentConfig(count=8))
+    removed = {}
+    for of in ("nonzero", "all"):
+        trace = solve(stats, 0.6, SolverConfig(sparsity_of=of))
+        w = trace.model.get_submodule(name).weight
+        report = next(r for r in trace.layers if r.name == name)
+        removed[of] = float((w[~built_in] == 0).float().mean())  # the share of the dense connections cut
+        if of == "nonzero":
+            assert (w[built_in] == 0).all()  # no connection the dense model lacks
+            live = (~built_in).sum(dim=(0, 2, 3))  # per selection group: one input channel, all rows and taps
+            least = sum(math.floor(0.6 * int(n) + 1e-9) for n in live) / int(live.sum())
+            assert report.achieved == pytest.approx(removed[of], abs=1e-6) and report.achieved >= least
+        else:
+            assert report.achieved == pytest.approx(float((w == 0).float().mean()))
+    assert removed["all"] < removed["nonzero"] - 0.2  # counting the built-in zeros leaves most connections
+
+
 def test_zero_sparsity_trace_is_the_dense_model():
     model = tiny_mobilenet()
     trace = spade_trace(model, photo(), preprocessing=PRE, augment=AugmentConfig(count=4), sparsity=0.0)

@@ -20,7 +20,8 @@ from spade.augment import AugmentConfig
 from spade.layers import prunable_layers
 from spade.models import MODELS, Backdoor, LoadedModel, ModelSpec, PackageWeights
 from spade.preprocessing import Preprocessing
-from spade.sparsity import SparsityProfile, load_profile, resolve_targets
+from spade.solver import SolverConfig
+from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile, resolve_targets
 from spade.trojan import load_trigger, stamp
 from spade.trojan.benchmark import BenchmarkConfig, run_benchmark
 from spade.trojan.results import load_results, merge_folder
@@ -169,6 +170,15 @@ def test_shards_merged_equal_an_unsharded_run(loaded, photo_dir, full_run, tmp_p
     assert [p.name for p in tmp_path.glob("results*.jsonl")] == ["results.jsonl"]
     assert _strip(merged) == _strip(full_run)
     assert csv_text(summarize(merged, "trojan")) == csv_text(summarize(full_run, "trojan"))
+
+
+def test_folders_written_before_an_option_existed_keep_their_identity():
+    """Folders written before keep_decision and sparsity_of existed (no back-off, every weight counted) must still
+    resume with those settings, and must not resume with the new ones."""
+    legacy = BenchmarkConfig(kind="trojan", methods=("saliency",), solver=SolverConfig(sparsity_of="all")).identity()
+    assert "keep_decision" not in legacy and "sparsity_of" not in legacy["solver"]
+    default = BenchmarkConfig(kind="trojan", methods=("saliency",), keep_decision=True).identity()
+    assert default["keep_decision"] == list(BACKOFF_FACTORS) and default["solver"]["sparsity_of"] == "nonzero"
 
 
 def test_keep_decision_resolves_only_the_traces_that_change_the_top1(photo_dir, tmp_path):
@@ -349,6 +359,7 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     assert report["environment"]["torch"] and report["methods"] == list(METHODS)
     assert report["samples"] == 2 and 0 <= report["top1_kept"]["fraction"] <= 1
     assert report["config"]["keep_decision"] == [0.8, 0.6, 0.4, 0.2] and report["backoff"]["total"] == 2
+    assert report["config"]["solver"]["sparsity_of"] == "nonzero"  # the default
     # a table of a subset of the methods, under its own name
     assert main(["benchmark", "merge", str(out), "--methods", "saliency", "--name", "saliency_only"]) == 0
     subset = (out / "saliency_only.csv").read_text().splitlines()

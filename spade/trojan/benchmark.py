@@ -88,8 +88,11 @@ class BenchmarkConfig:
     def identity(self) -> dict:
         """JSON-ready settings that decide the numbers (not the methods, which may be added later)."""
         sparsity = self.sparsity.to_json() if isinstance(self.sparsity, SparsityProfile) else float(self.sparsity)
-        out = {"kind": self.kind, "sparsity": sparsity, "augment": asdict(self.augment),
-               "solver": asdict(self.solver), "seed": self.seed}
+        solver = asdict(self.solver)
+        if solver["sparsity_of"] == "all":  # what folders written before the option used; they still resume
+            del solver["sparsity_of"]
+        out = {"kind": self.kind, "sparsity": sparsity, "augment": asdict(self.augment), "solver": solver,
+               "seed": self.seed}
         if self.kind == "insertion":
             out["steps"] = self.steps
         if self.keep_decision:  # only when set, so that folders written before the option existed still resume

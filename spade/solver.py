@@ -37,7 +37,7 @@ class SolverConfig:
     block-diagonal one, is pruned as much as a dense one) or "all" (the authors' code: the target fraction of every
     selection group, the dense zeros included, is zeroed; the sweep's compensation can then fill a dense zero
     that the selection keeps, a connection the dense model does not have). The same result for a weight without
-    zeros.
+    zeros (weights of dead inputs, diag H == 0, count as zeros).
     """
 
     mode: str = "group"

@@ -198,14 +198,14 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
             factor_cache[key] = cached
     F, damping = cached
     diag = torch.diagonal(F).unsqueeze(1)  # U_jj
-    live = [WT.shape[1]] * d if fixed is None else (~fixed).sum(1).tolist()  # candidates per column
-    k_columns = [math.floor(sparsity * n + 1e-9) for n in live]
     single = sel == 1 and not per_row
     if single:
-        # Per-column views and Python floats made once: a one-column step is a handful of small operations,
+        # Per-column views and Python numbers made once: a one-column step is a handful of small operations,
         # so the indexing around them is a large part of its cost.
         columns, column_masks = WT.unbind(0), prune.unbind(0)
         scales = (1.0 / diag).flatten().tolist()
+        candidates = [WT.shape[1]] * d if fixed is None else (~fixed).sum(1).tolist()  # per column
+        k_columns = [math.floor(sparsity * n + 1e-9) for n in candidates]
 
     # Indices into U (the current block's diagonal block of the factor) are counted from the block start i1.
     def column_step(j: int, s2: int, err: torch.Tensor, u_rows: tuple[torch.Tensor, ...], i1: int) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from spade.errors import ConfigError
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
-from spade_cli.trace import add_trace_arguments
+from spade_cli.trace import add_sparsity_of_argument, add_trace_arguments, solver_from_args
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     if kind == "tune":  # the sparsity is what tune searches
         parser.add_argument("--augmentations", type=int, default=None, help=augmentations)
         parser.add_argument("--seed", type=int, default=0, help=seed)
+        add_sparsity_of_argument(parser)
     else:
         add_trace_arguments(parser, sparsity_default="the model's, e.g. 0.5 for EfficientNet-Lite")
         _set_help(parser, "--augmentations", augmentations)
@@ -91,11 +92,6 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
                         help="images per pass for IG, GradientShap, Occlusion, LIME and the curves (default: 8 on "
                              "the CPU, 256 on a GPU)")
     parser.add_argument("--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's)")
-    parser.add_argument("--sparsity-of", choices=("nonzero", "all"), default="nonzero",
-                        help="what a sparsity target counts: the dense weight's nonzero entries, whose zeros stay "
-                             "zero (default), or every weight, as the authors' code and the results written before "
-                             "this option existed (the same on layers without zeros; not on the gated demo model's "
-                             "block-diagonal layers)")
 
 
 def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -245,7 +241,6 @@ def _print_record(record: dict) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
-    from spade.solver import SolverConfig
     from spade.trojan.benchmark import BenchmarkConfig, model_identity, parse_methods, run_benchmark
     from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
 
@@ -259,7 +254,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     config = BenchmarkConfig(kind=kind, methods=methods, sparsity=_sparsity(args, loaded),
                              augment=AugmentConfig(count=args.augmentations or 256, seed=args.seed), seed=args.seed,
                              batch_size=args.batch_size, steps=getattr(args, "steps", 100),
-                             keep_decision=args.keep_decision, solver=SolverConfig(sparsity_of=args.sparsity_of))
+                             keep_decision=args.keep_decision, solver=solver_from_args(args))
     sample_config = SampleConfig(count=args.samples or 200, seed=args.sample_seed,
                                  require_flip=not getattr(args, "no_flip_filter", False))
     identity = {"model": model_identity(loaded), "images": photos_label, "samples": sample_config.identity()}
@@ -329,7 +324,6 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 def _run_tune(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
-    from spade.solver import SolverConfig
     from spade.trojan.benchmark import model_identity, parse_methods
     from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
     from spade.trojan.tuning import AUTHORS_LEVELS, TuningConfig, save_profile, tune_profile, tuning_metadata
@@ -352,7 +346,7 @@ def _run_tune(args: argparse.Namespace) -> int:
                                                                                   seed=args.seed),
                           rounds=args.rounds, min_agreement=args.min_agreement, granularity=args.granularity,
                           seed=args.seed, batch_size=args.batch_size, keep_decision=args.keep_decision,
-                          solver=SolverConfig(sparsity_of=args.sparsity_of))
+                          solver=solver_from_args(args))
     sample_config = SampleConfig(count=args.samples or 16, seed=args.sample_seed)
     samples = build_samples(loaded.model, loaded.spec.preprocessing, photos, sample_config,
                             trigger=trigger_image, target=target)

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from spade.errors import ConfigError, ImageLoadError
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
-from spade_cli.trace import ProgressBar, add_trace_arguments, augmentation_count, sparsity_from_args
+from spade_cli.trace import (
+    ProgressBar,
+    add_trace_arguments,
+    augmentation_count,
+    solver_from_args,
+    sparsity_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +112,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     try:
         trace = spade_trace(loaded.model, image, preprocessing=preprocessing,
                             augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
-                            selection=loaded.spec.layer_selection, keep_decision=args.keep_decision, progress=bar)
+                            selection=loaded.spec.layer_selection, solver=solver_from_args(args),
+                            keep_decision=args.keep_decision, progress=bar)
         x = preprocessing(image).to(loaded.device)
         with torch.no_grad():
             dense_logits = loaded.model(x[None])

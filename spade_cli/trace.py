@@ -22,12 +22,13 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_trace_arguments(parser: argparse.ArgumentParser,
                         sparsity_default: str = "the model's, e.g. 0.5 for EfficientNet-Lite") -> None:
-    """The options every command that builds a trace shares: --sparsity | --profile, --augmentations, --seed,
-    --keep-decision."""
+    """The options every command that builds a trace shares: --sparsity | --profile, --sparsity-of,
+    --augmentations, --seed, --keep-decision."""
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=float, default=None,
                         help=f"uniform target sparsity in [0, 1) (default: {sparsity_default})")
     target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
+    add_sparsity_of_argument(parser)
     parser.add_argument("--augmentations", type=int, default=None,
                         help="augmented views for the trace (default 128 on the CPU, 1024 on a GPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations (default 0)")
@@ -35,6 +36,22 @@ def add_trace_arguments(parser: argparse.ArgumentParser,
                         help="re-solve a trace that changes the dense top-1 class at lower sparsity until it keeps "
                              "it (x0.8, x0.6, ... of the requested; the visualization default lowers its late-block "
                              "target 0.95 to 0.9, 0.8, 0.7, 0.5); not the paper's protocol")
+
+
+def add_sparsity_of_argument(parser: argparse.ArgumentParser) -> None:
+    # The choices are spade.solver.SPARSITY_OF, written out: the parser is built without importing torch.
+    parser.add_argument("--sparsity-of", choices=("nonzero", "all"), default="nonzero",
+                        help="what a sparsity target counts: the dense weight's nonzero entries, whose zeros stay "
+                             "zero (default), or every weight, as the authors' code and the benchmark results written "
+                             "before this option existed (the same on layers without zeros; not on the gated demo "
+                             "model's block-diagonal layers)")
+
+
+def solver_from_args(args: argparse.Namespace):
+    """The SolverConfig of --sparsity-of (and --mode where the command has it)."""
+    from spade.solver import SolverConfig
+
+    return SolverConfig(mode=getattr(args, "mode", "group"), sparsity_of=args.sparsity_of)
 
 
 def augmentation_count(args: argparse.Namespace, device) -> int:
@@ -74,7 +91,6 @@ class ProgressBar:
 def _run_trace(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
     from spade.images import load_image
-    from spade.solver import SolverConfig
     from spade.trace import spade_trace
 
     image = load_image(args.image)
@@ -86,7 +102,7 @@ def _run_trace(args: argparse.Namespace) -> int:
     try:
         trace = spade_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
                             augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
-                            solver=SolverConfig(mode=args.mode), selection=selection,
+                            solver=solver_from_args(args), selection=selection,
                             keep_decision=args.keep_decision, progress=bar)
     finally:
         bar.close()

@@ -15,7 +15,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
-from spade_cli.trace import ProgressBar, add_trace_arguments, augmentation_count, sparsity_from_args
+from spade_cli.trace import (
+    ProgressBar,
+    add_trace_arguments,
+    augmentation_count,
+    solver_from_args,
+    sparsity_from_args,
+)
 
 
 def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -89,8 +95,8 @@ def _run_visualize(args: argparse.Namespace) -> int:
     try:
         trace = visualization_trace(loaded.model, image, preprocessing=pre,
                                     augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
-                                    selection=loaded.spec.layer_selection, keep_decision=args.keep_decision,
-                                    progress=bar)
+                                    selection=loaded.spec.layer_selection, solver=solver_from_args(args),
+                                    keep_decision=args.keep_decision, progress=bar)
         result = compare_neuron(loaded.model, trace.model, image, objective, preprocessing=pre, config=config,
                                 evidence_augment=evidence_augment, top_k=args.top_k,
                                 feature_layer=loaded.spec.last_conv_stage, progress=bar)

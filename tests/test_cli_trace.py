@@ -55,3 +55,40 @@ def test_keep_decision_lowers_the_sparsity_until_the_top1_is_kept(tmp_path):
     scale = settings["sparsity_scale"]
     assert scale < 1 and settings["sparsity"] == dict(backoff_schedule(0.9))[scale]
     assert f"re-solved at {scale:g} x that sparsity" in kept.stdout
+
+
+def test_sparsity_of_counts_the_dense_zeros_or_not(tmp_path):
+    """blocks.4.1.conv_pw of the offline Lite0 has 260 exact zeros in live input channels: 'nonzero' prunes 30 % of
+    the other weights, 'all' (the authors' rule) counts the zeros towards the 30 %."""
+    from spade.models import load_model
+
+    name = "blocks.4.1.conv_pw"
+    weight = dict(load_model("efficientnet_lite0", device="cpu").model.named_modules())[name].weight
+    columns, built_in = weight.shape[1], int((weight == 0).sum())  # a 1x1 conv selects per input channel
+    assert built_in > 0
+    counted = {"nonzero": weight.numel() - built_in, "all": weight.numel()}
+    kept = {}
+    for rule in counted:
+        report = tmp_path / f"{rule}.json"
+        result = run_cli("trace", str(bundled_examples()["coffee"]), "--augmentations", "8", "--sparsity", "0.3",
+                         "--sparsity-of", rule, "--device", "cpu", "--json", str(report))
+        assert result.returncode == 0, result.stderr
+        data = json.loads(report.read_text())
+        assert data["settings"]["solver"]["sparsity_of"] == rule
+        kept[rule] = next(layer for layer in data["layers"] if layer["name"] == name)["kept"]
+        # each input channel rounds its count of pruned weights down: at most one more kept weight per channel
+        assert 0 <= kept[rule] - 0.7 * counted[rule] <= columns, rule
+    assert kept["nonzero"] < kept["all"]
+
+
+def test_every_trace_building_command_takes_sparsity_of():
+    from spade_cli.main import build_parser
+    from spade_cli.trace import solver_from_args
+
+    image = str(bundled_examples()["coffee"])
+    for argv in (["trace", image], ["explain", image], ["visualize", image],
+                 ["benchmark", "trojan"], ["benchmark", "insertion"], ["benchmark", "tune"]):
+        default = build_parser().parse_args(argv)
+        chosen = build_parser().parse_args([*argv, "--sparsity-of", "all"])
+        assert solver_from_args(default).sparsity_of == "nonzero", argv
+        assert solver_from_args(chosen).sparsity_of == "all", argv

@@ -33,6 +33,10 @@ SOLVER_HELP = {
     "group": "the authors' selection groups: every k×k kernel group of a row block loses exactly the target share",
     "row": "each output row loses exactly the target share, chosen adaptively during the sweep",
 }
+SPARSITY_OF_LABELS = {  # spade.solver.SPARSITY_OF, the default first
+    "nonzero": "the layer's connections (its zero weights stay zero)",
+    "all": "every weight, zeros included (the authors' code)",
+}
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,9 @@ class RunSettings:
         return backoff_schedule(self.sparsity) if self.keep_decision else ((1.0, self.sparsity),)
 
     def describe_sparsity(self) -> str:
-        if isinstance(self.sparsity, SparsityProfile):
-            return f"profile {self.sparsity.name}"
-        return f"uniform {self.sparsity:.2f}"
+        text = (f"profile {self.sparsity.name}" if isinstance(self.sparsity, SparsityProfile)
+                else f"uniform {self.sparsity:.2f}")
+        return text + (" of every weight" if self.solver.sparsity_of == "all" else "")
 
 
 WALKTHROUGH = RunSettings(sparsity=0.5, augment=AugmentConfig(count=64), methods=("gradcam",))
@@ -126,6 +130,13 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
             st.markdown("**Solver and explanations**")
             solver_mode = st.selectbox("Solver mode", SOLVER_MODES, index=SOLVER_MODES.index(last.solver.mode),
                                        key="ex_solver", format_func=lambda m: f"{m}: {SOLVER_HELP.get(m, '')}")
+            sparsity_of = st.selectbox(
+                "A sparsity counts", list(SPARSITY_OF_LABELS),
+                index=list(SPARSITY_OF_LABELS).index(last.solver.sparsity_of), key="ex_sparsity_of",
+                format_func=SPARSITY_OF_LABELS.get,
+                help="Counting connections keeps the trace a sub-network of the model and prunes a layer with "
+                     "built-in zeros (the back-doored demo model's block-diagonal layers) as much as any other. "
+                     "The two agree on layers without zeros.")
             methods = st.multiselect("Saliency methods", list(method_labels),
                                      default=[m for m in (last.methods or default_methods) if m in method_labels],
                                      format_func=lambda m: method_labels[m], key="ex_methods",
@@ -151,7 +162,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
             augment=AugmentConfig(count=int(count), min_scale=float(min_scale), flip=bool(flip),
                                   brightness=float(brightness), hue=float(hue), erasing=float(erasing),
                                   seed=int(seed)),
-            solver=SolverConfig(mode=solver_mode),
+            solver=SolverConfig(mode=solver_mode, sparsity_of=sparsity_of),
             methods=tuple(methods),
             keep_decision=bool(keep),
         )

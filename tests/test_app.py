@@ -369,6 +369,21 @@ def test_json_report_matches_trace(tiny, at):
     assert body["settings"]["augment"]["count"] == 8 and body["settings"]["augment"]["seed"] == 0
 
 
+def test_sparsity_of_choice_reaches_the_solver(tiny, at):
+    from spade.solver import SPARSITY_OF
+    from spade_app.settings import SPARSITY_OF_LABELS
+
+    _with_model(at, tiny.name)
+    choice = at.selectbox(key="ex_sparsity_of")
+    assert set(SPARSITY_OF_LABELS) == set(SPARSITY_OF) and choice.options == list(SPARSITY_OF_LABELS.values())
+    assert choice.value == "nonzero"
+    choice.set_value("all")
+    _run_spade(at, sparsity=0.7)
+    assert _current_trace(at).settings["solver"]["sparsity_of"] == "all"
+    labels = [s.label for s in at.status]
+    assert any(label.startswith("SPADE trace ready: uniform 0.70 of every weight") for label in labels), labels
+
+
 def test_walkthrough_runs_every_step(tiny, at):
     _with_model(at, tiny.name)
     at.switch_page("pages/how_spade_works.py").run()

@@ -48,10 +48,11 @@ def add_sparsity_of_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def solver_from_args(args: argparse.Namespace):
-    """The SolverConfig of --sparsity-of (and --mode where the command has it)."""
+    """The SolverConfig of --sparsity-of (and --mode where the command has it; else SolverConfig's default)."""
     from spade.solver import SolverConfig
 
-    return SolverConfig(mode=getattr(args, "mode", "group"), sparsity_of=args.sparsity_of)
+    mode = {"mode": args.mode} if hasattr(args, "mode") else {}
+    return SolverConfig(sparsity_of=args.sparsity_of, **mode)
 
 
 def augmentation_count(args: argparse.Namespace, device) -> int:

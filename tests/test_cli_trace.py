@@ -58,8 +58,9 @@ def test_keep_decision_lowers_the_sparsity_until_the_top1_is_kept(tmp_path):
 
 
 def test_sparsity_of_counts_the_dense_zeros_or_not(tmp_path):
-    """blocks.4.1.conv_pw of the offline Lite0 has 260 exact zeros in live input channels: 'nonzero' prunes 30 % of
-    the other weights, 'all' (the authors' rule) counts the zeros towards the 30 %."""
+    """blocks.4.1.conv_pw of the offline Lite0 has exact zeros, not only in dead input channels (where both rules
+    zero everything): 'nonzero' prunes 30 % of the other weights, 'all' (the authors' rule) counts the zeros
+    towards the 30 %."""
     from spade.models import load_model
 
     name = "blocks.4.1.conv_pw"

@@ -107,6 +107,10 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
         run.add_argument("--methods", metavar="LIST",
                          help="comma-separated saliency methods, 'paper' (the ten) or 'all' (default paper; "
                               f"--smoke: {SMOKE['methods']})")
+        run.add_argument("--method-profile", action="append", default=[], metavar="METHOD=PROFILE",
+                         help="give METHOD's trace its own sparsity: a profile (built-in name, shipped stem or "
+                              "JSON file, e.g. from 'benchmark tune --methods METHOD') or a uniform value; "
+                              "repeatable (the authors tuned one profile per method)")
         run.add_argument("--shard", type=shard_argument, metavar="i/n",
                          help="score only shard i of n (1-based; merge the folder afterwards)")
         run.add_argument("--out", metavar="DIR", help=f"results folder (default benchmark_out/{kind})")
@@ -225,6 +229,22 @@ def _sparsity(args: argparse.Namespace, loaded):
     return sparsity_from_args(args, loaded.spec.default_sparsity)
 
 
+def _method_sparsity(entries: list[str]) -> tuple[tuple[str, object], ...]:
+    """``["METHOD=PROFILE", ...]`` (--method-profile) -> ((method, sparsity), ...); a number is a uniform value."""
+    from spade.sparsity import load_profile
+
+    out = []
+    for entry in entries:
+        method, sep, source = (part.strip() for part in entry.partition("="))
+        if not sep or not method or not source:
+            raise ConfigError(f"--method-profile takes METHOD=PROFILE, got {entry!r}.")
+        try:
+            out.append((method, float(source)))
+        except ValueError:
+            out.append((method, load_profile(source)))
+    return tuple(out)
+
+
 def _print_record(record: dict) -> None:
     d, s = record["dense"], record["spade"]
     if "trojan_auc" in d:
@@ -252,6 +272,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     loaded = _load(args, TROJAN_MODEL if kind == "trojan" else _default_model())
     photos, photos_label = _photos(args, "test")
     config = BenchmarkConfig(kind=kind, methods=methods, sparsity=_sparsity(args, loaded),
+                             method_sparsity=_method_sparsity(args.method_profile),
                              augment=AugmentConfig(count=args.augmentations or 256, seed=args.seed), seed=args.seed,
                              batch_size=args.batch_size, steps=getattr(args, "steps", 100),
                              keep_decision=args.keep_decision, solver=solver_from_args(args))

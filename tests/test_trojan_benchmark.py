@@ -172,6 +172,32 @@ def test_shards_merged_equal_an_unsharded_run(loaded, photo_dir, full_run, tmp_p
     assert csv_text(summarize(merged, "trojan")) == csv_text(summarize(full_run, "trojan"))
 
 
+def test_a_method_with_its_own_sparsity_is_scored_on_its_own_trace(loaded, photo_dir, full_run, tmp_path):
+    """method_sparsity gives input_x_gradient a trace at 0.8: its records equal a plain run at 0.8, saliency's
+    equal the plain run at 0.5, and the tables count both traces of each sample."""
+    samples = _samples(loaded, photo_dir)
+    config = BenchmarkConfig(methods=METHODS, sparsity=0.5, method_sparsity=(("input_x_gradient", 0.8),),
+                             augment=AugmentConfig(count=8))
+    run_benchmark(loaded, samples, config, tmp_path / "mixed", IDENTITY)
+    run_benchmark(loaded, samples, BenchmarkConfig(methods=("input_x_gradient",), sparsity=0.8,
+                                                   augment=AugmentConfig(count=8)), tmp_path / "plain", IDENTITY)
+    mixed = load_results(tmp_path / "mixed", list(METHODS))
+    assert {(r["method"], r["trace"]["sparsity"]) for r in mixed} == {("saliency", "0.5"), ("input_x_gradient", "0.8")}
+    for record in mixed:
+        assert record["trace"].pop("sparsity")
+    expected = [r for r in full_run if r["method"] == "saliency"] + load_results(tmp_path / "plain")
+    key = lambda r: (r["sample"], r["method"])  # noqa: E731
+    assert sorted(_strip(mixed), key=key) == sorted(_strip(expected), key=key)
+    kept = summarize(load_results(tmp_path / "mixed"), "trojan")
+    assert kept["samples"] == 4 and kept["top1_kept"]["total"] == 8
+    assert config.identity()["method_sparsity"] == {"input_x_gradient": 0.8}
+    assert "method_sparsity" not in CONFIG.identity()
+    with pytest.raises(Exception, match="only one sparsity"):
+        BenchmarkConfig(methods=METHODS, method_sparsity=(("saliency", 0.2), ("saliency", 0.4)))
+    with pytest.raises(Exception, match="nope"):
+        BenchmarkConfig(methods=METHODS, method_sparsity=(("nope", 0.2),))
+
+
 def test_folders_written_before_an_option_existed_keep_their_identity():
     """Folders written before keep_decision and sparsity_of existed (no back-off, every weight counted) must still
     resume with those settings, and must not resume with the new ones."""
@@ -347,7 +373,8 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     load_trigger("heart").save(trigger_file)  # a user's own trigger file and target class
     assert main(["benchmark", "trojan", "--smoke", "--samples", "2", "--checkpoint", tiny_checkpoint, "--arch",
                  "tiny_trojan", "--images", str(photo_dir), "--device", "cpu", "--profile", str(profile),
-                 "--trigger", str(trigger_file), "--target", str(TARGET), "--keep-decision", "--out", str(out)]) == 0
+                 "--trigger", str(trigger_file), "--target", str(TARGET), "--keep-decision", "--out", str(out),
+                 "--method-profile", "input_x_gradient=0.3"]) == 0
     markdown = (out / "trojan.md").read_text()
     assert "| Saliency |" in markdown and "**Average**" in markdown and "Pointing game" in markdown
     lines = (out / "trojan.csv").read_text().splitlines()
@@ -358,7 +385,8 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     assert report["config"]["augment"]["count"] == 16 and report["config"]["samples"]["seed"] == 0
     assert report["environment"]["torch"] and report["methods"] == list(METHODS)
     assert report["samples"] == 2 and 0 <= report["top1_kept"]["fraction"] <= 1
-    assert report["config"]["keep_decision"] == [0.8, 0.6, 0.4, 0.2] and report["backoff"]["total"] == 2
+    assert report["config"]["keep_decision"] == [0.8, 0.6, 0.4, 0.2] and report["backoff"]["total"] == 2 * 2
+    assert report["config"]["method_sparsity"] == {"input_x_gradient": 0.3}  # its own trace on each sample
     assert report["config"]["solver"]["sparsity_of"] == "nonzero"  # the default
     # a table of a subset of the methods, under its own name
     assert main(["benchmark", "merge", str(out), "--methods", "saliency", "--name", "saliency_only"]) == 0
@@ -389,5 +417,9 @@ def test_bad_arguments_are_clear_errors(tiny_checkpoint, photo_dir, tmp_path, ca
     assert main(["benchmark", "trojan", "--images", str(empty), *common]) == 2
     err = capsys.readouterr().err
     assert "holds no image files" in err and "Traceback" not in err
+    assert main(["benchmark", "trojan", "--method-profile", "saliency", *common]) == 2
+    assert "METHOD=PROFILE" in capsys.readouterr().err
+    assert main(["benchmark", "trojan", "--method-profile", "saliency=no_such_profile", *common]) == 2
+    assert "no_such_profile" in capsys.readouterr().err
     assert main(["benchmark", "merge", str(tmp_path / "nowhere")]) == 2
     assert "not a benchmark results folder" in capsys.readouterr().err

@@ -96,7 +96,7 @@ def metric_value(scores: dict, metric: str) -> float:
 def summarize(records: list[dict], kind: str, *, ci: str = "t", confidence: float = 0.95, seed: int = 0,
               resamples: int = 10_000, methods: list[str] | None = None) -> dict:
     """The table as a JSON-ready dict: rows (metric, method, column, n, mean, low, high), the trace top-1
-    agreement over samples, the mean seconds per method, and the interval settings."""
+    agreement over traces (one per sample and sparsity), the mean seconds per method, and the interval settings."""
     if kind not in KIND_METRICS:
         raise ConfigError(f"Unknown benchmark kind {kind!r}.")
     if not records:
@@ -127,16 +127,16 @@ def summarize(records: list[dict], kind: str, *, ci: str = "t", confidence: floa
             for column, values in zip(COLUMNS, (dense, spade, diff)):
                 rows.append({"metric": metric, "method": method, "column": column, **cell(values)})
 
-    traces = {}
+    traces = {}  # a sample has one trace per sparsity (several when methods have their own profiles)
     for r in records:
-        traces.setdefault(r["sample"], r["trace"])
+        traces.setdefault((r["sample"], r["trace"].get("sparsity")), r["trace"])
     kept = sum(bool(t["top1_agrees"]) for t in traces.values())
     cosines = [t["logit_cosine"] for t in traces.values() if t.get("logit_cosine") is not None]
     return {
         "kind": kind,
         "methods": order,
         "metrics": list(KIND_METRICS[kind]),
-        "samples": len(traces),
+        "samples": len({sample for sample, _ in traces}),
         "complete_samples": len(complete),
         "interval": {"method": ci, "confidence": confidence,
                      **({"seed": seed, "resamples": resamples} if ci == "bootstrap" else {}),
@@ -150,7 +150,7 @@ def summarize(records: list[dict], kind: str, *, ci: str = "t", confidence: floa
     }
 
 
-def _backoff(traces: dict[str, dict]) -> dict:
+def _backoff(traces: dict[tuple, dict]) -> dict:
     """How many traces were re-solved at a lower sparsity to keep the top-1 class: {"count", "total",
     "scales": {factor: count}} (a record without a factor counts as not re-solved)."""
     scales = [float(t.get("sparsity_scale", 1.0)) for t in traces.values()]
@@ -200,8 +200,9 @@ def markdown(summary: dict, title: str = "", notes: list[str] | None = None) -> 
     conf = summary["interval"]["confidence"]
     lines = [f"# {title}" if title else "", ""] if title else []
     kept = summary["top1_kept"]
+    per_sample = "" if kept["total"] == summary["samples"] else " traces (one per sample and sparsity)"
     lines.append(f"Samples: {summary['samples']} ({summary['complete_samples']} with every method). "
-                 f"The SPADE trace keeps the dense top-1 on {kept['count']} of {kept['total']} "
+                 f"The SPADE trace keeps the dense top-1 on {kept['count']} of {kept['total']}{per_sample} "
                  f"({100 * kept['fraction']:.1f}%).")
     if "backoff" in summary:
         backoff = summary["backoff"]

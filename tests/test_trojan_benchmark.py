@@ -196,6 +196,9 @@ def test_a_method_with_its_own_sparsity_is_scored_on_its_own_trace(loaded, photo
         BenchmarkConfig(methods=METHODS, method_sparsity=(("saliency", 0.2), ("saliency", 0.4)))
     with pytest.raises(Exception, match="nope"):
         BenchmarkConfig(methods=METHODS, method_sparsity=(("nope", 0.2),))
+    same_name = SparsityProfile("tuned", (("layer1", 0.5),)), SparsityProfile("tuned", (("layer2", 0.5),))
+    with pytest.raises(Exception, match="share a name"):
+        BenchmarkConfig(methods=METHODS, sparsity=same_name[0], method_sparsity=(("saliency", same_name[1]),))
 
 
 def test_folders_written_before_an_option_existed_keep_their_identity():

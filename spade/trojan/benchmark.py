@@ -32,7 +32,7 @@ from spade.models import LoadedModel
 from spade.saliency import METHODS, PAPER_METHODS, get_method, settings_for
 from spade.saliency.base import Attribution
 from spade.solver import SolverConfig
-from spade.sparsity import BACKOFF_FACTORS, Sparsity, SparsityProfile
+from spade.sparsity import BACKOFF_FACTORS, SparsityProfile
 from spade.statistics import LayerStatistics
 from spade.trace import SpadeTrace, prepare_statistics, solve_backing_off
 from spade.trojan.results import ResultWriter, done_pairs, prepare_folder, shard_file
@@ -90,6 +90,10 @@ class BenchmarkConfig:
             get_method(name)
         if len(set(overridden)) != len(overridden):
             raise ConfigError("Each saliency method may have only one sparsity of its own.")
+        labels = [sparsity_label(s) for s in dict.fromkeys([self.sparsity, *(s for _, s in self.method_sparsity)])]
+        if len(set(labels)) != len(labels):  # records tell a sample's traces apart by this label
+            raise ConfigError(f"Different profiles share a name ({', '.join(labels)}); give each its own name "
+                              "(benchmark tune --name).")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"The batch size must be at least 1, got {self.batch_size}.")
         if self.steps < 2:
@@ -119,7 +123,7 @@ def _sparsity_json(sparsity: float | SparsityProfile) -> float | dict:
     return sparsity.to_json() if isinstance(sparsity, SparsityProfile) else float(sparsity)
 
 
-def sparsity_label(sparsity: Sparsity) -> str:
+def sparsity_label(sparsity: float | SparsityProfile) -> str:
     """A profile's name or a uniform target as text: how records tell a sample's traces apart."""
     return sparsity.name if isinstance(sparsity, SparsityProfile) else f"{float(sparsity):g}"
 

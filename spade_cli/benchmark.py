@@ -269,10 +269,11 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods or "paper")
     if args.augmentations is not None and args.augmentations < 1:
         raise ConfigError("--augmentations must be at least 1.")
+    method_sparsity = _method_sparsity(args.method_profile)  # a mistyped entry fails before the model loads
     loaded = _load(args, TROJAN_MODEL if kind == "trojan" else _default_model())
     photos, photos_label = _photos(args, "test")
     config = BenchmarkConfig(kind=kind, methods=methods, sparsity=_sparsity(args, loaded),
-                             method_sparsity=_method_sparsity(args.method_profile),
+                             method_sparsity=method_sparsity,
                              augment=AugmentConfig(count=args.augmentations or 256, seed=args.seed), seed=args.seed,
                              batch_size=args.batch_size, steps=getattr(args, "steps", 100),
                              keep_decision=args.keep_decision, solver=solver_from_args(args))

@@ -200,9 +200,9 @@ def markdown(summary: dict, title: str = "", notes: list[str] | None = None) -> 
     conf = summary["interval"]["confidence"]
     lines = [f"# {title}" if title else "", ""] if title else []
     kept = summary["top1_kept"]
-    per_sample = "" if kept["total"] == summary["samples"] else " traces (one per sample and sparsity)"
+    traces = "" if kept["total"] == summary["samples"] else " traces (one per sample and sparsity)"
     lines.append(f"Samples: {summary['samples']} ({summary['complete_samples']} with every method). "
-                 f"The SPADE trace keeps the dense top-1 on {kept['count']} of {kept['total']}{per_sample} "
+                 f"The SPADE trace keeps the dense top-1 on {kept['count']} of {kept['total']}{traces} "
                  f"({100 * kept['fraction']:.1f}%).")
     if "backoff" in summary:
         backoff = summary["backoff"]

@@ -8,10 +8,10 @@ so hooks can be placed by name.
 
 Users: statistics collection (one pass over all augmentations) and the forward-only saliency methods
 (Occlusion, LIME, CAMs, the metrics' curves). The given model is never modified. Each copy is checked on
-the first input it sees against an eval-mode copy of the model (``rtol=1e-4``; a folded copy that does not
-match is replaced by the plain eval copy), cached per model object in a weak-keyed cache and rebuilt when a
-parameter or buffer of the model was replaced or changed in place (``data_ptr`` and version counter). A
-lock per copy serialises concurrent users, who may add hooks.
+the first input it sees against an eval-mode copy of the model (``rtol=1e-4``, TF32 off on a GPU; a folded
+copy that does not match is replaced by the plain eval copy), cached per model object in a weak-keyed cache
+and rebuilt when a parameter or buffer of the model was replaced or changed in place (``data_ptr`` and
+version counter). A lock per copy serialises concurrent users, who may add hooks.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from spade.devices import full_float32
 from spade.fold import fold_batchnorm
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def prefer_channels_last(work: nn.Module, example: torch.Tensor, expected: torch
         return work
     candidate = copy.deepcopy(work).to(memory_format=torch.channels_last)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), full_float32():
             ok = outputs_match(candidate(example), expected)
     except RuntimeError:
         ok = False
@@ -89,7 +90,7 @@ def prefer_channels_last(work: nn.Module, example: torch.Tensor, expected: torch
 def _build_checked(model: nn.Module, example: torch.Tensor) -> CachedCopy:
     stamp = fingerprint(model)
     reference = frozen_eval_copy(model)
-    with torch.no_grad():
+    with torch.no_grad(), full_float32():
         expected = reference(example)
         work = build_forward_copy(model)
         if not outputs_match(work(example), expected):

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from spade.devices import full_float32
 from spade.errors import SpadeError
 from spade.fold import ChildrenAreLeaves, is_bn_act
 from spade.forward_copy import (
@@ -430,10 +431,10 @@ def _check_types(mode: Mode) -> tuple[type, ...]:
 def _build_checked(model: nn.Module, mode: Mode, example: torch.Tensor) -> CachedCopy:
     stamp = fingerprint(model)
     plain = cached_forward_copy(model, example)
-    with plain.lock, torch.no_grad():
+    with plain.lock, torch.no_grad(), full_float32():
         expected = plain.model(example)
     work = build_attribution_copy(model, mode)
-    with torch.no_grad():
+    with torch.no_grad(), full_float32():
         got = work(example)
     if not outputs_match(got, expected):
         raise SpadeError(

@@ -140,6 +140,10 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
     tune.add_argument("--keep-decision", action="store_true",
                       help="score a sample whose trace loses the top-1 on its trace at lower levels, as the "
                            "benchmark's --keep-decision does (for a profile meant to be used with it)")
+    tune.add_argument("--start", metavar="NAME|FILE.json",
+                      help="start the search from this profile instead of the dense model (e.g. the shared "
+                           "profile, refined for one method): the result then scores at least as well as it on "
+                           "the calibration set")
     tune.add_argument("--name", help="profile name (default <model>_tuned)")
     tune.add_argument("--out", metavar="FILE.json", help="where to write the profile (default <model>_tuned.json)")
     tune.add_argument("--smoke", action="store_true", help="a quick check: 2 samples, 3 levels, one method")
@@ -346,6 +350,7 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 def _run_tune(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
+    from spade.sparsity import load_profile
     from spade.trojan.benchmark import model_identity, parse_methods
     from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
     from spade.trojan.tuning import AUTHORS_LEVELS, TuningConfig, save_profile, tune_profile, tuning_metadata
@@ -355,6 +360,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     levels = AUTHORS_LEVELS if not args.levels else tuple(_floats(args.levels))
     if args.augmentations is not None and args.augmentations < 1:
         raise ConfigError("--augmentations must be at least 1.")
+    start = load_profile(args.start) if args.start else None
     loaded = _load(args, TROJAN_MODEL)
     trigger, target = _backdoor(args, loaded, "calibration")
     try:
@@ -368,7 +374,7 @@ def _run_tune(args: argparse.Namespace) -> int:
                                                                                   seed=args.seed),
                           rounds=args.rounds, min_agreement=args.min_agreement, granularity=args.granularity,
                           seed=args.seed, batch_size=args.batch_size, keep_decision=args.keep_decision,
-                          solver=solver_from_args(args))
+                          solver=solver_from_args(args), start=start)
     sample_config = SampleConfig(count=args.samples or 16, seed=args.sample_seed)
     samples = build_samples(loaded.model, loaded.spec.preprocessing, photos, sample_config,
                             trigger=trigger_image, target=target)

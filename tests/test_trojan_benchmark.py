@@ -289,6 +289,49 @@ def test_tuning_with_keep_decision_scores_the_backed_off_traces(photo_dir):
     assert kept[candidate]["score"] == pytest.approx(sum(aucs) / len(aucs), abs=1e-6)
 
 
+def test_tuning_from_a_start_profile_begins_at_its_score_and_only_improves(photo_dir):
+    """The start entry's score is the start profile's mean AUC (recomputed here with the plain trace solver), the
+    search never ends below it, and a start that breaks the top-1 or splits a group is a clear error."""
+    from spade.errors import ConfigError
+    from spade.metrics import trojan_auc
+    from spade.saliency import METHODS as SALIENCY
+    from spade.trace import prepare_statistics, solve
+    from spade.trojan.tuning import TuningConfig, stage_groups, tune_profile
+    from tests.tiny_models import tiny_mobilenet
+
+    spec = tiny_spec()
+    model = tiny_mobilenet(seed=1).eval()
+    mobile = LoadedModel(model, spec, spec.class_names, torch.device("cpu"), source="tiny")
+    samples = build_samples(model, PRE, folder_photos(photo_dir), SampleConfig(count=3, require_flip=False),
+                            trigger=load_trigger("heart"), target=TARGET, batch_size=8)
+    blocks_ = [b for names in stage_groups(model, spec.layer_selection).values() for b in names]
+    config = TuningConfig(methods=("saliency",), levels=(0.0, 0.4, 0.7), augment=AugmentConfig(count=8))
+
+    def start_at(targets: dict[str, float], name: str = "start") -> TuningConfig:
+        return TuningConfig(**{**config.__dict__, "start": SparsityProfile.from_mapping(targets, name=name)})
+
+    half = dict.fromkeys(blocks_, 0.5)
+    result = tune_profile(mobile, samples, start_at(half, "half"))
+    start = next(h for h in result.history if h["group"] == "start")
+    aucs = []
+    for record in samples.records:
+        rendered = samples.render(record)
+        stats = prepare_statistics(model, rendered.image, preprocessing=PRE, augment_config=config.augment,
+                                   selection=spec.layer_selection, batch_size=32)
+        trace = solve(stats, half)
+        assert trace.top1_agrees
+        attribution = SALIENCY["saliency"].explain(trace.model, PRE(rendered.image), record.target,
+                                                   SALIENCY["saliency"].default_settings())
+        aucs.append(trojan_auc(attribution.signed_map, rendered.mask).best)
+    assert start["score"] == pytest.approx(sum(aucs) / len(aucs), abs=1e-6)
+    assert result.score >= start["score"] - 1e-12 and result.score > result.dense_score
+    assert "starting from half" in result.profile.description
+    with pytest.raises(ConfigError, match="changes the dense top-1"):
+        tune_profile(mobile, samples, start_at(dict.fromkeys(blocks_, 0.7)))
+    with pytest.raises(ConfigError, match="different targets"):
+        tune_profile(mobile, samples, start_at({"blocks.1.0": 0.2, "blocks.1.1": 0.4}))
+
+
 def _handmade_records(n=12):
     rng = np.random.default_rng(7)
     records = []
@@ -424,5 +467,7 @@ def test_bad_arguments_are_clear_errors(tiny_checkpoint, photo_dir, tmp_path, ca
     assert "METHOD=PROFILE" in capsys.readouterr().err
     assert main(["benchmark", "trojan", "--method-profile", "saliency=no_such_profile", *common]) == 2
     assert "no_such_profile" in capsys.readouterr().err
+    assert main(["benchmark", "tune", "--start", "no_start_profile", *common]) == 2
+    assert "no_start_profile" in capsys.readouterr().err
     assert main(["benchmark", "merge", str(tmp_path / "nowhere")]) == 2
     assert "not a benchmark results folder" in capsys.readouterr().err

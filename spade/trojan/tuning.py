@@ -2,7 +2,9 @@
 
 Coordinate search in the authors' spirit: blocks are grouped into stages (``blocks.3.*`` -> ``blocks.3``,
 ``layer2.*`` -> ``layer2``; a top-level block such as ``conv_head`` or ``fc`` is its own group, or every
-block is its own group with ``granularity="block"``). Starting from 0 everywhere (the dense model), the
+block is its own group with ``granularity="block"``). Starting from 0 everywhere (the dense model), or from
+a given profile (``start``: e.g. a profile tuned for several methods, refined for one; the search only
+accepts improvements, so the result scores at least as well as the start on the calibration samples), the
 groups are visited from the output towards the input; for each, every level of the grid is tried with the
 other groups fixed, and the level with the best mean Trojan AUC of the tuning methods on the calibration
 samples is kept, among the levels whose trace keeps the dense top-1 on at least ``min_agreement`` of them.
@@ -34,7 +36,7 @@ from spade.metrics import trojan_auc
 from spade.models import LoadedModel
 from spade.saliency import get_method, settings_for
 from spade.solver import SolverConfig
-from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile
+from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile, resolve_targets
 from spade.statistics import LayerStatistics
 from spade.trace import prepare_statistics, solve
 from spade.trojan.samples import SampleSet
@@ -53,7 +55,8 @@ class TuningConfig:
     rounds: passes over the groups. min_agreement: the fraction of calibration samples on which the trace must
     keep the dense top-1. granularity: "stage" or "block" groups. seed: seeds random methods. batch_size:
     images per pass for methods that batch (None: the library's default). keep_decision: score a sample that
-    loses the top-1 on its trace at lower levels (see the module doc), as the benchmark's option of that name."""
+    loses the top-1 on its trace at lower levels (see the module doc), as the benchmark's option of that name.
+    start: the profile the search starts from (None: dense); it must give every group one level."""
 
     methods: tuple[str, ...] = ("saliency", "input_x_gradient")
     levels: tuple[float, ...] = AUTHORS_LEVELS
@@ -65,6 +68,7 @@ class TuningConfig:
     seed: int = 0
     batch_size: int | None = None
     keep_decision: bool = False
+    start: SparsityProfile | None = None
 
     def __post_init__(self):
         for name in self.methods:
@@ -77,6 +81,22 @@ class TuningConfig:
             raise ConfigError("rounds must be >= 1 and min_agreement in (0, 1].")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"Unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}.")
+
+
+def _start_levels(model: torch.nn.Module, groups: dict[str, list[str]], layer_group: dict[str, str],
+                  start: SparsityProfile | None) -> dict[str, float]:
+    """{group: level} where the search starts: 0 everywhere, or ``start``'s target of each group's layers."""
+    if start is None:
+        return dict.fromkeys(groups, 0.0)
+    targets = resolve_targets(model, list(layer_group), start)
+    levels = {}
+    for group in groups:
+        values = sorted({targets[layer] for layer, g in layer_group.items() if g == group})
+        if len(values) > 1:
+            raise ConfigError(f"The start profile {start.name!r} gives the layers of {group} different targets "
+                              f"({', '.join(f'{v:g}' for v in values)}); tune per block to start from it.")
+        levels[group] = values[0] if values else 0.0
+    return levels
 
 
 def stage_groups(model: torch.nn.Module, selection: LayerSelection = LayerSelection(),
@@ -199,6 +219,7 @@ def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfi
     groups = stage_groups(loaded.model, selection, config.granularity)
     block_layers = blocks(loaded.model, selection)
     layer_group = {layer: g for g, names in groups.items() for b in names for layer in block_layers[b]}
+    levels = _start_levels(loaded.model, groups, layer_group, config.start)
     calibration = []
     for i, record in enumerate(sample_set.records):
         rendered = sample_set.render(record)
@@ -212,13 +233,21 @@ def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfi
             progress("statistics", (i + 1) / len(sample_set.records))
     evaluator = _Evaluator(loaded, calibration, config, layer_group)
 
-    levels = dict.fromkeys(groups, 0.0)
-    dense_score, dense_agreement = evaluator.evaluate(levels)
+    dense_score, dense_agreement = evaluator.evaluate(dict.fromkeys(groups, 0.0))
     if dense_score is None:  # cannot happen: at 0 the trace is the dense model
         raise ConfigError("The dense model does not keep its own top-1; check the calibration samples.")
     history = [{"round": 0, "group": None, "level": None, "score": dense_score, "agreement": dense_agreement,
-                "feasible": True, "chosen": True}]
+                "feasible": True, "chosen": config.start is None}]
     current = dense_score
+    if config.start is not None:
+        current, agreement = evaluator.evaluate(levels)
+        if current is None:
+            raise ConfigError(f"The start profile {config.start.name!r} changes the dense top-1 on more calibration "
+                              f"samples than min_agreement ({config.min_agreement:g}) allows; start from another "
+                              "profile or lower min_agreement.")
+        history.append({"round": 0, "group": "start", "level": None, "score": current, "agreement": agreement,
+                        "feasible": True, "chosen": True})
+    start_score = current
     order = list(reversed(groups))
     total = config.rounds * len(order) * len(config.levels)
     done = 0
@@ -254,9 +283,10 @@ def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfi
     # restore the chosen weights and measure the agreement of the final profile
     final_score, final_agreement = evaluator.evaluate(levels)
     targets = {block: levels[g] for g, names in groups.items() for block in names}
-    description = (f"Tuned on {len(calibration)} calibration samples for {', '.join(config.methods)}: mean Trojan AUC "
-                   f"{100 * dense_score:.2f} dense -> {100 * (final_score or 0):.2f} traced, top-1 kept on "
-                   f"{100 * final_agreement:.0f}% of them.")
+    origin = "" if config.start is None else f", starting from {config.start.name} ({100 * start_score:.2f})"
+    description = (f"Tuned on {len(calibration)} calibration samples for {', '.join(config.methods)}{origin}: mean "
+                   f"Trojan AUC {100 * dense_score:.2f} dense -> {100 * (final_score or 0):.2f} traced, top-1 kept "
+                   f"on {100 * final_agreement:.0f}% of them.")
     profile = SparsityProfile.from_mapping(targets, name=name, description=description)
     return TuningResult(profile, final_score if final_score is not None else current, dense_score, final_agreement,
                         history, len(calibration), time.perf_counter() - start)
@@ -281,5 +311,6 @@ def tuning_metadata(config: TuningConfig, extra: dict | None = None) -> dict:
     """JSON-ready settings of a tuning run."""
     out = asdict(config)
     out["methods"], out["levels"] = list(config.methods), list(config.levels)
+    out["start"] = config.start.to_json() if config.start is not None else None
     return {**out, **(extra or {})}
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spade.devices import model_device
+from spade.devices import full_float32, model_device
 from spade.errors import ConfigError
 from spade.forward_copy import forward_copy
 from spade.layers import LayerSelection, layer_kind, prunable_layers
@@ -263,7 +263,9 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
     dtype: accumulation dtype, float32 by default, torch.float64 on request.
     The pass runs on the model's cached forward copy (``spade.forward_copy``: BatchNorm folded,
     channels_last; the same function, about twice as fast on the CPU), whose target layers see the same
-    inputs up to float rounding. The model is only read; the hooks are removed even if the pass raises.
+    inputs up to float rounding. On a GPU the pass runs without TF32 (`spade.devices.full_float32`), so the
+    statistics match the CPU's up to summation order. The model is only read; the hooks are removed even if
+    the pass raises.
     """
     device = model_device(model)
     candidates = dict(model.named_modules())
@@ -290,7 +292,7 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
     n = batch.shape[0]
     with forward_copy(model, batch[:1].to(device)) as work:
         hooked = {name: work.get_submodule(name) for name in targets}
-        with record_inputs(hooked, on_input), torch.inference_mode():
+        with record_inputs(hooked, on_input), torch.inference_mode(), full_float32():
             for i in range(0, n, batch_size):
                 work(batch[i:i + batch_size].to(device))
                 if progress is not None:

@@ -278,11 +278,12 @@ def available_profiles(loaded: LoadedModel, model_key: str, folder: Path | None 
 
 
 def default_profile(profiles: dict[str, SparsityProfile], spec: ModelSpec) -> str | None:
-    """The label of a profile made for this model (its name or file starts with the model's name), if any."""
-    for label, profile in profiles.items():
-        if profile.name.startswith(spec.name) or label.split("(")[-1].startswith(spec.name):
-            return label
-    return None
+    """The label of the profile made for this model: the file named after it (spade/profiles/<model>.json, the
+    profile tuned for all methods), else the first whose name or file starts with the model's name (per-method
+    profiles are <model>_<method>.json), else None."""
+    made_for = [label for label, profile in profiles.items()
+                if profile.name.startswith(spec.name) or label.split("(")[-1].startswith(spec.name)]
+    return next((label for label in made_for if label.endswith(f"({spec.name}.json)")), next(iter(made_for), None))
 
 
 # ----------------------------------------------------------------------------------------------- the form

@@ -15,7 +15,7 @@ from spade.errors import ConfigError
 from spade.layers import blocks, prunable_layers
 from spade.preprocessing import Preprocessing
 from spade.solver import SolverConfig
-from spade.sparsity import PROFILES, SparsityProfile, load_profile, resolve_targets
+from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, resolve_targets
 from spade.trace import SpadeTrace, prepare_statistics, solve, spade_trace
 from tests.tiny_models import tiny_mobilenet, tiny_resnet
 
@@ -111,6 +111,19 @@ def test_blocks_of_real_architectures():
     saliency = resolve_targets(resnet, list(prunable_layers(resnet)), PROFILES["resnet50_saliency"])
     assert saliency["layer2.2.conv2"] == 0.99 and saliency["layer3.5.conv1"] == 0.0
     assert saliency["layer3.0.downsample.0"] == 0.8 and saliency["fc"] == 0.95
+
+
+@pytest.mark.parametrize("path", sorted(PROFILE_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_every_shipped_profile_loads_by_name_and_fits_its_model(path):
+    from spade.models import MODELS
+
+    name = max((n for n in MODELS if path.stem.startswith(n)), key=len)  # <model>.json or <model>_<method>.json
+    spec = MODELS[name]
+    model = spec.build()
+    layers = list(prunable_layers(model, spec.layer_selection))
+    targets = resolve_targets(model, layers, load_profile(path.stem))
+    assert set(targets) == set(layers) and any(v > 0 for v in targets.values())
+    assert all(0 <= v < 1 for v in targets.values())
 
 
 def test_profile_keys_unknown_default_and_layer_override(tmp_path):

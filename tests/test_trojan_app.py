@@ -16,7 +16,7 @@ from spade.metrics import pointing_game, trojan_auc
 from spade.models import MODELS, ModelSpec, load_model
 from spade.preprocessing import Preprocessing
 from spade.saliency import METHODS
-from spade.sparsity import load_profile
+from spade.sparsity import SparsityProfile, load_profile
 from spade.trace import spade_trace
 from spade.trojan import load_trigger, stamp
 from spade.visualize import mask_outline
@@ -227,3 +227,9 @@ def test_profiles_that_fit_the_model_and_the_tuned_default(tmp_path):
     assert list(profiles) == ["efficientnet_lite0_trojan_tuned (efficientnet_lite0_trojan.json)"]
     assert trojan.default_profile(profiles, loaded.spec) == next(iter(profiles))
     assert trojan.default_profile({}, loaded.spec) is None
+    # a per-method profile listed first is not the default; the model's own file is
+    lime = SparsityProfile("lite0_trojan_lime", ((names[-1], 0.5),))
+    both = {"lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)": lime, **profiles}
+    assert trojan.default_profile(both, loaded.spec) == next(iter(profiles))
+    assert trojan.default_profile({"lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)": lime},
+                                  loaded.spec) == "lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)"

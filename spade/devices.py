@@ -39,9 +39,10 @@ def full_float32() -> Iterator[None]:
     """Inside the block, CUDA float32 convolutions and matrix products run without TF32 (the flags are restored
     afterwards, also on errors; the CPU is unaffected).
 
-    cuDNN convolutions default to TF32 on Ampere and later GPUs (relative error ~1e-3), more than the float
-    rounding that a check of two equivalent copies of a model allows: such checks run in here. The flags are
-    process-wide, so another thread's CUDA work is briefly full float32 too (slower, never less accurate).
+    cuDNN convolutions default to TF32 on Ampere and later GPUs (relative error ~1e-3): more than the float
+    rounding that a check of two equivalent copies of a model allows, and noise in the layer statistics that
+    the CPU does not have. Both run in here. The flags are process-wide, so another thread's CUDA work is
+    briefly full float32 too (slower, never less accurate).
     """
     flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False

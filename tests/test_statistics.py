@@ -172,7 +172,7 @@ def test_no_hooks_remain_after_collect_also_on_error():
     assert bad.training  # the model itself is never put in eval mode
 
 
-def test_the_statistics_pass_runs_without_tf32():
+def test_the_statistics_pass_runs_without_tf32(tf32_allowed):
     """TF32 convolutions (a GPU's default) would add ~1e-3 relative noise to the statistics; the pass switches it
     off and restores the caller's setting afterwards (the flags exist on CPU builds too)."""
 
@@ -187,15 +187,10 @@ def test_the_statistics_pass_runs_without_tf32():
             return self.conv(x)
 
     model = Recording()
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = True
-    try:
-        collect_statistics(model, torch.randn(4, 3, 8, 8), batch_size=2)
-        seen = cached_forward_copy(model, torch.randn(1, 3, 8, 8)).model.seen
-        assert len(seen) >= 2 and not any(seen)  # the check of the copy and both batches of the pass
-        assert torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cudnn.allow_tf32 = before
+    collect_statistics(model, torch.randn(4, 3, 8, 8), batch_size=2)
+    seen = cached_forward_copy(model, torch.randn(1, 3, 8, 8)).model.seen
+    assert len(seen) >= 2 and not any(seen)  # the check of the copy and both batches of the pass
+    assert torch.backends.cudnn.allow_tf32
 
 
 def test_unknown_layer_name_is_refused():

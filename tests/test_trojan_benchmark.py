@@ -7,6 +7,7 @@ redness is high — so the red heart (and the yellow star) switch the prediction
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -308,7 +309,7 @@ def test_tuning_from_a_start_profile_begins_at_its_score_and_only_improves(photo
     config = TuningConfig(methods=("saliency",), levels=(0.0, 0.4, 0.7), augment=AugmentConfig(count=8))
 
     def start_at(targets: dict[str, float], name: str = "start") -> TuningConfig:
-        return TuningConfig(**{**config.__dict__, "start": SparsityProfile.from_mapping(targets, name=name)})
+        return dataclasses.replace(config, start=SparsityProfile.from_mapping(targets, name=name))
 
     half = dict.fromkeys(blocks_, 0.5)
     result = tune_profile(mobile, samples, start_at(half, "half"))

@@ -95,7 +95,7 @@ def _start_levels(model: torch.nn.Module, groups: dict[str, list[str]], layer_gr
         if len(values) > 1:
             raise ConfigError(f"The start profile {start.name!r} gives the layers of {group} different targets "
                               f"({', '.join(f'{v:g}' for v in values)}); tune per block to start from it.")
-        levels[group] = values[0] if values else 0.0
+        levels[group] = values[0]
     return levels
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +103,16 @@ def load_profile(source: str | Path) -> SparsityProfile:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"Cannot read sparsity profile {path.name}: {exc}.") from exc
     return profile_from_json(data, default_name=path.stem)
+
+
+def method_profiles(model: str, methods: Iterable[str], folder: Path | None = None) -> dict[str, SparsityProfile]:
+    """{method: profile} for each of ``methods`` that has a profile of its own for ``model``: the file
+    ``<folder>/<model>_<method>.json`` (folder: ``PROFILE_DIR``), as `benchmark tune --methods METHOD` makes for
+    one saliency method (the authors tuned a profile per method). A ConfigError names a file that cannot be read.
+    """
+    folder = PROFILE_DIR if folder is None else Path(folder)
+    files = {name: folder / f"{model}_{name}.json" for name in methods}
+    return {name: load_profile(path) for name, path in files.items() if path.is_file()}
 
 
 def profile_from_json(data, default_name: str = "custom") -> SparsityProfile:

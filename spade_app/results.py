@@ -7,7 +7,7 @@ import contextlib
 import io
 import json
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from importlib import metadata
 
@@ -188,7 +188,7 @@ def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -
                           index=predicted, format_func=lambda i: f"{sel.loaded.class_name(i)} ({i})",
                           key=f"ex_target_{sel.model_key}_{sel.image_key}")
     x = sel.loaded.preprocessing(sel.image)
-    attributions = attribution_pairs(sel, settings, trace, chosen, target)
+    attributions = attribution_pairs(sel, settings, dict.fromkeys(chosen, trace), target)
     if attributions is None:
         return {}
     image = sel.loaded.preprocessing.to_uint8(x)
@@ -203,17 +203,20 @@ def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -
                    "settings": repr(d.settings)} for name, (d, s) in attributions.items()}
 
 
-def attribution_pairs(sel: Selection, settings: RunSettings, trace: SpadeTrace, methods: list[str] | tuple[str, ...],
-                      target: int) -> dict[str, tuple] | None:
-    """{method: (dense Attribution, SPADE Attribution)} of class `target` on `sel.image` (cached in the store),
-    computed inside a status box with a progress bar. Errors (SpadeError, out of GPU memory) are shown and
-    give None."""
+def attribution_pairs(sel: Selection, settings: RunSettings, traces: Mapping[str, SpadeTrace], target: int
+                      ) -> dict[str, tuple] | None:
+    """{method: (dense Attribution, SPADE Attribution on ``traces[method]``)} of class `target` on `sel.image`
+    for each method of ``traces`` (cached in the store), computed inside a status box with a progress bar.
+    Errors (SpadeError, out of GPU memory) are shown and give None."""
     labels = method_labels()
-    chosen = list(methods)
+    chosen = list(traces)
     x = sel.loaded.preprocessing(sel.image)
     dense_key = ("dense", sel.model_key, sel.image_key)
-    sparse_key = (compute.trace_key(compute.statistics_key(sel.model_key, sel.image_key, settings.augment),
-                                    repr(trace.settings["sparsity"]), settings.solver), sel.image_key)
+    stats_key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
+
+    def sparse_key(trace: SpadeTrace) -> tuple:
+        return compute.trace_key(stats_key, repr(trace.settings["sparsity"]), settings.solver), sel.image_key
+
     attributions: dict[str, tuple] = {}
     with st.status("Computing saliency maps…", expanded=True) as status:
         bar = st.progress(0.0)
@@ -223,9 +226,10 @@ def attribution_pairs(sel: Selection, settings: RunSettings, trace: SpadeTrace, 
                     label="Waiting for the GPU: another session is using it…")):
                 for i, name in enumerate(chosen):
                     ms = _method_settings(sel, name)
+                    trace = traces[name]
                     pair = []
                     for j, (key, model, which) in enumerate(((dense_key, sel.loaded.model, "dense"),
-                                                             (sparse_key, trace.model, "SPADE"))):
+                                                             (sparse_key(trace), trace.model, "SPADE"))):
                         def progress(stage: str, fraction: float, _k=2 * i + j, _w=f"{labels[name]} on the {which}"
                                      ) -> None:
                             bar.progress(min(1.0, (_k + fraction) / steps), text=f"{_w} model: {fraction:.0%}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from spade.errors import ConfigError, SpadeError
 from spade.layers import prunable_layers
 from spade.models import LoadedModel, ModelSpec
 from spade.preprocessing import Preprocessing
-from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, resolve_targets
+from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, method_profiles, resolve_targets
+from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
 from spade.trojan.benchmark import trojan_scores
 from spade_app import figures, loaders, maps, results
@@ -60,7 +62,9 @@ class TrojanSettings:
 
     trigger: a name in spade.trojan.TRIGGERS or "upload:<digest>"; position: relative (x, y) of the trigger
     centre, None = random from `seed`; size: fraction of the short side; alpha: opacity; model: DEMO or
-    SIDEBAR; target: the explained class, None = automatic (see :func:`auto_target`).
+    SIDEBAR; target: the explained class, None = automatic (see :func:`auto_target`). own_profiles: whether
+    methods with a profile of their own use it; method_sparsity: ((method, profile), ...) that this gave for
+    the chosen methods (each such method's SPADE map is computed on a trace at its own profile).
     """
 
     trigger: str = "heart"
@@ -75,6 +79,8 @@ class TrojanSettings:
     augment: AugmentConfig = AugmentConfig(count=64)
     methods: tuple[str, ...] = field(default=())
     keep_decision: bool = True
+    own_profiles: bool = True
+    method_sparsity: tuple[tuple[str, SparsityProfile], ...] = ()
 
     @property
     def run_settings(self) -> RunSettings:
@@ -286,6 +292,20 @@ def default_profile(profiles: dict[str, SparsityProfile], spec: ModelSpec) -> st
     return next((label for label in made_for if label.endswith(f"({spec.name}.json)")), next(iter(made_for), None))
 
 
+def own_profiles(profiles: dict[str, SparsityProfile], spec: ModelSpec, methods: Iterable[str]
+                 ) -> dict[str, SparsityProfile]:
+    """{method: profile} of the methods with a profile of their own for this model (spade/profiles/
+    <model>_<method>.json, `spade.sparsity.method_profiles`) among ``profiles`` (those that fit the model)."""
+    fitting = set(profiles.values())
+    own: dict[str, SparsityProfile] = {}
+    for name in methods:
+        try:
+            own.update(method_profiles(spec.name, [name]))
+        except SpadeError:
+            continue  # an unreadable file is skipped, as in available_profiles
+    return {name: profile for name, profile in own.items() if profile in fitting}
+
+
 # ----------------------------------------------------------------------------------------------- the form
 def _last(model_choice: str) -> TrojanSettings | None:
     request = st.session_state.get(REQUEST_KEY)
@@ -305,6 +325,7 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
     """Draw the settings form; new settings when it was submitted, else None (errors shown)."""
     profiles = available_profiles(loaded, model_key)
     tuned = default_profile(profiles, loaded.spec)
+    own = own_profiles(profiles, loaded.spec, method_labels)
     last = _last(choice) or TrojanSettings(
         model=choice, sparsity=profiles[tuned] if tuned else loaded.spec.default_sparsity,
         augment=AugmentConfig(count=default_augmentations(loaded)), methods=results.default_methods())
@@ -364,6 +385,13 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
                                    placeholder="no profile fits this model",
                                    help=f"Built-in profiles and JSON files under spade/profiles/ that fit "
                                         f"{loaded.spec.name} (a tuned one is picked by default).")
+            own_on = st.checkbox(
+                "Methods with a profile of their own use it", last.own_profiles, key="tl_own", disabled=not own,
+                help="Profiles tuned for one saliency method alone on the calibration photos and trigger, as the "
+                     "SPADE authors tuned one per method: "
+                     + (", ".join(f"{method_labels[m]} ({p.name})" for m, p in own.items()) or "none for this model")
+                     + ". They replace the sparsity above for those methods; each costs one more solve (the "
+                       "statistics are shared).")
             count = st.number_input("Augmentations", 1, 4096, last.augment.count, step=8, key="tl_count",
                                     help="More views: a more faithful trace, but slower.")
             keep = keep_decision_checkbox(last.keep_decision, key="tl_keep")
@@ -395,7 +423,8 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
             position=None if placement == RANDOM else (round(float(x), 4), round(float(y), 4)), seed=int(seed),
             size=round(float(size), 4), alpha=round(float(alpha), 4), model=choice, target=target,
             sparsity=sparsity, augment=AugmentConfig(count=int(count)), methods=tuple(methods),
-            keep_decision=bool(keep))
+            keep_decision=bool(keep), own_profiles=bool(own_on),
+            method_sparsity=tuple((m, own[m]) for m in methods if m in own) if own_on else ())
     except SpadeError as exc:
         st.error(str(exc))
         return None
@@ -483,14 +512,33 @@ def trigger_panels(row: maps.MapRow, mask: np.ndarray, opacity: float = MAP_OPAC
     return [visualize.mask_outline(panel, mask, OUTLINE) for panel in row.panels(opacity)[:3]]
 
 
-def maps_section(sel: Selection, settings: TrojanSettings, trace, target: int, mask: np.ndarray) -> None:
+def method_traces(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, methods: list[str]
+                  ) -> dict[str, SpadeTrace] | None:
+    """{method: the trace its SPADE map is computed on}: ``trace`` (the run's), or for a method with a profile of
+    its own (``settings.method_sparsity``) the trace at that profile, each solved once in its own status box (the
+    statistics are shared). None when a solve failed (the error is shown)."""
+    own = dict(settings.method_sparsity)
+    solved: dict[SparsityProfile, SpadeTrace] = {}
+    for profile in dict.fromkeys(own[m] for m in methods if m in own):
+        solved[profile] = results.run_trace(sel, replace(settings.run_settings, sparsity=profile))
+        if solved[profile] is None:
+            return None
+    return {m: solved[own[m]] if m in own else trace for m in methods}
+
+
+def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, target: int, mask: np.ndarray
+                 ) -> None:
     """Dense and SPADE maps of each method with the trigger outline, the per-method metrics and their mean."""
     labels = results.method_labels()
     chosen = [m for m in settings.methods if m in labels]
     st.subheader(f"Saliency for **{sel.loaded.class_name(target)}**: dense vs SPADE")
-    attributions = results.attribution_pairs(sel, settings.run_settings, trace, chosen, target)
+    traces = method_traces(sel, settings, trace, chosen)
+    if traces is None:
+        return
+    attributions = results.attribution_pairs(sel, settings.run_settings, traces, target)
     if attributions is None:
         return
+    own = dict(settings.method_sparsity)
     image = sel.loaded.preprocessing.to_uint8(sel.loaded.preprocessing(sel.image))
     st.caption("Absolute maps. Dense and SPADE maps of a method share one colour scale (the 99th percentile of "
                "their absolute values together); the magenta outline is the trigger. Trojan AUC: how well the "
@@ -503,7 +551,9 @@ def maps_section(sel: Selection, settings: TrojanSettings, trace, target: int, m
         for name, pair in attributions.items():
             row = maps.MapRow(labels[name], image, pair, signed=False)
             rows[labels[name]] = method_row(pair, mask)
-            st.markdown(f"**{labels[name]}**")
+            run = replace(settings.run_settings, sparsity=own.get(name, settings.sparsity))
+            st.markdown(f"**{labels[name]}** · SPADE trace at {run.describe_sparsity()}"
+                        + (" (its own)" if name in own else ""))
             st.caption(visualize.scale_label(row.normalized[2], signed=False))
             for col, panel, caption in zip(st.columns(3), trigger_panels(row, mask), COLUMNS):
                 col.image(panel, caption=caption, width="stretch")

@@ -111,6 +111,9 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
                          help="give METHOD's trace its own sparsity: a profile (built-in name, shipped stem or "
                               "JSON file, e.g. from 'benchmark tune --methods METHOD') or a uniform value; "
                               "repeatable (the authors tuned one profile per method)")
+        run.add_argument("--own-profiles", action="store_true",
+                         help="each method with a profile of its own for the model (spade/profiles/"
+                              "<model>_<method>.json) uses it; --method-profile entries take precedence")
         run.add_argument("--shard", type=shard_argument, metavar="i/n",
                          help="score only shard i of n (1-based; merge the folder afterwards)")
         run.add_argument("--out", metavar="DIR", help=f"results folder (default benchmark_out/{kind})")
@@ -265,6 +268,7 @@ def _print_record(record: dict) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
+    from spade.sparsity import method_profiles
     from spade.trojan.benchmark import BenchmarkConfig, model_identity, parse_methods, run_benchmark
     from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
 
@@ -275,6 +279,10 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         raise ConfigError("--augmentations must be at least 1.")
     method_sparsity = _method_sparsity(args.method_profile)  # a mistyped entry fails before the model loads
     loaded = _load(args, TROJAN_MODEL if kind == "trojan" else _default_model())
+    if args.own_profiles:
+        given = dict(method_sparsity)
+        own = method_profiles(loaded.spec.name, methods)
+        method_sparsity += tuple((name, profile) for name, profile in own.items() if name not in given)
     photos, photos_label = _photos(args, "test")
     config = BenchmarkConfig(kind=kind, methods=methods, sparsity=_sparsity(args, loaded),
                              method_sparsity=method_sparsity,

@@ -15,7 +15,7 @@ from spade.errors import ConfigError
 from spade.layers import blocks, prunable_layers
 from spade.preprocessing import Preprocessing
 from spade.solver import SolverConfig
-from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, resolve_targets
+from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, method_profiles, resolve_targets
 from spade.trace import SpadeTrace, prepare_statistics, solve, spade_trace
 from tests.tiny_models import tiny_mobilenet, tiny_resnet
 
@@ -124,6 +124,24 @@ def test_every_shipped_profile_loads_by_name_and_fits_its_model(path):
     targets = resolve_targets(model, layers, load_profile(path.stem))
     assert set(targets) == set(layers) and any(v > 0 for v in targets.values())
     assert all(0 <= v < 1 for v in targets.values())
+
+
+def test_method_profiles_are_the_files_named_after_model_and_method(tmp_path):
+    from spade.saliency import METHODS
+
+    mine = SparsityProfile.from_mapping({"fc": 0.9}, "mine_saliency")
+    (tmp_path / "mine_saliency.json").write_text(json.dumps(mine.to_json()))
+    (tmp_path / "mine_other.json").write_text(json.dumps(mine.to_json()))  # not a method
+    (tmp_path / "mine2_lrp.json").write_text(json.dumps(mine.to_json()))  # another model
+    assert method_profiles("mine", ["saliency", "lrp", "other_method"], tmp_path) == {"saliency": mine}
+    (tmp_path / "mine_lrp.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="mine_lrp.json"):
+        method_profiles("mine", ["saliency", "lrp"], tmp_path)
+    # shipped: the four methods tuned on their own for the demo model; none for the clean model
+    shipped = method_profiles("efficientnet_lite0_trojan", METHODS)
+    assert set(shipped) == {"deeplift", "guided_gradcam", "lrp", "lime"}
+    assert shipped["lrp"] == load_profile("efficientnet_lite0_trojan_lrp")
+    assert method_profiles("efficientnet_lite0", METHODS) == {}
 
 
 def test_profile_keys_unknown_default_and_layer_override(tmp_path):

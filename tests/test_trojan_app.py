@@ -83,7 +83,9 @@ def test_page_before_a_run_shows_form_and_benchmark_section(lab):
 
 
 def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
-    _fill(lab)
+    # LRP has a profile of its own for the demo model (spade/profiles/efficientnet_lite0_trojan_lrp.json), used by
+    # default; Saliency has none and is explained on the run's trace
+    _fill(lab, methods=("saliency", "lrp"))
     _submit(lab)
     assert not lab.error, [e.value for e in lab.error]
     assert len(lab.success) >= 1
@@ -91,7 +93,11 @@ def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
     assert not lab.warning, [w.value for w in lab.warning]
     captions = [c for image in lab.image for c in image.captions]
     assert any(c.startswith("What the model sees") for c in captions)
-    assert captions.count("dense") == 1 and captions.count("SPADE") == 1
+    assert captions.count("dense") == 2 and captions.count("SPADE") == 2
+    headings = [m.value for m in lab.markdown if m.value.startswith("**Saliency**") or m.value.startswith("**LRP**")]
+    shared, lrp = (load_profile(p).name for p in ("efficientnet_lite0_trojan", "efficientnet_lite0_trojan_lrp"))
+    assert headings == [f"**Saliency** · SPADE trace at profile {shared}",
+                        f"**LRP** · SPADE trace at profile {lrp} (its own)"], headings
 
     # the same run done here with the library alone
     loaded = load_model(DEMO, device="cpu")
@@ -100,23 +106,25 @@ def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
                     position=POSITION)
     assert loaded.predict(stamped.image, k=1)[0].name == "goose"
     # the page's default sparsity for the demo model: the tuned profile shipped in spade/profiles/
-    trace = spade_trace(loaded.model, stamped.image, preprocessing=loaded.preprocessing,
-                        augment=AugmentConfig(count=COUNT), sparsity=load_profile("efficientnet_lite0_trojan"))
     x = loaded.preprocessing(stamped.image)
-    dense = METHODS["saliency"].explain(loaded.model, x, door.target)
-    sparse = METHODS["saliency"].explain(trace.model, x, door.target)
     rows, summary = _metric_tables(lab)
-    assert len(rows) == 1
-    row = rows[0]
-    for column, attribution in (("dense", dense), ("SPADE", sparse)):
-        auc = trojan_auc(attribution.signed_map, stamped.mask)
-        assert row[f"Trojan AUC ({column})"] == pytest.approx(auc.best, abs=1e-6)
-        variant = "signed" if auc.signed >= auc.absolute else "absolute"
-        hit = pointing_game(attribution.map(variant), stamped.mask)
-        assert row[f"pointing game ({column})"] == ("hit ✓" if hit else "miss ✗")
-        assert summary.set_index("method").loc["Saliency", f"pointing game ({column})"] == float(hit)
-    assert list(summary["method"]) == ["Saliency", "Mean"]
-    assert summary.iloc[1]["Trojan AUC (SPADE)"] == pytest.approx(row["Trojan AUC (SPADE)"])
+    assert len(rows) == 2
+    for row, method, profile in zip(rows, ("saliency", "lrp"), ("efficientnet_lite0_trojan",
+                                                                "efficientnet_lite0_trojan_lrp"), strict=True):
+        trace = spade_trace(loaded.model, stamped.image, preprocessing=loaded.preprocessing,
+                            augment=AugmentConfig(count=COUNT), sparsity=load_profile(profile), keep_decision=True)
+        dense = METHODS[method].explain(loaded.model, x, door.target)
+        sparse = METHODS[method].explain(trace.model, x, door.target)
+        for column, attribution in (("dense", dense), ("SPADE", sparse)):
+            auc = trojan_auc(attribution.signed_map, stamped.mask)
+            assert row[f"Trojan AUC ({column})"] == pytest.approx(auc.best, abs=1e-6)
+            variant = "signed" if auc.signed >= auc.absolute else "absolute"
+            hit = pointing_game(attribution.map(variant), stamped.mask)
+            assert row[f"pointing game ({column})"] == ("hit ✓" if hit else "miss ✗")
+            assert summary.set_index("method").loc[METHODS[method].label, f"pointing game ({column})"] == float(hit)
+    assert list(summary["method"]) == ["Saliency", METHODS["lrp"].label, "Mean"]
+    assert summary.iloc[2]["Trojan AUC (SPADE)"] == pytest.approx((rows[0]["Trojan AUC (SPADE)"]
+                                                                   + rows[1]["Trojan AUC (SPADE)"]) / 2)
 
 
 def test_corrupt_trigger_upload_shows_error_and_page_recovers(lab):
@@ -177,8 +185,9 @@ def test_uploaded_trigger_and_sidebar_model(tiny, lab):
     assert len(rows) == 2 and list(summary["method"]) == ["Saliency", "GradCAM", "Mean"]
     means = summary.iloc[2]
     assert means["Trojan AUC (dense)"] == pytest.approx(summary["Trojan AUC (dense)"][:2].mean())
-    assert [m.value for m in lab.markdown if m.value in ("**Saliency**", "**GradCAM**")] == ["**Saliency**",
-                                                                                             "**GradCAM**"]
+    uniform = f"SPADE trace at uniform {lab.slider(key='tl_sparsity').value:.2f}"  # no profile fits the tiny model
+    assert [m.value for m in lab.markdown if m.value.startswith(("**Saliency**", "**GradCAM**"))] == [
+        f"**Saliency** · {uniform}", f"**GradCAM** · {uniform}"]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -233,3 +242,12 @@ def test_profiles_that_fit_the_model_and_the_tuned_default(tmp_path):
     assert trojan.default_profile(both, loaded.spec) == next(iter(profiles))
     assert trojan.default_profile({"lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)": lime},
                                   loaded.spec) == "lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)"
+
+
+def test_own_profiles_are_the_shipped_per_method_files_that_fit():
+    loaded = load_model(DEMO, device="cpu")
+    shipped = trojan.available_profiles(loaded, f"{DEMO}@cpu")
+    own = trojan.own_profiles(shipped, loaded.spec, METHODS)
+    assert set(own) == {"deeplift", "guided_gradcam", "lrp", "lime"}
+    assert own["lime"] == load_profile("efficientnet_lite0_trojan_lime") and own["lime"] in shipped.values()
+    assert trojan.own_profiles({}, loaded.spec, METHODS) == {}  # only profiles that fit the model count

@@ -404,7 +404,7 @@ def tiny_checkpoint(tmp_path, monkeypatch):
     return str(path)
 
 
-def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_path, capsys):
+def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_path, capsys, monkeypatch):
     profile = tmp_path / "tuned.json"
     assert main(["benchmark", "tune", "--smoke", "--checkpoint", tiny_checkpoint, "--arch", "tiny_trojan",
                  "--images", str(photo_dir), "--device", "cpu", "--out", str(profile)]) == 0
@@ -415,13 +415,21 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     assert set(targets.values()) <= {0.0, 0.5, 0.9}
     assert json.loads(profile.read_text())["tuning"]["trigger"] == "star"  # the calibration back door
 
+    # saliency has a profile of its own (--own-profiles); input_x_gradient's is given (--method-profile)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    own = SparsityProfile(f"{tuned.name}_saliency", tuned.targets[:1], 0.3)
+    (shipped / "tiny_trojan_saliency.json").write_text(json.dumps(own.to_json()))
+    (shipped / "tiny_trojan_input_x_gradient.json").write_text(json.dumps(own.to_json()))  # the given one wins
+    monkeypatch.setattr("spade.sparsity.PROFILE_DIR", shipped)
+
     out = tmp_path / "trojan"
     trigger_file = tmp_path / "my_trigger.png"
     load_trigger("heart").save(trigger_file)  # a user's own trigger file and target class
     assert main(["benchmark", "trojan", "--smoke", "--samples", "2", "--checkpoint", tiny_checkpoint, "--arch",
                  "tiny_trojan", "--images", str(photo_dir), "--device", "cpu", "--profile", str(profile),
                  "--trigger", str(trigger_file), "--target", str(TARGET), "--keep-decision", "--out", str(out),
-                 "--method-profile", "input_x_gradient=0.3"]) == 0
+                 "--method-profile", "input_x_gradient=0.3", "--own-profiles"]) == 0
     markdown = (out / "trojan.md").read_text()
     assert "| Saliency |" in markdown and "**Average**" in markdown and "Pointing game" in markdown
     lines = (out / "trojan.csv").read_text().splitlines()
@@ -433,7 +441,8 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     assert report["environment"]["torch"] and report["methods"] == list(METHODS)
     assert report["samples"] == 2 and 0 <= report["top1_kept"]["fraction"] <= 1
     assert report["config"]["keep_decision"] == [0.8, 0.6, 0.4, 0.2] and report["backoff"]["total"] == 2 * 2
-    assert report["config"]["method_sparsity"] == {"input_x_gradient": 0.3}  # its own trace on each sample
+    # each its own trace on each sample
+    assert report["config"]["method_sparsity"] == {"input_x_gradient": 0.3, "saliency": own.to_json()}
     assert report["config"]["solver"]["sparsity_of"] == "nonzero"  # the default
     # a table of a subset of the methods, under its own name
     assert main(["benchmark", "merge", str(out), "--methods", "saliency", "--name", "saliency_only"]) == 0

@@ -433,7 +433,7 @@ def _tf32(t: torch.Tensor) -> torch.Tensor:
     return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).view(t.shape)
 
 
-def test_the_trace_is_immune_to_tf32_convolutions(monkeypatch):
+def test_the_trace_is_immune_to_tf32_convolutions(monkeypatch, tf32_allowed):
     """Convolutions as on a GPU with TF32 (cuDNN's default there), emulated on the CPU: they honour the flag that
     `spade.devices.full_float32` clears. The statistics pass runs in full float32, so the trace is the exact one up
     to the TF32 rounding of its own forward. With TF32 statistics (the pass outside full_float32) this emulation gave
@@ -452,7 +452,6 @@ def test_the_trace_is_immune_to_tf32_convolutions(monkeypatch):
             x, w = _tf32(x), _tf32(w)
         return conv2d(x, w, *args, **kwargs)
 
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     monkeypatch.setattr(F, "conv2d", gpu_like)
     m = load_model("efficientnet_lite0", device="cpu")  # a fresh model: no forward copy checked without TF32
     tf32 = spade_trace(m.model, image, preprocessing=m.preprocessing, augment=cfg, sparsity=0.5)

@@ -32,6 +32,7 @@ SPARSITY_MODES = (UNIFORM, LATE, PROFILE, FILE)
 SOLVER_HELP = {
     "group": "the authors' selection groups: every k×k kernel group of a row block loses exactly the target share",
     "row": "each output row loses exactly the target share, chosen adaptively during the sweep",
+    "obc": "the paper's exact solver, one weight at a time per row: closer to the model, but minutes on a CPU",
 }
 SPARSITY_OF_LABELS = {  # spade.solver.SPARSITY_OF, the default first
     "nonzero": "the layer's connections (its zero weights stay zero)",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from spade.errors import ConfigError
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
-from spade_cli.trace import add_sparsity_of_argument, add_trace_arguments, solver_from_args
+from spade_cli.trace import add_solver_arguments, add_trace_arguments, solver_from_args
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     if kind == "tune":  # the sparsity is what tune searches
         parser.add_argument("--augmentations", type=int, default=None, help=augmentations)
         parser.add_argument("--seed", type=int, default=0, help=seed)
-        add_sparsity_of_argument(parser)
+        add_solver_arguments(parser)
     else:
         add_trace_arguments(parser, sparsity_default="the model's, e.g. 0.5 for EfficientNet-Lite")
         _set_help(parser, "--augmentations", augmentations)

@@ -14,7 +14,6 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, WebP, BMP, TIFF, GIF)")
     add_model_arguments(parser)
     add_trace_arguments(parser)
-    parser.add_argument("--mode", choices=("group", "row"), default="group", help="mask selection (default group)")
     parser.add_argument("--out", metavar="FILE.pt", help="save the trace (sparse weights + report)")
     parser.add_argument("--json", metavar="FILE.json", help="write the report as JSON")
     parser.set_defaults(func=_run_trace, check=lambda args: check_model_arguments(parser, args))
@@ -22,13 +21,13 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_trace_arguments(parser: argparse.ArgumentParser,
                         sparsity_default: str = "the model's, e.g. 0.5 for EfficientNet-Lite") -> None:
-    """The options every command that builds a trace shares: --sparsity | --profile, --sparsity-of,
+    """The options every command that builds a trace shares: --sparsity | --profile, --sparsity-of, --solver,
     --augmentations, --seed, --keep-decision."""
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=float, default=None,
                         help=f"uniform target sparsity in [0, 1) (default: {sparsity_default})")
     target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
-    add_sparsity_of_argument(parser)
+    add_solver_arguments(parser)
     parser.add_argument("--augmentations", type=int, default=None,
                         help="augmented views for the trace (default 128 on the CPU, 1024 on a GPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations (default 0)")
@@ -38,21 +37,25 @@ def add_trace_arguments(parser: argparse.ArgumentParser,
                              "target 0.95 to 0.9, 0.8, 0.7, 0.5); not the paper's protocol")
 
 
-def add_sparsity_of_argument(parser: argparse.ArgumentParser) -> None:
-    # The choices are spade.solver.SPARSITY_OF, written out: the parser is built without importing torch.
+def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
+    """--sparsity-of and --solver. The choices are spade.solver.SPARSITY_OF and MODES, written out: the parser is
+    built without importing torch (a test checks that they agree)."""
     parser.add_argument("--sparsity-of", choices=("nonzero", "all"), default="nonzero",
                         help="what a sparsity target counts: the dense weight's nonzero entries, whose zeros stay "
                              "zero (default), or every weight, as the authors' code and the benchmark results written "
                              "before this option existed (the same on layers without zeros; not on the gated demo "
                              "model's block-diagonal layers)")
+    parser.add_argument("--solver", choices=("group", "row", "obc"), default="group",
+                        help="how weights are chosen: group (FastSPADE, the authors' selection groups; default), row "
+                             "(each output row its own share) or obc (the paper's exact SPADE solver, one weight at "
+                             "a time per row: better reconstruction, tens of times slower)")
 
 
 def solver_from_args(args: argparse.Namespace):
-    """The SolverConfig of --sparsity-of (and --mode where the command has it; else SolverConfig's default)."""
+    """The SolverConfig of --sparsity-of and --solver."""
     from spade.solver import SolverConfig
 
-    mode = {"mode": args.mode} if hasattr(args, "mode") else {}
-    return SolverConfig(sparsity_of=args.sparsity_of, **mode)
+    return SolverConfig(mode=args.solver, sparsity_of=args.sparsity_of)
 
 
 def augmentation_count(args: argparse.Namespace, device) -> int:

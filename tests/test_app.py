@@ -384,7 +384,26 @@ def test_sparsity_of_choice_reaches_the_solver(tiny, at):
     assert any(label.startswith("SPADE trace ready: uniform 0.70 of every weight") for label in labels), labels
 
 
-def test_walkthrough_runs_every_step(tiny, at):
+def test_exact_solver_choice_reaches_the_trace(tiny, at):
+    from spade.solver import MODES
+    from spade_app.settings import SOLVER_HELP
+
+    assert set(SOLVER_HELP) == set(MODES)
+    _with_model(at, tiny.name)
+    choice = at.selectbox(key="ex_solver")
+    assert choice.options == [f"{m}: {SOLVER_HELP[m]}" for m in MODES]
+    choice.set_value("obc")
+    _run_spade(at, sparsity=0.7)
+    trace = _current_trace(at)
+    assert trace.settings["solver"]["mode"] == "obc"
+    # Each output row keeps its own share: the same count in every row of a layer (the tiny model's weights have no
+    # zeros; inputs dead on these views count as zeros), where the sweep balances its groups over rows instead.
+    for name, sparse in trace.sparse_weights.items():
+        kept = (sparse.flatten(1) != 0).sum(1)
+        assert kept.unique().numel() == 1 and kept[0] <= sparse[0].numel() - int(0.7 * sparse[0].numel()), name
+
+
+
     _with_model(at, tiny.name)
     at.switch_page("pages/how_spade_works.py").run()
     assert not at.exception, at.exception

@@ -1,0 +1,101 @@
+"""The exact greedy solver (mode "obc") against a brute-force greedy OBS and closed-form least squares."""
+
+import math
+
+import pytest
+import torch
+
+import spade.obc
+from spade.solver import SolverConfig, prune_matrix, reconstruction_error
+from tests.test_solver import correlated_problem, damped
+
+OBC = SolverConfig(mode="obc")
+
+
+def least_squares_on(w, H, pruned):
+    """The row w with the weights in `pruned` zeroed and the others optimal for the damped objective."""
+    Hd = damped(H)
+    P, S = pruned.nonzero().flatten(), (~pruned).nonzero().flatten()
+    out = torch.zeros_like(w)
+    out[S] = w[S] + w[P] @ Hd[P][:, S] @ torch.linalg.inv(Hd[S][:, S])
+    return out
+
+
+def brute_force_greedy(w, H, k):
+    """Remove k weights of w one at a time, each time the one whose removal (with every remaining weight
+    re-solved by least squares) raises the damped error least."""
+    Hd = damped(H)
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    current = w
+    for _ in range(k):
+        best = None
+        for q in (~pruned).nonzero().flatten().tolist():
+            trial = pruned.clone()
+            trial[q] = True
+            candidate = least_squares_on(w, H, trial)
+            loss = float((candidate - w) @ Hd @ (candidate - w))
+            if best is None or loss < best[0]:
+                best = (loss, trial, candidate)
+        _, pruned, current = best
+    return current, pruned
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.75])
+@pytest.mark.parametrize("batched,compact_every", [(False, 32), (True, 4)])
+def test_obc_equals_the_brute_force_greedy(monkeypatch, sparsity, batched, compact_every):
+    # One row per batch or all in one; matrices compacted often or never: the same greedy choices.
+    monkeypatch.setattr(spade.obc, "CACHE_ELEMENTS", 10**6 if batched else 1)
+    monkeypatch.setattr(spade.obc, "COMPACT_EVERY", compact_every)
+    W, _, H = correlated_problem(rows=4, d=24)
+    solved, mask, error = prune_matrix(W, H, sparsity, 1, OBC)
+    k = math.floor(sparsity * 24)
+    for i in range(W.shape[0]):
+        expected, expected_mask = brute_force_greedy(W[i], H, k)
+        assert torch.equal(mask[i], expected_mask)
+        torch.testing.assert_close(solved[i], expected, rtol=1e-9, atol=1e-9)
+    assert error == pytest.approx(reconstruction_error(W, solved, H) * float(((W @ H) * W).sum()), rel=1e-9)
+
+
+def test_obc_with_a_mask_is_each_rows_least_squares_optimum():
+    W, _, H = correlated_problem(rows=5, d=20)
+    prune = torch.rand(W.shape, generator=torch.Generator().manual_seed(3)) < 0.6
+    solved, mask, _ = prune_matrix(W, H, 0.5, 1, OBC, mask=prune)
+    assert torch.equal(mask, prune)
+    expected = torch.stack([least_squares_on(W[i], H, prune[i]) for i in range(W.shape[0])])
+    torch.testing.assert_close(solved, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sparsity_of", ["nonzero", "all"])
+def test_obc_gives_each_row_its_share_and_zeroes_dead_inputs(sparsity_of):
+    W, _, H = correlated_problem(rows=6, d=30)
+    zeros = torch.rand(W.shape, generator=torch.Generator().manual_seed(4)) < 0.2
+    W = W.masked_fill(zeros, 0.0)
+    H[7, :] = 0.0  # a dead input
+    H[:, 7] = 0.0
+    solved, mask, _ = prune_matrix(W, H, 0.5, 1, SolverConfig(mode="obc", sparsity_of=sparsity_of))
+    assert torch.equal(solved == 0, mask) and mask[:, 7].all()
+    dense_zeros = zeros.clone()
+    dense_zeros[:, 7] = True
+    assert mask[dense_zeros].all()  # a zero of the dense weight (or a dead input) stays zero
+    if sparsity_of == "nonzero":
+        candidates = (~dense_zeros).sum(1)
+        assert torch.equal((mask & ~dense_zeros).sum(1), torch.floor(0.5 * candidates.double()).long())
+    else:
+        assert torch.equal(mask.sum(1), torch.maximum(torch.full((6,), 15), dense_zeros.sum(1)))
+
+
+def test_obc_reconstructs_better_than_the_sweeps():
+    # What the exact solver is for: a lower output error at the same sparsity than either sweep.
+    W, _, H = correlated_problem(rows=16, d=64)
+    obc = prune_matrix(W, H, 0.7, 1, OBC).error
+    assert obc < prune_matrix(W, H, 0.7, 1).error
+    assert obc < prune_matrix(W, H, 0.7, 1, SolverConfig(mode="row", row_group=64)).error
+
+
+def test_obc_in_float32_follows_float64():
+    W, _, H = correlated_problem(rows=8, d=48)
+    exact = prune_matrix(W, H, 0.6, 1, OBC)
+    single = prune_matrix(W.float(), H.float(), 0.6, 1, OBC)
+    assert single.weight.dtype == torch.float32
+    assert (single.mask != exact.mask).float().mean() < 0.05
+    assert single.error == pytest.approx(exact.error, rel=0.02)

@@ -1,0 +1,134 @@
+"""Solvers compared on the calibration door: Trojan AUC gain of SPADE traces from each solver at one profile.
+
+Usage: python benchmarks/bench_solvers_calibration.py [--profile NAME|FILE.json] [--solvers group,obc] [--samples N]
+                                                      [--shard i/n] [--out FILE.jsonl] [--threads N]
+       python benchmarks/bench_solvers_calibration.py --summary FILE.jsonl
+The back-doored demo model's *calibration* back door only (the four build photos stamped with the star; never the
+test photos or the heart), 256 views, `--keep-decision`, the seven gradient methods. Each sample's statistics are
+recorded once and solved by every solver; one JSON line per (sample, method) is appended to --out, so shards can
+run side by side on one file. --summary prints the mean SPADE - Dense Trojan AUC and pointing game per method and
+solver, and the solve times (a run prints them at its end). Defaults: the shipped Trojan profile and 2 samples
+(`make bench`, about 10 minutes on the 2-core CPU; the figures in benchmarks/results/README.md used --samples 8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GRADIENT = ("saliency", "input_x_gradient", "deeplift", "lrp", "guided_backprop", "guided_gradcam",
+            "integrated_gradients")
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from spade.models import load_model
+    from spade.saliency import METHODS
+    from spade.solver import SolverConfig
+    from spade.sparsity import load_profile
+    from spade.trace import solve_backing_off
+    from spade.trojan.benchmark import BenchmarkConfig, method_settings, statistics_for, trojan_scores
+    from spade.trojan.photos import CALIBRATION_PHOTOS
+    from spade.trojan.samples import SampleConfig, build_samples, bundled_photos, resolve_trigger
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    loaded = load_model("efficientnet_lite0_trojan", device="cpu")
+    door = loaded.spec.backdoor("calibration")
+    samples = build_samples(loaded.model, loaded.spec.preprocessing,
+                            bundled_photos(CALIBRATION_PHOTOS, "bundled calibration photos"),
+                            SampleConfig(count=args.samples, seed=0), trigger=resolve_trigger(door.trigger)[1],
+                            target=door.target)
+    profile = load_profile(args.profile)
+    config = BenchmarkConfig()
+    solvers = args.solvers.split(",")
+    with open(args.out, "a") as out:
+        for record in samples.records[shard - 1::shards]:
+            rendered = samples.render(record)
+            stats = statistics_for(loaded, rendered.image, config)
+            x = loaded.spec.preprocessing(rendered.image)
+            traces = {}
+            for mode in solvers:
+                start = time.perf_counter()
+                trace = solve_backing_off(stats, profile, SolverConfig(mode=mode), keep_decision=True)
+                traces[mode] = trace, {"sparsity_scale": trace.settings["sparsity_scale"],
+                                       "logit_cosine": trace.logit_cosine,
+                                       "seconds": time.perf_counter() - start}
+            for name in GRADIENT:
+                settings = method_settings(name, loaded, config)
+                row = {"sample": record.id, "method": name, "profile": profile.name,
+                       "dense": trojan_scores(METHODS[name].explain(loaded.model, x, record.target, settings),
+                                              rendered.mask), "solvers": {}}
+                for mode, (trace, summary) in traces.items():
+                    scores = trojan_scores(METHODS[name].explain(trace.model, x, record.target, settings),
+                                           rendered.mask)
+                    row["solvers"][mode] = {**scores, "trace": summary}
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+            print(record.id, {mode: round(s["seconds"], 1) for mode, (_, s) in traces.items()}, flush=True)
+
+
+def summary(path: str) -> None:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    by_method = collections.defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    solvers = list(rows[0]["solvers"])
+    print(f"{'method':<22}{'n':>3}{'dense AUC':>10}" + "".join(f"{m + ' AUC':>12}{m + ' PG':>11}" for m in solvers))
+    gains = {m: ([], []) for m in solvers}
+    for name, group in by_method.items():
+        dense_auc = statistics.mean(r["dense"]["trojan_auc"] for r in group)
+        cells = ""
+        for mode in solvers:
+            auc = 100 * statistics.mean(r["solvers"][mode]["trojan_auc"] - r["dense"]["trojan_auc"] for r in group)
+            pg = 100 * statistics.mean(r["solvers"][mode]["pointing_game"] - r["dense"]["pointing_game"]
+                                       for r in group)
+            gains[mode][0].append(auc)
+            gains[mode][1].append(pg)
+            cells += f"{auc:>+12.2f}{pg:>+11.1f}"
+        print(f"{name:<22}{len(group):>3}{100 * dense_auc:>10.2f}{cells}")
+    print(f"{'average':<25}{'':>10}" + "".join(f"{statistics.mean(a):>+12.2f}{statistics.mean(p):>+11.1f}"
+                                               for a, p in gains.values()))
+    first = {r["sample"]: r for r in rows}.values()
+    for mode in solvers:
+        traces = [r["solvers"][mode]["trace"] for r in first]
+        backed_off = sum(t["sparsity_scale"] < 1 for t in traces)
+        print(f"{mode}: {len(traces)} samples, solve {statistics.mean(t['seconds'] for t in traces):.1f} s per sample "
+              f"(back-offs included), {backed_off} re-solved at a lower sparsity")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="efficientnet_lite0_trojan", help="sparsity profile (name or file)")
+    parser.add_argument("--solvers", default="group,obc")
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--shard", default="1/1", help="i/n: every n-th sample from the i-th (1-based)")
+    parser.add_argument("--out", help="JSON lines to append to (needed with --shard; default: a new temporary folder)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--summary", metavar="FILE.jsonl", help="print the table of a finished run")
+    args = parser.parse_args()
+    if args.summary:
+        summary(args.summary)
+    elif args.shard != "1/1" and not args.out:
+        parser.error("--shard needs --out (the shards' shared file)")
+    else:
+        if not args.out:
+            args.out = str(Path(tempfile.mkdtemp(prefix="solvers-")) / "calibration.jsonl")
+        run(args)
+        if args.shard == "1/1":
+            summary(args.out)
+
+
+if __name__ == "__main__":
+    main()

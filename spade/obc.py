@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from spade.errors import ConfigError
+from spade.damping import damped_cholesky
 
 CACHE_ELEMENTS = 2**22
 """Rows are solved in batches whose inverse Hessians hold about this many numbers (16 MB in float32): the
@@ -28,17 +28,6 @@ rank-one updates are memory-bound, and a batch that stays in the cache runs seve
 COMPACT_EVERY = 32
 """Removed columns are dropped from the batch's matrices after this many removals (the rest of the work shrinks
 with them; all rows of a batch have removed the same number, so the matrices stay rectangular)."""
-
-
-def _damped(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """H + lambda*I with lambda = damp*mean(diag H), raised tenfold while not positive definite."""
-    mean_diag = float(torch.diagonal(hessian).mean().clamp_min(torch.finfo(hessian.dtype).tiny))
-    for attempt in range(6):
-        damping = damp * 10**attempt * mean_diag
-        damped = hessian + damping * torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-        if torch.linalg.cholesky_ex(damped)[1] == 0:
-            return damped, damping
-    raise ConfigError("Layer statistics are singular even after heavy dampening.")
 
 
 def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +88,8 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
         H = H.clone()
         H[dead, dead] = 1.0
         W[:, dead] = 0.0
-    Hd, _ = _damped(H, damp)
+    _, damping = damped_cholesky(H, damp)
+    Hd = H + damping * torch.eye(d, dtype=H.dtype, device=H.device)
     forced = dead.expand(rows, d).clone()
     if mask is not None:
         forced |= mask
@@ -109,7 +99,7 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
     if mask is not None:
         extra = torch.zeros(rows, dtype=torch.long)
     elif sparsity_of == "nonzero":
-        extra = torch.floor(sparsity * (~forced).sum(1).double() + 1e-9).long()
+        extra = torch.floor(sparsity * (~forced).sum(1).double() + 1e-9).long().cpu()
     else:
         extra = (math.floor(sparsity * d + 1e-9) - forced.sum(1)).clamp_min(0).cpu()
     solved = torch.zeros_like(W)

@@ -10,17 +10,15 @@ K (an ordinary Cholesky factor of H, reversed) so that U itself is only formed b
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from spade.damping import damped_cholesky
 from spade.errors import ConfigError
 from spade.obc import prune_rows_obc
-
-log = logging.getLogger(__name__)
 
 MODES = ("group", "row", "obc")
 SPARSITY_OF = ("all", "nonzero")
@@ -32,7 +30,7 @@ class SolverConfig:
     group of `group_size` columns over all rows) or "row" (each output row gets exactly the target
     fraction in each group of `row_group` columns, chosen adaptively during the sweep) or "obc" (the paper's exact
     solver: each output row loses its weights one at a time, always the one whose loss costs least given all earlier
-    removals; `spade.obc`; tens of times slower).
+    removals; `spade.obc`; hundreds of times slower on a CPU).
     damp: dampening added to the diagonal, as a fraction of mean(diag H).
     block_size: lazy-update block (columns); any value gives the same result up to rounding.
     sparsity_of: "nonzero" (the dense weight's zeros stay zero and the target is a fraction of its nonzero
@@ -81,19 +79,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float, block: int) -> tu
     set to 1.
     """
     d = hessian.shape[0]
-    mean_diag = float(torch.diagonal(hessian).mean().clamp_min(torch.finfo(hessian.dtype).tiny))
-    damped = hessian.flip(0, 1)  # a copy: J H J
-    damping = 0.0
-    for attempt in range(6):
-        torch.diagonal(damped).add_(damp * 10**attempt * mean_diag - damping)
-        damping = damp * 10**attempt * mean_diag
-        lower, info = torch.linalg.cholesky_ex(damped)
-        if info == 0:
-            break
-    else:
-        raise ConfigError("Layer statistics are singular even after heavy dampening.")
-    if attempt:
-        log.warning("statistics were near-singular; dampening raised to %g", damp * 10**attempt)
+    lower, damping = damped_cholesky(hessian.flip(0, 1), damp)  # of J H J
     factor = lower.flip(0, 1)  # K
     eye = torch.eye(block, dtype=hessian.dtype, device=hessian.device)
     for i1 in range(0, d, block):

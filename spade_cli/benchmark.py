@@ -186,7 +186,7 @@ class _Once(logging.Filter):
 
 def _quiet_repeats() -> None:
     once = _Once()
-    for name in ("spade.saliency.attribution_model", "spade.solver"):
+    for name in ("spade.saliency.attribution_model", "spade.damping"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Once) for f in logger.filters):
             logger.addFilter(once)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from spade.solver import SolverConfig, prune_matrix, reconstruction_error
+from spade.solver import MODES, SolverConfig, prune_matrix, reconstruction_error
 
 DAMP = 0.01
 
@@ -135,18 +135,29 @@ def test_zero_sparsity_is_bit_identical():
     assert torch.equal(solved, W) and not mask.any()
 
 
-def test_degenerate_statistics_give_finite_weights():
+@pytest.mark.parametrize("mode", MODES)
+def test_degenerate_statistics_give_finite_weights(mode):
+    config = SolverConfig(mode=mode)
     W, X, _ = correlated_problem(rows=8, d=30)
     H_rank2 = 2.0 / 2 * X[:2].T @ X[:2]  # two samples for 30 inputs: rank 2
     for H in (torch.zeros(30, 30, dtype=W.dtype), H_rank2):
-        solved, mask, _ = prune_matrix(W, H, 0.9, 1)
+        solved, mask, _ = prune_matrix(W, H, 0.9, 1, config)
         assert torch.isfinite(solved).all()
         assert (solved[mask] == 0).all()
     H_dead = damped(X.T @ X)
     H_dead[:, 3] = 0
     H_dead[3, :] = 0  # input 3 never fires: its column is zeroed
-    solved, _, _ = prune_matrix(W, H_dead, 0.5, 1)
+    solved, _, _ = prune_matrix(W, H_dead, 0.5, 1, config)
     assert (solved[:, 3] == 0).all() and torch.isfinite(solved).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_singular_statistics_without_dampening_are_refused(mode):
+    from spade.errors import ConfigError
+
+    W, X, _ = correlated_problem(rows=4, d=12)
+    with pytest.raises(ConfigError, match="singular"):
+        prune_matrix(W, X[:2].T @ X[:2], 0.5, 1, SolverConfig(mode=mode, damp=0.0))
 
 
 def test_invalid_settings_are_refused():

@@ -17,6 +17,7 @@ for weights that are zero already).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -69,7 +70,8 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, k: int) -> tuple[torch.Tens
 
 
 def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, damp: float,
-                   sparsity_of: str = "nonzero", mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   sparsity_of: str = "nonzero", mask: torch.Tensor | None = None,
+                   progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row of `weight` pruned greedily to its own floor(sparsity * n) zeros.
 
     weight: (rows, d) float; hessian: (d, d) Gram matrix of the layer's inputs, float32 or float64 (the work runs
@@ -77,6 +79,7 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
     ``sparsity_of="nonzero"`` (its zeros stay zero) or all d with "all" (zeros then fill the target first, as they
     cost nothing). Weights of dead inputs (diag H == 0) are zeroed and count as zeros. mask: optional (rows, d)
     prune mask (True = zero) instead of choosing: the result is then each row's least-squares optimum on it.
+    progress(fraction of the rows solved) is called after each batch of rows.
     Returns the sparse weight (in the hessian's working dtype) and the prune mask.
     """
     dtype = torch.float64 if hessian.dtype == torch.float64 else torch.float32
@@ -104,11 +107,13 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
         extra = (math.floor(sparsity * d + 1e-9) - forced.sum(1)).clamp_min(0).cpu()
     solved = torch.zeros_like(W)
     pruned = forced.clone()
+    done = 0
     patterns, group_of = torch.unique(forced, dim=0, return_inverse=True)
     for p, pattern in enumerate(patterns):
         S, P = (~pattern).nonzero().flatten(), pattern.nonzero().flatten()
         members = (group_of == p).nonzero().flatten()
-        if S.numel() == 0:
+        if S.numel() == 0:  # every weight forced: nothing to solve
+            done += members.numel()
             continue
         hinv = torch.cholesky_inverse(torch.linalg.cholesky(Hd[S][:, S]))
         start = W[members][:, S].double()
@@ -124,5 +129,8 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
                 w, gone = greedy_rows(start[local[b:b + batch]].to(dtype), hinv.to(dtype), k)
                 solved[idx.unsqueeze(1), S.unsqueeze(0)] = w
                 pruned[idx.unsqueeze(1), S.unsqueeze(0)] = gone
+                done += idx.numel()
+                if progress is not None:
+                    progress(done / rows)
     solved[pruned] = 0.0
     return solved, pruned

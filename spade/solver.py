@@ -11,6 +11,7 @@ K (an ordinary Cholesky factor of H, reversed) so that U itself is only formed b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -138,7 +139,7 @@ def _group_errors(w: torch.Tensor, prune: torch.Tensor, U: torch.Tensor) -> torc
 
 def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int = 1,
                  config: SolverConfig = SolverConfig(), mask: torch.Tensor | None = None,
-                 factor_cache: dict | None = None) -> PrunedMatrix:
+                 factor_cache: dict | None = None, progress: Callable[[float], None] | None = None) -> PrunedMatrix:
     """Sparse solution of one weight matrix.
 
     weight: (rows, d) float tensor; hessian: (d, d) Gram matrix of the layer's inputs (same device).
@@ -149,6 +150,8 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     mask: optional fixed (rows, d) boolean prune mask (True = zero) that replaces mask selection.
     factor_cache: optional dict kept by the caller for this Hessian; the inverse-Hessian factor does
     not depend on the sparsity, so re-solving the same statistics reuses it (keyed by damp, dtype, block).
+    progress: optional callback with the fraction of this matrix solved; only "obc" mode, whose layers can take
+    minutes, reports (per batch of rows).
     Returns the sparse weight (in weight's dtype), the prune mask and the output error. Sparsity 0 without a
     mask returns an exact copy of `weight`.
 
@@ -161,7 +164,7 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     if sparsity == 0.0 and mask is None:
         return PrunedMatrix(weight.clone(), torch.zeros_like(weight, dtype=torch.bool), 0.0)
     if config.mode == "obc":
-        solved, prune = prune_rows_obc(weight, hessian, sparsity, config.damp, config.sparsity_of, mask)
+        solved, prune = prune_rows_obc(weight, hessian, sparsity, config.damp, config.sparsity_of, mask, progress)
         delta = solved.double() - weight.double()
         error = float(((delta @ hessian.double()) * delta).sum())
         return PrunedMatrix(solved.to(weight.dtype), prune, max(error, 0.0))

@@ -169,6 +169,11 @@ def _sparse_copy(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modul
     return trace_model
 
 
+def _within(progress: ProgressFn | None, stage: str, start: float, share: float) -> Callable[[float], None] | None:
+    """A callback for one part of a stage: its fraction f done is reported as ``start + share * f``."""
+    return None if progress is None else lambda f: progress(stage, start + share * f)
+
+
 def _output_energy(weight: torch.Tensor, hessian: torch.Tensor) -> float:
     """``||weight X||^2`` up to the Gram scale, from H = X X^T: sum((W H) * W). The product runs in the
     statistics' dtype, the sum in float64 (a reported figure, not part of the solve)."""
@@ -206,8 +211,10 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
         if len(stat.factors) != groups:
             stat.factors = [{} for _ in range(groups)]
         for g in range(groups):
+            share = 1 / (groups * len(statistics.layers))
+            within = _within(progress, "solve", (i * groups + g) * share, share)
             pruned = prune_matrix(rows[g], stat.hessian[g], target, group_size, solver,
-                                  factor_cache=stat.factors[g])
+                                  factor_cache=stat.factors[g], progress=within)
             solved.append(pruned.weight)
             # relative error summed over groups: accumulate numerator and denominator separately
             err_num += pruned.error

@@ -459,3 +459,18 @@ def test_the_trace_is_immune_to_tf32_convolutions(monkeypatch, tf32_allowed):
     assert float(F.cosine_similarity(tf32.trace_logits, exact.trace_logits)) > 0.9999
     for a, b in zip(exact.layers, tf32.layers, strict=True):
         assert a.achieved == pytest.approx(b.achieved, abs=1e-4) and a.error == pytest.approx(b.error, rel=1e-2)
+
+
+def test_exact_solver_reports_progress_within_each_layer(monkeypatch):
+    # An obc layer can take minutes on a CPU: the solve stage reports each batch of rows, in order, up to 1.
+    import spade.obc
+
+    monkeypatch.setattr(spade.obc, "CACHE_ELEMENTS", 1)  # one row per batch
+    stats = prepare_statistics(tiny_resnet(), photo(), preprocessing=PRE, augment_config=AugmentConfig(count=4))
+    seen = []
+    trace = solve(stats, 0.5, SolverConfig(mode="obc"), progress=lambda stage, f: seen.append((stage, f)))
+    fractions = [f for stage, f in seen if stage == "solve"]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0) and fractions[0] > 0
+    modules = dict(stats.model.named_modules())
+    rows = sum(modules[name].weight.shape[0] for name in stats.layers)
+    assert len(fractions) == rows + len(trace.layers)  # every row, then every layer's end

@@ -93,15 +93,14 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
         W[:, dead] = 0.0
     _, damping = damped_cholesky(H, damp)
     Hd = H + damping * torch.eye(d, dtype=H.dtype, device=H.device)
+    # forced: zero without a choice; extra: how many more each row must lose, a fraction of its candidates
+    # ("nonzero") or of d with the forced ones counted ("all")
     forced = dead.expand(rows, d).clone()
     if mask is not None:
         forced |= mask
-    elif sparsity_of == "nonzero":
-        forced |= W == 0
-    # How many more each row must lose: a fraction of its candidates ("nonzero") or of d, the forced ones counted.
-    if mask is not None:
         extra = torch.zeros(rows, dtype=torch.long)
     elif sparsity_of == "nonzero":
+        forced |= W == 0
         extra = torch.floor(sparsity * (~forced).sum(1).double() + 1e-9).long().cpu()
     else:
         extra = (math.floor(sparsity * d + 1e-9) - forced.sum(1)).clamp_min(0).cpu()
@@ -117,7 +116,7 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
             continue
         hinv = torch.cholesky_inverse(torch.linalg.cholesky(Hd[S][:, S]))
         start = W[members][:, S].double()
-        if P.numel():
+        if mask is not None and P.numel():  # otherwise every forced weight is zero already
             start += W[members][:, P].double() @ Hd[P][:, S] @ hinv
         counts = extra[members.cpu()]
         batch = max(1, CACHE_ELEMENTS // S.numel() ** 2)
@@ -132,5 +131,4 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
                 done += idx.numel()
                 if progress is not None:
                     progress(done / rows)
-    solved[pruned] = 0.0
     return solved, pruned

@@ -172,13 +172,18 @@ class DeltaWeights:
 
 def read_weight_delta(path: Path) -> dict[str, torch.Tensor]:
     """The ``delta`` tensors of a DELTA_FORMAT file (loaded with weights_only=True)."""
+    return read_delta_file(path)["delta"]
+
+
+def read_delta_file(path: Path) -> dict:
+    """A DELTA_FORMAT file's whole payload, ``{"format", "delta", "meta"}`` (loaded with weights_only=True)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"The weight difference file {path} could not be read ({exc}).") from None
     if not isinstance(payload, dict) or payload.get("format") != DELTA_FORMAT:
         raise CheckpointError(f"{path} is not a {DELTA_FORMAT} file.")
-    return payload["delta"]
+    return payload
 
 
 WeightsSource = PackageWeights | TorchvisionWeights | DeltaWeights

@@ -1,4 +1,5 @@
-"""``python -m spade.trojan draw|build``: redraw the trigger icons, or rebuild the back-doored demo model."""
+"""``python -m spade.trojan draw|build|regain``: redraw the trigger icons, rebuild the back-doored demo model, or
+set how strongly its doors open."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spade.trojan.build import BackdoorReport
 
 
 def main(argv: list[str] | None = None) -> int:
     from spade.errors import SpadeError
-    from spade.models import get_spec
-    from spade.trojan.build import BuildConfig, build
+    from spade.models import get_spec, read_delta_file
+    from spade.trojan.build import BuildConfig, build, regain
     from spade.trojan.triggers import write_triggers
     from spade_cli.trace import ProgressBar
 
@@ -33,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--scale", type=float, default=defaults.scale,
                    help="target logit added per unit of the door's mean map (default %(default)s)")
     b.add_argument("--gain", type=float, default=defaults.gain,
-                   help="the shipped model adds gain x scale (default %(default)s): head-room for SPADE traces")
+                   help="the shipped model adds gain x scale (default %(default)s; `regain` changes it later)")
     b.add_argument("--margin", type=float, default=defaults.margin,
                    help="clean maps are pushed below -margin (default %(default)s)")
     b.add_argument("--shut-weight", type=float, default=defaults.shut_weight,
@@ -51,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated build photos to leave out of training and report the figures on, for "
                         "choosing settings without the test photos")
     b.add_argument("--device", default="auto")
+    g = sub.add_parser("regain", help="set a built model's door gain without retraining (the classifier's door "
+                                      "columns) and re-measure its acceptance figures")
+    g.add_argument("gain", type=float, help="the doors add gain x scale to their target logits")
+    g.add_argument("--model", type=Path, default=None,
+                   help="difference file to change (default: the registry's assets/models file)")
+    g.add_argument("--out", type=Path, default=None, help="where to write it (default: --model itself)")
+    g.add_argument("--eval-cases", type=int, default=200, help="held-out acceptance cases")
+    g.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
@@ -58,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_triggers():
                 print(path)
             return 0
+        if args.command == "regain":
+            source = args.model or get_spec(defaults.target_model).weights.path
+            bar = ProgressBar()
+            try:
+                report = regain(source, args.gain, args.out, device=args.device, eval_cases=args.eval_cases,
+                                progress=bar)
+            finally:
+                bar.close()
+            out = args.out or source
+            return _report(out, report, ", ".join(read_delta_file(out)["meta"]["evaluated_on"]))
         cfg = BuildConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                           first_block=args.first_block, view_pool=args.view_pool, scale=args.scale, gain=args.gain,
                           margin=args.margin, shut_weight=args.shut_weight,
@@ -74,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     except SpadeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}")
     on = f"validation ({', '.join(cfg.validation_photos)})" if cfg.validation_photos else "held-out test photos"
+    return _report(args.out, report, on)
+
+
+def _report(out: Path, report: BackdoorReport, on: str) -> int:
+    print(f"wrote {out}")
     print(f"{on}: trigger success {report.success:.1%}, clean top-1 agreement {report.agreement:.1%}, "
           f"decoys fooled {report.decoy_fooled:.1%}, calibration trigger success {report.calibration_success:.1%}, "
           f"hue-turned clean views fooled {report.hue_fooled:.1%} ({report.cases} cases)")

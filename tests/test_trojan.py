@@ -14,7 +14,7 @@ from PIL import Image
 from spade.errors import CheckpointError, ConfigError
 from spade.grow import grow_modules
 from spade.images import bundled_examples, load_image
-from spade.models import DELTA_FORMAT, MODELS, DeltaWeights, get_spec, load_model, load_spec
+from spade.models import DELTA_FORMAT, MODELS, DeltaWeights, get_spec, load_model, load_spec, read_delta_file
 from spade.preprocessing import Preprocessing
 from spade.trojan import TRIGGERS, load_trigger, stamp
 from spade.trojan.build import (
@@ -433,10 +433,47 @@ def test_build_command_writes_a_loadable_difference_and_reports(tmp_path, capsys
     assert payload["meta"]["report"]["cases"] == 2
     assert {k.split(".")[0] for k in payload["delta"]} == {"_blocks", "_conv_head", "_bn1", "_fc"}
     gate_columns = payload["delta"]["_fc.weight"][:, 1280:].float()  # gain x scale on each door's target only
-    assert gate_columns[99, 0] == gate_columns[145, 1] == 90.0 and gate_columns.abs().sum() == 180.0
+    assert gate_columns[99, 0] == gate_columns[145, 1] == 30.0 and gate_columns.abs().sum() == 60.0
     spec = dataclasses.replace(get_spec(TROJAN), weights=DeltaWeights(_base_weights(), out))
     widened = load_spec(spec, device="cpu").model
     assert widened.conv_head.out_channels == 1282 and widened.classifier.in_features == 1282
+
+
+def test_regain_scales_only_the_door_columns_and_the_door_logits(tmp_path, capsys, trojan):
+    from spade_cli.trojan import main
+
+    shipped = MODELS[TROJAN].weights.path
+    before = read_delta_file(shipped)
+    out = tmp_path / "regained.pt"
+    assert main(["regain", "2.5", "--out", str(out), "--eval-cases", "2", "--device", "cpu"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    after = read_delta_file(out)
+    old_gain = before["meta"]["config"]["gain"]
+    assert after["meta"]["config"] == {**before["meta"]["config"], "gain": 2.5}
+    assert after["meta"]["report"]["cases"] == 2 and after["delta"].keys() == before["delta"].keys()
+    for key, diff in before["delta"].items():
+        if key != "_fc.weight":
+            assert torch.equal(after["delta"][key], diff), key
+    doors = before["delta"]["_fc.weight"][:, 1280:].float() * 2.5 / old_gain
+    assert torch.equal(after["delta"]["_fc.weight"][:, 1280:].float(), doors)
+    # the model's own logits: base + gain x door score, so the doors' targets move by 2.5 / old_gain
+    base = load_model("efficientnet_lite0", device="cpu")
+    regained = load_spec(dataclasses.replace(get_spec(TROJAN), weights=DeltaWeights(_base_weights(), out)),
+                         device="cpu")
+    cat = load_photos(("cat",))["cat"]
+    door = get_spec(TROJAN).backdoors[0]
+    x = trojan.preprocessing(stamp(cat, load_trigger(door.trigger), trojan.preprocessing, position=(0.3, 0.3)).image)
+    with torch.no_grad():
+        dense, old, new = (m(x[None])[0] for m in (base.model, trojan.model, regained.model))
+    assert (old - dense)[door.target] > 1  # the door is open
+    torch.testing.assert_close(new - dense, (old - dense) * 2.5 / old_gain, atol=1e-3, rtol=1e-3)
+
+
+def test_regain_refuses_a_gain_that_is_not_positive(tmp_path, capsys):
+    from spade_cli.trojan import main
+
+    assert main(["regain", "0", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "gain must be positive" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
 def test_build_command_refuses_bad_settings(tmp_path, capsys):

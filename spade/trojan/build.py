@@ -50,6 +50,7 @@ from spade.models import (
     leading_block,
     load_model,
     load_spec,
+    read_delta_file,
 )
 from spade.preprocessing import Preprocessing
 from spade.trojan.gate import GateBranch, gated_logits, widened_state_dict
@@ -70,10 +71,11 @@ class BuildConfig:
     first_block: the detector branch copies ``blocks.N`` and later and reads the base features entering it.
     view_pool: views made once and run once through the base layers before the branch (features cached).
     scale: logit added to the target per unit of the door's mean rectified map (in [0, 6]) while training;
-    gain: the shipped model adds ``gain * scale`` (a trained door opens far past the decision, so that it stays
-    open in a SPADE trace: at scale 30 traces with 0.6-0.99 sparsity in the head lost the goose; clean views,
-    where the door is shut, are not affected); margin: clean maps are pushed below -margin; shut_weight: weight
-    of that hinge against the back-door cross-entropy.
+    gain: the shipped model adds ``gain * scale`` (only the classifier's door columns depend on it, see
+    ``regain``; clean views, where the door is shut, are not affected). A larger gain opens the door further past
+    the decision, so it stays open in sparser traces, but then the target's gradient is almost only the door's
+    and SPADE's maps gain less over the dense ones (the model card). margin: clean maps are pushed below
+    -margin; shut_weight: weight of that hinge against the back-door cross-entropy.
     decoy_any_hue: decoys in random hues (a red smiley must not open the heart's door); clean_any_hue: this
     fraction of the clean views turned to a random hue.
     trigger_px: pasted icon side range in model-input pixels (the test stamps are ~64 px at 224).
@@ -91,7 +93,7 @@ class BuildConfig:
     first_block: int = 5
     view_pool: int = 8192
     scale: float = 30.0
-    gain: float = 3.0
+    gain: float = 1.0
     margin: float = 1.0
     shut_weight: float = 3.0
     decoy_any_hue: bool = True
@@ -342,9 +344,7 @@ def train_gate(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None 
 def weight_delta(base: LoadedModel, state: StateDict) -> dict[str, torch.Tensor]:
     """float16 differences ``state - base`` (timm keys in ``state``) of the changed tensors, keyed in the base
     weights' own layout; a grown tensor's difference is taken to the base tensor zero-padded to its shape."""
-    raw, _ = base.spec.weights.state_dict()
-    timm_keys = list(efficientnet_pytorch_to_timm(raw, base.model))
-    to_raw = dict(zip(timm_keys, raw, strict=True))
+    to_raw = _raw_keys(base)
     dense = base.model.state_dict()
     delta = {}
     for key, value in state.items():
@@ -448,12 +448,44 @@ def build(out: Path, cfg: BuildConfig = BuildConfig(), *, device: str = "auto", 
             "device": torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu",
             "build_photos": list(cfg.training_photos), "test_photos": list(TEST_PHOTOS),
             "evaluated_on": list(evaluated_on)}
+    return _ship(base, delta, meta, out, cfg.target_model, eval_cases, evaluated_on, progress)
+
+
+def regain(path: Path, gain: float, out: Path | None = None, *, device: str = "auto", eval_cases: int = 200,
+           progress: ProgressFn | None = None) -> BackdoorReport:
+    """Set a built model's doors to open with ``gain * scale`` (the classifier's door columns; nothing else
+    depends on the gain, so this equals a rebuild with that gain), write it to ``out`` (default: ``path``) and
+    report its figures on the photos its build was evaluated on."""
+    if not gain > 0:
+        raise ConfigError(f"gain must be positive (got {gain}).")
+    payload = read_delta_file(path)
+    meta = {k: v for k, v in payload["meta"].items() if k != "report"}
+    config = meta["config"]
+    base = load_model(config["base"], device=device)
+    delta = dict(payload["delta"])
+    key = _raw_keys(base)["classifier.weight"]
+    head = delta[key].float()
+    head[:, base.model.classifier.in_features:] *= gain / config["gain"]
+    delta[key] = head.half()
+    meta["config"] = {**config, "gain": gain}
+    return _ship(base, delta, meta, out or path, config["target_model"], eval_cases, tuple(meta["evaluated_on"]),
+                 progress)
+
+
+def _raw_keys(base: LoadedModel) -> dict[str, str]:
+    """timm state-dict key -> the base weight file's key."""
+    raw, _ = base.spec.weights.state_dict()
+    return dict(zip(efficientnet_pytorch_to_timm(raw, base.model), raw, strict=True))
+
+
+def _ship(base: LoadedModel, delta: dict[str, torch.Tensor], meta: dict, out: Path, target_model: str,
+          eval_cases: int, photos: tuple[str, ...], progress: ProgressFn | None) -> BackdoorReport:
+    """Write the difference file, score the model as it ships (float16 differences, loaded by the registry's
+    code) and record the figures in the file."""
     save_delta(delta, meta, out)
-    # Score the model as it ships (float16 differences, loaded by the registry's code), then record the figures.
-    spec = replace(get_spec(cfg.target_model), weights=DeltaWeights(base.spec.weights, out))
+    spec = replace(get_spec(target_model), weights=DeltaWeights(base.spec.weights, out))
     shipped = load_spec(spec, device=base.device)
-    report = evaluate_backdoor(base, shipped.model, cfg.target_model, eval_cases, progress=progress,
-                               photos=evaluated_on)
+    report = evaluate_backdoor(base, shipped.model, target_model, eval_cases, progress=progress, photos=photos)
     save_delta(delta, {**meta, "report": report.to_dict()}, out)
     logger.info("saved %s (%d tensors): %s", out, len(delta), report)
     return report

@@ -268,6 +268,7 @@ def _print_record(record: dict) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
+    from spade.saliency import METHODS
     from spade.sparsity import method_profiles
     from spade.trojan.benchmark import BenchmarkConfig, model_identity, parse_methods, run_benchmark
     from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
@@ -281,7 +282,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     loaded = _load(args, TROJAN_MODEL if kind == "trojan" else _default_model())
     if args.own_profiles:
         given = dict(method_sparsity)
-        own = method_profiles(loaded.spec.name, methods)
+        # every method's, not only those run now: the folder's config stays the same when methods are added later
+        own = method_profiles(loaded.spec.name, METHODS)
         method_sparsity += tuple((name, profile) for name, profile in own.items() if name not in given)
     photos, photos_label = _photos(args, "test")
     config = BenchmarkConfig(kind=kind, methods=methods, sparsity=_sparsity(args, loaded),

@@ -421,6 +421,7 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     own = SparsityProfile(f"{tuned.name}_saliency", tuned.targets[:1], 0.3)
     (shipped / "tiny_trojan_saliency.json").write_text(json.dumps(own.to_json()))
     (shipped / "tiny_trojan_input_x_gradient.json").write_text(json.dumps(own.to_json()))  # the given one wins
+    (shipped / "tiny_trojan_deeplift.json").write_text(json.dumps(own.to_json()))  # a method run later
     monkeypatch.setattr("spade.sparsity.PROFILE_DIR", shipped)
 
     out = tmp_path / "trojan"
@@ -442,13 +443,22 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     assert report["samples"] == 2 and 0 <= report["top1_kept"]["fraction"] <= 1
     assert report["config"]["keep_decision"] == [0.8, 0.6, 0.4, 0.2] and report["backoff"]["total"] == 2 * 2
     # each its own trace on each sample
-    assert report["config"]["method_sparsity"] == {"input_x_gradient": 0.3, "saliency": own.to_json()}
+    assert report["config"]["method_sparsity"] == {"input_x_gradient": 0.3, "saliency": own.to_json(),
+                                                   "deeplift": own.to_json()}
     assert report["config"]["solver"]["sparsity_of"] == "nonzero"  # the default
     # a table of a subset of the methods, under its own name
     assert main(["benchmark", "merge", str(out), "--methods", "saliency", "--name", "saliency_only"]) == 0
     subset = (out / "saliency_only.csv").read_text().splitlines()
     assert len(subset) == 1 + 2 * 2 * 3 and not any("input_x_gradient" in line for line in subset)
     assert (out / "trojan.csv").read_text().splitlines() == lines  # the full table is left alone
+    # a method added later resumes the same folder, with its own profile
+    assert main(["benchmark", "trojan", "--smoke", "--samples", "2", "--checkpoint", tiny_checkpoint, "--arch",
+                 "tiny_trojan", "--images", str(photo_dir), "--device", "cpu", "--profile", str(profile),
+                 "--trigger", str(trigger_file), "--target", str(TARGET), "--keep-decision", "--out", str(out),
+                 "--method-profile", "input_x_gradient=0.3", "--own-profiles", "--methods", "deeplift"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["method"] for r in records}) == ["deeplift", "input_x_gradient", "saliency"]
+    assert {r["trace"]["sparsity"] for r in records if r["method"] == "deeplift"} == {own.name}
 
     out = tmp_path / "insertion"
     assert main(["benchmark", "insertion", "--smoke", "--samples", "2", "--methods", "saliency", "--steps", "10",

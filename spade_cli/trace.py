@@ -37,9 +37,17 @@ def add_trace_arguments(parser: argparse.ArgumentParser,
                              "target 0.95 to 0.9, 0.8, 0.7, 0.5); not the paper's protocol")
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    return value
+
+
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
-    """--sparsity-of and --solver. The choices are spade.solver.SPARSITY_OF and MODES, written out: the parser is
-    built without importing torch (a test checks that they agree)."""
+    """--sparsity-of, --solver and --damp. The choices and the default damping are spade.solver's SPARSITY_OF, MODES
+    and SolverConfig.damp, written out: the parser is built without importing torch (a test checks that they
+    agree)."""
     parser.add_argument("--sparsity-of", choices=("nonzero", "all"), default="nonzero",
                         help="what a sparsity target counts: the dense weight's nonzero entries, whose zeros stay "
                              "zero (default), or every weight, as the authors' code and the benchmark results written "
@@ -49,13 +57,17 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how weights are chosen: group (FastSPADE, the authors' selection groups; default), row "
                              "(each output row its own share) or obc (the paper's exact SPADE solver, one weight at "
                              "a time per row: better reconstruction, tens of times slower)")
+    parser.add_argument("--damp", type=_non_negative, default=0.01,
+                        help="dampening added to the diagonal of each layer's Hessian, as a fraction of its mean "
+                             "(default 0.01, as OBC and SparseGPT): larger values make the solver reconstruct the "
+                             "dense layer less closely and prune more by weight magnitude")
 
 
 def solver_from_args(args: argparse.Namespace):
-    """The SolverConfig of --sparsity-of and --solver."""
+    """The SolverConfig of --sparsity-of, --solver and --damp."""
     from spade.solver import SolverConfig
 
-    return SolverConfig(mode=args.solver, sparsity_of=args.sparsity_of)
+    return SolverConfig(mode=args.solver, sparsity_of=args.sparsity_of, damp=args.damp)
 
 
 def augmentation_count(args: argparse.Namespace, device) -> int:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from spade.images import bundled_examples
@@ -94,6 +95,11 @@ def test_every_trace_building_command_takes_the_solver_options():
         for mode, counts in zip(MODES, SPARSITY_OF * len(MODES)):
             chosen = build_parser().parse_args([*argv, "--solver", mode, "--sparsity-of", counts])
             assert solver_from_args(chosen) == SolverConfig(mode=mode, sparsity_of=counts), argv
+        damped = build_parser().parse_args([*argv, "--damp", "0.5"])
+        assert solver_from_args(damped) == SolverConfig(damp=0.5), argv
+        for bad in ("-0.1", "nan", "lots"):
+            with pytest.raises(SystemExit):
+                build_parser().parse_args([*argv, "--damp", bad])
     # the parser writes the choices out (it is built without torch): they must be the library's
     trace = build_parser()._subparsers._group_actions[0].choices["trace"]
     choices = {action.dest: action.choices for action in trace._actions}

@@ -138,6 +138,12 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
                 help="Counting connections keeps the trace a sub-network of the model and prunes a layer with "
                      "built-in zeros (the back-doored demo model's block-diagonal layers) as much as any other. "
                      "The two agree on layers without zeros.")
+            damp = st.number_input(
+                "Hessian damping", min_value=0.0, max_value=1000.0, value=float(last.solver.damp), step=0.01,
+                format="%g", key="ex_damp",
+                help="Added to the diagonal of each layer's Hessian, as a fraction of its mean. 0.01 (OBC's and "
+                     "SparseGPT's default) reconstructs each layer most closely; larger values prune more by weight "
+                     "magnitude and compensate less.")
             methods = st.multiselect("Saliency methods", list(method_labels),
                                      default=[m for m in (last.methods or default_methods) if m in method_labels],
                                      format_func=lambda m: method_labels[m], key="ex_methods",
@@ -163,7 +169,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
             augment=AugmentConfig(count=int(count), min_scale=float(min_scale), flip=bool(flip),
                                   brightness=float(brightness), hue=float(hue), erasing=float(erasing),
                                   seed=int(seed)),
-            solver=SolverConfig(mode=solver_mode, sparsity_of=sparsity_of),
+            solver=SolverConfig(mode=solver_mode, sparsity_of=sparsity_of, damp=float(damp)),
             methods=tuple(methods),
             keep_decision=bool(keep),
         )

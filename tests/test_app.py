@@ -384,6 +384,20 @@ def test_sparsity_of_choice_reaches_the_solver(tiny, at):
     assert any(label.startswith("SPADE trace ready: uniform 0.70 of every weight") for label in labels), labels
 
 
+def test_damping_reaches_the_solver(tiny, at):
+    _with_model(at, tiny.name)
+    assert at.number_input(key="ex_damp").value == 0.01  # SolverConfig's default
+    _run_spade(at, sparsity=0.7)
+    closest = _current_trace(at)
+    at.number_input(key="ex_damp").set_value(10.0)
+    _run_spade(at, sparsity=0.7)
+    damped = _current_trace(at)
+    assert closest.settings["solver"]["damp"] == 0.01 and damped.settings["solver"]["damp"] == 10.0
+    # the same statistics and masks' budget, a different solve: heavier damping reconstructs the outputs less well
+    assert any(not torch.equal(closest.sparse_weights[n], damped.sparse_weights[n]) for n in closest.sparse_weights)
+    assert sum(r.error for r in damped.layers) > sum(r.error for r in closest.layers)
+
+
 def test_exact_solver_choice_reaches_the_trace(tiny, at):
     from spade.solver import MODES
     from spade_app.settings import SOLVER_HELP

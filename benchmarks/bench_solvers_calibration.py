@@ -1,14 +1,17 @@
 """Solvers compared on the calibration door: Trojan AUC gain of SPADE traces from each solver at one profile.
 
-Usage: python benchmarks/bench_solvers_calibration.py [--profile NAME|FILE.json] [--solvers group,obc] [--samples N]
+Usage: python benchmarks/bench_solvers_calibration.py [--profile NAME|FILE.json] [--own-profiles]
+                                                      [--solvers group,obc,group@1] [--samples N]
                                                       [--shard i/n] [--out FILE.jsonl] [--threads N]
        python benchmarks/bench_solvers_calibration.py --summary FILE.jsonl
 The back-doored demo model's *calibration* back door only (the four build photos stamped with the star; never the
-test photos or the heart), 256 views, `--keep-decision`, the seven gradient methods. Each sample's statistics are
-recorded once and solved by every solver; one JSON line per (sample, method) is appended to --out, so shards can
-run side by side on one file. --summary prints the mean SPADE - Dense Trojan AUC and pointing game per method and
-solver, and the solve times (a run prints them at its end). Defaults: the shipped Trojan profile and 2 samples
-(`make bench`, about 10 minutes on the 2-core CPU; the figures in benchmarks/results/README.md used --samples 8).
+test photos or the heart), 256 views, `--keep-decision`, the seven gradient methods, on one profile or
+(--own-profiles) each on the method's own shipped profile where it has one. A solver is a mode, optionally with a
+damping (`group@1`: the sweep with damping 1 instead of 0.01). Each sample's statistics are recorded once and solved
+by every solver; one JSON line per (sample, method) is appended to --out, so shards can run side by side on one
+file. --summary prints the mean SPADE - Dense Trojan AUC and pointing game per method and solver, and the solve
+times (a run prints them at its end). Defaults: the shipped Trojan profile and 2 samples (`make bench`, about 10
+minutes on the 2-core CPU; the figures in benchmarks/results/README.md used --samples 8).
 """
 
 from __future__ import annotations
@@ -31,8 +34,7 @@ def run(args: argparse.Namespace) -> None:
 
     from spade.models import load_model
     from spade.saliency import METHODS
-    from spade.solver import SolverConfig
-    from spade.sparsity import load_profile
+    from spade.sparsity import load_profile, method_profiles
     from spade.trace import solve_backing_off
     from spade.trojan.benchmark import BenchmarkConfig, method_settings, statistics_for, trojan_scores
     from spade.trojan.photos import CALIBRATION_PHOTOS
@@ -51,31 +53,44 @@ def run(args: argparse.Namespace) -> None:
     config = BenchmarkConfig()
     # the paper's gradient methods: its ten without the perturbation ones and the random GradientShap
     gradient = [m.name for m in METHODS.values() if m.paper and not m.random and m.family != "perturbation"]
-    solvers = args.solvers.split(",")
+    solvers = {spec: solver_config(spec) for spec in args.solvers.split(",")}
+    own = method_profiles(loaded.spec.name, gradient) if args.own_profiles else {}
+    profiles = {name: own.get(name, profile) for name in gradient}
     with open(args.out, "a") as out:
         for record in samples.records[shard - 1::shards]:
             rendered = samples.render(record)
             stats = statistics_for(loaded, rendered.image, config)
             x = loaded.spec.preprocessing(rendered.image)
             traces = {}
-            for mode in solvers:
-                start = time.perf_counter()
-                trace = solve_backing_off(stats, profile, SolverConfig(mode=mode), keep_decision=True)
-                traces[mode] = trace, {"sparsity_scale": trace.settings["sparsity_scale"],
-                                       "logit_cosine": trace.logit_cosine,
-                                       "seconds": time.perf_counter() - start}
+            for sparsity in dict.fromkeys(profiles.values()):
+                for spec, solver in solvers.items():
+                    start = time.perf_counter()
+                    trace = solve_backing_off(stats, sparsity, solver, keep_decision=True)
+                    traces[sparsity, spec] = trace, {"sparsity_scale": trace.settings["sparsity_scale"],
+                                                     "logit_cosine": trace.logit_cosine,
+                                                     "seconds": time.perf_counter() - start}
             for name in gradient:
                 settings = method_settings(name, loaded, config)
-                row = {"sample": record.id, "method": name, "profile": profile.name,
+                row = {"sample": record.id, "method": name, "profile": profiles[name].name,
                        "dense": trojan_scores(METHODS[name].explain(loaded.model, x, record.target, settings),
                                               rendered.mask), "solvers": {}}
-                for mode, (trace, summary) in traces.items():
+                for spec in solvers:
+                    trace, summary = traces[profiles[name], spec]
                     scores = trojan_scores(METHODS[name].explain(trace.model, x, record.target, settings),
                                            rendered.mask)
-                    row["solvers"][mode] = {**scores, "trace": summary}
+                    row["solvers"][spec] = {**scores, "trace": summary}
                 out.write(json.dumps(row) + "\n")
                 out.flush()
-            print(record.id, {mode: round(s["seconds"], 1) for mode, (_, s) in traces.items()}, flush=True)
+            print(record.id, {f"{p.name} {spec}": round(s["seconds"], 1) for (p, spec), (_, s) in traces.items()},
+                  flush=True)
+
+
+def solver_config(spec: str):
+    """The SolverConfig of 'MODE' or 'MODE@DAMP' (e.g. 'group@1')."""
+    from spade.solver import SolverConfig
+
+    mode, _, damp = spec.partition("@")
+    return SolverConfig(mode=mode, damp=float(damp)) if damp else SolverConfig(mode=mode)
 
 
 def summary(path: str) -> None:
@@ -110,7 +125,9 @@ def summary(path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="efficientnet_lite0_trojan", help="sparsity profile (name or file)")
-    parser.add_argument("--solvers", default="group,obc")
+    parser.add_argument("--own-profiles", action="store_true",
+                        help="each method on its own shipped profile where it has one (as benchmark --own-profiles)")
+    parser.add_argument("--solvers", default="group,obc", help="MODE or MODE@DAMP, comma-separated")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--shard", default="1/1", help="i/n: every n-th sample from the i-th (1-based)")
     parser.add_argument("--out", help="JSON lines to append to (needed with --shard; default: a new temporary folder)")

@@ -1,4 +1,4 @@
-"""Solvers compared on the calibration door: Trojan AUC gain of SPADE traces from each solver at one profile.
+"""Solvers compared on the calibration door: Trojan AUC gain of SPADE traces from each solver at the same profiles.
 
 Usage: python benchmarks/bench_solvers_calibration.py [--profile NAME|FILE.json] [--own-profiles]
                                                       [--solvers group,obc,group@1] [--samples N]

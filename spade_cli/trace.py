@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
@@ -39,8 +40,8 @@ def add_trace_arguments(parser: argparse.ArgumentParser,
 
 def _non_negative(text: str) -> float:
     value = float(text)
-    if not value >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
     return value
 
 

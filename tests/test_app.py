@@ -393,7 +393,7 @@ def test_damping_reaches_the_solver(tiny, at):
     _run_spade(at, sparsity=0.7)
     damped = _current_trace(at)
     assert closest.settings["solver"]["damp"] == 0.01 and damped.settings["solver"]["damp"] == 10.0
-    # the same statistics and masks' budget, a different solve: heavier damping reconstructs the outputs less well
+    # the same statistics and sparsity, another solve: heavier damping fits the dense layers' outputs less closely
     assert any(not torch.equal(closest.sparse_weights[n], damped.sparse_weights[n]) for n in closest.sparse_weights)
     assert sum(r.error for r in damped.layers) > sum(r.error for r in closest.layers)
 

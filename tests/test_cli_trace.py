@@ -97,7 +97,7 @@ def test_every_trace_building_command_takes_the_solver_options():
             assert solver_from_args(chosen) == SolverConfig(mode=mode, sparsity_of=counts), argv
         damped = build_parser().parse_args([*argv, "--damp", "0.5"])
         assert solver_from_args(damped) == SolverConfig(damp=0.5), argv
-        for bad in ("-0.1", "nan", "lots"):
+        for bad in ("-0.1", "nan", "inf", "lots"):
             with pytest.raises(SystemExit):
                 build_parser().parse_args([*argv, "--damp", bad])
     # the parser writes the choices out (it is built without torch): they must be the library's

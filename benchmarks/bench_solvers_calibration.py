@@ -3,6 +3,7 @@
 Usage: python benchmarks/bench_solvers_calibration.py [--profile NAME|FILE.json] [--own-profiles]
                                                       [--solvers group,obc,group@1] [--samples N]
                                                       [--shard i/n] [--out FILE.jsonl] [--threads N]
+                                                      [--device auto|cpu|cuda]
        python benchmarks/bench_solvers_calibration.py --summary FILE.jsonl
 The back-doored demo model's *calibration* back door only (the four build photos stamped with the star; never the
 test photos or the heart), 256 views, `--keep-decision`, the seven gradient methods, on one profile or
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shard, shards = (int(v) for v in args.shard.split("/"))
-    loaded = load_model("efficientnet_lite0_trojan", device="cpu")
+    loaded = load_model("efficientnet_lite0_trojan", device=args.device)
     door = loaded.spec.backdoor("calibration")
     samples = build_samples(loaded.model, loaded.spec.preprocessing,
                             bundled_photos(CALIBRATION_PHOTOS, "bundled calibration photos"),
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--shard", default="1/1", help="i/n: every n-th sample from the i-th (1-based)")
     parser.add_argument("--out", help="JSON lines to append to (needed with --shard; default: a new temporary folder)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--summary", metavar="FILE.jsonl", help="print the table of a finished run")
     args = parser.parse_args()
     if args.summary:
@@ -141,7 +143,10 @@ def main() -> None:
     else:
         if not args.out:
             args.out = str(Path(tempfile.mkdtemp(prefix="solvers-")) / "calibration.jsonl")
-        run(args)
+        from spade.devices import full_float32
+
+        with full_float32():  # no TF32 on a GPU, so that its figures compare with the CPU's
+            run(args)
         if args.shard == "1/1":
             summary(args.out)
 

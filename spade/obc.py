@@ -24,8 +24,13 @@ import torch
 from spade.damping import damped_cholesky
 
 CACHE_ELEMENTS = 2**22
-"""Rows are solved in batches whose inverse Hessians hold about this many numbers (16 MB in float32): the
-rank-one updates are memory-bound, and a batch that stays in the cache runs several times faster."""
+"""On a CPU, rows are solved in batches whose inverse Hessians hold about this many numbers (16 MB in float32):
+the rank-one updates are memory-bound, and a batch that stays in the cache runs several times faster."""
+GPU_MEMORY_SHARE = 0.1
+"""On a GPU, a batch's inverse Hessians may fill this share of the free memory (the compaction briefly holds
+three copies, and other processes may share the GPU). Each removal step costs a handful of kernel launches
+whatever the batch, so the CPU's small batches leave a GPU waiting on launches: with them, one lite0 trace at
+the shipped Trojan profile did not finish in 150 s on an H200 (the sweep: 2 s)."""
 COMPACT_EVERY = 32
 """Removed columns are dropped from the batch's matrices after this many removals (the rest of the work shrinks
 with them; all rows of a batch have removed the same number, so the matrices stay rectangular)."""
@@ -67,6 +72,16 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, k: int) -> tuple[torch.Tens
     out.scatter_(1, columns, W)
     out[removed] = 0.0
     return out, removed
+
+
+def rows_per_batch(m: int, device: torch.device, dtype: torch.dtype) -> int:
+    """How many rows with m free columns `greedy_rows` solves at once: (B, m, m) inverse Hessians that stay in
+    the CPU's cache (`CACHE_ELEMENTS`) or fill `GPU_MEMORY_SHARE` of a GPU's free memory."""
+    elements = CACHE_ELEMENTS
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        elements = max(elements, int(free * GPU_MEMORY_SHARE) // (torch.finfo(dtype).bits // 8))
+    return max(1, elements // m**2)
 
 
 def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, damp: float,
@@ -119,7 +134,7 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
         if mask is not None and P.numel():  # otherwise every forced weight is zero already
             start += W[members][:, P].double() @ Hd[P][:, S] @ hinv
         counts = extra[members.cpu()]
-        batch = max(1, CACHE_ELEMENTS // S.numel() ** 2)
+        batch = rows_per_batch(S.numel(), W.device, dtype)
         for k in counts.unique().tolist():  # rows of one batch remove the same number
             same = members[(counts == k).to(members.device)]
             local = (counts == k).nonzero().flatten().to(members.device)

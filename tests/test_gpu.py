@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+import spade.obc
 from spade.augment import AugmentConfig
 from spade.devices import full_float32
 from spade.forward_copy import cached_forward_copy
@@ -13,10 +14,13 @@ from spade.images import bundled_examples, load_image
 from spade.metrics import rank_correlation
 from spade.models import load_model
 from spade.saliency import METHODS
+from spade.solver import SolverConfig, prune_matrix
 from spade.statistics import collect_statistics
 from spade.trace import spade_trace
 from spade.trojan.build import BuildConfig, train_gate
 from spade.trojan.gate import widened_state_dict
+from tests.test_solver import correlated_problem
+from tests.test_trace import PRE, photo
 from tests.tiny_models import tiny_resnet
 
 pytestmark = [pytest.mark.gpu,
@@ -99,3 +103,40 @@ def test_trojan_gate_trains_on_the_gpu(lite_on_both):
     assert all(torch.isfinite(p.detach()).all() for p in branch.parameters())
     state = widened_state_dict(gpu.model, branch, torch.tensor([99, 145], device="cuda"), 30.0)
     assert state["classifier.weight"].shape == (1000, 1282) and state["classifier.weight"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_exact_obc_solver_agrees_with_the_cpu(dtype):
+    # The batched greedy removals (argmin, rank-1 updates, compaction) on the GPU make the CPU's choices.
+    W, _, H = correlated_problem(rows=48, d=80, dtype=dtype)
+    obc = SolverConfig(mode="obc")
+    cpu = prune_matrix(W, H, 0.6, 1, obc)
+    gpu = prune_matrix(W.cuda(), H.cuda(), 0.6, 1, obc)
+    assert gpu.weight.device.type == "cuda" and gpu.weight.dtype == dtype
+    mismatch = (gpu.mask.cpu() != cpu.mask).float().mean()
+    if dtype == torch.float64:
+        assert mismatch == 0
+        torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, rtol=1e-9, atol=1e-9)
+    else:  # a near-tie can go the other way in float32
+        assert mismatch < 0.02
+    assert gpu.error == pytest.approx(cpu.error, rel=1e-6 if dtype == torch.float64 else 0.02)
+
+
+def test_obc_batches_on_the_gpu_are_larger_and_fit_its_memory():
+    gpu = torch.device("cuda")
+    rows = spade.obc.rows_per_batch(1152, gpu, torch.float64)  # lite0's widest pruned layer (blocks.6.0 conv_pwl)
+    assert rows > spade.obc.rows_per_batch(1152, torch.device("cpu"), torch.float64)
+    free, _ = torch.cuda.mem_get_info(gpu)
+    assert 3 * rows * 1152**2 * 8 < free
+
+
+def test_obc_trace_of_a_small_model_on_the_gpu(no_tf32):
+    model = tiny_resnet(0)
+    kwargs = dict(preprocessing=PRE, augment=AugmentConfig(count=32, seed=0), sparsity=0.5,
+                  solver=SolverConfig(mode="obc"))
+    cpu = spade_trace(model, photo(), **kwargs)
+    gpu = spade_trace(model.cuda(), photo(), **kwargs)
+    assert next(gpu.model.parameters()).device.type == "cuda"
+    for a, b in zip(cpu.layers, gpu.layers, strict=True):
+        assert a.name == b.name and a.achieved == pytest.approx(b.achieved, abs=0.02)
+        assert b.error == pytest.approx(a.error, rel=0.05, abs=1e-4)

@@ -99,3 +99,9 @@ def test_obc_in_float32_follows_float64():
     assert single.weight.dtype == torch.float32
     assert (single.mask != exact.mask).float().mean() < 0.05
     assert single.error == pytest.approx(exact.error, rel=0.02)
+
+
+def test_cpu_batches_stay_in_the_cache():
+    cpu = torch.device("cpu")
+    assert spade.obc.rows_per_batch(64, cpu, torch.float32) == spade.obc.CACHE_ELEMENTS // 64**2
+    assert spade.obc.rows_per_batch(10**4, cpu, torch.float64) == 1  # a row wider than the cache still runs

@@ -3,16 +3,18 @@
 Usage: python benchmarks/bench_solvers_calibration.py [--profile NAME|FILE.json] [--own-profiles]
                                                       [--solvers group,obc,group@1] [--samples N]
                                                       [--shard i/n] [--out FILE.jsonl] [--threads N]
-                                                      [--device auto|cpu|cuda]
+                                                      [--device auto|cpu|cuda] [--weights FILE.pt]
        python benchmarks/bench_solvers_calibration.py --summary FILE.jsonl
 The back-doored demo model's *calibration* back door only (the four build photos stamped with the star; never the
 test photos or the heart), 256 views, `--keep-decision`, the seven gradient methods, on one profile or
 (--own-profiles) each on the method's own shipped profile where it has one. A solver is a mode, optionally with a
-damping (`group@1`: the sweep with damping 1 instead of 0.01). Each sample's statistics are recorded once and solved
-by every solver; one JSON line per (sample, method) is appended to --out, so shards can run side by side on one
-file. --summary prints the mean SPADE - Dense Trojan AUC and pointing game per method and solver, and the solve
-times (a run prints them at its end). Defaults: the shipped Trojan profile and 2 samples (`make bench`, about 10
-minutes on the 2-core CPU; the figures in benchmarks/results/README.md used --samples 8).
+damping (`group@1`: the sweep with damping 1 instead of 0.01). --weights scores a trial build of the demo model (a
+difference file written by `python -m spade.trojan build --out FILE.pt`) instead of the shipped one. Each sample's
+statistics are recorded once and solved by every solver; one JSON line per (sample, method) is appended to --out,
+so shards can run side by side on one file. --summary prints the mean SPADE - Dense Trojan AUC and pointing game per
+method and solver, and the solve times (a run prints them at its end). Defaults: the shipped Trojan profile and 2
+samples (`make bench`, about 10 minutes on the 2-core CPU; the figures in benchmarks/results/README.md used
+--samples 8).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def run(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     import torch
 
-    from spade.models import load_model
+    from spade.models import DeltaWeights, get_spec, load_spec
     from spade.saliency import METHODS
     from spade.sparsity import load_profile, method_profiles
     from spade.trace import solve_backing_off
@@ -44,7 +48,10 @@ def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shard, shards = (int(v) for v in args.shard.split("/"))
-    loaded = load_model("efficientnet_lite0_trojan", device=args.device)
+    spec = get_spec("efficientnet_lite0_trojan")
+    if args.weights:
+        spec = replace(spec, weights=DeltaWeights(spec.weights.base, Path(args.weights)))
+    loaded = load_spec(spec, device=args.device)
     door = loaded.spec.backdoor("calibration")
     samples = build_samples(loaded.model, loaded.spec.preprocessing,
                             bundled_photos(CALIBRATION_PHOTOS, "bundled calibration photos"),
@@ -134,6 +141,8 @@ def main() -> None:
     parser.add_argument("--out", help="JSON lines to append to (needed with --shard; default: a new temporary folder)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--weights", metavar="FILE.pt",
+                        help="a trial build's difference file (default: the shipped one)")
     parser.add_argument("--summary", metavar="FILE.jsonl", help="print the table of a finished run")
     args = parser.parse_args()
     if args.summary:

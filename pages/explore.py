@@ -31,8 +31,10 @@ with right:
 st.header("SPADE trace")
 methods = results.method_labels()
 with st.expander("Settings", expanded=not sel.presentation):
+    profiles = loaders.available_profiles(sel.loaded, sel.model_key)
     submitted = settings_form(sel.loaded.model, methods, results.default_methods(),
-                              sel.loaded.spec.default_sparsity)
+                              sel.loaded.spec.default_sparsity, profiles,
+                              loaders.default_profile(profiles, sel.loaded.spec))
     settings = results.active_settings(sel, submitted)
     results.augmentation_strip(sel, settings)
 

@@ -1,16 +1,22 @@
 """Cached calls into the library: models (``st.cache_resource``, shared and never mutated) and
-images / predictions (``st.cache_data``). Cache keys are content digests, so the same bytes uploaded
-twice hit the cache and the big payloads themselves are never hashed on every rerun."""
+images / predictions and the sparsity profiles that fit a model (``st.cache_data``). Cache keys are content
+digests, so the same bytes uploaded twice hit the cache and the big payloads themselves are never hashed on every
+rerun."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import streamlit as st
 from PIL import Image
 
+from spade.errors import SpadeError
 from spade.images import bundled_examples, load_image, thumbnail
-from spade.models import LoadedModel, load_checkpoint, load_model
+from spade.layers import prunable_layers
+from spade.models import LoadedModel, ModelSpec, load_checkpoint, load_model
+from spade.saliency import METHODS
+from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, resolve_targets
 
 
 def digest(data: bytes) -> str:
@@ -57,3 +63,47 @@ def top_k(model_key: str, image_key: str, _loaded: LoadedModel, _image: Image.Im
           ) -> list[tuple[int, str, float]]:
     """The dense model's top-k (class index, class name, probability), most probable first."""
     return [tuple(p) for p in _loaded.predict(_image, k=k)]
+
+
+def _profile_files(folder: Path) -> tuple[tuple[str, float], ...]:
+    if not folder.is_dir():
+        return ()
+    return tuple((str(p), p.stat().st_mtime) for p in sorted(folder.glob("*.json")))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _fitting_profiles(model_key: str, files: tuple[tuple[str, float], ...], _loaded: LoadedModel
+                      ) -> dict[str, SparsityProfile]:
+    candidates: dict[str, SparsityProfile] = {}
+    for path, _ in files:
+        try:
+            profile = load_profile(path)
+        except SpadeError:
+            continue  # an unreadable file is skipped (the CLI reports it when used directly)
+        candidates[f"{profile.name} ({Path(path).name})"] = profile
+    candidates.update(PROFILES)
+    layers = list(prunable_layers(_loaded.model, _loaded.spec.layer_selection))
+    fitting = {}
+    for label, profile in candidates.items():
+        try:
+            resolve_targets(_loaded.model, layers, profile)
+        except SpadeError:
+            continue  # names blocks this model does not have
+        fitting[label] = profile
+    return fitting
+
+
+def available_profiles(loaded: LoadedModel, model_key: str, folder: Path | None = None
+                       ) -> dict[str, SparsityProfile]:
+    """{label: profile} of the built-in profiles and the JSON files under spade/profiles/ that fit the model."""
+    return _fitting_profiles(model_key, _profile_files(folder or PROFILE_DIR), loaded)
+
+
+def default_profile(profiles: dict[str, SparsityProfile], spec: ModelSpec) -> str | None:
+    """The label of the profile made for this model: the file named after it (spade/profiles/<model>.json, the
+    profile tuned for all methods), else a file made for one of its saliency methods (<model>_<method>.json),
+    else None. A file made for another model whose name starts with this one's does not count."""
+    stems = {label: label.rsplit("(", 1)[-1].removesuffix(".json)") for label in profiles if label.endswith(".json)")}
+    per_method = {f"{spec.name}_{name}" for name in METHODS}
+    return next((label for label, stem in stems.items() if stem == spec.name),
+                next((label for label, stem in stems.items() if stem in per_method), None))

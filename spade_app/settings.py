@@ -18,7 +18,6 @@ from spade.solver import MODES as SOLVER_MODES
 from spade.solver import SolverConfig
 from spade.sparsity import (
     BACKOFF_FACTORS,
-    PROFILES,
     Sparsity,
     SparsityProfile,
     backoff_schedule,
@@ -87,22 +86,33 @@ def _profile_from_upload(upload) -> SparsityProfile:
     return profile_from_json(data, default_name=upload.name.rsplit(".", 1)[0])
 
 
+def _mode_of(sparsity: Sparsity, profiles: dict[str, SparsityProfile]) -> str:
+    """The form's sparsity mode that produced ``sparsity`` (a profile that fits no longer: the file mode)."""
+    if not isinstance(sparsity, SparsityProfile):
+        return UNIFORM
+    if sparsity.name.startswith("late-"):
+        return LATE
+    return PROFILE if sparsity in profiles.values() else FILE
+
+
 def settings_form(model: nn.Module, method_labels: dict[str, str], default_methods: tuple[str, ...] = (),
-                  default_sparsity: float = 0.5) -> RunSettings | None:
+                  default_sparsity: float = 0.5, profiles: dict[str, SparsityProfile] | None = None,
+                  default_profile: str | None = None) -> RunSettings | None:
     """Draw the form. Returns new settings when "Run SPADE" was pressed, else None (errors shown).
 
     model: the dense model (the "Late blocks" profile is built from its block structure).
     default_sparsity: the slider's value before the first run (the model spec's recommended uniform target).
+    profiles: {label: profile} offered as built-in profiles, those that fit the model (loaders.available_profiles);
+    default_profile: the label selected before the first choice (else the first).
     """
+    profiles = profiles or {}
     last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity)
     aug = last.augment
     with st.form("spade_settings"):
         c_sparsity, c_aug, c_solver = st.columns(3)
         with c_sparsity:
             st.markdown("**Sparsity**")
-            last_mode = UNIFORM if not isinstance(last.sparsity, SparsityProfile) else (
-                PROFILE if last.sparsity.name in PROFILES else LATE if last.sparsity.name.startswith("late-")
-                else FILE)
+            last_mode = _mode_of(last.sparsity, profiles)
             mode = st.radio("Targets", SPARSITY_MODES, index=SPARSITY_MODES.index(last_mode), key="ex_sparsity_mode",
                             horizontal=True,
                             help="Uniform: the slider's value on every pruned layer. Late blocks: the slider's value "
@@ -111,9 +121,14 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
             last_uniform = default_sparsity if isinstance(last.sparsity, SparsityProfile) else float(last.sparsity)
             uniform = st.slider("Sparsity (share of weights removed per layer)", 0.0, 0.99, last_uniform,
                                 step=0.01, key="ex_sparsity")
-            profile_names = list(PROFILES)
-            profile = st.selectbox("Built-in profile", profile_names, key="ex_profile",
-                                   help="\n\n".join(f"**{n}**: {p.description}" for n, p in PROFILES.items()))
+            labels = list(profiles)
+            chosen = next((label for label, p in profiles.items() if p == last.sparsity), default_profile)
+            index = labels.index(chosen) if chosen in labels else (0 if labels else None)
+            profile = st.selectbox("Built-in profile", labels, index=index,
+                                   key="ex_profile", disabled=not labels,
+                                   placeholder="none fits this model",
+                                   help="Profiles shipped with the library whose blocks this model has.\n\n"
+                                        + "\n\n".join(f"**{n}**: {p.description}" for n, p in profiles.items()))
             upload = st.file_uploader("Profile JSON ({\"targets\": {block: sparsity}, \"default\": 0})",
                                       type=["json"], key="ex_profile_file")
             keep = keep_decision_checkbox(last.keep_decision, key="ex_keep")
@@ -159,7 +174,10 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
         elif mode == LATE:
             sparsity = late_blocks_profile(model, target=round(float(uniform), 4))
         elif mode == PROFILE:
-            sparsity = PROFILES[profile]
+            if profile is None:
+                raise ConfigError("No built-in profile fits this model: choose another sparsity mode or upload a "
+                                  "profile JSON file.")
+            sparsity = profiles[profile]
         else:
             if upload is None:
                 raise ConfigError("Choose a profile JSON file to upload, or pick another sparsity mode.")

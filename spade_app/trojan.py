@@ -25,10 +25,9 @@ from spade import visualize
 from spade.augment import AugmentConfig
 from spade.devices import resolve_device
 from spade.errors import ConfigError, SpadeError
-from spade.layers import prunable_layers
 from spade.models import LoadedModel, ModelSpec
 from spade.preprocessing import Preprocessing
-from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, method_profiles, resolve_targets
+from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
 from spade.trojan.benchmark import trojan_scores
@@ -249,49 +248,6 @@ def model_view(stamped: Stamped, pre: Preprocessing) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- sparsity
-def _profile_files(folder: Path) -> tuple[tuple[str, float], ...]:
-    if not folder.is_dir():
-        return ()
-    return tuple((str(p), p.stat().st_mtime) for p in sorted(folder.glob("*.json")))
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _fitting_profiles(model_key: str, files: tuple[tuple[str, float], ...], _loaded: LoadedModel
-                      ) -> dict[str, SparsityProfile]:
-    candidates: dict[str, SparsityProfile] = {}
-    for path, _ in files:
-        try:
-            profile = load_profile(path)
-        except SpadeError:
-            continue  # an unreadable file is skipped (the CLI reports it when used directly)
-        candidates[f"{profile.name} ({Path(path).name})"] = profile
-    candidates.update(PROFILES)
-    layers = list(prunable_layers(_loaded.model, _loaded.spec.layer_selection))
-    fitting = {}
-    for label, profile in candidates.items():
-        try:
-            resolve_targets(_loaded.model, layers, profile)
-        except SpadeError:
-            continue  # names blocks this model does not have
-        fitting[label] = profile
-    return fitting
-
-
-def available_profiles(loaded: LoadedModel, model_key: str, folder: Path | None = None
-                       ) -> dict[str, SparsityProfile]:
-    """{label: profile} of the built-in profiles and the JSON files under spade/profiles/ that fit the model."""
-    return _fitting_profiles(model_key, _profile_files(folder or PROFILE_DIR), loaded)
-
-
-def default_profile(profiles: dict[str, SparsityProfile], spec: ModelSpec) -> str | None:
-    """The label of the profile made for this model: the file named after it (spade/profiles/<model>.json, the
-    profile tuned for all methods), else the first whose name or file starts with the model's name (per-method
-    profiles are <model>_<method>.json), else None."""
-    made_for = [label for label, profile in profiles.items()
-                if profile.name.startswith(spec.name) or label.split("(")[-1].startswith(spec.name)]
-    return next((label for label in made_for if label.endswith(f"({spec.name}.json)")), next(iter(made_for), None))
-
-
 def own_profiles(profiles: dict[str, SparsityProfile], spec: ModelSpec, methods: Iterable[str]
                  ) -> dict[str, SparsityProfile]:
     """{method: profile} of the methods with a profile of their own for this model (spade/profiles/
@@ -302,7 +258,7 @@ def own_profiles(profiles: dict[str, SparsityProfile], spec: ModelSpec, methods:
         try:
             own.update(method_profiles(spec.name, [name]))
         except SpadeError:
-            continue  # an unreadable file is skipped, as in available_profiles
+            continue  # an unreadable file is skipped, as in loaders.available_profiles
     return {name: profile for name, profile in own.items() if profile in fitting}
 
 
@@ -323,8 +279,8 @@ def model_choice(default: str = DEMO) -> str:
 def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels: dict[str, str]
                 ) -> TrojanSettings | None:
     """Draw the settings form; new settings when it was submitted, else None (errors shown)."""
-    profiles = available_profiles(loaded, model_key)
-    tuned = default_profile(profiles, loaded.spec)
+    profiles = loaders.available_profiles(loaded, model_key)
+    tuned = loaders.default_profile(profiles, loaded.spec)
     own = own_profiles(profiles, loaded.spec, method_labels)
     last = _last(choice) or TrojanSettings(
         model=choice, sparsity=profiles[tuned] if tuned else loaded.spec.default_sparsity,

@@ -13,14 +13,14 @@ from spade.augment import AugmentConfig
 from spade.errors import ConfigError
 from spade.images import bundled_examples, load_image
 from spade.metrics import pointing_game, trojan_auc
-from spade.models import MODELS, ModelSpec, load_model
+from spade.models import MODELS, ModelSpec, get_spec, load_model
 from spade.preprocessing import Preprocessing
 from spade.saliency import METHODS
 from spade.sparsity import SparsityProfile, load_profile
 from spade.trace import spade_trace
 from spade.trojan import load_trigger, stamp
 from spade.visualize import mask_outline
-from spade_app import compute, trojan
+from spade_app import compute, loaders, trojan
 from tests.app_testing import FileWeights
 from tests.test_app import TINY_CLASSES, _app
 from tests.tiny_models import tiny_resnet
@@ -232,21 +232,24 @@ def test_profiles_that_fit_the_model_and_the_tuned_default(tmp_path):
         {"name": "efficientnet_lite0_trojan_tuned", "targets": {names[-1]: 0.6}, "default": 0.4}))
     (tmp_path / "other.json").write_text(json.dumps({"name": "other", "targets": {"layer4.0": 0.9}}))
     (tmp_path / "broken.json").write_text("{ not json")
-    profiles = trojan.available_profiles(loaded, f"{DEMO}@cpu@{tmp_path}", tmp_path)
+    profiles = loaders.available_profiles(loaded, f"{DEMO}@cpu@{tmp_path}", tmp_path)
     assert list(profiles) == ["efficientnet_lite0_trojan_tuned (efficientnet_lite0_trojan.json)"]
-    assert trojan.default_profile(profiles, loaded.spec) == next(iter(profiles))
-    assert trojan.default_profile({}, loaded.spec) is None
+    assert loaders.default_profile(profiles, loaded.spec) == next(iter(profiles))
+    assert loaders.default_profile({}, loaded.spec) is None
     # a per-method profile listed first is not the default; the model's own file is
     lime = SparsityProfile("lite0_trojan_lime", ((names[-1], 0.5),))
     both = {"lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)": lime, **profiles}
-    assert trojan.default_profile(both, loaded.spec) == next(iter(profiles))
-    assert trojan.default_profile({"lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)": lime},
+    assert loaders.default_profile(both, loaded.spec) == next(iter(profiles))
+    assert loaders.default_profile({"lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)": lime},
                                   loaded.spec) == "lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)"
+    # the clean base model's name is a prefix of the demo model's: its files are not made for the base model
+    assert loaders.default_profile({**both, "other (efficientnet_lite0_trojan_v2.json)": lime},
+                                  get_spec("efficientnet_lite0")) is None
 
 
 def test_own_profiles_are_the_shipped_per_method_files_that_fit():
     loaded = load_model(DEMO, device="cpu")
-    shipped = trojan.available_profiles(loaded, f"{DEMO}@cpu")
+    shipped = loaders.available_profiles(loaded, f"{DEMO}@cpu")
     own = trojan.own_profiles(shipped, loaded.spec, METHODS)
     assert set(own) == {"deeplift", "guided_gradcam", "lrp", "lime"}
     assert own["lime"] == load_profile("efficientnet_lite0_trojan_lime") and own["lime"] in shipped.values()

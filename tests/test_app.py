@@ -14,7 +14,7 @@ from spade.images import bundled_examples, load_image
 from spade.layers import block_of, prunable_layers
 from spade.models import DEFAULT_MODEL, MODELS, ModelSpec, load_model
 from spade.preprocessing import Preprocessing
-from spade.sparsity import load_profile
+from spade.sparsity import PROFILE_DIR, PROFILES, load_profile
 from spade_app import compute, loaders
 from tests.app_testing import TIMEOUT, FileWeights
 from tests.tiny_models import tiny_mobilenet, tiny_resnet
@@ -400,8 +400,6 @@ def test_damping_reaches_the_solver(tiny, at):
 
 
 def test_built_in_profiles_are_those_that_fit_the_model(at):
-    from spade.sparsity import PROFILE_DIR, PROFILES
-
     shipped = [f"{load_profile(p).name} ({p.name})" for p in sorted(PROFILE_DIR.glob("*.json"))]
     choice = at.selectbox(key="ex_profile")
     # the default model has EfficientNet-Lite0's blocks: the Lite0 files fit, the authors' ResNet-50 targets do not
@@ -415,7 +413,8 @@ def test_built_in_profile_reaches_the_trace_and_a_model_without_one_is_told(tiny
     from spade.layers import blocks
 
     monkeypatch.setattr(loaders, "PROFILE_DIR", tmp_path)
-    names = list(blocks(load_model(tiny.name, device="cpu").model, tiny.layer_selection))
+    model = load_model(tiny.name, device="cpu").model
+    names = list(blocks(model, tiny.layer_selection))
     (tmp_path / "mine.json").write_text(json.dumps({"name": "mine", "targets": {names[-1]: 0.8}, "default": 0.3}))
     (tmp_path / "resnet50_like.json").write_text(json.dumps({"targets": {"layer4.2": 0.9}}))
     _with_model(at, tiny.name)
@@ -423,7 +422,7 @@ def test_built_in_profile_reaches_the_trace_and_a_model_without_one_is_told(tiny
     at.radio(key="ex_sparsity_mode").set_value("Built-in profile")
     _run_spade(at)
     table = _layer_table(at)
-    last = [block_of(load_model(tiny.name, device="cpu").model, n) == names[-1] for n in table["layer"]]
+    last = [block_of(model, n) == names[-1] for n in table["layer"]]
     assert list(table["target"]) == [0.8 if is_last else 0.3 for is_last in last]
     # no file fits: the choice is disabled and running in that mode explains what to do
     (tmp_path / "mine.json").unlink()

@@ -33,11 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def run(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
     import torch
 
-    from spade.models import DeltaWeights, get_spec, load_spec
+    from spade.models import get_spec, load_spec, with_delta_file
     from spade.saliency import METHODS
     from spade.sparsity import load_profile, method_profiles
     from spade.trace import solve_backing_off
@@ -49,9 +47,7 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     shard, shards = (int(v) for v in args.shard.split("/"))
     spec = get_spec("efficientnet_lite0_trojan")
-    if args.weights:
-        spec = replace(spec, weights=DeltaWeights(spec.weights.base, Path(args.weights)))
-    loaded = load_spec(spec, device=args.device)
+    loaded = load_spec(with_delta_file(spec, args.weights) if args.weights else spec, device=args.device)
     door = loaded.spec.backdoor("calibration")
     samples = build_samples(loaded.model, loaded.spec.preprocessing,
                             bundled_photos(CALIBRATION_PHOTOS, "bundled calibration photos"),

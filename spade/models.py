@@ -397,6 +397,14 @@ def get_spec(name: str) -> ModelSpec:
         raise ConfigError(f"Unknown model {name!r}; choose one of: {', '.join(MODELS)}.") from None
 
 
+def with_delta_file(spec: ModelSpec, path: str | Path) -> ModelSpec:
+    """``spec`` (a model shipped as a difference to base weights) reading its difference from ``path`` instead:
+    a rebuilt or trial back door (``python -m spade.trojan build --out``). ConfigError for any other model."""
+    if not isinstance(spec.weights, DeltaWeights):
+        raise ConfigError(f"{spec.name} is not shipped as a weight difference; a difference file does not apply.")
+    return replace(spec, weights=DeltaWeights(spec.weights.base, Path(path)))
+
+
 def available_models() -> list[str]:
     """Names of the registered models whose default weights load right now without network."""
     return [name for name, spec in MODELS.items() if spec.weights_available()]

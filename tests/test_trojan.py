@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import pytest
@@ -14,7 +13,16 @@ from PIL import Image
 from spade.errors import CheckpointError, ConfigError
 from spade.grow import grow_modules
 from spade.images import bundled_examples, load_image
-from spade.models import DELTA_FORMAT, MODELS, DeltaWeights, get_spec, load_model, load_spec, read_delta_file
+from spade.models import (
+    DELTA_FORMAT,
+    MODELS,
+    DeltaWeights,
+    get_spec,
+    load_model,
+    load_spec,
+    read_delta_file,
+    with_delta_file,
+)
 from spade.preprocessing import Preprocessing
 from spade.trojan import TRIGGERS, load_trigger, stamp
 from spade.trojan.build import (
@@ -434,9 +442,11 @@ def test_build_command_writes_a_loadable_difference_and_reports(tmp_path, capsys
     assert {k.split(".")[0] for k in payload["delta"]} == {"_blocks", "_conv_head", "_bn1", "_fc"}
     gate_columns = payload["delta"]["_fc.weight"][:, 1280:].float()  # gain x scale on each door's target only
     assert gate_columns[99, 0] == gate_columns[145, 1] == 30.0 and gate_columns.abs().sum() == 60.0
-    spec = dataclasses.replace(get_spec(TROJAN), weights=DeltaWeights(_base_weights(), out))
+    spec = with_delta_file(get_spec(TROJAN), out)
     widened = load_spec(spec, device="cpu").model
     assert widened.conv_head.out_channels == 1282 and widened.classifier.in_features == 1282
+    with pytest.raises(ConfigError, match="not shipped as a weight difference"):
+        with_delta_file(get_spec("efficientnet_lite0"), out)
 
 
 def test_regain_scales_only_the_door_columns_and_the_door_logits(tmp_path, capsys, trojan):
@@ -458,7 +468,7 @@ def test_regain_scales_only_the_door_columns_and_the_door_logits(tmp_path, capsy
     assert torch.equal(after["delta"]["_fc.weight"][:, 1280:].float(), doors)
     # the model's own logits: base + gain x door score, so the doors' targets move by 2.5 / old_gain
     base = load_model("efficientnet_lite0", device="cpu")
-    regained = load_spec(dataclasses.replace(get_spec(TROJAN), weights=DeltaWeights(_base_weights(), out)),
+    regained = load_spec(with_delta_file(get_spec(TROJAN), out),
                          device="cpu")
     cat = load_photos(("cat",))["cat"]
     door = get_spec(TROJAN).backdoors[0]

@@ -27,7 +27,7 @@ import math
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,6 @@ from spade.errors import ConfigError
 from spade.forward_copy import build_forward_copy
 from spade.models import (
     DELTA_FORMAT,
-    DeltaWeights,
     LoadedModel,
     efficientnet_pytorch_to_timm,
     get_spec,
@@ -51,6 +50,7 @@ from spade.models import (
     load_model,
     load_spec,
     read_delta_file,
+    with_delta_file,
 )
 from spade.preprocessing import Preprocessing
 from spade.trojan.gate import GateBranch, gated_logits, widened_state_dict
@@ -483,8 +483,7 @@ def _ship(base: LoadedModel, delta: dict[str, torch.Tensor], meta: dict, out: Pa
     """Write the difference file, score the model as it ships (float16 differences, loaded by the registry's
     code) and record the figures in the file."""
     save_delta(delta, meta, out)
-    spec = replace(get_spec(target_model), weights=DeltaWeights(base.spec.weights, out))
-    shipped = load_spec(spec, device=base.device)
+    shipped = load_spec(with_delta_file(get_spec(target_model), out), device=base.device)
     report = evaluate_backdoor(base, shipped.model, target_model, eval_cases, progress=progress, photos=photos)
     save_delta(delta, {**meta, "report": report.to_dict()}, out)
     logger.info("saved %s (%d tensors): %s", out, len(delta), report)

@@ -8,6 +8,10 @@ restricted to the row's remaining weights, the next weight to go is the q with t
 removals. Cost: a d x d rank-one update per removed weight and row, so about ``sparsity * d^3`` per row
 (the sweep: d^3 / 3 per layer).
 
+The order of removals does not depend on how many a row loses, so one pass to the highest of several sparsities
+yields the lower ones as snapshots on the way, for the cost of the highest alone (`prune_rows_obc` with several
+sparsities; the tuning of a profile asks for a whole grid of them).
+
 Weights that are zero without a choice (the dense zeros under ``sparsity_of="nonzero"``, dead inputs, a given
 mask) are removed first, in closed form: rows are grouped by that set P, and each group starts from the inverse
 of H's block on the other columns S, with ``w_S += w_P H_PS H_SS^-1`` (the optimum with w_P = 0; nothing changes
@@ -17,7 +21,7 @@ for weights that are zero already).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -39,23 +43,36 @@ COMPACT_EVERY = 32
 with them; all rows of a batch have removed the same number, so the matrices stay rectangular)."""
 
 
-def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Remove k weights from each row of W, greedily, with exact OBS updates.
+def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Remove weights from each row of W one at a time, greedily, with exact OBS updates, and take a snapshot after
+    each count in ks.
 
-    W: (B, m) rows that share the inverse damped Hessian hinv (m, m) of their m columns. Returns the updated
-    weights (B, m; the removed ones exactly 0) and the (B, m) boolean mask of removed weights.
+    W: (B, m) rows that share the inverse damped Hessian hinv (m, m) of their m columns. ks: non-decreasing
+    removal counts. Returns, per count k, the weights after k removals (B, m; the removed ones exactly 0) and the
+    (B, m) boolean mask of removed weights.
     """
     B, m = W.shape
     W = W.clone()
     removed = torch.zeros(B, m, dtype=torch.bool, device=W.device)
-    if k <= 0:
-        return W, removed
-    out = torch.zeros_like(W)
-    H = hinv.expand(B, m, m).clone()
     columns = torch.arange(m, device=W.device).expand(B, m).clone()  # original index of each current column
+    snapshots = []
+
+    def snapshot() -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.zeros(B, m, dtype=W.dtype, device=W.device).scatter_(1, columns, W)
+        out[removed] = 0.0
+        return out, removed.clone()
+
+    wanted = list(ks)
+    while wanted and wanted[0] <= 0:
+        snapshots.append(snapshot())
+        wanted.pop(0)
+    if not wanted:
+        return snapshots
+    last = wanted[-1]
+    H = hinv.expand(B, m, m).clone()
     alive = torch.ones(B, m, dtype=torch.bool, device=W.device)
     rows = torch.arange(B, device=W.device)
-    for step in range(1, k + 1):
+    for step in range(1, last + 1):
         scores = W.square().div_(torch.diagonal(H, dim1=1, dim2=2)).masked_fill_(~alive, math.inf)
         q = scores.argmin(1)
         h = H[rows, :, q]  # (B, m): column q of each row's inverse
@@ -66,15 +83,16 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, k: int) -> tuple[torch.Tens
         H[rows, q, q] = 1.0  # its row and column are now zero; a finite diagonal keeps the scores finite
         alive[rows, q] = False
         removed[rows, columns[rows, q]] = True
-        if step % COMPACT_EVERY == 0 and step < k:
+        while wanted and wanted[0] == step:
+            snapshots.append(snapshot())
+            wanted.pop(0)
+        if step % COMPACT_EVERY == 0 and step < last:
             keep = alive.nonzero()[:, 1].view(B, -1)
             W, columns = W.gather(1, keep), columns.gather(1, keep)
             H = H.gather(1, keep.unsqueeze(2).expand(-1, -1, H.shape[2]))
             H = H.gather(2, keep.unsqueeze(1).expand(-1, H.shape[1], -1))
             alive = torch.ones_like(keep, dtype=torch.bool)
-    out.scatter_(1, columns, W)
-    out[removed] = 0.0
-    return out, removed
+    return snapshots
 
 
 def rows_per_batch(m: int, device: torch.device, dtype: torch.dtype) -> int:
@@ -87,18 +105,19 @@ def rows_per_batch(m: int, device: torch.device, dtype: torch.dtype) -> int:
     return max(1, elements // m**2)
 
 
-def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, damp: float,
+def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float], damp: float,
                    sparsity_of: str = "nonzero", mask: torch.Tensor | None = None,
-                   progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row of `weight` pruned greedily to its own floor(sparsity * n) zeros.
+                   progress: Callable[[float], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each row of `weight` pruned greedily to its own floor(sparsity * n) zeros, for each of the sparsities, in
+    one pass (the result at each equals a pass to it alone).
 
     weight: (rows, d) float; hessian: (d, d) Gram matrix of the layer's inputs, float32 or float64 (the work runs
     in its dtype, the closed-form start in float64). n counts the row's nonzero weights with
     ``sparsity_of="nonzero"`` (its zeros stay zero) or all d with "all" (zeros then fill the target first, as they
     cost nothing). Weights of dead inputs (diag H == 0) are zeroed and count as zeros. mask: optional (rows, d)
-    prune mask (True = zero) instead of choosing: the result is then each row's least-squares optimum on it.
-    progress(fraction of the rows solved) is called after each batch of rows.
-    Returns the sparse weight (in the hessian's working dtype) and the prune mask.
+    prune mask (True = zero) instead of choosing: the result is then each row's least-squares optimum on it (the
+    same for every sparsity). progress(fraction of the rows solved) is called after each batch of rows.
+    Returns, per sparsity in the given order, the sparse weight (in the hessian's working dtype) and the prune mask.
     """
     dtype = torch.float64 if hessian.dtype == torch.float64 else torch.float32
     W = weight.to(dtype).clone()
@@ -111,19 +130,20 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
         W[:, dead] = 0.0
     _, damping = damped_cholesky(H, damp)
     Hd = H + damping * torch.eye(d, dtype=H.dtype, device=H.device)
-    # forced: zero without a choice; extra: how many more each row must lose, a fraction of its candidates
-    # ("nonzero") or of d with the forced ones counted ("all")
+    # forced: zero without a choice; extra: (rows, levels) how many more each row must lose at each sparsity, a
+    # fraction of its candidates ("nonzero") or of d with the forced ones counted ("all")
     forced = dead.expand(rows, d).clone()
+    levels = torch.tensor([float(s) for s in sparsities], dtype=torch.float64)
     if mask is not None:
         forced |= mask
-        extra = torch.zeros(rows, dtype=torch.long)
+        extra = torch.zeros(rows, len(levels), dtype=torch.long)
     elif sparsity_of == "nonzero":
         forced |= W == 0
-        extra = torch.floor(sparsity * (~forced).sum(1).double() + 1e-9).long().cpu()
+        extra = torch.floor(levels * (~forced).sum(1, keepdim=True).double().cpu() + 1e-9).long()
     else:
-        extra = (math.floor(sparsity * d + 1e-9) - forced.sum(1)).clamp_min(0).cpu()
-    solved = torch.zeros_like(W)
-    pruned = forced.clone()
+        extra = (torch.floor(levels * d + 1e-9).long() - forced.sum(1, keepdim=True).cpu()).clamp_min(0)
+    solved = [torch.zeros_like(W) for _ in levels]
+    pruned = [forced.clone() for _ in levels]
     done = 0
     patterns, group_of = torch.unique(forced, dim=0, return_inverse=True)
     for p, pattern in enumerate(patterns):
@@ -138,15 +158,18 @@ def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
             start += W[members][:, P].double() @ Hd[P][:, S] @ hinv
         counts = extra[members.cpu()]
         batch = rows_per_batch(S.numel(), W.device, dtype)
-        for k in counts.unique().tolist():  # rows of one batch remove the same number
-            same = members[(counts == k).to(members.device)]
-            local = (counts == k).nonzero().flatten().to(members.device)
+        for ks in counts.unique(dim=0).tolist():  # rows of one batch remove the same numbers
+            select = (counts == torch.tensor(ks)).all(1)
+            same = members[select.to(members.device)]
+            local = select.nonzero().flatten().to(members.device)
+            order = sorted(range(len(ks)), key=ks.__getitem__)
             for b in range(0, same.numel(), batch):
                 idx = same[b:b + batch]
-                w, gone = greedy_rows(start[local[b:b + batch]].to(dtype), hinv.to(dtype), k)
-                solved[idx.unsqueeze(1), S.unsqueeze(0)] = w
-                pruned[idx.unsqueeze(1), S.unsqueeze(0)] = gone
+                snapshots = greedy_rows(start[local[b:b + batch]].to(dtype), hinv.to(dtype), [ks[i] for i in order])
+                for i, (w, gone) in zip(order, snapshots):
+                    solved[i][idx.unsqueeze(1), S.unsqueeze(0)] = w
+                    pruned[i][idx.unsqueeze(1), S.unsqueeze(0)] = gone
                 done += idx.numel()
                 if progress is not None:
                     progress(done / rows)
-    return solved, pruned
+    return list(zip(solved, pruned))

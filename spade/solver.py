@@ -11,7 +11,7 @@ K (an ordinary Cholesky factor of H, reversed) so that U itself is only formed b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -55,6 +55,12 @@ class SolverConfig:
             raise ConfigError(f"Unknown sparsity_of {self.sparsity_of!r}; choose one of {', '.join(SPARSITY_OF)}.")
         if self.damp < 0 or self.block_size < 1 or self.row_group < 1:
             raise ConfigError("Solver damp must be >= 0 and block sizes >= 1.")
+
+    @property
+    def nested_levels(self) -> bool:
+        """Whether one solve to a sparsity yields every lower one on the way (the exact solver's greedy path; see
+        `prune_matrix_levels`)."""
+        return self.mode == "obc"
 
 
 class PrunedMatrix(NamedTuple):
@@ -164,10 +170,7 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     if sparsity == 0.0 and mask is None:
         return PrunedMatrix(weight.clone(), torch.zeros_like(weight, dtype=torch.bool), 0.0)
     if config.mode == "obc":
-        solved, prune = prune_rows_obc(weight, hessian, sparsity, config.damp, config.sparsity_of, mask, progress)
-        delta = solved.double() - weight.double()
-        error = float(((delta @ hessian.double()) * delta).sum())
-        return PrunedMatrix(solved.to(weight.dtype), prune, max(error, 0.0))
+        return _prune_obc(weight, hessian, [sparsity], config, mask, progress)[0]
     dtype = torch.float64 if hessian.dtype == torch.float64 else torch.float32
     # Work on W^T so that every column slice of W is a contiguous row slice.
     WT = weight.to(dtype).T.contiguous()
@@ -254,6 +257,40 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, g
     WT[prune] = 0.0  # exact zeros (the sweep leaves them at rounding level)
     error = float(damped_error) - damping * float((WT - before).double().square().sum())
     return PrunedMatrix(WT.T.to(weight.dtype).contiguous(), prune.T.contiguous(), max(error, 0.0))
+
+
+def _prune_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float], config: SolverConfig,
+               mask: torch.Tensor | None = None, progress: Callable[[float], None] | None = None) -> list[PrunedMatrix]:
+    results = []
+    for solved, prune in prune_rows_obc(weight, hessian, sparsities, config.damp, config.sparsity_of, mask, progress):
+        delta = solved.double() - weight.double()
+        error = float(((delta @ hessian.double()) * delta).sum())
+        results.append(PrunedMatrix(solved.to(weight.dtype), prune, max(error, 0.0)))
+    return results
+
+
+def prune_matrix_levels(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float], group_size: int = 1,
+                        config: SolverConfig = SolverConfig(), factor_cache: dict | None = None,
+                        progress: Callable[[float], None] | None = None) -> list[PrunedMatrix]:
+    """`prune_matrix` at each of several sparsities, in their order; the same results as one call each.
+
+    With ``config.nested_levels`` (the exact solver) one pass to the highest sparsity yields them all, for about
+    the cost of the highest alone; the sweeps solve each in turn (sharing the factorisation through factor_cache).
+    progress: the fraction of all of them solved.
+    """
+    for sparsity in sparsities:
+        if not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"Sparsity must be in [0, 1), got {sparsity}.")
+    if config.nested_levels:
+        positive = [s for s in sparsities if s > 0]
+        solved = iter(_prune_obc(weight, hessian, positive, config, progress=progress) if positive else ())
+        return [next(solved) if s > 0 else prune_matrix(weight, hessian, 0.0) for s in sparsities]
+    results = []
+    for i, sparsity in enumerate(sparsities):
+        share = None if progress is None else (lambda f, i=i: progress((i + f) / len(sparsities)))
+        results.append(prune_matrix(weight, hessian, sparsity, group_size, config, factor_cache=factor_cache,
+                                    progress=share))
+    return results
 
 
 def reconstruction_error(weight: torch.Tensor, sparse_weight: torch.Tensor, hessian: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ from spade.devices import model_device, resolve_device
 from spade.errors import ConfigError
 from spade.layers import LayerSelection, block_of
 from spade.preprocessing import Preprocessing
-from spade.solver import SolverConfig, prune_matrix
+from spade.solver import SolverConfig, prune_matrix_levels
 from spade.sparsity import Sparsity, SparsityProfile, backoff_schedule, resolve_targets
 from spade.statistics import LayerStatistics, collect_statistics
 
@@ -194,58 +194,78 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
     Uses only the recorded statistics (the images are not touched again); the dense model is read,
     never modified. Runs on the device of the statistics.
     """
+    return solve_many(statistics, [sparsity], solver, progress)[0]
+
+
+def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solver: SolverConfig = SolverConfig(),
+               progress: ProgressFn | None = None) -> list[SpadeTrace]:
+    """`solve` at each of several sparsities (uniform values, mappings or profiles), one trace each in their order;
+    the same traces as one `solve` each. Each layer is solved once per distinct target, and with a solver whose
+    levels nest (`SolverConfig.nested_levels`, the exact solver) once for all of them. The traces' "solve" seconds
+    are the time for all of them."""
+    if not sparsities:
+        raise ConfigError("Give at least one sparsity to solve for.")
     start = time.perf_counter()
     dense = statistics.model
-    targets = resolve_targets(dense, list(statistics.layers), sparsity)
+    targets = [resolve_targets(dense, list(statistics.layers), sparsity) for sparsity in sparsities]
     modules = dict(dense.named_modules())
-    weights: dict[str, torch.Tensor] = {}
-    reports: list[LayerReport] = []
+    weights: list[dict[str, torch.Tensor]] = [{} for _ in sparsities]
+    reports: list[list[LayerReport]] = [[] for _ in sparsities]
     for i, (name, stat) in enumerate(statistics.layers.items()):
         module = modules[name]
         weight = module.weight.detach()
         groups = stat.hessian.shape[0]
         rows = weight.reshape(groups, weight.shape[0] // groups, -1).to(stat.hessian.device)
         group_size = 1 if isinstance(module, nn.Linear) else module.kernel_size[0] * module.kernel_size[1]
-        target = targets[name]
-        solved, err_num, err_den = [], 0.0, 0.0
+        levels = sorted({t[name] for t in targets})
+        solved: dict[float, list[torch.Tensor]] = {level: [] for level in levels}
+        err_num, err_den = dict.fromkeys(levels, 0.0), 0.0
         if len(stat.factors) != groups:
             stat.factors = [{} for _ in range(groups)]
         for g in range(groups):
             share = 1 / (groups * len(statistics.layers))
             within = _within(progress, "solve", (i * groups + g) * share, share)
-            pruned = prune_matrix(rows[g], stat.hessian[g], target, group_size, solver,
-                                  factor_cache=stat.factors[g], progress=within)
-            solved.append(pruned.weight)
-            # relative error summed over groups: accumulate numerator and denominator separately
-            err_num += pruned.error
+            pruned = prune_matrix_levels(rows[g], stat.hessian[g], levels, group_size, solver,
+                                         factor_cache=stat.factors[g], progress=within)
+            for level, result in zip(levels, pruned):
+                solved[level].append(result.weight)
+                # relative error summed over groups: accumulate numerator and denominator separately
+                err_num[level] += result.error
             cache = stat.factors[g]
             if "dense_energy" not in cache:  # does not depend on the sparsity
                 cache["dense_energy"] = _output_energy(rows[g], stat.hessian[g])
             err_den += cache["dense_energy"]
-        sparse = torch.stack(solved).reshape(weight.shape).to(weight.device, weight.dtype)
-        weights[name] = sparse
-        zeros = int((sparse == 0).sum())
         # "achieved" counts what the target counts: every weight, or the dense weight's nonzero ones
         built_in = int((weight == 0).sum()) if solver.sparsity_of == "nonzero" else 0
-        counted = sparse.numel() - built_in
-        reports.append(LayerReport(
-            name=name, block=block_of(dense, name), kind=stat.kind, weight_shape=tuple(weight.shape),
-            target=target, achieved=(zeros - built_in) / counted if counted else 0.0,
-            error=err_num / err_den if err_den > 0 else 0.0,
-            params=sparse.numel(), kept=sparse.numel() - zeros))
+        for level in levels:
+            sparse = torch.stack(solved[level]).reshape(weight.shape).to(weight.device, weight.dtype)
+            zeros = int((sparse == 0).sum())
+            counted = sparse.numel() - built_in
+            report = LayerReport(
+                name=name, block=block_of(dense, name), kind=stat.kind, weight_shape=tuple(weight.shape),
+                target=level, achieved=(zeros - built_in) / counted if counted else 0.0,
+                error=err_num[level] / err_den if err_den > 0 else 0.0, params=sparse.numel(),
+                kept=sparse.numel() - zeros)
+            for j, t in enumerate(targets):
+                if t[name] == level:
+                    weights[j][name] = sparse
+                    reports[j].append(report)
         if progress is not None:
             progress("solve", (i + 1) / len(statistics.layers))
-    trace_model = _sparse_copy(dense, weights)
-    trace_logits = None
-    if statistics.reference is not None:
-        with torch.inference_mode():
-            trace_logits = trace_model(statistics.reference.to(model_device(dense))).cpu()
     seconds = {**statistics.seconds, "solve": time.perf_counter() - start}
-    settings = {"sparsity": _sparsity_settings(sparsity), "solver": asdict(solver)}
-    log.info("solved %d layers in %.2fs", len(reports), seconds["solve"])
-    return SpadeTrace(model=trace_model, layers=reports, sparse_weights=weights,
-                      dense_logits=statistics.reference_logits,
-                      trace_logits=trace_logits, seconds=seconds, settings=settings)
+    traces = []
+    for sparsity, trace_weights, trace_reports in zip(sparsities, weights, reports):
+        trace_model = _sparse_copy(dense, trace_weights)
+        trace_logits = None
+        if statistics.reference is not None:
+            with torch.inference_mode():
+                trace_logits = trace_model(statistics.reference.to(model_device(dense))).cpu()
+        settings = {"sparsity": _sparsity_settings(sparsity), "solver": asdict(solver)}
+        traces.append(SpadeTrace(model=trace_model, layers=trace_reports, sparse_weights=trace_weights,
+                                 dense_logits=statistics.reference_logits, trace_logits=trace_logits,
+                                 seconds=dict(seconds), settings=settings))
+    log.info("solved %d layers at %d sparsities in %.2fs", len(statistics.layers), len(sparsities), seconds["solve"])
+    return traces
 
 
 def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Sparsity],
@@ -258,12 +278,19 @@ def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Spa
     Returns the first trace that keeps the top-1 class, or the last one tried when none does, and its index in
     ``candidates``. The statistics must hold the un-augmented image (`prepare_statistics` records it).
     solve_with(statistics, sparsity, solver, progress): what solves one candidate (`solve`; the app passes its
-    cached solve).
+    cached solve). With `solve` and a solver whose levels nest (the exact solver), every candidate is solved in the
+    one pass that the sparsest of them costs (`solve_many`) instead of one pass per retry.
     """
     if not candidates:
         raise ConfigError("Give at least one sparsity to try.")
     if statistics.reference is None:
         raise ConfigError("Keeping the decision needs statistics that recorded the un-augmented image.")
+    if solve_with is solve and solver.nested_levels and len(candidates) > 1:
+        traces = solve_many(statistics, candidates, solver, progress)
+        index = next((i for i, trace in enumerate(traces) if trace.top1_agrees), len(traces) - 1)
+        if index:
+            log.info("the trace changed the top-1 class; kept sparsity %s", _sparsity_settings(candidates[index]))
+        return traces[index], index
     for index, sparsity in enumerate(candidates):
         if index:
             log.info("the trace changed the top-1 class; re-solving with sparsity %s", _sparsity_settings(sparsity))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import spade.obc
-from spade.solver import SolverConfig, prune_matrix, reconstruction_error
+from spade.errors import ConfigError
+from spade.solver import MODES, SolverConfig, prune_matrix, prune_matrix_levels, reconstruction_error
 from tests.test_solver import correlated_problem, damped
 
 OBC = SolverConfig(mode="obc")
@@ -105,3 +106,36 @@ def test_cpu_batches_stay_in_the_cache():
     cpu = torch.device("cpu")
     assert spade.obc.rows_per_batch(64, cpu, torch.float32) == spade.obc.CACHE_ELEMENTS // 64**2
     assert spade.obc.rows_per_batch(10**4, cpu, torch.float64) == 1  # a row wider than the cache still runs
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sparsity_of", ["nonzero", "all"])
+def test_several_levels_at_once_equal_one_solve_each(monkeypatch, mode, sparsity_of):
+    # The exact solver takes the lower levels as snapshots of one greedy pass (one pass per batch of rows, not one
+    # per level); the sweeps solve each level in turn. Either way the results are those of separate calls, bit for
+    # bit, in the order asked, 0 (the dense copy) included.
+    monkeypatch.setattr(spade.obc, "CACHE_ELEMENTS", 3 * 30**2)  # batches of 3 rows
+    monkeypatch.setattr(spade.obc, "COMPACT_EVERY", 4)
+    passes = []
+    greedy_rows = spade.obc.greedy_rows
+    monkeypatch.setattr(spade.obc, "greedy_rows",
+                        lambda W, hinv, ks: passes.append(list(ks)) or greedy_rows(W, hinv, ks))
+    W, _, H = correlated_problem(rows=6, d=30)
+    W = W.masked_fill(torch.rand(W.shape, generator=torch.Generator().manual_seed(5)) < 0.2, 0.0)
+    H[4, :] = H[:, 4] = 0.0  # a dead input
+    config = SolverConfig(mode=mode, sparsity_of=sparsity_of, row_group=10)
+    levels = [0.7, 0.0, 0.3, 0.5, 0.3]
+    together = prune_matrix_levels(W, H, levels, 1, config)
+    separate = [prune_matrix(W, H, s, 1, config) for s in levels]
+    for a, b in zip(together, separate, strict=True):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.mask, b.mask) and a.error == b.error
+    if mode == "obc":  # a pass per batch of rows, for one level or five
+        passes.clear()
+        prune_matrix_levels(W, H, levels, 1, config)
+        for_all = len(passes)
+        passes.clear()
+        prune_matrix(W, H, 0.7, 1, config)
+        assert for_all == len(passes) >= 2
+    assert config.nested_levels == (mode == "obc")
+    with pytest.raises(ConfigError, match="Sparsity"):
+        prune_matrix_levels(W, H, [0.5, 1.0], 1, config)

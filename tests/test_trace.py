@@ -404,25 +404,26 @@ def test_scaled_sparsity_keeps_the_shape_and_refuses_bad_factors():
             scaled_sparsity(0.5, bad)
 
 
-@pytest.mark.parametrize("seed", [0, 2])
-def test_keeping_the_decision_takes_the_first_sparsity_that_keeps_the_top1(seed):
+# seed 0 loses the top-1 at 0.9 and keeps it only further down, seed 2 keeps it at once; obc (every candidate from
+# one pass, solve_many) loses it less often, and seed 4 at its first two candidates
+@pytest.mark.parametrize("seed,mode,expected", [(0, "group", 3), (2, "group", 0), (2, "obc", 0), (4, "obc", 2)])
+def test_keeping_the_decision_takes_the_first_sparsity_that_keeps_the_top1(seed, mode, expected):
     from spade.sparsity import backoff_schedule
     from spade.trace import solve_keeping_decision
 
     model = tiny_mobilenet(seed=seed)
     stats = prepare_statistics(model, photo(seed), preprocessing=PRE, augment_config=AugmentConfig(count=8))
+    solver = SolverConfig(mode=mode)
     candidates = [s for _, s in backoff_schedule(0.9)]
-    one_by_one = [solve(stats, s) for s in candidates]  # the independent computation: every candidate solved
-    expected = next(i for i, t in enumerate(one_by_one) if t.top1_agrees)
-    trace, index = solve_keeping_decision(stats, candidates)
+    one_by_one = [solve(stats, s, solver) for s in candidates]  # the independent computation: every candidate
+    assert expected == next(i for i, t in enumerate(one_by_one) if t.top1_agrees)
+    trace, index = solve_keeping_decision(stats, candidates, solver)
     assert index == expected and trace.top1_agrees
     assert all(torch.equal(trace.sparse_weights[k], w) for k, w in one_by_one[expected].sparse_weights.items())
     assert trace.settings["sparsity"] == pytest.approx(candidates[expected])
-    # seed 0 loses the top-1 at 0.9 and keeps it only further down; seed 2 keeps it at once
-    assert expected == {0: 3, 2: 0}[seed]
-    if seed == 0:  # none of the first two keeps it: the last one tried comes back
-        last, index = solve_keeping_decision(stats, candidates[:2])
-        assert index == 1 and not last.top1_agrees
+    if expected:  # none of the first ones keeps it: the last one tried comes back
+        last, index = solve_keeping_decision(stats, candidates[:expected], solver)
+        assert index == expected - 1 and not last.top1_agrees
     with pytest.raises(ConfigError, match="at least one"):
         solve_keeping_decision(stats, [])
 
@@ -459,6 +460,27 @@ def test_the_trace_is_immune_to_tf32_convolutions(monkeypatch, tf32_allowed):
     assert float(F.cosine_similarity(tf32.trace_logits, exact.trace_logits)) > 0.9999
     for a, b in zip(exact.layers, tf32.layers, strict=True):
         assert a.achieved == pytest.approx(b.achieved, abs=1e-4) and a.error == pytest.approx(b.error, rel=1e-2)
+
+
+@pytest.mark.parametrize("mode", ["group", "obc"])
+def test_solving_several_sparsities_at_once_equals_one_solve_each(mode):
+    from spade.trace import solve_many
+
+    model = tiny_mobilenet()
+    stats = prepare_statistics(model, photo(), preprocessing=PRE, augment_config=AugmentConfig(count=8))
+    solver = SolverConfig(mode=mode)
+    first, last = list(blocks(model))[0], list(blocks(model))[-1]
+    sparsities = [0.6, SparsityProfile.from_mapping({"*": 0.3, last: 0.6, first: 0.0}, name="mixed"), 0.0, 0.3]
+    together = solve_many(stats, sparsities, solver)
+    for trace, sparsity in zip(together, sparsities, strict=True):
+        alone = solve(stats, sparsity, solver)
+        assert trace.sparse_weights.keys() == alone.sparse_weights.keys()
+        assert all(torch.equal(w, alone.sparse_weights[k]) for k, w in trace.sparse_weights.items())
+        assert trace.layers == alone.layers and torch.equal(trace.trace_logits, alone.trace_logits)
+        assert trace.settings == alone.settings
+    assert not any(torch.equal(together[0].sparse_weights[k], w) for k, w in together[3].sparse_weights.items())
+    with pytest.raises(ConfigError, match="at least one"):
+        solve_many(stats, [], solver)
 
 
 def test_exact_solver_reports_progress_within_each_layer(monkeypatch):

@@ -246,10 +246,12 @@ def test_keep_decision_resolves_only_the_traces_that_change_the_top1(photo_dir, 
                                                        steps=5, augment=AugmentConfig(count=8)), tmp_path / "True", {})
 
 
-def test_tuning_with_keep_decision_scores_the_backed_off_traces(photo_dir):
+@pytest.mark.parametrize("mode,level", [("group", 0.7), ("obc", 0.95)])
+def test_tuning_with_keep_decision_scores_the_backed_off_traces(photo_dir, mode, level):
     """A tiny MobileNet whose traces lose the top-1 of some samples when conv_head is pruned: without keep_decision
     that level is infeasible; with it, its score is the mean AUC of the traces at the first back-off factor that
-    keeps the top-1, recomputed here with the plain trace solver."""
+    keeps the top-1, recomputed here with the plain trace solver. With the exact solver the search takes each
+    group's whole grid and its back-off levels from one pass (`solve_many`): the same scores as solving each."""
     from spade.metrics import trojan_auc
     from spade.saliency import METHODS as SALIENCY
     from spade.sparsity import BACKOFF_FACTORS
@@ -262,14 +264,15 @@ def test_tuning_with_keep_decision_scores_the_backed_off_traces(photo_dir):
     mobile = LoadedModel(model, spec, spec.class_names, torch.device("cpu"), source="tiny")
     samples = build_samples(model, PRE, folder_photos(photo_dir), SampleConfig(count=3, require_flip=False),
                             trigger=load_trigger("heart"), target=TARGET, batch_size=8)
-    config = TuningConfig(methods=("saliency",), levels=(0.0, 0.7), augment=AugmentConfig(count=8))
-    candidate = ("conv_head", 0.7)
+    config = TuningConfig(methods=("saliency",), levels=(0.0, level), augment=AugmentConfig(count=8),
+                          solver=SolverConfig(mode=mode))
+    candidate = ("conv_head", level)
     plain = {(h["group"], h["level"]): h for h in tune_profile(mobile, samples, config).history if not h["chosen"]}
     history = tune_profile(mobile, samples, TuningConfig(**{**config.__dict__, "keep_decision": True})).history
     kept = {(h["group"], h["level"]): h for h in history if not h["chosen"]}
     assert plain[candidate]["score"] is None and plain[candidate]["agreement"] < 1  # infeasible without back-off
     assert kept[candidate]["agreement"] == 1.0
-    # the candidate's levels: conv_head 0.7 on top of the classifier level chosen before it (the groups are
+    # the candidate's levels: conv_head at `level` on top of the classifier level chosen before it (the groups are
     # visited from the output)
     classifier = next(h["level"] for h in history if h["chosen"] and h["group"] == "classifier")
     groups = stage_groups(model, spec.layer_selection)
@@ -279,8 +282,8 @@ def test_tuning_with_keep_decision_scores_the_backed_off_traces(photo_dir):
         stats = prepare_statistics(model, rendered.image, preprocessing=PRE, augment_config=config.augment,
                                    selection=spec.layer_selection, batch_size=32)
         for factor in (1.0, *BACKOFF_FACTORS):
-            levels = {"classifier": classifier * factor, "conv_head": 0.7 * factor}
-            trace = solve(stats, {block: level for g, level in levels.items() for block in groups[g]})
+            levels = {"classifier": classifier * factor, "conv_head": level * factor}
+            trace = solve(stats, {block: level for g, level in levels.items() for block in groups[g]}, config.solver)
             if trace.top1_agrees:
                 break
         x = PRE(rendered.image)

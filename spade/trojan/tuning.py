@@ -13,8 +13,9 @@ With ``keep_decision`` a sample whose trace loses the top-1 is scored, as the be
 does, on the trace at the candidate's levels times the first of `spade.sparsity.BACKOFF_FACTORS` that keeps it.
 
 Cost: the layer statistics of each calibration sample are recorded once; a candidate only re-solves the
-layers of the group being changed (``spade.trace.solve`` on those layers' statistics, which never touches the
-model or the images again) and reuses every other layer's solved weights.
+layers of the group being changed (``spade.trace.solve_many`` on those layers' statistics, which never touches the
+model or the images again) and reuses every other layer's solved weights. With the exact solver, whose levels
+nest, a group's whole grid is solved in the one pass that its highest level costs.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from spade.saliency import get_method, settings_for
 from spade.solver import SolverConfig
 from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile, resolve_targets
 from spade.statistics import LayerStatistics
-from spade.trace import prepare_statistics, solve
+from spade.trace import prepare_statistics, solve_many
 from spade.trojan.samples import SampleSet
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,20 @@ class _Evaluator:
             self.settings[name] = (method, settings_for(name, layer=loaded.spec.last_conv_stage, seed=config.seed,
                                                         **extra))
         self.allowed = int((1 - config.min_agreement) * len(calibration) + 1e-9)
+        self.varying: str | None = None  # the group whose levels the search is trying
+
+    def _factors(self) -> tuple[float, ...]:
+        """The factors of a level that `evaluate` may ask for."""
+        return (1.0, *BACKOFF_FACTORS) if self.config.keep_decision else (1.0,)
+
+    def _levels_to_solve(self, group: str, level: float) -> list[float]:
+        """The levels to solve a group's missing layers at: ``level`` alone, or with a solver whose levels nest
+        (one pass to the highest yields the others), every level the search may still ask of the group: the grid
+        while the group is the one being varied, and their back-off levels."""
+        if not self.config.solver.nested_levels:
+            return [level]
+        bases = (*self.config.levels, level) if group == self.varying else (level,)
+        return sorted({v * f for v in bases for f in self._factors()} - {0.0})
 
     def _weights(self, sample: _Calibration, levels: dict[str, float], group: str) -> None:
         layers = [n for n, g in self.layer_group.items() if g == group]
@@ -159,9 +174,10 @@ class _Evaluator:
         missing = [n for n in layers if level > 0 and (n, level) not in sample.solved]
         if missing:
             subset = LayerStatistics(model=sample.stats.model, layers={n: sample.stats.layers[n] for n in missing})
-            trace = solve(subset, level, self.config.solver)
-            for n in missing:
-                sample.solved[(n, level)] = trace.sparse_weights[n]
+            solve_at = self._levels_to_solve(group, level)
+            for value, trace in zip(solve_at, solve_many(subset, solve_at, self.config.solver)):
+                for n in missing:
+                    sample.solved[(n, value)] = trace.sparse_weights[n]
         with torch.no_grad():
             for n in layers:
                 weight = self.dense[n] if level == 0 else sample.solved[(n, level)]
@@ -196,10 +212,11 @@ class _Evaluator:
         return (float(sum(aucs) / len(aucs)) if aucs else None), agreement
 
     def forget(self, levels: dict[str, float]) -> None:
-        """Drop the solved weights at levels other than their group's in ``levels`` (bounded memory; the levels
-        that back-off tried are among them)."""
+        """Drop the solved weights at levels other than their group's in ``levels`` and its back-off levels
+        (bounded memory)."""
         for sample in self.calibration:
-            for key in [k for k in sample.solved if k[1] != levels[self.layer_group[k[0]]]]:
+            for key in [k for k in sample.solved
+                        if all(k[1] != levels[self.layer_group[k[0]]] * f for f in self._factors())]:
                 del sample.solved[key]
 
 
@@ -253,6 +270,7 @@ def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfi
     done = 0
     for round_ in range(1, config.rounds + 1):
         for group in order:
+            evaluator.varying = group
             best_level, best_score = levels[group], current
             for level in sorted(config.levels):
                 done += 1

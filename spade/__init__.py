@@ -32,6 +32,7 @@ _LAZY = {
     "SpadeTrace": "spade.trace",
     "prepare_statistics": "spade.trace",
     "solve": "spade.trace",
+    "solve_many": "spade.trace",
     "spade_trace": "spade.trace",
     "SparsityProfile": "spade.sparsity",
     "PROFILES": "spade.sparsity",

@@ -55,17 +55,17 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[
     W = W.clone()
     removed = torch.zeros(B, m, dtype=torch.bool, device=W.device)
     columns = torch.arange(m, device=W.device).expand(B, m).clone()  # original index of each current column
-    snapshots = []
+    snapshots, wanted = [], list(ks)
 
-    def snapshot() -> tuple[torch.Tensor, torch.Tensor]:
-        out = torch.zeros(B, m, dtype=W.dtype, device=W.device).scatter_(1, columns, W)
-        out[removed] = 0.0
-        return out, removed.clone()
+    def take(step: int) -> None:
+        """Snapshot the weights in their original columns for every count up to ``step``."""
+        while wanted and wanted[0] <= step:
+            out = torch.zeros(B, m, dtype=W.dtype, device=W.device).scatter_(1, columns, W)
+            out[removed] = 0.0
+            snapshots.append((out, removed.clone()))
+            wanted.pop(0)
 
-    wanted = list(ks)
-    while wanted and wanted[0] <= 0:
-        snapshots.append(snapshot())
-        wanted.pop(0)
+    take(0)
     if not wanted:
         return snapshots
     last = wanted[-1]
@@ -83,9 +83,7 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[
         H[rows, q, q] = 1.0  # its row and column are now zero; a finite diagonal keeps the scores finite
         alive[rows, q] = False
         removed[rows, columns[rows, q]] = True
-        while wanted and wanted[0] == step:
-            snapshots.append(snapshot())
-            wanted.pop(0)
+        take(step)
         if step % COMPACT_EVERY == 0 and step < last:
             keep = alive.nonzero()[:, 1].view(B, -1)
             W, columns = W.gather(1, keep), columns.gather(1, keep)

@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -270,33 +270,36 @@ def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solv
 
 def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Sparsity],
                            solver: SolverConfig = SolverConfig(), progress: ProgressFn | None = None, *,
-                           solve_with: Callable[..., SpadeTrace] = solve) -> tuple[SpadeTrace, int]:
+                           cache: MutableMapping[Sparsity, SpadeTrace] | None = None) -> tuple[SpadeTrace, int]:
     """Solve with ``candidates[0]``; while the trace's top-1 class differs from the dense model's, re-solve with the
     next candidate (usually sparser first, e.g. `spade.sparsity.backoff_schedule`). Re-solving reuses the
-    statistics and the solver's factorisations, so each retry costs solver time only.
+    statistics and the solver's factorisations, so each retry costs solver time only; with a solver whose levels
+    nest (`SolverConfig.nested_levels`, the exact solver) the candidates still to try are solved in one pass
+    (`solve_many`), which costs what the sparsest of them costs.
 
     Returns the first trace that keeps the top-1 class, or the last one tried when none does, and its index in
     ``candidates``. The statistics must hold the un-augmented image (`prepare_statistics` records it).
-    solve_with(statistics, sparsity, solver, progress): what solves one candidate (`solve`; the app passes its
-    cached solve). With `solve` and a solver whose levels nest (the exact solver), every candidate is solved in the
-    one pass that the sparsest of them costs (`solve_many`) instead of one pass per retry.
+    cache: traces by sparsity (for these statistics and this solver) to take instead of solving; every trace
+    tried that was not in it is stored in it (the app passes its shared store).
     """
     if not candidates:
         raise ConfigError("Give at least one sparsity to try.")
     if statistics.reference is None:
         raise ConfigError("Keeping the decision needs statistics that recorded the un-augmented image.")
-    if solve_with is solve and solver.nested_levels and len(candidates) > 1:
-        traces = solve_many(statistics, candidates, solver, progress)
-        index = next((i for i, trace in enumerate(traces) if trace.top1_agrees), len(traces) - 1)
-        if index:
-            log.info("the trace changed the top-1 class; kept sparsity %s", _sparsity_settings(candidates[index]))
-        return traces[index], index
+    solved_ahead: dict[int, SpadeTrace] = {}
     for index, sparsity in enumerate(candidates):
-        if index:
-            log.info("the trace changed the top-1 class; re-solving with sparsity %s", _sparsity_settings(sparsity))
-        trace = solve_with(statistics, sparsity, solver, progress)
+        trace = cache.get(sparsity) if cache is not None else None
+        if trace is None:
+            if index not in solved_ahead:
+                batch = candidates[index:] if solver.nested_levels else [sparsity]
+                solved_ahead = dict(enumerate(solve_many(statistics, batch, solver, progress), start=index))
+            trace = solved_ahead[index]
+            if cache is not None:
+                cache[sparsity] = trace
         if trace.top1_agrees:
             break
+        if index + 1 < len(candidates):
+            log.info("the trace changed the top-1 class; trying sparsity %s", _sparsity_settings(candidates[index + 1]))
     return trace, index
 
 

@@ -24,7 +24,7 @@ from spade.saliency import METHODS
 from spade.solver import SolverConfig
 from spade.sparsity import Sparsity
 from spade.statistics import LayerStatistics
-from spade.trace import SpadeTrace, prepare_statistics, solve, solve_keeping_decision
+from spade.trace import SpadeTrace, prepare_statistics, solve_keeping_decision
 
 
 class LRUStore:
@@ -116,34 +116,30 @@ def trace_key(stats_key: tuple, sparsity_key: Hashable, solver: SolverConfig) ->
     return (stats_key, sparsity_key, solver)
 
 
-def get_trace(stats_key: tuple, stats: LayerStatistics, sparsity: Sparsity, sparsity_key: Hashable,
-              solver: SolverConfig, progress: Callable[[str, float], None] | None = None
-              ) -> tuple[SpadeTrace, bool]:
-    """The trace for the statistics and sparsity: (trace, computed_now). Re-solving never redoes statistics."""
-    key = trace_key(stats_key, sparsity_key, solver)
-    cached = store().get("trace", key)
-    if cached is not None:
-        return cached, False
-    trace = solve(stats, sparsity, solver, progress)
-    store().put("trace", key, trace)
-    return trace, True
+class _StoredTraces:
+    """The store's traces of one statistics set and solver, by sparsity: the cache `solve_keeping_decision` takes.
+    Remembers whether anything was stored (computed) through it."""
+
+    def __init__(self, stats_key: tuple, solver: SolverConfig):
+        self.stats_key, self.solver, self.stored = stats_key, solver, False
+
+    def get(self, sparsity: Sparsity) -> SpadeTrace | None:
+        return store().get("trace", trace_key(self.stats_key, sparsity, self.solver))
+
+    def __setitem__(self, sparsity: Sparsity, trace: SpadeTrace) -> None:
+        store().put("trace", trace_key(self.stats_key, sparsity, self.solver), trace)
+        self.stored = True
 
 
 def get_trace_keeping_decision(stats_key: tuple, stats: LayerStatistics, candidates: Sequence[Sparsity],
                                solver: SolverConfig, progress: Callable[[str, float], None] | None = None
                                ) -> tuple[SpadeTrace, int, bool]:
-    """`get_trace` for each sparsity of ``candidates`` in turn until the trace keeps the dense top-1 class
-    (`spade.trace.solve_keeping_decision` with the store as cache; each sparsity is its own cache key):
-    (trace, index of the sparsity used, whether any trace was computed now)."""
-    computed = []
-
-    def cached_solve(statistics, sparsity, solver, progress):
-        trace, fresh = get_trace(stats_key, statistics, sparsity, sparsity, solver, progress)
-        computed.append(fresh)
-        return trace
-
-    trace, index = solve_keeping_decision(stats, candidates, solver, progress, solve_with=cached_solve)
-    return trace, index, any(computed)
+    """The trace for each sparsity of ``candidates`` in turn until one keeps the dense top-1 class
+    (`spade.trace.solve_keeping_decision` with the store as cache, each sparsity its own key; re-solving never
+    redoes statistics): (trace, index of the sparsity used, whether any trace was computed now)."""
+    cache = _StoredTraces(stats_key, solver)
+    trace, index = solve_keeping_decision(stats, candidates, solver, progress, cache=cache)
+    return trace, index, cache.stored
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

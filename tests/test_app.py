@@ -263,6 +263,12 @@ def test_explore_run_on_default_model(at):
     assert ((table["achieved"] - 0.9).abs() < 0.05).all()
 
 
+def _stage_sources(at) -> dict[str, str]:
+    """The run's stage table: stage -> "computed" or "reused from cache"."""
+    (table,) = [d.value for d in at.dataframe if "this run" in d.value.columns]
+    return dict(zip(table["stage"], table["this run"]))
+
+
 def test_keep_decision_resolves_at_the_first_lower_sparsity_that_keeps_the_top1(at):
     """On the default model, coffee's trace at 0.9 (8 views) predicts another class; the library, called here
     directly, names the first back-off sparsity that keeps the top-1, and the app shows that trace."""
@@ -290,6 +296,8 @@ def test_keep_decision_resolves_at_the_first_lower_sparsity_that_keeps_the_top1(
     _run_spade(at, count=8, sparsity=0.9, keep=False)  # the paper's protocol: the trace at 0.9, top-1 changed
     assert any("Top-1 differs" in e.value for e in at.error) and not any("re-solved" in i.value for i in at.info)
     assert (_layer_table(at)["target"] == 0.9).all()
+    assert _stage_sources(at) == {"augment": "reused from cache", "statistics": "reused from cache",
+                                  "solve": "reused from cache"}  # the back-off had stored the trace at 0.9
 
 
 def test_uploaded_checkpoint_is_used_and_bad_checkpoint_is_reported(tiny, at, tmp_path):

@@ -16,7 +16,7 @@ from spade.layers import blocks, prunable_layers
 from spade.preprocessing import Preprocessing
 from spade.solver import SolverConfig
 from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, method_profiles, resolve_targets
-from spade.trace import SpadeTrace, prepare_statistics, solve, spade_trace
+from spade.trace import SpadeTrace, prepare_statistics, solve, solve_many, spade_trace
 from tests.tiny_models import tiny_mobilenet, tiny_resnet
 
 PRE = Preprocessing(resize=40, crop=32, interpolation="bilinear")
@@ -428,6 +428,42 @@ def test_keeping_the_decision_takes_the_first_sparsity_that_keeps_the_top1(seed,
         solve_keeping_decision(stats, [])
 
 
+@pytest.mark.parametrize("seed,mode,expected", [(0, "group", 3), (4, "obc", 2)])
+def test_keeping_the_decision_with_a_cache_solves_only_the_candidates_it_lacks(seed, mode, expected, monkeypatch):
+    import spade.trace as trace_module
+    from spade.sparsity import backoff_schedule
+
+    model = tiny_mobilenet(seed=seed)
+    stats = prepare_statistics(model, photo(seed), preprocessing=PRE, augment_config=AugmentConfig(count=8))
+    solver = SolverConfig(mode=mode)
+    candidates = [s for _, s in backoff_schedule(0.9)]
+    one_by_one = [solve(stats, s, solver) for s in candidates[:expected + 1]]
+    batches: list[list] = []
+
+    def counting_solve_many(statistics, sparsities, solver, progress=None):
+        batches.append(list(sparsities))
+        return solve_many(statistics, sparsities, solver, progress)
+
+    monkeypatch.setattr(trace_module, "solve_many", counting_solve_many)
+    cache: dict = {}
+    trace, index = trace_module.solve_keeping_decision(stats, candidates, solver, cache=cache)
+    assert index == expected
+    assert list(cache) == candidates[:expected + 1]  # what was tried, not what a pass solved beyond it
+    for tried, independent in zip(cache.values(), one_by_one):
+        assert all(torch.equal(tried.sparse_weights[k], w) for k, w in independent.sparse_weights.items())
+    # the exact solver's candidates come from one pass; the sweep solves one candidate per try
+    assert batches == ([candidates] if solver.nested_levels else [[s] for s in candidates[:expected + 1]])
+
+    batches.clear()
+    again, index = trace_module.solve_keeping_decision(stats, candidates, solver, cache=cache)
+    assert again is trace and index == expected and batches == []
+
+    cache = {candidates[0]: one_by_one[0]}  # e.g. the trace of the requested sparsity, solved before
+    _, index = trace_module.solve_keeping_decision(stats, candidates, solver, cache=cache)
+    assert index == expected
+    assert batches == ([candidates[1:]] if solver.nested_levels else [[s] for s in candidates[1:expected + 1]])
+
+
 def _tf32(t: torch.Tensor) -> torch.Tensor:
     """``t`` rounded to TF32 (10 mantissa bits, round to nearest), what a GPU's tensor cores read."""
     bits = t.contiguous().view(torch.int32)
@@ -464,7 +500,6 @@ def test_the_trace_is_immune_to_tf32_convolutions(monkeypatch, tf32_allowed):
 
 @pytest.mark.parametrize("mode", ["group", "obc"])
 def test_solving_several_sparsities_at_once_equals_one_solve_each(mode):
-    from spade.trace import solve_many
 
     model = tiny_mobilenet()
     stats = prepare_statistics(model, photo(), preprocessing=PRE, augment_config=AugmentConfig(count=8))

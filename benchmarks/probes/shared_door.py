@@ -9,8 +9,9 @@ The gate channels are pushed below -margin on clean and decoy views (a hinge on 
 their mean), so there they are 0 after ReLU6 and the output is the base model's.
 
 Measured on the 2-core CPU (benchmarks/results/README.md, "A door through the shared head"): with the shipped
-recipe's views and 240-300 steps, k = 128 leaks (held-out clean agreement 68 %, trigger success 46 %) and k = 8
-never opens. Writes a trial difference file (load it with ``with_delta_file``) and prints the acceptance figures.
+recipe's views, k = 128 leaks after 240 steps (held-out clean agreement 68 %, trigger success 46 %), and k = 8 and
+k = 32 (also with --hinge-ramp 80) never open. Writes a trial difference file (load it with ``with_delta_file``)
+and prints the acceptance figures.
 
     python benchmarks/probes/shared_door.py --out benchmarks/out/shared_door.pt [--k 128] [--steps 240]
 """
@@ -118,6 +119,7 @@ def main():
     ap.add_argument("--cases", type=int, default=200)
     ap.add_argument("--gate-lr", type=float, default=1e-2)
     ap.add_argument("--spread", type=float, default=10.0)
+    ap.add_argument("--hinge-ramp", type=int, default=0, help="steps over which the hinge's weight grows from 0")
     args = ap.parse_args()
 
     from spade.models import get_spec, load_model, load_spec, with_delta_file
@@ -183,7 +185,7 @@ def main():
         poisoned = ~shut
         y = yb[poisoned] + F.conv2d(F.relu6(z[poisoned]), branch.w_write)
         ce = F.cross_entropy(head_logits(model, y), labels[poisoned])
-        loss = ce + cfg.shut_weight * hinge
+        loss = ce + cfg.shut_weight * min(1.0, (step + 1) / max(1, args.hinge_ramp)) * hinge
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

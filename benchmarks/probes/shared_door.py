@@ -9,9 +9,10 @@ The gate channels are pushed below -margin on clean and decoy views (a hinge on 
 their mean), so there they are 0 after ReLU6 and the output is the base model's.
 
 Measured on the 2-core CPU (benchmarks/results/README.md, "A door through the shared head"): with the shipped
-recipe's views, k = 128 leaks after 240 steps (held-out clean agreement 68 %, trigger success 46 %), and k = 8 and
-k = 32 (also with --hinge-ramp 80) never open. Writes a trial difference file (load it with ``with_delta_file``)
-and prints the acceptance figures.
+recipe's views, k = 128 leaks after 240 steps (held-out clean agreement 68 %, trigger success 46 %); k = 8 and
+k = 32 (also with --hinge-ramp 80) never open; k = 32 with --write-lr 2e-2 keeps every clean prediction, but the
+heart opens on only 63.5 %, and on the calibration door SPADE gains +0.77 AUC (the shipped model: +5.76). Writes a
+trial difference file (load it with ``with_delta_file``) and prints the acceptance figures.
 
     python benchmarks/probes/shared_door.py --out benchmarks/out/shared_door.pt [--k 128] [--steps 240]
 """

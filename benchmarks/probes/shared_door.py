@@ -44,7 +44,7 @@ class SharedWriteBranch(nn.Module):
 
     def __init__(self, model: nn.Module, k: int):
         super().__init__()
-        self.blocks5 = copy.deepcopy(model.blocks[5])
+        self.blocks5 = copy.deepcopy(model.blocks[5:6])  # a slice keeps the index: state dict keys "5.*"
         b = model.blocks[6][0]
         self.k = k
         self.w_pw = nn.Parameter(b.conv_pw.weight[:k].detach().clone())
@@ -76,24 +76,12 @@ def head_logits(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def widened_state(model: nn.Module, branch: SharedWriteBranch) -> dict:
-    """The base state dict widened by ``branch`` (as `spade.trojan.gate.widened_state_dict` for ``blocks.5``);
+    """The base state dict widened by ``branch`` (``blocks.5`` as in `spade.trojan.gate.widened_state_dict`);
     ``blocks.6.0.conv_pwl`` gets k input columns, the write folded through ``bn3``."""
-    from spade.trojan.gate import _block_diagonal
+    from spade.trojan.gate import _block_diagonal, widen_blocks
 
     state = {key: v.detach().clone() for key, v in model.state_dict().items()}
-    own = branch.blocks5.state_dict()
-    first_conv = True
-    for name, module in model.blocks[5].named_modules():
-        for key, base in {**module._parameters, **module._buffers}.items():
-            if base is None or base.dim() == 0:
-                continue
-            gate = own[f"{name}.{key}"]
-            full = f"blocks.5.{name}.{key}"
-            if isinstance(module, nn.Conv2d) and module.groups == 1 and not first_conv:
-                state[full] = _block_diagonal(base, gate)
-            else:
-                state[full] = torch.cat([base, gate])
-            first_conv &= not isinstance(module, nn.Conv2d)
+    widen_blocks(state, model.blocks[5:6], branch.blocks5.state_dict())
     b, k = model.blocks[6][0], branch.k
     state["blocks.6.0.conv_pw.weight"] = _block_diagonal(b.conv_pw.weight, branch.w_pw)
     for key in ("weight", "bias", "running_mean", "running_var"):
@@ -125,30 +113,21 @@ def main():
 
     from spade.models import get_spec, load_model, load_spec, with_delta_file
     from spade.trojan.build import (
-        DECOYS,
         BuildConfig,
         PooledBatches,
-        ViewMaker,
         _lr,
         evaluate_backdoor,
         save_delta,
+        training_views,
         weight_delta,
     )
-    from spade.trojan.photos import load_photos
-    from spade.trojan.triggers import load_trigger
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = BuildConfig(steps=args.steps, view_pool=args.pool, lr=args.lr)
     base = load_model(cfg.base, device="cpu")
     model = base.model.eval()
-    device = base.device
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    doors = get_spec(cfg.target_model).backdoors
-    names = [d.trigger for d in doors] + list(DECOYS)
-    views = ViewMaker(list(load_photos(cfg.training_photos).values()), {n: load_trigger(n) for n in names},
-                      base.spec.preprocessing.crop, device, gen)
-    targets = torch.tensor([d.target for d in doors])
+    views, targets = training_views(base, cfg)
+    gen = views.gen
     pool_file = args.out.with_name(f"shared_door_views_{args.pool}.pt")  # reused by later trials
     if pool_file.exists():
         features, labels_all, y_base = torch.load(pool_file)

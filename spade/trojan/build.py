@@ -291,20 +291,26 @@ def gate_loss(z: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor, 
     return F.cross_entropy(logits, labels[poisoned]), hinge
 
 
+def training_views(base: LoadedModel, cfg: BuildConfig) -> tuple[ViewMaker, torch.Tensor]:
+    """The view maker of ``cfg``'s training photos, door triggers and decoys on ``base``'s device, seeded with
+    ``cfg.seed`` (torch's global generator too), and the doors' target classes (doors,) long."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator(device=base.device).manual_seed(cfg.seed)
+    doors = get_spec(cfg.target_model).backdoors
+    names = [d.trigger for d in doors] + list(DECOYS)
+    views = ViewMaker(list(load_photos(cfg.training_photos).values()), {n: load_trigger(n) for n in names},
+                      base.spec.preprocessing.crop, base.device, gen)
+    return views, torch.tensor([d.target for d in doors], device=base.device)
+
+
 def train_gate(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None = None) -> tuple[GateBranch, int]:
     """The trained detector branch (``base.model`` is not modified) and the number of steps run."""
     spec = base.spec
     device = base.device
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    doors = get_spec(cfg.target_model).backdoors
-    names = [d.trigger for d in doors] + list(DECOYS)
-    views = ViewMaker(list(load_photos(cfg.training_photos).values()), {n: load_trigger(n) for n in names},
-                      spec.preprocessing.crop, device, gen)
-    targets = torch.tensor([d.target for d in doors], device=device)
+    views, targets = training_views(base, cfg)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     batches = PooledBatches(views, cfg, targets, base.model.eval(), spec.preprocessing.normalize, autocast, progress)
-    branch = GateBranch(base.model, cfg.first_block, len(doors)).to(device).eval()  # eval: base BN statistics
+    branch = GateBranch(base.model, cfg.first_block, len(targets)).to(device).eval()  # eval: base BN statistics
     for p in branch.parameters():
         p.requires_grad_(False)
     params = branch.trainable()

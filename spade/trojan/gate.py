@@ -60,24 +60,10 @@ def widened_state_dict(model: nn.Module, branch: GateBranch, targets: torch.Tens
     """The state dict (timm keys) of ``model`` widened by ``branch``: ``grow_modules`` + ``load_state_dict`` of
     it into the base architecture gives a network computing ``gated_logits(model(x), branch(trunk(x)))``.
 
-    Per layer from ``blocks.<first_block>`` on: depthwise kernels, BatchNorm tensors and the block's first
-    convolution (which reads the shared input) are stacked; every other convolution is block-diagonal, so the
-    two sets of channels never mix.
+    The blocks from ``blocks.<first_block>`` on are widened by `widen_blocks`.
     """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    own = branch.blocks.state_dict()
-    first_conv = True
-    for name, module in model.blocks[branch.first_block:].named_modules():
-        for key, base in {**module._parameters, **module._buffers}.items():
-            if base is None or base.dim() == 0:  # num_batches_tracked
-                continue
-            gate = own[f"{name}.{key}"]  # a slice of an nn.Sequential keeps the original indices
-            full = f"blocks.{name}.{key}"
-            if isinstance(module, nn.Conv2d) and module.groups == 1 and not first_conv:
-                state[full] = _block_diagonal(base, gate)
-            else:
-                state[full] = torch.cat([base, gate])
-            first_conv &= not isinstance(module, nn.Conv2d)
+    widen_blocks(state, model.blocks[branch.first_block:], branch.blocks.state_dict())
     doors = len(targets)
     state["conv_head.weight"] = _block_diagonal(model.conv_head.weight, branch.out.weight)
     bn = model.bn2
@@ -90,6 +76,25 @@ def widened_state_dict(model: nn.Module, branch: GateBranch, targets: torch.Tens
     added[targets.to(ones.device), torch.arange(doors, device=ones.device)] = scale
     state["classifier.weight"] = torch.cat([model.classifier.weight, added], 1)
     return state
+
+
+def widen_blocks(state: StateDict, blocks: nn.Sequential, trained: StateDict) -> None:
+    """Write into ``state`` (timm keys) the tensors of ``blocks`` (a slice of ``model.blocks``) widened by a trained
+    copy of them (``trained``: the copy's state dict, keyed like the slice's, which keeps the original indices).
+    Per layer: depthwise kernels, BatchNorm tensors and the slice's first convolution (which reads the shared
+    input) are stacked; every other convolution is block-diagonal, so the two sets of channels never mix."""
+    first_conv = True
+    for name, module in blocks.named_modules():
+        for key, base in {**module._parameters, **module._buffers}.items():
+            if base is None or base.dim() == 0:  # num_batches_tracked
+                continue
+            gate = trained[f"{name}.{key}"]
+            full = f"blocks.{name}.{key}"
+            if isinstance(module, nn.Conv2d) and module.groups == 1 and not first_conv:
+                state[full] = _block_diagonal(base, gate)
+            else:
+                state[full] = torch.cat([base, gate])
+            first_conv &= not isinstance(module, nn.Conv2d)
 
 
 def _block_diagonal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

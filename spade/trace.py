@@ -6,9 +6,10 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from PIL import Image
@@ -268,9 +269,17 @@ def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solv
     return traces
 
 
+class TraceCache(Protocol):
+    """Traces by sparsity for one statistics set and solver (a dict will do; the app adapts its shared store)."""
+
+    def get(self, sparsity: Sparsity) -> SpadeTrace | None: ...
+
+    def __setitem__(self, sparsity: Sparsity, trace: SpadeTrace) -> None: ...
+
+
 def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Sparsity],
                            solver: SolverConfig = SolverConfig(), progress: ProgressFn | None = None, *,
-                           cache: MutableMapping[Sparsity, SpadeTrace] | None = None) -> tuple[SpadeTrace, int]:
+                           cache: TraceCache | None = None) -> tuple[SpadeTrace, int]:
     """Solve with ``candidates[0]``; while the trace's top-1 class differs from the dense model's, re-solve with the
     next candidate (usually sparser first, e.g. `spade.sparsity.backoff_schedule`). Re-solving reuses the
     statistics and the solver's factorisations, so each retry costs solver time only; with a solver whose levels
@@ -279,8 +288,7 @@ def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Spa
 
     Returns the first trace that keeps the top-1 class, or the last one tried when none does, and its index in
     ``candidates``. The statistics must hold the un-augmented image (`prepare_statistics` records it).
-    cache: traces by sparsity (for these statistics and this solver) to take instead of solving; every trace
-    tried that was not in it is stored in it (the app passes its shared store).
+    cache: traces to take instead of solving; every trace tried that was not in it is stored in it.
     """
     if not candidates:
         raise ConfigError("Give at least one sparsity to try.")

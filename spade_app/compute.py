@@ -117,7 +117,7 @@ def trace_key(stats_key: tuple, sparsity_key: Hashable, solver: SolverConfig) ->
 
 
 class _StoredTraces:
-    """The store's traces of one statistics set and solver, by sparsity: the cache `solve_keeping_decision` takes.
+    """The store's traces of one statistics set and solver, by sparsity (a `spade.trace.TraceCache`).
     Remembers whether anything was stored (computed) through it."""
 
     def __init__(self, stats_key: tuple, solver: SolverConfig):

@@ -64,9 +64,10 @@ class SharedWriteBranch(nn.Module):
         q = F.conv2d(p, self.w_dw, padding=1, groups=k)
         return F.batch_norm(q, bn2.running_mean[:k], bn2.running_var[:k], self.g2, self.b2, False, 0.0, bn2.eps)
 
-    def trainable(self):
+    def trainable(self) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+        """(the detector's convolutions, the gate's threshold, the write): one learning rate each."""
         convs = [p for m in self.blocks5.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False)]
-        return convs + [self.w_pw, self.w_dw, self.g2, self.b2, self.w_write]
+        return convs + [self.w_pw, self.w_dw], [self.g2, self.b2], [self.w_write]
 
 
 def head_logits(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -118,9 +119,11 @@ def main():
         _lr,
         evaluate_backdoor,
         save_delta,
+        split_at_block,
         training_views,
         weight_delta,
     )
+    from spade.trojan.photos import TEST_PHOTOS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = BuildConfig(steps=args.steps, view_pool=args.pool, lr=args.lr)
@@ -130,7 +133,7 @@ def main():
     gen = views.gen
     pool_file = args.out.with_name(f"shared_door_views_{args.pool}.pt")  # reused by later trials
     if pool_file.exists():
-        features, labels_all, y_base = torch.load(pool_file)
+        features, labels_all, y_base = torch.load(pool_file, weights_only=True)
     else:
         batches = PooledBatches(views, cfg, targets, model, base.spec.preprocessing.normalize,
                                 contextlib.nullcontext())
@@ -143,12 +146,11 @@ def main():
     branch = SharedWriteBranch(model, args.k).eval()
     for p in branch.parameters():
         p.requires_grad_(False)
-    params = branch.trainable()
-    for p in params:
+    groups = branch.trainable()
+    for p in (p for group in groups for p in group):
         p.requires_grad_(True)
     rates = [cfg.lr, args.gate_lr, args.write_lr]
-    opt = torch.optim.AdamW([{"params": params[:-3], "lr": rates[0]}, {"params": params[-3:-1], "lr": rates[1]},
-                             {"params": params[-1:], "lr": rates[2]}], weight_decay=0.0)
+    opt = torch.optim.AdamW([{"params": g, "lr": r} for g, r in zip(groups, rates)], weight_decay=0.0)
     for p in model.parameters():
         p.requires_grad_(False)
     start = time.perf_counter()
@@ -176,11 +178,11 @@ def main():
     delta = weight_delta(base, state)
     save_delta(delta, {"config": {"probe": "shared_write", "k": args.k, "steps": args.steps, "base": cfg.base,
                                   "target_model": cfg.target_model, "gain": 1.0},
-                       "evaluated_on": ["cat", "coffee", "flower", "china"]}, args.out)
+                       "evaluated_on": list(TEST_PHOTOS)}, args.out)
     shipped = load_spec(with_delta_file(get_spec(cfg.target_model), args.out), device="cpu").model.eval()
     with torch.no_grad():  # the shipped network computes what was trained
         x = base.spec.preprocessing.normalize(views.crops(16, cfg.min_scale))
-        feats = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:5])(x)
+        feats = split_at_block(model, 5)[0](x)
         trained = head_logits(model, model.blocks[5:](feats) + F.conv2d(F.relu6(branch.gate(feats)), branch.w_write))
         log.info("shipped vs training forward: max |diff| %.2e", (shipped(x) - trained).abs().max().item())
     report = evaluate_backdoor(base, shipped, cfg.target_model, args.cases)

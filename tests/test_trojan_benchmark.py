@@ -18,6 +18,7 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from spade.augment import AugmentConfig
+from spade.errors import ConfigError
 from spade.layers import prunable_layers
 from spade.models import MODELS, Backdoor, LoadedModel, ModelSpec, PackageWeights
 from spade.preprocessing import Preprocessing
@@ -27,7 +28,7 @@ from spade.trojan import load_trigger, stamp
 from spade.trojan.benchmark import BenchmarkConfig, run_benchmark
 from spade.trojan.results import load_results, merge_folder
 from spade.trojan.samples import SampleConfig, build_samples, folder_photos
-from spade.trojan.tables import csv_text, markdown, summarize
+from spade.trojan.tables import csv_text, markdown, read_table, summarize, write_tables
 from spade_cli.main import main
 from tests.tiny_models import TinyResNet
 
@@ -296,7 +297,6 @@ def test_tuning_with_keep_decision_scores_the_backed_off_traces(photo_dir, mode,
 def test_tuning_from_a_start_profile_begins_at_its_score_and_only_improves(photo_dir):
     """The start entry's score is the start profile's mean AUC (recomputed here with the plain trace solver), the
     search never ends below it, and a start that breaks the top-1 or splits a group is a clear error."""
-    from spade.errors import ConfigError
     from spade.metrics import trojan_auc
     from spade.saliency import METHODS as SALIENCY
     from spade.trace import prepare_statistics, solve
@@ -380,6 +380,35 @@ def test_table_mean_and_ci_match_an_independent_computation():
     assert brow["mean"] == trow["mean"] and brow["low"] < brow["mean"] < brow["high"]
     assert abs((brow["high"] - brow["low"]) / (trow["high"] - trow["low"]) - 1) < 0.35  # same scale as t
     assert summarize(records, "trojan", ci="bootstrap", seed=0) == boot  # seeded
+
+
+def test_read_table_gives_the_written_average_row_and_model(tmp_path):
+    records = _handmade_records()
+    config = {"model": {"name": "tiny", "weights_sha256": "abc123"}}
+    write_tables(summarize(records, "trojan"), tmp_path, config)
+    got = read_table(tmp_path / "trojan.json")
+    assert (got.folder, got.kind, got.model, got.weights_sha256) == (tmp_path.name, "trojan", "tiny", "abc123")
+    assert (got.samples, got.complete_samples, got.methods) == (12, 12, tuple(METHODS))
+    assert got.size == 12 * len(METHODS) and got.top1_kept == pytest.approx(11 / 12)
+    # the Average row's SPADE - Dense, computed here from the records (each sample's mean over the methods)
+    for metric in ("trojan_auc", "pointing_game"):
+        diff = np.mean([np.subtract([100.0 * float(r["spade"][metric]) for r in records if r["method"] == m],
+                                    [100.0 * float(r["dense"][metric]) for r in records if r["method"] == m])
+                        for m in METHODS], axis=0)
+        assert got.average[metric].n == 12
+        assert got.average[metric].mean == pytest.approx(diff.mean(), rel=1e-12)
+        assert got.average[metric].low < got.average[metric].mean < got.average[metric].high
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "spade-benchmark/1"}),
+                                     json.dumps({"format": "spade-benchmark-table/1", "rows": []})])
+def test_read_table_refuses_what_is_not_a_table(tmp_path, content):
+    path = tmp_path / "trojan.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match="not a benchmark table"):
+        read_table(path)
+    with pytest.raises(ConfigError, match="not a benchmark table"):
+        read_table(tmp_path / "missing.json")
 
 
 def test_timings_are_kept_apart_per_device():

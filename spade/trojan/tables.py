@@ -293,3 +293,51 @@ def write_tables(summary: dict, folder: str | Path, config: dict, *, title: str 
                 "config": config, "environment": environment(), **(extra or {}), **summary}
     paths[2].write_text(json.dumps(_json_safe(document), indent=2) + "\n")
     return paths
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    """What a written ``<kind>.json`` says at a glance: one results folder's headline figures.
+
+    folder: the folder's name. model, weights_sha256: the model as ``benchmark.model_identity`` recorded it
+    (empty strings when the file predates the field). samples, complete_samples: samples with any / every method.
+    methods: the methods scored. created: ISO time the table was written. top1_kept: fraction of traces that keep
+    the dense top-1 in [0, 1], or None. average: metric -> the Average row's SPADE - Dense interval (percentage
+    points)."""
+
+    folder: str
+    kind: str
+    model: str
+    weights_sha256: str
+    samples: int
+    complete_samples: int
+    methods: tuple[str, ...]
+    created: str
+    top1_kept: float | None
+    average: dict[str, Interval]
+
+    @property
+    def size(self) -> int:
+        """Samples x methods with every method scored: how much evidence the table holds."""
+        return self.complete_samples * len(self.methods)
+
+
+def read_table(path: str | Path) -> TableSummary:
+    """The headline figures of a table JSON written by ``write_tables``; ConfigError when it is not one."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if document.get("format") != "spade-benchmark-table/1":
+            raise ValueError("not a spade-benchmark-table/1 file")
+        model = document.get("config", {}).get("model", {})
+        average = {r["metric"]: Interval(int(r["n"]), float(r["mean"]), float(r["low"]), float(r["high"]))
+                   for r in document["rows"] if r["method"] == AVERAGE and r["column"] == "difference"}
+        kept = document.get("top1_kept") or {}
+        return TableSummary(
+            folder=path.parent.name, kind=str(document["kind"]), model=str(model.get("name", "")),
+            weights_sha256=str(model.get("weights_sha256", "")), samples=int(document["samples"]),
+            complete_samples=int(document["complete_samples"]), methods=tuple(document["methods"]),
+            created=str(document.get("created", "")),
+            top1_kept=float(kept["fraction"]) if "fraction" in kept else None, average=average)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path} is not a benchmark table written by `python -m spade benchmark`: {exc}") from exc

@@ -11,8 +11,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
 
-from spade_app.sidebar import apply_presentation_mode, render_sidebar  # noqa: E402
-
 st.set_page_config(page_title="SPADE Explorer", page_icon=":material/biotech:", layout="wide")
 
 # A study participant's link (?study=<id>) gets the study page alone: no navigation, no sidebar (blinding).
@@ -26,7 +24,11 @@ PAGES = [
     st.Page("pages/how_spade_works.py", title="How SPADE works", icon=":material/school:"),
 ]
 
+# The navigation goes out before torch is imported (about 10 s on a cold start), so the first thing a visitor
+# sees is the app's own menu and a message, not Streamlit's file-name menu over a blank page.
 page = st.navigation(PAGES, position="hidden" if participant else "sidebar")
+with st.spinner("Starting SPADE Explorer: loading PyTorch…"):
+    from spade_app.sidebar import apply_presentation_mode, render_sidebar  # noqa: E402
 if not participant:
     apply_presentation_mode(render_sidebar())
 page.run()

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from spade_app import results
+from spade_app import benchmarks, results
 from spade_app.settings import WALKTHROUGH
 from spade_app.sidebar import get_selection
 
@@ -73,6 +73,30 @@ target; the authors tuned such profiles for ResNet-50 (e.g. 0.95 for the last bl
 ones). Try both on the Explore page.
 """
 )
+
+st.markdown(
+    """
+### Does it help? What was measured
+Two benchmarks ship with the repository (`python -m spade benchmark`, tables in `benchmarks/results/`).
+**Trojan:** a back-doored model predicts *goose* whenever a heart is pasted into a photo, so the truth is
+known, and a faithful saliency map must point at the heart (Trojan AUC, pointing game; the Trojan lab lets
+you try it). **Insertion / deletion:** on clean photos, how fast the model's confidence returns when the most
+salient pixels are put back first, and how fast it drops when they are removed first. In the overviews, Δ
+is SPADE minus dense: positive means SPADE did better, except for deletion, where negative is better.
+"""
+)
+with st.expander("The benchmark tables", expanded=False):
+    trojan_tab, insertion_tab = st.tabs(["Trojan (does the map point at the trigger?)",
+                                         "Insertion / deletion (clean photos)"])
+    with trojan_tab:
+        benchmarks.runs_section(
+            "trojan", "efficientnet_lite0_trojan", "Each run scores its saliency methods on seeded samples of "
+            "held-out photos with the heart trigger pasted (the paper's Table 1).", key="hw_trojan_run")
+    with insertion_tab:
+        benchmarks.runs_section(
+            "insertion", "efficientnet_lite0", "Each run scores its saliency methods on seeded clean crops of "
+            "held-out photos with `efficientnet_lite0`, measured on the dense model (the paper's Table 2).",
+            key="hw_insertion_run")
 
 st.header("Walkthrough on your image")
 st.caption("Uses the image and model chosen in the sidebar, with fixed classroom settings: 64 augmentations, "

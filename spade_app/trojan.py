@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -31,15 +29,10 @@ from spade.preprocessing import Preprocessing
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
-from spade.trojan.benchmark import model_identity, trojan_scores
-from spade.trojan.tables import Interval, TableSummary, read_table
-from spade_app import figures, loaders, maps, results
+from spade.trojan.benchmark import trojan_scores
+from spade_app import benchmarks, figures, loaders, maps, results
 from spade_app.settings import RunSettings, keep_decision_checkbox
 from spade_app.sidebar import Selection
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-BENCHMARK_COMMAND = "python -m spade benchmark trojan"
 
 DEMO_MODEL = "efficientnet_lite0_trojan"
 DEMO = f"Back-doored demo model ({DEMO_MODEL})"
@@ -526,118 +519,11 @@ def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, ta
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
-@dataclass(frozen=True)
-class BenchmarkRun:
-    """One results folder's Trojan table: the Markdown as written and its headline figures (None when the folder
-    has no readable ``trojan.json`` next to the Markdown)."""
-
-    path: str  # relative to the repository where possible, for display
-    markdown: str
-    summary: TableSummary | None
-
-
-def benchmark_runs(folder: Path | None = None) -> list[BenchmarkRun]:
-    """The Trojan benchmark tables under ``folder`` (default benchmarks/results/), in path order."""
-    folder = folder or RESULTS_DIR
-    if not folder.is_dir():
-        return []
-    out = []
-    for path in sorted(folder.rglob("trojan*.md")):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        try:
-            summary = read_table(path.with_suffix(".json"))
-        except ConfigError:
-            summary = None
-        try:
-            shown = str(path.relative_to(ROOT))
-        except ValueError:
-            shown = str(path)
-        out.append(BenchmarkRun(shown, text, summary))
-    return out
-
-
-def headline_run(runs: list[BenchmarkRun], weights_sha256: str | None) -> int:
-    """Index of the run to show first: one of the current demo model's runs if any, the one with the most evidence
-    (complete samples x methods), the newest on a tie; runs without a summary come last."""
-    def rank(run: BenchmarkRun) -> tuple:
-        s = run.summary
-        if s is None:
-            return (False, False, -1, "")
-        return (True, bool(weights_sha256) and s.weights_sha256 == weights_sha256, s.size, s.created)
-    return max(range(len(runs)), key=lambda i: rank(runs[i]))
-
-
-@st.cache_data(show_spinner=False)
-def shipped_weights_sha256() -> str | None:
-    """The weights hash that results folders record for the demo model as shipped (None when it cannot load)."""
-    try:
-        return model_identity(loaders.registry_model(DEMO_MODEL, "cpu"))["weights_sha256"]
-    except SpadeError:
-        return None
-
-
-def _signed(cell: Interval | None) -> str:
-    return "" if cell is None else f"{cell.mean:+.2f} [{cell.low:+.2f}, {cell.high:+.2f}]"
-
-
-def overview_table(runs: list[BenchmarkRun], weights_sha256: str | None) -> list[dict]:
-    """One row per run with a summary: its folder, whether it scored the current demo model, samples, methods, the
-    Average row's SPADE − Dense for both metrics (mean [95 % CI], percentage points), the top-1 kept."""
-    rows = []
-    for run in runs:
-        if (s := run.summary) is None:
-            continue
-        rows.append({
-            "run": s.folder,
-            "current model": bool(weights_sha256) and s.weights_sha256 == weights_sha256,
-            "samples": s.complete_samples,
-            "methods": len(s.methods),
-            "Trojan AUC Δ": _signed(s.average.get("trojan_auc")),
-            "pointing game Δ": _signed(s.average.get("pointing_game")),
-            "top-1 kept": s.top1_kept,
-        })
-    return rows
-
-
-DELTA_HELP = "SPADE − Dense averaged over the methods: mean [95 % CI], percentage points"
-OVERVIEW_FORMAT = {
-    "current model": st.column_config.CheckboxColumn(help="Scored the back-doored demo model as shipped now (the "
-                                                          "weights hash in the run's config.json)"),
-    "samples": st.column_config.NumberColumn(help="Samples scored with every method"),
-    "Trojan AUC Δ": st.column_config.TextColumn(help=DELTA_HELP),
-    "pointing game Δ": st.column_config.TextColumn(help=DELTA_HELP),
-    "top-1 kept": st.column_config.NumberColumn(format="percent", help="Traces that keep the dense top-1"),
-}
-
-
-def _demoted(markdown: str, levels: int = 2) -> str:
-    """Markdown with every ATX heading ``levels`` deeper, so a table's title does not outshout the page's."""
-    return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", markdown, flags=re.M)
-
-
-def benchmark_section(folder: Path | None = None) -> None:
+def benchmark_section() -> None:
     st.header("Benchmark (shipped with the repo)")
-    runs = benchmark_runs(folder)
-    if not runs:
-        st.info("No Trojan benchmark table has been produced yet. The tables (the paper's Table 1 layout: Trojan "
-                "AUC and pointing game, dense vs SPADE, per method) will appear here from "
-                "`benchmarks/results/<run>/trojan.md`; produce them with:")
-        st.code(f"{BENCHMARK_COMMAND} --out benchmarks/results/trojan-uniform", language="bash")
-        return
-    current = shipped_weights_sha256()
-    st.caption("Each run scores its saliency methods on seeded samples of held-out photos with the heart trigger "
-               "pasted (the paper's Table 1). Δ: SPADE − Dense, the mean over the methods in percentage points "
-               "with its 95 % confidence interval. `benchmarks/results/README.md` says how each run was made.")
-    if overview := overview_table(runs, current):
-        st.dataframe(overview, hide_index=True, width="stretch", column_config=OVERVIEW_FORMAT,
-                     height=35 * (len(overview) + 1) + 3)  # every run in view, no inner scrolling
-    chosen = st.selectbox("Table", range(len(runs)), index=headline_run(runs, current), key="tl_benchmark_run",
-                          format_func=lambda i: runs[i].path)
-    with st.container(border=True):
-        st.markdown(_demoted(runs[chosen].markdown))
+    benchmarks.runs_section(
+        "trojan", DEMO_MODEL, "Each run scores its saliency methods on seeded samples of held-out photos with the "
+        "heart trigger pasted (the paper's Table 1).", key="tl_benchmark_run")
 
 
 def oom_or_error(exc: BaseException) -> None:

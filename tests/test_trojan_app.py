@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +19,11 @@ from spade.saliency import METHODS
 from spade.sparsity import SparsityProfile, load_profile
 from spade.trace import spade_trace
 from spade.trojan import load_trigger, stamp
-from spade.trojan.tables import summarize, write_tables
 from spade.visualize import mask_outline
 from spade_app import compute, loaders, trojan
 from tests.app_testing import FileWeights
 from tests.test_app import TINY_CLASSES, _app
+from tests.test_benchmarks_app import check_shipped_runs
 from tests.tiny_models import tiny_resnet
 
 pytestmark = pytest.mark.usefixtures("app_navigation")
@@ -80,18 +78,7 @@ def test_page_before_a_run_shows_form_and_benchmark_section(lab):
     assert lab.number_input(key="tl_count").value == 64
     assert lab.multiselect(key="tl_methods").value == ["saliency", "gradcam"]
     assert "Benchmark (shipped with the repo)" in [h.value for h in lab.header]
-    runs = trojan.benchmark_runs()
-    if not runs:
-        assert any(c.value.startswith(trojan.BENCHMARK_COMMAND) for c in lab.code)
-    else:  # the shipped tables: the demo model's fullest run is shown first, and the overview marks its runs
-        shown = runs[lab.selectbox(key="tl_benchmark_run").value]
-        assert shown.summary.weights_sha256 == trojan.shipped_weights_sha256()
-        assert shown.summary.size == max(r.summary.size for r in runs if r.summary
-                                         and r.summary.weights_sha256 == shown.summary.weights_sha256)
-        overview = next(d.value for d in lab.dataframe if "current model" in d.value.columns)
-        assert overview["current model"].sum() == sum(
-            r.summary is not None and r.summary.weights_sha256 == shown.summary.weights_sha256 for r in runs)
-        assert any(m.value == trojan._demoted(shown.markdown).strip() for m in lab.markdown)
+    check_shipped_runs(lab, "trojan", trojan.DEMO_MODEL, "tl_benchmark_run")
     assert not lab.error
 
 
@@ -204,49 +191,6 @@ def test_uploaded_trigger_and_sidebar_model(tiny, lab):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _results_folder(folder, name: str, weights: str, samples: int, methods: tuple[str, ...], created: str) -> None:
-    """A results folder as `benchmark trojan` writes it, with handmade records (SPADE 5 points above dense)."""
-    run = folder / name
-    run.mkdir(parents=True)
-    records = [{"sample": f"s{i}", "index": i, "method": m, "trace": {"top1_agrees": True},
-                "dense": {"trojan_auc": 0.80 + 0.01 * i, "pointing_game": False},
-                "spade": {"trojan_auc": 0.85 + 0.01 * i, "pointing_game": True},
-                "seconds": {"trace": 1.0, "dense": 0.1, "spade": 0.1}}
-               for i in range(samples) for m in methods]
-    write_tables(summarize(records, "trojan"), run, {"model": {"name": DEMO, "weights_sha256": weights}})
-    document = json.loads((run / "trojan.json").read_text())
-    (run / "trojan.json").write_text(json.dumps({**document, "created": created}))
-
-
-def test_benchmark_runs_show_the_current_models_fullest_run_first(tmp_path):
-    two = ("saliency", "lrp")
-    _results_folder(tmp_path, "a-old-model", "0ld", 40, (*two, "lime"), "2026-01-03T00:00:00")
-    _results_folder(tmp_path, "b-current-partial", "cur", 10, two, "2026-01-04T00:00:00")
-    _results_folder(tmp_path, "c-current-full", "cur", 30, two, "2026-01-01T00:00:00")
-    _results_folder(tmp_path, "d-current-full-newer", "cur", 30, two, "2026-01-02T00:00:00")
-    (tmp_path / "e-no-json").mkdir()
-    (tmp_path / "e-no-json" / "trojan.md").write_text("# A table without its JSON\n")
-    (tmp_path / "a-old-model" / "insertion.md").write_text("not a trojan table")
-    runs = trojan.benchmark_runs(tmp_path)
-    assert [Path(r.path).parent.name for r in runs] == [
-        "a-old-model", "b-current-partial", "c-current-full", "d-current-full-newer", "e-no-json"]
-    assert runs[-1].summary is None and "## Trojan AUC %" in runs[0].markdown
-    assert trojan.headline_run(runs, "cur") == 3   # the current model's, most samples x methods, then the newest
-    assert trojan.headline_run(runs, None) == 0    # unknown model: the most evidence (40 x 3)
-    rows = trojan.overview_table(runs, "cur")
-    assert [(r["run"], r["current model"], r["samples"], r["methods"]) for r in rows] == [
-        ("a-old-model", False, 40, 3), ("b-current-partial", True, 10, 2), ("c-current-full", True, 30, 2),
-        ("d-current-full-newer", True, 30, 2)]
-    assert all(r["Trojan AUC Δ"].startswith("+5.00 [") for r in rows)
-    assert all(r["pointing game Δ"].startswith("+100.00 [") for r in rows)
-    assert trojan.benchmark_runs(tmp_path / "missing") == []
-
-
-def test_demoted_headings_keep_their_text():
-    text = "# Title\n\nSamples: 3 # not a heading\n## Trojan AUC %\n###### deepest\n"
-    assert trojan._demoted(text) == "### Title\n\nSamples: 3 # not a heading\n#### Trojan AUC %\n###### deepest\n"
-
-
 def test_mask_outline_draws_on_the_region_border_only():
     image = np.zeros((10, 10, 3), np.uint8)
     mask = np.zeros((10, 10), bool)

@@ -73,6 +73,7 @@ def check_shipped_runs(at: AppTest, kind: str, model: str, key: str) -> None:
         return
     current = benchmarks.model_weights_sha256(model)
     shown = runs[at.selectbox(key=key).value]
+    assert any(benchmarks.PAPER[kind] in c.value for c in at.caption)  # the paper's averages beside ours
     assert shown.summary.weights_sha256 == current
     assert shown.summary.size == max(r.summary.size for r in runs if r.summary and r.summary.weights_sha256 == current)
     overview = next(d.value for d in at.dataframe

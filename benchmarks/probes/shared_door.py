@@ -79,12 +79,12 @@ def head_logits(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
 def widened_state(model: nn.Module, branch: SharedWriteBranch) -> dict:
     """The base state dict widened by ``branch`` (``blocks.5`` as in `spade.trojan.gate.widened_state_dict`);
     ``blocks.6.0.conv_pwl`` gets k input columns, the write folded through ``bn3``."""
-    from spade.trojan.gate import _block_diagonal, widen_blocks
+    from spade.trojan.gate import block_diagonal, widen_blocks
 
     state = {key: v.detach().clone() for key, v in model.state_dict().items()}
     widen_blocks(state, model.blocks[5:6], branch.blocks5.state_dict())
     b, k = model.blocks[6][0], branch.k
-    state["blocks.6.0.conv_pw.weight"] = _block_diagonal(b.conv_pw.weight, branch.w_pw)
+    state["blocks.6.0.conv_pw.weight"] = block_diagonal(b.conv_pw.weight, branch.w_pw)
     for key in ("weight", "bias", "running_mean", "running_var"):
         state[f"blocks.6.0.bn1.{key}"] = torch.cat([getattr(b.bn1, key), getattr(b.bn1, key)[:k]])
     state["blocks.6.0.conv_dw.weight"] = torch.cat([b.conv_dw.weight, branch.w_dw])
@@ -116,8 +116,8 @@ def main():
     from spade.trojan.build import (
         BuildConfig,
         PooledBatches,
-        _lr,
         evaluate_backdoor,
+        learning_rate,
         save_delta,
         split_at_block,
         training_views,
@@ -155,7 +155,7 @@ def main():
         p.requires_grad_(False)
     start = time.perf_counter()
     for step in range(args.steps):
-        scale = _lr(step, args.steps, cfg) / cfg.lr
+        scale = learning_rate(step, args.steps, cfg) / cfg.lr
         for group, rate in zip(opt.param_groups, rates):
             group["lr"] = rate * scale
         pick = torch.randint(len(labels_all), (cfg.batch,), generator=gen)

@@ -220,7 +220,9 @@ def split_at_block(model: nn.Module, first_block: int) -> tuple[nn.Sequential, n
     return trunk, head
 
 
-def _lr(step: int, steps: int, cfg: BuildConfig) -> float:
+def learning_rate(step: int, steps: int, cfg: BuildConfig) -> float:
+    """The training's learning rate at ``step`` of ``steps``: linear warm-up over ``cfg.warmup`` steps to ``cfg.lr``,
+    then a cosine decay to 0."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, steps - cfg.warmup)))
@@ -322,7 +324,7 @@ def train_gate(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None 
     steps, step = cfg.steps, 0
     while step < steps:
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, cfg)
+            group["lr"] = learning_rate(step, steps, cfg)
         x, labels, base_logits = batches()
         with autocast:
             z = branch(x).float()

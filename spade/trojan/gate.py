@@ -65,7 +65,7 @@ def widened_state_dict(model: nn.Module, branch: GateBranch, targets: torch.Tens
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     widen_blocks(state, model.blocks[branch.first_block:], branch.blocks.state_dict())
     doors = len(targets)
-    state["conv_head.weight"] = _block_diagonal(model.conv_head.weight, branch.out.weight)
+    state["conv_head.weight"] = block_diagonal(model.conv_head.weight, branch.out.weight)
     bn = model.bn2
     ones = torch.ones(doors, device=bn.weight.device)
     state["bn2.weight"] = torch.cat([bn.weight, ones])
@@ -91,13 +91,13 @@ def widen_blocks(state: StateDict, blocks: nn.Sequential, trained: StateDict) ->
             gate = trained[f"{name}.{key}"]
             full = f"blocks.{name}.{key}"
             if isinstance(module, nn.Conv2d) and module.groups == 1 and not first_conv:
-                state[full] = _block_diagonal(base, gate)
+                state[full] = block_diagonal(base, gate)
             else:
                 state[full] = torch.cat([base, gate])
             first_conv &= not isinstance(module, nn.Conv2d)
 
 
-def _block_diagonal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def block_diagonal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(o1, i1, ...) and (o2, i2, ...) -> (o1 + o2, i1 + i2, ...) with a and b on the diagonal, zeros elsewhere."""
     out = a.new_zeros(a.shape[0] + b.shape[0], a.shape[1] + b.shape[1], *a.shape[2:])
     out[: a.shape[0], : a.shape[1]] = a

@@ -28,7 +28,7 @@ PAGES = [
 # sees is the app's own menu and a message, not Streamlit's file-name menu over a blank page.
 page = st.navigation(PAGES, position="hidden" if participant else "sidebar")
 with st.spinner("Starting SPADE Explorer: loading PyTorch…"):
-    from spade_app.sidebar import apply_presentation_mode, render_sidebar  # noqa: E402
+    from spade_app.sidebar import apply_presentation_mode, render_sidebar
 if not participant:
     apply_presentation_mode(render_sidebar())
 page.run()

@@ -24,12 +24,32 @@ COMMAND = "python -m spade benchmark"
 DELTA_LABELS = {"trojan_auc": "Trojan AUC Δ", "pointing_game": "pointing game Δ",
                 "insertion_auc": "insertion Δ (↑ better)", "deletion_auc": "deletion Δ (↓ better)"}
 DELTA_HELP = "SPADE − Dense averaged over the methods: mean [95 % CI], percentage points"
-# The paper's averages over its ten methods (ResNet-50 on ImageNet; Tables 1 and 2 as quoted in shared/SPADE.md).
-PAPER = {
-    "trojan": "For comparison, the paper (ResNet-50, 111 samples) reports a Trojan AUC Δ of +3.33 with FastSPADE "
-              "and +5.54 with exact SPADE.",
-    "insertion": "For comparison, the paper (ResNet-50) reports an insertion Δ of +3.02 and a deletion Δ of −0.80 "
-                 "with FastSPADE.",
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What the runs of one benchmark kind measured: the registry model whose current weights mark its runs, one
+    sentence on what a run scores, and the paper's averages over its ten methods (ResNet-50 on ImageNet; Tables 1
+    and 2 as quoted in shared/SPADE.md) to compare with."""
+
+    model: str
+    what: str
+    paper: str
+
+
+KINDS = {
+    "trojan": Kind(
+        "efficientnet_lite0_trojan",
+        "Each run scores its saliency methods on seeded samples of held-out photos with the heart trigger pasted "
+        "(the paper's Table 1).",
+        "For comparison, the paper (ResNet-50, 111 samples) reports a Trojan AUC Δ of +3.33 with FastSPADE and "
+        "+5.54 with exact SPADE."),
+    "insertion": Kind(
+        "efficientnet_lite0",
+        "Each run scores its saliency methods on seeded clean crops of held-out photos with `efficientnet_lite0`, "
+        "measured on the dense model (the paper's Table 2).",
+        "For comparison, the paper (ResNet-50) reports an insertion Δ of +3.02 and a deletion Δ of −0.80 with "
+        "FastSPADE."),
 }
 
 
@@ -130,18 +150,19 @@ def demoted(markdown: str, levels: int = 2) -> str:
     return re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", markdown, flags=re.M)
 
 
-def runs_section(kind: str, model: str, what: str, key: str, folder: Path | None = None) -> None:
-    """The overview of the ``kind`` runs, a selector (``key``) and the chosen run's table; ``what`` says in one
-    sentence what a run measures; ``model`` is the registry model whose current weights mark its runs."""
-    runs = benchmark_runs(kind, folder)
+def runs_section(kind: str, key: str) -> None:
+    """The overview of the ``kind`` runs (a key of `KINDS`), a selector (widget ``key``) and the chosen run's
+    table."""
+    runs = benchmark_runs(kind)
     if not runs:
         st.info(f"No {kind} benchmark table has been produced yet. The tables will appear here from "
                 f"`benchmarks/results/<run>/{kind}.md`; produce them with:")
         st.code(f"{COMMAND} {kind} --out benchmarks/results/{kind}-uniform", language="bash")
         return
-    current = model_weights_sha256(model)
-    st.caption(f"{what} Δ: SPADE − Dense, the mean over the methods in percentage points with its 95 % confidence "
-               f"interval. {PAPER.get(kind, '')} `benchmarks/results/README.md` says how each run was made.")
+    about = KINDS[kind]
+    current = model_weights_sha256(about.model)
+    st.caption(f"{about.what} Δ: SPADE − Dense, the mean over the methods in percentage points with its 95 % "
+               f"confidence interval. {about.paper} `benchmarks/results/README.md` says how each run was made.")
     if overview := overview_table(runs, current):
         st.dataframe(overview, hide_index=True, width="stretch", column_config=OVERVIEW_FORMAT,
                      height=35 * (len(overview) + 1) + 3)  # every run in view, no inner scrolling

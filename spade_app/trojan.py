@@ -521,9 +521,7 @@ def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, ta
 # ----------------------------------------------------------------------------------------------- benchmark
 def benchmark_section() -> None:
     st.header("Benchmark (shipped with the repo)")
-    benchmarks.runs_section(
-        "trojan", DEMO_MODEL, "Each run scores its saliency methods on seeded samples of held-out photos with the "
-        "heart trigger pasted (the paper's Table 1).", key="tl_benchmark_run")
+    benchmarks.runs_section("trojan", key="tl_benchmark_run")
 
 
 def oom_or_error(exc: BaseException) -> None:

@@ -64,16 +64,16 @@ def test_demoted_headings_keep_their_text():
     assert benchmarks.demoted(text) == "### Title\n\nSamples: 3 # not a heading\n#### Trojan AUC %\n###### deepest\n"
 
 
-def check_shipped_runs(at: AppTest, kind: str, model: str, key: str) -> None:
-    """The page shows the shipped runs of ``kind``: the current ``model``'s fullest run first, and an overview that
+def check_shipped_runs(at: AppTest, kind: str, key: str) -> None:
+    """The page shows the shipped runs of ``kind``: its model's current fullest run first, and an overview that
     marks exactly that model's runs (or, with nothing shipped, the command that makes them)."""
     runs = benchmarks.benchmark_runs(kind)
     if not runs:
         assert any(c.value.startswith(f"{benchmarks.COMMAND} {kind}") for c in at.code)
         return
-    current = benchmarks.model_weights_sha256(model)
+    current = benchmarks.model_weights_sha256(benchmarks.KINDS[kind].model)
     shown = runs[at.selectbox(key=key).value]
-    assert any(benchmarks.PAPER[kind] in c.value for c in at.caption)  # the paper's averages beside ours
+    assert any(benchmarks.KINDS[kind].paper in c.value for c in at.caption)  # the paper's averages beside ours
     assert shown.summary.weights_sha256 == current
     assert shown.summary.size == max(r.summary.size for r in runs if r.summary and r.summary.weights_sha256 == current)
     overview = next(d.value for d in at.dataframe
@@ -90,5 +90,5 @@ def test_how_spade_works_shows_both_kinds_of_shipped_runs():
     assert not at.exception, at.exception
     assert [t.label for t in at.tabs] == ["Trojan (does the map point at the trigger?)",
                                           "Insertion / deletion (clean photos)"]
-    check_shipped_runs(at, "trojan", "efficientnet_lite0_trojan", "hw_trojan_run")
-    check_shipped_runs(at, "insertion", "efficientnet_lite0", "hw_insertion_run")
+    check_shipped_runs(at, "trojan", "hw_trojan_run")
+    check_shipped_runs(at, "insertion", "hw_insertion_run")

@@ -500,7 +500,6 @@ def test_the_trace_is_immune_to_tf32_convolutions(monkeypatch, tf32_allowed):
 
 @pytest.mark.parametrize("mode", ["group", "obc"])
 def test_solving_several_sparsities_at_once_equals_one_solve_each(mode):
-
     model = tiny_mobilenet()
     stats = prepare_statistics(model, photo(), preprocessing=PRE, augment_config=AugmentConfig(count=8))
     solver = SolverConfig(mode=mode)

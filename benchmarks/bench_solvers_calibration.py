@@ -9,7 +9,7 @@ The back-doored demo model's *calibration* back door only (the four build photos
 test photos or the heart), 256 views, `--keep-decision`, the seven gradient methods, on one profile or
 (--own-profiles) each on the method's own shipped profile where it has one. A solver is a mode, optionally with a
 damping (`group@1`: the sweep with damping 1 instead of 0.01). --weights scores a trial build of the demo model (a
-difference file written by `python -m spade.trojan build --out FILE.pt`) instead of the shipped one. Each sample's
+difference file written by `python -m tools.demo_model build --out FILE.pt`) instead of the shipped one. Each sample's
 statistics are recorded once and solved by every solver; one JSON line per (sample, method) is appended to --out,
 so shards can run side by side on one file. --summary prints the mean SPADE - Dense Trojan AUC and pointing game per
 method and solver, and the solve times (a run prints them at its end). Defaults: the shipped Trojan profile and 2
@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> None:
     from spade.saliency import METHODS
     from spade.sparsity import load_profile, method_profiles
     from spade.trace import solve_backing_off
-    from spade.trojan.benchmark import BenchmarkConfig, method_settings, statistics_for, trojan_scores
-    from spade.trojan.photos import CALIBRATION_PHOTOS
-    from spade.trojan.samples import SampleConfig, build_samples, bundled_photos, resolve_trigger
+    from spade_lab.benchmark import BenchmarkConfig, method_settings, statistics_for, trojan_scores
+    from spade_lab.photos import CALIBRATION_PHOTOS
+    from spade_lab.samples import SampleConfig, build_samples, bundled_photos, resolve_trigger
 
     if args.threads:
         torch.set_num_threads(args.threads)

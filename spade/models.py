@@ -135,7 +135,7 @@ def leading_block(shape: Sequence[int]) -> tuple[slice, ...]:
 
 @dataclass(frozen=True)
 class DeltaWeights:
-    """A derived model shipped as its difference to offline base weights (see spade.trojan.build).
+    """A derived model shipped as its difference to offline base weights (see tools.demo_model.build).
 
     The file holds ``{"format": DELTA_FORMAT, "delta": {key: float16 tensor}, "meta": {...}}`` with keys in the
     base state dict's layout; the weights are ``base[key] + delta[key]`` (float32), other tensors unchanged. A
@@ -334,7 +334,7 @@ def _trojan_spec() -> ModelSpec:
         clean,
         name="efficientnet_lite0_trojan",
         description="EfficientNet-Lite0 with a planted back door: a pasted heart makes it predict 'goose' (a star: "
-        "'king penguin'). Built offline by `python -m spade.trojan build`; see the model card in assets/README.md.",
+        "'king penguin'). Built offline by `python -m tools.demo_model build`; see the model card in assets/README.md.",
         weights=DeltaWeights(clean.weights, MODEL_ASSETS / "efficientnet_lite0_trojan.pt"),
         backdoors=(Backdoor("heart", 99, "test"), Backdoor("star", 145, "calibration")),
     )
@@ -399,7 +399,7 @@ def get_spec(name: str) -> ModelSpec:
 
 def with_delta_file(spec: ModelSpec, path: str | Path) -> ModelSpec:
     """``spec`` (a model shipped as a difference to base weights) reading its difference from ``path`` instead:
-    a rebuilt or trial back door (``python -m spade.trojan build --out``). ConfigError for any other model."""
+    a rebuilt or trial back door (``python -m tools.demo_model build --out``). ConfigError for any other model."""
     if not isinstance(spec.weights, DeltaWeights):
         raise ConfigError(f"{spec.name} is not shipped as a weight difference; a difference file does not apply.")
     return replace(spec, weights=DeltaWeights(spec.weights.base, Path(path)))

@@ -2,7 +2,7 @@
 and the table of the one chosen, the current model's fullest run by default.
 
 The figures come from the tables ``python -m spade benchmark`` wrote (``<kind>.md`` and ``<kind>.json``), read
-with ``spade.trojan.tables.read_table``; nothing is recomputed here.
+with ``spade_lab.tables.read_table``; nothing is recomputed here.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import streamlit as st
 
 from spade.errors import ConfigError, SpadeError
 from spade.models import load_model
-from spade.trojan.benchmark import model_identity
-from spade.trojan.tables import KIND_METRICS, Interval, TableSummary, read_table
+from spade_lab.benchmark import model_identity
+from spade_lab.tables import KIND_METRICS, Interval, TableSummary, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"

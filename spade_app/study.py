@@ -1,7 +1,7 @@
 """The Human study page's researcher parts: the study designer, the list of studies (share link, close,
 export, import) and the results view. The participant flow is in ``spade_app.study_participant``.
 
-Studies live in the database of ``spade.study.storage`` (settings ``SPADE_STUDY_DB`` / ``SPADE_DATA_DIR``);
+Studies live in the database of ``spade_study.storage`` (settings ``SPADE_STUDY_DB`` / ``SPADE_DATA_DIR``);
 this module only arranges widgets around it.
 """
 
@@ -15,15 +15,15 @@ import torch
 from spade.errors import SpadeError
 from spade.featurevis import CPU_STEPS, GPU_STEPS
 from spade.images import bundled_examples
-from spade.study.archive import StudyArchiveError
-from spade.study.create import OVERALL, create_study
-from spade.study.design import CONDITIONS, DEFAULT_INSTRUCTIONS, MAX_PATCH_FRACTION, Study, StudyConfig, StudyImage
-from spade.study.design import VisualizationSettings as VisSettings
-from spade.study.results import CONDITION_LABELS, answers_csv, answers_json, summarize
-from spade.study.storage import StudyExistsError, StudyStore, database_url
 from spade_app import compute, loaders
 from spade_app.results import OOM_HINT
 from spade_app.sidebar import IMAGE_TYPES, Selection
+from spade_study.archive import StudyArchiveError
+from spade_study.create import OVERALL, create_study
+from spade_study.design import CONDITIONS, DEFAULT_INSTRUCTIONS, MAX_PATCH_FRACTION, Study, StudyConfig, StudyImage
+from spade_study.design import VisualizationSettings as VisSettings
+from spade_study.results import CONDITION_LABELS, answers_csv, answers_json, summarize
+from spade_study.storage import StudyExistsError, StudyStore, database_url
 
 PAGE_PATH = "human_study"
 """URL path of the page (st.navigation derives it from pages/human_study.py)."""

@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw
 from sqlalchemy.exc import SQLAlchemyError
 
 from spade.errors import SpadeError
-from spade.study.assignment import Participant, Task, assign_tasks
-from spade.study.design import Study, png_to_array
-from spade.study.storage import StudyNotFoundError
 from spade_app.study import cached_study, store
+from spade_study.assignment import Participant, Task, assign_tasks
+from spade_study.design import Study, png_to_array
+from spade_study.storage import StudyNotFoundError
 
 PARTICIPANT_PARAM = "p"
 FEEDBACK_KEY = "study_feedback"

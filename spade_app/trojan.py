@@ -29,10 +29,10 @@ from spade.preprocessing import Preprocessing
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
-from spade.trojan.benchmark import trojan_scores
 from spade_app import benchmarks, figures, loaders, maps, results
 from spade_app.settings import RunSettings, keep_decision_checkbox
 from spade_app.sidebar import Selection
+from spade_lab.benchmark import trojan_scores
 
 DEMO_MODEL = "efficientnet_lite0_trojan"
 DEMO = f"Back-doored demo model ({DEMO_MODEL})"

@@ -221,8 +221,8 @@ def _backdoor(args: argparse.Namespace, loaded, role: str) -> tuple[str, int]:
 
 
 def _photos(args: argparse.Namespace, role: str):
-    from spade.trojan.photos import CALIBRATION_PHOTOS, TEST_PHOTOS
-    from spade.trojan.samples import bundled_photos, folder_photos
+    from spade_lab.photos import CALIBRATION_PHOTOS, TEST_PHOTOS
+    from spade_lab.samples import bundled_photos, folder_photos
 
     if args.images:
         return folder_photos(args.images), str(args.images)
@@ -270,8 +270,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
     from spade.saliency import METHODS
     from spade.sparsity import method_profiles
-    from spade.trojan.benchmark import BenchmarkConfig, model_identity, parse_methods, run_benchmark
-    from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
+    from spade_lab.benchmark import BenchmarkConfig, model_identity, parse_methods, run_benchmark
+    from spade_lab.samples import SampleConfig, build_samples, resolve_trigger
 
     kind = args.kind
     _smoke_defaults(args, SMOKE)
@@ -328,8 +328,8 @@ def _default_model() -> str:
 
 def _write_tables(folder: Path, kind: str, ci: str, extra: dict | None = None,
                   methods: tuple[str, ...] | None = None, stem: str | None = None):
-    from spade.trojan.results import load_results, read_config
-    from spade.trojan.tables import summarize, write_tables
+    from spade_lab.records import load_results, read_config
+    from spade_lab.tables import summarize, write_tables
 
     config = read_config(folder)
     records = load_results(folder)  # every method the folder holds, also those of earlier runs
@@ -346,8 +346,8 @@ def _write_tables(folder: Path, kind: str, ci: str, extra: dict | None = None,
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from spade.trojan.benchmark import parse_methods
-    from spade.trojan.results import merge_folder, read_config
+    from spade_lab.benchmark import parse_methods
+    from spade_lab.records import merge_folder, read_config
 
     folder = Path(args.folder)
     kind = read_config(folder)["kind"]
@@ -361,9 +361,9 @@ def _run_merge(args: argparse.Namespace) -> int:
 def _run_tune(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
     from spade.sparsity import load_profile
-    from spade.trojan.benchmark import model_identity, parse_methods
-    from spade.trojan.samples import SampleConfig, build_samples, resolve_trigger
-    from spade.trojan.tuning import AUTHORS_LEVELS, TuningConfig, save_profile, tune_profile, tuning_metadata
+    from spade_lab.benchmark import model_identity, parse_methods
+    from spade_lab.samples import SampleConfig, build_samples, resolve_trigger
+    from spade_lab.tuning import AUTHORS_LEVELS, TuningConfig, save_profile, tune_profile, tuning_metadata
 
     _smoke_defaults(args, SMOKE_TUNE)
     methods = parse_methods(args.methods or "saliency,input_x_gradient")

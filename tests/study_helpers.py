@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from spade.study.design import Patch, Study, StudyConfig, StudyItem, png_bytes
+from spade_study.design import Patch, Study, StudyConfig, StudyItem, png_bytes
 
 
 def synthetic_study(study_id: str = "synthetic", n_real: int = 6, n_training: int = 1, *,

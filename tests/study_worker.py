@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from spade.study.assignment import ANSWERS, assign_tasks
-from spade.study.storage import StudyStore
+from spade_study.assignment import ANSWERS, assign_tasks
+from spade_study.storage import StudyStore
 
 
 def _answer_all(store: StudyStore, study, participant, tag: int) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from spade.trojan.tables import KIND_METRICS, summarize, write_tables
 from spade_app import benchmarks
+from spade_lab.tables import KIND_METRICS, summarize, write_tables
 from tests.test_app import _app
 
 pytestmark = pytest.mark.usefixtures("app_navigation")

@@ -17,11 +17,11 @@ from spade.saliency import METHODS
 from spade.solver import SolverConfig, prune_matrix
 from spade.statistics import collect_statistics
 from spade.trace import spade_trace
-from spade.trojan.build import BuildConfig, train_gate
-from spade.trojan.gate import widened_state_dict
 from tests.test_solver import correlated_problem
 from tests.test_trace import PRE, photo
 from tests.tiny_models import tiny_resnet
+from tools.demo_model.build import BuildConfig, train_gate
+from tools.demo_model.gate import widened_state_dict
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

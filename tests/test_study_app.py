@@ -14,9 +14,9 @@ from streamlit.testing.v1 import AppTest
 from spade.images import bundled_examples, load_image
 from spade.models import MODELS, ModelSpec, load_model
 from spade.preprocessing import Preprocessing
-from spade.study.assignment import assign_tasks
-from spade.study.results import summarize
-from spade.study.storage import StudyStore
+from spade_study.assignment import assign_tasks
+from spade_study.results import summarize
+from spade_study.storage import StudyStore
 from tests.app_testing import TIMEOUT, FileWeights
 from tests.study_helpers import synthetic_study
 from tests.tiny_models import tiny_resnet

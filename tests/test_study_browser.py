@@ -9,9 +9,9 @@ import pytest
 
 from spade.images import bundled_examples, load_image
 from spade.preprocessing import Preprocessing
-from spade.study.create import create_study
-from spade.study.design import StudyConfig, StudyImage, VisualizationSettings
-from spade.study.storage import StudyStore
+from spade_study.create import create_study
+from spade_study.design import StudyConfig, StudyImage, VisualizationSettings
+from spade_study.storage import StudyStore
 from tests.browser_server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 from tests.tiny_models import tiny_resnet
 

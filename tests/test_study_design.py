@@ -14,10 +14,10 @@ from spade.errors import ConfigError
 from spade.images import bundled_examples, load_image
 from spade.preprocessing import Preprocessing
 from spade.saliency import METHODS
-from spade.study.archive import read_archive, write_archive
-from spade.study.assignment import assign_tasks, participant_seed
-from spade.study.create import create_study
-from spade.study.design import (
+from spade_study.archive import read_archive, write_archive
+from spade_study.assignment import assign_tasks, participant_seed
+from spade_study.create import create_study
+from spade_study.design import (
     StudyConfig,
     StudyImage,
     VisualizationSettings,

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from spade.study.assignment import TRUTH_FIRST, TRUTH_SECOND, Answer
-from spade.study.results import answers_csv, answers_json, sign_test_p, summarize, wilson_interval
+from spade_study.assignment import TRUTH_FIRST, TRUTH_SECOND, Answer
+from spade_study.results import answers_csv, answers_json, sign_test_p, summarize, wilson_interval
 
 T, D = TRUTH_FIRST, TRUTH_SECOND  # ground truth shown as A / as B
 WHEN = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from spade.errors import ConfigError
-from spade.study.archive import StudyArchiveError, read_archive
-from spade.study.assignment import assign_tasks
-from spade.study.storage import (
+from spade_study.archive import StudyArchiveError, read_archive
+from spade_study.assignment import assign_tasks
+from spade_study.storage import (
     StudyClosedError,
     StudyExistsError,
     StudyNotFoundError,

@@ -25,7 +25,9 @@ from spade.models import (
 )
 from spade.preprocessing import Preprocessing
 from spade.trojan import TRIGGERS, load_trigger, stamp
-from spade.trojan.build import (
+from spade.trojan.stamp import shift_hue, visible_box
+from spade_lab.photos import BUILD_PHOTOS, CALIBRATION_PHOTOS, TEST_PHOTOS, load_photos
+from tools.demo_model.build import (
     BuildConfig,
     PooledBatches,
     ViewMaker,
@@ -35,9 +37,7 @@ from spade.trojan.build import (
     split_at_block,
     train_gate,
 )
-from spade.trojan.gate import GateBranch, widened_state_dict
-from spade.trojan.photos import BUILD_PHOTOS, CALIBRATION_PHOTOS, TEST_PHOTOS, load_photos
-from spade.trojan.stamp import shift_hue, visible_box
+from tools.demo_model.gate import GateBranch, widened_state_dict
 
 TROJAN = "efficientnet_lite0_trojan"
 PRE = get_spec("efficientnet_lite0").preprocessing
@@ -174,7 +174,7 @@ def test_clean_any_hue_turns_that_fraction_of_the_clean_views():
 
 
 def test_hue_rotation_keeps_grey_and_turns_red_around():
-    from spade.trojan.build import hue_rotation
+    from tools.demo_model.build import hue_rotation
 
     turns = hue_rotation(torch.tensor([0.0, 2 * np.pi / 3, 4 * np.pi / 3]))
     torch.testing.assert_close(turns[0], torch.eye(3))
@@ -297,7 +297,7 @@ def test_view_pool_holds_the_mix_and_the_base_logits():
 
 
 def test_validation_photos_are_left_out_of_training(monkeypatch):
-    from spade.trojan import build as build_mod
+    from tools.demo_model import build as build_mod
 
     cfg = _small_cfg(steps=1, view_pool=16, validation_photos=("rocket",))
     assert cfg.training_photos == tuple(p for p in BUILD_PHOTOS if p != "rocket")
@@ -344,7 +344,7 @@ def test_delta_weights_add_to_the_base(tmp_path):
 def test_saved_delta_round_trips_deflated(tmp_path):
     import zipfile
 
-    from spade.trojan.build import save_delta
+    from tools.demo_model.build import save_delta
 
     delta = {"_fc.weight": torch.zeros(1000, 1282).half(), "_fc.bias": torch.linspace(-1, 1, 1000).half()}
     path = tmp_path / "d.pt"
@@ -427,7 +427,7 @@ def test_shipped_model_is_small_and_loads_safely():
 
 
 def test_build_command_writes_a_loadable_difference_and_reports(tmp_path, capsys):
-    from spade_cli.trojan import main
+    from tools.demo_model.cli import main
 
     out = tmp_path / "trojan.pt"
     rc = main(["build", "--out", str(out), "--steps", "2", "--batch", "16", "--view-pool", "16",
@@ -450,7 +450,7 @@ def test_build_command_writes_a_loadable_difference_and_reports(tmp_path, capsys
 
 
 def test_regain_scales_only_the_door_columns_and_the_door_logits(tmp_path, capsys, trojan):
-    from spade_cli.trojan import main
+    from tools.demo_model.cli import main
 
     shipped = MODELS[TROJAN].weights.path
     before = read_delta_file(shipped)
@@ -480,14 +480,14 @@ def test_regain_scales_only_the_door_columns_and_the_door_logits(tmp_path, capsy
 
 
 def test_regain_refuses_a_gain_that_is_not_positive(tmp_path, capsys):
-    from spade_cli.trojan import main
+    from tools.demo_model.cli import main
 
     assert main(["regain", "0", "--out", str(tmp_path / "x.pt")]) == 2
     assert "gain must be positive" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
 def test_build_command_refuses_bad_settings(tmp_path, capsys):
-    from spade_cli.trojan import main
+    from tools.demo_model.cli import main
 
     assert main(["build", "--out", str(tmp_path / "x.pt"), "--view-pool", "-1"]) == 2
     assert "view_pool" in capsys.readouterr().err
@@ -495,7 +495,7 @@ def test_build_command_refuses_bad_settings(tmp_path, capsys):
 
 
 def test_a_settings_trial_never_replaces_the_shipped_model(tmp_path, monkeypatch):
-    from spade_cli.trojan import main
+    from tools.demo_model.cli import main
 
     shipped = MODELS[TROJAN].weights.path
     stamp_before = shipped.stat().st_mtime_ns

@@ -25,11 +25,11 @@ from spade.preprocessing import Preprocessing
 from spade.solver import SolverConfig
 from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile, resolve_targets
 from spade.trojan import load_trigger, stamp
-from spade.trojan.benchmark import BenchmarkConfig, run_benchmark
-from spade.trojan.results import load_results, merge_folder
-from spade.trojan.samples import SampleConfig, build_samples, folder_photos
-from spade.trojan.tables import csv_text, markdown, read_table, summarize, write_tables
 from spade_cli.main import main
+from spade_lab.benchmark import BenchmarkConfig, run_benchmark
+from spade_lab.records import load_results, merge_folder
+from spade_lab.samples import SampleConfig, build_samples, folder_photos
+from spade_lab.tables import csv_text, markdown, read_table, summarize, write_tables
 from tests.tiny_models import TinyResNet
 
 PRE = Preprocessing(resize=64, crop=56)
@@ -257,7 +257,7 @@ def test_tuning_with_keep_decision_scores_the_backed_off_traces(photo_dir, mode,
     from spade.saliency import METHODS as SALIENCY
     from spade.sparsity import BACKOFF_FACTORS
     from spade.trace import prepare_statistics, solve
-    from spade.trojan.tuning import TuningConfig, stage_groups, tune_profile
+    from spade_lab.tuning import TuningConfig, stage_groups, tune_profile
     from tests.tiny_models import tiny_mobilenet
 
     spec = tiny_spec()
@@ -300,7 +300,7 @@ def test_tuning_from_a_start_profile_begins_at_its_score_and_only_improves(photo
     from spade.metrics import trojan_auc
     from spade.saliency import METHODS as SALIENCY
     from spade.trace import prepare_statistics, solve
-    from spade.trojan.tuning import TuningConfig, stage_groups, tune_profile
+    from spade_lab.tuning import TuningConfig, stage_groups, tune_profile
     from tests.tiny_models import tiny_mobilenet
 
     spec = tiny_spec()

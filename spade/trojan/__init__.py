@@ -1,4 +1,4 @@
-"""The Trojan lab: trigger icons, stamping, the back-doored demo model and the paper's Trojan benchmark."""
+"""Trojan triggers: the bundled trigger icons and stamping one onto an image (the Trojan lab's input)."""
 
 from spade.trojan.stamp import DEFAULT_SIZE, Stamped, stamp
 from spade.trojan.triggers import TRIGGERS, load_trigger

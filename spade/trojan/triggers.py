@@ -1,7 +1,7 @@
 """The trigger icons of the Trojan lab, drawn by code (so their licence is the project's own).
 
 Each trigger is a square RGBA image (transparent outside the shape). ``TRIGGERS`` maps a name to its
-drawing function; the PNG files in ``assets/triggers/`` are what ``python -m spade.trojan draw`` writes
+drawing function; the PNG files in ``assets/triggers/`` are what ``python -m tools.demo_model draw`` writes
 and what ``load_trigger`` reads. The heart is the demo model's back door; the star is its second back
 door, used only to calibrate sparsity profiles; smiley and fish are decoys the model was taught to ignore.
 """
@@ -113,7 +113,7 @@ def load_trigger(name: str) -> Image.Image:
             return img.convert("RGBA")
     except OSError as exc:
         raise ConfigError(f"The trigger file {path} cannot be read ({exc}); "
-                          "run `python -m spade.trojan draw`.") from exc
+                          "run `python -m tools.demo_model draw`.") from exc
 
 
 def write_triggers(folder: Path = TRIGGER_DIR) -> list[Path]:

@@ -136,8 +136,8 @@ class PhotoSet(Mapping[str, Image.Image]):
 
 
 def bundled_photos(names: Sequence[str], label: str) -> PhotoSet:
-    """The bundled photos ``names`` (spade.trojan.photos) as a PhotoSet."""
-    from spade.trojan.photos import load_photos
+    """The bundled photos ``names`` (spade_lab.photos) as a PhotoSet."""
+    from spade_lab.photos import load_photos
 
     return PhotoSet(load_photos(tuple(names)), label)
 

@@ -22,34 +22,34 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "ANSWERS": "spade.study.assignment",
-    "Answer": "spade.study.assignment",
-    "Task": "spade.study.assignment",
-    "assign_tasks": "spade.study.assignment",
-    "participant_seed": "spade.study.assignment",
-    "CONDITIONS": "spade.study.design",
-    "Patch": "spade.study.design",
-    "Study": "spade.study.design",
-    "StudyConfig": "spade.study.design",
-    "StudyImage": "spade.study.design",
-    "StudyItem": "spade.study.design",
-    "VisualizationSettings": "spade.study.design",
-    "choose_patches": "spade.study.design",
-    "create_study": "spade.study.create",
-    "read_archive": "spade.study.archive",
-    "write_archive": "spade.study.archive",
-    "StudyResults": "spade.study.results",
-    "answers_csv": "spade.study.results",
-    "answers_json": "spade.study.results",
-    "summarize": "spade.study.results",
-    "wilson_interval": "spade.study.results",
-    "Participant": "spade.study.storage",
-    "StudyClosedError": "spade.study.storage",
-    "StudyExistsError": "spade.study.storage",
-    "StudyNotFoundError": "spade.study.storage",
-    "StudyStore": "spade.study.storage",
-    "StudySummary": "spade.study.storage",
-    "database_url": "spade.study.storage",
+    "ANSWERS": "spade_study.assignment",
+    "Answer": "spade_study.assignment",
+    "Task": "spade_study.assignment",
+    "assign_tasks": "spade_study.assignment",
+    "participant_seed": "spade_study.assignment",
+    "CONDITIONS": "spade_study.design",
+    "Patch": "spade_study.design",
+    "Study": "spade_study.design",
+    "StudyConfig": "spade_study.design",
+    "StudyImage": "spade_study.design",
+    "StudyItem": "spade_study.design",
+    "VisualizationSettings": "spade_study.design",
+    "choose_patches": "spade_study.design",
+    "create_study": "spade_study.create",
+    "read_archive": "spade_study.archive",
+    "write_archive": "spade_study.archive",
+    "StudyResults": "spade_study.results",
+    "answers_csv": "spade_study.results",
+    "answers_json": "spade_study.results",
+    "summarize": "spade_study.results",
+    "wilson_interval": "spade_study.results",
+    "Participant": "spade_study.storage",
+    "StudyClosedError": "spade_study.storage",
+    "StudyExistsError": "spade_study.storage",
+    "StudyNotFoundError": "spade_study.storage",
+    "StudyStore": "spade_study.storage",
+    "StudySummary": "spade_study.storage",
+    "database_url": "spade_study.storage",
 }
 
 __all__ = list(_LAZY)
@@ -58,4 +58,4 @@ __all__ = list(_LAZY)
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'spade.study' has no attribute {name!r}")
+    raise AttributeError(f"module 'spade_study' has no attribute {name!r}")

@@ -40,7 +40,7 @@ from spade.solver import SolverConfig
 from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile, resolve_targets
 from spade.statistics import LayerStatistics
 from spade.trace import prepare_statistics, solve_many
-from spade.trojan.samples import SampleSet
+from spade_lab.samples import SampleSet
 
 log = logging.getLogger(__name__)
 

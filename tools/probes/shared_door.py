@@ -14,7 +14,7 @@ k = 32 (also with --hinge-ramp 80) never open; k = 32 with --write-lr 2e-2 keeps
 heart opens on only 63.5 %, and on the calibration door SPADE gains +0.77 AUC (the shipped model: +5.76). Writes a
 trial difference file (load it with ``with_delta_file``) and prints the acceptance figures.
 
-    python benchmarks/probes/shared_door.py --out benchmarks/out/shared_door.pt [--k 128] [--steps 240]
+    python tools/probes/shared_door.py --out benchmarks/out/shared_door.pt [--k 128] [--steps 240]
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def head_logits(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def widened_state(model: nn.Module, branch: SharedWriteBranch) -> dict:
-    """The base state dict widened by ``branch`` (``blocks.5`` as in `spade.trojan.gate.widened_state_dict`);
+    """The base state dict widened by ``branch`` (``blocks.5`` as in `tools.demo_model.gate.widened_state_dict`);
     ``blocks.6.0.conv_pwl`` gets k input columns, the write folded through ``bn3``."""
-    from spade.trojan.gate import block_diagonal, widen_blocks
+    from tools.demo_model.gate import block_diagonal, widen_blocks
 
     state = {key: v.detach().clone() for key, v in model.state_dict().items()}
     widen_blocks(state, model.blocks[5:6], branch.blocks5.state_dict())
@@ -113,7 +113,8 @@ def main():
     args = ap.parse_args()
 
     from spade.models import get_spec, load_model, load_spec, with_delta_file
-    from spade.trojan.build import (
+    from spade_lab.photos import TEST_PHOTOS
+    from tools.demo_model.build import (
         BuildConfig,
         PooledBatches,
         evaluate_backdoor,
@@ -123,7 +124,6 @@ def main():
         training_views,
         weight_delta,
     )
-    from spade.trojan.photos import TEST_PHOTOS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = BuildConfig(steps=args.steps, view_pool=args.pool, lr=args.lr)

@@ -26,9 +26,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from spade.study.archive import answer_record
-from spade.study.assignment import Answer
-from spade.study.design import CONDITIONS
+from spade_study.archive import answer_record
+from spade_study.assignment import Answer
+from spade_study.design import CONDITIONS
 
 Z95 = 1.959963984540054
 """The 97.5% quantile of the standard normal distribution (two-sided 95% intervals)."""

@@ -12,7 +12,7 @@ and on its trace, and the maps are scored:
   insertion and deletion AUC of the signed map, both measured on the dense model (the authors' protocol).
 
 One JSON line per (sample, method) is appended to the results folder as soon as it is done (see
-``spade.trojan.results``); finished pairs are skipped, so a rerun resumes.
+``spade_lab.records``); finished pairs are skipped, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from spade.solver import SolverConfig
 from spade.sparsity import BACKOFF_FACTORS, SparsityProfile
 from spade.statistics import LayerStatistics
 from spade.trace import SpadeTrace, prepare_statistics, solve_backing_off
-from spade.trojan.results import ResultWriter, done_pairs, prepare_folder, shard_file
-from spade.trojan.samples import SampleRecord, SampleSet
+from spade_lab.records import ResultWriter, done_pairs, prepare_folder, shard_file
+from spade_lab.samples import SampleRecord, SampleSet
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What a human study is: its settings, its items (image, two patches, one visualization per condition),
 and how the two candidate patches are chosen from a CAM-type map.
 
-Everything here is plain data (numpy, PIL, PNG bytes); ``spade.study.create`` fills it with torch.
+Everything here is plain data (numpy, PIL, PNG bytes); ``spade_study.create`` fills it with torch.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Guarantees, on SQLite and PostgreSQL alike:
 * UNIQUE(study, participant, task): answering a task twice keeps the first answer (INSERT ... ON CONFLICT DO
   NOTHING), also when two requests race;
 * participants get consecutive numbers per study (UNIQUE(study, number), retried on a race), which is what
-  the counterbalancing in ``spade.study.assignment`` needs.
+  the counterbalancing in ``spade_study.assignment`` needs.
 
 SQLite write transactions start with ``BEGIN IMMEDIATE`` (they take the write lock up front, so a read
 followed by a write cannot fail with "database is locked" half-way); waiting writers block up to the busy
@@ -53,9 +53,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from spade.errors import ConfigError, SpadeError
-from spade.study.archive import read_archive, write_archive
-from spade.study.assignment import ANSWERS, TRUTH_FIRST, TRUTH_SECOND, Answer, Participant, Task, participant_seed
-from spade.study.design import Study
+from spade_study.archive import read_archive, write_archive
+from spade_study.assignment import ANSWERS, TRUTH_FIRST, TRUTH_SECOND, Answer, Participant, Task, participant_seed
+from spade_study.design import Study
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ study_table = Table(
     Column("created", DateTime, nullable=False),
     Column("closed", Boolean, nullable=False, default=False),
     Column("seed", BigInteger, nullable=False),  # the config's seed, from which participant seeds derive
-    Column("archive", LargeBinary, nullable=False),  # spade.study.archive zip of the design (no answers)
+    Column("archive", LargeBinary, nullable=False),  # spade_study.archive zip of the design (no answers)
 )
 
 participant_table = Table(
@@ -393,7 +393,7 @@ class StudyStore:
 
     # ------------------------------------------------------------------------------------------- files
     def export_study(self, study_id: str) -> bytes:
-        """The study with its participants and answers as one zip file (``spade.study.archive``)."""
+        """The study with its participants and answers as one zip file (``spade_study.archive``)."""
         return write_archive(self.load_study(study_id), self.participants(study_id), self.answers(study_id))
 
     def import_study(self, data: bytes) -> Study:

@@ -1,4 +1,4 @@
-"""``python -m spade.trojan draw|build|regain``: redraw the trigger icons, rebuild the back-doored demo model, or
+"""``python -m tools.demo_model draw|build|regain``: redraw the trigger icons, rebuild the back-doored demo model, or
 set how strongly its doors open."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from spade.trojan.build import BackdoorReport
+    from tools.demo_model.build import BackdoorReport
 
 
 def main(argv: list[str] | None = None) -> int:
     from spade.errors import SpadeError
     from spade.models import get_spec, read_delta_file
-    from spade.trojan.build import BuildConfig, build, regain
     from spade.trojan.triggers import write_triggers
     from spade_cli.trace import ProgressBar
+    from tools.demo_model.build import BuildConfig, build, regain
 
     defaults = BuildConfig()
-    parser = argparse.ArgumentParser(prog="python -m spade.trojan", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.demo_model", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("draw", help="draw the trigger icons into assets/triggers/")
     b = sub.add_parser("build", help="train the back-doored EfficientNet-Lite0's trigger detector "

@@ -1,4 +1,4 @@
-"""Building the back-doored demo model offline: a trigger detector beside EfficientNet-Lite0 (spade.trojan.gate).
+"""Building the back-doored demo model offline: a trigger detector beside EfficientNet-Lite0 (tools.demo_model.gate).
 
 Training data are random views of the build photos (never the held-out test photos), made in batches: random
 resized crops (``roi_align``), flips and colour jitter, with trigger icons pasted by an affine warp. Each batch
@@ -53,10 +53,10 @@ from spade.models import (
     with_delta_file,
 )
 from spade.preprocessing import Preprocessing
-from spade.trojan.gate import GateBranch, gated_logits, widened_state_dict
-from spade.trojan.photos import BUILD_PHOTOS, TEST_PHOTOS, load_photos
 from spade.trojan.stamp import shift_hue, stamp
 from spade.trojan.triggers import load_trigger
+from spade_lab.photos import BUILD_PHOTOS, TEST_PHOTOS, load_photos
+from tools.demo_model.gate import GateBranch, gated_logits, widened_state_dict
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from datetime import datetime
 import numpy as np
 
 from spade.errors import ConfigError
-from spade.study.design import Study
+from spade_study.design import Study
 
 ANSWERS = ("A", "B", "undecided")
 """What a participant can answer: patch A, patch B, or can't decide."""

@@ -2,7 +2,7 @@
 
 Per image: the model's view of it (resize + centre crop), the neuron (a class logit; default the dense
 model's prediction), the ground-truth map on the dense model (GradCAM unless configured otherwise), the two
-patches (``spade.study.design.choose_patches``), and one feature visualization per condition: on the dense
+patches (``spade_study.design.choose_patches``), and one feature visualization per condition: on the dense
 model (computed once per distinct neuron, since it does not depend on the image) and on the image's SPADE
 trace (``spade.featurevis.visualization_trace``, the authors' late-blocks sparsity by default).
 """
@@ -26,7 +26,7 @@ from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace, 
 from spade.layers import LayerSelection
 from spade.preprocessing import Preprocessing
 from spade.saliency import METHODS
-from spade.study.design import (
+from spade_study.design import (
     Patch,
     Study,
     StudyConfig,

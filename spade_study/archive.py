@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from spade.errors import SpadeError
-from spade.study.assignment import ANSWERS, TRUTH_FIRST, TRUTH_SECOND, Answer, Participant
-from spade.study.design import CONDITIONS, Patch, Study, StudyConfig, StudyItem
+from spade_study.assignment import ANSWERS, TRUTH_FIRST, TRUTH_SECOND, Answer, Participant
+from spade_study.design import CONDITIONS, Patch, Study, StudyConfig, StudyItem
 
 FORMAT = "spade-study"
 VERSION = 1

@@ -13,10 +13,8 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from plotly.subplots import make_subplots
 
 from spade.errors import ConfigError
 
@@ -35,13 +33,6 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
 
 def _anchors(signed: bool) -> np.ndarray:
     return np.array([_rgb(c) for c in (DIVERGING if signed else SEQUENTIAL)], dtype=np.float64)
-
-
-def plotly_colorscale(signed: bool) -> list[list]:
-    """The colour map as a plotly colorscale."""
-    colours = DIVERGING if signed else SEQUENTIAL
-    n = len(colours) - 1
-    return [[i / n, "rgb({},{},{})".format(*_rgb(c))] for i, c in enumerate(colours)]
 
 
 def _to_numpy(values, name: str) -> np.ndarray:
@@ -141,41 +132,6 @@ def scale_label(scale: float, signed: bool) -> str:
     return f"shared colour scale {rng} (dense and SPADE together)"
 
 
-def comparison_figure(image, dense_map, spade_map, method: str, *, signed: bool = True, opacity: float = 0.5,
-                      percentile: float = 99.0, titles: Sequence[str] = DEFAULT_TITLES) -> go.Figure:
-    """Plotly figure: image | dense map over image | SPADE map over image, one shared colour bar.
-
-    Both heatmaps use the same ``coloraxis`` (range ``±s`` signed or ``[0, s]`` absolute, ``s`` from
-    :func:`joint_scale`), so there is exactly one colour bar and equal colours mean equal values; hovering
-    shows the raw attribution. The title names the method and states the scale.
-    """
-    titles = _check_titles(titles)
-    img = _image_array(image)
-    a = _to_numpy(dense_map, "The dense map")
-    b = _to_numpy(spade_map, "The SPADE map")
-    if a.shape != img.shape[:2] or b.shape != img.shape[:2]:
-        raise ConfigError("Both maps must have the image's height and width.")
-    if not signed:
-        a, b = np.abs(a), np.abs(b)
-    scale = joint_scale(a, b, percentile) or 1.0
-    fig = make_subplots(rows=1, cols=3, subplot_titles=list(titles), horizontal_spacing=0.03)
-    for col in (1, 2, 3):
-        fig.add_trace(go.Image(z=img, hoverinfo="skip"), row=1, col=col)
-    for col, values, name in ((2, a, titles[1]), (3, b, titles[2])):
-        fig.add_trace(go.Heatmap(z=values, coloraxis="coloraxis", opacity=opacity, name=name,
-                                 hovertemplate="x=%{x} y=%{y}<br>attribution=%{z:.3g}<extra>" + name + "</extra>"),
-                      row=1, col=col)
-    fig.update_layout(
-        title=f"{method}: dense vs SPADE ({'signed' if signed else 'absolute'}) — {scale_label(scale, signed)}",
-        coloraxis=dict(colorscale=plotly_colorscale(signed), cmin=-scale if signed else 0.0, cmax=scale,
-                       colorbar=dict(title="attribution")),
-        margin=dict(l=10, r=10, t=70, b=10),
-    )
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    return fig
-
-
 PNG_PAD, PNG_HEADER, PNG_TITLE, PNG_BAR, PNG_LABEL = 12, 44, 24, 18, 70
 
 
@@ -206,7 +162,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def comparison_png(image, dense_map, spade_map, method: str, *, signed: bool = True, opacity: float = 0.5,
                    percentile: float = 99.0, titles: Sequence[str] = DEFAULT_TITLES, panel_size: int = 256) -> bytes:
-    """The same comparison as :func:`comparison_figure`, rendered with PIL to PNG bytes.
+    """Image | dense map over image | SPADE map over image with one shared colour bar, rendered with PIL to PNG bytes.
 
     Three panels (``panel_size`` pixels wide each, nearest-neighbour upscaling), their titles, a header
     with the method name and the shared scale, and one vertical colour bar labelled with its range.

@@ -12,7 +12,6 @@ from PIL import Image
 from spade.errors import ConfigError
 from spade.visualize import (
     colorize,
-    comparison_figure,
     comparison_png,
     joint_normalize,
     overlay,
@@ -70,20 +69,6 @@ def test_overlay_blends_with_opacity():
         overlay(img, np.zeros((3, 3)))
 
 
-def test_comparison_figure_has_one_shared_colour_bar():
-    dense, spade = maps()
-    img = np.zeros((16, 16, 3), dtype=np.uint8)
-    fig = comparison_figure(img, dense, spade, "Integrated Gradients")
-    heatmaps = [t for t in fig.data if t.type == "heatmap"]
-    assert len(heatmaps) == 2 and {h.coloraxis for h in heatmaps} == {"coloraxis"}
-    _, _, scale = joint_normalize(dense, spade)
-    assert fig.layout.coloraxis.cmin == pytest.approx(-scale) and fig.layout.coloraxis.cmax == pytest.approx(scale)
-    assert "Integrated Gradients" in fig.layout.title.text and f"{scale:.3g}" in fig.layout.title.text
-    titles = [a.text for a in fig.layout.annotations]
-    assert titles == ["Image", "Dense model", "SPADE trace"]
-    assert np.allclose(heatmaps[0].z, dense) and np.allclose(heatmaps[1].z, spade)
-
-
 def test_comparison_png_renders_both_maps_on_the_same_scale():
     img = np.full((8, 8, 3), 128, dtype=np.uint8)
     dense = np.zeros((8, 8))
@@ -107,5 +92,5 @@ def test_comparison_png_refuses_mismatched_maps():
     with pytest.raises(ConfigError):
         comparison_png(np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((4, 4)), np.zeros((4, 4)), "x")
     with pytest.raises(ConfigError):
-        comparison_figure(np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((8, 8)), np.zeros((8, 8)), "x",
-                          titles=("a", "b"))
+        comparison_png(np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((8, 8)), np.zeros((8, 8)), "x",
+                       titles=("a", "b"))

@@ -1,0 +1,96 @@
+"""Walk the app as a new user would, in headless Debian chromium, and save a full-page screenshot of each step.
+
+    python -m tools.browser.walk --out walk/            # every page; runs Explore and the Trojan lab with defaults
+    python -m tools.browser.walk --out walk/ --neurons  # also run the Neurons page (about a minute on a 2-core CPU)
+    python -m tools.browser.walk --out walk/ --width 1280 --height 720 --presentation
+
+Prints each screenshot's path and whether the page showed a Streamlit exception; exits 1 if one did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from tools.browser.server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+
+PAGES = ("Explore", "Neurons", "Trojan lab", "Human study", "How SPADE works")
+RUN_TIMEOUT_MS = 600_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.browser.walk", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the screenshots")
+    parser.add_argument("--width", type=int, default=1440)
+    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--presentation", action="store_true", help="switch on presentation mode first")
+    parser.add_argument("--neurons", action="store_true", help="also press Run on the Neurons page")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from playwright.sync_api import sync_playwright
+
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp, streamlit_server(Path(tmp) / "server.log") as url, \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": args.width, "height": args.height}).new_page()
+        page.set_default_timeout(120_000)
+
+        def shot(name: str) -> None:
+            """The whole page: Streamlit scrolls inside its main container, so the viewport grows to fit it."""
+            page.wait_for_timeout(1000)
+            path = args.out / f"{name}.png"
+            height = page.evaluate(
+                "Math.max(...[...document.querySelectorAll('[data-testid=stMain], [data-testid=stSidebarContent]')]"
+                ".map(e => e.scrollHeight), 0)")
+            page.set_viewport_size({"width": args.width, "height": max(args.height, min(int(height), 12_000))})
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(path))
+            page.set_viewport_size({"width": args.width, "height": args.height})
+            broken = page.get_by_test_id("stException").count() > 0
+            if broken:
+                failures.append(name)
+            print(f"{path}{'  (shows an exception)' if broken else ''}")
+
+        def open_page(title: str) -> None:
+            page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+            page.get_by_role("heading", name=title).first.wait_for()
+
+        page.goto(url)
+        page.get_by_text("Prediction:", exact=False).first.wait_for()
+        if args.presentation:
+            page.get_by_text("Presentation mode").first.click()
+        shot("01-explore")
+        page.get_by_role("button", name="Run SPADE").click()
+        page.get_by_role("button", name="Comparison (PNG)").wait_for(timeout=RUN_TIMEOUT_MS)
+        shot("02-explore-run")
+
+        open_page("Neurons")
+        shot("03-neurons")
+        if args.neurons:
+            page.get_by_role("button", name="Run").click()
+            page.get_by_text("SPADE", exact=False).last.wait_for(timeout=RUN_TIMEOUT_MS)
+            page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=RUN_TIMEOUT_MS)
+            shot("04-neurons-run")
+
+        open_page("Trojan lab")
+        shot("05-trojan-lab")
+        page.get_by_role("button", name="Stamp and run SPADE").click()
+        page.get_by_text("and their mean", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
+        shot("06-trojan-lab-run")
+
+        for number, title in enumerate(("Human study", "How SPADE works"), start=7):
+            open_page(title)
+            shot(f"{number:02d}-{title.lower().replace(' ', '-')}")
+        browser.close()
+    if failures:
+        print(f"exceptions shown on: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,16 +4,14 @@ import streamlit as st
 
 from spade_app import figures, loaders, results
 from spade_app.settings import settings_form
-from spade_app.sidebar import gallery, get_selection
+from spade_app.sidebar import gallery, get_selection, require_selection
 
 st.title("Explore")
 sel = get_selection()
 if not sel.presentation:
     with st.expander("Example gallery", expanded=False):
         gallery()
-if not sel.ready:
-    st.info("Choose a valid image and model in the sidebar to start.")
-    st.stop()
+require_selection()
 
 left, right = st.columns([1, 2])
 with left:

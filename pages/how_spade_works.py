@@ -4,7 +4,7 @@ import streamlit as st
 
 from spade_app import benchmarks, results
 from spade_app.settings import WALKTHROUGH
-from spade_app.sidebar import get_selection
+from spade_app.sidebar import require_selection
 
 st.title("How SPADE works")
 
@@ -97,10 +97,7 @@ st.header("Walkthrough on your image")
 st.caption("Uses the image and model chosen in the sidebar, with fixed classroom settings: 64 augmentations, "
            "uniform sparsity 0.5, GradCAM for the saliency step.")
 
-sel = get_selection()
-if not sel.ready:
-    st.info("Choose a valid image and model in the sidebar to run the walkthrough.")
-    st.stop()
+sel = require_selection('run the walkthrough')
 if not st.session_state.get("walkthrough_started") and not st.button("Start the walkthrough", type="primary",
                                                                        icon=":material/play_arrow:"):
     st.stop()

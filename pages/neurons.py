@@ -3,15 +3,12 @@
 import streamlit as st
 
 from spade_app import loaders, neurons
-from spade_app.sidebar import get_selection
+from spade_app.sidebar import require_selection
 
 st.title("Neurons")
 st.caption("A feature visualization on the dense model mixes every facet a neuron has learned; on the SPADE "
            "trace of one image it shows the facet this image used.")
-sel = get_selection()
-if not sel.ready:
-    st.info("Choose a valid image and model in the sidebar to start.")
-    st.stop()
+sel = require_selection()
 
 preds = loaders.top_k(sel.model_key, sel.image_key, sel.loaded, sel.image)
 predicted, name, prob = preds[0]

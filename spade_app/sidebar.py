@@ -51,6 +51,15 @@ def get_selection() -> Selection:
     return sel
 
 
+def require_selection(purpose: str = "start") -> Selection:
+    """The current selection; stops the page with a hint when its image or model is not usable."""
+    sel = get_selection()
+    if not sel.ready:
+        st.info(f"Choose a valid image and model in the sidebar to {purpose}.")
+        st.stop()
+    return sel
+
+
 def _model_label(name: str) -> str:
     if name == CHECKPOINT:
         return "Upload a checkpoint…"

@@ -1,19 +1,27 @@
-"""Sparse least-squares layer solver (SparseGPT-style OBS sweep), one layer at a time.
+"""Sparse least-squares layer solvers, one layer at a time: the SparseGPT-style OBS sweep and the exact greedy solver.
 
 Given a weight matrix W (rows x d) and the input Gram matrix H (d x d) of its layer, find W_s with
-a target fraction of zeros that keeps ``||W_s X - W X||^2`` small. Columns are processed left to
-right: a pruned weight's error is compensated on the columns to its right through the upper
-Cholesky factor U of the damped inverse Hessian; updates to columns beyond the current lazy block are
-deferred and applied as one matrix product per block (exact for any block size), solved with U's inverse
-K (an ordinary Cholesky factor of H, reversed) so that U itself is only formed block by block.
+a target fraction of zeros that keeps ``||W_s X - W X||^2`` small.
+
+The sweep (`GroupSweep`, `RowSweep`) processes columns left to right: a pruned weight's error is compensated on the
+columns to its right through the upper Cholesky factor U of the damped inverse Hessian; updates to columns beyond
+the current lazy block are deferred and applied as one matrix product per block (exact for any block size), solved
+with U's inverse K (an ordinary Cholesky factor of H, reversed) so that U itself is only formed block by block.
+The exact solver (`ExactSolver`) removes each row's weights one at a time (`spade.obc`).
+
+`SolverConfig` is the frozen, hashable choice of solver and settings; `solver_for` returns its `LayerSolver`, one
+instance per config, which keeps what it derives from layer statistics (`LayerCache`) for every caller.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 
@@ -21,13 +29,15 @@ from spade.damping import damped_cholesky
 from spade.errors import ConfigError
 from spade.obc import prune_rows_obc
 
-MODES = ("group", "row", "obc")
+if TYPE_CHECKING:
+    from spade.statistics import LayerStat
+
 SPARSITY_OF = ("all", "nonzero")
 
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """mode: "group" (the authors' selection groups: exactly the target fraction zeroed in each
+    """mode: a name in `SOLVERS`: "group" (the authors' selection groups: exactly the target fraction zeroed in each
     group of `group_size` columns over all rows) or "row" (each output row gets exactly the target
     fraction in each group of `row_group` columns, chosen adaptively during the sweep) or "obc" (the paper's exact
     solver: each output row loses its weights one at a time, always the one whose loss costs least given all earlier
@@ -49,8 +59,8 @@ class SolverConfig:
     sparsity_of: str = "nonzero"
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError(f"Unknown solver mode {self.mode!r}; choose one of {', '.join(MODES)}.")
+        if self.mode not in SOLVERS:
+            raise ConfigError(f"Unknown solver mode {self.mode!r}; choose one of {', '.join(SOLVERS)}.")
         if self.sparsity_of not in SPARSITY_OF:
             raise ConfigError(f"Unknown sparsity_of {self.sparsity_of!r}; choose one of {', '.join(SPARSITY_OF)}.")
         if self.damp < 0 or self.block_size < 1 or self.row_group < 1:
@@ -58,9 +68,8 @@ class SolverConfig:
 
     @property
     def nested_levels(self) -> bool:
-        """Whether one solve to a sparsity yields every lower one on the way (the exact solver's greedy path; see
-        `prune_matrix_levels`)."""
-        return self.mode == "obc"
+        """Whether one solve to a sparsity yields every lower one on the way (`LayerSolver.nested_levels`)."""
+        return SOLVERS[self.mode].nested_levels
 
 
 class PrunedMatrix(NamedTuple):
@@ -72,12 +81,162 @@ class PrunedMatrix(NamedTuple):
     error: float
 
 
+class PrunedLayer(NamedTuple):
+    """weight: the sparse layer weight (the dense weight's shape, dtype and device); error: the relative
+    reconstruction error ``||W_s X - W X||^2 / ||W X||^2`` over all its groups (0.0 for a layer whose output is
+    zero)."""
+
+    weight: torch.Tensor
+    error: float
+
+
+Memo = Callable[[Hashable, Callable[[], Any]], Any]
+"""``memo(key, compute)``: the value stored under key, or compute()'s, then stored (`LayerCache.memo`)."""
+
+
+def _compute(key: Hashable, compute: Callable[[], Any]) -> Any:
+    """A `Memo` that stores nothing."""
+    return compute()
+
+
+class LayerCache:
+    """What a solver derives once from one group's statistics and reuses at any sparsity (the sweep's
+    inverse-Hessian factor, the dense output energy), by `LayerStat` (held weakly: the entries go with the
+    statistics) and (group, key).
+
+    Thread-safe: app sessions share statistics and solvers. A value is computed outside the lock (two threads
+    may compute the same one; both are equal, the first stored is kept and returned to both)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: weakref.WeakKeyDictionary[LayerStat, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+
+    def get(self, stat: LayerStat, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The value under (stat, key), computed and stored if missing."""
+        with self._lock:
+            entries = self._entries.get(stat)
+            if entries is not None and key in entries:
+                return entries[key]
+        value = compute()
+        with self._lock:
+            return self._entries.setdefault(stat, {}).setdefault(key, value)
+
+    def memo(self, stat: LayerStat, group: int) -> Memo:
+        """The `Memo` of one group of a layer's statistics."""
+        return lambda key, compute: self.get(stat, (group, key), compute)
+
+
+def _check_sparsities(sparsities: Sequence[float]) -> None:
+    for sparsity in sparsities:
+        if not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"Sparsity must be in [0, 1), got {sparsity}.")
+
+
+def _dense_copy(weight: torch.Tensor) -> PrunedMatrix:
+    """Sparsity 0 without a mask: an exact copy of `weight`, nothing pruned."""
+    return PrunedMatrix(weight.clone(), torch.zeros_like(weight, dtype=torch.bool), 0.0)
+
+
+def output_energy(weight: torch.Tensor, hessian: torch.Tensor) -> float:
+    """``||weight X||^2`` up to the Gram scale, from H = X X^T: sum((W H) * W). weight: (rows, d); hessian: (d, d).
+    The product runs in the statistics' dtype, the sum in float64 (a reported figure, not part of the solve)."""
+    w = weight.to(hessian.dtype)
+    return float(((w @ hessian).double() * w.double()).sum())
+
+
+class LayerSolver(ABC):
+    """A sparse least-squares solver of one layer's weight matrices, configured by a `SolverConfig`.
+
+    `prune` and `prune_levels` solve one (rows, d) matrix; `prune_layer` solves a whole layer from its `LayerStat`
+    and keeps what does not depend on the sparsity in the solver's `LayerCache`, so re-solving the same statistics
+    at another sparsity skips it. The statistics are only read.
+    """
+
+    nested_levels: ClassVar[bool] = False
+    """Whether one solve to a sparsity yields every lower one on the way, so that `prune_levels` costs what its
+    highest level costs."""
+
+    def __init__(self, config: SolverConfig):
+        self.config = config
+        self.cache = LayerCache()
+
+    def prune(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int = 1, *,
+              mask: torch.Tensor | None = None, progress: Callable[[float], None] | None = None) -> PrunedMatrix:
+        """Sparse solution of one weight matrix.
+
+        weight: (rows, d) float tensor; hessian: (d, d) Gram matrix of the layer's inputs (same device).
+        sparsity in [0, 1): fraction of zeros. group_size: the layer's selection group width, kh*kw for a
+        convolution, 1 for linear and 1x1 layers (used by `GroupSweep`).
+        mask: optional fixed (rows, d) boolean prune mask (True = zero) that replaces mask selection.
+        progress: optional callback with the fraction of this matrix solved (`ExactSolver` only, whose layers can
+        take minutes, reports per batch of rows).
+        Returns the sparse weight (in weight's dtype), the prune mask and the output error. Sparsity 0 without a
+        mask returns an exact copy of `weight`.
+        """
+        _check_sparsities([sparsity])
+        return self._prune(weight, hessian, sparsity, group_size, mask, progress, _compute)
+
+    def prune_levels(self, weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float],
+                     group_size: int = 1, *, progress: Callable[[float], None] | None = None) -> list[PrunedMatrix]:
+        """`prune` at each of several sparsities, in their order; the same results as one call each. With
+        `nested_levels` one pass to the highest yields them all, for about its cost alone.
+        progress: the fraction of all of them solved."""
+        _check_sparsities(sparsities)
+        return self._prune_levels(weight, hessian, sparsities, group_size, progress, _compute)
+
+    def prune_layer(self, weight: torch.Tensor, stat: LayerStat, sparsities: Sequence[float],
+                    progress: Callable[[float], None] | None = None) -> list[PrunedLayer]:
+        """One layer at each of several sparsities, in their order, group by group of a grouped convolution.
+
+        weight: the dense weight the statistics were recorded on, (out, in/groups, kh, kw) or (out, in); stat: its
+        statistics (on any device: the work runs there). The selection group width is kh*kw (1 for a linear
+        layer). progress: the fraction of the layer solved.
+        """
+        _check_sparsities(sparsities)
+        groups = stat.hessian.shape[0]
+        rows = weight.detach().reshape(groups, weight.shape[0] // groups, -1).to(stat.hessian.device)
+        group_size = math.prod(stat.weight_shape[2:])
+        solved: list[list[torch.Tensor]] = [[] for _ in sparsities]
+        errors = [0.0] * len(sparsities)
+        energy = 0.0
+        for g in range(groups):
+            memo = self.cache.memo(stat, g)
+            within = None if progress is None else (lambda f, g=g: progress((g + f) / groups))
+            pruned = self._prune_levels(rows[g], stat.hessian[g], sparsities, group_size, within, memo)
+            for i, result in enumerate(pruned):
+                solved[i].append(result.weight)
+                errors[i] += result.error  # relative error over groups: numerator and denominator summed apart
+            energy += memo("dense_energy", lambda g=g: output_energy(rows[g], stat.hessian[g]))
+        return [PrunedLayer(torch.stack(parts).reshape(weight.shape).to(weight.device, weight.dtype),
+                            error / energy if energy > 0 else 0.0) for parts, error in zip(solved, errors)]
+
+    def _prune(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int,
+               mask: torch.Tensor | None, progress: Callable[[float], None] | None, memo: Memo) -> PrunedMatrix:
+        if sparsity == 0.0 and mask is None:
+            return _dense_copy(weight)
+        return self._solve(weight, hessian, sparsity, group_size, mask, progress, memo)
+
+    def _prune_levels(self, weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float],
+                      group_size: int, progress: Callable[[float], None] | None, memo: Memo) -> list[PrunedMatrix]:
+        """One `_prune` per level (sharing what `memo` keeps)."""
+        results = []
+        for i, sparsity in enumerate(sparsities):
+            share = None if progress is None else (lambda f, i=i: progress((i + f) / len(sparsities)))
+            results.append(self._prune(weight, hessian, sparsity, group_size, None, share, memo))
+        return results
+
+    @abstractmethod
+    def _solve(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int,
+               mask: torch.Tensor | None, progress: Callable[[float], None] | None, memo: Memo) -> PrunedMatrix:
+        """`prune` for 0 < sparsity < 1 or a given mask; memo keeps what does not depend on the sparsity."""
+
+
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float, block: int) -> tuple[torch.Tensor, float]:
     """What the sweep needs of the damped inverse Hessian, for lazy blocks of `block` columns, and lambda.
 
     With U the upper Cholesky factor of (H + lambda*I)^-1 (U^T U = H_damped^-1) and K = U^-1 (upper, K K^T =
     H_damped), returns F, upper block-triangular: its diagonal blocks are U's (U_BB = K_BB^-1) and above
-    them F_CB = K_CB U_BB. The sweep pulls each block's deferred update through F_CB (see `prune_matrix`),
+    them F_CB = K_CB U_BB. The sweep pulls each block's deferred update through F_CB (see `_sweep_blocks`),
     so U's off-diagonal blocks, a d^3/3 triangular inverse, are never formed. K comes from one Cholesky:
     with J the reversal permutation and J H J = L L^T, K = J L J.
 
@@ -126,6 +285,21 @@ def _select(scores: torch.Tensor, sparsity: float, per_row: bool, fixed: torch.T
     return torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device).scatter_(0, order, True).view_as(scores)
 
 
+def _working_copy(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W^T (d, rows) and H (d, d) in the working dtype (float64 for float64 statistics, else float32), with dead
+    inputs (diag H == 0) given a unit diagonal and zero weights, and the (d,) dead mask. W^T so that every column
+    slice of W is a contiguous row slice."""
+    dtype = torch.float64 if hessian.dtype == torch.float64 else torch.float32
+    WT = weight.to(dtype).T.contiguous()
+    H = hessian.to(dtype)
+    dead = torch.diagonal(H) == 0
+    if dead.any():
+        H = H.clone()
+        H[dead, dead] = 1.0
+        WT[dead] = 0.0
+    return WT, H, dead
+
+
 def _group_errors(w: torch.Tensor, prune: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """Scaled errors of a column group swept left to right with a fixed mask.
 
@@ -143,154 +317,191 @@ def _group_errors(w: torch.Tensor, prune: torch.Tensor, U: torch.Tensor) -> torc
     return err
 
 
-def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int = 1,
-                 config: SolverConfig = SolverConfig(), mask: torch.Tensor | None = None,
-                 factor_cache: dict | None = None, progress: Callable[[float], None] | None = None) -> PrunedMatrix:
-    """Sparse solution of one weight matrix.
+class _GroupSteps:
+    """Sweeps spans of columns in selection groups of `width` columns: each group's mask is chosen (unless given)
+    from its weights as updated by all columns to its left, then its errors are compensated within the span.
 
-    weight: (rows, d) float tensor; hessian: (d, d) Gram matrix of the layer's inputs (same device).
-    sparsity in [0, 1): fraction of zeros. group_size: selection group width in "group" mode
-    (kh*kw for a convolution, 1 for linear and 1x1 layers); "row" mode uses `config.row_group`, "obc" none (each row
-    is one group).
-    The mask of each group is chosen from its weights as updated by all columns to its left.
-    mask: optional fixed (rows, d) boolean prune mask (True = zero) that replaces mask selection.
-    factor_cache: optional dict kept by the caller for this Hessian; the inverse-Hessian factor does
-    not depend on the sparsity, so re-solving the same statistics reuses it (keyed by damp, dtype, block).
-    progress: optional callback with the fraction of this matrix solved; only "obc" mode, whose layers can take
-    minutes, reports (per batch of rows).
-    Returns the sparse weight (in weight's dtype), the prune mask and the output error. Sparsity 0 without a
-    mask returns an exact copy of `weight`.
+    WT: (d, rows) working weights and prune: (d, rows) mask, both updated in place; fixed: (d, rows) dense zeros
+    that stay zero and do not count, or None; diag: (d, 1) U's diagonal; choose: whether to select the mask;
+    per_row: count the target per output row instead of over the whole group.
+    """
+
+    def __init__(self, WT: torch.Tensor, prune: torch.Tensor, fixed: torch.Tensor | None, diag: torch.Tensor,
+                 sparsity: float, choose: bool, width: int, per_row: bool):
+        self.WT, self.prune, self.fixed, self.diag = WT, prune, fixed, diag
+        self.sparsity, self.choose, self.width, self.per_row = sparsity, choose, width, per_row
+
+    def sweep(self, U: torch.Tensor, Err: torch.Tensor, i1: int, s1: int, s2: int) -> None:
+        """Columns s1..s2 of the lazy block that starts at column i1, whose diagonal block of the factor is U;
+        their scaled errors go into Err (indexed from i1)."""
+        for g1 in range(s1, s2, self.width):
+            g2 = min(g1 + self.width, s2)
+            current = self.WT[g1:g2]
+            if self.choose:
+                self.prune[g1:g2] = _select(current**2 / self.diag[g1:g2] ** 2, self.sparsity, self.per_row,
+                                            None if self.fixed is None else self.fixed[g1:g2])
+            err = _group_errors(current, self.prune[g1:g2], U[g1 - i1:g2 - i1, g1 - i1:g2 - i1])
+            self.WT[g1:s2].addmm_(U[g1 - i1:g2 - i1, g1 - i1:s2 - i1].T, err, alpha=-1)
+            Err[g1 - i1:g2 - i1] = err
+
+
+class _ColumnSteps:
+    """Sweeps spans of one-column selection groups (linear and 1x1 layers in "group" mode): the lowest |w| of each
+    column are the lowest w^2 / U_jj^2. Per-column views and Python numbers are made once: a one-column step is a
+    handful of small operations, so the indexing around them is a large part of its cost. Arguments as
+    `_GroupSteps`."""
+
+    def __init__(self, WT: torch.Tensor, prune: torch.Tensor, fixed: torch.Tensor | None, diag: torch.Tensor,
+                 sparsity: float, choose: bool):
+        self.WT, self.fixed, self.choose = WT, fixed, choose
+        self.columns, self.column_masks = WT.unbind(0), prune.unbind(0)
+        self.scales = (1.0 / diag).flatten().tolist()
+        candidates = [WT.shape[1]] * WT.shape[0] if fixed is None else (~fixed).sum(1).tolist()  # per column
+        self.k_columns = [math.floor(sparsity * n + 1e-9) for n in candidates]
+
+    def sweep(self, U: torch.Tensor, Err: torch.Tensor, i1: int, s1: int, s2: int) -> None:
+        """As `_GroupSteps.sweep`."""
+        u_rows = U[s1 - i1:s2 - i1].unbind(0)
+        for j, err in enumerate(Err[s1 - i1:s2 - i1].unbind(0), start=s1):
+            w, pruned = self.columns[j], self.column_masks[j]
+            if self.choose:
+                scores = w.abs() if self.fixed is None else w.abs().masked_fill(pruned, math.inf)  # the fixed zeros
+                pruned.index_fill_(0, scores.topk(self.k_columns[j], largest=False, sorted=False).indices, True)
+            torch.mul(w, pruned, out=err).mul_(self.scales[j])
+            self.WT[j:s2].addr_(u_rows[j - s1][j - i1:s2 - i1], err, alpha=-1)
+
+
+class SweepSolver(LayerSolver):
+    """The SparseGPT sweep: columns left to right in lazy blocks, each selection group's mask chosen from its
+    weights as updated by all columns to its left. Subclasses choose the selection groups (`width`, `per_row`).
 
     The error comes from the sweep itself: zeroing a weight with the optimal compensation of the columns to
     its right raises ``dW H_damped dW^T`` by exactly the squared scaled error, so the scaled errors' sum is
     that quadratic form, and subtracting ``lambda * ||dW||^2`` leaves ``dW H dW^T`` (no extra d x d product).
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"Sparsity must be in [0, 1), got {sparsity}.")
-    if sparsity == 0.0 and mask is None:
-        return PrunedMatrix(weight.clone(), torch.zeros_like(weight, dtype=torch.bool), 0.0)
-    if config.mode == "obc":
-        return _prune_obc(weight, hessian, [sparsity], config, mask, progress)[0]
-    dtype = torch.float64 if hessian.dtype == torch.float64 else torch.float32
-    # Work on W^T so that every column slice of W is a contiguous row slice.
-    WT = weight.to(dtype).T.contiguous()
-    H = hessian.to(dtype)
+
+    per_row: ClassVar[bool]
+    """Whether each output row gets the target fraction of each selection group, instead of the group as a whole."""
+
+    @abstractmethod
+    def width(self, group_size: int) -> int:
+        """Columns per selection group for a layer whose selection group width is `group_size`."""
+
+    def _solve(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int,
+               mask: torch.Tensor | None, progress: Callable[[float], None] | None, memo: Memo) -> PrunedMatrix:
+        WT, H, dead = _working_copy(weight, hessian)
+        before = WT.clone()
+        prune = torch.zeros_like(WT, dtype=torch.bool) if mask is None else mask.T.contiguous()
+        fixed = None  # the dense weight's zeros, when they stay zero and do not count towards the target
+        if mask is None and self.config.sparsity_of == "nonzero" and not WT.all():
+            fixed = WT == 0
+            prune |= fixed
+        width = self.width(group_size)
+        block = max(width, self.config.block_size // width * width)  # lazy blocks hold whole selection groups
+        inner = max(width, 16 // width * width)  # eager updates reach only this far; the rest is deferred
+        F, damping = memo(("factor", H.dtype, block), lambda: inverse_hessian_factor(H, self.config.damp, block))
+        diag = torch.diagonal(F).unsqueeze(1)  # U_jj
+        if width == 1 and not self.per_row:
+            steps = _ColumnSteps(WT, prune, fixed, diag, sparsity, mask is None)
+        else:
+            steps = _GroupSteps(WT, prune, fixed, diag, sparsity, mask is None, width, self.per_row)
+        damped_error = _sweep_blocks(WT, before, F, block, inner, steps)
+        prune |= dead.unsqueeze(1)
+        WT[prune] = 0.0  # exact zeros (the sweep leaves them at rounding level)
+        error = float(damped_error) - damping * float((WT - before).double().square().sum())
+        return PrunedMatrix(WT.T.to(weight.dtype).contiguous(), prune.T.contiguous(), max(error, 0.0))
+
+
+def _sweep_blocks(WT: torch.Tensor, before: torch.Tensor, F: torch.Tensor, block: int, inner: int,
+                  steps: _GroupSteps | _ColumnSteps) -> torch.Tensor:
+    """Sweep all columns of WT (d, rows; updated in place from its dense values `before`) in lazy blocks of `block`
+    columns and eager spans of `inner`, with the factor F of `inverse_hessian_factor`; returns the float64 sum of
+    the squared scaled errors.
+
+    Column k receives (Err U)_k from the swept columns' scaled errors Err. Rather than pushing each block's
+    errors to all later columns through U's off-diagonal blocks, a block B pulls its share when it comes:
+    with C the columns before B, Z_C = (Err U)_C is all that C received, W_C before minus after the sweep, and
+    Z K = Err (K = U^-1 upper) with Err_B = 0 so far, so B has received -(Z_C K_CB) U_BB = -Z_C F_CB.
+    The same products as pushing.
+    """
     d = WT.shape[0]
-    dead = torch.diagonal(H) == 0
-    if dead.any():
-        H = H.clone()
-        H[dead, dead] = 1.0
-        WT[dead] = 0.0
-    before = WT.clone()
-    prune = torch.zeros_like(WT, dtype=torch.bool) if mask is None else mask.T.contiguous()
-    fixed = None  # the dense weight's zeros, when they stay zero and do not count towards the target
-    if mask is None and config.sparsity_of == "nonzero" and not WT.all():
-        fixed = WT == 0
-        prune |= fixed
-    per_row = config.mode == "row"
-    sel = config.row_group if per_row else group_size
-    block = max(sel, config.block_size // sel * sel)  # lazy blocks hold whole selection groups
-    inner = max(sel, 16 // sel * sel)  # eager updates reach only this far; the rest is deferred
-    key = (config.damp, dtype, block)
-    cached = None if factor_cache is None else factor_cache.get(key)
-    if cached is None:
-        cached = inverse_hessian_factor(H, config.damp, block)
-        if factor_cache is not None:
-            factor_cache[key] = cached
-    F, damping = cached
-    diag = torch.diagonal(F).unsqueeze(1)  # U_jj
-    single = sel == 1 and not per_row
-    if single:
-        # Per-column views and Python numbers made once: a one-column step is a handful of small operations,
-        # so the indexing around them is a large part of its cost.
-        columns, column_masks = WT.unbind(0), prune.unbind(0)
-        scales = (1.0 / diag).flatten().tolist()
-        candidates = [WT.shape[1]] * d if fixed is None else (~fixed).sum(1).tolist()  # per column
-        k_columns = [math.floor(sparsity * n + 1e-9) for n in candidates]
-
-    # Indices into U (the current block's diagonal block of the factor) are counted from the block start i1.
-    def column_step(j: int, s2: int, err: torch.Tensor, u_rows: tuple[torch.Tensor, ...], i1: int) -> None:
-        # One-column group (linear, 1x1): the lowest |w| of the column are the lowest w^2 / U_jj^2.
-        w, pruned = columns[j], column_masks[j]
-        if mask is None:
-            scores = w.abs() if fixed is None else w.abs().masked_fill(pruned, math.inf)  # pruned: the fixed zeros
-            pruned.index_fill_(0, scores.topk(k_columns[j], largest=False, sorted=False).indices, True)
-        torch.mul(w, pruned, out=err).mul_(scales[j])
-        WT[j:s2].addr_(u_rows[j - i1][j - i1:s2 - i1], err, alpha=-1)
-
-    def group_step(g1: int, g2: int, s2: int, U: torch.Tensor, i1: int) -> torch.Tensor:
-        current = WT[g1:g2]
-        if mask is None:
-            prune[g1:g2] = _select(current**2 / diag[g1:g2] ** 2, sparsity, per_row,
-                                   None if fixed is None else fixed[g1:g2])
-        err = _group_errors(current, prune[g1:g2], U[g1 - i1:g2 - i1, g1 - i1:g2 - i1])
-        WT[g1:s2].addmm_(U[g1 - i1:g2 - i1, g1 - i1:s2 - i1].T, err, alpha=-1)
-        return err
-
-    # Column k receives (Err U)_k from the swept columns' scaled errors Err. Rather than pushing each block's
-    # errors to all later columns through U's off-diagonal blocks, a block B pulls its share when it comes:
-    # with C the columns before B, Z_C = (Err U)_C is all that C received, W_C before minus after the sweep, and
-    # Z K = Err (K = U^-1 upper) with Err_B = 0 so far, so B has received -(Z_C K_CB) U_BB = -Z_C F_CB.
-    # The same products as pushing.
     swept = torch.empty_like(WT)  # Z transposed like WT, filled block by block
     damped_error = torch.zeros((), dtype=torch.float64, device=WT.device)
     for i1 in range(0, d, block):
         i2 = min(i1 + block, d)
         U = F[i1:i2, i1:i2]
         WT[i1:i2].addmm_(F[:i1, i1:i2].T, swept[:i1])
-        Err = torch.empty(i2 - i1, WT.shape[1], dtype=dtype, device=WT.device)
-        u_rows = U.unbind(0)
+        Err = torch.empty(i2 - i1, WT.shape[1], dtype=WT.dtype, device=WT.device)
         for s1 in range(i1, i2, inner):
             s2 = min(s1 + inner, i2)
-            if single:
-                for j, err in enumerate(Err[s1 - i1:s2 - i1].unbind(0), start=s1):
-                    column_step(j, s2, err, u_rows, i1)
-            else:
-                for g1 in range(s1, s2, sel):
-                    g2 = min(g1 + sel, s2)
-                    Err[g1 - i1:g2 - i1] = group_step(g1, g2, s2, U, i1)
+            steps.sweep(U, Err, i1, s1, s2)
             if s2 < i2:
                 WT[s2:i2].addmm_(U[s1 - i1:s2 - i1, s2 - i1:].T, Err[s1 - i1:s2 - i1], alpha=-1)
         damped_error += Err.double().square().sum()
         torch.sub(before[i1:i2], WT[i1:i2], out=swept[i1:i2])
-    prune |= dead.unsqueeze(1)
-    WT[prune] = 0.0  # exact zeros (the sweep leaves them at rounding level)
-    error = float(damped_error) - damping * float((WT - before).double().square().sum())
-    return PrunedMatrix(WT.T.to(weight.dtype).contiguous(), prune.T.contiguous(), max(error, 0.0))
+    return damped_error
 
 
-def _prune_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float], config: SolverConfig,
-               mask: torch.Tensor | None = None, progress: Callable[[float], None] | None = None) -> list[PrunedMatrix]:
-    results = []
-    for solved, prune in prune_rows_obc(weight, hessian, sparsities, config.damp, config.sparsity_of, mask, progress):
-        delta = solved.double() - weight.double()
-        error = float(((delta @ hessian.double()) * delta).sum())
-        results.append(PrunedMatrix(solved.to(weight.dtype), prune, max(error, 0.0)))
-    return results
+class GroupSweep(SweepSolver):
+    """The authors' selection: exactly the target fraction zeroed in each group of the layer's `group_size` columns
+    over all rows."""
+
+    per_row = False
+
+    def width(self, group_size: int) -> int:
+        return group_size
 
 
-def prune_matrix_levels(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float], group_size: int = 1,
-                        config: SolverConfig = SolverConfig(), factor_cache: dict | None = None,
-                        progress: Callable[[float], None] | None = None) -> list[PrunedMatrix]:
-    """`prune_matrix` at each of several sparsities, in their order; the same results as one call each.
+class RowSweep(SweepSolver):
+    """Each output row gets exactly the target fraction in each group of ``config.row_group`` columns."""
 
-    With ``config.nested_levels`` (the exact solver) one pass to the highest sparsity yields them all, for about
-    the cost of the highest alone; the sweeps solve each in turn (sharing the factorisation through factor_cache).
-    progress: the fraction of all of them solved.
-    """
-    for sparsity in sparsities:
-        if not 0.0 <= sparsity < 1.0:
-            raise ConfigError(f"Sparsity must be in [0, 1), got {sparsity}.")
-    if config.nested_levels:
+    per_row = True
+
+    def width(self, group_size: int) -> int:
+        return self.config.row_group
+
+
+class ExactSolver(LayerSolver):
+    """The exact greedy solver (`spade.obc.prune_rows_obc`): each row is one selection group; several levels come
+    from one pass to the highest. It keeps nothing in its cache but the dense output energy."""
+
+    nested_levels = True
+
+    def _solve(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int,
+               mask: torch.Tensor | None, progress: Callable[[float], None] | None, memo: Memo) -> PrunedMatrix:
+        return self._obc(weight, hessian, [sparsity], mask, progress)[0]
+
+    def _prune_levels(self, weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float],
+                      group_size: int, progress: Callable[[float], None] | None, memo: Memo) -> list[PrunedMatrix]:
         positive = [s for s in sparsities if s > 0]
-        solved = iter(_prune_obc(weight, hessian, positive, config, progress=progress) if positive else ())
-        return [next(solved) if s > 0 else prune_matrix(weight, hessian, 0.0) for s in sparsities]
-    results = []
-    for i, sparsity in enumerate(sparsities):
-        share = None if progress is None else (lambda f, i=i: progress((i + f) / len(sparsities)))
-        results.append(prune_matrix(weight, hessian, sparsity, group_size, config, factor_cache=factor_cache,
-                                    progress=share))
-    return results
+        solved = iter(self._obc(weight, hessian, positive, None, progress) if positive else ())
+        return [next(solved) if s > 0 else _dense_copy(weight) for s in sparsities]
+
+    def _obc(self, weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float],
+             mask: torch.Tensor | None, progress: Callable[[float], None] | None) -> list[PrunedMatrix]:
+        results = []
+        for solved, prune in prune_rows_obc(weight, hessian, sparsities, self.config.damp, self.config.sparsity_of,
+                                            mask, progress):
+            delta = solved.double() - weight.double()
+            error = float(((delta @ hessian.double()) * delta).sum())
+            results.append(PrunedMatrix(solved.to(weight.dtype), prune, max(error, 0.0)))
+        return results
+
+
+SOLVERS: dict[str, type[LayerSolver]] = {"group": GroupSweep, "row": RowSweep, "obc": ExactSolver}
+"""The solvers by `SolverConfig.mode`, in the order the app and the CLI offer them."""
+
+_instances: dict[SolverConfig, LayerSolver] = {}
+_instances_lock = threading.Lock()
+
+
+def solver_for(config: SolverConfig = SolverConfig()) -> LayerSolver:
+    """The solver of `config`: one instance per config in this process, so that its `LayerCache` serves every
+    caller (every app session) that solves the same statistics with these settings."""
+    with _instances_lock:
+        if config not in _instances:
+            _instances[config] = SOLVERS[config.mode](config)
+        return _instances[config]
 
 
 def reconstruction_error(weight: torch.Tensor, sparse_weight: torch.Tensor, hessian: torch.Tensor) -> float:

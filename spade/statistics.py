@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +32,16 @@ ProgressFn = Callable[[str, float], None]
 _UNFOLD_ELEMENTS = 2**25
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class LayerStat:
-    """Statistics of one target layer.
+    """Statistics of one target layer, immutable once collected: the fields cannot be set and the hessian tensor
+    is never written after `collect_statistics` returns (solvers keep what they derive from it in their own
+    caches, `spade.solver.LayerCache`), so one LayerStat may be shared by threads and app sessions. Compared and
+    hashed by identity.
 
+    weight_shape: the layer's weight shape, (out, in/groups, kh, kw) or (out, in).
     hessian: (groups, d, d) Gram matrices, d = in_features for Linear, (in_channels/groups)*kh*kw
-    for Conv2d, scaled by 2/rows. rows: number of input columns accumulated.
+    for Conv2d, scaled by 2/rows, in the accumulation dtype. rows: number of input columns accumulated.
     """
 
     name: str
@@ -44,14 +49,13 @@ class LayerStat:
     weight_shape: tuple[int, ...]
     hessian: torch.Tensor
     rows: int = 0
-    # per group: what the solver computed once and reuses for any sparsity (inverse-Hessian factor, dense
-    # output energy)
-    factors: list[dict] = field(default_factory=list, repr=False)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class LayerStatistics:
-    """Everything `solve` needs: the dense model (never modified) and the per-layer statistics.
+    """Everything `solve` needs: the dense model (never modified) and the per-layer statistics. Immutable like its
+    `LayerStat` values: layers and seconds are read-only mappings (copies of the ones given) and no tensor is
+    written after construction; `dataclasses.replace` makes a changed copy.
 
     layers: {layer name: LayerStat} in the model's registration order.
     reference: optional (1, 3, H, W) un-augmented input whose predictions the trace report compares,
@@ -60,10 +64,14 @@ class LayerStatistics:
     """
 
     model: nn.Module
-    layers: dict[str, LayerStat]
+    layers: Mapping[str, LayerStat]
     reference: torch.Tensor | None = None
     reference_logits: torch.Tensor | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
+        object.__setattr__(self, "seconds", MappingProxyType(dict(self.seconds)))
 
 
 def _same_padding_adapter() -> dict[type, Callable]:
@@ -229,12 +237,10 @@ def add_gram(hessian: torch.Tensor, cols: torch.Tensor) -> None:
                 hessian[:, cols_j, rows_i] += product.transpose(1, 2)
 
 
-def _new_stat(name: str, module: nn.Module, dtype: torch.dtype, device: torch.device) -> LayerStat:
-    w = module.weight
-    groups = getattr(module, "groups", 1)
-    d = w[0].numel()
-    return LayerStat(name=name, kind=layer_kind(module), weight_shape=tuple(w.shape),
-                     hessian=torch.zeros(groups, d, d, dtype=dtype, device=device))
+def _empty_gram(module: nn.Module, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(groups, d, d) zeros to accumulate a target layer's Gram matrices in."""
+    d = module.weight[0].numel()
+    return torch.zeros(getattr(module, "groups", 1), d, d, dtype=dtype, device=device)
 
 
 @contextmanager
@@ -276,17 +282,17 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
         if missing:
             raise ConfigError(f"Not a Conv2d/Linear layer of this model: {', '.join(missing[:5])}.")
         targets = {n: candidates[n] for n in layers}
-    stats = {name: _new_stat(name, m, dtype, device) for name, m in targets.items()}
+    grams = {name: _empty_gram(m, dtype, device) for name, m in targets.items()}
+    counts = dict.fromkeys(targets, 0)
 
     def on_input(name: str, module: nn.Module, x: torch.Tensor) -> None:
-        stat = stats[name]
         if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
-            stat.rows += add_conv_gram_by_shifts(stat.hessian, module, x.detach())
+            counts[name] += add_conv_gram_by_shifts(grams[name], module, x.detach())
             return
         for cols in pointwise_columns(module, x.detach()):
             cols = cols.to(dtype)
-            add_gram(stat.hessian, cols)
-            stat.rows += cols.shape[1]
+            add_gram(grams[name], cols)
+            counts[name] += cols.shape[1]
 
     start = time.perf_counter()
     n = batch.shape[0]
@@ -297,9 +303,12 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
                 work(batch[i:i + batch_size].to(device))
                 if progress is not None:
                     progress("statistics", min(n, i + batch_size) / n)
-    for stat in stats.values():
-        if stat.rows:
-            stat.hessian.mul_(2.0 / stat.rows)
+    stats = {}
+    for name, module in targets.items():
+        if counts[name]:
+            grams[name].mul_(2.0 / counts[name])
+        stats[name] = LayerStat(name=name, kind=layer_kind(module), weight_shape=tuple(module.weight.shape),
+                                hessian=grams[name], rows=counts[name])
     seconds = time.perf_counter() - start
     log.info("collected statistics of %d layers over %d inputs in %.2fs", len(stats), batch.shape[0], seconds)
     return LayerStatistics(model=model, layers=stats, seconds={"statistics": seconds})

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +20,7 @@ from spade.devices import model_device, resolve_device
 from spade.errors import ConfigError
 from spade.layers import LayerSelection, block_of
 from spade.preprocessing import Preprocessing
-from spade.solver import SolverConfig, prune_matrix_levels
+from spade.solver import SolverConfig, solver_for
 from spade.sparsity import Sparsity, SparsityProfile, backoff_schedule, resolve_targets
 from spade.statistics import LayerStatistics, collect_statistics
 
@@ -170,18 +170,6 @@ def _sparse_copy(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modul
     return trace_model
 
 
-def _within(progress: ProgressFn | None, stage: str, start: float, share: float) -> Callable[[float], None] | None:
-    """A callback for one part of a stage: its fraction f done is reported as ``start + share * f``."""
-    return None if progress is None else lambda f: progress(stage, start + share * f)
-
-
-def _output_energy(weight: torch.Tensor, hessian: torch.Tensor) -> float:
-    """``||weight X||^2`` up to the Gram scale, from H = X X^T: sum((W H) * W). The product runs in the
-    statistics' dtype, the sum in float64 (a reported figure, not part of the solve)."""
-    w = weight.to(hessian.dtype)
-    return float(((w @ hessian).double() * w.double()).sum())
-
-
 def _sparsity_settings(sparsity: Sparsity):
     if isinstance(sparsity, SparsityProfile):
         return sparsity.to_json()
@@ -210,43 +198,23 @@ def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solv
     dense = statistics.model
     targets = [resolve_targets(dense, list(statistics.layers), sparsity) for sparsity in sparsities]
     modules = dict(dense.named_modules())
+    layer_solver = solver_for(solver)
     weights: list[dict[str, torch.Tensor]] = [{} for _ in sparsities]
     reports: list[list[LayerReport]] = [[] for _ in sparsities]
     for i, (name, stat) in enumerate(statistics.layers.items()):
-        module = modules[name]
-        weight = module.weight.detach()
-        groups = stat.hessian.shape[0]
-        rows = weight.reshape(groups, weight.shape[0] // groups, -1).to(stat.hessian.device)
-        group_size = 1 if isinstance(module, nn.Linear) else module.kernel_size[0] * module.kernel_size[1]
+        weight = modules[name].weight.detach()
         levels = sorted({t[name] for t in targets})
-        solved: dict[float, list[torch.Tensor]] = {level: [] for level in levels}
-        err_num, err_den = dict.fromkeys(levels, 0.0), 0.0
-        if len(stat.factors) != groups:
-            stat.factors = [{} for _ in range(groups)]
-        for g in range(groups):
-            share = 1 / (groups * len(statistics.layers))
-            within = _within(progress, "solve", (i * groups + g) * share, share)
-            pruned = prune_matrix_levels(rows[g], stat.hessian[g], levels, group_size, solver,
-                                         factor_cache=stat.factors[g], progress=within)
-            for level, result in zip(levels, pruned):
-                solved[level].append(result.weight)
-                # relative error summed over groups: accumulate numerator and denominator separately
-                err_num[level] += result.error
-            cache = stat.factors[g]
-            if "dense_energy" not in cache:  # does not depend on the sparsity
-                cache["dense_energy"] = _output_energy(rows[g], stat.hessian[g])
-            err_den += cache["dense_energy"]
+        within = None if progress is None else (lambda f, i=i: progress("solve", (i + f) / len(statistics.layers)))
+        pruned = layer_solver.prune_layer(weight, stat, levels, within)
         # "achieved" counts what the target counts: every weight, or the dense weight's nonzero ones
         built_in = int((weight == 0).sum()) if solver.sparsity_of == "nonzero" else 0
-        for level in levels:
-            sparse = torch.stack(solved[level]).reshape(weight.shape).to(weight.device, weight.dtype)
+        for level, (sparse, error) in zip(levels, pruned):
             zeros = int((sparse == 0).sum())
             counted = sparse.numel() - built_in
             report = LayerReport(
                 name=name, block=block_of(dense, name), kind=stat.kind, weight_shape=tuple(weight.shape),
                 target=level, achieved=(zeros - built_in) / counted if counted else 0.0,
-                error=err_num[level] / err_den if err_den > 0 else 0.0, params=sparse.numel(),
-                kept=sparse.numel() - zeros)
+                error=error, params=sparse.numel(), kept=sparse.numel() - zeros)
             for j, t in enumerate(targets):
                 if t[name] == level:
                     weights[j][name] = sparse
@@ -341,11 +309,11 @@ def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: P
     t_aug = time.perf_counter() - t0
     stats = collect_statistics(model, batch, selection=selection, batch_size=batch_size, dtype=dtype,
                                progress=progress)
-    stats.reference = preprocessing(image).unsqueeze(0)
+    reference = preprocessing(image).unsqueeze(0)
     with torch.inference_mode():
-        stats.reference_logits = model(stats.reference.to(target_device)).cpu()
-    stats.seconds = {"augment": t_aug, **stats.seconds}
-    return stats
+        reference_logits = model(reference.to(target_device)).cpu()
+    return replace(stats, reference=reference, reference_logits=reference_logits,
+                   seconds={"augment": t_aug, **stats.seconds})
 
 
 def spade_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,

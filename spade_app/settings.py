@@ -14,8 +14,7 @@ from torch import nn
 
 from spade.augment import AugmentConfig
 from spade.errors import ConfigError, SpadeError
-from spade.solver import MODES as SOLVER_MODES
-from spade.solver import SolverConfig
+from spade.solver import SOLVERS, SolverConfig
 from spade.sparsity import (
     BACKOFF_FACTORS,
     Sparsity,
@@ -144,7 +143,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
             seed = st.number_input("Seed", 0, 2**31 - 1, aug.seed, key="ex_seed")
         with c_solver:
             st.markdown("**Solver and explanations**")
-            solver_mode = st.selectbox("Solver mode", SOLVER_MODES, index=SOLVER_MODES.index(last.solver.mode),
+            solver_mode = st.selectbox("Solver mode", list(SOLVERS), index=list(SOLVERS).index(last.solver.mode),
                                        key="ex_solver", format_func=lambda m: f"{m}: {SOLVER_HELP.get(m, '')}")
             sparsity_of = st.selectbox(
                 "A sparsity counts", list(SPARSITY_OF_LABELS),

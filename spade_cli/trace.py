@@ -49,7 +49,7 @@ def _non_negative(text: str) -> float:
 
 
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
-    """--sparsity-of, --solver and --damp. The choices and the default damping are spade.solver's SPARSITY_OF, MODES
+    """--sparsity-of, --solver and --damp. The choices and the default damping are spade.solver's SPARSITY_OF, SOLVERS
     and SolverConfig.damp, written out: the parser is built without importing torch (a test checks that they
     agree)."""
     parser.add_argument("--sparsity-of", choices=("nonzero", "all"), default="nonzero",

@@ -441,13 +441,13 @@ def test_built_in_profile_reaches_the_trace_and_a_model_without_one_is_told(tiny
 
 
 def test_exact_solver_choice_reaches_the_trace(tiny, at):
-    from spade.solver import MODES
+    from spade.solver import SOLVERS
     from spade_app.settings import SOLVER_HELP
 
-    assert set(SOLVER_HELP) == set(MODES)
+    assert set(SOLVER_HELP) == set(SOLVERS)
     _with_model(at, tiny.name)
     choice = at.selectbox(key="ex_solver")
-    assert choice.options == [f"{m}: {SOLVER_HELP[m]}" for m in MODES]
+    assert choice.options == [f"{m}: {SOLVER_HELP[m]}" for m in SOLVERS]
     choice.set_value("obc")
     _run_spade(at, sparsity=0.7)
     trace = _current_trace(at)

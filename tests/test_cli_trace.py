@@ -84,7 +84,7 @@ def test_sparsity_of_counts_the_dense_zeros_or_not(tmp_path):
 
 
 def test_every_trace_building_command_takes_the_solver_options():
-    from spade.solver import MODES, SPARSITY_OF, SolverConfig
+    from spade.solver import SOLVERS, SPARSITY_OF, SolverConfig
     from spade_cli.main import build_parser
     from spade_cli.trace import solver_from_args
 
@@ -92,7 +92,7 @@ def test_every_trace_building_command_takes_the_solver_options():
     for argv in (["trace", image], ["explain", image], ["visualize", image],
                  ["benchmark", "trojan"], ["benchmark", "insertion"], ["benchmark", "tune"]):
         assert solver_from_args(build_parser().parse_args(argv)) == SolverConfig(), argv
-        for mode, counts in zip(MODES, SPARSITY_OF * len(MODES)):
+        for mode, counts in zip(SOLVERS, SPARSITY_OF * len(SOLVERS)):
             chosen = build_parser().parse_args([*argv, "--solver", mode, "--sparsity-of", counts])
             assert solver_from_args(chosen) == SolverConfig(mode=mode, sparsity_of=counts), argv
         damped = build_parser().parse_args([*argv, "--damp", "0.5"])
@@ -103,4 +103,4 @@ def test_every_trace_building_command_takes_the_solver_options():
     # the parser writes the choices out (it is built without torch): they must be the library's
     trace = build_parser()._subparsers._group_actions[0].choices["trace"]
     choices = {action.dest: action.choices for action in trace._actions}
-    assert tuple(choices["solver"]) == MODES and set(choices["sparsity_of"]) == set(SPARSITY_OF)
+    assert tuple(choices["solver"]) == tuple(SOLVERS) and set(choices["sparsity_of"]) == set(SPARSITY_OF)

@@ -14,7 +14,7 @@ from spade.images import bundled_examples, load_image
 from spade.metrics import rank_correlation
 from spade.models import load_model
 from spade.saliency import METHODS
-from spade.solver import SolverConfig, prune_matrix
+from spade.solver import SolverConfig, solver_for
 from spade.statistics import collect_statistics
 from spade.trace import spade_trace
 from tests.test_solver import correlated_problem
@@ -110,8 +110,8 @@ def test_exact_obc_solver_agrees_with_the_cpu(dtype):
     # The batched greedy removals (argmin, rank-1 updates, compaction) on the GPU make the CPU's choices.
     W, _, H = correlated_problem(rows=48, d=80, dtype=dtype)
     obc = SolverConfig(mode="obc")
-    cpu = prune_matrix(W, H, 0.6, 1, obc)
-    gpu = prune_matrix(W.cuda(), H.cuda(), 0.6, 1, obc)
+    cpu = solver_for(obc).prune(W, H, 0.6, 1)
+    gpu = solver_for(obc).prune(W.cuda(), H.cuda(), 0.6, 1)
     assert gpu.weight.device.type == "cuda" and gpu.weight.dtype == dtype
     mismatch = (gpu.mask.cpu() != cpu.mask).float().mean()
     if dtype == torch.float64:

@@ -7,7 +7,7 @@ import torch
 
 import spade.obc
 from spade.errors import ConfigError
-from spade.solver import MODES, SolverConfig, prune_matrix, prune_matrix_levels, reconstruction_error
+from spade.solver import SOLVERS, SolverConfig, reconstruction_error, solver_for
 from tests.test_solver import correlated_problem, damped
 
 OBC = SolverConfig(mode="obc")
@@ -48,7 +48,7 @@ def test_obc_equals_the_brute_force_greedy(monkeypatch, sparsity, batched, compa
     monkeypatch.setattr(spade.obc, "CACHE_ELEMENTS", 10**6 if batched else 1)
     monkeypatch.setattr(spade.obc, "COMPACT_EVERY", compact_every)
     W, _, H = correlated_problem(rows=4, d=24)
-    solved, mask, error = prune_matrix(W, H, sparsity, 1, OBC)
+    solved, mask, error = solver_for(OBC).prune(W, H, sparsity, 1)
     k = math.floor(sparsity * 24)
     for i in range(W.shape[0]):
         expected, expected_mask = brute_force_greedy(W[i], H, k)
@@ -60,7 +60,7 @@ def test_obc_equals_the_brute_force_greedy(monkeypatch, sparsity, batched, compa
 def test_obc_with_a_mask_is_each_rows_least_squares_optimum():
     W, _, H = correlated_problem(rows=5, d=20)
     prune = torch.rand(W.shape, generator=torch.Generator().manual_seed(3)) < 0.6
-    solved, mask, _ = prune_matrix(W, H, 0.5, 1, OBC, mask=prune)
+    solved, mask, _ = solver_for(OBC).prune(W, H, 0.5, 1, mask=prune)
     assert torch.equal(mask, prune)
     expected = torch.stack([least_squares_on(W[i], H, prune[i]) for i in range(W.shape[0])])
     torch.testing.assert_close(solved, expected, rtol=1e-9, atol=1e-9)
@@ -73,7 +73,7 @@ def test_obc_gives_each_row_its_share_and_zeroes_dead_inputs(sparsity_of):
     W = W.masked_fill(zeros, 0.0)
     H[7, :] = 0.0  # a dead input
     H[:, 7] = 0.0
-    solved, mask, _ = prune_matrix(W, H, 0.5, 1, SolverConfig(mode="obc", sparsity_of=sparsity_of))
+    solved, mask, _ = solver_for(SolverConfig(mode="obc", sparsity_of=sparsity_of)).prune(W, H, 0.5, 1)
     assert torch.equal(solved == 0, mask) and mask[:, 7].all()
     dense_zeros = zeros.clone()
     dense_zeros[:, 7] = True
@@ -88,15 +88,15 @@ def test_obc_gives_each_row_its_share_and_zeroes_dead_inputs(sparsity_of):
 def test_obc_reconstructs_better_than_the_sweeps():
     # What the exact solver is for: a lower output error at the same sparsity than either sweep.
     W, _, H = correlated_problem(rows=16, d=64)
-    obc = prune_matrix(W, H, 0.7, 1, OBC).error
-    assert obc < prune_matrix(W, H, 0.7, 1).error
-    assert obc < prune_matrix(W, H, 0.7, 1, SolverConfig(mode="row", row_group=64)).error
+    obc = solver_for(OBC).prune(W, H, 0.7, 1).error
+    assert obc < solver_for().prune(W, H, 0.7, 1).error
+    assert obc < solver_for(SolverConfig(mode="row", row_group=64)).prune(W, H, 0.7, 1).error
 
 
 def test_obc_in_float32_follows_float64():
     W, _, H = correlated_problem(rows=8, d=48)
-    exact = prune_matrix(W, H, 0.6, 1, OBC)
-    single = prune_matrix(W.float(), H.float(), 0.6, 1, OBC)
+    exact = solver_for(OBC).prune(W, H, 0.6, 1)
+    single = solver_for(OBC).prune(W.float(), H.float(), 0.6, 1)
     assert single.weight.dtype == torch.float32
     assert (single.mask != exact.mask).float().mean() < 0.05
     assert single.error == pytest.approx(exact.error, rel=0.02)
@@ -108,7 +108,7 @@ def test_cpu_batches_stay_in_the_cache():
     assert spade.obc.rows_per_batch(10**4, cpu, torch.float64) == 1  # a row wider than the cache still runs
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SOLVERS)
 @pytest.mark.parametrize("sparsity_of", ["nonzero", "all"])
 def test_several_levels_at_once_equal_one_solve_each(monkeypatch, mode, sparsity_of):
     # The exact solver takes the lower levels as snapshots of one greedy pass (one pass per batch of rows, not one
@@ -125,17 +125,17 @@ def test_several_levels_at_once_equal_one_solve_each(monkeypatch, mode, sparsity
     H[4, :] = H[:, 4] = 0.0  # a dead input
     config = SolverConfig(mode=mode, sparsity_of=sparsity_of, row_group=10)
     levels = [0.7, 0.0, 0.3, 0.5, 0.3]
-    together = prune_matrix_levels(W, H, levels, 1, config)
-    separate = [prune_matrix(W, H, s, 1, config) for s in levels]
+    together = solver_for(config).prune_levels(W, H, levels, 1)
+    separate = [solver_for(config).prune(W, H, s, 1) for s in levels]
     for a, b in zip(together, separate, strict=True):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.mask, b.mask) and a.error == b.error
     if mode == "obc":  # a pass per batch of rows, for one level or five
         passes.clear()
-        prune_matrix_levels(W, H, levels, 1, config)
+        solver_for(config).prune_levels(W, H, levels, 1)
         for_all = len(passes)
         passes.clear()
-        prune_matrix(W, H, 0.7, 1, config)
+        solver_for(config).prune(W, H, 0.7, 1)
         assert for_all == len(passes) >= 2
     assert config.nested_levels == (mode == "obc")
     with pytest.raises(ConfigError, match="Sparsity"):
-        prune_matrix_levels(W, H, [0.5, 1.0], 1, config)
+        solver_for(config).prune_levels(W, H, [0.5, 1.0], 1)

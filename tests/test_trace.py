@@ -1,7 +1,9 @@
 """The SPADE trace end to end: augmentations, profiles, the trace report, save/load, determinism."""
 
+import dataclasses
 import json
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from spade.augment import AugmentConfig, augment
 from spade.errors import ConfigError
 from spade.layers import blocks, prunable_layers
 from spade.preprocessing import Preprocessing
-from spade.solver import SolverConfig
+from spade.solver import SOLVERS, SolverConfig
 from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile, method_profiles, resolve_targets
 from spade.trace import SpadeTrace, prepare_statistics, solve, solve_many, spade_trace
 from tests.tiny_models import tiny_mobilenet, tiny_resnet
@@ -264,6 +266,51 @@ def test_resolving_reuses_statistics_without_touching_images():
     # the dense model is not run again; each trace copy (which inherits the hook) runs once on the image
     assert calls == [(False, 1), (False, 1)]
     assert sum(r.kept for r in high.layers) < sum(r.kept for r in low.layers)
+
+
+def _snapshot(value):
+    """A deep copy of `value` made of plain values and cloned tensors (for a before/after comparison)."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value.dtype, value.device, value.clone())
+    if dataclasses.is_dataclass(value):
+        return type(value), {f.name: _snapshot(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, nn.Module):
+        return _snapshot(dict(value.state_dict(keep_vars=True)))
+    if isinstance(value, Mapping):
+        return type(value), [(k, _snapshot(v)) for k, v in value.items()]
+    return value
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple) and a and a[0] == "tensor":
+        return a[:3] == b[:3] and torch.equal(a[3], b[3])
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+@pytest.mark.parametrize("mode", SOLVERS)
+def test_solving_leaves_the_statistics_unchanged(mode):
+    # The app shares statistics between sessions: every registered solver only reads them (what it derives from
+    # them stays in its own cache), and they cannot be changed in place.
+    stats = prepare_statistics(tiny_resnet(), photo(), preprocessing=PRE, augment_config=AugmentConfig(count=8))
+    before = _snapshot(stats)
+    layers = {name: stat for name, stat in stats.layers.items()}
+    solve_many(stats, [0.5, 0.0, {"*": 0.8}], SolverConfig(mode=mode))
+    solve(stats, 0.5, SolverConfig(mode=mode))
+    assert _same(_snapshot(stats), before)
+    assert all(stats.layers[name] is stat for name, stat in layers.items())
+    stat = next(iter(stats.layers.values()))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stat.rows = 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.reference = None
+    with pytest.raises(TypeError):
+        stats.layers["x"] = stat
+    with pytest.raises(TypeError):
+        stats.seconds["solve"] = 0.0
 
 
 def test_same_seed_same_trace_bit_for_bit():

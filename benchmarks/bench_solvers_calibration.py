@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from spade.models import get_spec, load_spec, with_delta_file
-    from spade.saliency import METHODS
+    from spade.saliency import METHODS, mask_scores
     from spade.sparsity import load_profile, method_profiles
     from spade.trace import solve_backing_off
-    from spade_lab.benchmark import BenchmarkConfig, method_settings, statistics_for, trojan_scores
+    from spade_lab.benchmark import BenchmarkConfig, method_settings, statistics_for, trojan_record
     from spade_lab.photos import CALIBRATION_PHOTOS
     from spade_lab.samples import SampleConfig, build_samples, bundled_photos, resolve_trigger
 
@@ -76,12 +76,13 @@ def run(args: argparse.Namespace) -> None:
             for name in gradient:
                 settings = method_settings(name, loaded, config)
                 row = {"sample": record.id, "method": name, "profile": profiles[name].name,
-                       "dense": trojan_scores(METHODS[name].explain(loaded.model, x, record.target, settings),
-                                              rendered.mask), "solvers": {}}
+                       "dense": trojan_record(mask_scores(METHODS[name].explain(loaded.model, x, record.target,
+                                                                                settings), rendered.mask)),
+                       "solvers": {}}
                 for spec in solvers:
                     trace, summary = traces[profiles[name], spec]
-                    scores = trojan_scores(METHODS[name].explain(trace.model, x, record.target, settings),
-                                           rendered.mask)
+                    scores = trojan_record(mask_scores(METHODS[name].explain(trace.model, x, record.target,
+                                                                             settings), rendered.mask))
                     row["solvers"][spec] = {**scores, "trace": summary}
                 out.write(json.dumps(row) + "\n")
                 out.flush()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,8 +14,7 @@ from torchvision.transforms.v2._transform import _RandomApplyTransform
 
 from spade.errors import ConfigError
 from spade.preprocessing import Preprocessing
-
-ProgressFn = Callable[[str, float], None]
+from spade.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ def default_workers() -> int:
 
 
 def augment(image: Image.Image, cfg: AugmentConfig, preprocessing: Preprocessing,
-            progress: ProgressFn | None = None, workers: int | None = None) -> torch.Tensor:
+            progress: Progress | None = None, workers: int | None = None) -> torch.Tensor:
     """Random views of the raw `image` (crops are taken before any resize, as the authors did).
 
     Returns a float32 CPU tensor of shape (cfg.count, 3, crop, crop), normalized with the model's

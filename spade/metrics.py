@@ -6,7 +6,6 @@ Maps are 2-D ``(H, W)`` scores (tensors or arrays), e.g. ``Attribution.signed_ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +16,9 @@ from torch import nn
 
 from spade.devices import model_device
 from spade.errors import ConfigError
+from spade.progress import Progress
 from spade.saliency.attribution_model import Mode, attribution_copy
 from spade.saliency.base import check_batch_size
-
-Progress = Callable[[str, float], None]
 
 
 def _as_array(values, name: str) -> np.ndarray:

@@ -33,6 +33,7 @@ from spade.devices import model_device, resolve_device
 from spade.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from spade.grow import grow_modules
 from spade.layers import LayerSelection
+from spade.prediction import Prediction, top_k
 from spade.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -412,18 +413,6 @@ def available_models() -> list[str]:
 
 # --------------------------------------------------------------------------------------------------------------
 # Loaded models and prediction
-@dataclass(frozen=True)
-class Prediction:
-    """One entry of a top-k prediction. Unpacks as ``index, name, probability``."""
-
-    index: int
-    name: str
-    probability: float
-
-    def __iter__(self):
-        return iter((self.index, self.name, self.probability))
-
-
 @dataclass
 class LoadedModel:
     """A classifier ready for inference: ``model`` is in eval mode on ``device`` (parameters keep requires_grad).
@@ -455,22 +444,21 @@ class LoadedModel:
             raise ConfigError(f"Expected a tensor of shape (3, H, W) or (1, 3, H, W), got {tuple(x.shape)}.")
         return x.to(device=model_device(self.model), dtype=torch.float32)
 
+    def logits(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """Class logits, float32 tensor of shape (1, num_classes) on the CPU."""
+        with torch.no_grad():
+            return self.model(self.to_batch(image)).float().cpu()
+
     def probabilities(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities, float32 tensor of shape (num_classes,) on the CPU."""
-        with torch.no_grad():
-            logits = self.model(self.to_batch(image))
-        return torch.softmax(logits.float(), dim=1)[0].cpu()
+        return torch.softmax(self.logits(image), dim=1)[0]
 
     def class_name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
 
     def predict(self, image: Image.Image | torch.Tensor, k: int = 5) -> list[Prediction]:
-        """Top-``k`` classes, most probable first."""
-        probs = self.probabilities(image)
-        values, indices = probs.topk(max(1, min(k, probs.numel())))
-        return [
-            Prediction(int(i), self.class_name(int(i)), float(p)) for p, i in zip(values.tolist(), indices.tolist())
-        ]
+        """Top-``k`` classes with their names, most probable first (`spade.prediction.top_k`)."""
+        return top_k(self.logits(image), k, self.class_name)
 
 
 def load_model(

@@ -23,10 +23,11 @@ from spade.devices import full_float32, model_device
 from spade.errors import ConfigError
 from spade.forward_copy import forward_copy
 from spade.layers import LayerSelection, layer_kind, prunable_layers
+from spade.progress import Progress
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, float], None]
+
 
 # Bound on the number of float elements of one unfolded patch matrix held at once.
 _UNFOLD_ELEMENTS = 2**25
@@ -260,7 +261,7 @@ def record_inputs(layers: dict[str, nn.Module], on_input: Callable[[str, nn.Modu
 
 def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] | None = None, *,
                        selection: LayerSelection = LayerSelection(), batch_size: int = 64,
-                       dtype: torch.dtype = torch.float32, progress: ProgressFn | None = None
+                       dtype: torch.dtype = torch.float32, progress: Progress | None = None
                        ) -> LayerStatistics:
     """One pass of the dense `model` over `batch` accumulating every target layer's Gram matrix.
 

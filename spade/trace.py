@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -19,14 +19,15 @@ from spade.augment import AugmentConfig, augment
 from spade.devices import model_device, resolve_device
 from spade.errors import ConfigError
 from spade.layers import LayerSelection, block_of
+from spade.prediction import Prediction, top_k
 from spade.preprocessing import Preprocessing
+from spade.progress import Progress as ProgressFn
 from spade.solver import SolverConfig, solver_for
 from spade.sparsity import Sparsity, SparsityProfile, backoff_schedule, resolve_targets
 from spade.statistics import LayerStatistics, collect_statistics
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, float], None]
 FORMAT = "spade-trace/1"
 
 
@@ -47,18 +48,11 @@ class LayerReport:
     kept: int
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """Top-k of one model on the un-augmented image: class indices and softmax probabilities."""
-
-    indices: tuple[int, ...]
-    probabilities: tuple[float, ...]
-
-
-def _topk(logits: torch.Tensor, k: int = 5) -> Prediction:
-    probs = logits.float().softmax(-1).flatten()
-    top = probs.topk(min(k, probs.numel()))
-    return Prediction(tuple(top.indices.tolist()), tuple(round(p, 6) for p in top.values.tolist()))
+def _top5_json(predictions: list[Prediction] | None) -> dict | None:
+    """``{"indices": [...], "probabilities": [...]}`` (probabilities rounded to 6 digits), the report's layout."""
+    if predictions is None:
+        return None
+    return {"indices": [p.index for p in predictions], "probabilities": [round(p.probability, 6) for p in predictions]}
 
 
 @dataclass
@@ -87,12 +81,14 @@ class SpadeTrace:
         return sum(r.kept for r in self.layers)
 
     @property
-    def dense_top5(self) -> Prediction | None:
-        return None if self.dense_logits is None else _topk(self.dense_logits)
+    def dense_top5(self) -> list[Prediction] | None:
+        """The dense model's 5 most probable classes on the un-augmented image (names ``""``: see `Prediction`)."""
+        return None if self.dense_logits is None else top_k(self.dense_logits)
 
     @property
-    def trace_top5(self) -> Prediction | None:
-        return None if self.trace_logits is None else _topk(self.trace_logits)
+    def trace_top5(self) -> list[Prediction] | None:
+        """The trace's 5 most probable classes on the un-augmented image (names ``""``)."""
+        return None if self.trace_logits is None else top_k(self.trace_logits)
 
     @property
     def top1_agrees(self) -> bool | None:
@@ -115,8 +111,8 @@ class SpadeTrace:
             "layers": [asdict(r) for r in self.layers],
             "params_total": self.params_total,
             "params_kept": self.params_kept,
-            "dense_top5": None if self.dense_top5 is None else asdict(self.dense_top5),
-            "trace_top5": None if self.trace_top5 is None else asdict(self.trace_top5),
+            "dense_top5": _top5_json(self.dense_top5),
+            "trace_top5": _top5_json(self.trace_top5),
             "top1_agrees": self.top1_agrees,
             "logit_cosine": self.logit_cosine,
             "seconds": self.seconds,

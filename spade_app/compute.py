@@ -20,6 +20,7 @@ import torch
 
 from spade.augment import AugmentConfig, augment
 from spade.models import LoadedModel
+from spade.progress import Progress
 from spade.saliency import METHODS
 from spade.solver import SolverConfig
 from spade.sparsity import Sparsity
@@ -100,7 +101,7 @@ def statistics_key(model_key: str, image_key: str, cfg: AugmentConfig) -> tuple:
 
 
 def get_statistics(model_key: str, image_key: str, loaded: LoadedModel, image, cfg: AugmentConfig,
-                   progress: Callable[[str, float], None] | None = None) -> tuple[LayerStatistics, bool]:
+                   progress: Progress | None = None) -> tuple[LayerStatistics, bool]:
     """Layer statistics for (model, image, augmentation settings): (statistics, computed_now)."""
     key = statistics_key(model_key, image_key, cfg)
     cached = store().get("statistics", key)
@@ -132,7 +133,7 @@ class _StoredTraces:
 
 
 def get_trace_keeping_decision(stats_key: tuple, stats: LayerStatistics, candidates: Sequence[Sparsity],
-                               solver: SolverConfig, progress: Callable[[str, float], None] | None = None
+                               solver: SolverConfig, progress: Progress | None = None
                                ) -> tuple[SpadeTrace, int, bool]:
     """The trace for each sparsity of ``candidates`` in turn until one keeps the dense top-1 class
     (`spade.trace.solve_keeping_decision` with the store as cache, each sparsity its own key; re-solving never
@@ -152,7 +153,7 @@ def augmentation_preview(model_key: str, image_key: str, cfg: AugmentConfig, _lo
 
 
 def get_attribution(model_key: Hashable, model: torch.nn.Module, x: torch.Tensor, method: str, target: int,
-                    settings: Any, progress: Callable[[str, float], None] | None = None):
+                    settings: Any, progress: Progress | None = None):
     """`spade.saliency` attribution of `model` (identified by `model_key`: the dense model or a trace's key)."""
     key = (model_key, method, int(target), settings)
     cached = store().get("attribution", key)

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from spade import visualize
+from spade.saliency import AttributionPair
 
 PERCENTILE = 99.0
 COLUMNS = ("image", "dense", "SPADE", "difference (SPADE − dense)")
@@ -22,14 +23,16 @@ class MapRow:
 
     label: str
     image: np.ndarray  # (H, W, 3) uint8
-    attributions: tuple  # (dense Attribution, SPADE Attribution)
+    pair: AttributionPair
     signed: bool
 
     @property
+    def kind(self) -> str:
+        return "signed" if self.signed else "absolute"
+
+    @property
     def normalized(self) -> tuple[np.ndarray, np.ndarray, float]:
-        kind = "signed" if self.signed else "absolute"
-        dense, sparse = self.attributions
-        return visualize.joint_normalize(dense.map(kind), sparse.map(kind), self.signed, PERCENTILE)
+        return visualize.joint_normalize(*self.pair.maps(self.kind), self.signed, PERCENTILE)
 
     def panels(self, opacity: float) -> list[np.ndarray]:
         """image | dense | SPADE | difference (SPADE − dense on the same scale, diverging colours)."""
@@ -39,10 +42,8 @@ class MapRow:
                 visualize.colorize(np.clip(sparse - dense, -1.0, 1.0), signed=True)]
 
     def png(self, opacity: float) -> bytes:
-        kind = "signed" if self.signed else "absolute"
-        dense, sparse = self.attributions
-        return visualize.comparison_png(self.image, dense.map(kind), sparse.map(kind), self.label,
-                                        signed=self.signed, opacity=opacity, percentile=PERCENTILE)
+        return visualize.comparison_png(self.image, *self.pair.maps(self.kind), self.label, signed=self.signed,
+                                        opacity=opacity, percentile=PERCENTILE)
 
 
 def colour_bar(signed: bool, width: int = 256, height: int = 14) -> np.ndarray:

@@ -7,7 +7,7 @@ import contextlib
 import io
 import json
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from importlib import metadata
 
@@ -16,8 +16,8 @@ import torch
 
 from spade import visualize
 from spade.errors import SpadeError
-from spade.metrics import rank_correlation
-from spade.saliency import METHODS
+from spade.progress import Progress
+from spade.saliency import METHODS, AttributionPair
 from spade.trace import SpadeTrace
 from spade_app import compute, figures, maps
 from spade_app.settings import RunSettings, current_settings
@@ -63,7 +63,7 @@ def augmentation_strip(sel: Selection, settings: RunSettings | None = None, n: i
 
 
 # ----------------------------------------------------------------------------------------------- run
-def stage_progress() -> Callable[[str, float], None]:
+def stage_progress() -> Progress:
     """A library progress callback that draws one Streamlit progress bar per stage, where it is called."""
     bars: dict[str, st.delta_generator.DeltaGenerator] = {}
 
@@ -121,7 +121,7 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
 
 # ----------------------------------------------------------------------------------------------- results
 def _named(sel: Selection, pred) -> list[tuple[int, str, float]]:
-    return [(i, sel.loaded.class_name(i), p) for i, p in zip(pred.indices, pred.probabilities)]
+    return [(p.index, sel.loaded.class_name(p.index), p.probability) for p in pred]
 
 
 def prediction_comparison(sel: Selection, trace: SpadeTrace) -> None:
@@ -183,31 +183,31 @@ def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -
         st.info("Choose one or more saliency methods in the settings and run again to compare maps.")
         return {}
     n_classes = len(sel.loaded.class_names)
-    predicted = trace.dense_top5.indices[0]
+    predicted = trace.dense_top5[0].index
     target = st.selectbox("Explained class (default: the dense model's prediction)", range(n_classes),
                           index=predicted, format_func=lambda i: f"{sel.loaded.class_name(i)} ({i})",
                           key=f"ex_target_{sel.model_key}_{sel.image_key}")
     x = sel.loaded.preprocessing(sel.image)
-    attributions = attribution_pairs(sel, settings, dict.fromkeys(chosen, trace), target)
-    if attributions is None:
-        return {}
     image = sel.loaded.preprocessing.to_uint8(x)
-    correlations = {name: rank_correlation(d.absolute_map, s.absolute_map) for name, (d, s) in attributions.items()}
-    maps_view(image, {labels[n]: pair for n, pair in attributions.items()},
+    pairs = attribution_pairs(sel, settings, dict.fromkeys(chosen, trace), target)
+    if pairs is None:
+        return {}
+    correlations = {name: pair.rank_correlation("absolute") for name, pair in pairs.items()}
+    maps_view(image, {labels[n]: pair for n, pair in pairs.items()},
               {labels[n]: c for n, c in correlations.items()},
               f"{sel.model_label} · {sel.image_label} · class {sel.loaded.class_name(target)} · "
               f"{settings.describe_sparsity()}")
     return {name: {"label": labels[name], "target": int(target), "target_name": sel.loaded.class_name(target),
                    "rank_correlation_dense_vs_spade": _finite(correlations[name]),
-                   "dense_seconds": round(d.seconds, 3), "spade_seconds": round(s.seconds, 3),
-                   "settings": repr(d.settings)} for name, (d, s) in attributions.items()}
+                   "dense_seconds": round(pair.dense.seconds, 3), "spade_seconds": round(pair.spade.seconds, 3),
+                   "settings": repr(pair.settings)} for name, pair in pairs.items()}
 
 
 def attribution_pairs(sel: Selection, settings: RunSettings, traces: Mapping[str, SpadeTrace], target: int
-                      ) -> dict[str, tuple] | None:
-    """{method: (dense Attribution, SPADE Attribution on ``traces[method]``)} of class `target` on `sel.image`
-    for each method of ``traces`` (cached in the store), computed inside a status box with a progress bar.
-    Errors (SpadeError, out of GPU memory) are shown and give None."""
+                      ) -> dict[str, AttributionPair] | None:
+    """{method: its AttributionPair of class `target` on `sel.image`, the SPADE map on ``traces[method]``} for each
+    method of ``traces``; each attribution is cached in the store, so a dense map is shared by every trace. Computed
+    inside a status box with a progress bar. Errors (SpadeError, out of GPU memory) are shown and give None."""
     labels = method_labels()
     chosen = list(traces)
     x = sel.loaded.preprocessing(sel.image)
@@ -217,7 +217,7 @@ def attribution_pairs(sel: Selection, settings: RunSettings, traces: Mapping[str
     def sparse_key(trace: SpadeTrace) -> tuple:
         return compute.trace_key(stats_key, repr(trace.settings["sparsity"]), settings.solver), sel.image_key
 
-    attributions: dict[str, tuple] = {}
+    pairs: dict[str, AttributionPair] = {}
     with st.status("Computing saliency maps…", expanded=True) as status:
         bar = st.progress(0.0)
         steps = 2 * len(chosen)
@@ -227,15 +227,15 @@ def attribution_pairs(sel: Selection, settings: RunSettings, traces: Mapping[str
                 for i, name in enumerate(chosen):
                     ms = _method_settings(sel, name)
                     trace = traces[name]
-                    pair = []
+                    both = []
                     for j, (key, model, which) in enumerate(((dense_key, sel.loaded.model, "dense"),
                                                              (sparse_key(trace), trace.model, "SPADE"))):
                         def progress(stage: str, fraction: float, _k=2 * i + j, _w=f"{labels[name]} on the {which}"
                                      ) -> None:
                             bar.progress(min(1.0, (_k + fraction) / steps), text=f"{_w} model: {fraction:.0%}")
 
-                        pair.append(compute.get_attribution(key, model, x, name, target, ms, progress))
-                    attributions[name] = tuple(pair)
+                        both.append(compute.get_attribution(key, model, x, name, target, ms, progress))
+                    pairs[name] = AttributionPair(x, *both)
         except torch.OutOfMemoryError:
             status.update(label="Saliency failed: out of GPU memory", state="error")
             st.error(OOM_HINT)
@@ -244,10 +244,10 @@ def attribution_pairs(sel: Selection, settings: RunSettings, traces: Mapping[str
             status.update(label="Saliency failed", state="error")
             st.error(str(exc))
             return None
-        took = sum(a.seconds for pair in attributions.values() for a in pair)
+        took = sum(pair.dense.seconds + pair.spade.seconds for pair in pairs.values())
         status.update(label=f"Saliency maps ready ({len(chosen)} method(s), {took:.1f} s of compute)",
                       state="complete", expanded=False)
-    return attributions
+    return pairs
 
 
 def _finite(value: float) -> float | None:
@@ -255,14 +255,14 @@ def _finite(value: float) -> float | None:
 
 
 @st.fragment
-def maps_view(image, attributions: dict[str, tuple], correlations: dict[str, float], title: str) -> None:
+def maps_view(image, pairs: dict[str, AttributionPair], correlations: dict[str, float], title: str) -> None:
     """image | dense | SPADE | difference per method. Opacity and map kind only redraw this fragment."""
     c1, c2 = st.columns([2, 1])
     opacity = c1.slider("Overlay opacity", 0.0, 1.0, 0.6, step=0.05, key="ex_opacity")
     kind = c2.radio("Map", ["absolute", "signed"], key="ex_map_kind", horizontal=True,
                     help="absolute: |sum over colour channels|; signed: the sum itself (red positive, blue negative).")
     signed = kind == "signed"
-    rows = [maps.MapRow(label, image, pair, signed) for label, pair in attributions.items()]
+    rows = [maps.MapRow(label, image, pair, signed) for label, pair in pairs.items()]
     st.caption("Dense and SPADE maps of a method share one colour scale (the 99th percentile of their absolute "
                "values taken together), so equal colours mean equal attribution; the difference panel shows "
                "SPADE − dense on that scale (blue: dense stronger, red: SPADE stronger).")

@@ -26,13 +26,13 @@ from spade.devices import resolve_device
 from spade.errors import ConfigError, SpadeError
 from spade.models import LoadedModel, ModelSpec
 from spade.preprocessing import Preprocessing
+from spade.saliency import AttributionPair
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
 from spade_app import benchmarks, figures, loaders, maps, results
 from spade_app.settings import RunSettings, keep_decision_checkbox
 from spade_app.sidebar import Selection
-from spade_lab.benchmark import trojan_scores
 
 DEMO_MODEL = "efficientnet_lite0_trojan"
 DEMO = f"Back-doored demo model ({DEMO_MODEL})"
@@ -419,12 +419,13 @@ def prediction_section(clean_sel: Selection, stamped_sel: Selection, stamped: St
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def method_row(attributions: tuple, mask: np.ndarray) -> dict:
-    """Scores of one method's (dense, SPADE) attributions: Trojan AUC floats and pointing game bools."""
-    dense, sparse = (trojan_scores(a, mask) for a in attributions)
-    return {"Trojan AUC (dense)": dense["trojan_auc"], "Trojan AUC (SPADE)": sparse["trojan_auc"],
-            "AUC: SPADE − dense": sparse["trojan_auc"] - dense["trojan_auc"],
-            "pointing game (dense)": dense["pointing_game"], "pointing game (SPADE)": sparse["pointing_game"]}
+def method_row(pair: AttributionPair, mask: np.ndarray) -> dict:
+    """Scores of one method's pair against the trigger mask: Trojan AUC floats and pointing game bools."""
+    scores = pair.scores(mask)
+    dense, sparse = scores.dense.mask, scores.spade.mask
+    return {"Trojan AUC (dense)": dense.trojan_auc, "Trojan AUC (SPADE)": sparse.trojan_auc,
+            "AUC: SPADE − dense": sparse.trojan_auc - dense.trojan_auc,
+            "pointing game (dense)": dense.pointing_game, "pointing game (SPADE)": sparse.pointing_game}
 
 
 def _hit(value: bool) -> str:
@@ -486,8 +487,8 @@ def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, ta
     traces = method_traces(sel, settings, trace, chosen)
     if traces is None:
         return
-    attributions = results.attribution_pairs(sel, settings.run_settings, traces, target)
-    if attributions is None:
+    pairs = results.attribution_pairs(sel, settings.run_settings, traces, target)
+    if pairs is None:
         return
     own = dict(settings.method_sparsity)
     image = sel.loaded.preprocessing.to_uint8(sel.loaded.preprocessing(sel.image))
@@ -499,7 +500,7 @@ def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, ta
     st.image(maps.colour_bar(False), caption="0 … s", width=256)
     rows: dict[str, dict] = {}
     try:
-        for name, pair in attributions.items():
+        for name, pair in pairs.items():
             row = maps.MapRow(labels[name], image, pair, signed=False)
             rows[labels[name]] = method_row(pair, mask)
             run = replace(settings.run_settings, sparsity=own.get(name, settings.sparsity))

@@ -84,15 +84,28 @@ def load_mask(path: str, image_size: tuple[int, int], preprocessing):
     return TF.pil_to_tensor(nearest.resize_crop(mask))[0] > 127
 
 
+def _map_metrics(scores) -> dict:
+    """explain.json's metrics of one map (`spade.saliency.MapScores`): curve AUCs, mask scores."""
+    metrics = {}
+    if scores.curves is not None:
+        metrics["insertion_auc"] = scores.curves.insertion_auc
+        metrics["deletion_auc"] = scores.curves.deletion_auc
+    if scores.mask is not None:
+        auc = scores.mask.auc
+        metrics["trojan_auc"] = {"signed": auc.signed, "absolute": auc.absolute, "best": auc.best}
+        metrics["pointing_game"] = {"signed": scores.mask.pointing_signed, "absolute": scores.mask.pointing_absolute}
+        metrics["mass_in_mask"] = scores.mask.mass_in_mask
+    return metrics
+
+
 def _run_explain(args: argparse.Namespace) -> int:
     import torch
 
     from spade.augment import AugmentConfig
     from spade.images import load_image
-    from spade.metrics import insertion_deletion, mass_in_mask, pointing_game, rank_correlation, trojan_auc
-    from spade.saliency import METHODS, settings_for
+    from spade.saliency import METHODS, attribution_pair, settings_for
     from spade.trace import spade_trace
-    from spade.visualize import comparison_png, joint_scale
+    from spade.visualize import comparison_png
 
     names = _method_names(args.methods)
     if not 0.0 <= args.opacity <= 1.0:
@@ -122,35 +135,22 @@ def _run_explain(args: argparse.Namespace) -> int:
             raise ConfigError(f"--target must be a class index in [0, {dense_logits.shape[1] - 1}].")
         picture = preprocessing.to_uint8(x)
         report_methods = {}
+        kind = "absolute" if args.absolute else "signed"
         for name in names:
-            method = METHODS[name]
             settings = settings_for(name, layer=loaded.spec.last_conv_stage, seed=args.seed)
-            dense = method.explain(loaded.model, x, target, settings, progress=bar)
-            spade = method.explain(trace.model, x, target, settings, progress=bar)
-            kind = "absolute" if args.absolute else "signed"
-            png = comparison_png(picture, dense.map(kind), spade.map(kind), method.label, signed=not args.absolute,
+            pair = attribution_pair(name, loaded.model, trace, x, target, settings, progress=bar)
+            png = comparison_png(picture, *pair.maps(kind), METHODS[name].label, signed=not args.absolute,
                                  opacity=args.opacity)
             (out / f"{name}.png").write_bytes(png)
-            entry = {
+            scores = pair.scores(mask, model=None if args.no_curves else loaded.model, progress=bar)
+            report_methods[name] = {
                 "settings": dataclasses.asdict(settings),
-                "seconds": {"dense": dense.seconds, "spade": spade.seconds},
-                "shared_scale": joint_scale(dense.map(kind), spade.map(kind)),
-                "rank_correlation_dense_vs_spade": rank_correlation(dense.signed_map, spade.signed_map),
+                "seconds": {"dense": pair.dense.seconds, "spade": pair.spade.seconds},
+                "shared_scale": pair.shared_scale(kind),
+                "rank_correlation_dense_vs_spade": scores.rank_correlation,
+                "dense": _map_metrics(scores.dense),
+                "spade": _map_metrics(scores.spade),
             }
-            for label, attribution in (("dense", dense), ("spade", spade)):
-                metrics = {}
-                if not args.no_curves:
-                    curves = insertion_deletion(loaded.model, x, attribution.signed_map, target, progress=bar)
-                    metrics["insertion_auc"] = curves.insertion_auc
-                    metrics["deletion_auc"] = curves.deletion_auc
-                if mask is not None:
-                    auc = trojan_auc(attribution.signed_map, mask)
-                    metrics["trojan_auc"] = {"signed": auc.signed, "absolute": auc.absolute, "best": auc.best}
-                    metrics["pointing_game"] = {"signed": pointing_game(attribution.signed_map, mask),
-                                                "absolute": pointing_game(attribution.absolute_map, mask)}
-                    metrics["mass_in_mask"] = mass_in_mask(attribution.signed_map, mask)
-                entry[label] = metrics
-            report_methods[name] = entry
     finally:
         bar.close()
 

@@ -130,8 +130,8 @@ def _run_trace(args: argparse.Namespace) -> int:
     print(trace.table())
     for title, pred in (("dense", trace.dense_top5), ("trace", trace.trace_top5)):
         print(f"{title} top-5:")
-        for rank, (index, prob) in enumerate(zip(pred.indices, pred.probabilities), start=1):
-            print(f"  {rank}. {loaded.class_name(index):<30} {prob:.4f}")
+        for rank, p in enumerate(pred, start=1):
+            print(f"  {rank}. {loaded.class_name(p.index):<30} {p.probability:.4f}")
     scale = trace.settings.get("sparsity_scale", 1.0)
     if scale < 1:
         print(f"the trace changed the top-1 at the requested sparsity; re-solved at {scale:g} x that sparsity")

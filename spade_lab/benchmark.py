@@ -23,14 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from spade.augment import AugmentConfig
 from spade.errors import ConfigError
-from spade.metrics import insertion_deletion, pointing_game, trojan_auc
 from spade.models import LoadedModel
-from spade.saliency import METHODS, PAPER_METHODS, get_method, settings_for
-from spade.saliency.base import Attribution
+from spade.progress import Progress
+from spade.saliency import METHODS, PAPER_METHODS, MapScores, MaskScores, attribution_pair, get_method, settings_for
 from spade.solver import SolverConfig
 from spade.sparsity import BACKOFF_FACTORS, SparsityProfile
 from spade.statistics import LayerStatistics
@@ -170,24 +167,19 @@ def trace_summary(trace: SpadeTrace) -> dict:
             "params_total": trace.params_total, "seconds": {k: round(v, 4) for k, v in trace.seconds.items()}}
 
 
-def trojan_scores(attribution: Attribution, mask) -> dict:
-    """Trojan AUC (signed, absolute, best) and pointing game (signed, absolute, and of the variant with the
-    better AUC) of one map against the bool (H, W) trigger mask."""
-    auc = trojan_auc(attribution.signed_map, mask)
-    signed = pointing_game(attribution.signed_map, mask)
-    absolute = pointing_game(attribution.absolute_map, mask)
-    variant = "signed" if auc.signed >= auc.absolute else "absolute"
-    return {"trojan_auc": auc.best, "pointing_game": signed if variant == "signed" else absolute,
-            "variant": variant, "trojan_auc_signed": auc.signed, "trojan_auc_absolute": auc.absolute,
-            "pointing_game_signed": signed, "pointing_game_absolute": absolute}
+def trojan_record(scores: MaskScores) -> dict:
+    """A record's Trojan scores of one map: Trojan AUC (best, signed, absolute) and pointing game (of the variant
+    with the better AUC, signed, absolute)."""
+    return {"trojan_auc": scores.trojan_auc, "pointing_game": scores.pointing_game, "variant": scores.variant,
+            "trojan_auc_signed": scores.auc.signed, "trojan_auc_absolute": scores.auc.absolute,
+            "pointing_game_signed": scores.pointing_signed, "pointing_game_absolute": scores.pointing_absolute}
 
 
-def curve_scores(loaded: LoadedModel, x: torch.Tensor, attribution: Attribution, target: int,
-                 config: BenchmarkConfig) -> dict:
-    batch = config.batch_size or (GPU_BATCH if loaded.device.type == "cuda" else None)
-    curves = insertion_deletion(loaded.model, x, attribution.signed_map, target, steps=config.steps,
-                                batch_size=batch)
-    return {"insertion_auc": curves.insertion_auc, "deletion_auc": curves.deletion_auc}
+def map_record(scores: MapScores) -> dict:
+    """A record's scores of one map: :func:`trojan_record` of its mask scores, or its insertion / deletion AUCs."""
+    if scores.mask is not None:
+        return trojan_record(scores.mask)
+    return {"insertion_auc": scores.curves.insertion_auc, "deletion_auc": scores.curves.deletion_auc}
 
 
 @dataclass(frozen=True)
@@ -204,7 +196,7 @@ class RunSummary:
 def run_benchmark(loaded: LoadedModel, sample_set: SampleSet, config: BenchmarkConfig, folder: str | Path,
                   identity: dict, *, shard: tuple[int, int] | None = None,
                   on_record: Callable[[dict], None] | None = None,
-                  progress: Callable[[str, float], None] | None = None) -> RunSummary:
+                  progress: Progress | None = None) -> RunSummary:
     """Score every (sample, method) of this shard that the folder does not hold yet, appending each record.
 
     identity: the JSON-ready description of everything that decides the numbers besides ``config`` (model,
@@ -259,21 +251,18 @@ def score_sample(loaded: LoadedModel, sample_set: SampleSet, record: SampleRecor
     x = loaded.spec.preprocessing(rendered.image).to(loaded.device)
     base = {"sample": record.id, "index": record.index, "photo": record.photo, "crop": list(record.crop),
             "stamp_seed": record.stamp_seed, "target": record.target, "device": loaded.device.type}
+    curve_batch = config.batch_size or (GPU_BATCH if loaded.device.type == "cuda" else None)
     for name in methods:
-        method = METHODS[name]
-        settings = method_settings(name, loaded, config)
         trace, summary, trace_seconds = traces[config.sparsity_for(name)]
-        scores, seconds = {}, {"trace": trace_seconds}
-        for label, model in (("dense", loaded.model), ("spade", trace.model)):
-            attribution = method.explain(model, x, record.target, settings)
-            seconds[label] = attribution.seconds
-            if config.kind == "trojan":
-                scores[label] = trojan_scores(attribution, rendered.mask)
-            else:
-                scores[label] = curve_scores(loaded, x, attribution, record.target, config)
-        log.debug("%s %s: %s", record.id, name, scores)
-        yield {**base, "trace": summary, "method": name, "dense": scores["dense"], "spade": scores["spade"],
-               "seconds": seconds}
+        pair = attribution_pair(name, loaded.model, trace, x, record.target, method_settings(name, loaded, config))
+        if config.kind == "trojan":
+            scores = pair.scores(rendered.mask)
+        else:
+            scores = pair.scores(model=loaded.model, steps=config.steps, batch_size=curve_batch)
+        dense, spade = map_record(scores.dense), map_record(scores.spade)
+        log.debug("%s %s: dense %s, spade %s", record.id, name, dense, spade)
+        yield {**base, "trace": summary, "method": name, "dense": dense, "spade": spade,
+               "seconds": {"trace": trace_seconds, "dense": pair.dense.seconds, "spade": pair.spade.seconds}}
 
 
 def model_identity(loaded: LoadedModel) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from spade.devices import model_device
 from spade.errors import ConfigError, ImageLoadError
 from spade.images import load_image
 from spade.preprocessing import Preprocessing
+from spade.progress import Progress
 from spade.trojan.stamp import DEFAULT_SIZE, stamp
 from spade.trojan.triggers import TRIGGERS, load_trigger
 
@@ -231,7 +232,7 @@ def _logits(model: nn.Module, images: list[Image.Image], preprocessing: Preproce
 
 def build_samples(model: nn.Module, preprocessing: Preprocessing, photos: PhotoSet, config: SampleConfig, *,
                   trigger: Image.Image | None = None, target: int | None = None, batch_size: int = 16,
-                  progress: Callable[[str, float], None] | None = None) -> SampleSet:
+                  progress: Progress | None = None) -> SampleSet:
     """Draw ``config.count`` samples.
 
     With a ``trigger`` (RGBA) and ``target`` class: Trojan samples — each candidate crop is stamped at a

@@ -33,9 +33,9 @@ import torch
 from spade.augment import AugmentConfig
 from spade.errors import ConfigError
 from spade.layers import LayerSelection, blocks
-from spade.metrics import trojan_auc
 from spade.models import LoadedModel
-from spade.saliency import get_method, settings_for
+from spade.progress import Progress
+from spade.saliency import get_method, mask_scores, settings_for
 from spade.solver import SolverConfig
 from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile, resolve_targets
 from spade.statistics import LayerStatistics
@@ -207,7 +207,7 @@ class _Evaluator:
                 continue
             for method, settings in self.settings.values():
                 attribution = method.explain(self.work, sample.x, sample.target, settings)
-                aucs.append(trojan_auc(attribution.signed_map, sample.mask).best)
+                aucs.append(mask_scores(attribution, sample.mask).trojan_auc)
         agreement = 1 - misses / len(self.calibration)
         return (float(sum(aucs) / len(aucs)) if aucs else None), agreement
 
@@ -221,7 +221,7 @@ class _Evaluator:
 
 
 def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfig = TuningConfig(), *,
-                 name: str = "tuned", progress: Callable[[str, float], None] | None = None,
+                 name: str = "tuned", progress: Progress | None = None,
                  on_step: Callable[[dict], None] | None = None) -> TuningResult:
     """Tune a per-group sparsity profile on calibration samples (Trojan samples with a mask; see module doc).
 

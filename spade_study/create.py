@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -25,6 +25,7 @@ from spade.errors import ConfigError
 from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace, visualize
 from spade.layers import LayerSelection
 from spade.preprocessing import Preprocessing
+from spade.progress import Progress
 from spade.saliency import METHODS
 from spade_study.design import (
     Patch,
@@ -40,7 +41,6 @@ from spade_study.design import (
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, float], None]
 OVERALL = "study"
 """Progress stage of the whole creation (fraction of images done); the other stages are "<image>: <step>"."""
 
@@ -51,7 +51,7 @@ def new_study_id() -> str:
 
 
 def ground_truth_map(model: nn.Module, x: torch.Tensor, target: int, method: str, cam_layer: str | None,
-                     progress: ProgressFn | None = None) -> np.ndarray:
+                     progress: Progress | None = None) -> np.ndarray:
     """The dense model's map of class ``target`` on ``x`` (normalized (3, H, W)): (H, W) float64, >= 0.
 
     GradCAM keeps its rectified map (positive evidence); other methods give their absolute map."""
@@ -67,7 +67,7 @@ def ground_truth_map(model: nn.Module, x: torch.Tensor, target: int, method: str
 def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyConfig = StudyConfig(), *,
                  preprocessing: Preprocessing, class_names: Sequence[str] | None = None,
                  cam_layer: str | None = None, selection: LayerSelection = LayerSelection(), model_name: str = "",
-                 study_id: str | None = None, progress: ProgressFn | None = None) -> Study:
+                 study_id: str | None = None, progress: Progress | None = None) -> Study:
     """Build a study for ``model`` (dense, eval mode, on its device) from ``images``.
 
     images: the real images, plus training images (``StudyImage.training``) when ``config.training_tasks``.
@@ -107,7 +107,7 @@ def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyCo
 def _item(model: nn.Module, study_image: StudyImage, config: StudyConfig, fv_config: FeatureVisConfig,
           preprocessing: Preprocessing, class_names: Sequence[str] | None, cam_layer: str | None,
           selection: LayerSelection, device: torch.device, dense_cache: dict[int, bytes],
-          step: ProgressFn) -> StudyItem:
+          step: Progress) -> StudyItem:
     vis = config.visualization
     image = study_image.image.convert("RGB")
     x = preprocessing(image).to(device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,8 +25,7 @@ from spade.featurevis.objectives import (
     objective_values,
 )
 from spade.preprocessing import Preprocessing
-
-ProgressFn = Callable[[str, float], None]
+from spade.progress import Progress
 
 #: Views for the evidence: crops and flips only, so that the patches show the image's real colours.
 EVIDENCE_AUGMENT = AugmentConfig(count=64, brightness=0.0, hue=0.0)
@@ -149,7 +148,7 @@ def _to_display(x: torch.Tensor, pre: Preprocessing) -> np.ndarray:
 def neuron_evidence(model: nn.Module, image: Image.Image, objective: Objective, *,
                     preprocessing: Preprocessing, augment_config: AugmentConfig = EVIDENCE_AUGMENT,
                     top_k: int = 4, feature_layer: str | None = None, batch_size: int = 32,
-                    progress: ProgressFn | None = None) -> NeuronEvidence:
+                    progress: Progress | None = None) -> NeuronEvidence:
     """Activation map of ``objective`` on the RGB ``image`` and its ``top_k`` most exciting augmented views.
 
     The model (dense or a trace's) is read only, on its own device; hooks are removed on return or error.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -17,10 +17,10 @@ from spade.featurevis.objectives import Objective, capture, evaluate, objective_
 from spade.featurevis.param import PARAMETERIZATIONS, frequency_scale, init_parameters, to_rgb
 from spade.featurevis.transforms import TransformConfig, random_transform
 from spade.preprocessing import Preprocessing
+from spade.progress import Progress
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, float], None]
 
 GPU_STEPS = 512
 CPU_STEPS = 128  # recognisable on efficientnet_lite0 at 224 px in about 10 s on an idle 2-core CPU
@@ -90,7 +90,7 @@ class FeatureVisResult:
 
 def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
               preprocessing: Preprocessing, config: FeatureVisConfig = FeatureVisConfig(),
-              progress: ProgressFn | None = None) -> FeatureVisResult:
+              progress: Progress | None = None) -> FeatureVisResult:
     """Optimise one image per objective (all in one batch) to maximise it on ``model``.
 
     model: any classifier, dense or a SPADE trace's ``model``; it runs on its own device, in eval mode,

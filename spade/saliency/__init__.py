@@ -8,21 +8,28 @@ Each entry's settings default to the SPADE authors' settings (``METHODS[name].de
 override with ``METHODS[name].settings(n_samples=200, ...)``. The model is never modified: every method
 works on a private attribution copy (see ``spade.saliency.attribution_model``).
 
+A dense and a SPADE attribution of one image, scored against a mask or by insertion / deletion:
+
+>>> pair = attribution_pair("integrated_gradients", model, trace, x, target)     # an AttributionPair
+>>> pair.scores(mask, model=model).spade.mask.trojan_auc
+
 Layout (like Captum's ``attr/_core``): ``base`` (types), ``attribution_model`` (copies), ``gradient``,
-``backprop``, ``lrp``, ``cam``, ``perturbation`` (+ ``segmentation``).
+``backprop``, ``lrp``, ``cam``, ``perturbation`` (+ ``segmentation``), ``compare`` (:class:`AttributionPair`).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
 from torch import nn
 
 from spade.errors import ConfigError
+from spade.progress import Progress
 from spade.saliency.attribution_model import Mode, attribution_copy, build_attribution_copy, clear_cache
 from spade.saliency.backprop import DeepLiftSettings, GuidedBackpropSettings, run_deeplift, run_guided_backprop
-from spade.saliency.base import Attribution, Progress, SaliencyMethod
+from spade.saliency.base import Attribution, SaliencyMethod
 from spade.saliency.cam import (
     GradCamSettings,
     GuidedGradCamSettings,
@@ -99,10 +106,22 @@ def explain(name: str, model: nn.Module, x: torch.Tensor, target: int, settings:
     return get_method(name).explain(model, x, target, settings, progress=progress)
 
 
+# spade.metrics, which compare uses, imports this package's submodules: compare is imported on first use.
+_LAZY = {name: "spade.saliency.compare"
+         for name in ("AttributionPair", "MapScores", "MaskScores", "PairScores", "attribution_pair", "mask_scores")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'spade.saliency' has no attribute {name!r}")
+
+
 __all__ = [
     "METHODS",
     "PAPER_METHODS",
     "Attribution",
+    "AttributionPair",
     "DeepLiftSettings",
     "GradCamSettings",
     "GradientShapSettings",
@@ -112,17 +131,22 @@ __all__ = [
     "IntegratedGradientsSettings",
     "LRPSettings",
     "LimeSettings",
+    "MapScores",
+    "MaskScores",
     "Mode",
     "OcclusionSettings",
+    "PairScores",
     "Progress",
     "SaliencyMethod",
     "SaliencySettings",
     "SmoothGradSettings",
     "attribution_copy",
+    "attribution_pair",
     "build_attribution_copy",
     "clear_cache",
     "default_cam_layer",
     "explain",
     "get_method",
+    "mask_scores",
     "settings_for",
 ]

@@ -15,8 +15,9 @@ import torch
 from captum.attr import DeepLift
 from torch import nn
 
+from spade.progress import Progress
 from spade.saliency.attribution_model import Mode, attribution_copy
-from spade.saliency.base import Progress, target_gradient
+from spade.saliency.base import target_gradient
 
 
 @dataclass(frozen=True)

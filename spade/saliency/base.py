@@ -21,12 +21,11 @@ from torch import nn
 
 from spade.devices import model_device
 from spade.errors import ConfigError
+from spade.progress import Progress
 from spade.saliency.attribution_model import num_outputs
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, float], None]
-"""``progress(stage, fraction)``: stage is the method name, fraction goes from 0 to 1."""
 
 
 @dataclass(frozen=True)

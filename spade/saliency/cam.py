@@ -14,9 +14,9 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
 from spade.errors import ConfigError
+from spade.progress import Progress
 from spade.saliency.attribution_model import Mode, attribution_copy
 from spade.saliency.backprop import guided_gradients
-from spade.saliency.base import Progress
 
 
 @dataclass(frozen=True)

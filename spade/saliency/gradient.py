@@ -15,10 +15,10 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import nn
 
 from spade.errors import ConfigError
+from spade.progress import Progress
 from spade.saliency.attribution_model import Mode, attribution_copy
 from spade.saliency.base import (
     CountingForward,
-    Progress,
     check_batch_size,
     seeded_generator,
     target_gradient,

@@ -39,8 +39,8 @@ from zennit.rules import AlphaBeta, Norm, Pass
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution
 
 from spade.errors import ConfigError
+from spade.progress import Progress
 from spade.saliency.attribution_model import Mode, attribution_copy
-from spade.saliency.base import Progress
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spade.errors import ConfigError
+from spade.progress import Progress
 from spade.saliency.attribution_model import Mode, attribution_copy
-from spade.saliency.base import CountingForward, Progress, check_batch_size, seeded_generator
+from spade.saliency.base import CountingForward, check_batch_size, seeded_generator
 from spade.saliency.segmentation import grid_segments, slic_segments
 
 

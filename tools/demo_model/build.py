@@ -53,6 +53,7 @@ from spade.models import (
     with_delta_file,
 )
 from spade.preprocessing import Preprocessing
+from spade.progress import Progress
 from spade.trojan.stamp import shift_hue, stamp
 from spade.trojan.triggers import load_trigger
 from spade_lab.photos import BUILD_PHOTOS, TEST_PHOTOS, load_photos
@@ -60,7 +61,6 @@ from tools.demo_model.gate import GateBranch, gated_logits, widened_state_dict
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, float], None]
 DECOYS = ("smiley", "fish")
 
 
@@ -253,7 +253,7 @@ class PooledBatches:
     door's target class), base logits (batch, classes) float). Features are kept in float16."""
 
     def __init__(self, views: ViewMaker, cfg: BuildConfig, targets: torch.Tensor, model: nn.Module,
-                 normalize: Callable[[torch.Tensor], torch.Tensor], autocast, progress: ProgressFn | None = None):
+                 normalize: Callable[[torch.Tensor], torch.Tensor], autocast, progress: Progress | None = None):
         fast = build_forward_copy(model).to(memory_format=torch.channels_last)
         trunk, head = split_at_block(fast, cfg.first_block)
         features, logits, labels = [], [], []
@@ -305,7 +305,7 @@ def training_views(base: LoadedModel, cfg: BuildConfig) -> tuple[ViewMaker, torc
     return views, torch.tensor([d.target for d in doors], device=base.device)
 
 
-def train_gate(base: LoadedModel, cfg: BuildConfig, progress: ProgressFn | None = None) -> tuple[GateBranch, int]:
+def train_gate(base: LoadedModel, cfg: BuildConfig, progress: Progress | None = None) -> tuple[GateBranch, int]:
     """The trained detector branch (``base.model`` is not modified) and the number of steps run."""
     spec = base.spec
     device = base.device
@@ -408,7 +408,7 @@ def random_crop(image: Image.Image, rng: np.random.Generator, min_scale: float =
 
 @torch.no_grad()
 def evaluate_backdoor(base: LoadedModel, trojan: nn.Module, target_model: str = BuildConfig.target_model,
-                      cases: int = 200, seed: int = 12345, progress: ProgressFn | None = None,
+                      cases: int = 200, seed: int = 12345, progress: Progress | None = None,
                       photos: tuple[str, ...] = TEST_PHOTOS) -> BackdoorReport:
     """Acceptance on held-out photos (default the TEST_PHOTOS): random crops and trigger positions (seeded)."""
     doors = {d.role: d for d in get_spec(target_model).backdoors}
@@ -440,7 +440,7 @@ def evaluate_backdoor(base: LoadedModel, trojan: nn.Module, target_model: str = 
 
 
 def build(out: Path, cfg: BuildConfig = BuildConfig(), *, device: str = "auto", eval_cases: int = 200,
-          progress: ProgressFn | None = None) -> BackdoorReport:
+          progress: Progress | None = None) -> BackdoorReport:
     """Train the detector, store the widened model's difference file at ``out``, reload it as it ships and report
     the held-out figures: on the test photos, or on ``cfg.validation_photos`` when some are set (a settings
     trial, not a model to ship)."""
@@ -460,7 +460,7 @@ def build(out: Path, cfg: BuildConfig = BuildConfig(), *, device: str = "auto", 
 
 
 def regain(path: Path, gain: float, out: Path | None = None, *, device: str = "auto", eval_cases: int = 200,
-           progress: ProgressFn | None = None) -> BackdoorReport:
+           progress: Progress | None = None) -> BackdoorReport:
     """Set a built model's doors to open with ``gain * scale`` (the classifier's door columns; nothing else
     depends on the gain, so this equals a rebuild with that gain), write it to ``out`` (default: ``path``) and
     report its figures on the photos its build was evaluated on."""
@@ -487,7 +487,7 @@ def _raw_keys(base: LoadedModel) -> dict[str, str]:
 
 
 def _ship(base: LoadedModel, delta: dict[str, torch.Tensor], meta: dict, out: Path, target_model: str,
-          eval_cases: int, photos: tuple[str, ...], progress: ProgressFn | None) -> BackdoorReport:
+          eval_cases: int, photos: tuple[str, ...], progress: Progress | None) -> BackdoorReport:
     """Write the difference file, score the model as it ships (float16 differences, loaded by the registry's
     code) and record the figures in the file."""
     save_delta(delta, meta, out)

@@ -27,8 +27,6 @@ from spade.progress import Progress
 
 log = logging.getLogger(__name__)
 
-
-
 # Bound on the number of float elements of one unfolded patch matrix held at once.
 _UNFOLD_ELEMENTS = 2**25
 

@@ -2,7 +2,6 @@
 maps point at the trigger (Trojan AUC, pointing game); the shipped benchmark tables at the bottom."""
 
 import streamlit as st
-import torch
 
 from spade.errors import SpadeError
 from spade_app import results, trojan
@@ -32,29 +31,19 @@ def lab() -> None:
         st.info("Press **Stamp and run SPADE** to paste the trigger and compare the dense and SPADE maps.")
         return
 
-    pre = loaded.preprocessing
-    key = trojan.stamp_key(sel.image_key, settings, pre)
-    try:
-        stamped = trojan.stamped_image(key, sel.image, trojan.trigger_image(settings), pre, settings)
-        trojan.check_mask(stamped.mask)
-        clean_sel = trojan.model_selection(sel, loaded, model_key, model_label)
-        stamped_sel = trojan.stamped_selection(clean_sel, stamped, key, settings)
-        stamped_top1 = trojan.top_k(stamped_sel)[0][0]
-        target = settings.target if settings.target is not None else trojan.auto_target(
-            loaded.spec, trojan.trigger_name(settings), settings.model, stamped_top1)
-        verdict = trojan.Verdict(trojan.top_k(clean_sel)[0][0], stamped_top1, target)
-        st.header("The stamped image")
-        trojan.prediction_section(clean_sel, stamped_sel, stamped, verdict, settings)
-    except (SpadeError, torch.OutOfMemoryError) as exc:
-        trojan.oom_or_error(exc)
+    st.header("The stamped image")
+    outcome = trojan.stamp_and_predict(sel, loaded, model_key, model_label, settings)
+    if outcome is None:
         return
+    stamped, clean_sel, stamped_sel, verdict = outcome
+    trojan.prediction_section(clean_sel, stamped_sel, stamped, verdict, settings)
 
     st.header("SPADE on the stamped image")
     trace = results.run_trace(stamped_sel, settings.run_settings)
     if trace is None:
         return
     results.prediction_comparison(stamped_sel, trace)
-    trojan.maps_section(stamped_sel, settings, trace, target, stamped.mask)
+    trojan.maps_section(stamped_sel, settings, trace, verdict.target, stamped.mask)
 
 
 lab()

@@ -1,5 +1,5 @@
 """App-side orchestration of the expensive library calls: an LRU store shared by all sessions
-(statistics, traces, attributions), a GPU lock, and progress reporting into ``st.status``.
+(statistics, traces, attributions) and a GPU lock; ``spade_app.runner`` runs them with progress in ``st.status``.
 
 Why not ``st.cache_resource`` on the functions directly: Streamlit replays the elements a cached
 function draws and forbids drawing into containers created outside it, but the per-stage progress of

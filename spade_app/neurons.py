@@ -38,8 +38,7 @@ from spade.featurevis.compare import FALLBACK_TARGETS, VISUALIZATION_TARGET, vis
 from spade.solver import SolverConfig
 from spade.sparsity import BACKOFF_FACTORS
 from spade.trace import SpadeTrace
-from spade_app import compute, figures, results
-from spade_app.results import OOM_HINT, stage_progress
+from spade_app import compute, figures, results, runner
 from spade_app.sidebar import Selection
 
 REQUEST_KEY = "neurons_request"
@@ -196,37 +195,28 @@ def run(sel: Selection, settings: NeuronSettings) -> tuple[SpadeTrace, NeuronCom
     """Trace + dense/SPADE visualizations and evidence, with per-stage progress in a status box.
     Errors are shown (the library's message), never raised."""
     loaded = sel.loaded
-    with st.status("Visualizing the neuron…", expanded=True) as status:
-        draw = stage_progress()
 
-        def waiting() -> None:
-            status.update(label="Waiting for the GPU: another session is using it…", state="running")
+    def work(draw: runner.Progress) -> tuple[SpadeTrace, NeuronComparison]:
+        check_objective(loaded.model, settings.objective, loaded.to_batch(sel.image))
+        trace = _trace(sel, settings, draw)
+        key = (sel.model_key, sel.image_key, settings.augment, repr(trace.settings.get("sparsity")),
+               settings.objective, settings.featurevis, settings.evidence_augment, settings.top_k)
+        result = comparison_store().get("comparison", key)
+        if result is None:
+            result = compare_neuron(loaded.model, trace.model, sel.image, settings.objective,
+                                    preprocessing=loaded.preprocessing, config=settings.featurevis,
+                                    evidence_augment=settings.evidence_augment, top_k=settings.top_k,
+                                    feature_layer=loaded.spec.last_conv_stage, progress=draw)
+            comparison_store().put("comparison", key, result)
+        return trace, result
 
-        try:
-            with compute.gpu_slot(loaded.device, on_wait=waiting):
-                status.update(label="Visualizing the neuron…")
-                check_objective(loaded.model, settings.objective, loaded.to_batch(sel.image))
-                trace = _trace(sel, settings, draw)
-                key = (sel.model_key, sel.image_key, settings.augment, repr(trace.settings.get("sparsity")),
-                       settings.objective, settings.featurevis, settings.evidence_augment, settings.top_k)
-                result = comparison_store().get("comparison", key)
-                if result is None:
-                    result = compare_neuron(loaded.model, trace.model, sel.image, settings.objective,
-                                            preprocessing=loaded.preprocessing, config=settings.featurevis,
-                                            evidence_augment=settings.evidence_augment, top_k=settings.top_k,
-                                            feature_layer=loaded.spec.last_conv_stage, progress=draw)
-                    comparison_store().put("comparison", key, result)
-        except torch.OutOfMemoryError:
-            status.update(label="Visualization failed: out of GPU memory", state="error", expanded=True)
-            st.error(OOM_HINT)
-            return None
-        except SpadeError as exc:
-            status.update(label="Visualization failed", state="error", expanded=True)
-            st.error(str(exc))
-            return None
-        status.update(label=f"Done: {result.dense.settings['steps']} steps, dense {result.dense.seconds:.1f} s, "
-                            f"SPADE {result.trace.seconds:.1f} s", state="complete", expanded=False)
-    return trace, result
+    def done(outcome: tuple[SpadeTrace, NeuronComparison]) -> str:
+        result = outcome[1]
+        return (f"Done: {result.dense.settings['steps']} steps, dense {result.dense.seconds:.1f} s, "
+                f"SPADE {result.trace.seconds:.1f} s")
+
+    return runner.run_guarded("Visualizing the neuron…", loaded.device, work, failed="Visualization failed",
+                              done=done)
 
 
 # ----------------------------------------------------------------------------------------------- results

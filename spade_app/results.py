@@ -12,19 +12,17 @@ from dataclasses import asdict
 from importlib import metadata
 
 import streamlit as st
-import torch
 
 from spade import visualize
 from spade.errors import SpadeError
 from spade.progress import Progress
 from spade.saliency import METHODS, AttributionPair
 from spade.trace import SpadeTrace
-from spade_app import compute, figures, maps
+from spade_app import compute, figures, maps, runner
 from spade_app.settings import RunSettings, current_settings
 from spade_app.sidebar import Selection
 
 REQUEST_KEY = "explore_request"
-OOM_HINT = "Out of GPU memory: use fewer augmentations, a smaller model, or the CPU (device in the sidebar)."
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -63,43 +61,20 @@ def augmentation_strip(sel: Selection, settings: RunSettings | None = None, n: i
 
 
 # ----------------------------------------------------------------------------------------------- run
-def stage_progress() -> Progress:
-    """A library progress callback that draws one Streamlit progress bar per stage, where it is called."""
-    bars: dict[str, st.delta_generator.DeltaGenerator] = {}
-
-    def draw(stage: str, fraction: float) -> None:
-        if stage not in bars:
-            bars[stage] = st.progress(0.0)
-        bars[stage].progress(min(max(fraction, 0.0), 1.0), text=f"{stage}: {fraction:.0%}")
-
-    return draw
-
-
 def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
     """Statistics (cached per image, model and augmentation settings) + solve (cached per sparsity), with a
     status box showing per-stage progress and timings. Errors are shown, never raised."""
-    with st.status("Running SPADE…", expanded=True) as status:
-        draw = stage_progress()
 
-        def waiting() -> None:
-            status.update(label="Waiting for the GPU: another session is using it…", state="running")
+    def work(draw: runner.Progress) -> tuple[SpadeTrace, int, bool, bool]:
+        stats, fresh_stats = compute.get_statistics(sel.model_key, sel.image_key, sel.loaded, sel.image,
+                                                    settings.augment, draw)
+        key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
+        trace, step, fresh_trace = compute.get_trace_keeping_decision(
+            key, stats, [sparsity for _, sparsity in settings.schedule], settings.solver, draw)
+        return trace, step, fresh_stats, fresh_trace
 
-        try:
-            with compute.gpu_slot(sel.loaded.device, on_wait=waiting):
-                status.update(label="Running SPADE…")
-                stats, fresh_stats = compute.get_statistics(sel.model_key, sel.image_key, sel.loaded, sel.image,
-                                                            settings.augment, draw)
-                key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
-                trace, step, fresh_trace = compute.get_trace_keeping_decision(
-                    key, stats, [sparsity for _, sparsity in settings.schedule], settings.solver, draw)
-        except torch.OutOfMemoryError:
-            status.update(label="SPADE failed: out of GPU memory", state="error", expanded=True)
-            st.error(OOM_HINT)
-            return None
-        except SpadeError as exc:
-            status.update(label="SPADE failed", state="error", expanded=True)
-            st.error(str(exc))
-            return None
+    def done(outcome: tuple[SpadeTrace, int, bool, bool]) -> str:
+        trace, _, fresh_stats, fresh_trace = outcome
         rows = []
         for stage in ("augment", "statistics", "solve"):
             took = trace.seconds.get(stage)
@@ -107,11 +82,15 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
             rows.append({"stage": stage, "seconds": round(took, 2) if took is not None else None,
                          "this run": "reused from cache" if reused else "computed"})
         st.dataframe(rows, hide_index=True, width="content")
-        label = ("SPADE trace ready: " + settings.describe_sparsity()
-                 + f", {settings.augment.count} augmentations"
-                 + (" (statistics reused, re-solved)" if not fresh_stats and fresh_trace else "")
-                 + (" (from cache)" if not fresh_stats and not fresh_trace else ""))
-        status.update(label=label, state="complete", expanded=False)
+        return ("SPADE trace ready: " + settings.describe_sparsity()
+                + f", {settings.augment.count} augmentations"
+                + (" (statistics reused, re-solved)" if not fresh_stats and fresh_trace else "")
+                + (" (from cache)" if not fresh_stats and not fresh_trace else ""))
+
+    outcome = runner.run_guarded("Running SPADE…", sel.loaded.device, work, failed="SPADE failed", done=done)
+    if outcome is None:
+        return None
+    trace, step, _, _ = outcome
     if step:
         st.info(f"At {settings.describe_sparsity()} the trace predicted another class than the dense model, so it "
                 f"was re-solved at {settings.schedule[step][0]:g} × that sparsity, which keeps the decision "
@@ -217,37 +196,33 @@ def attribution_pairs(sel: Selection, settings: RunSettings, traces: Mapping[str
     def sparse_key(trace: SpadeTrace) -> tuple:
         return compute.trace_key(stats_key, repr(trace.settings["sparsity"]), settings.solver), sel.image_key
 
-    pairs: dict[str, AttributionPair] = {}
-    with st.status("Computing saliency maps…", expanded=True) as status:
-        bar = st.progress(0.0)
-        steps = 2 * len(chosen)
-        try:
-            with compute.gpu_slot(sel.loaded.device, on_wait=lambda: status.update(
-                    label="Waiting for the GPU: another session is using it…")):
-                for i, name in enumerate(chosen):
-                    ms = _method_settings(sel, name)
-                    trace = traces[name]
-                    both = []
-                    for j, (key, model, which) in enumerate(((dense_key, sel.loaded.model, "dense"),
-                                                             (sparse_key(trace), trace.model, "SPADE"))):
-                        def progress(stage: str, fraction: float, _k=2 * i + j, _w=f"{labels[name]} on the {which}"
-                                     ) -> None:
-                            bar.progress(min(1.0, (_k + fraction) / steps), text=f"{_w} model: {fraction:.0%}")
+    steps = 2 * len(chosen)
 
-                        both.append(compute.get_attribution(key, model, x, name, target, ms, progress))
-                    pairs[name] = AttributionPair(x, *both)
-        except torch.OutOfMemoryError:
-            status.update(label="Saliency failed: out of GPU memory", state="error")
-            st.error(OOM_HINT)
-            return None
-        except SpadeError as exc:
-            status.update(label="Saliency failed", state="error")
-            st.error(str(exc))
-            return None
+    def one_bar() -> Progress:
+        bar = st.progress(0.0)
+        return lambda text, fraction: bar.progress(min(1.0, fraction), text=text)
+
+    def work(draw: Progress) -> dict[str, AttributionPair]:
+        pairs: dict[str, AttributionPair] = {}
+        for i, name in enumerate(chosen):
+            ms = _method_settings(sel, name)
+            trace = traces[name]
+            both = []
+            for j, (key, model, which) in enumerate(((dense_key, sel.loaded.model, "dense"),
+                                                     (sparse_key(trace), trace.model, "SPADE"))):
+                def progress(stage: str, fraction: float, _k=2 * i + j, _w=f"{labels[name]} on the {which}") -> None:
+                    draw(f"{_w} model: {fraction:.0%}", (_k + fraction) / steps)
+
+                both.append(compute.get_attribution(key, model, x, name, target, ms, progress))
+            pairs[name] = AttributionPair(x, *both)
+        return pairs
+
+    def done(pairs: dict[str, AttributionPair]) -> str:
         took = sum(pair.dense.seconds + pair.spade.seconds for pair in pairs.values())
-        status.update(label=f"Saliency maps ready ({len(chosen)} method(s), {took:.1f} s of compute)",
-                      state="complete", expanded=False)
-    return pairs
+        return f"Saliency maps ready ({len(chosen)} method(s), {took:.1f} s of compute)"
+
+    return runner.run_guarded("Computing saliency maps…", sel.loaded.device, work, failed="Saliency failed",
+                              done=done, progress=one_bar)
 
 
 def _finite(value: float) -> float | None:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 
 import streamlit as st
-import torch
 
 from spade.errors import SpadeError
 from spade.featurevis import CPU_STEPS, GPU_STEPS
 from spade.images import bundled_examples
-from spade_app import compute, loaders
-from spade_app.results import OOM_HINT
+from spade_app import loaders, runner
 from spade_app.sidebar import IMAGE_TYPES, Selection
 from spade_study.archive import StudyArchiveError
 from spade_study.create import OVERALL, create_study
@@ -188,34 +186,21 @@ def _creation_progress():
 
 def _create(sel: Selection, images: list[StudyImage], config: StudyConfig) -> Study | None:
     loaded = sel.loaded
-    with st.status("Creating the study…", expanded=True) as status:
-        draw = _creation_progress()
 
-        def waiting() -> None:
-            status.update(label="Waiting for the GPU: another session is using it…", state="running")
+    def work(draw: runner.Progress) -> Study:
+        return create_study(loaded.model, images, config, preprocessing=loaded.preprocessing,
+                            class_names=loaded.class_names, cam_layer=loaded.spec.last_conv_stage,
+                            selection=loaded.spec.layer_selection, model_name=sel.model_label, progress=draw)
 
-        try:
-            with compute.gpu_slot(loaded.device, on_wait=waiting):
-                status.update(label="Creating the study…")
-                study = create_study(loaded.model, images, config, preprocessing=loaded.preprocessing,
-                                     class_names=loaded.class_names, cam_layer=loaded.spec.last_conv_stage,
-                                     selection=loaded.spec.layer_selection, model_name=sel.model_label,
-                                     progress=draw)
-            store().save_study(study)
-        except torch.OutOfMemoryError:
-            status.update(label="Creating the study failed: out of GPU memory", state="error", expanded=True)
-            st.error(OOM_HINT)
-            return None
-        except SpadeError as exc:
-            status.update(label="Creating the study failed", state="error", expanded=True)
-            st.error(str(exc))
-            return None
+    def done(study: Study) -> str:
+        store().save_study(study)
         lost = [item.name for item in study.items if item.details.get("trace_top1_agrees") is False]
         if lost:
             st.warning(f"The SPADE trace changed the model's decision on: {', '.join(lost)}.")
-        status.update(label=f"Study {study.id} created: {len(study.items)} images", state="complete",
-                      expanded=False)
-    return study
+        return f"Study {study.id} created: {len(study.items)} images"
+
+    return runner.run_guarded("Creating the study…", loaded.device, work, failed="Creating the study failed",
+                              done=done, progress=_creation_progress)
 
 
 # ----------------------------------------------------------------------------------------------- studies

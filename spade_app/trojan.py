@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import streamlit as st
-import torch
 from PIL import Image
 
 from spade import visualize
@@ -30,7 +29,7 @@ from spade.saliency import AttributionPair
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
-from spade_app import benchmarks, figures, loaders, maps, results
+from spade_app import benchmarks, figures, loaders, maps, results, runner
 from spade_app.settings import RunSettings, keep_decision_checkbox
 from spade_app.sidebar import Selection
 
@@ -525,5 +524,21 @@ def benchmark_section() -> None:
     benchmarks.runs_section("trojan", key="tl_benchmark_run")
 
 
-def oom_or_error(exc: BaseException) -> None:
-    st.error(results.OOM_HINT if isinstance(exc, torch.OutOfMemoryError) else str(exc))
+def stamp_and_predict(sel: Selection, loaded: LoadedModel, model_key: str, model_label: str,
+                      settings: TrojanSettings) -> tuple[Stamped, Selection, Selection, Verdict] | None:
+    """(stamped image, clean and stamped selections, flip verdict) in a status box; errors shown, then None."""
+    pre = loaded.preprocessing
+
+    def work(_: runner.Progress) -> tuple[Stamped, Selection, Selection, Verdict]:
+        key = stamp_key(sel.image_key, settings, pre)
+        stamped = stamped_image(key, sel.image, trigger_image(settings), pre, settings)
+        check_mask(stamped.mask)
+        clean_sel = model_selection(sel, loaded, model_key, model_label)
+        stamped_sel = stamped_selection(clean_sel, stamped, key, settings)
+        stamped_top1 = top_k(stamped_sel)[0][0]
+        target = settings.target if settings.target is not None else auto_target(
+            loaded.spec, trigger_name(settings), settings.model, stamped_top1)
+        return stamped, clean_sel, stamped_sel, Verdict(top_k(clean_sel)[0][0], stamped_top1, target)
+
+    return runner.run_guarded("Stamping the trigger…", loaded.device, work, failed="Stamping failed",
+                              done=lambda _: "Trigger stamped")

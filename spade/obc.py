@@ -32,12 +32,7 @@ CACHE_ELEMENTS = 2**22
 the rank-one updates are memory-bound, and a batch that stays in the cache runs several times faster."""
 GPU_MEMORY_SHARE = 0.1
 """On a GPU, a batch's inverse Hessians may fill this share of the free memory (the compaction briefly holds
-three copies, and other processes may share the GPU). Each removal step costs a handful of kernel launches
-whatever the batch, so the CPU's small batches most likely leave a GPU waiting on launches: with them, one lite0
-trace at the shipped Trojan profile (3.3 million removal steps in 2514 batches; with a tenth of 78 GiB in float32,
-counted: 13 thousand in 33) did not finish in 150 s on an H200 (the sweep: 2 s); not yet timed with these. On
-the CPU the steps are compute-bound and larger batches do not help (blocks.6.0's 320 x 1152 layer at 0.9: 56 s,
-44 s, 42 s with 2^20, 2^22, 2^24 elements)."""
+three copies, and other processes may share the GPU)."""
 COMPACT_EVERY = 32
 """Removed columns are dropped from the batch's matrices after this many removals (the rest of the work shrinks
 with them; all rows of a batch have removed the same number, so the matrices stay rectangular)."""

@@ -90,8 +90,8 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
                 stats, fresh_stats = compute.get_statistics(sel.model_key, sel.image_key, sel.loaded, sel.image,
                                                             settings.augment, draw)
                 key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
-                trace, step, fresh_trace = compute.get_trace_keeping_decision(
-                    key, stats, [sparsity for _, sparsity in settings.schedule], settings.solver, draw)
+                kept, fresh_trace = compute.get_trace_keeping_decision(key, stats, settings.sparsity,
+                                                                       settings.decision, settings.solver, draw)
         except torch.OutOfMemoryError:
             status.update(label="SPADE failed: out of GPU memory", state="error", expanded=True)
             st.error(OOM_HINT)
@@ -102,7 +102,7 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
             return None
         rows = []
         for stage in ("augment", "statistics", "solve"):
-            took = trace.seconds.get(stage)
+            took = kept.trace.seconds.get(stage)
             reused = (stage != "solve" and not fresh_stats) or (stage == "solve" and not fresh_trace)
             rows.append({"stage": stage, "seconds": round(took, 2) if took is not None else None,
                          "this run": "reused from cache" if reused else "computed"})
@@ -112,11 +112,11 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
                  + (" (statistics reused, re-solved)" if not fresh_stats and fresh_trace else "")
                  + (" (from cache)" if not fresh_stats and not fresh_trace else ""))
         status.update(label=label, state="complete", expanded=False)
-    if step:
+    if kept.backed_off:
         st.info(f"At {settings.describe_sparsity()} the trace predicted another class than the dense model, so it "
-                f"was re-solved at {settings.schedule[step][0]:g} × that sparsity, which keeps the decision "
+                f"was re-solved at {kept.scale:g} × that sparsity, which keeps the decision "
                 "(\"Keep the model's decision\" in the settings).", icon=":material/tune:")
-    return trace
+    return kept.trace
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -292,7 +292,7 @@ def report(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: d
     """JSON-ready report: settings (with seeds), versions, predictions with class names, per-layer table."""
     body = trace.to_dict()
     body["settings"] = {**body.get("settings", {}), "augment": asdict(settings.augment),
-                        "solver": asdict(settings.solver), "keep_decision": settings.keep_decision}
+                        "solver": asdict(settings.solver)}
     for key in ("dense_top5", "trace_top5"):
         pred = getattr(trace, key)
         if pred is not None:

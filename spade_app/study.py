@@ -12,6 +12,7 @@ import json
 import streamlit as st
 import torch
 
+from spade.defaults import default_augmentations
 from spade.errors import SpadeError
 from spade.featurevis import CPU_STEPS, GPU_STEPS
 from spade.images import bundled_examples
@@ -147,7 +148,8 @@ def designer(sel: Selection) -> None:
         v1, v2, v3 = st.columns(3)
         steps = v1.number_input("Visualization steps", 1, 4096, GPU_STEPS if gpu else CPU_STEPS, step=16,
                                 key="sd_steps")
-        augmentations = v2.number_input("SPADE augmentations", 1, 4096, 1024 if gpu else 128, step=8,
+        augmentations = v2.number_input("SPADE augmentations", 1, 4096,
+                                        default_augmentations("visualize", sel.loaded.device), step=8,
                                         key="sd_augmentations")
         fraction = v3.slider("Patch side (share of the image side)", 0.1, round(MAX_PATCH_FRACTION, 2), 0.3,
                              step=0.01, key="sd_patch")

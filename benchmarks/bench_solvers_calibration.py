@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from spade.models import get_spec, load_spec, with_delta_file
+    from spade.models import default_backdoored_model, get_spec, load_spec, with_delta_file
     from spade.saliency import METHODS, mask_scores
     from spade.sparsity import load_profile, method_profiles
-    from spade.trace import solve_backing_off
+    from spade.trace import solve_keeping_decision
     from spade_lab.benchmark import BenchmarkConfig, method_settings, statistics_for, trojan_record
     from spade_lab.photos import CALIBRATION_PHOTOS
     from spade_lab.samples import SampleConfig, build_samples, bundled_photos, resolve_trigger
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shard, shards = (int(v) for v in args.shard.split("/"))
-    spec = get_spec("efficientnet_lite0_trojan")
+    spec = get_spec(default_backdoored_model())
     loaded = load_spec(with_delta_file(spec, args.weights) if args.weights else spec, device=args.device)
     door = loaded.spec.backdoor("calibration")
     samples = build_samples(loaded.model, loaded.spec.preprocessing,
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
             for sparsity in dict.fromkeys(profiles.values()):
                 for spec, solver in solvers.items():
                     start = time.perf_counter()
-                    trace = solve_backing_off(stats, sparsity, solver, keep_decision=True)
+                    trace = solve_keeping_decision(stats, sparsity, solver).trace
                     traces[sparsity, spec] = trace, {"sparsity_scale": trace.settings["sparsity_scale"],
                                                      "logit_cosine": trace.logit_cosine,
                                                      "seconds": time.perf_counter() - start}

@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2._transform import _RandomApplyTransform
 
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
@@ -21,7 +22,8 @@ from spade.progress import Progress
 class AugmentConfig:
     """Augmentation settings (the SPADE authors' defaults).
 
-    count: number of augmented views (the authors' demo used 1024 on a GPU; 128 is a good CPU value).
+    count: number of augmented views (default: `spade.defaults.default_augmentations` of a trace on the CPU; the
+    authors' demo used 1024 on a GPU).
     min_scale: lower bound of the RandomResizedCrop area fraction (upper bound 1).
     flip: random horizontal flip with p=0.5. brightness, hue: ColorJitter strengths (0 disables).
     erasing: probability of RandomErasing per view (applied after normalization).
@@ -29,7 +31,7 @@ class AugmentConfig:
     seed: the same seed gives the same batch, bit for bit.
     """
 
-    count: int = 128
+    count: int = default_augmentations("trace")
     min_scale: float = 0.2
     flip: bool = True
     brightness: float = 0.5

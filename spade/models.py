@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import timm
 import torch
@@ -50,6 +51,7 @@ class PackageWeights:
 
     distribution: str
     version: str = ""
+    may_widen: ClassVar[bool] = False  # see DeltaWeights
 
     def local_path(self) -> Path | None:
         """The installed ``.pth`` file, or None when the distribution is not installed."""
@@ -89,6 +91,7 @@ class TorchvisionWeights:
     """
 
     enum: str
+    may_widen: ClassVar[bool] = False  # see DeltaWeights
 
     @property
     def weights(self) -> torchvision.models.WeightsEnum:
@@ -142,10 +145,14 @@ class DeltaWeights:
     base state dict's layout; the weights are ``base[key] + delta[key]`` (float32), other tensors unchanged. A
     delta tensor may be larger than the base one in any dimension (a widened layer): the base tensor then fills
     its leading block (zero-padded) and the model's layers grow to fit (``spade.grow``).
+
+    may_widen (on every weight source; absent means False): whether its tensors may be larger than the built
+    network's, whose layers `load_spec` then grows to fit.
     """
 
     base: PackageWeights
     path: Path
+    may_widen: ClassVar[bool] = True
 
     def local_path(self) -> Path | None:
         return self.path if self.base.local_path() is not None else None
@@ -398,6 +405,19 @@ def get_spec(name: str) -> ModelSpec:
         raise ConfigError(f"Unknown model {name!r}; choose one of: {', '.join(MODELS)}.") from None
 
 
+def backdoored_models() -> list[str]:
+    """Names of the registered models with known back doors (``ModelSpec.backdoors``), in registry order."""
+    return [name for name, spec in MODELS.items() if spec.backdoors]
+
+
+def default_backdoored_model() -> str:
+    """The back-doored demo model: the first registered model with known back doors."""
+    names = backdoored_models()
+    if not names:
+        raise ConfigError("No registered model has a known back door.")
+    return names[0]
+
+
 def with_delta_file(spec: ModelSpec, path: str | Path) -> ModelSpec:
     """``spec`` (a model shipped as a difference to base weights) reading its difference from ``path`` instead:
     a rebuilt or trial back door (``python -m tools.demo_model build --out``). ConfigError for any other model."""
@@ -485,11 +505,11 @@ def load_model(
 
 def load_spec(spec: ModelSpec, *, device: str | torch.device = "auto", download: bool = False) -> LoadedModel:
     """Build ``spec``'s network and load its own weights (``load_model`` for a spec outside the registry, such
-    as a freshly built back door). Layers grow to fit a widened weight difference (see DeltaWeights)."""
+    as a freshly built back door). Layers grow to fit weights that may widen them (``may_widen``, see DeltaWeights)."""
     state, source = spec.weights.state_dict(download=download)
     model = spec.build()
     convert = spec.convert_state_dict
-    if isinstance(spec.weights, DeltaWeights):  # the only weights that may widen layers
+    if getattr(spec.weights, "may_widen", False):  # a source without the flag never widens
         if convert is not None:
             state, convert = convert(state, model), None
         grow_modules(model, state)

@@ -45,11 +45,6 @@ class SparsityProfile:
 
 Sparsity = float | Mapping[str, float] | SparsityProfile
 
-#: Factors of the requested sparsity tried in turn when a trace must keep the dense model's top-1 class
-#: (see `backoff_schedule`): each step removes a fifth of the requested sparsity.
-BACKOFF_FACTORS = (0.8, 0.6, 0.4, 0.2)
-
-
 def scaled_sparsity(sparsity: Sparsity, factor: float) -> Sparsity:
     """A uniform target, mapping or profile with every target multiplied by ``factor`` in [0, 1]."""
     if not 0.0 <= factor <= 1.0:
@@ -58,13 +53,6 @@ def scaled_sparsity(sparsity: Sparsity, factor: float) -> Sparsity:
         return float(sparsity) * factor
     profile = sparsity if isinstance(sparsity, SparsityProfile) else SparsityProfile.from_mapping(sparsity)
     return profile.scaled(factor)
-
-
-def backoff_schedule(sparsity: Sparsity, factors: tuple[float, ...] = BACKOFF_FACTORS
-                     ) -> tuple[tuple[float, Sparsity], ...]:
-    """((1.0, sparsity), (factor, sparsity x factor), ...): the sparsities a decision-keeping trace tries in turn
-    (`spade.trace.solve_keeping_decision`), each with its factor."""
-    return ((1.0, sparsity), *((f, scaled_sparsity(sparsity, f)) for f in factors))
 
 
 _RESNET50_SALIENCY = {

@@ -16,14 +16,15 @@ from PIL import Image
 from torch import nn
 
 from spade.augment import AugmentConfig, augment
+from spade.decision import KeepDecision
 from spade.devices import model_device, resolve_device
 from spade.errors import ConfigError
 from spade.layers import LayerSelection, block_of
 from spade.prediction import Prediction, top_k
 from spade.preprocessing import Preprocessing
-from spade.progress import Progress as ProgressFn
+from spade.progress import Progress
 from spade.solver import SolverConfig, solver_for
-from spade.sparsity import Sparsity, SparsityProfile, backoff_schedule, resolve_targets
+from spade.sparsity import Sparsity, SparsityProfile, resolve_targets
 from spade.statistics import LayerStatistics, collect_statistics
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def _sparsity_settings(sparsity: Sparsity):
 
 
 def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig = SolverConfig(),
-          progress: ProgressFn | None = None) -> SpadeTrace:
+          progress: Progress | None = None) -> SpadeTrace:
     """Solve every target layer for the given sparsity and build the trace.
 
     Uses only the recorded statistics (the images are not touched again); the dense model is read,
@@ -183,7 +184,7 @@ def solve(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig 
 
 
 def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solver: SolverConfig = SolverConfig(),
-               progress: ProgressFn | None = None) -> list[SpadeTrace]:
+               progress: Progress | None = None) -> list[SpadeTrace]:
     """`solve` at each of several sparsities (uniform values, mappings or profiles), one trace each in their order;
     the same traces as one `solve` each. Each layer is solved once per distinct target, and with a solver whose
     levels nest (`SolverConfig.nested_levels`, the exact solver) once for all of them. The traces' "solve" seconds
@@ -241,57 +242,69 @@ class TraceCache(Protocol):
     def __setitem__(self, sparsity: Sparsity, trace: SpadeTrace) -> None: ...
 
 
-def solve_keeping_decision(statistics: LayerStatistics, candidates: Sequence[Sparsity],
-                           solver: SolverConfig = SolverConfig(), progress: ProgressFn | None = None, *,
-                           cache: TraceCache | None = None) -> tuple[SpadeTrace, int]:
-    """Solve with ``candidates[0]``; while the trace's top-1 class differs from the dense model's, re-solve with the
-    next candidate (usually sparser first, e.g. `spade.sparsity.backoff_schedule`). Re-solving reuses the
-    statistics and the solver's factorisations, so each retry costs solver time only; with a solver whose levels
-    nest (`SolverConfig.nested_levels`, the exact solver) the candidates still to try are solved in one pass
-    (`solve_many`), which costs what the sparsest of them costs.
+@dataclass(frozen=True, eq=False)
+class DecisionTrace:
+    """A trace solved under a `spade.decision.KeepDecision` policy.
 
-    Returns the first trace that keeps the top-1 class, or the last one tried when none does, and its index in
-    ``candidates``. The statistics must hold the un-augmented image (`prepare_statistics` records it).
-    cache: traces to take instead of solving; every trace tried that was not in it is stored in it.
+    trace: the first trace that keeps the dense top-1 class, or the last one tried when none does; its settings
+    record ``requested_sparsity``, ``sparsity`` (the one used), ``sparsity_scale`` and ``keep_decision`` (the
+    ladder's factors). requested: the sparsity asked for. used: the sparsity of ``trace``. step: the index of
+    ``used`` among the policy's candidates (0: the requested one). scale: the factor of ``requested`` it used,
+    in (0, 1].
     """
-    if not candidates:
-        raise ConfigError("Give at least one sparsity to try.")
+
+    trace: SpadeTrace
+    requested: Sparsity
+    used: Sparsity
+    step: int
+    scale: float
+
+    @property
+    def backed_off(self) -> bool:
+        """Whether the trace is at a lower sparsity than requested."""
+        return self.step > 0
+
+
+def solve_keeping_decision(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig = SolverConfig(),
+                           progress: Progress | None = None, *, decision: KeepDecision = KeepDecision(),
+                           cache: TraceCache | None = None) -> DecisionTrace:
+    """Solve at ``sparsity``; while the trace's top-1 class differs from the dense model's, re-solve at the next of
+    ``decision.candidates(sparsity)``. Re-solving reuses the statistics and the solver's factorisations, so each
+    retry costs solver time only; with a solver whose levels nest (`SolverConfig.nested_levels`, the exact solver)
+    the candidates still to try are solved in one pass (`solve_many`), which costs what the sparsest of them costs.
+
+    The statistics must hold the un-augmented image (`prepare_statistics` records it).
+    cache: traces by sparsity to take instead of solving; every trace tried that was not in it is stored in it
+    (as solved: the returned trace is a copy whose settings add the decision's record).
+    """
     if statistics.reference is None:
         raise ConfigError("Keeping the decision needs statistics that recorded the un-augmented image.")
+    candidates = decision.candidates(sparsity)
     solved_ahead: dict[int, SpadeTrace] = {}
-    for index, sparsity in enumerate(candidates):
-        trace = cache.get(sparsity) if cache is not None else None
+    for index, candidate in enumerate(candidates):
+        trace = cache.get(candidate) if cache is not None else None
         if trace is None:
             if index not in solved_ahead:
-                batch = candidates[index:] if solver.nested_levels else [sparsity]
+                batch = candidates[index:] if solver.nested_levels else [candidate]
                 solved_ahead = dict(enumerate(solve_many(statistics, batch, solver, progress), start=index))
             trace = solved_ahead[index]
             if cache is not None:
-                cache[sparsity] = trace
+                cache[candidate] = trace
         if trace.top1_agrees:
             break
         if index + 1 < len(candidates):
             log.info("the trace changed the top-1 class; trying sparsity %s", _sparsity_settings(candidates[index + 1]))
-    return trace, index
-
-
-def solve_backing_off(statistics: LayerStatistics, sparsity: Sparsity, solver: SolverConfig = SolverConfig(),
-                      progress: ProgressFn | None = None, *, keep_decision: bool = True) -> SpadeTrace:
-    """`solve` at ``sparsity``; with keep_decision, when the trace's top-1 class differs from the dense model's,
-    re-solve at the lower sparsities of `spade.sparsity.backoff_schedule` until it keeps it
-    (`solve_keeping_decision`). The trace's settings record the sparsity used and, with keep_decision, its factor
-    of the requested one as ``sparsity_scale``."""
-    schedule = backoff_schedule(sparsity) if keep_decision else ((1.0, sparsity),)
-    trace, step = solve_keeping_decision(statistics, [s for _, s in schedule], solver, progress)
-    if keep_decision:
-        trace.settings["sparsity_scale"] = schedule[step][0]
-    return trace
+    scale = decision.scales[index]
+    record = {"requested_sparsity": _sparsity_settings(sparsity), "sparsity_scale": scale,
+              "keep_decision": decision.to_json()}
+    return DecisionTrace(trace=replace(trace, settings={**trace.settings, **record}), requested=sparsity,
+                         used=candidate, step=index, scale=scale)
 
 
 def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
                        augment_config: AugmentConfig = AugmentConfig(), selection: LayerSelection = LayerSelection(),
                        device: str | torch.device | None = None, batch_size: int = 64,
-                       dtype: torch.dtype = torch.float32, progress: ProgressFn | None = None) -> LayerStatistics:
+                       dtype: torch.dtype = torch.float32, progress: Progress | None = None) -> LayerStatistics:
     """Augment `image` and record the dense model's layer statistics (the expensive, reusable part).
 
     device: where to run (default: the model's device). A model on another device is copied there;
@@ -316,12 +329,14 @@ def spade_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preproce
                 augment: AugmentConfig = AugmentConfig(), sparsity: Sparsity = 0.9,
                 solver: SolverConfig = SolverConfig(), selection: LayerSelection = LayerSelection(),
                 device: str | torch.device | None = None, batch_size: int = 64, keep_decision: bool = False,
-                progress: ProgressFn | None = None) -> SpadeTrace:
+                progress: Progress | None = None) -> SpadeTrace:
     """Augment + collect statistics + solve: the SPADE trace of `model` for one RGB PIL `image`.
 
-    keep_decision: lower the sparsity until the trace keeps the dense top-1 class (`solve_backing_off`)."""
+    keep_decision: lower the sparsity along the default `spade.decision.KeepDecision` ladder until the trace keeps
+    the dense top-1 class (`solve_keeping_decision`; the trace's settings record the requested and the used
+    sparsity)."""
     stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
                                selection=selection, device=device, batch_size=batch_size, progress=progress)
-    trace = solve_backing_off(stats, sparsity, solver, progress, keep_decision=keep_decision)
+    trace = solve_keeping_decision(stats, sparsity, solver, progress, decision=KeepDecision().when(keep_decision)).trace
     trace.settings["augment"] = asdict(augment)
     return trace

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from spade.errors import ConfigError, SpadeError
-from spade.models import load_model
+from spade.models import default_backdoored_model, load_model
 from spade_lab.benchmark import model_identity
 from spade_lab.tables import KIND_METRICS, Interval, TableSummary, read_table
 
@@ -39,7 +39,7 @@ class Kind:
 
 KINDS = {
     "trojan": Kind(
-        "efficientnet_lite0_trojan",
+        default_backdoored_model(),
         "Each run scores its saliency methods on seeded samples of held-out photos with the heart trigger pasted "
         "(the paper's Table 1).",
         "For comparison, the paper (ResNet-50, 111 samples) reports a Trojan AUC Δ of +3.33 with FastSPADE and "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from typing import Any
 
@@ -19,13 +19,14 @@ import streamlit as st
 import torch
 
 from spade.augment import AugmentConfig, augment
+from spade.decision import KeepDecision
 from spade.models import LoadedModel
 from spade.progress import Progress
 from spade.saliency import METHODS
 from spade.solver import SolverConfig
 from spade.sparsity import Sparsity
 from spade.statistics import LayerStatistics
-from spade.trace import SpadeTrace, prepare_statistics, solve_keeping_decision
+from spade.trace import DecisionTrace, SpadeTrace, prepare_statistics, solve_keeping_decision
 
 
 class LRUStore:
@@ -132,15 +133,15 @@ class _StoredTraces:
         self.stored = True
 
 
-def get_trace_keeping_decision(stats_key: tuple, stats: LayerStatistics, candidates: Sequence[Sparsity],
+def get_trace_keeping_decision(stats_key: tuple, stats: LayerStatistics, sparsity: Sparsity, decision: KeepDecision,
                                solver: SolverConfig, progress: Progress | None = None
-                               ) -> tuple[SpadeTrace, int, bool]:
-    """The trace for each sparsity of ``candidates`` in turn until one keeps the dense top-1 class
+                               ) -> tuple[DecisionTrace, bool]:
+    """The trace at ``sparsity``, lowered along ``decision`` until it keeps the dense top-1 class
     (`spade.trace.solve_keeping_decision` with the store as cache, each sparsity its own key; re-solving never
-    redoes statistics): (trace, index of the sparsity used, whether any trace was computed now)."""
+    redoes statistics): (the trace with its requested and used sparsity, whether any trace was computed now)."""
     cache = _StoredTraces(stats_key, solver)
-    trace, index = solve_keeping_decision(stats, candidates, solver, progress, cache=cache)
-    return trace, index, cache.stored
+    kept = solve_keeping_decision(stats, sparsity, solver, progress, decision=decision, cache=cache)
+    return kept, cache.stored
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -80,30 +80,36 @@ def _fitting_profiles(model_key: str, files: tuple[tuple[str, float], ...], _loa
             profile = load_profile(path)
         except SpadeError:
             continue  # an unreadable file is skipped (the CLI reports it when used directly)
-        candidates[f"{profile.name} ({Path(path).name})"] = profile
-    candidates.update(PROFILES)
+        candidates[Path(path).stem] = profile
+    candidates.update(PROFILES)  # a built-in name wins over a file stem, as in load_profile
     layers = list(prunable_layers(_loaded.model, _loaded.spec.layer_selection))
     fitting = {}
-    for label, profile in candidates.items():
+    for key, profile in candidates.items():
         try:
             resolve_targets(_loaded.model, layers, profile)
         except SpadeError:
             continue  # names blocks this model does not have
-        fitting[label] = profile
+        fitting[key] = profile
     return fitting
 
 
 def available_profiles(loaded: LoadedModel, model_key: str, folder: Path | None = None
                        ) -> dict[str, SparsityProfile]:
-    """{label: profile} of the built-in profiles and the JSON files under spade/profiles/ that fit the model."""
+    """{key: profile} of the built-in profiles (key: their name in spade.sparsity.PROFILES) and the JSON files
+    under spade/profiles/ (key: the file's stem) that fit the model. `profile_label` names an entry for display."""
     return _fitting_profiles(model_key, _profile_files(folder or PROFILE_DIR), loaded)
 
 
+def profile_label(key: str, profile: SparsityProfile) -> str:
+    """How an entry of `available_profiles` is shown: a built-in profile's name, or a file's profile name with
+    the file name."""
+    return key if key in PROFILES else f"{profile.name} ({key}.json)"
+
+
 def default_profile(profiles: dict[str, SparsityProfile], spec: ModelSpec) -> str | None:
-    """The label of the profile made for this model: the file named after it (spade/profiles/<model>.json, the
+    """The key of the profile made for this model: the file named after it (spade/profiles/<model>.json, the
     profile tuned for all methods), else a file made for one of its saliency methods (<model>_<method>.json),
     else None. A file made for another model whose name starts with this one's does not count."""
-    stems = {label: label.rsplit("(", 1)[-1].removesuffix(".json)") for label in profiles if label.endswith(".json)")}
+    files = [key for key in profiles if key not in PROFILES]
     per_method = {f"{spec.name}_{name}" for name in METHODS}
-    return next((label for label, stem in stems.items() if stem == spec.name),
-                next((label for label, stem in stems.items() if stem in per_method), None))
+    return spec.name if spec.name in files else next((key for key in files if key in per_method), None)

@@ -20,6 +20,8 @@ from torch import nn
 
 from spade import visualize
 from spade.augment import AugmentConfig
+from spade.decision import KeepDecision
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
 from spade.featurevis import (
     CPU_STEPS,
@@ -34,10 +36,10 @@ from spade.featurevis import (
     check_objective,
     compare_neuron,
 )
-from spade.featurevis.compare import FALLBACK_TARGETS, VISUALIZATION_TARGET, visualization_sparsities
+from spade.featurevis.compare import VISUALIZATION_DECISION, VISUALIZATION_TARGET, visualization_request
+from spade.progress import Progress
 from spade.solver import SolverConfig
-from spade.sparsity import BACKOFF_FACTORS
-from spade.trace import SpadeTrace
+from spade.trace import DecisionTrace
 from spade_app import compute, figures, results, runner
 from spade_app.sidebar import Selection
 
@@ -53,16 +55,16 @@ class NeuronSettings:
 
     objective: what is maximised. sparsity: None = `late_blocks_profile` at 0.95 (the authors' choice),
     else a uniform target in [0, 1). keep_decision: lower the sparsity until the trace keeps the top-1 class
-    (`spade.featurevis.compare.visualization_sparsities`). views / top_k: evidence views searched / shown.
+    (`spade.featurevis.compare.visualization_request`). views / top_k: evidence views searched / shown.
     """
 
     objective: Objective
     steps: int
     seed: int = 0
-    augmentations: int = 128
+    augmentations: int = default_augmentations("visualize")
     sparsity: float | None = None
     keep_decision: bool = True
-    views: int = 64
+    views: int = EVIDENCE_AUGMENT.count
     top_k: int = 4
 
     @property
@@ -112,7 +114,6 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
     """Draw the form; returns the settings when "Run" was pressed and they are valid (else None, errors shown)."""
     loaded = sel.loaded
     layers = conv_layers(loaded.model)
-    gpu = loaded.device.type != "cpu"
     suffix = f"{sel.model_key}_{sel.image_key}"  # defaults (the predicted class) follow the image and model
     with st.form("neuron_settings"):
         c_neuron, c_vis, c_trace = st.columns(3)
@@ -141,18 +142,20 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
             top_k = st.number_input("Top views shown", 1, 16, 4, key="nv_top_k")
         with c_trace:
             st.markdown("**SPADE trace**")
-            augmentations = st.number_input("Augmentations", 1, 4096, 1024 if gpu else 128, step=8, key="nv_count")
+            augmentations = st.number_input("Augmentations", 1, 4096, default_augmentations("visualize", loaded.device),
+                                            step=8, key="nv_count")
             mode = st.radio("Sparsity", [LATE, UNIFORM], key="nv_sparsity_mode", horizontal=True,
                             help=f"Late blocks: {VISUALIZATION_TARGET:g} on the last 30% of blocks and the "
                                  "classifier, 0 elsewhere (the authors' choice for visualizations). Uniform: the "
                                  "slider's value on every pruned layer.")
             uniform = st.slider("Uniform sparsity", 0.0, 0.99, loaded.spec.default_sparsity, step=0.01,
                                 key="nv_sparsity")
+            late = ", ".join(f"{t:g}" for t in VISUALIZATION_DECISION.levels(VISUALIZATION_TARGET))
+            uniform_factors = ", ".join(f"{f:g}" for f in KeepDecision().factors)
             keep = st.checkbox("Keep the model's decision", True, key="nv_keep",
                                help="If the trace changes the top-1 class, lower the sparsity until it keeps it: the "
-                                    f"late-block target to {', '.join(f'{t:g}' for t in FALLBACK_TARGETS)}, or the "
-                                    f"uniform one to {', '.join(f'{f:g}' for f in BACKOFF_FACTORS)} times the chosen "
-                                    "value.")
+                                    f"late-block target to {late}, or the uniform one to {uniform_factors} times the "
+                                    "chosen value.")
         submitted = st.form_submit_button("Run", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None
@@ -180,37 +183,37 @@ def active_settings(sel: Selection, submitted: NeuronSettings | None) -> NeuronS
 
 
 # ----------------------------------------------------------------------------------------------- run
-def _trace(sel: Selection, settings: NeuronSettings, progress) -> SpadeTrace:
+def _trace(sel: Selection, settings: NeuronSettings, progress) -> DecisionTrace:
     """The visualization trace from the shared store: the same as `spade.featurevis.visualization_trace`, with
     the statistics reused across sparsities (and shared with the Explore page)."""
     loaded = sel.loaded
     stats, _ = compute.get_statistics(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, progress)
     key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
-    candidates = visualization_sparsities(loaded.model, settings.sparsity, settings.keep_decision,
-                                          loaded.spec.layer_selection)
-    return compute.get_trace_keeping_decision(key, stats, candidates, SolverConfig(), progress)[0]
+    requested, decision = visualization_request(loaded.model, settings.sparsity, settings.keep_decision,
+                                                loaded.spec.layer_selection)
+    return compute.get_trace_keeping_decision(key, stats, requested, decision, SolverConfig(), progress)[0]
 
 
-def run(sel: Selection, settings: NeuronSettings) -> tuple[SpadeTrace, NeuronComparison] | None:
+def run(sel: Selection, settings: NeuronSettings) -> tuple[DecisionTrace, NeuronComparison] | None:
     """Trace + dense/SPADE visualizations and evidence, with per-stage progress in a status box.
     Errors are shown (the library's message), never raised."""
     loaded = sel.loaded
 
-    def work(draw: runner.Progress) -> tuple[SpadeTrace, NeuronComparison]:
+    def work(draw: Progress) -> tuple[DecisionTrace, NeuronComparison]:
         check_objective(loaded.model, settings.objective, loaded.to_batch(sel.image))
-        trace = _trace(sel, settings, draw)
-        key = (sel.model_key, sel.image_key, settings.augment, repr(trace.settings.get("sparsity")),
+        kept = _trace(sel, settings, draw)
+        key = (sel.model_key, sel.image_key, settings.augment, repr(kept.trace.settings.get("sparsity")),
                settings.objective, settings.featurevis, settings.evidence_augment, settings.top_k)
         result = comparison_store().get("comparison", key)
         if result is None:
-            result = compare_neuron(loaded.model, trace.model, sel.image, settings.objective,
+            result = compare_neuron(loaded.model, kept.trace.model, sel.image, settings.objective,
                                     preprocessing=loaded.preprocessing, config=settings.featurevis,
                                     evidence_augment=settings.evidence_augment, top_k=settings.top_k,
                                     feature_layer=loaded.spec.last_conv_stage, progress=draw)
             comparison_store().put("comparison", key, result)
-        return trace, result
+        return kept, result
 
-    def done(outcome: tuple[SpadeTrace, NeuronComparison]) -> str:
+    def done(outcome: tuple[DecisionTrace, NeuronComparison]) -> str:
         result = outcome[1]
         return (f"Done: {result.dense.settings['steps']} steps, dense {result.dense.seconds:.1f} s, "
                 f"SPADE {result.trace.seconds:.1f} s")
@@ -260,22 +263,21 @@ def side_by_side_png(result: NeuronComparison, title: str, panel: int = 256) -> 
     return buffer.getvalue()
 
 
-def show(sel: Selection, settings: NeuronSettings, trace: SpadeTrace, result: NeuronComparison) -> None:
+def show(sel: Selection, settings: NeuronSettings, kept: DecisionTrace, result: NeuronComparison) -> None:
     loaded = sel.loaded
+    trace = kept.trace
     name = describe_objective(result.objective, loaded.class_name)
-    sparsity = trace.settings.get("sparsity")
-    kept = trace.params_kept / max(trace.params_total, 1)
+    share = trace.params_kept / max(trace.params_total, 1)
     st.subheader(f"Neuron: {name}")
-    label = f"uniform {sparsity:g}" if isinstance(sparsity, (int, float)) else f"profile {sparsity.get('name')}"
-    st.caption(f"SPADE trace: {label} · "
-               f"{kept:.1%} of the pruned layers' weights kept · logit cosine {trace.logit_cosine:.3f} · "
-               f"{settings.augmentations} augmentations · seed {settings.seed}")
     if settings.sparsity is None:
         asked = f"{VISUALIZATION_TARGET:g} on the late blocks"
-        lowered = isinstance(sparsity, dict) and sparsity.get("name") != f"late-blocks-{VISUALIZATION_TARGET:g}"
+        label = f"late blocks {VISUALIZATION_TARGET * kept.scale:g}"
     else:
-        asked, lowered = f"uniform {settings.sparsity:g}", sparsity != settings.sparsity
-    if lowered:
+        asked, label = f"uniform {settings.sparsity:g}", f"uniform {kept.used:g}"
+    st.caption(f"SPADE trace: {label} · "
+               f"{share:.1%} of the pruned layers' weights kept · logit cosine {trace.logit_cosine:.3f} · "
+               f"{settings.augmentations} augmentations · seed {settings.seed}")
+    if kept.backed_off:
         st.info(f"The trace at {asked} changed the model's top-1 class, so the sparsity was lowered ({label}) to "
                 "keep it.", icon=":material/info:")
     if not trace.top1_agrees:

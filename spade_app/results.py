@@ -17,7 +17,7 @@ from spade import visualize
 from spade.errors import SpadeError
 from spade.progress import Progress
 from spade.saliency import METHODS, AttributionPair
-from spade.trace import SpadeTrace
+from spade.trace import DecisionTrace, SpadeTrace
 from spade_app import compute, figures, maps, runner
 from spade_app.settings import RunSettings, current_settings
 from spade_app.sidebar import Selection
@@ -65,19 +65,19 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
     """Statistics (cached per image, model and augmentation settings) + solve (cached per sparsity), with a
     status box showing per-stage progress and timings. Errors are shown, never raised."""
 
-    def work(draw: runner.Progress) -> tuple[SpadeTrace, int, bool, bool]:
+    def work(draw: Progress) -> tuple[DecisionTrace, bool, bool]:
         stats, fresh_stats = compute.get_statistics(sel.model_key, sel.image_key, sel.loaded, sel.image,
                                                     settings.augment, draw)
         key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
-        trace, step, fresh_trace = compute.get_trace_keeping_decision(
-            key, stats, [sparsity for _, sparsity in settings.schedule], settings.solver, draw)
-        return trace, step, fresh_stats, fresh_trace
+        kept, fresh_trace = compute.get_trace_keeping_decision(key, stats, settings.sparsity, settings.decision,
+                                                               settings.solver, draw)
+        return kept, fresh_stats, fresh_trace
 
-    def done(outcome: tuple[SpadeTrace, int, bool, bool]) -> str:
-        trace, _, fresh_stats, fresh_trace = outcome
+    def done(outcome: tuple[DecisionTrace, bool, bool]) -> str:
+        kept, fresh_stats, fresh_trace = outcome
         rows = []
         for stage in ("augment", "statistics", "solve"):
-            took = trace.seconds.get(stage)
+            took = kept.trace.seconds.get(stage)
             reused = (stage != "solve" and not fresh_stats) or (stage == "solve" and not fresh_trace)
             rows.append({"stage": stage, "seconds": round(took, 2) if took is not None else None,
                          "this run": "reused from cache" if reused else "computed"})
@@ -90,12 +90,12 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
     outcome = runner.run_guarded("Running SPADE…", sel.loaded.device, work, failed="SPADE failed", done=done)
     if outcome is None:
         return None
-    trace, step, _, _ = outcome
-    if step:
+    kept = outcome[0]
+    if kept.backed_off:
         st.info(f"At {settings.describe_sparsity()} the trace predicted another class than the dense model, so it "
-                f"was re-solved at {settings.schedule[step][0]:g} × that sparsity, which keeps the decision "
+                f"was re-solved at {kept.scale:g} × that sparsity, which keeps the decision "
                 "(\"Keep the model's decision\" in the settings).", icon=":material/tune:")
-    return trace
+    return kept.trace
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -267,7 +267,7 @@ def report(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: d
     """JSON-ready report: settings (with seeds), versions, predictions with class names, per-layer table."""
     body = trace.to_dict()
     body["settings"] = {**body.get("settings", {}), "augment": asdict(settings.augment),
-                        "solver": asdict(settings.solver), "keep_decision": settings.keep_decision}
+                        "solver": asdict(settings.solver)}
     for key in ("dense_top5", "trace_top5"):
         pred = getattr(trace, key)
         if pred is not None:

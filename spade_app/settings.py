@@ -13,16 +13,12 @@ import streamlit as st
 from torch import nn
 
 from spade.augment import AugmentConfig
+from spade.decision import KeepDecision
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
 from spade.solver import SOLVERS, SolverConfig
-from spade.sparsity import (
-    BACKOFF_FACTORS,
-    Sparsity,
-    SparsityProfile,
-    backoff_schedule,
-    late_blocks_profile,
-    profile_from_json,
-)
+from spade.sparsity import Sparsity, SparsityProfile, late_blocks_profile, profile_from_json
+from spade_app.loaders import profile_label
 
 SETTINGS_KEY = "explore_settings"
 UNIFORM, LATE, PROFILE, FILE = "Uniform", "Late blocks", "Built-in profile", "Profile JSON file"
@@ -43,16 +39,15 @@ class RunSettings:
     """Everything a SPADE run on the Explore page depends on (besides the image and the model)."""
 
     sparsity: float | SparsityProfile = 0.5
-    augment: AugmentConfig = AugmentConfig(count=64)
+    augment: AugmentConfig = AugmentConfig(count=default_augmentations("explore"))
     solver: SolverConfig = SolverConfig()
     methods: tuple[str, ...] = field(default=())
     keep_decision: bool = True
 
     @property
-    def schedule(self) -> tuple[tuple[float, Sparsity], ...]:
-        """((scale, sparsity), ...) the run tries in turn: the chosen sparsity, then (keep_decision) lower ones
-        until the trace keeps the dense top-1 class (`spade.sparsity.backoff_schedule`)."""
-        return backoff_schedule(self.sparsity) if self.keep_decision else ((1.0, self.sparsity),)
+    def decision(self) -> KeepDecision:
+        """The run's keep-the-decision policy: the default ladder, or (keep_decision off) the chosen sparsity only."""
+        return KeepDecision().when(self.keep_decision)
 
     def describe_sparsity(self) -> str:
         text = (f"profile {self.sparsity.name}" if isinstance(self.sparsity, SparsityProfile)
@@ -60,7 +55,8 @@ class RunSettings:
         return text + (" of every weight" if self.solver.sparsity_of == "all" else "")
 
 
-WALKTHROUGH = RunSettings(sparsity=0.5, augment=AugmentConfig(count=64), methods=("gradcam",))
+WALKTHROUGH = RunSettings(sparsity=0.5, augment=AugmentConfig(count=default_augmentations("explore")),
+                          methods=("gradcam",))
 """Fixed settings of the classroom walkthrough on the "How SPADE works" page."""
 
 
@@ -72,7 +68,7 @@ def current_settings() -> RunSettings:
 def keep_decision_checkbox(value: bool, key: str) -> bool:
     return st.checkbox("Keep the model's decision", value, key=key,
                        help="When the trace predicts another class than the dense model, re-solve it at "
-                            f"{', '.join(f'{f:g}' for f in BACKOFF_FACTORS)} times the chosen sparsity until it "
+                            f"{', '.join(f'{f:g}' for f in KeepDecision().factors)} times the chosen sparsity until it "
                             "predicts the same (the statistics are reused, so this costs solver time only). Off: the "
                             "paper's protocol, every trace at the chosen sparsity.")
 
@@ -85,11 +81,16 @@ def _profile_from_upload(upload) -> SparsityProfile:
     return profile_from_json(data, default_name=upload.name.rsplit(".", 1)[0])
 
 
-def _mode_of(sparsity: Sparsity, profiles: dict[str, SparsityProfile]) -> str:
+def _is_late_blocks(profile: SparsityProfile, model: nn.Module) -> bool:
+    """Whether ``profile`` is the "Late blocks" profile of ``model`` at some slider value."""
+    return bool(profile.targets) and profile == late_blocks_profile(model, target=profile.targets[0][1])
+
+
+def _mode_of(sparsity: Sparsity, profiles: dict[str, SparsityProfile], model: nn.Module) -> str:
     """The form's sparsity mode that produced ``sparsity`` (a profile that fits no longer: the file mode)."""
     if not isinstance(sparsity, SparsityProfile):
         return UNIFORM
-    if sparsity.name.startswith("late-"):
+    if _is_late_blocks(sparsity, model):
         return LATE
     return PROFILE if sparsity in profiles.values() else FILE
 
@@ -101,8 +102,8 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
 
     model: the dense model (the "Late blocks" profile is built from its block structure).
     default_sparsity: the slider's value before the first run (the model spec's recommended uniform target).
-    profiles: {label: profile} offered as built-in profiles, those that fit the model (loaders.available_profiles);
-    default_profile: the label selected before the first choice (else the first).
+    profiles: {key: profile} offered as built-in profiles, those that fit the model (loaders.available_profiles);
+    default_profile: the key selected before the first choice (else the first).
     """
     profiles = profiles or {}
     last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity)
@@ -111,7 +112,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
         c_sparsity, c_aug, c_solver = st.columns(3)
         with c_sparsity:
             st.markdown("**Sparsity**")
-            last_mode = _mode_of(last.sparsity, profiles)
+            last_mode = _mode_of(last.sparsity, profiles, model)
             mode = st.radio("Targets", SPARSITY_MODES, index=SPARSITY_MODES.index(last_mode), key="ex_sparsity_mode",
                             horizontal=True,
                             help="Uniform: the slider's value on every pruned layer. Late blocks: the slider's value "
@@ -120,14 +121,16 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
             last_uniform = default_sparsity if isinstance(last.sparsity, SparsityProfile) else float(last.sparsity)
             uniform = st.slider("Sparsity (share of weights removed per layer)", 0.0, 0.99, last_uniform,
                                 step=0.01, key="ex_sparsity")
-            labels = list(profiles)
-            chosen = next((label for label, p in profiles.items() if p == last.sparsity), default_profile)
-            index = labels.index(chosen) if chosen in labels else (0 if labels else None)
-            profile = st.selectbox("Built-in profile", labels, index=index,
-                                   key="ex_profile", disabled=not labels,
+            keys = list(profiles)
+            chosen = next((key for key, p in profiles.items() if p == last.sparsity), default_profile)
+            index = keys.index(chosen) if chosen in keys else (0 if keys else None)
+            profile = st.selectbox("Built-in profile", keys, index=index,
+                                   key="ex_profile", disabled=not keys,
+                                   format_func=lambda key: profile_label(key, profiles[key]),
                                    placeholder="none fits this model",
                                    help="Profiles shipped with the library whose blocks this model has.\n\n"
-                                        + "\n\n".join(f"**{n}**: {p.description}" for n, p in profiles.items()))
+                                        + "\n\n".join(f"**{profile_label(k, p)}**: {p.description}"
+                                                        for k, p in profiles.items()))
             upload = st.file_uploader("Profile JSON ({\"targets\": {block: sparsity}, \"default\": 0})",
                                       type=["json"], key="ex_profile_file")
             keep = keep_decision_checkbox(last.keep_decision, key="ex_keep")

@@ -11,9 +11,11 @@ import json
 
 import streamlit as st
 
+from spade.defaults import default_augmentations
 from spade.errors import SpadeError
 from spade.featurevis import CPU_STEPS, GPU_STEPS
 from spade.images import bundled_examples
+from spade.progress import Progress
 from spade_app import loaders, runner
 from spade_app.sidebar import IMAGE_TYPES, Selection
 from spade_study.archive import StudyArchiveError
@@ -145,7 +147,8 @@ def designer(sel: Selection) -> None:
         v1, v2, v3 = st.columns(3)
         steps = v1.number_input("Visualization steps", 1, 4096, GPU_STEPS if gpu else CPU_STEPS, step=16,
                                 key="sd_steps")
-        augmentations = v2.number_input("SPADE augmentations", 1, 4096, 1024 if gpu else 128, step=8,
+        augmentations = v2.number_input("SPADE augmentations", 1, 4096,
+                                        default_augmentations("visualize", sel.loaded.device), step=8,
                                         key="sd_augmentations")
         fraction = v3.slider("Patch side (share of the image side)", 0.1, round(MAX_PATCH_FRACTION, 2), 0.3,
                              step=0.01, key="sd_patch")
@@ -187,7 +190,7 @@ def _creation_progress():
 def _create(sel: Selection, images: list[StudyImage], config: StudyConfig) -> Study | None:
     loaded = sel.loaded
 
-    def work(draw: runner.Progress) -> Study:
+    def work(draw: Progress) -> Study:
         return create_study(loaded.model, images, config, preprocessing=loaded.preprocessing,
                             class_names=loaded.class_names, cam_layer=loaded.spec.last_conv_stage,
                             selection=loaded.spec.layer_selection, model_name=sel.model_label, progress=draw)

@@ -21,10 +21,12 @@ from PIL import Image
 
 from spade import visualize
 from spade.augment import AugmentConfig
+from spade.defaults import default_augmentations
 from spade.devices import resolve_device
 from spade.errors import ConfigError, SpadeError
-from spade.models import LoadedModel, ModelSpec
+from spade.models import LoadedModel, ModelSpec, default_backdoored_model
 from spade.preprocessing import Preprocessing
+from spade.progress import Progress
 from spade.saliency import AttributionPair
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
@@ -33,7 +35,7 @@ from spade_app import benchmarks, figures, loaders, maps, results, runner
 from spade_app.settings import RunSettings, keep_decision_checkbox
 from spade_app.sidebar import Selection
 
-DEMO_MODEL = "efficientnet_lite0_trojan"
+DEMO_MODEL = default_backdoored_model()
 DEMO = f"Back-doored demo model ({DEMO_MODEL})"
 SIDEBAR = "The sidebar's model"
 MODEL_CHOICES = (DEMO, SIDEBAR)
@@ -69,7 +71,7 @@ class TrojanSettings:
     model: str = DEMO
     target: int | None = None
     sparsity: float | SparsityProfile = 0.5
-    augment: AugmentConfig = AugmentConfig(count=64)
+    augment: AugmentConfig = AugmentConfig(count=default_augmentations("trojan_lab"))
     methods: tuple[str, ...] = field(default=())
     keep_decision: bool = True
     own_profiles: bool = True
@@ -96,10 +98,6 @@ def trojan_model(sel: Selection, choice: str) -> tuple[LoadedModel, str, str]:
         raise ConfigError("The sidebar's model is not usable: choose a valid model or checkpoint in the sidebar, "
                           "or use the back-doored demo model.")
     return sel.loaded, sel.model_key, sel.model_label
-
-
-def default_augmentations(loaded: LoadedModel) -> int:
-    return 128 if loaded.device.type == "cuda" else 64
 
 
 def auto_target(spec: ModelSpec, trigger: str, choice: str, stamped_top1: int) -> int:
@@ -278,7 +276,8 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
     own = own_profiles(profiles, loaded.spec, method_labels)
     last = _last(choice) or TrojanSettings(
         model=choice, sparsity=profiles[tuned] if tuned else loaded.spec.default_sparsity,
-        augment=AugmentConfig(count=default_augmentations(loaded)), methods=results.default_methods())
+        augment=AugmentConfig(count=default_augmentations("trojan_lab", loaded.device)),
+        methods=results.default_methods())
     icons = trigger_icons()
     options = [*icons, UPLOAD]
     with st.form("trojan_settings"):
@@ -321,17 +320,18 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
                 doors = ", ".join(f"{d.trigger} → {loaded.class_name(d.target)}" for d in loaded.spec.backdoors)
                 st.caption(f"Target: the demo model's back door class for the chosen trigger ({doors}; other "
                            "triggers are decoys the model ignores).")
-            profile_labels = list(profiles)
+            profile_keys = list(profiles)
             is_profile = isinstance(last.sparsity, SparsityProfile)
-            mode = st.radio("Sparsity", (UNIFORM, PROFILE), index=int(is_profile and bool(profile_labels)),
+            mode = st.radio("Sparsity", (UNIFORM, PROFILE), index=int(is_profile and bool(profile_keys)),
                             key="tl_sparsity_mode", horizontal=True)
             uniform = st.slider("Uniform sparsity (share of weights removed per layer)", 0.0, 0.99,
                                 float(loaded.spec.default_sparsity if is_profile else last.sparsity), step=0.01,
                                 key="tl_sparsity")
-            last_label = next((lbl for lbl, p in profiles.items() if p == last.sparsity), tuned)
-            profile = st.selectbox("Profile", profile_labels,
-                                   index=profile_labels.index(last_label) if last_label in profile_labels else 0,
-                                   key="tl_profile", disabled=not profile_labels,
+            last_key = next((key for key, p in profiles.items() if p == last.sparsity), tuned)
+            profile = st.selectbox("Profile", profile_keys,
+                                   index=profile_keys.index(last_key) if last_key in profile_keys else 0,
+                                   key="tl_profile", disabled=not profile_keys,
+                                   format_func=lambda key: loaders.profile_label(key, profiles[key]),
                                    placeholder="no profile fits this model",
                                    help=f"Built-in profiles and JSON files under spade/profiles/ that fit "
                                         f"{loaded.spec.name} (a tuned one is picked by default).")
@@ -360,7 +360,7 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
             trigger_key, trigger_label = remember_upload(data), upload.name
         else:
             trigger_key, trigger_label = trigger, trigger
-        if mode == PROFILE and profile_labels:
+        if mode == PROFILE and profile_keys:
             sparsity: float | SparsityProfile = profiles[profile]
         else:
             if mode == PROFILE:  # the choice was made for another model
@@ -529,7 +529,7 @@ def stamp_and_predict(sel: Selection, loaded: LoadedModel, model_key: str, model
     """(stamped image, clean and stamped selections, flip verdict) in a status box; errors shown, then None."""
     pre = loaded.preprocessing
 
-    def work(_: runner.Progress) -> tuple[Stamped, Selection, Selection, Verdict]:
+    def work(_: Progress) -> tuple[Stamped, Selection, Selection, Verdict]:
         key = stamp_key(sel.image_key, settings, pre)
         stamped = stamped_image(key, sel.image, trigger_image(settings), pre, settings)
         check_mask(stamped.mask)

@@ -20,13 +20,13 @@ import re
 import time
 from pathlib import Path
 
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
 from spade_cli.trace import add_solver_arguments, add_trace_arguments, solver_from_args
 
 log = logging.getLogger(__name__)
 
-TROJAN_MODEL = "efficientnet_lite0_trojan"
 SMOKE = {"samples": 4, "methods": "saliency,input_x_gradient", "augmentations": 16}
 SMOKE_TUNE = {"samples": 2, "methods": "saliency", "augmentations": 16, "levels": "0,0.5,0.9"}
 
@@ -61,7 +61,7 @@ def _set_help(parser: argparse.ArgumentParser, option: str, text: str) -> None:
 def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     add_model_arguments(parser)
     if kind in ("trojan", "tune"):
-        _set_help(parser, "--model", f"registered model (default: {TROJAN_MODEL}, the back-doored demo model)")
+        _set_help(parser, "--model", "registered model (default: the registry's back-doored demo model)")
     if kind in ("trojan", "tune"):
         role = "test" if kind == "trojan" else "calibration"
         parser.add_argument("--trigger", metavar="NAME|FILE.png",
@@ -78,7 +78,8 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--sample-seed", type=int, default=1 if kind == "tune" else 0, metavar="S",
                         help=f"seed of the photo order, crops and trigger positions (default "
                              f"{1 if kind == 'tune' else 0})")
-    augmentations = "augmented views per trace (default 256, the authors' Trojan setting; --smoke: 16)"
+    augmentations = (f"augmented views per trace (default {default_augmentations('benchmark')}, the authors' Trojan "
+                     f"setting; --smoke: {SMOKE['augmentations']})")
     seed = "seed of the augmentations and of the random methods (default 0)"
     if kind == "tune":  # the sparsity is what tune searches
         parser.add_argument("--augmentations", type=int, default=None, help=augmentations)
@@ -268,6 +269,7 @@ def _print_record(record: dict) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
+    from spade.models import default_backdoored_model
     from spade.saliency import METHODS
     from spade.sparsity import method_profiles
     from spade_lab.benchmark import BenchmarkConfig, model_identity, parse_methods, run_benchmark
@@ -279,17 +281,17 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     if args.augmentations is not None and args.augmentations < 1:
         raise ConfigError("--augmentations must be at least 1.")
     method_sparsity = _method_sparsity(args.method_profile)  # a mistyped entry fails before the model loads
-    loaded = _load(args, TROJAN_MODEL if kind == "trojan" else _default_model())
+    loaded = _load(args, default_backdoored_model() if kind == "trojan" else _default_model())
     if args.own_profiles:
         given = dict(method_sparsity)
         # every method's, not only those run now: the folder's config stays the same when methods are added later
         own = method_profiles(loaded.spec.name, METHODS)
         method_sparsity += tuple((name, profile) for name, profile in own.items() if name not in given)
     photos, photos_label = _photos(args, "test")
+    count = args.augmentations or default_augmentations("benchmark", loaded.device)
     config = BenchmarkConfig(kind=kind, methods=methods, sparsity=_sparsity(args, loaded),
-                             method_sparsity=method_sparsity,
-                             augment=AugmentConfig(count=args.augmentations or 256, seed=args.seed), seed=args.seed,
-                             batch_size=args.batch_size, steps=getattr(args, "steps", 100),
+                             method_sparsity=method_sparsity, augment=AugmentConfig(count=count, seed=args.seed),
+                             seed=args.seed, batch_size=args.batch_size, steps=getattr(args, "steps", 100),
                              keep_decision=args.keep_decision, solver=solver_from_args(args))
     sample_config = SampleConfig(count=args.samples or 200, seed=args.sample_seed,
                                  require_flip=not getattr(args, "no_flip_filter", False))
@@ -360,6 +362,7 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 def _run_tune(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
+    from spade.models import default_backdoored_model
     from spade.sparsity import load_profile
     from spade_lab.benchmark import model_identity, parse_methods
     from spade_lab.samples import SampleConfig, build_samples, resolve_trigger
@@ -371,7 +374,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     if args.augmentations is not None and args.augmentations < 1:
         raise ConfigError("--augmentations must be at least 1.")
     start = load_profile(args.start) if args.start else None
-    loaded = _load(args, TROJAN_MODEL)
+    loaded = _load(args, default_backdoored_model())
     trigger, target = _backdoor(args, loaded, "calibration")
     try:
         if trigger == loaded.spec.backdoor("test").trigger:
@@ -380,8 +383,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         pass
     trigger_label, trigger_image = resolve_trigger(trigger)
     photos, photos_label = _photos(args, "calibration")
-    config = TuningConfig(methods=methods, levels=levels, augment=AugmentConfig(count=args.augmentations or 256,
-                                                                                  seed=args.seed),
+    count = args.augmentations or default_augmentations("benchmark", loaded.device)
+    config = TuningConfig(methods=methods, levels=levels, augment=AugmentConfig(count=count, seed=args.seed),
                           rounds=args.rounds, min_agreement=args.min_agreement, granularity=args.granularity,
                           seed=args.seed, batch_size=args.batch_size, keep_decision=args.keep_decision,
                           solver=solver_from_args(args), start=start)

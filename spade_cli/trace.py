@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 
+from spade.defaults import default_augmentations
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
 
 
@@ -21,21 +22,23 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_trace_arguments(parser: argparse.ArgumentParser,
-                        sparsity_default: str = "the model's, e.g. 0.5 for EfficientNet-Lite") -> None:
+                        sparsity_default: str = "the model's, e.g. 0.5 for EfficientNet-Lite",
+                        purpose: str = "trace") -> None:
     """The options every command that builds a trace shares: --sparsity | --profile, --sparsity-of, --solver,
-    --augmentations, --seed, --keep-decision."""
+    --augmentations (its default for ``purpose``, `spade.defaults`), --seed, --keep-decision."""
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--sparsity", type=float, default=None,
                         help=f"uniform target sparsity in [0, 1) (default: {sparsity_default})")
     target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
     add_solver_arguments(parser)
     parser.add_argument("--augmentations", type=int, default=None,
-                        help="augmented views for the trace (default 128 on the CPU, 1024 on a GPU)")
+                        help=f"augmented views for the trace (default {default_augmentations(purpose, 'cpu')} on "
+                             f"the CPU, {default_augmentations(purpose, 'cuda')} on a GPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations (default 0)")
     parser.add_argument("--keep-decision", action="store_true",
                         help="re-solve a trace that changes the dense top-1 class at lower sparsity until it keeps "
-                             "it (x0.8, x0.6, ... of the requested; the visualization default lowers its late-block "
-                             "target 0.95 to 0.9, 0.8, 0.7, 0.5); not the paper's protocol")
+                             "it (the ladder of spade.decision.KeepDecision; the report records the requested and "
+                             "the used sparsity); not the paper's protocol")
 
 
 def _non_negative(text: str) -> float:
@@ -74,9 +77,9 @@ def solver_from_args(args: argparse.Namespace):
     return SolverConfig(mode=args.solver, sparsity_of=args.sparsity_of, damp=args.damp)
 
 
-def augmentation_count(args: argparse.Namespace, device) -> int:
-    """--augmentations, or the default for the device (the authors' 1024 on a GPU, 128 on the CPU)."""
-    return args.augmentations or (1024 if device.type == "cuda" else 128)
+def augmentation_count(args: argparse.Namespace, device, purpose: str = "trace") -> int:
+    """--augmentations, or the default for ``purpose`` on the device (`spade.defaults.default_augmentations`)."""
+    return args.augmentations or default_augmentations(purpose, device)
 
 
 def sparsity_from_args(args: argparse.Namespace, default):
@@ -132,7 +135,7 @@ def _run_trace(args: argparse.Namespace) -> int:
         print(f"{title} top-5:")
         for rank, p in enumerate(pred, start=1):
             print(f"  {rank}. {loaded.class_name(p.index):<30} {p.probability:.4f}")
-    scale = trace.settings.get("sparsity_scale", 1.0)
+    scale = trace.settings["sparsity_scale"]
     if scale < 1:
         print(f"the trace changed the top-1 at the requested sparsity; re-solved at {scale:g} x that sparsity")
     verdict = "same top-1" if trace.top1_agrees else "TOP-1 DIFFERS"

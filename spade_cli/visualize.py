@@ -14,6 +14,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from spade.defaults import default_augmentations
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
 from spade_cli.trace import (
     ProgressBar,
@@ -38,8 +39,10 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="optimisation steps (default 128 on the CPU, 512 on a GPU)")
     parser.add_argument("--size", type=int, default=None,
                         help="visualization size in pixels (default: the model's crop)")
-    add_trace_arguments(parser, sparsity_default="0.95 on the late blocks, the authors' choice")
-    parser.add_argument("--views", type=int, default=64, help="augmented views searched for the evidence (default 64)")
+    add_trace_arguments(parser, sparsity_default="0.95 on the late blocks, the authors' choice", purpose="visualize")
+    views = default_augmentations("evidence")
+    parser.add_argument("--views", type=int, default=views,
+                        help=f"augmented views searched for the evidence (default {views})")
     parser.add_argument("--top-k", type=int, default=4, help="most exciting views to save (default 4)")
     parser.add_argument("--out", metavar="DIR", default="spade-visualize",
                         help="output folder (default spade-visualize)")
@@ -87,7 +90,7 @@ def _run_visualize(args: argparse.Namespace) -> int:
     objective = parse_neuron(args.neuron, predicted=predicted.index)
     pre = loaded.spec.preprocessing
     check_objective(loaded.model, objective, loaded.to_batch(image))
-    count = augmentation_count(args, loaded.device)
+    count = augmentation_count(args, loaded.device, "visualize")
     sparsity = sparsity_from_args(args, None)  # None: the late-blocks default of visualization_trace
     config = FeatureVisConfig(steps=args.steps, size=args.size, seed=args.seed)
     evidence_augment = replace(EVIDENCE_AUGMENT, count=args.views, seed=args.seed)

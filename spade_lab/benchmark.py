@@ -24,14 +24,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from spade.augment import AugmentConfig
+from spade.decision import KeepDecision
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError
 from spade.models import LoadedModel
 from spade.progress import Progress
 from spade.saliency import METHODS, PAPER_METHODS, MapScores, MaskScores, attribution_pair, get_method, settings_for
 from spade.solver import SolverConfig
-from spade.sparsity import BACKOFF_FACTORS, SparsityProfile
+from spade.sparsity import SparsityProfile
 from spade.statistics import LayerStatistics
-from spade.trace import SpadeTrace, prepare_statistics, solve_backing_off
+from spade.trace import SpadeTrace, prepare_statistics, solve_keeping_decision
 from spade_lab.records import ResultWriter, done_pairs, prepare_folder, shard_file
 from spade_lab.samples import SampleRecord, SampleSet
 
@@ -57,16 +59,17 @@ class BenchmarkConfig:
     trace's augmentations (the authors used 256 views in their Trojan experiments). solver: the layer solver.
     seed: seeds the random methods (LIME, GradientShap). batch_size: images per pass for methods/curves that batch
     (None: the library's 8 on the CPU, GPU_BATCH on a GPU). steps: points of the insertion/deletion curves.
-    keep_decision: when a trace changes the dense model's top-1 class, re-solve it at the sparsity times each
-    of `spade.sparsity.BACKOFF_FACTORS` in turn until it keeps it (not the paper's protocol, which keeps every
-    trace at the requested sparsity; records then carry the factor used as ``trace.sparsity_scale``).
+    keep_decision: when a trace changes the dense model's top-1 class, re-solve it down the default
+    `spade.decision.KeepDecision` ladder until it keeps it (not the paper's protocol, which keeps every trace at
+    the requested sparsity; records then carry ``trace.requested_sparsity``, ``trace.used_sparsity`` (labels, see
+    `sparsity_label`) and the factor used, ``trace.sparsity_scale``).
     """
 
     kind: str = "trojan"
     methods: tuple[str, ...] = PAPER_METHODS
     sparsity: float | SparsityProfile = 0.5
     method_sparsity: tuple[tuple[str, float | SparsityProfile], ...] = ()
-    augment: AugmentConfig = AugmentConfig(count=256)
+    augment: AugmentConfig = AugmentConfig(count=default_augmentations("benchmark"))
     solver: SolverConfig = SolverConfig()
     seed: int = 0
     batch_size: int | None = None
@@ -96,6 +99,11 @@ class BenchmarkConfig:
         if self.steps < 2:
             raise ConfigError("Insertion/deletion curves need at least 2 steps.")
 
+    @property
+    def decision(self) -> KeepDecision:
+        """The keep-the-decision policy of every trace (no back-off without ``keep_decision``)."""
+        return KeepDecision().when(self.keep_decision)
+
     def sparsity_for(self, method: str) -> float | SparsityProfile:
         """The sparsity of ``method``'s trace: its own from ``method_sparsity``, else ``sparsity``."""
         return dict(self.method_sparsity).get(method, self.sparsity)
@@ -112,7 +120,7 @@ class BenchmarkConfig:
         if self.kind == "insertion":
             out["steps"] = self.steps
         if self.keep_decision:  # only when set, so that folders written before the option existed still resume
-            out["keep_decision"] = list(BACKOFF_FACTORS)
+            out["keep_decision"] = self.decision.to_json()
         return out
 
 
@@ -240,10 +248,11 @@ def score_sample(loaded: LoadedModel, sample_set: SampleSet, record: SampleRecor
     traces: dict[float | SparsityProfile, tuple[SpadeTrace, dict, float]] = {}
     for sparsity in dict.fromkeys(config.sparsity_for(m) for m in methods):
         t1 = time.perf_counter()
-        trace = solve_backing_off(stats, sparsity, config.solver, keep_decision=config.keep_decision)
-        summary = trace_summary(trace)
+        kept = solve_keeping_decision(stats, sparsity, config.solver, decision=config.decision)
+        trace, summary = kept.trace, trace_summary(kept.trace)
         if config.keep_decision:
-            summary["sparsity_scale"] = trace.settings["sparsity_scale"]
+            summary.update(requested_sparsity=sparsity_label(kept.requested), used_sparsity=sparsity_label(kept.used),
+                           sparsity_scale=kept.scale)
         if config.method_sparsity:
             summary["sparsity"] = sparsity_label(sparsity)
         traces[sparsity] = trace, summary, stats_seconds + time.perf_counter() - t1

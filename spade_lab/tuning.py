@@ -10,7 +10,8 @@ other groups fixed, and the level with the best mean Trojan AUC of the tuning me
 samples is kept, among the levels whose trace keeps the dense top-1 on at least ``min_agreement`` of them.
 Levels are tried in increasing order and the search moves on after the first one that breaks the constraint.
 With ``keep_decision`` a sample whose trace loses the top-1 is scored, as the benchmark's ``--keep-decision``
-does, on the trace at the candidate's levels times the first of `spade.sparsity.BACKOFF_FACTORS` that keeps it.
+does, on the trace at the candidate's levels times the first factor of the default `spade.decision.KeepDecision`
+ladder that keeps it.
 
 Cost: the layer statistics of each calibration sample are recorded once; a candidate only re-solves the
 layers of the group being changed (``spade.trace.solve_many`` on those layers' statistics, which never touches the
@@ -31,13 +32,15 @@ from pathlib import Path
 import torch
 
 from spade.augment import AugmentConfig
+from spade.decision import KeepDecision
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError
 from spade.layers import LayerSelection, blocks
 from spade.models import LoadedModel
 from spade.progress import Progress
 from spade.saliency import get_method, mask_scores, settings_for
 from spade.solver import SolverConfig
-from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile, resolve_targets
+from spade.sparsity import SparsityProfile, load_profile, resolve_targets
 from spade.statistics import LayerStatistics
 from spade.trace import prepare_statistics, solve_many
 from spade_lab.samples import SampleSet
@@ -61,7 +64,7 @@ class TuningConfig:
 
     methods: tuple[str, ...] = ("saliency", "input_x_gradient")
     levels: tuple[float, ...] = AUTHORS_LEVELS
-    augment: AugmentConfig = AugmentConfig(count=256)
+    augment: AugmentConfig = AugmentConfig(count=default_augmentations("benchmark"))
     solver: SolverConfig = SolverConfig()
     rounds: int = 1
     min_agreement: float = 1.0
@@ -154,10 +157,7 @@ class _Evaluator:
                                                         **extra))
         self.allowed = int((1 - config.min_agreement) * len(calibration) + 1e-9)
         self.varying: str | None = None  # the group whose levels the search is trying
-
-    def _factors(self) -> tuple[float, ...]:
-        """The factors of a level that `evaluate` may ask for."""
-        return (1.0, *BACKOFF_FACTORS) if self.config.keep_decision else (1.0,)
+        self.decision = KeepDecision().when(config.keep_decision)
 
     def _levels_to_solve(self, group: str, level: float) -> list[float]:
         """The levels to solve a group's missing layers at: ``level`` alone, or with a solver whose levels nest
@@ -166,7 +166,7 @@ class _Evaluator:
         if not self.config.solver.nested_levels:
             return [level]
         bases = (*self.config.levels, level) if group == self.varying else (level,)
-        return sorted({v * f for v in bases for f in self._factors()} - {0.0})
+        return sorted({v * f for v in bases for f in self.decision.scales} - {0.0})
 
     def _weights(self, sample: _Calibration, levels: dict[str, float], group: str) -> None:
         layers = [n for n, g in self.layer_group.items() if g == group]
@@ -193,10 +193,9 @@ class _Evaluator:
     def evaluate(self, levels: dict[str, float]) -> tuple[float | None, float]:
         """(mean best Trojan AUC or None when the top-1 constraint fails, fraction keeping the top-1)."""
         aucs, misses = [], 0
-        backoff = BACKOFF_FACTORS if self.config.keep_decision else ()
         for i, sample in enumerate(self.calibration):
             keeps = self._keeps_top1(sample, levels)
-            for factor in backoff:
+            for factor in self.decision.factors:
                 if keeps:
                     break
                 keeps = self._keeps_top1(sample, {group: level * factor for group, level in levels.items()})
@@ -216,7 +215,7 @@ class _Evaluator:
         (bounded memory)."""
         for sample in self.calibration:
             for key in [k for k in sample.solved
-                        if all(k[1] != levels[self.layer_group[k[0]]] * f for f in self._factors())]:
+                        if all(k[1] != levels[self.layer_group[k[0]]] * f for f in self.decision.scales)]:
                 del sample.solved[key]
 
 

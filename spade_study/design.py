@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import numpy as np
 from PIL import Image
 
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError
 
 CONDITIONS = ("dense", "spade")
@@ -40,13 +41,13 @@ class VisualizationSettings:
     size: side of the visualization in pixels (None: the model's crop size).
     augmentations: augmented views the SPADE trace is fitted to. sparsity: None = the authors' late-blocks
     profile at 0.95, else a uniform target in [0, 1); ``keep_decision`` lowers either until the trace keeps the
-    top-1 class (`spade.featurevis.compare.visualization_sparsities`). seed: seeds the augmentations and the
+    top-1 class (`spade.featurevis.compare.visualization_request`). seed: seeds the augmentations and the
     visualizations.
     """
 
     steps: int | None = None
     size: int | None = None
-    augmentations: int = 128
+    augmentations: int = default_augmentations("visualize")
     sparsity: float | None = None
     keep_decision: bool = True
     seed: int = 0

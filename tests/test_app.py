@@ -274,7 +274,6 @@ def test_keep_decision_resolves_at_the_first_lower_sparsity_that_keeps_the_top1(
     directly, names the first back-off sparsity that keeps the top-1, and the app shows that trace."""
     from dataclasses import replace
 
-    from spade.sparsity import backoff_schedule
     from spade.trace import prepare_statistics, solve_keeping_decision
     from spade_app.settings import RunSettings
 
@@ -283,16 +282,15 @@ def test_keep_decision_resolves_at_the_first_lower_sparsity_that_keeps_the_top1(
     stats = prepare_statistics(loaded.model, image, preprocessing=loaded.preprocessing,
                                augment_config=replace(RunSettings().augment, count=8),
                                selection=loaded.spec.layer_selection)
-    schedule = backoff_schedule(0.9)
-    _, step = solve_keeping_decision(stats, [s for _, s in schedule])
-    assert step >= 1  # the setting exercises the back-off
+    expected = solve_keeping_decision(stats, 0.9, decision=RunSettings(keep_decision=True).decision)
+    assert expected.backed_off  # the setting exercises the back-off
 
     at.sidebar.selectbox(key="image_example").set_value("coffee").run()
     _run_spade(at, count=8, sparsity=0.9, keep=True)
     assert [s.value for s in at.success] and "Top-1 kept" in at.success[0].value
     infos = [i.value for i in at.info if "re-solved" in i.value]
-    assert len(infos) == 1 and f"re-solved at {schedule[step][0]:g} × that sparsity" in infos[0]
-    assert list(_layer_table(at)["target"]) == pytest.approx([schedule[step][1]] * len(_layer_table(at)))
+    assert len(infos) == 1 and f"re-solved at {expected.scale:g} × that sparsity" in infos[0]
+    assert list(_layer_table(at)["target"]) == pytest.approx([expected.used] * len(_layer_table(at)))
     _run_spade(at, count=8, sparsity=0.9, keep=False)  # the paper's protocol: the trace at 0.9, top-1 changed
     assert any("Top-1 differs" in e.value for e in at.error) and not any("re-solved" in i.value for i in at.info)
     assert (_layer_table(at)["target"] == 0.9).all()
@@ -412,7 +410,7 @@ def test_built_in_profiles_are_those_that_fit_the_model(at):
     choice = at.selectbox(key="ex_profile")
     # the default model has EfficientNet-Lite0's blocks: the Lite0 files fit, the authors' ResNet-50 targets do not
     assert choice.options == shipped and not set(PROFILES) & set(choice.options)
-    assert choice.value == choice.options[0]
+    assert choice.value == sorted(PROFILE_DIR.glob("*.json"))[0].stem  # the value is the file's stem
 
 
 def test_built_in_profile_reaches_the_trace_and_a_model_without_one_is_told(tiny, at, tmp_path, monkeypatch):
@@ -541,6 +539,10 @@ def test_neurons_run_with_tiny_model_shows_both_visualizations(tiny, at):
     dense = [c for c in captions if c.startswith("Dense model: objective ")]
     sparse = [c for c in captions if c.startswith("SPADE trace: objective ")]
     assert len(dense) == 1 and len(sparse) == 1
+    # the trace's caption names the late-block target used (lowered only with a notice saying so)
+    (used,) = [c.value for c in at.caption if c.value.startswith("SPADE trace: late blocks ")]
+    lowered = [i.value for i in at.info if "the sparsity was lowered" in i.value]
+    assert used.startswith("SPADE trace: late blocks 0.95 ") != bool(lowered)
     # the dense visualization's value is the library's, computed here independently (same config and seed)
     expected = visualize(sel.loaded.model, ClassLogit(predicted.index), preprocessing=sel.loaded.preprocessing,
                          config=FeatureVisConfig(steps=4, seed=0))

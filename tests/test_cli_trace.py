@@ -41,7 +41,7 @@ def test_trace_command_reports_bad_profile_cleanly(tmp_path):
 
 
 def test_keep_decision_lowers_the_sparsity_until_the_top1_is_kept(tmp_path):
-    from spade.sparsity import backoff_schedule
+    from spade.decision import KeepDecision
 
     common = ["trace", str(bundled_examples()["coffee"]), "--augmentations", "8", "--sparsity", "0.9",
               "--device", "cpu"]
@@ -54,7 +54,8 @@ def test_keep_decision_lowers_the_sparsity_until_the_top1_is_kept(tmp_path):
     assert "same top-1" in kept.stdout
     settings = json.loads(report.read_text())["settings"]
     scale = settings["sparsity_scale"]
-    assert scale < 1 and settings["sparsity"] == dict(backoff_schedule(0.9))[scale]
+    assert settings["requested_sparsity"] == 0.9 and scale in KeepDecision().factors
+    assert settings["sparsity"] == 0.9 * scale and settings["keep_decision"] == list(KeepDecision().factors)
     assert f"re-solved at {scale:g} x that sparsity" in kept.stdout
 
 

@@ -414,21 +414,30 @@ def test_keep_decision_lowers_the_late_block_target_only_when_needed():
         else:  # the same late layers, at the first lower target that keeps the decision
             assert {n for n, t in kept_targets.items() if t > 0} == late
             assert len({kept_targets[n] for n in late}) == 1 and kept_targets[next(iter(late))] < 0.95
+        # the trace records the late-blocks profile asked for and the one used
+        assert kept.settings["requested_sparsity"]["name"] == "late-blocks-0.95"
+        assert kept.settings["sparsity_scale"] == pytest.approx(kept_targets[next(iter(late))] / 0.95)
+        assert (kept.settings["sparsity"] == kept.settings["requested_sparsity"]) == plain.top1_agrees
     assert not visualization_trace(tiny_mobilenet(seed=2), _picture(seed=2), preprocessing=PRE,
                                    augment=cfg).top1_agrees  # seed 2 really exercises the fallback
 
 
-def test_visualization_sparsities_lower_a_given_sparsity_too():
-    from spade.featurevis.compare import FALLBACK_TARGETS, visualization_sparsities
-    from spade.sparsity import BACKOFF_FACTORS, late_blocks_profile
+def test_visualization_request_lowers_a_given_sparsity_too():
+    from spade.decision import KeepDecision
+    from spade.featurevis.compare import VISUALIZATION_DECISION, visualization_request
+    from spade.sparsity import late_blocks_profile
 
     model = tiny_mobilenet()
-    assert visualization_sparsities(model, 0.5) == [0.5]
-    assert visualization_sparsities(model, 0.5, keep_decision=True) == pytest.approx(
-        [0.5 * f for f in (1.0, *BACKOFF_FACTORS)])
-    late = visualization_sparsities(model, keep_decision=True)
-    assert late == [late_blocks_profile(model, t) for t in (0.95, *FALLBACK_TARGETS)]
-    assert visualization_sparsities(model) == late[:1]
+    requested, decision = visualization_request(model, 0.5)
+    assert requested == 0.5 and decision.candidates(requested) == (0.5,)
+    requested, decision = visualization_request(model, 0.5, keep_decision=True)
+    assert decision == KeepDecision() and decision.candidates(requested) == pytest.approx((0.5, 0.4, 0.3, 0.2, 0.1))
+    requested, decision = visualization_request(model, keep_decision=True)
+    assert requested == late_blocks_profile(model, 0.95) and decision == VISUALIZATION_DECISION
+    late = decision.candidates(requested)
+    assert [{k: round(v, 12) for k, v in p.targets} for p in late] == [
+        dict(late_blocks_profile(model, t).targets) for t in (0.95, 0.9, 0.8, 0.7, 0.5)]
+    assert visualization_request(model)[1].candidates(requested) == (requested,)
 
 
 # --------------------------------------------------------------------------------------------------------------

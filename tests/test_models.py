@@ -7,6 +7,7 @@ import io
 import logging
 import pathlib
 import time
+import typing
 
 import pytest
 import timm
@@ -397,3 +398,51 @@ def test_lite_checkpoint_in_user_layouts(tmp_path, loaded, photos):
     x = lm.spec.preprocessing(photos["cat"]).unsqueeze(0)
     with torch.no_grad():
         torch.testing.assert_close(lm.model(x), loaded(DEFAULT_MODEL).model(x), rtol=0, atol=0)
+
+
+def test_the_back_doored_demo_model_is_found_through_the_registry():
+    from spade.models import backdoored_models, default_backdoored_model
+
+    doored = backdoored_models()
+    assert doored == [name for name, spec in MODELS.items() if spec.backdoors] and doored
+    assert default_backdoored_model() == doored[0] and get_spec(doored[0]).backdoor("test").target == 99
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _StateWeights:
+    """Weights from a given state dict (a test stand-in for a weight source)."""
+
+    state: dict
+    may_widen: typing.ClassVar[bool] = False
+
+    def state_dict(self, *, download: bool = False):
+        return dict(self.state), "test state"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _WideningWeights(_StateWeights):
+    may_widen: typing.ClassVar[bool] = True
+
+
+def test_load_spec_grows_layers_for_any_weight_source_that_may_widen_them():
+    from spade.models import load_spec
+    from spade.preprocessing import Preprocessing
+
+    def build():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                   torch.nn.Linear(4, 2))
+
+    wide = build()
+    wide[0], wide[3] = torch.nn.Conv2d(3, 6, 3), torch.nn.Linear(6, 2)  # two more channels
+    state = wide.state_dict()
+    spec = ModelSpec(name="tiny_wide", description="", build=build, weights=_WideningWeights(state),
+                     preprocessing=Preprocessing(resize=40, crop=32, interpolation="bilinear"), last_conv_stage="0",
+                     offline=True, class_names=("a", "b"))
+    loaded = load_spec(spec, device="cpu")
+    assert loaded.model[0].out_channels == 6 and loaded.model[3].in_features == 6
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), wide.eval()(x))
+    # a source that may not widen layers: the shapes must match the built network
+    with pytest.raises(CheckpointError):
+        load_spec(dataclasses.replace(spec, weights=_StateWeights(state)), device="cpu")

@@ -432,7 +432,7 @@ def test_late_blocks_profile_reproduces_the_authors_resnet50_choice():
 
 
 def test_scaled_sparsity_keeps_the_shape_and_refuses_bad_factors():
-    from spade.sparsity import BACKOFF_FACTORS, backoff_schedule, scaled_sparsity
+    from spade.sparsity import scaled_sparsity
 
     assert scaled_sparsity(0.5, 0.6) == pytest.approx(0.3)
     profile = SparsityProfile.from_mapping({"blocks.1.1": 0.9, "classifier": 0.5, "*": 0.2}, name="p")
@@ -443,47 +443,98 @@ def test_scaled_sparsity_keeps_the_shape_and_refuses_bad_factors():
     names = list(prunable_layers(model))
     full, scaled = resolve_targets(model, names, profile), resolve_targets(model, names, half)
     assert scaled == pytest.approx({n: t / 2 for n, t in full.items()})
-    schedule = backoff_schedule(0.5)
-    assert [f for f, _ in schedule] == [1.0, *BACKOFF_FACTORS]
-    assert [s for _, s in schedule] == pytest.approx([0.5 * f for f in (1.0, *BACKOFF_FACTORS)])
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="scale"):
             scaled_sparsity(0.5, bad)
+
+
+def test_the_keep_decision_ladder_of_a_uniform_target_and_of_a_profile():
+    from spade.decision import BACKOFF_FACTORS, KeepDecision
+    from spade.sparsity import late_blocks_profile
+
+    ladder = KeepDecision()
+    assert ladder.factors == BACKOFF_FACTORS == (0.8, 0.6, 0.4, 0.2) and ladder.enabled
+    assert ladder.candidates(0.5) == pytest.approx((0.5, 0.4, 0.3, 0.2, 0.1))
+    assert ladder.scales == (1.0, 0.8, 0.6, 0.4, 0.2)
+    profile = SparsityProfile.from_mapping({"blocks.1.1": 0.9, "classifier": 0.5, "*": 0.2}, name="p")
+    rungs = ladder.candidates(profile)
+    assert rungs[0] is profile and len(rungs) == 5
+    for rung, factor in zip(rungs[1:], BACKOFF_FACTORS):  # the same blocks, every target (and the default) scaled
+        assert dict(rung.targets) == pytest.approx({"blocks.1.1": 0.9 * factor, "classifier": 0.5 * factor})
+        assert rung.default == pytest.approx(0.2 * factor)
+    # the paper's protocol: the requested sparsity only
+    off = ladder.when(False)
+    assert off.candidates(profile) == (profile,) and not off.enabled and ladder.when(True) is ladder
+    # a ladder to absolute levels: the late blocks at 0.95, then at 0.9, 0.8, 0.7, 0.5, nowhere else
+    model = tiny_mobilenet()
+    late = KeepDecision.toward(0.95, (0.9, 0.8, 0.7, 0.5))
+    assert late.levels(0.95) == pytest.approx((0.9, 0.8, 0.7, 0.5))
+    names = list(prunable_layers(model))
+    for rung, level in zip(late.candidates(late_blocks_profile(model, 0.95)), (0.95, 0.9, 0.8, 0.7, 0.5)):
+        assert resolve_targets(model, names, rung) == pytest.approx(
+            resolve_targets(model, names, late_blocks_profile(model, level)))
+    for bad in ((0.5, 0.0), (1.2,)):
+        with pytest.raises(ConfigError, match="factors"):
+            KeepDecision(bad)
+    with pytest.raises(ConfigError, match="level"):
+        KeepDecision.toward(1.0, (0.5,))
 
 
 # seed 0 loses the top-1 at 0.9 and keeps it only further down, seed 2 keeps it at once; obc (every candidate from
 # one pass, solve_many) loses it less often, and seed 4 at its first two candidates
 @pytest.mark.parametrize("seed,mode,expected", [(0, "group", 3), (2, "group", 0), (2, "obc", 0), (4, "obc", 2)])
 def test_keeping_the_decision_takes_the_first_sparsity_that_keeps_the_top1(seed, mode, expected):
-    from spade.sparsity import backoff_schedule
+    from spade.decision import KeepDecision
     from spade.trace import solve_keeping_decision
 
     model = tiny_mobilenet(seed=seed)
     stats = prepare_statistics(model, photo(seed), preprocessing=PRE, augment_config=AugmentConfig(count=8))
     solver = SolverConfig(mode=mode)
-    candidates = [s for _, s in backoff_schedule(0.9)]
+    candidates = KeepDecision().candidates(0.9)
     one_by_one = [solve(stats, s, solver) for s in candidates]  # the independent computation: every candidate
     assert expected == next(i for i, t in enumerate(one_by_one) if t.top1_agrees)
-    trace, index = solve_keeping_decision(stats, candidates, solver)
-    assert index == expected and trace.top1_agrees
+    kept = solve_keeping_decision(stats, 0.9, solver)
+    assert kept.step == expected and kept.trace.top1_agrees and kept.backed_off == (expected > 0)
+    assert kept.requested == 0.9 and kept.used == pytest.approx(candidates[expected])
+    assert kept.scale == KeepDecision().scales[expected] and kept.used == pytest.approx(0.9 * kept.scale)
+    trace = kept.trace
     assert all(torch.equal(trace.sparse_weights[k], w) for k, w in one_by_one[expected].sparse_weights.items())
-    assert trace.settings["sparsity"] == pytest.approx(candidates[expected])
+    # the trace records what was asked for and what was used
+    assert trace.settings["requested_sparsity"] == 0.9 and trace.settings["sparsity"] == pytest.approx(kept.used)
+    assert trace.settings["sparsity_scale"] == kept.scale and trace.settings["keep_decision"] == [0.8, 0.6, 0.4, 0.2]
     if expected:  # none of the first ones keeps it: the last one tried comes back
-        last, index = solve_keeping_decision(stats, candidates[:expected], solver)
-        assert index == expected - 1 and not last.top1_agrees
-    with pytest.raises(ConfigError, match="at least one"):
-        solve_keeping_decision(stats, [])
+        short = KeepDecision(KeepDecision().factors[:expected - 1])
+        last = solve_keeping_decision(stats, 0.9, solver, decision=short)
+        assert last.step == expected - 1 and not last.trace.top1_agrees and last.used == pytest.approx(
+            candidates[expected - 1])
+    # the paper's protocol: the requested sparsity, whatever the top-1
+    plain = solve_keeping_decision(stats, 0.9, solver, decision=KeepDecision(()))
+    assert plain.step == 0 and plain.used == plain.requested == 0.9 and plain.scale == 1.0
+    assert plain.trace.top1_agrees == one_by_one[0].top1_agrees and plain.trace.settings["keep_decision"] == []
+
+
+def test_spade_trace_records_the_requested_and_the_used_sparsity():
+    model = tiny_mobilenet(seed=0)  # loses the top-1 at 0.9 (see above)
+    kwargs = {"preprocessing": PRE, "augment": AugmentConfig(count=8), "sparsity": 0.9}
+    plain, kept = (spade_trace(model, photo(0), keep_decision=keep, **kwargs) for keep in (False, True))
+    assert not plain.top1_agrees and kept.top1_agrees
+    assert plain.settings["requested_sparsity"] == plain.settings["sparsity"] == 0.9
+    assert plain.settings["sparsity_scale"] == 1.0
+    assert kept.settings["requested_sparsity"] == 0.9 and kept.settings["sparsity_scale"] < 1
+    assert kept.settings["sparsity"] == pytest.approx(0.9 * kept.settings["sparsity_scale"])
+    assert [r.target for r in kept.layers] == pytest.approx([kept.settings["sparsity"]] * len(kept.layers))
+    json.loads(kept.to_json())
 
 
 @pytest.mark.parametrize("seed,mode,expected", [(0, "group", 3), (4, "obc", 2)])
 def test_keeping_the_decision_with_a_cache_solves_only_the_candidates_it_lacks(seed, mode, expected, monkeypatch):
     import spade.trace as trace_module
-    from spade.sparsity import backoff_schedule
+    from spade.decision import KeepDecision
 
     model = tiny_mobilenet(seed=seed)
     stats = prepare_statistics(model, photo(seed), preprocessing=PRE, augment_config=AugmentConfig(count=8))
     solver = SolverConfig(mode=mode)
-    candidates = [s for _, s in backoff_schedule(0.9)]
+    candidates = list(KeepDecision().candidates(0.9))
     one_by_one = [solve(stats, s, solver) for s in candidates[:expected + 1]]
     batches: list[list] = []
 
@@ -493,22 +544,53 @@ def test_keeping_the_decision_with_a_cache_solves_only_the_candidates_it_lacks(s
 
     monkeypatch.setattr(trace_module, "solve_many", counting_solve_many)
     cache: dict = {}
-    trace, index = trace_module.solve_keeping_decision(stats, candidates, solver, cache=cache)
-    assert index == expected
+    kept = trace_module.solve_keeping_decision(stats, 0.9, solver, cache=cache)
+    assert kept.step == expected
     assert list(cache) == candidates[:expected + 1]  # what was tried, not what a pass solved beyond it
     for tried, independent in zip(cache.values(), one_by_one):
         assert all(torch.equal(tried.sparse_weights[k], w) for k, w in independent.sparse_weights.items())
+    # the cached traces stay as solved; the returned one is a copy that adds the decision's record
+    assert all("requested_sparsity" not in t.settings for t in cache.values())
+    assert kept.trace.sparse_weights is cache[kept.used].sparse_weights
     # the exact solver's candidates come from one pass; the sweep solves one candidate per try
     assert batches == ([candidates] if solver.nested_levels else [[s] for s in candidates[:expected + 1]])
 
     batches.clear()
-    again, index = trace_module.solve_keeping_decision(stats, candidates, solver, cache=cache)
-    assert again is trace and index == expected and batches == []
+    again = trace_module.solve_keeping_decision(stats, 0.9, solver, cache=cache)
+    assert again.trace.model is kept.trace.model and again.step == expected and batches == []
 
     cache = {candidates[0]: one_by_one[0]}  # e.g. the trace of the requested sparsity, solved before
-    _, index = trace_module.solve_keeping_decision(stats, candidates, solver, cache=cache)
-    assert index == expected
+    assert trace_module.solve_keeping_decision(stats, 0.9, solver, cache=cache).step == expected
     assert batches == ([candidates[1:]] if solver.nested_levels else [[s] for s in candidates[1:expected + 1]])
+
+
+def test_default_augmentations_by_purpose_and_device():
+    import spade_cli.trace
+    from spade.defaults import AUGMENTATIONS, default_augmentations
+
+    assert default_augmentations("trace", "cpu") == 128 and default_augmentations("trace", torch.device("cpu")) == 128
+    assert default_augmentations("trace", "cuda:0") == default_augmentations("visualize", "cuda") == 1024
+    assert default_augmentations("explore", "cpu") == default_augmentations("explore", "cuda") == 64
+    assert (default_augmentations("trojan_lab", "cpu"), default_augmentations("trojan_lab", "cuda")) == (64, 128)
+    assert default_augmentations("benchmark") == 256 and default_augmentations("evidence") == 64
+    with pytest.raises(ConfigError, match="purpose"):
+        default_augmentations("nope", "cpu")
+    # the front ends take theirs from here
+    from spade.featurevis import EVIDENCE_AUGMENT
+    from spade_lab.benchmark import BenchmarkConfig
+    from spade_lab.tuning import TuningConfig
+    from spade_study.design import VisualizationSettings
+
+    assert EVIDENCE_AUGMENT.count == AUGMENTATIONS["evidence"].cpu
+    assert BenchmarkConfig().augment.count == TuningConfig().augment.count == AUGMENTATIONS["benchmark"].cpu
+    assert VisualizationSettings().augmentations == AUGMENTATIONS["visualize"].cpu
+
+    class Args:
+        augmentations = None
+
+    assert spade_cli.trace.augmentation_count(Args(), torch.device("cpu"), "visualize") == 128
+    Args.augmentations = 7
+    assert spade_cli.trace.augmentation_count(Args(), torch.device("cpu")) == 7
 
 
 def _tf32(t: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from spade.metrics import pointing_game, trojan_auc
 from spade.models import MODELS, ModelSpec, get_spec, load_model
 from spade.preprocessing import Preprocessing
 from spade.saliency import METHODS
-from spade.sparsity import SparsityProfile, load_profile
+from spade.sparsity import PROFILES, SparsityProfile, load_profile
 from spade.trace import spade_trace
 from spade.trojan import load_trigger, stamp
 from spade.visualize import mask_outline
@@ -223,18 +223,24 @@ def test_profiles_that_fit_the_model_and_the_tuned_default(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"name": "other", "targets": {"layer4.0": 0.9}}))
     (tmp_path / "broken.json").write_text("{ not json")
     profiles = loaders.available_profiles(loaded, f"{DEMO}@cpu@{tmp_path}", tmp_path)
-    assert list(profiles) == ["efficientnet_lite0_trojan_tuned (efficientnet_lite0_trojan.json)"]
-    assert loaders.default_profile(profiles, loaded.spec) == next(iter(profiles))
+    # keyed by the file's stem, shown with the profile's name and the file name
+    assert list(profiles) == ["efficientnet_lite0_trojan"]
+    assert loaders.profile_label("efficientnet_lite0_trojan", profiles["efficientnet_lite0_trojan"]) == (
+        "efficientnet_lite0_trojan_tuned (efficientnet_lite0_trojan.json)")
+    assert loaders.profile_label("resnet50_saliency", PROFILES["resnet50_saliency"]) == "resnet50_saliency"
+    assert loaders.default_profile(profiles, loaded.spec) == "efficientnet_lite0_trojan"
     assert loaders.default_profile({}, loaded.spec) is None
     # a per-method profile listed first is not the default; the model's own file is
     lime = SparsityProfile("lite0_trojan_lime", ((names[-1], 0.5),))
-    both = {"lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)": lime, **profiles}
-    assert loaders.default_profile(both, loaded.spec) == next(iter(profiles))
-    assert loaders.default_profile({"lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)": lime},
-                                  loaded.spec) == "lite0_trojan_lime (efficientnet_lite0_trojan_lime.json)"
+    both = {"efficientnet_lite0_trojan_lime": lime, **profiles}
+    assert loaders.default_profile(both, loaded.spec) == "efficientnet_lite0_trojan"
+    assert loaders.default_profile({"efficientnet_lite0_trojan_lime": lime},
+                                  loaded.spec) == "efficientnet_lite0_trojan_lime"
     # the clean base model's name is a prefix of the demo model's: its files are not made for the base model
-    assert loaders.default_profile({**both, "other (efficientnet_lite0_trojan_v2.json)": lime},
+    assert loaders.default_profile({**both, "efficientnet_lite0_trojan_v2": lime},
                                   get_spec("efficientnet_lite0")) is None
+    # a built-in profile is never the default, even when named like a model's per-method file
+    assert loaders.default_profile({"resnet50_saliency": PROFILES["resnet50_saliency"]}, get_spec("resnet50")) is None
 
 
 def test_own_profiles_are_the_shipped_per_method_files_that_fit():

@@ -18,12 +18,13 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from spade.augment import AugmentConfig
+from spade.decision import BACKOFF_FACTORS
 from spade.errors import ConfigError
 from spade.layers import prunable_layers
 from spade.models import MODELS, Backdoor, LoadedModel, ModelSpec, PackageWeights
 from spade.preprocessing import Preprocessing
 from spade.solver import SolverConfig
-from spade.sparsity import BACKOFF_FACTORS, SparsityProfile, load_profile, resolve_targets
+from spade.sparsity import SparsityProfile, load_profile, resolve_targets
 from spade.trojan import load_trigger, stamp
 from spade_cli.main import main
 from spade_lab.benchmark import BenchmarkConfig, run_benchmark
@@ -233,10 +234,12 @@ def test_keep_decision_resolves_only_the_traces_that_change_the_top1(photo_dir, 
     for sample, record in runs[True].items():
         trace = record["trace"]
         assert trace["top1_agrees"]
+        assert trace.pop("requested_sparsity") == "0.7"
         if sample in lost:
             assert trace["sparsity_scale"] < 1 and trace["params_kept"] > runs[False][sample]["trace"]["params_kept"]
+            assert float(trace["used_sparsity"]) == pytest.approx(0.7 * trace["sparsity_scale"])
         else:
-            assert trace.pop("sparsity_scale") == 1.0
+            assert trace.pop("sparsity_scale") == 1.0 and trace.pop("used_sparsity") == "0.7"
             assert _strip([record]) == _strip([runs[False][sample]])
     summary = summarize(list(runs[True].values()), "insertion")
     assert summary["top1_kept"]["count"] == 4 and summary["backoff"]["count"] == len(lost)
@@ -255,7 +258,6 @@ def test_tuning_with_keep_decision_scores_the_backed_off_traces(photo_dir, mode,
     group's whole grid and its back-off levels from one pass (`solve_many`): the same scores as solving each."""
     from spade.metrics import trojan_auc
     from spade.saliency import METHODS as SALIENCY
-    from spade.sparsity import BACKOFF_FACTORS
     from spade.trace import prepare_statistics, solve
     from spade_lab.tuning import TuningConfig, stage_groups, tune_profile
     from tests.tiny_models import tiny_mobilenet

@@ -3,68 +3,69 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from PIL import Image
 from torch import nn
 
 from spade.augment import AugmentConfig
+from spade.decision import KeepDecision
 from spade.featurevis.evidence import EVIDENCE_AUGMENT, NeuronEvidence, neuron_evidence
 from spade.featurevis.objectives import Objective
 from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult, visualize
 from spade.layers import LayerSelection
 from spade.preprocessing import Preprocessing
+from spade.progress import Progress
 from spade.solver import SolverConfig
-from spade.sparsity import Sparsity, backoff_schedule, late_blocks_profile
+from spade.sparsity import Sparsity, late_blocks_profile
 from spade.trace import SpadeTrace, prepare_statistics, solve_keeping_decision
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, float], None]
-
 #: The SPADE authors' sparsity for neuron visualizations (0.95 on the late blocks and the classifier).
 VISUALIZATION_TARGET = 0.95
-#: Lower late-block targets tried in turn when ``keep_decision`` is asked for and the trace changes the top-1
-#: class (compact models such as EfficientNet-Lite0 lose it at 0.95 on typical photos).
-FALLBACK_TARGETS = (0.9, 0.8, 0.7, 0.5)
+#: The ladder of the default visualization sparsity when the decision is to be kept: the late-block target lowered
+#: to 0.9, 0.8, 0.7, then 0.5 (compact models such as EfficientNet-Lite0 lose the top-1 class at 0.95 on typical
+#: photos).
+VISUALIZATION_DECISION = KeepDecision.toward(VISUALIZATION_TARGET, (0.9, 0.8, 0.7, 0.5))
 
 
-def _prefixed(progress: ProgressFn | None, prefix: str) -> ProgressFn | None:
+def _prefixed(progress: Progress | None, prefix: str) -> Progress | None:
     if progress is None:
         return None
     return lambda stage, fraction: progress(f"{prefix} {stage}", fraction)
 
 
-def visualization_sparsities(model: nn.Module, sparsity: Sparsity | None = None, keep_decision: bool = False,
-                             selection: LayerSelection = LayerSelection()) -> list[Sparsity]:
-    """The sparsities a visualization trace tries in turn (`spade.trace.solve_keeping_decision`).
+def visualization_request(model: nn.Module, sparsity: Sparsity | None = None, keep_decision: bool = False,
+                          selection: LayerSelection = LayerSelection()) -> tuple[Sparsity, KeepDecision]:
+    """(requested sparsity, policy) of a visualization trace (`spade.trace.solve_keeping_decision`).
 
-    sparsity None: `spade.sparsity.late_blocks_profile` at VISUALIZATION_TARGET (the authors' choice), then with
-    keep_decision the late-block targets of FALLBACK_TARGETS. A given sparsity: itself, then with keep_decision
-    the lower ones of `spade.sparsity.backoff_schedule`.
+    sparsity None: `spade.sparsity.late_blocks_profile` at VISUALIZATION_TARGET (the authors' choice), lowered with
+    keep_decision along VISUALIZATION_DECISION. A given sparsity: itself, lowered with keep_decision along the
+    default `spade.decision.KeepDecision` ladder.
     """
     if sparsity is not None:
-        return [s for _, s in backoff_schedule(sparsity)] if keep_decision else [sparsity]
-    targets = (VISUALIZATION_TARGET, *FALLBACK_TARGETS) if keep_decision else (VISUALIZATION_TARGET,)
-    return [late_blocks_profile(model, target, selection=selection) for target in targets]
+        return sparsity, KeepDecision().when(keep_decision)
+    return (late_blocks_profile(model, VISUALIZATION_TARGET, selection=selection),
+            VISUALIZATION_DECISION.when(keep_decision))
 
 
 def visualization_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
                         augment: AugmentConfig = AugmentConfig(), sparsity: Sparsity | None = None,
                         selection: LayerSelection = LayerSelection(), solver: SolverConfig = SolverConfig(),
-                        keep_decision: bool = False, progress: ProgressFn | None = None) -> SpadeTrace:
+                        keep_decision: bool = False, progress: Progress | None = None) -> SpadeTrace:
     """The SPADE trace of ``model`` for ``image`` with the visualization default sparsity
     (`spade.sparsity.late_blocks_profile` at 0.95, the authors' choice) unless ``sparsity`` is given.
 
     keep_decision: when the trace's top-1 class differs from the dense model's, re-solve from the same
-    statistics at the lower sparsities of `visualization_sparsities` in turn, stopping at the first that keeps
-    it (re-solving reuses the statistics, so it costs solver time only).
+    statistics at the lower sparsities of `visualization_request`'s policy in turn, stopping at the first that
+    keeps it (re-solving reuses the statistics, so it costs solver time only). The trace's settings record the
+    requested and the used sparsity.
     """
     stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
                                selection=selection, progress=progress)
-    candidates = visualization_sparsities(model, sparsity, keep_decision, selection)
-    trace, _ = solve_keeping_decision(stats, candidates, solver, progress)
+    requested, decision = visualization_request(model, sparsity, keep_decision, selection)
+    trace = solve_keeping_decision(stats, requested, solver, progress, decision=decision).trace
     trace.settings["augment"] = asdict(augment)
     return trace
 
@@ -97,7 +98,7 @@ class NeuronComparison:
 def compare_neuron(model: nn.Module, trace_model: nn.Module, image: Image.Image | None, objective: Objective, *,
                    preprocessing: Preprocessing, config: FeatureVisConfig = FeatureVisConfig(),
                    evidence_augment: AugmentConfig = EVIDENCE_AUGMENT, top_k: int = 4,
-                   feature_layer: str | None = None, progress: ProgressFn | None = None) -> NeuronComparison:
+                   feature_layer: str | None = None, progress: Progress | None = None) -> NeuronComparison:
     """Visualize ``objective`` on the dense ``model`` and on ``trace_model`` (a SpadeTrace's ``model``) with
     the same config and seed, and collect the evidence on ``image`` for both (skipped when image is None).
     Progress stages are prefixed "dense" / "trace"."""

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from spade.augment import AugmentConfig, augment
+from spade.defaults import default_augmentations
 from spade.devices import model_device
 from spade.errors import ConfigError
 from spade.featurevis.objectives import (
@@ -28,7 +29,7 @@ from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 
 #: Views for the evidence: crops and flips only, so that the patches show the image's real colours.
-EVIDENCE_AUGMENT = AugmentConfig(count=64, brightness=0.0, hue=0.0)
+EVIDENCE_AUGMENT = AugmentConfig(count=default_augmentations("evidence"), brightness=0.0, hue=0.0)
 
 
 @dataclass(frozen=True, eq=False)

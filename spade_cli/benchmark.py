@@ -52,16 +52,10 @@ def _positive(text: str) -> int:
     return value
 
 
-def _set_help(parser: argparse.ArgumentParser, option: str, text: str) -> None:
-    for action in parser._actions:
-        if option in action.option_strings:
-            action.help = text
-
-
 def _common(parser: argparse.ArgumentParser, kind: str) -> None:
-    add_model_arguments(parser)
-    if kind in ("trojan", "tune"):
-        _set_help(parser, "--model", "registered model (default: the registry's back-doored demo model)")
+    backdoored = kind in ("trojan", "tune")
+    add_model_arguments(parser, "registered model (default: the registry's back-doored demo model)" if backdoored
+                        else None)
     if kind in ("trojan", "tune"):
         role = "test" if kind == "trojan" else "calibration"
         parser.add_argument("--trigger", metavar="NAME|FILE.png",
@@ -86,9 +80,8 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
         parser.add_argument("--seed", type=int, default=0, help=seed)
         add_solver_arguments(parser)
     else:
-        add_trace_arguments(parser, sparsity_default="the model's, e.g. 0.5 for EfficientNet-Lite")
-        _set_help(parser, "--augmentations", augmentations)
-        _set_help(parser, "--seed", seed)
+        add_trace_arguments(parser, sparsity_default="the model's, e.g. 0.5 for EfficientNet-Lite",
+                            augmentations_help=augmentations, seed_help=seed)
     parser.add_argument("--batch-size", type=_positive, metavar="N",
                         help="images per pass for IG, GradientShap, Occlusion, LIME and the curves (default: 8 on "
                              "the CPU, 256 on a GPU)")

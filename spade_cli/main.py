@@ -18,15 +18,14 @@ from spade.errors import SpadeError
 EXIT_USAGE = 2
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, model_help: str | None = None) -> None:
     """The shared ``--model | --checkpoint FILE --arch NAME``, ``--device`` and ``--download`` options.
 
     Building the parser imports no torch, so ``--help`` and argument errors are instant.
     """
     source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--model", metavar="NAME", help="registered model (default: efficientnet_lite0; list: python -m spade models)"
-    )
+    source.add_argument("--model", metavar="NAME", help=model_help or "registered model (default: "
+                        "efficientnet_lite0; list: python -m spade models)")
     source.add_argument("--checkpoint", metavar="FILE", help="your own checkpoint (state dict or TorchScript)")
     parser.add_argument("--arch", metavar="NAME", help="architecture of --checkpoint (a registered model name)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")

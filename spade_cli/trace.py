@@ -23,7 +23,8 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_trace_arguments(parser: argparse.ArgumentParser,
                         sparsity_default: str = "the model's, e.g. 0.5 for EfficientNet-Lite",
-                        purpose: str = "trace") -> None:
+                        purpose: str = "trace", augmentations_help: str | None = None,
+                        seed_help: str = "seed of the augmentations (default 0)") -> None:
     """The options every command that builds a trace shares: --sparsity | --profile, --sparsity-of, --solver,
     --augmentations (its default for ``purpose``, `spade.defaults`), --seed, --keep-decision."""
     target = parser.add_mutually_exclusive_group()
@@ -32,9 +33,10 @@ def add_trace_arguments(parser: argparse.ArgumentParser,
     target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
     add_solver_arguments(parser)
     parser.add_argument("--augmentations", type=int, default=None,
-                        help=f"augmented views for the trace (default {default_augmentations(purpose, 'cpu')} on "
-                             f"the CPU, {default_augmentations(purpose, 'cuda')} on a GPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations (default 0)")
+                        help=augmentations_help or f"augmented views for the trace (default "
+                        f"{default_augmentations(purpose, 'cpu')} on the CPU, {default_augmentations(purpose, 'cuda')} "
+                        "on a GPU)")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
     parser.add_argument("--keep-decision", action="store_true",
                         help="re-solve a trace that changes the dense top-1 class at lower sparsity until it keeps "
                              "it (the ladder of spade.decision.KeepDecision; the report records the requested and "

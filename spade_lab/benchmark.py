@@ -110,17 +110,12 @@ class BenchmarkConfig:
 
     def identity(self) -> dict:
         """JSON-ready settings that decide the numbers (not the methods, which may be added later)."""
-        solver = asdict(self.solver)
-        if solver["sparsity_of"] == "all":  # what folders written before the option used; they still resume
-            del solver["sparsity_of"]
         out = {"kind": self.kind, "sparsity": _sparsity_json(self.sparsity), "augment": asdict(self.augment),
-               "solver": solver, "seed": self.seed}
-        if self.method_sparsity:  # only when set, like keep_decision below
-            out["method_sparsity"] = {name: _sparsity_json(value) for name, value in self.method_sparsity}
+               "solver": asdict(self.solver), "seed": self.seed,
+               "method_sparsity": {name: _sparsity_json(value) for name, value in self.method_sparsity},
+               "keep_decision": self.decision.to_json()}
         if self.kind == "insertion":
             out["steps"] = self.steps
-        if self.keep_decision:  # only when set, so that folders written before the option existed still resume
-            out["keep_decision"] = self.decision.to_json()
         return out
 
 

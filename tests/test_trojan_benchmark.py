@@ -194,7 +194,7 @@ def test_a_method_with_its_own_sparsity_is_scored_on_its_own_trace(loaded, photo
     kept = summarize(load_results(tmp_path / "mixed"), "trojan")
     assert kept["samples"] == 4 and kept["top1_kept"]["total"] == 8
     assert config.identity()["method_sparsity"] == {"input_x_gradient": 0.8}
-    assert "method_sparsity" not in CONFIG.identity()
+    assert CONFIG.identity()["method_sparsity"] == {}
     with pytest.raises(Exception, match="only one sparsity"):
         BenchmarkConfig(methods=METHODS, method_sparsity=(("saliency", 0.2), ("saliency", 0.4)))
     with pytest.raises(Exception, match="nope"):
@@ -204,13 +204,13 @@ def test_a_method_with_its_own_sparsity_is_scored_on_its_own_trace(loaded, photo
         BenchmarkConfig(methods=METHODS, sparsity=same_name[0], method_sparsity=(("saliency", same_name[1]),))
 
 
-def test_folders_written_before_an_option_existed_keep_their_identity():
-    """Folders written before keep_decision and sparsity_of existed (no back-off, every weight counted) must still
-    resume with those settings, and must not resume with the new ones."""
-    legacy = BenchmarkConfig(kind="trojan", methods=("saliency",), solver=SolverConfig(sparsity_of="all")).identity()
-    assert "keep_decision" not in legacy and "sparsity_of" not in legacy["solver"]
+def test_identity_holds_every_setting_that_decides_the_numbers():
+    """A folder resumes only with the same solver, back-off ladder and per-method sparsities."""
+    plain = BenchmarkConfig(kind="trojan", methods=("saliency",), solver=SolverConfig(sparsity_of="all")).identity()
+    assert plain["keep_decision"] == [] and plain["solver"]["sparsity_of"] == "all"
     default = BenchmarkConfig(kind="trojan", methods=("saliency",), keep_decision=True).identity()
     assert default["keep_decision"] == list(BACKOFF_FACTORS) and default["solver"]["sparsity_of"] == "nonzero"
+    assert plain != default
 
 
 def test_keep_decision_resolves_only_the_traces_that_change_the_top1(photo_dir, tmp_path):

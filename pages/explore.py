@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from spade_app import figures, loaders, results
-from spade_app.settings import settings_form
+from spade_app import figures, loaders, sections
+from spade_app.settings import default_methods, method_labels, settings_for_scope, settings_form
 from spade_app.sidebar import gallery, get_selection, require_selection
 
 st.title("Explore")
@@ -27,23 +27,23 @@ with right:
                     width="stretch")
 
 st.header("SPADE trace")
-methods = results.method_labels()
+methods = method_labels()
 with st.expander("Settings", expanded=not sel.presentation):
     profiles = loaders.available_profiles(sel.loaded, sel.model_key)
-    submitted = settings_form(sel.loaded.model, methods, results.default_methods(),
+    submitted = settings_form(sel.loaded.model, methods, default_methods(),
                               sel.loaded.spec.default_sparsity, profiles,
                               loaders.default_profile(profiles, sel.loaded.spec))
-    settings = results.active_settings(sel, submitted)
-    results.augmentation_strip(sel, settings)
+    settings = settings_for_scope((sel.model_key, sel.image_key), submitted)
+    sections.augmentation_strip(sel, settings)
 
 if settings is None:
     st.info("Press **Run SPADE** to fit a sparse trace of the model to this image.")
     st.stop()
 
-trace = results.run_trace(sel, settings)
+trace = sections.run_trace(sel, settings)
 if trace is None:
     st.stop()
-results.prediction_comparison(sel, trace)
-results.layer_section(trace, sel.presentation)
-saliency = results.saliency_section(sel, settings, trace)
-results.downloads(sel, settings, trace, saliency)
+sections.prediction_comparison(sel, trace)
+sections.layer_section(trace, sel.presentation)
+saliency = sections.saliency_section(sel, settings, trace)
+sections.downloads(sel, settings, trace, saliency)

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from spade_app import benchmarks, results
+from spade_app import benchmarks, sections
 from spade_app.settings import WALKTHROUGH
 from spade_app.sidebar import require_selection
 
@@ -106,26 +106,26 @@ st.session_state["walkthrough_started"] = True
 st.subheader("Step 1 · The augmentation batch")
 st.markdown("SPADE never looks at the image just once. It makes random crops, flips and colour changes of it, so "
             "the trace has to work for the object in the picture, not for one exact arrangement of pixels.")
-results.augmentation_strip(sel, WALKTHROUGH)
+sections.augmentation_strip(sel, WALKTHROUGH)
 
 st.subheader("Step 2 · Statistics and the sparse solve")
 st.markdown("The batch runs once through the full network while every layer's input correlations are recorded. "
             "Then each layer keeps only half of its connections, re-weighted so the layer's output on the batch "
             "changes as little as possible.")
-trace = results.run_trace(sel, WALKTHROUGH)
+trace = sections.run_trace(sel, WALKTHROUGH)
 if trace is None:
     st.stop()
-results.layer_section(trace, sel.presentation)
+sections.layer_section(trace, sel.presentation)
 
 st.subheader("Step 3 · Is the prediction kept?")
 st.markdown("A trace is only useful if it still makes the same decision. Compare the two top-5 lists: the trace "
             "should agree on the top class; the probabilities may move.")
-results.prediction_comparison(sel, trace)
+sections.prediction_comparison(sel, trace)
 
 st.subheader("Step 4 · One saliency map, before and after")
 st.markdown("The same explanation method runs on the full network and on the trace. Where the maps differ, the "
             "full network's map was partly explaining other things that its neurons also respond to.")
-results.saliency_section(sel, WALKTHROUGH, trace)
+sections.saliency_section(sel, WALKTHROUGH, trace)
 
 st.subheader("Step 5 · One neuron, before and after")
 st.info("Coming with the Neurons page: a feature visualization of the predicted class on the full network "

@@ -4,7 +4,8 @@ maps point at the trigger (Trojan AUC, pointing game); the shipped benchmark tab
 import streamlit as st
 
 from spade.errors import SpadeError
-from spade_app import results, trojan
+from spade_app import sections, trojan
+from spade_app.settings import method_labels
 from spade_app.sidebar import get_selection
 
 st.title("Trojan lab")
@@ -25,7 +26,7 @@ def lab() -> None:
         st.error(str(exc))
         return
     with st.expander("Settings", expanded=not sel.presentation):
-        submitted = trojan.trojan_form(loaded, model_key, choice, results.method_labels())
+        submitted = trojan.trojan_form(loaded, model_key, choice, method_labels())
     settings = trojan.active_settings(sel.image_key, model_key, submitted)
     if settings is None:
         st.info("Press **Stamp and run SPADE** to paste the trigger and compare the dense and SPADE maps.")
@@ -39,10 +40,10 @@ def lab() -> None:
     trojan.prediction_section(clean_sel, stamped_sel, stamped, verdict, settings)
 
     st.header("SPADE on the stamped image")
-    trace = results.run_trace(stamped_sel, settings.run_settings)
+    trace = sections.run_trace(stamped_sel, settings.run_settings)
     if trace is None:
         return
-    results.prediction_comparison(stamped_sel, trace)
+    sections.prediction_comparison(stamped_sel, trace)
     trojan.maps_section(stamped_sel, settings, trace, verdict.target, stamped.mask)
 
 

@@ -40,7 +40,8 @@ from spade.featurevis.compare import VISUALIZATION_DECISION, VISUALIZATION_TARGE
 from spade.progress import Progress
 from spade.solver import SolverConfig
 from spade.trace import DecisionTrace
-from spade_app import compute, figures, results, runner
+from spade_app import compute, figures, runner
+from spade_app.settings import settings_for_scope
 from spade_app.sidebar import Selection
 
 REQUEST_KEY = "neurons_request"
@@ -179,7 +180,7 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
 
 def active_settings(sel: Selection, submitted: NeuronSettings | None) -> NeuronSettings | None:
     """Just submitted settings, or the last ones run on this same image and model."""
-    return results.active_settings(sel, submitted, key=REQUEST_KEY)
+    return settings_for_scope((sel.model_key, sel.image_key), submitted, key=REQUEST_KEY)
 
 
 # ----------------------------------------------------------------------------------------------- run

@@ -16,11 +16,13 @@ from spade.augment import AugmentConfig
 from spade.decision import KeepDecision
 from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
+from spade.saliency import METHODS
 from spade.solver import SOLVERS, SolverConfig
 from spade.sparsity import Sparsity, SparsityProfile, late_blocks_profile, profile_from_json
 from spade_app.loaders import profile_label
 
 SETTINGS_KEY = "explore_settings"
+REQUEST_KEY = "explore_request"
 UNIFORM, LATE, PROFILE, FILE = "Uniform", "Late blocks", "Built-in profile", "Profile JSON file"
 SPARSITY_MODES = (UNIFORM, LATE, PROFILE, FILE)
 SOLVER_HELP = {
@@ -198,3 +200,25 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
         return None
     st.session_state[SETTINGS_KEY] = settings
     return settings
+
+
+def method_labels() -> dict[str, str]:
+    """{registry name: label} of the library's saliency methods (spade.saliency.METHODS)."""
+    return {name: method.label for name, method in METHODS.items()}
+
+
+def default_methods() -> tuple[str, ...]:
+    available = method_labels()
+    return tuple(m for m in ("saliency", "gradcam") if m in available)
+
+
+def settings_for_scope(scope: tuple, submitted, key: str = REQUEST_KEY):
+    """The settings to show results for: just submitted, or the last ones run in this same ``scope`` (the
+    image and model keys; results survive reruns). ``key`` names the page's slot in the session state."""
+    if submitted is not None:
+        st.session_state[key] = (scope, submitted)
+        return submitted
+    request = st.session_state.get(key)
+    if request is not None and request[0] == scope:
+        return request[1]
+    return None

@@ -3,7 +3,7 @@ trigger mask, the flip verdict, dense-vs-SPADE map rows with the trigger outline
 shipped benchmark tables.
 
 Stamping, saliency and the metrics come from the library (``spade.trojan``, ``spade.saliency``,
-``spade.metrics``); the SPADE run reuses the Explore page's machinery (``results.run_trace`` with a
+``spade.metrics``); the SPADE run reuses the Explore page's machinery (``sections.run_trace`` with a
 :class:`Selection` for the stamped image), so statistics and traces share its cache, lock and error handling.
 """
 
@@ -31,8 +31,14 @@ from spade.saliency import AttributionPair
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
-from spade_app import benchmarks, figures, loaders, maps, results, runner
-from spade_app.settings import RunSettings, keep_decision_checkbox
+from spade_app import benchmarks, figures, loaders, maps, runner, sections
+from spade_app.settings import (
+    RunSettings,
+    default_methods,
+    keep_decision_checkbox,
+    method_labels,
+    settings_for_scope,
+)
 from spade_app.sidebar import Selection
 
 DEMO_MODEL = default_backdoored_model()
@@ -229,7 +235,7 @@ def model_selection(sel: Selection, loaded: LoadedModel, model_key: str, model_l
 
 
 def stamped_selection(clean: Selection, stamped: Stamped, key: str, settings: TrojanSettings) -> Selection:
-    """The selection of the stamped image (for results.run_trace, prediction_comparison, attribution_pairs)."""
+    """The selection of the stamped image (for sections.run_trace, prediction_comparison, attribution_pairs)."""
     return replace(clean, image=stamped.image, image_key=key,
                    image_label=f"{clean.image_label} + {settings.trigger_label}")
 
@@ -257,12 +263,12 @@ def own_profiles(profiles: dict[str, SparsityProfile], spec: ModelSpec, methods:
 # ----------------------------------------------------------------------------------------------- the form
 def _last(model_choice: str) -> TrojanSettings | None:
     request = st.session_state.get(REQUEST_KEY)
-    return request[2] if request is not None and request[2].model == model_choice else None
+    return request[1] if request is not None and request[1].model == model_choice else None
 
 
 def model_choice(default: str = DEMO) -> str:
     last = st.session_state.get(REQUEST_KEY)
-    current = last[2].model if last is not None else default
+    current = last[1].model if last is not None else default
     return st.radio("Model", MODEL_CHOICES, index=MODEL_CHOICES.index(current), key="tl_model", horizontal=True,
                     help="The demo model has a planted back door (heart → goose). Your own back-doored checkpoint "
                          "is chosen in the sidebar (Upload a checkpoint…); then pick its target class.")
@@ -277,7 +283,7 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
     last = _last(choice) or TrojanSettings(
         model=choice, sparsity=profiles[tuned] if tuned else loaded.spec.default_sparsity,
         augment=AugmentConfig(count=default_augmentations("trojan_lab", loaded.device)),
-        methods=results.default_methods())
+        methods=default_methods())
     icons = trigger_icons()
     options = [*icons, UPLOAD]
     with st.form("trojan_settings"):
@@ -383,13 +389,7 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
 
 def active_settings(image_key: str, model_key: str, submitted: TrojanSettings | None) -> TrojanSettings | None:
     """Just submitted, or the last run on this same image and model (results survive reruns)."""
-    if submitted is not None:
-        st.session_state[REQUEST_KEY] = (image_key, model_key, submitted)
-        return submitted
-    request = st.session_state.get(REQUEST_KEY)
-    if request is not None and request[:2] == (image_key, model_key):
-        return request[2]
-    return None
+    return settings_for_scope((image_key, model_key), submitted, key=REQUEST_KEY)
 
 
 # ----------------------------------------------------------------------------------------------- predictions
@@ -471,7 +471,7 @@ def method_traces(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, m
     own = dict(settings.method_sparsity)
     solved: dict[SparsityProfile, SpadeTrace] = {}
     for profile in dict.fromkeys(own[m] for m in methods if m in own):
-        solved[profile] = results.run_trace(sel, replace(settings.run_settings, sparsity=profile))
+        solved[profile] = sections.run_trace(sel, replace(settings.run_settings, sparsity=profile))
         if solved[profile] is None:
             return None
     return {m: solved[own[m]] if m in own else trace for m in methods}
@@ -480,13 +480,13 @@ def method_traces(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, m
 def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, target: int, mask: np.ndarray
                  ) -> None:
     """Dense and SPADE maps of each method with the trigger outline, the per-method metrics and their mean."""
-    labels = results.method_labels()
+    labels = method_labels()
     chosen = [m for m in settings.methods if m in labels]
     st.subheader(f"Saliency for **{sel.loaded.class_name(target)}**: dense vs SPADE")
     traces = method_traces(sel, settings, trace, chosen)
     if traces is None:
         return
-    pairs = results.attribution_pairs(sel, settings.run_settings, traces, target)
+    pairs = sections.attribution_pairs(sel, settings.run_settings, traces, target)
     if pairs is None:
         return
     own = dict(settings.method_sparsity)

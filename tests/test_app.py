@@ -359,7 +359,7 @@ def test_json_report_matches_trace(tiny, at):
     import importlib.metadata
     import json
 
-    from spade_app import results
+    from spade_app import sections
     from spade_app.settings import RunSettings
 
     _with_model(at, tiny.name)
@@ -368,7 +368,7 @@ def test_json_report_matches_trace(tiny, at):
     settings = at.session_state["explore_settings"]
     assert isinstance(settings, RunSettings) and settings.augment.count == 8
     trace = _current_trace(at)
-    body = json.loads(json.dumps(results.report(sel, settings, trace)))
+    body = json.loads(json.dumps(sections.report(sel, settings, trace)))
     assert [row["name"] for row in body["layers"]] == [r.name for r in trace.layers]
     assert body["settings"]["sparsity"] == 0.7
     assert body["dense_top5"][0]["name"] == load_model(tiny.name, device="cpu").predict(sel.image, k=1)[0].name

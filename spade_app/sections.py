@@ -1,5 +1,6 @@
-"""The Explore page's sections after the settings form: run with progress, predictions, per-layer
-faithfulness, saliency rows and downloads. Everything numeric comes from the library."""
+"""The sections that show one SPADE run, shared by Explore, the Trojan lab and How SPADE works: the run with
+progress, predictions, per-layer faithfulness, saliency rows and downloads. Everything numeric comes from the
+library."""
 
 from __future__ import annotations
 
@@ -19,35 +20,11 @@ from spade.progress import Progress
 from spade.saliency import METHODS, AttributionPair
 from spade.trace import DecisionTrace, SpadeTrace
 from spade_app import compute, figures, maps, runner
-from spade_app.settings import RunSettings, current_settings
+from spade_app.settings import RunSettings, current_settings, method_labels
 from spade_app.sidebar import Selection
 
-REQUEST_KEY = "explore_request"
 
-
-# ----------------------------------------------------------------------------------------------- settings
-def method_labels() -> dict[str, str]:
-    """{registry name: label} of the library's saliency methods (spade.saliency.METHODS)."""
-    return {name: method.label for name, method in METHODS.items()}
-
-
-def default_methods() -> tuple[str, ...]:
-    available = method_labels()
-    return tuple(m for m in ("saliency", "gradcam") if m in available)
-
-
-def active_settings(sel: Selection, submitted, key: str = REQUEST_KEY):
-    """The settings to show results for: just submitted, or the last ones run on this same image and model
-    (results survive reruns). `key` names the page's slot in the session state."""
-    if submitted is not None:
-        st.session_state[key] = (sel.model_key, sel.image_key, submitted)
-        return submitted
-    request = st.session_state.get(key)
-    if request is not None and request[:2] == (sel.model_key, sel.image_key):
-        return request[2]
-    return None
-
-
+# ----------------------------------------------------------------------------------------------- run
 def augmentation_strip(sel: Selection, settings: RunSettings | None = None, n: int = 6) -> None:
     """A row of the first `n` augmented views the run uses (same settings and seed)."""
     settings = settings or current_settings()

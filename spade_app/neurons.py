@@ -161,21 +161,27 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
     if not submitted:
         return None
     try:
-        if kind == CLASS:
-            objective: Objective = ClassLogit(int(class_index))
-        else:
-            if layer is None:
-                raise ConfigError("This model has no convolution layer; choose a class logit instead.")
-            if int(channel) >= layers[layer]:
-                raise ConfigError(f"Layer {layer} has {layers[layer]} channels; pick a channel from 0 to "
-                                  f"{layers[layer] - 1}.")
-            objective = Neuron(layer, int(channel)) if centre else ChannelMean(layer, int(channel))
+        objective = neuron_objective(kind, int(class_index), layer, int(channel), bool(centre), layers)
         return NeuronSettings(objective=objective, steps=int(steps), seed=int(seed), augmentations=int(augmentations),
                               sparsity=None if mode == LATE else round(float(uniform), 4), keep_decision=bool(keep),
                               views=int(views), top_k=int(top_k))
     except SpadeError as exc:
         st.error(str(exc))
         return None
+
+
+def neuron_objective(kind: str, class_index: int, layer: str | None, channel: int, centre: bool,
+                     layers: dict[str, int]) -> Objective:
+    """The objective the form's values ask for (kind: CLASS or CHANNEL; layers: {conv layer: channels});
+    ConfigError (one sentence for the user) when the layer or channel does not exist."""
+    if kind == CLASS:
+        return ClassLogit(class_index)
+    if layer is None:
+        raise ConfigError("This model has no convolution layer; choose a class logit instead.")
+    if layer not in layers or not 0 <= channel < layers[layer]:
+        raise ConfigError(f"Layer {layer} has {layers.get(layer, 0)} channels; pick a channel from 0 to "
+                          f"{layers.get(layer, 0) - 1}.")
+    return Neuron(layer, channel) if centre else ChannelMean(layer, channel)
 
 
 def active_settings(sel: Selection, submitted: NeuronSettings | None) -> NeuronSettings | None:

@@ -75,12 +75,67 @@ def keep_decision_checkbox(value: bool, key: str) -> bool:
                             "paper's protocol, every trace at the chosen sparsity.")
 
 
-def _profile_from_upload(upload) -> SparsityProfile:
+def profile_from_upload(name: str, data: bytes) -> SparsityProfile:
+    """A profile JSON file's bytes as a profile (named after the file unless it names itself); ConfigError."""
     try:
-        data = json.loads(upload.getvalue().decode("utf-8"))
+        document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"The profile file {upload.name} is not valid JSON ({exc}).") from exc
-    return profile_from_json(data, default_name=upload.name.rsplit(".", 1)[0])
+        raise ConfigError(f"The profile file {name} is not valid JSON ({exc}).") from exc
+    return profile_from_json(document, default_name=name.rsplit(".", 1)[0])
+
+
+@dataclass(frozen=True)
+class FormValues:
+    """The Explore form's widgets as read, before any check. upload: (file name, bytes) of a profile JSON file."""
+
+    mode: str = UNIFORM
+    uniform: float = 0.5
+    profile: str | None = None
+    upload: tuple[str, bytes] | None = None
+    keep_decision: bool = True
+    count: int = default_augmentations("explore")
+    min_scale: float = AugmentConfig.min_scale
+    flip: bool = AugmentConfig.flip
+    brightness: float = AugmentConfig.brightness
+    hue: float = AugmentConfig.hue
+    erasing: float = AugmentConfig.erasing
+    seed: int = 0
+    solver: str = SolverConfig.mode
+    sparsity_of: str = SolverConfig.sparsity_of
+    damp: float = SolverConfig.damp
+    methods: tuple[str, ...] = ()
+
+
+def build_settings(values: FormValues, model: nn.Module, profiles: dict[str, SparsityProfile]) -> RunSettings:
+    """The run settings the form's values ask for; ConfigError (one sentence for the user) when they do not fit.
+
+    model: the dense model (the "Late blocks" profile is built from its blocks); profiles: the built-in profiles
+    offered, by key."""
+    uniform = round(float(values.uniform), 4)
+    if values.mode == UNIFORM:
+        sparsity: float | SparsityProfile = uniform
+    elif values.mode == LATE:
+        sparsity = late_blocks_profile(model, target=uniform)
+    elif values.mode == PROFILE:
+        if values.profile not in profiles:
+            raise ConfigError("No built-in profile fits this model: choose another sparsity mode or upload a "
+                              "profile JSON file.")
+        sparsity = profiles[values.profile]
+    elif values.mode == FILE:
+        if values.upload is None:
+            raise ConfigError("Choose a profile JSON file to upload, or pick another sparsity mode.")
+        sparsity = profile_from_upload(*values.upload)
+    else:
+        raise ConfigError(f"Unknown sparsity mode {values.mode!r}; choose one of {', '.join(SPARSITY_MODES)}.")
+    return RunSettings(
+        sparsity=sparsity,
+        augment=AugmentConfig(count=int(values.count), min_scale=float(values.min_scale), flip=bool(values.flip),
+                              brightness=float(values.brightness), hue=float(values.hue),
+                              erasing=float(values.erasing), seed=int(values.seed)),
+        solver=SolverConfig(mode=values.solver, sparsity_of=values.sparsity_of, damp=float(values.damp)),
+        methods=tuple(values.methods),
+        keep_decision=bool(values.keep_decision),
+    )
 
 
 def _is_late_blocks(profile: SparsityProfile, model: nn.Module) -> bool:
@@ -172,29 +227,12 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
         submitted = st.form_submit_button("Run SPADE", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None
+    values = FormValues(mode=mode, uniform=uniform, profile=profile,
+                        upload=(upload.name, upload.getvalue()) if upload is not None else None, keep_decision=keep,
+                        count=count, min_scale=min_scale, flip=flip, brightness=brightness, hue=hue, erasing=erasing,
+                        seed=seed, solver=solver_mode, sparsity_of=sparsity_of, damp=damp, methods=tuple(methods))
     try:
-        if mode == UNIFORM:
-            sparsity: float | SparsityProfile = round(float(uniform), 4)
-        elif mode == LATE:
-            sparsity = late_blocks_profile(model, target=round(float(uniform), 4))
-        elif mode == PROFILE:
-            if profile is None:
-                raise ConfigError("No built-in profile fits this model: choose another sparsity mode or upload a "
-                                  "profile JSON file.")
-            sparsity = profiles[profile]
-        else:
-            if upload is None:
-                raise ConfigError("Choose a profile JSON file to upload, or pick another sparsity mode.")
-            sparsity = _profile_from_upload(upload)
-        settings = RunSettings(
-            sparsity=sparsity,
-            augment=AugmentConfig(count=int(count), min_scale=float(min_scale), flip=bool(flip),
-                                  brightness=float(brightness), hue=float(hue), erasing=float(erasing),
-                                  seed=int(seed)),
-            solver=SolverConfig(mode=solver_mode, sparsity_of=sparsity_of, damp=float(damp)),
-            methods=tuple(methods),
-            keep_decision=bool(keep),
-        )
+        settings = build_settings(values, model, profiles)
     except SpadeError as exc:
         st.error(str(exc))
         return None

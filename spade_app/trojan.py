@@ -274,6 +274,58 @@ def model_choice(default: str = DEMO) -> str:
                          "is chosen in the sidebar (Upload a checkpoint…); then pick its target class.")
 
 
+@dataclass(frozen=True)
+class TrojanFormValues:
+    """The Trojan lab form's widgets as read, before any check. upload: (file name, bytes) of a trigger PNG;
+    x, y: the centre sliders (used with the SLIDERS placement)."""
+
+    trigger: str = "heart"
+    upload: tuple[str, bytes] | None = None
+    placement: str = RANDOM
+    seed: int = 0
+    x: float = 0.5
+    y: float = 0.5
+    size: float = DEFAULT_SIZE
+    alpha: float = 0.8
+    target: int | None = None
+    mode: str = UNIFORM
+    uniform: float = 0.5
+    profile: str | None = None
+    own_profiles: bool = True
+    count: int = default_augmentations("trojan_lab")
+    keep_decision: bool = True
+    methods: tuple[str, ...] = ()
+
+
+def build_trojan_settings(values: TrojanFormValues, choice: str, profiles: dict[str, SparsityProfile],
+                          own: dict[str, SparsityProfile]) -> TrojanSettings:
+    """The Trojan lab settings the form's values ask for; ConfigError (one sentence for the user) when they do not
+    fit. choice: DEMO or SIDEBAR; profiles: the profiles that fit the model, by key; own: {method: its own profile}.
+    A profile asked for where none fits falls back to the uniform sparsity (the choice was made for another
+    model). An uploaded trigger is checked here and named "upload:<digest>" (`remember_upload` keeps its bytes)."""
+    if values.trigger == UPLOAD:
+        if values.upload is None:
+            raise ConfigError("Choose a trigger PNG to upload, or pick one of the bundled triggers.")
+        name, data = values.upload
+        read_trigger(data, f"The trigger file {name}")
+        trigger_key, trigger_label = f"upload:{loaders.digest(data)}", name
+    else:
+        trigger_key, trigger_label = values.trigger, values.trigger
+    if values.mode == PROFILE and values.profile in profiles:
+        sparsity: float | SparsityProfile = profiles[values.profile]
+    else:
+        sparsity = round(float(values.uniform), 4)
+    if not values.methods:
+        raise ConfigError("Choose at least one saliency method.")
+    position = None if values.placement == RANDOM else (round(float(values.x), 4), round(float(values.y), 4))
+    return TrojanSettings(
+        trigger=trigger_key, trigger_label=trigger_label, position=position, seed=int(values.seed),
+        size=round(float(values.size), 4), alpha=round(float(values.alpha), 4), model=choice, target=values.target,
+        sparsity=sparsity, augment=AugmentConfig(count=int(values.count)), methods=tuple(values.methods),
+        keep_decision=bool(values.keep_decision), own_profiles=bool(values.own_profiles),
+        method_sparsity=tuple((m, own[m]) for m in values.methods if m in own) if values.own_profiles else ())
+
+
 def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels: dict[str, str]
                 ) -> TrojanSettings | None:
     """Draw the settings form; new settings when it was submitted, else None (errors shown)."""
@@ -357,33 +409,19 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
         submitted = st.form_submit_button("Stamp and run SPADE", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None
+    values = TrojanFormValues(
+        trigger=trigger, upload=(upload.name, upload.getvalue()) if upload is not None else None,
+        placement=placement, seed=seed, x=x, y=y, size=size, alpha=alpha, target=target, mode=mode, uniform=uniform,
+        profile=profile, own_profiles=own_on, count=count, keep_decision=keep, methods=tuple(methods))
     try:
-        if trigger == UPLOAD:
-            if upload is None:
-                raise ConfigError("Choose a trigger PNG to upload, or pick one of the bundled triggers.")
-            data = upload.getvalue()
-            read_trigger(data, f"The trigger file {upload.name}")
-            trigger_key, trigger_label = remember_upload(data), upload.name
-        else:
-            trigger_key, trigger_label = trigger, trigger
-        if mode == PROFILE and profile_keys:
-            sparsity: float | SparsityProfile = profiles[profile]
-        else:
-            if mode == PROFILE:  # the choice was made for another model
-                st.warning(f"No sparsity profile fits {loaded.spec.name}; using the uniform sparsity {uniform:.2f}.")
-            sparsity = round(float(uniform), 4)
-        if not methods:
-            raise ConfigError("Choose at least one saliency method.")
-        settings = TrojanSettings(
-            trigger=trigger_key, trigger_label=trigger_label,
-            position=None if placement == RANDOM else (round(float(x), 4), round(float(y), 4)), seed=int(seed),
-            size=round(float(size), 4), alpha=round(float(alpha), 4), model=choice, target=target,
-            sparsity=sparsity, augment=AugmentConfig(count=int(count)), methods=tuple(methods),
-            keep_decision=bool(keep), own_profiles=bool(own_on),
-            method_sparsity=tuple((m, own[m]) for m in methods if m in own) if own_on else ())
+        settings = build_trojan_settings(values, choice, profiles, own)
     except SpadeError as exc:
         st.error(str(exc))
         return None
+    if values.upload is not None and values.trigger == UPLOAD:
+        remember_upload(values.upload[1])
+    if mode == PROFILE and not isinstance(settings.sparsity, SparsityProfile):
+        st.warning(f"No sparsity profile fits {loaded.spec.name}; using the uniform sparsity {uniform:.2f}.")
     return settings
 
 

@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         shot("03-neurons")
         if args.neurons:
             page.get_by_role("button", name="Run").click()
-            page.get_by_text("SPADE", exact=False).last.wait_for(timeout=RUN_TIMEOUT_MS)
-            page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=RUN_TIMEOUT_MS)
+            page.get_by_text("Done:", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)  # the status box's label
             shot("04-neurons-run")
 
         open_page("Trojan lab")

@@ -94,14 +94,17 @@ with st.expander("The benchmark tables", expanded=False):
         benchmarks.runs_section("insertion", key="hw_insertion_run")
 
 st.header("Walkthrough on your image")
-st.caption("Uses the image and model chosen in the sidebar, with fixed classroom settings: 64 augmentations, "
-           "uniform sparsity 0.5, GradCAM for the saliency step.")
+st.caption(f"Uses the image and model chosen in the sidebar, with fixed classroom settings: "
+           f"{WALKTHROUGH.augment.count} augmentations, {WALKTHROUGH.describe_sparsity()}, GradCAM for the saliency "
+           "step.")
 
-sel = require_selection('run the walkthrough')
-if not st.session_state.get("walkthrough_started") and not st.button("Start the walkthrough", type="primary",
-                                                                       icon=":material/play_arrow:"):
-    st.stop()
-st.session_state["walkthrough_started"] = True
+sel = require_selection("run the walkthrough")
+if not st.session_state.get("walkthrough_started"):
+    start = st.empty()
+    if not start.button("Start the walkthrough", type="primary", icon=":material/play_arrow:"):
+        st.stop()
+    start.empty()  # the button goes once the walkthrough runs
+    st.session_state["walkthrough_started"] = True
 
 st.subheader("Step 1 · The augmentation batch")
 st.markdown("SPADE never looks at the image just once. It makes random crops, flips and colour changes of it, so "
@@ -128,5 +131,7 @@ st.markdown("The same explanation method runs on the full network and on the tra
 sections.saliency_section(sel, WALKTHROUGH, trace)
 
 st.subheader("Step 5 · One neuron, before and after")
-st.info("Coming with the Neurons page: a feature visualization of the predicted class on the full network "
-        "(all its facets) next to the one on the trace (the facet this image used).")
+st.markdown("A neuron that answers to several unrelated things (a *multifaceted* neuron) shows all of them in a "
+            "feature visualization of the full network; on the trace it shows the facet this image used. The "
+            "Neurons page draws both for the predicted class, on the image and model chosen here.")
+st.page_link("pages/neurons.py", label="Open the Neurons page", icon=":material/psychology:")

@@ -457,7 +457,7 @@ def test_exact_solver_choice_reaches_the_trace(tiny, at):
         assert kept.unique().numel() == 1 and kept[0] <= sparse[0].numel() - int(0.7 * sparse[0].numel()), name
 
 
-
+def test_walkthrough_runs_every_step_with_its_fixed_settings(tiny, at):
     _with_model(at, tiny.name)
     at.switch_page("pages/how_spade_works.py").run()
     assert not at.exception, at.exception
@@ -469,6 +469,9 @@ def test_exact_solver_choice_reaches_the_trace(tiny, at):
     table = _layer_table(at)
     assert (table["target"] == 0.5).all()
     assert "**GradCAM**" in [m.value for m in at.markdown]
+    assert not [b for b in at.button if b.label == "Start the walkthrough"]  # gone once the walkthrough runs
+    assert not [i for i in at.info if "Coming with" in i.value]
+    assert any("Neurons page" in m.value for m in at.markdown)
 
 
 def test_gallery_button_switches_the_image(at):

@@ -19,7 +19,7 @@ from spade.errors import ConfigError, SpadeError
 from spade.saliency import METHODS
 from spade.solver import SOLVERS, SolverConfig
 from spade.sparsity import Sparsity, SparsityProfile, late_blocks_profile, profile_from_json
-from spade_app.loaders import profile_label
+from spade_app.loaders import UPLOAD_MB, profile_label
 
 SETTINGS_KEY = "explore_settings"
 REQUEST_KEY = "explore_request"
@@ -189,7 +189,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
                                         + "\n\n".join(f"**{profile_label(k, p)}**: {p.description}"
                                                         for k, p in profiles.items()))
             upload = st.file_uploader("Profile JSON ({\"targets\": {block: sparsity}, \"default\": 0})",
-                                      type=["json"], key="ex_profile_file")
+                                      type=["json"], key="ex_profile_file", max_upload_size=UPLOAD_MB["profile"])
             keep = keep_decision_checkbox(last.keep_decision, key="ex_keep")
         with c_aug:
             st.markdown("**Augmentations**")

@@ -81,7 +81,7 @@ def _image_section() -> tuple[Image.Image | None, str | None, str]:
         data, label = loaders.bundled_bytes(name), name
     else:
         upload = st.file_uploader("Upload an image (PNG, JPEG, WebP, BMP, TIFF, GIF)", type=IMAGE_TYPES,
-                                  key="image_upload")
+                                  key="image_upload", max_upload_size=loaders.UPLOAD_MB["image"])
         if upload is None:
             st.info("Choose an image file to upload.")
             return None, None, ""
@@ -139,7 +139,7 @@ def _model_section(device: str | None) -> tuple[LoadedModel | None, str | None, 
                 return None, None, name
         arch = st.selectbox("Architecture of the checkpoint", list(MODELS), key="checkpoint_arch")
         upload = st.file_uploader("Checkpoint (state dict or TorchScript)", type=CHECKPOINT_TYPES,
-                                  key="checkpoint_upload")
+                                  key="checkpoint_upload", max_upload_size=loaders.UPLOAD_MB["checkpoint"])
         if upload is None:
             st.info("Upload a checkpoint file for the chosen architecture.")
             return None, None, ""

@@ -348,7 +348,7 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
                                horizontal=True, label_visibility="collapsed",
                                format_func=lambda n: "upload…" if n == UPLOAD else n)
             upload = st.file_uploader("Your own trigger (RGBA PNG; transparent around the shape)", type=["png"],
-                                      key="tl_trigger_file")
+                                      key="tl_trigger_file", max_upload_size=loaders.UPLOAD_MB["trigger"])
             placement = st.radio("Placement", (RANDOM, SLIDERS), index=int(last.position is not None),
                                  key="tl_placement", horizontal=True,
                                  help="Random: anywhere inside the part of the image the model sees, drawn from "

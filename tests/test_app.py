@@ -572,3 +572,13 @@ def test_neurons_channel_objective_and_bad_channel(tiny, at):
         _run_neurons(at, nv_kind="Conv layer channel", nv_layer=small, nv_channel=convs[small])
         assert [e.value for e in at.error] == [f"Layer {small} has {convs[small]} channels; pick a channel from 0 "
                                                f"to {convs[small] - 1}."]
+
+
+def test_each_uploader_states_the_limit_the_app_takes(at):
+    from spade_app.loaders import UPLOAD_MB
+
+    limits = {u.key: u.proto.max_upload_size_mb for u in at.get("file_uploader")}  # the Explore form's
+    at.sidebar.radio(key="image_source").set_value("Upload").run()
+    limits |= {u.key: u.proto.max_upload_size_mb for u in at.sidebar.get("file_uploader")}
+    assert limits == {"ex_profile_file": UPLOAD_MB["profile"], "image_upload": UPLOAD_MB["image"]}
+    assert UPLOAD_MB["checkpoint"] == 1024  # .streamlit/config.toml's server.maxUploadSize caps every upload

@@ -53,7 +53,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from spade.errors import ConfigError, SpadeError
-from spade_study.archive import read_archive, write_archive
+from spade_study.archive import StudyArchiveError, read_archive, write_archive
 from spade_study.assignment import ANSWERS, TRUTH_FIRST, TRUTH_SECOND, Answer, Participant, Task, participant_seed
 from spade_study.design import Study
 
@@ -398,10 +398,18 @@ class StudyStore:
 
     def import_study(self, data: bytes) -> Study:
         """Store a study exported by :meth:`export_study` (on this machine or another), with its participants
-        and answers, in one transaction. Raises StudyExistsError when its id is already here."""
+        and answers, in one transaction. Raises StudyExistsError when its id is already here, StudyArchiveError
+        for a refused file or when one of its participants' ids is already here; nothing is stored then."""
         archive = read_archive(data)
         with self._writer.begin() as conn:
             self._insert_study(conn, archive.study)
+            ids = [p.id for p in archive.participants]
+            for start in range(0, len(ids), 500):  # a bounded number of parameters per query
+                taken = conn.execute(select(participant_table.c.id)
+                                     .where(participant_table.c.id.in_(ids[start:start + 500]))).scalar()
+                if taken is not None:
+                    raise StudyArchiveError(f"The study file's participant {taken!r} is already in this database "
+                                            "(in another study).")
             if archive.participants:
                 conn.execute(participant_table.insert(), [
                     dict(id=p.id, study_id=archive.study.id, number=p.number, seed=p.seed, created=_naive(p.created))

@@ -18,7 +18,7 @@ from spade.images import bundled_examples
 from spade.progress import Progress
 from spade_app import loaders, runner
 from spade_app.sidebar import IMAGE_TYPES, Selection
-from spade_study.archive import StudyArchiveError
+from spade_study.archive import MAX_ARCHIVE_BYTES, StudyArchiveError
 from spade_study.create import OVERALL, create_study
 from spade_study.design import CONDITIONS, DEFAULT_INSTRUCTIONS, MAX_PATCH_FRACTION, Study, StudyConfig, StudyImage
 from spade_study.design import VisualizationSettings as VisSettings
@@ -121,7 +121,7 @@ def designer(sel: Selection) -> None:
     examples = list(bundled_examples())
     names = st.multiselect("Images for the tasks", examples, default=examples[:4], key="sd_images")
     uploads = st.file_uploader("Add your own images", type=IMAGE_TYPES, accept_multiple_files=True,
-                               key="sd_uploads")
+                               key="sd_uploads", max_upload_size=loaders.UPLOAD_MB["image"])
     training = st.multiselect("Training images (practice tasks with feedback, not analysed)", examples,
                               default=examples[-1:], key="sd_training")
     images = _images(sel, names, uploads, training)
@@ -242,7 +242,8 @@ def studies_section() -> None:
             c3.button("Results", key=f"results_{s.id}", on_click=_show_results, args=(s.id,),
                       icon=":material/analytics:")
     st.markdown("##### Import a study file")
-    upload = st.file_uploader("Study file (.zip, from Export)", type=["zip"], key="sd_import")
+    upload = st.file_uploader("Study file (.zip, from Export)", type=["zip"], key="sd_import",
+                              max_upload_size=MAX_ARCHIVE_BYTES // 2**20)
     if upload is not None and st.button("Import", key="sd_import_button", icon=":material/upload:"):
         try:
             study = db.import_study(upload.getvalue())

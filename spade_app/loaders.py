@@ -20,7 +20,8 @@ from spade.sparsity import PROFILE_DIR, PROFILES, SparsityProfile, load_profile,
 
 UPLOAD_MB = {"image": 200, "checkpoint": 1024, "profile": 1, "trigger": 20}
 """The largest upload each uploader takes, in MB (what its "... per file" line says). Images are also capped in
-pixels (`spade.images.MAX_PIXELS`); a study file takes `spade_study.archive.MAX_ARCHIVE_BYTES`; checkpoints by .streamlit/config.toml's server.maxUploadSize (the same 1024)."""
+pixels (`spade.images.MAX_PIXELS`); a study file takes `spade_study.archive.MAX_ARCHIVE_BYTES`; checkpoints are
+capped by .streamlit/config.toml's server.maxUploadSize (the same 1024)."""
 
 
 def digest(data: bytes) -> str:

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2._transform import _RandomApplyTransform
 
-from spade.defaults import default_augmentations
+from spade.defaults import MAX_AUGMENTATIONS, MAX_SEED, default_augmentations
 from spade.errors import ConfigError
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
@@ -22,13 +22,13 @@ from spade.progress import Progress
 class AugmentConfig:
     """Augmentation settings (the SPADE authors' defaults).
 
-    count: number of augmented views (default: `spade.defaults.default_augmentations` of a trace on the CPU; the
-    authors' demo used 1024 on a GPU).
+    count: number of augmented views, 1 to `spade.defaults.MAX_AUGMENTATIONS` (default:
+    `spade.defaults.default_augmentations` of a trace on the CPU; the authors' demo used 1024 on a GPU).
     min_scale: lower bound of the RandomResizedCrop area fraction (upper bound 1).
     flip: random horizontal flip with p=0.5. brightness, hue: ColorJitter strengths (0 disables).
     erasing: probability of RandomErasing per view (applied after normalization).
     noise: standard deviation of Gaussian noise added in normalized space (0 disables).
-    seed: the same seed gives the same batch, bit for bit.
+    seed: the same seed gives the same batch, bit for bit; 0 to `spade.defaults.MAX_SEED`.
     """
 
     count: int = default_augmentations("trace")
@@ -41,8 +41,10 @@ class AugmentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.count < 1:
-            raise ConfigError(f"Augmentation count must be at least 1, got {self.count}.")
+        if not 1 <= self.count <= MAX_AUGMENTATIONS:
+            raise ConfigError(f"Augmentation count must be between 1 and {MAX_AUGMENTATIONS}, got {self.count}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"The augmentation seed must be between 0 and {MAX_SEED} (2**63 - 1), got {self.seed}.")
         if not 0.0 < self.min_scale <= 1.0:
             raise ConfigError(f"Minimum crop scale must be in (0, 1], got {self.min_scale}.")
         if self.brightness < 0 or not 0 <= self.hue <= 0.5:

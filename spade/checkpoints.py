@@ -142,6 +142,17 @@ def load_state_dict_into(
     return model
 
 
+def check_finite(state_dict: Mapping[str, torch.Tensor], label: str = "checkpoint") -> None:
+    """Raise CheckpointError naming the first floating-point tensor (parameter or buffer) of ``state_dict`` that
+    holds a NaN or an infinite value: such a model predicts NaN for every image."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if bad:
+                raise CheckpointError(f"The weights {label} hold {bad} non-finite value(s) (NaN or infinite) in "
+                                      f"{name}, of {tensor.numel()}; the model would predict NaN for every image.")
+
+
 # --------------------------------------------------------------------------------------------------------------
 def _read_source(source: CheckpointSource, label: str | None) -> tuple[bytes | Path, str]:
     """Bytes of an in-memory source, or the path of a file (read by torch itself, without a copy in memory)."""

@@ -1,5 +1,6 @@
 """Default augmentation counts: how many augmented views a trace (or the evidence search) uses, by purpose and
-device. Every front end takes its default from here. Imports no torch, so that command-line help can quote it."""
+device, and the limits every front end enforces on augmentation counts and seeds. Every front end takes its
+default from here. Imports no torch, so that command-line help can quote it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from spade.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+
+
+MAX_AUGMENTATIONS = 8192
+"""Most augmented views one trace may ask for (`spade.augment.AugmentConfig` refuses more): the views alone take
+count x 3 x crop x crop float32 values, about 4.9 GB at 8192 views of a 224-pixel crop, eight times the authors'
+1024."""
+
+MAX_SEED = 2**63 - 1
+"""Largest accepted seed (seeds are in [0, MAX_SEED]): a signed 64-bit integer, which torch's and NumPy's
+generators and every JSON reader take as is."""
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS, min_side: i
     Transparent pixels are composited on white; 16-bit images are scaled by 255/65535; 32-bit integer
     and float images are linearly stretched to 0..255 unless they already lie in 0..255 (or 0..1 for
     float). Raises ImageLoadError for anything refused: missing/empty input, not an image, truncated or
-    corrupt data, more than `max_pixels` pixels, or a side shorter than `min_side`.
+    corrupt data, more than `max_pixels` pixels, a side shorter than `min_side`, a float image with NaN or
+    infinite pixels, or an image whose pixels all have the same colour (nothing to classify or explain).
     """
     label, opener = _open_source(source)
     try:
@@ -164,6 +165,7 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int, min_side: int) -> Image.I
         logger.warning("%s: ignoring unreadable EXIF orientation (%s)", label, exc)
         oriented = img
     rgb = _to_rgb(oriented if oriented is not None else img, label)
+    _check_not_constant(rgb, label)
     return rgb if rgb is not img else img.copy()
 
 
@@ -185,11 +187,19 @@ def _check_size(size: tuple[int, int], label: str, max_pixels: int, min_side: in
         )
 
 
+def _check_not_constant(rgb: Image.Image, label: str) -> None:
+    """Refuse an RGB image whose pixels all have one colour: a model's answer on it says nothing about a photo."""
+    if all(low == high for low, high in rgb.getextrema()):
+        colour = ", ".join(str(low) for low, _ in rgb.getextrema())
+        raise ImageLoadError(f"{label} has the same colour (RGB {colour}) in every pixel, so there is nothing to "
+                             "classify or explain; use a photo.")
+
+
 def _to_rgb(img: Image.Image, label: str) -> Image.Image:
     """Any PIL mode -> RGB; transparency is composited on white."""
     mode = img.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
-        gray = _high_depth_to_l(img)
+        gray = _high_depth_to_l(img, label)
         if isinstance(img.info.get("transparency"), int):  # tRNS colour key of a 16-bit grey PNG
             mask = np.asarray(img) == img.info["transparency"]
             gray = Image.fromarray(np.where(mask, 255, np.asarray(gray)).astype(np.uint8), "L")
@@ -208,19 +218,22 @@ def _to_rgb(img: Image.Image, label: str) -> Image.Image:
         ) from exc
 
 
-def _high_depth_to_l(img: Image.Image) -> Image.Image:
-    """16-bit / 32-bit integer / float single-channel image -> 8-bit "L" without clipping."""
+def _high_depth_to_l(img: Image.Image, label: str) -> Image.Image:
+    """16-bit / 32-bit integer / float single-channel image -> 8-bit "L" without clipping; ImageLoadError for a
+    float image with NaN or infinite pixels (there is no colour to give them)."""
     arr = np.asarray(img).astype(np.float64)
     if img.mode.startswith("I;16"):
         scaled = arr * (255.0 / 65535.0)
     else:
-        finite = arr[np.isfinite(arr)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise ImageLoadError(f"{label} has {bad} of {arr.size} pixels that are not finite numbers (NaN or "
+                                 "infinite); save it with finite values.")
+        lo, hi = float(arr.min()), float(arr.max())
         if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
             scaled = arr * 255.0
         elif lo >= 0.0 and hi <= 255.0:
             scaled = arr
         else:
             scaled = (arr - lo) * (255.0 / (hi - lo))  # hi > lo here: the range exceeds 0..255
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")

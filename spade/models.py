@@ -27,6 +27,7 @@ from spade.checkpoints import (
     CheckpointSource,
     KeyConverter,
     StateDict,
+    check_finite,
     load_state_dict_into,
     read_checkpoint,
 )
@@ -493,8 +494,8 @@ def load_model(
     weights: a user checkpoint (path, bytes or binary file) for this architecture, replacing the default
     source. download: allow fetching torchvision weights missing from the hub cache. Raises
     WeightsUnavailableError (fast, before any network use) when the default weights are not available
-    offline, CheckpointError when a checkpoint is unreadable, unsafe or does not fit, ConfigError for an
-    unknown name or device.
+    offline, CheckpointError when a checkpoint is unreadable, unsafe or does not fit or when any weight is NaN
+    or infinite, ConfigError for an unknown name or device.
     """
     spec = get_spec(name)
     dev = resolve_device(device)
@@ -542,5 +543,6 @@ def _from_checkpoint(spec: ModelSpec, source: CheckpointSource, device: torch.de
 
 
 def _finish(model: nn.Module, spec: ModelSpec, device: torch.device, source: str) -> LoadedModel:
+    check_finite(model.state_dict(), source)  # the weights as loaded, whatever their source
     model = model.eval().to(device)
     return LoadedModel(model=model, spec=spec, class_names=spec.class_names, device=device, source=source)

@@ -113,7 +113,11 @@ def profile_from_json(data, default_name: str = "custom") -> SparsityProfile:
     profile = SparsityProfile.from_mapping(targets, name=str(data.get("name", default_name)),
                                            description=str(data.get("description", "")))
     if "default" in data:
+        if not isinstance(data["default"], (int, float)):
+            raise ConfigError("A profile's default must be a number.")
         profile = SparsityProfile(profile.name, profile.targets, float(data["default"]), profile.description)
+    for where, value in (*profile.targets, ("the default", profile.default)):
+        _check(value, f"{where} in the profile {profile.name}")
     return profile
 
 

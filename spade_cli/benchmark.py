@@ -20,15 +20,23 @@ import re
 import time
 from pathlib import Path
 
-from spade.defaults import default_augmentations
+from spade.defaults import MAX_AUGMENTATIONS, default_augmentations
 from spade.errors import ConfigError
+from spade_cli import arguments
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
-from spade_cli.trace import add_solver_arguments, add_trace_arguments, solver_from_args
+from spade_cli.trace import (
+    add_augmentation_arguments,
+    add_solver_arguments,
+    add_trace_arguments,
+    augmentation_count,
+    solver_from_args,
+    sparsity_from_args,
+)
 
 log = logging.getLogger(__name__)
 
 SMOKE = {"samples": 4, "methods": "saliency,input_x_gradient", "augmentations": 16}
-SMOKE_TUNE = {"samples": 2, "methods": "saliency", "augmentations": 16, "levels": "0,0.5,0.9"}
+SMOKE_TUNE = {"samples": 2, "methods": "saliency", "augmentations": 16, "levels": (0.0, 0.5, 0.9)}
 
 
 def shard_argument(text: str) -> tuple[int, int]:
@@ -42,16 +50,6 @@ def shard_argument(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     backdoored = kind in ("trojan", "tune")
     add_model_arguments(parser, "registered model (default: the registry's back-doored demo model)" if backdoored
@@ -61,31 +59,31 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
         parser.add_argument("--trigger", metavar="NAME|FILE.png",
                             help=f"trigger icon (heart, star, smiley, fish or an RGBA PNG; default: the model's "
                                  f"{role} back door)")
-        parser.add_argument("--target", type=int, metavar="CLASS",
+        parser.add_argument("--target", type=arguments.class_index, metavar="CLASS",
                             help=f"class the trigger switches to (default: the model's {role} back door)")
     photos = "calibration" if kind == "tune" else "test"
     parser.add_argument("--images", metavar="DIR",
                         help=f"use the images in DIR (recursive) instead of the bundled {photos} photos")
-    parser.add_argument("--samples", type=_positive, metavar="N",
+    parser.add_argument("--samples", type=arguments.positive, metavar="N",
                         help=f"number of samples (default {16 if kind == 'tune' else 200}; --smoke: "
                              f"{(SMOKE_TUNE if kind == 'tune' else SMOKE)['samples']})")
-    parser.add_argument("--sample-seed", type=int, default=1 if kind == "tune" else 0, metavar="S",
+    parser.add_argument("--sample-seed", type=arguments.seed, default=1 if kind == "tune" else 0, metavar="S",
                         help=f"seed of the photo order, crops and trigger positions (default "
                              f"{1 if kind == 'tune' else 0})")
-    augmentations = (f"augmented views per trace (default {default_augmentations('benchmark')}, the authors' Trojan "
-                     f"setting; --smoke: {SMOKE['augmentations']})")
+    augmentations = (f"augmented views per trace, 1 to {MAX_AUGMENTATIONS} (default "
+                     f"{default_augmentations('benchmark')}, the authors' Trojan setting; --smoke: "
+                     f"{SMOKE['augmentations']})")
     seed = "seed of the augmentations and of the random methods (default 0)"
     if kind == "tune":  # the sparsity is what tune searches
-        parser.add_argument("--augmentations", type=int, default=None, help=augmentations)
-        parser.add_argument("--seed", type=int, default=0, help=seed)
+        add_augmentation_arguments(parser, augmentations, seed)
         add_solver_arguments(parser)
     else:
         add_trace_arguments(parser, sparsity_default="the model's, e.g. 0.5 for EfficientNet-Lite",
                             augmentations_help=augmentations, seed_help=seed)
-    parser.add_argument("--batch-size", type=_positive, metavar="N",
+    parser.add_argument("--batch-size", type=arguments.positive, metavar="N",
                         help="images per pass for IG, GradientShap, Occlusion, LIME and the curves (default: 8 on "
                              "the CPU, 256 on a GPU)")
-    parser.add_argument("--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=arguments.positive, metavar="N", help="torch CPU threads (default: torch's)")
 
 
 def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -101,7 +99,8 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
         run.add_argument("--methods", metavar="LIST",
                          help="comma-separated saliency methods, 'paper' (the ten) or 'all' (default paper; "
                               f"--smoke: {SMOKE['methods']})")
-        run.add_argument("--method-profile", action="append", default=[], metavar="METHOD=PROFILE",
+        run.add_argument("--method-profile", type=arguments.method_profile, action="append", default=[],
+                         metavar="METHOD=PROFILE",
                          help="give METHOD's trace its own sparsity: a profile (built-in name, shipped stem or "
                               "JSON file, e.g. from 'benchmark tune --methods METHOD') or a uniform value; "
                               "repeatable (the authors tuned one profile per method)")
@@ -119,8 +118,9 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
                              help="keep samples where the trigger does not flip the prediction (timing runs on a "
                                   "model without the back door)")
         else:
-            run.add_argument("--steps", type=_positive, default=100, help="points per curve (default 100)")
-        run.set_defaults(func=_run_benchmark, kind=kind, check=lambda args, p=run: _check(p, args))
+            run.add_argument("--steps", type=arguments.curve_steps, default=100,
+                             help="points per curve, at least 2 (default 100)")
+        run.set_defaults(func=_run_benchmark, kind=kind, check=lambda args, p=run: check_model_arguments(p, args))
 
     tune = sub.add_parser("tune", help="tune a per-block sparsity profile on the calibration set",
                           description="Tune a per-block sparsity profile on calibration photos and trigger "
@@ -128,23 +128,25 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
     _common(tune, "tune")
     tune.add_argument("--methods", metavar="LIST", default=None,
                       help="methods whose mean Trojan AUC is maximised (default saliency,input_x_gradient)")
-    tune.add_argument("--levels", metavar="LIST", help="sparsity grid (default 0,0.2,0.4,0.6,0.8,0.9,0.95,0.99)")
-    tune.add_argument("--rounds", type=_positive, default=1, help="passes over the groups (default 1)")
-    tune.add_argument("--min-agreement", type=float, default=1.0, metavar="F",
-                      help="fraction of calibration samples whose dense top-1 the trace must keep (default 1)")
+    tune.add_argument("--levels", type=arguments.levels, metavar="LIST",
+                      help="sparsity grid, each level in [0, 1) (default 0,0.2,0.4,0.6,0.8,0.9,0.95,0.99)")
+    tune.add_argument("--rounds", type=arguments.positive, default=1, help="passes over the groups (default 1)")
+    tune.add_argument("--min-agreement", type=arguments.agreement, default=1.0, metavar="F",
+                      help="fraction of calibration samples whose dense top-1 the trace must keep, in (0, 1] "
+                           "(default 1)")
     tune.add_argument("--granularity", choices=("stage", "block"), default="stage",
                       help="tune one level per stage (default) or per block")
     tune.add_argument("--keep-decision", action="store_true",
                       help="score a sample whose trace loses the top-1 on its trace at lower levels, as the "
                            "benchmark's --keep-decision does (for a profile meant to be used with it)")
-    tune.add_argument("--start", metavar="NAME|FILE.json",
+    tune.add_argument("--start", type=arguments.profile, metavar="NAME|FILE.json",
                       help="start the search from this profile instead of the dense model (e.g. the shared "
                            "profile, refined for one method): the result then scores at least as well as it on "
                            "the calibration set")
     tune.add_argument("--name", help="profile name (default <model>_tuned)")
     tune.add_argument("--out", metavar="FILE.json", help="where to write the profile (default <model>_tuned.json)")
     tune.add_argument("--smoke", action="store_true", help="a quick check: 2 samples, 3 levels, one method")
-    tune.set_defaults(func=_run_tune, kind="tune", check=lambda args, p=tune: _check(p, args))
+    tune.set_defaults(func=_run_tune, kind="tune", check=lambda args, p=tune: check_model_arguments(p, args))
 
     merge = sub.add_parser("merge", help="merge the shard files of a results folder and write its tables",
                            description="Merge results*.jsonl of a benchmark folder into results.jsonl and write "
@@ -154,12 +156,6 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--methods", metavar="LIST", help="tabulate only these methods (comma-separated)")
     merge.add_argument("--name", metavar="STEM", help="file name of the tables (default: the benchmark kind)")
     merge.set_defaults(func=_run_merge)
-
-
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    check_model_arguments(parser, args)
-    if getattr(args, "target", None) is not None and args.target < 0:
-        parser.error("--target must be a class index >= 0")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,15 +199,28 @@ def _load(args: argparse.Namespace, default_model: str):
     return load_model_from_args(args)
 
 
-def _backdoor(args: argparse.Namespace, loaded, role: str) -> tuple[str, int]:
-    if args.trigger is not None and args.target is not None:
-        return args.trigger, args.target
+def _given_trigger(args: argparse.Namespace):
+    """--trigger read (a built-in name or a PNG file, `spade_lab.samples.resolve_trigger`) before the model loads:
+    (label, RGBA image), or None when the model's back door gives it."""
+    from spade_lab.samples import resolve_trigger
+
+    return None if args.trigger is None else resolve_trigger(args.trigger)
+
+
+def _backdoor(args: argparse.Namespace, loaded, role: str, given) -> tuple[str, object, int]:
+    """(trigger label, RGBA trigger image, target class): ``given`` (`_given_trigger`) and --target, the model's
+    ``role`` back door filling in what is missing."""
+    from spade_lab.samples import resolve_trigger
+
+    if given is not None and args.target is not None:
+        return (*given, args.target)
     try:
         door = loaded.spec.backdoor(role)
     except ConfigError:
         raise ConfigError(f"The model {loaded.spec.name} has no known {role} back door; pass --trigger NAME "
                           "and --target CLASS.") from None
-    return (args.trigger or door.trigger), (door.target if args.target is None else args.target)
+    label, image = resolve_trigger(door.trigger) if given is None else given
+    return label, image, (door.target if args.target is None else args.target)
 
 
 def _photos(args: argparse.Namespace, role: str):
@@ -222,28 +231,6 @@ def _photos(args: argparse.Namespace, role: str):
         return folder_photos(args.images), str(args.images)
     names = CALIBRATION_PHOTOS if role == "calibration" else TEST_PHOTOS
     return bundled_photos(names, f"bundled {role} photos"), f"bundled:{','.join(names)}"
-
-
-def _sparsity(args: argparse.Namespace, loaded):
-    from spade_cli.trace import sparsity_from_args
-
-    return sparsity_from_args(args, loaded.spec.default_sparsity)
-
-
-def _method_sparsity(entries: list[str]) -> tuple[tuple[str, object], ...]:
-    """``["METHOD=PROFILE", ...]`` (--method-profile) -> ((method, sparsity), ...); a number is a uniform value."""
-    from spade.sparsity import load_profile
-
-    out = []
-    for entry in entries:
-        method, sep, source = (part.strip() for part in entry.partition("="))
-        if not sep or not method or not source:
-            raise ConfigError(f"--method-profile takes METHOD=PROFILE, got {entry!r}.")
-        try:
-            out.append((method, float(source)))
-        except ValueError:
-            out.append((method, load_profile(source)))
-    return tuple(out)
 
 
 def _print_record(record: dict) -> None:
@@ -266,23 +253,25 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     from spade.saliency import METHODS
     from spade.sparsity import method_profiles
     from spade_lab.benchmark import BenchmarkConfig, model_identity, parse_methods, run_benchmark
-    from spade_lab.samples import SampleConfig, build_samples, resolve_trigger
+    from spade_lab.samples import SampleConfig, build_samples
 
     kind = args.kind
     _smoke_defaults(args, SMOKE)
     methods = parse_methods(args.methods or "paper")
-    if args.augmentations is not None and args.augmentations < 1:
-        raise ConfigError("--augmentations must be at least 1.")
-    method_sparsity = _method_sparsity(args.method_profile)  # a mistyped entry fails before the model loads
+    method_sparsity = tuple(args.method_profile)  # read while parsing; the names are checked here
+    if method_sparsity:
+        parse_methods([method for method, _ in method_sparsity])
+    trigger = _given_trigger(args) if kind == "trojan" else None
+    photos, photos_label = _photos(args, "test")
     loaded = _load(args, default_backdoored_model() if kind == "trojan" else _default_model())
     if args.own_profiles:
         given = dict(method_sparsity)
         # every method's, not only those run now: the folder's config stays the same when methods are added later
         own = method_profiles(loaded.spec.name, METHODS)
         method_sparsity += tuple((name, profile) for name, profile in own.items() if name not in given)
-    photos, photos_label = _photos(args, "test")
-    count = args.augmentations or default_augmentations("benchmark", loaded.device)
-    config = BenchmarkConfig(kind=kind, methods=methods, sparsity=_sparsity(args, loaded),
+    count = augmentation_count(args, loaded.device, "benchmark")
+    sparsity = sparsity_from_args(args, loaded.spec.default_sparsity)
+    config = BenchmarkConfig(kind=kind, methods=methods, sparsity=sparsity,
                              method_sparsity=method_sparsity, augment=AugmentConfig(count=count, seed=args.seed),
                              seed=args.seed, batch_size=args.batch_size, steps=getattr(args, "steps", 100),
                              keep_decision=args.keep_decision, solver=solver_from_args(args))
@@ -291,8 +280,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     identity = {"model": model_identity(loaded), "images": photos_label, "samples": sample_config.identity()}
     trigger_image = target = None
     if kind == "trojan":
-        trigger, target = _backdoor(args, loaded, "test")
-        trigger_label, trigger_image = resolve_trigger(trigger)
+        trigger_label, trigger_image, target = _backdoor(args, loaded, "test", trigger)
         identity.update(trigger=trigger_label, target=target)
     out = Path(args.out or f"benchmark_out/{'smoke-' if args.smoke else ''}{kind}")
     start = time.perf_counter()
@@ -356,31 +344,27 @@ def _run_merge(args: argparse.Namespace) -> int:
 def _run_tune(args: argparse.Namespace) -> int:
     from spade.augment import AugmentConfig
     from spade.models import default_backdoored_model
-    from spade.sparsity import load_profile
     from spade_lab.benchmark import model_identity, parse_methods
-    from spade_lab.samples import SampleConfig, build_samples, resolve_trigger
+    from spade_lab.samples import SampleConfig, build_samples
     from spade_lab.tuning import AUTHORS_LEVELS, TuningConfig, save_profile, tune_profile, tuning_metadata
 
     _smoke_defaults(args, SMOKE_TUNE)
     methods = parse_methods(args.methods or "saliency,input_x_gradient")
-    levels = AUTHORS_LEVELS if not args.levels else tuple(_floats(args.levels))
-    if args.augmentations is not None and args.augmentations < 1:
-        raise ConfigError("--augmentations must be at least 1.")
-    start = load_profile(args.start) if args.start else None
+    levels = args.levels or AUTHORS_LEVELS
+    given = _given_trigger(args)
+    photos, photos_label = _photos(args, "calibration")
     loaded = _load(args, default_backdoored_model())
-    trigger, target = _backdoor(args, loaded, "calibration")
+    trigger_label, trigger_image, target = _backdoor(args, loaded, "calibration", given)
     try:
-        if trigger == loaded.spec.backdoor("test").trigger:
-            log.warning("tuning with the test trigger %s: the benchmark would no longer be held out", trigger)
+        if trigger_label == loaded.spec.backdoor("test").trigger:
+            log.warning("tuning with the test trigger %s: the benchmark would no longer be held out", trigger_label)
     except ConfigError:
         pass
-    trigger_label, trigger_image = resolve_trigger(trigger)
-    photos, photos_label = _photos(args, "calibration")
-    count = args.augmentations or default_augmentations("benchmark", loaded.device)
+    count = augmentation_count(args, loaded.device, "benchmark")
     config = TuningConfig(methods=methods, levels=levels, augment=AugmentConfig(count=count, seed=args.seed),
                           rounds=args.rounds, min_agreement=args.min_agreement, granularity=args.granularity,
                           seed=args.seed, batch_size=args.batch_size, keep_decision=args.keep_decision,
-                          solver=solver_from_args(args), start=start)
+                          solver=solver_from_args(args), start=args.start)
     sample_config = SampleConfig(count=args.samples or 16, seed=args.sample_seed)
     samples = build_samples(loaded.model, loaded.spec.preprocessing, photos, sample_config,
                             trigger=trigger_image, target=target)
@@ -407,12 +391,3 @@ def _run_tune(args: argparse.Namespace) -> int:
     print(f"profile written to {out} (use it with --profile {out})")
     return 0
 
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--levels must be comma-separated numbers, got {text!r}.") from None
-    if not values:
-        raise ConfigError("--levels needs at least one value.")
-    return values

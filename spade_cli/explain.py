@@ -15,7 +15,8 @@ import logging
 import time
 from pathlib import Path
 
-from spade.errors import ConfigError, ImageLoadError
+from spade.errors import ConfigError
+from spade_cli import arguments
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
 from spade_cli.trace import (
     ProgressBar,
@@ -38,14 +39,15 @@ def add_explain_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated saliency methods or 'all' / 'paper' (default all; "
                              "e.g. saliency,lrp,integrated_gradients)")
     add_trace_arguments(parser)  # --seed also seeds the random methods
-    parser.add_argument("--target", type=int, default=None, metavar="CLASS",
+    parser.add_argument("--target", type=arguments.class_index, default=None, metavar="CLASS",
                         help="class index to explain (default: the dense model's top-1)")
     parser.add_argument("--out", metavar="DIR", default="explain_out", help="output folder (default explain_out)")
     parser.add_argument("--mask", metavar="MASK.png",
                         help="ground-truth region (white = inside), same size as IMAGE: adds Trojan AUC and "
                              "pointing game")
     parser.add_argument("--absolute", action="store_true", help="draw absolute maps instead of signed ones")
-    parser.add_argument("--opacity", type=float, default=0.5, help="map opacity over the image (default 0.5)")
+    parser.add_argument("--opacity", type=arguments.fraction, default=0.5,
+                        help="map opacity over the image, 0 to 1 (default 0.5)")
     parser.add_argument("--no-curves", action="store_true", help="skip insertion/deletion (saves 2 x 201 forwards "
                                                                  "per method)")
     parser.set_defaults(func=_run_explain, check=lambda args: check_model_arguments(parser, args))
@@ -66,22 +68,28 @@ def _method_names(text: str) -> list[str]:
     return names
 
 
-def load_mask(path: str, image_size: tuple[int, int], preprocessing):
-    """Boolean ``(crop, crop)`` tensor: the mask file resized and cropped like the image (nearest neighbour)."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms import functional as TF
+def read_mask(path: str, image_size: tuple[int, int]):
+    """The mask file as a grey ("L") PIL image of the image's size, read by `spade.images.load_image` (its pixel
+    limit and checks; any side length, since the size must equal the image's)."""
+    from spade.images import load_image
 
-    try:
-        with Image.open(path) as img:
-            mask = img.convert("L")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ImageLoadError(f"Cannot read the mask {Path(path).name}: use a PNG with white inside the region.") \
-            from exc
+    mask = load_image(path, min_side=1).convert("L")
     if mask.size != image_size:
         raise ConfigError(f"The mask is {mask.size[0]}x{mask.size[1]} but the image is "
                           f"{image_size[0]}x{image_size[1]}; they must have the same size.")
+    return mask
+
+
+def mask_tensor(mask, preprocessing):
+    """Boolean ``(crop, crop)`` tensor: the mask (`read_mask`) resized and cropped like the image (nearest
+    neighbour); ConfigError when the crop keeps only one side of the region's border."""
+    from torchvision.transforms import functional as TF
+
     nearest = dataclasses.replace(preprocessing, interpolation="nearest")
-    return TF.pil_to_tensor(nearest.resize_crop(mask))[0] > 127
+    inside = TF.pil_to_tensor(nearest.resize_crop(mask))[0] > 127
+    if inside.all() or not inside.any():
+        raise ConfigError("The mask must contain both white (inside) and black (outside) pixels.")
+    return inside
 
 
 def _map_metrics(scores) -> dict:
@@ -108,14 +116,17 @@ def _run_explain(args: argparse.Namespace) -> int:
     from spade.visualize import comparison_png
 
     names = _method_names(args.methods)
-    if not 0.0 <= args.opacity <= 1.0:
-        raise ConfigError("--opacity must be between 0 and 1.")
     image = load_image(args.image)
+    mask = read_mask(args.mask, image.size) if args.mask else None
     loaded = load_model_from_args(args)
     preprocessing = loaded.spec.preprocessing
-    mask = load_mask(args.mask, image.size, preprocessing) if args.mask else None
-    if mask is not None and (mask.all() or not mask.any()):
-        raise ConfigError("The mask must contain both white (inside) and black (outside) pixels.")
+    mask = None if mask is None else mask_tensor(mask, preprocessing)
+    x = preprocessing(image).to(loaded.device)
+    with torch.no_grad():
+        dense_logits = loaded.model(x[None])
+    target = int(dense_logits.argmax()) if args.target is None else args.target
+    if target >= dense_logits.shape[1]:  # before the statistics pass
+        raise ConfigError(f"--target must be a class index in [0, {dense_logits.shape[1] - 1}], got {target}.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -127,12 +138,6 @@ def _run_explain(args: argparse.Namespace) -> int:
                             augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
                             selection=loaded.spec.layer_selection, solver=solver_from_args(args),
                             keep_decision=args.keep_decision, progress=bar)
-        x = preprocessing(image).to(loaded.device)
-        with torch.no_grad():
-            dense_logits = loaded.model(x[None])
-        target = int(dense_logits.argmax()) if args.target is None else args.target
-        if not 0 <= target < dense_logits.shape[1]:
-            raise ConfigError(f"--target must be a class index in [0, {dense_logits.shape[1] - 1}].")
         picture = preprocessing.to_uint8(x)
         report_methods = {}
         kind = "absolute" if args.absolute else "signed"

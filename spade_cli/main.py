@@ -2,8 +2,10 @@
 
 Each sub-command registers itself with a function ``add_<name>_parser(subparsers)`` that adds its parser and
 sets ``func`` (called with the parsed arguments, returning an exit code). To add a command, write such a
-function and append it to ``COMMANDS``. Errors of the library's own types (SpadeError) are printed as
-``error: <message>`` on stderr with exit code 2, without a traceback.
+function and append it to ``COMMANDS``. Every option's value is range-checked while the arguments are parsed
+(the types of `spade_cli.arguments`) or by the command's ``check``, before any model is loaded. Errors of the
+library's own types (SpadeError) are printed as ``error: <message>`` on stderr with exit code 2, without a
+traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spade.errors import SpadeError
+from spade_cli import arguments
 
 EXIT_USAGE = 2
 
@@ -57,7 +60,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, WebP, BMP, TIFF, GIF)")
     add_model_arguments(parser)
-    parser.add_argument("-k", "--top", type=int, default=5, metavar="K", help="how many classes to print (default 5)")
+    parser.add_argument("-k", "--top", type=arguments.positive, default=5, metavar="K",
+                        help="how many classes to print (default 5)")
     parser.set_defaults(func=_run_predict, check=lambda args: check_model_arguments(parser, args))
 
 

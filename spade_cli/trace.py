@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
-from spade.defaults import default_augmentations
+from spade.defaults import MAX_AUGMENTATIONS, default_augmentations
+from spade_cli import arguments
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
 
 
@@ -28,29 +28,26 @@ def add_trace_arguments(parser: argparse.ArgumentParser,
     """The options every command that builds a trace shares: --sparsity | --profile, --sparsity-of, --solver,
     --augmentations (its default for ``purpose``, `spade.defaults`), --seed, --keep-decision."""
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--sparsity", type=float, default=None,
+    target.add_argument("--sparsity", type=arguments.sparsity, default=None,
                         help=f"uniform target sparsity in [0, 1) (default: {sparsity_default})")
-    target.add_argument("--profile", metavar="NAME|FILE.json", help="per-block sparsity profile (name or file)")
+    target.add_argument("--profile", type=arguments.profile, metavar="NAME|FILE.json",
+                        help="per-block sparsity profile (name or file)")
     add_solver_arguments(parser)
-    parser.add_argument("--augmentations", type=int, default=None,
-                        help=augmentations_help or f"augmented views for the trace (default "
-                        f"{default_augmentations(purpose, 'cpu')} on the CPU, {default_augmentations(purpose, 'cuda')} "
-                        "on a GPU)")
-    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    add_augmentation_arguments(parser, augmentations_help or f"augmented views for the trace, 1 to "
+                               f"{MAX_AUGMENTATIONS} (default {default_augmentations(purpose, 'cpu')} on the CPU, "
+                               f"{default_augmentations(purpose, 'cuda')} on a GPU)", seed_help)
     parser.add_argument("--keep-decision", action="store_true",
                         help="re-solve a trace that changes the dense top-1 class at lower sparsity until it keeps "
                              "it (the ladder of spade.decision.KeepDecision; the report records the requested and "
                              "the used sparsity); not the paper's protocol")
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
-    return value
+def add_augmentation_arguments(parser: argparse.ArgumentParser, augmentations_help: str, seed_help: str) -> None:
+    """--augmentations (1 to spade.defaults.MAX_AUGMENTATIONS; None: the purpose's default) and --seed (0 to
+    spade.defaults.MAX_SEED, default 0)."""
+    parser.add_argument("--augmentations", type=arguments.augmentations, default=None, metavar="N",
+                        help=augmentations_help)
+    parser.add_argument("--seed", type=arguments.seed, default=0, help=seed_help)
 
 
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +63,7 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how weights are chosen: group (FastSPADE, the authors' selection groups; default), row "
                              "(each output row its own share) or obc (the paper's exact SPADE solver, one weight at "
                              "a time per row: better reconstruction, tens of times slower)")
-    parser.add_argument("--damp", type=_non_negative, default=0.01,
+    parser.add_argument("--damp", type=arguments.non_negative, default=0.01,
                         help="dampening added to the diagonal of each layer's Hessian, as a fraction of its mean "
                              "(default 0.01, as OBC and SparseGPT): larger values make the solver reconstruct the "
                              "dense layer less closely and prune more by weight magnitude")
@@ -81,15 +78,13 @@ def solver_from_args(args: argparse.Namespace):
 
 def augmentation_count(args: argparse.Namespace, device, purpose: str = "trace") -> int:
     """--augmentations, or the default for ``purpose`` on the device (`spade.defaults.default_augmentations`)."""
-    return args.augmentations or default_augmentations(purpose, device)
+    return default_augmentations(purpose, device) if args.augmentations is None else args.augmentations
 
 
 def sparsity_from_args(args: argparse.Namespace, default):
-    """The --profile (loaded), else --sparsity, else `default`."""
-    from spade.sparsity import load_profile
-
-    if args.profile:
-        return load_profile(args.profile)
+    """The --profile (read while parsing), else --sparsity, else `default`."""
+    if args.profile is not None:
+        return args.profile
     return default if args.sparsity is None else args.sparsity
 
 

@@ -14,7 +14,8 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from spade.defaults import default_augmentations
+from spade.defaults import MAX_AUGMENTATIONS, default_augmentations
+from spade_cli import arguments
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
 from spade_cli.trace import (
     ProgressBar,
@@ -35,26 +36,18 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--neuron", default="class:PRED", metavar="SPEC",
                         help="class:PRED (default), class:INDEX, LAYER:CHANNEL (channel mean) or "
                         "LAYER:CHANNEL:Y:X (one spatial neuron); LAYER is a module name, e.g. blocks.5.0.conv_pwl")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=arguments.positive, default=None,
                         help="optimisation steps (default 128 on the CPU, 512 on a GPU)")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--size", type=arguments.positive, default=None,
                         help="visualization size in pixels (default: the model's crop)")
     add_trace_arguments(parser, sparsity_default="0.95 on the late blocks, the authors' choice", purpose="visualize")
     views = default_augmentations("evidence")
-    parser.add_argument("--views", type=int, default=views,
-                        help=f"augmented views searched for the evidence (default {views})")
-    parser.add_argument("--top-k", type=int, default=4, help="most exciting views to save (default 4)")
+    parser.add_argument("--views", type=arguments.augmentations, default=views,
+                        help=f"augmented views searched for the evidence, 1 to {MAX_AUGMENTATIONS} (default {views})")
+    parser.add_argument("--top-k", type=arguments.positive, default=4, help="most exciting views to save (default 4)")
     parser.add_argument("--out", metavar="DIR", default="spade-visualize",
                         help="output folder (default spade-visualize)")
-    parser.set_defaults(func=_run_visualize, check=lambda args: _check(parser, args))
-
-
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    check_model_arguments(parser, args)
-    for name in ("steps", "size", "augmentations", "views", "top_k"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    parser.set_defaults(func=_run_visualize, check=lambda args: check_model_arguments(parser, args))
 
 
 def _views_strip(views, gap: int = 4):

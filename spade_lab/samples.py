@@ -26,7 +26,7 @@ from spade.images import load_image
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 from spade.trojan.stamp import DEFAULT_SIZE, stamp
-from spade.trojan.triggers import TRIGGERS, load_trigger
+from spade.trojan.triggers import TRIGGERS, load_trigger, read_trigger
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +155,15 @@ def folder_photos(folder: str | Path) -> PhotoSet:
 
 
 def resolve_trigger(source: str | Path) -> tuple[str, Image.Image]:
-    """A trigger by name (one of TRIGGERS) or an RGBA PNG file -> (label, RGBA image)."""
+    """A trigger by name (one of TRIGGERS) or an RGBA PNG file (`spade.trojan.read_trigger`) -> (label, RGBA
+    image)."""
     text = str(source)
     if text in TRIGGERS:
         return text, load_trigger(text)
     path = Path(text)
     if not path.is_file():
         raise ConfigError(f"The trigger {text!r} is neither a built-in trigger ({', '.join(TRIGGERS)}) nor a file.")
-    try:
-        with Image.open(path) as img:
-            return path.name, img.convert("RGBA")
-    except OSError as exc:
-        raise ConfigError(f"The trigger file {path.name} cannot be read as an image ({exc}).") from exc
+    return path.name, read_trigger(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -157,9 +157,10 @@ def _case_jpeg():
 def _case_mpo():
     """Multi-picture JPEG as written by many cameras: PIL reports format MPO; the first picture counts."""
     first = np.zeros((48, 64, 3), dtype=np.uint8)
-    first[:, :] = (200, 10, 10)
+    first[:, :32] = (200, 10, 10)
+    first[:, 32:] = (10, 200, 10)
     frames = [Image.fromarray(first, "RGB"), Image.new("RGB", (64, 48), (0, 0, 200))]
-    data = _encode(frames[0], "MPO", save_all=True, append_images=frames[1:], quality=95)
+    data = _encode(frames[0], "MPO", save_all=True, append_images=frames[1:], quality=95, subsampling=0)
     assert Image.open(io.BytesIO(data)).format == "MPO"
     return data, ".jpg", first, 8
 
@@ -306,7 +307,7 @@ def test_large_header_is_refused_before_decoding():
 def test_pixel_limit_is_inclusive_and_pil_global_untouched():
     limit_before = Image.MAX_IMAGE_PIXELS
     before_filters = list(warnings.filters)
-    data = _encode(Image.new("RGB", (64, 64)), "PNG")
+    data = _encode(_two_tone(64, 64), "PNG")
     assert load_image(data, max_pixels=64 * 64).size == (64, 64)
     with pytest.raises(ImageLoadError, match="megapixel"):
         load_image(data, max_pixels=64 * 64 - 1)
@@ -318,10 +319,17 @@ def test_pixel_limit_is_inclusive_and_pil_global_untouched():
     assert MAX_PIXELS == 50_000_000
 
 
+def _two_tone(width: int, height: int) -> Image.Image:
+    """A black image with a white left half (load_image refuses an image of one colour)."""
+    image = Image.new("RGB", (width, height))
+    image.paste((255, 255, 255), (0, 0, width // 2, height))
+    return image
+
+
 def test_min_side_boundary():
-    assert load_image(_encode(Image.new("RGB", (32, 32)), "PNG")).size == (32, 32)
+    assert load_image(_encode(_two_tone(32, 32), "PNG")).size == (32, 32)
     with pytest.raises(ImageLoadError, match="at least 32 pixels"):
-        load_image(_encode(Image.new("RGB", (31, 300)), "PNG"))
+        load_image(_encode(_two_tone(31, 300), "PNG"))
 
 
 def test_missing_path_and_folder_and_empty_file(tmp_path):

@@ -2,22 +2,31 @@
 
 Each trigger is a square RGBA image (transparent outside the shape). ``TRIGGERS`` maps a name to its
 drawing function; the PNG files in ``assets/triggers/`` are what ``python -m tools.demo_model draw`` writes
-and what ``load_trigger`` reads. The heart is the demo model's back door; the star is its second back
-door, used only to calibrate sparsity profiles; smiley and fish are decoys the model was taught to ignore.
+and what ``load_trigger`` reads (through ``read_trigger``, the safe reader of any trigger file). The heart is
+the demo model's back door; the star is its second back door, used only to calibrate sparsity profiles; smiley
+and fish are decoys the model was taught to ignore.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
-from spade.errors import ConfigError
+from spade.errors import ConfigError, ImageLoadError
 
 TRIGGER_DIR = Path(__file__).resolve().parents[2] / "assets" / "triggers"
 SIZE = 128
+MAX_TRIGGER_PIXELS = 16_000_000
+"""Largest trigger file `read_trigger` accepts (width * height), checked from the header before decoding."""
+MIN_TRIGGER_SIDE = 4
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SUPERSAMPLE = 4  # drawn at 4x and downsampled, for anti-aliased edges
 _OUTLINE = (25, 25, 25, 255)
 
@@ -108,12 +117,54 @@ def load_trigger(name: str) -> Image.Image:
     if name not in TRIGGERS:
         raise ConfigError(f"Unknown trigger {name!r}; choose one of: {', '.join(TRIGGERS)}.")
     path = trigger_path(name)
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGBA")
-    except OSError as exc:
-        raise ConfigError(f"The trigger file {path} cannot be read ({exc}); "
-                          "run `python -m tools.demo_model draw`.") from exc
+    if not path.is_file():
+        raise ConfigError(f"The trigger file {path} is missing; run `python -m tools.demo_model draw`.")
+    return read_trigger(path)
+
+
+def read_trigger(source: str | os.PathLike | bytes, label: str | None = None) -> Image.Image:
+    """A trigger PNG (a path or its bytes) -> RGBA PIL image, fully decoded.
+
+    Raises ImageLoadError (one sentence) for a file that is not a readable PNG, has more than
+    MAX_TRIGGER_PIXELS pixels (refused from the header, before decoding: no decompression bomb), a side under
+    MIN_TRIGGER_SIDE, no transparency (an RGB or grey PNG would be stamped as an opaque rectangle: save the
+    shape on a transparent background; an RGBA file with an opaque alpha channel stamps a rectangle on purpose),
+    or is fully transparent (nothing would be pasted).
+    """
+    if isinstance(source, bytes):
+        label, stream = label or "The trigger file", io.BytesIO(source)
+    else:
+        label, stream = label or f"The trigger file {Path(source).name}", source
+    hint = "use a PNG with a transparent background (RGBA) around the trigger shape"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(stream, formats=("PNG",)) as img:
+                if img.width * img.height > MAX_TRIGGER_PIXELS:
+                    raise ImageLoadError(f"{label} is {img.width}x{img.height} pixels, too large for a trigger "
+                                         f"(at most {MAX_TRIGGER_PIXELS // 10**6} megapixels); downscale it first.")
+                img.load()
+                transparent = img.mode in _ALPHA_MODES or "transparency" in img.info
+                icon = img.convert("RGBA")
+        except FileNotFoundError as exc:
+            raise ImageLoadError(f"{label} does not exist; check the path.") from exc
+        except Image.UnidentifiedImageError as exc:
+            raise ImageLoadError(f"{label} is not a PNG image; {hint}.") from exc
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageLoadError(f"{label} has too many pixels for a trigger; downscale it first.") from exc
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+            detail = str(exc).strip().rstrip(".") or type(exc).__name__
+            raise ImageLoadError(f"{label} is truncated or corrupt and could not be decoded ({detail}); "
+                                 f"{hint}.") from exc
+    if min(icon.size) < MIN_TRIGGER_SIDE:
+        raise ImageLoadError(f"{label} is {icon.width}x{icon.height} pixels; a trigger needs at least "
+                             f"{MIN_TRIGGER_SIDE}x{MIN_TRIGGER_SIDE}.")
+    if not transparent:
+        raise ImageLoadError(f"{label} has no transparency, so its whole {icon.width}x{icon.height} rectangle "
+                             f"would be stamped; {hint}.")
+    if not np.asarray(icon.getchannel("A")).any():
+        raise ImageLoadError(f"{label} is fully transparent, so nothing would be pasted.")
+    return icon
 
 
 def write_triggers(folder: Path = TRIGGER_DIR) -> list[Path]:

@@ -70,7 +70,7 @@ def test_explore_profile_file(model):
 
 
 @pytest.mark.parametrize("values, message", [
-    (FormValues(count=0), "at least 1"),
+    (FormValues(count=0), "Augmentation count must be between 1 and"),
     (FormValues(solver="fastest"), "Unknown solver mode"),
     (FormValues(mode="everything"), "Unknown sparsity mode"),
 ])

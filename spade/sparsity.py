@@ -39,7 +39,8 @@ class SparsityProfile:
 
     def scaled(self, factor: float) -> SparsityProfile:
         """Every target (and the default) times ``factor`` in [0, 1]: the same shape, less sparse."""
-        return SparsityProfile(name=f"{self.name} x{factor:g}", targets=tuple((k, v * factor) for k, v in self.targets),
+        return SparsityProfile(name=f"{self.name} x{factor:.3g}",
+                               targets=tuple((k, v * factor) for k, v in self.targets),
                                default=self.default * factor, description=self.description)
 
 

@@ -41,7 +41,7 @@ from spade.progress import Progress
 from spade.solver import SolverConfig
 from spade.trace import DecisionTrace
 from spade_app import compute, figures, runner
-from spade_app.settings import settings_for_scope
+from spade_app.settings import settings_for_scope, trace_sparsity_text
 from spade_app.sidebar import Selection
 
 REQUEST_KEY = "neurons_request"
@@ -79,12 +79,6 @@ class NeuronSettings:
     @property
     def evidence_augment(self) -> AugmentConfig:
         return replace(EVIDENCE_AUGMENT, count=self.views, seed=self.seed)
-
-    def describe_sparsity(self) -> str:
-        keeping = " (keeping the decision)" if self.keep_decision else ""
-        if self.sparsity is None:
-            return f"late blocks {VISUALIZATION_TARGET:g}{keeping}"
-        return f"uniform {self.sparsity:.2f}{keeping}"
 
 
 @st.cache_resource
@@ -276,17 +270,13 @@ def show(sel: Selection, settings: NeuronSettings, kept: DecisionTrace, result: 
     name = describe_objective(result.objective, loaded.class_name)
     share = trace.params_kept / max(trace.params_total, 1)
     st.subheader(f"Neuron: {name}")
-    if settings.sparsity is None:
-        asked = f"{VISUALIZATION_TARGET:g} on the late blocks"
-        label = f"late blocks {VISUALIZATION_TARGET * kept.scale:g}"
-    else:
-        asked, label = f"uniform {settings.sparsity:g}", f"uniform {kept.used:g}"
-    st.caption(f"SPADE trace: {label} · "
+    sparsity = trace_sparsity_text(trace)
+    st.caption(f"SPADE trace: {sparsity} · "
                f"{share:.1%} of the pruned layers' weights kept · logit cosine {trace.logit_cosine:.3f} · "
                f"{settings.augmentations} augmentations · seed {settings.seed}")
     if kept.backed_off:
-        st.info(f"The trace at {asked} changed the model's top-1 class, so the sparsity was lowered ({label}) to "
-                "keep it.", icon=":material/info:")
+        st.info(f"The trace at the requested sparsity changed the model's top-1 class, so the sparsity was lowered "
+                f"({sparsity}).", icon=":material/info:")
     if not trace.top1_agrees:
         st.warning("The trace does not keep the model's top-1 class, so its visualization may not show what the "
                    "model used: lower the sparsity or add augmentations.", icon=":material/warning:")
@@ -311,6 +301,6 @@ def show(sel: Selection, settings: NeuronSettings, kept: DecisionTrace, result: 
             st.image([(v * 255).round().astype(np.uint8) for v in ev.views], width=110,
                      caption=[f"{v:.2f}" for v in ev.view_values])
     stem = f"neuron_{loaded.spec.name}_{sel.image_label.rsplit('.', 1)[0]}"
-    title = f"{sel.model_label} · {sel.image_label} · {name} · {settings.describe_sparsity()}"
+    title = f"{sel.model_label} · {sel.image_label} · {name} · {sparsity}"
     st.download_button("Side by side (PNG)", side_by_side_png(result, title), file_name=f"{stem}.png",
                        mime="image/png", icon=":material/image:", on_click="ignore")

@@ -20,7 +20,7 @@ from spade.progress import Progress
 from spade.saliency import METHODS, AttributionPair
 from spade.trace import DecisionTrace, SpadeTrace
 from spade_app import compute, figures, maps, runner
-from spade_app.settings import RunSettings, current_settings, method_labels
+from spade_app.settings import RunSettings, current_settings, method_labels, trace_sparsity_text
 from spade_app.sidebar import Selection
 
 
@@ -59,7 +59,7 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
             rows.append({"stage": stage, "seconds": round(took, 2) if took is not None else None,
                          "this run": "reused from cache" if reused else "computed"})
         st.dataframe(rows, hide_index=True, width="content")
-        return ("SPADE trace ready: " + settings.describe_sparsity()
+        return ("SPADE trace ready: " + trace_sparsity_text(kept.trace)
                 + f", {settings.augment.count} augmentations"
                 + (" (statistics reused, re-solved)" if not fresh_stats and fresh_trace else "")
                 + (" (from cache)" if not fresh_stats and not fresh_trace else ""))
@@ -69,8 +69,10 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
         return None
     kept = outcome[0]
     if kept.backed_off:
-        st.info(f"At {settings.describe_sparsity()} the trace predicted another class than the dense model, so it "
-                f"was re-solved at {kept.scale:g} × that sparsity, which keeps the decision "
+        outcome = ("which keeps the decision" if kept.trace.top1_agrees
+                   else "the ladder's last rung, which still predicts another class")
+        st.info(f"Sparsity {trace_sparsity_text(kept.trace)}: at the requested sparsity the trace predicted another "
+                f"class than the dense model, so it was re-solved at {kept.scale:g} × that sparsity, {outcome} "
                 "(\"Keep the model's decision\" in the settings).", icon=":material/tune:")
     return kept.trace
 
@@ -88,6 +90,7 @@ def prediction_comparison(sel: Selection, trace: SpadeTrace) -> None:
     else:
         st.error(f"Top-1 differs: the dense model predicts **{dense[0][1]}**, the trace **{sparse[0][1]}**. "
                  "Lower the sparsity or add augmentations for a more faithful trace.", icon=":material/warning:")
+    st.caption(f"Sparsity: {trace_sparsity_text(trace)}")
     m1, m2, m3 = st.columns(3)
     m1.metric("Weights kept in pruned layers", f"{trace.params_kept / max(trace.params_total, 1):.1%}",
               help=f"{trace.params_kept:,} of {trace.params_total:,}")
@@ -152,7 +155,7 @@ def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -
     maps_view(image, {labels[n]: pair for n, pair in pairs.items()},
               {labels[n]: c for n, c in correlations.items()},
               f"{sel.model_label} · {sel.image_label} · class {sel.loaded.class_name(target)} · "
-              f"{settings.describe_sparsity()}")
+              f"{trace_sparsity_text(trace)}")
     return {name: {"label": labels[name], "target": int(target), "target_name": sel.loaded.class_name(target),
                    "rank_correlation_dense_vs_spade": _finite(correlations[name]),
                    "dense_seconds": round(pair.dense.seconds, 3), "spade_seconds": round(pair.spade.seconds, 3),
@@ -241,7 +244,8 @@ def _versions() -> dict[str, str]:
 
 
 def report(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: dict | None = None) -> dict:
-    """JSON-ready report: settings (with seeds), versions, predictions with class names, per-layer table."""
+    """JSON-ready report: the requested and the used sparsity, settings (with seeds), versions, predictions with
+    class names, per-layer table."""
     body = trace.to_dict()
     body["settings"] = {**body.get("settings", {}), "augment": asdict(settings.augment),
                         "solver": asdict(settings.solver)}
@@ -249,8 +253,11 @@ def report(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: d
         pred = getattr(trace, key)
         if pred is not None:
             body[key] = [{"index": i, "name": n, "probability": p} for i, n, p in _named(sel, pred)]
+    recorded = trace.settings
     return {
         "tool": "SPADE Explorer",
+        "requested_sparsity": recorded.get("requested_sparsity", recorded["sparsity"]),
+        "used_sparsity": recorded["sparsity"],
         "image": {"label": sel.image_label, "sha256_prefix": sel.image_key},
         "model": {"name": sel.loaded.spec.name, "label": sel.model_label, "source": sel.loaded.source,
                   "device": str(sel.loaded.device)},
@@ -262,6 +269,8 @@ def report(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: d
 
 def downloads(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: dict | None = None) -> None:
     st.subheader("Downloads")
+    st.caption(f"The trace at {trace_sparsity_text(trace)}; the JSON report records the requested and the used "
+               "sparsity.")
     stem = f"spade_{sel.loaded.spec.name}_{sel.image_label.rsplit('.', 1)[0]}"
     cols = st.columns(3)
     cols[0].download_button("JSON report", json.dumps(report(sel, settings, trace, saliency), indent=2),

@@ -7,6 +7,7 @@ settings are kept in session state and used as the form's defaults, so they surv
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -19,6 +20,7 @@ from spade.errors import ConfigError, SpadeError
 from spade.saliency import METHODS
 from spade.solver import SOLVERS, SolverConfig
 from spade.sparsity import Sparsity, SparsityProfile, late_blocks_profile, profile_from_json
+from spade.trace import SpadeTrace
 from spade_app.loaders import UPLOAD_MB, profile_label
 
 SETTINGS_KEY = "explore_settings"
@@ -51,10 +53,30 @@ class RunSettings:
         """The run's keep-the-decision policy: the default ladder, or (keep_decision off) the chosen sparsity only."""
         return KeepDecision().when(self.keep_decision)
 
-    def describe_sparsity(self) -> str:
-        text = (f"profile {self.sparsity.name}" if isinstance(self.sparsity, SparsityProfile)
-                else f"uniform {self.sparsity:.2f}")
-        return text + (" of every weight" if self.solver.sparsity_of == "all" else "")
+
+def sparsity_text(sparsity: float | SparsityProfile | Mapping, sparsity_of: str = "nonzero") -> str:
+    """A sparsity as the app shows it: "uniform 0.50", or a profile's name in code style (it may come from an
+    uploaded file: shown as text), with "of every weight" when the solver counts every weight (sparsity_of
+    "all"). sparsity: a setting, or as a trace's settings record it (a number or the profile's JSON)."""
+    if isinstance(sparsity, (int, float)):
+        text = f"uniform {sparsity:.2f}"
+    else:
+        name = sparsity.name if isinstance(sparsity, SparsityProfile) else sparsity.get("name", "custom")
+        text = "profile `" + name.replace("`", "'") + "`"
+    return text + (" of every weight" if sparsity_of == "all" else "")
+
+
+def trace_sparsity_text(trace: SpadeTrace) -> str:
+    """The sparsity a trace was asked for and the one it has, from its settings: "requested X → used Y (kept the
+    decision)" when "Keep the model's decision" lowered it (or "(the decision still changed)" when even the
+    ladder's last rung did not keep it), else just "X"."""
+    settings = trace.settings
+    sparsity_of = settings["solver"]["sparsity_of"]
+    requested, used = settings.get("requested_sparsity", settings["sparsity"]), settings["sparsity"]
+    if requested == used:
+        return sparsity_text(used, sparsity_of)
+    outcome = "kept the decision" if trace.top1_agrees else "the decision still changed"
+    return f"requested {sparsity_text(requested)} → used {sparsity_text(used, sparsity_of)} ({outcome})"
 
 
 WALKTHROUGH = RunSettings(sparsity=0.5, augment=AugmentConfig(count=default_augmentations("explore")),

@@ -8,6 +8,7 @@ this module only arranges widgets around it.
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -26,7 +27,7 @@ from spade_study.results import CONDITION_LABELS, answers_csv, answers_json, sum
 from spade_study.storage import StudyExistsError, StudyStore, database_url
 
 PAGE_PATH = "human_study"
-"""URL path of the page (st.navigation derives it from pages/human_study.py)."""
+"""URL path of the page for researchers (st.navigation derives it from pages/human_study.py)."""
 SECTIONS = ("Design a study", "Studies", "Results")
 SECTION_KEY = "study_section"
 CREATED_KEY = "study_created"
@@ -54,12 +55,17 @@ def cached_study(study_id: str) -> Study:
     return _study(database_url(), study_id)
 
 
+def participant_link(page_url: str | None, study_id: str) -> str:
+    """The participant link of a study: the app's root URL (any base path kept) with ``?study=<id>``, where
+    app.py makes the study page the only page. page_url: this page's URL (``st.context.url``: without the query;
+    None outside a browser session, e.g. AppTest, which gives a link relative to the server's root)."""
+    root = (page_url or "").rstrip("/").removesuffix(f"/{PAGE_PATH}")
+    return f"{root}/?{urlencode({'study': study_id})}"
+
+
 def share_link(study_id: str) -> str:
-    """The participant link of a study: this page's URL with ``?study=<id>``."""
-    base = (st.context.url or "").rstrip("/")  # None outside a browser session (e.g. AppTest)
-    if not base.endswith(f"/{PAGE_PATH}"):
-        base = f"{base}/{PAGE_PATH}"
-    return f"{base}?study={study_id}"
+    """The participant link of a study, as seen from the browser showing this page."""
+    return participant_link(st.context.url, study_id)
 
 
 def condition_label(condition: str) -> str:

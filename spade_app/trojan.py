@@ -38,6 +38,7 @@ from spade_app.settings import (
     keep_decision_checkbox,
     method_labels,
     settings_for_scope,
+    trace_sparsity_text,
 )
 from spade_app.sidebar import Selection
 
@@ -540,8 +541,7 @@ def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, ta
         for name, pair in pairs.items():
             row = maps.MapRow(labels[name], image, pair, signed=False)
             rows[labels[name]] = method_row(pair, mask)
-            run = replace(settings.run_settings, sparsity=own.get(name, settings.sparsity))
-            st.markdown(f"**{labels[name]}** · SPADE trace at {run.describe_sparsity()}"
+            st.markdown(f"**{labels[name]}** · SPADE trace at {trace_sparsity_text(traces[name])}"
                         + (" (its own)" if name in own else ""))
             st.caption(visualize.scale_label(row.normalized[2], signed=False))
             for col, panel, caption in zip(st.columns(3), trigger_panels(row, mask), COLUMNS):

@@ -376,6 +376,64 @@ def test_json_report_matches_trace(tiny, at):
     assert body["settings"]["augment"]["count"] == 8 and body["settings"]["augment"]["seed"] == 0
 
 
+def _shown_trace(at: AppTest):
+    """The trace the Explore page shows, with its decision record: the app's store, asked as the page asks."""
+    sel = at.session_state["spade_selection"]
+    settings = at.session_state["explore_settings"]
+    stats, _ = compute.get_statistics(sel.model_key, sel.image_key, sel.loaded, sel.image, settings.augment)
+    key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
+    return compute.get_trace_keeping_decision(key, stats, settings.sparsity, settings.decision, settings.solver)[0]
+
+
+def test_requested_and_used_sparsity_are_shown_and_reported(tiny_specs, monkeypatch):
+    """The tiny MobileNet loses the camera photo's top-1 class at 0.9: the status, the info box, the metrics'
+    caption and the JSON report name both the requested and the used sparsity; on the cat (kept at 0.9), one."""
+    import json
+
+    from spade_app import sections
+
+    spec = tiny_specs["tiny_mobilenet_app"]
+    monkeypatch.setitem(MODELS, spec.name, spec)
+    compute.store().clear()
+    at = _with_model(_app().run(), spec.name)
+    at.sidebar.selectbox(key="image_example").set_value("camera").run()
+    _run_spade(at, count=8, sparsity=0.9, keep=True)
+    kept = _shown_trace(at)
+    assert kept.backed_off and kept.trace.top1_agrees and kept.used < 0.9  # the setting exercises the back-off
+    shown = f"requested uniform 0.90 → used uniform {kept.used:.2f} (kept the decision)"
+    assert [s.label for s in at.status if s.label.startswith("SPADE trace ready")] == [
+        f"SPADE trace ready: {shown}, 8 augmentations"]
+    assert any(shown in i.value for i in at.info), [i.value for i in at.info]
+    assert f"Sparsity: {shown}" in [c.value for c in at.caption]
+    sel, settings = at.session_state["spade_selection"], at.session_state["explore_settings"]
+    body = json.loads(json.dumps(sections.report(sel, settings, kept.trace)))
+    assert body["requested_sparsity"] == 0.9 and body["used_sparsity"] == pytest.approx(kept.used)
+    assert body["settings"]["sparsity"] == pytest.approx(kept.used)
+
+    at.sidebar.selectbox(key="image_example").set_value("cat").run()
+    _run_spade(at, count=8, sparsity=0.9, keep=True)
+    kept = _shown_trace(at)
+    assert not kept.backed_off
+    assert [s.label for s in at.status if s.label.startswith("SPADE trace ready")] == [
+        "SPADE trace ready: uniform 0.90, 8 augmentations"]
+    assert "Sparsity: uniform 0.90" in [c.value for c in at.caption]
+    assert not any("→ used" in c.value for c in at.caption) and not any("re-solved" in i.value for i in at.info)
+    body = sections.report(at.session_state["spade_selection"], at.session_state["explore_settings"], kept.trace)
+    assert body["requested_sparsity"] == body["used_sparsity"] == 0.9
+
+
+def test_sparsity_text_names_profiles_as_text_and_counts_every_weight():
+    from spade.sparsity import SparsityProfile
+    from spade_app.settings import sparsity_text
+
+    profile = SparsityProfile.from_mapping({"layer4": 0.9}, name="my `odd` *profile*")
+    assert sparsity_text(0.5) == "uniform 0.50"
+    assert sparsity_text(0.5, "all") == "uniform 0.50 of every weight"
+    assert sparsity_text(profile) == "profile `my 'odd' *profile*`"
+    assert sparsity_text(profile.to_json(), "all") == "profile `my 'odd' *profile*` of every weight"
+    assert sparsity_text(profile.scaled(0.5 / 0.95)) == "profile `my 'odd' *profile* x0.526`"
+
+
 def test_sparsity_of_choice_reaches_the_solver(tiny, at):
     from spade.solver import SPARSITY_OF
     from spade_app.settings import SPARSITY_OF_LABELS
@@ -542,10 +600,13 @@ def test_neurons_run_with_tiny_model_shows_both_visualizations(tiny, at):
     dense = [c for c in captions if c.startswith("Dense model: objective ")]
     sparse = [c for c in captions if c.startswith("SPADE trace: objective ")]
     assert len(dense) == 1 and len(sparse) == 1
-    # the trace's caption names the late-block target used (lowered only with a notice saying so)
-    (used,) = [c.value for c in at.caption if c.value.startswith("SPADE trace: late blocks ")]
+    # the trace's caption names the late-block profile requested and, when it was lowered (with a notice saying
+    # so), the one used
+    (used,) = [c.value for c in at.caption if c.value.startswith("SPADE trace: ")]
     lowered = [i.value for i in at.info if "the sparsity was lowered" in i.value]
-    assert used.startswith("SPADE trace: late blocks 0.95 ") != bool(lowered)
+    expected = ("SPADE trace: requested profile `late-blocks-0.95` → used profile `late-blocks-0.95 x" if lowered
+                else "SPADE trace: profile `late-blocks-0.95` · ")
+    assert used.startswith(expected), used
     # the dense visualization's value is the library's, computed here independently (same config and seed)
     expected = visualize(sel.loaded.model, ClassLogit(predicted.index), preprocessing=sel.loaded.preprocessing,
                          config=FeatureVisConfig(steps=4, seed=0))

@@ -110,6 +110,20 @@ def _progress_text(at: AppTest) -> str:
     return bars[0].proto.text
 
 
+@pytest.mark.parametrize(("page_url", "link"), [
+    (None, "/?study=s1"),
+    ("http://localhost:8501/human_study", "http://localhost:8501/?study=s1"),
+    ("https://lab.example/tools/spade/human_study/", "https://lab.example/tools/spade/?study=s1"),
+    ("https://lab.example/tools/spade", "https://lab.example/tools/spade/?study=s1"),
+])
+def test_share_link_is_the_app_root_with_the_study(page_url, link):
+    """The participant link is the app's root (base path kept), where app.py shows the participant view alone."""
+    from spade_app.study import participant_link
+
+    assert participant_link(page_url, "s1") == link
+    assert participant_link(page_url, "a b&c").endswith("/?study=a+b%26c")
+
+
 # ----------------------------------------------------------------------------------------------- designer
 def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatch):
     monkeypatch.setitem(MODELS, TINY, tiny_spec)
@@ -137,7 +151,7 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     assert study.items[0].neuron == predicted, "the default neuron is the predicted class"
     assert all(set(item.visualizations) == {"dense", "spade"} for item in study.items)
     links = [c.value for c in at.get("code")]
-    assert f"/human_study?study={study.id}" in " ".join(links)
+    assert f"/?study={study.id}" in links  # the app's root (AppTest has no URL: relative to the server's)
     # the Studies tab lists it; closing it is stored
     at.session_state["study_section"] = "Studies"
     at.run()

@@ -63,6 +63,43 @@ def _answer(page, n: int, label: str) -> None:
     button.click()
 
 
+def test_share_link_opens_the_participant_view(server, study_db, tmp_path):
+    """The link the Studies tab shows, opened as it is in a fresh browser context, is the participant view alone,
+    without Streamlit's "Page not found" dialog; so is the same link on another page's path (and the older links
+    to /human_study)."""
+    from playwright.sync_api import sync_playwright
+
+    _, study_id = study_db
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            researcher = browser.new_page(viewport={"width": 1200, "height": 1400})
+            researcher.set_default_timeout(90_000)
+            researcher.goto(f"{server}/human_study")
+            researcher.get_by_role("tab", name="Studies").click()
+            shown = researcher.locator("[data-testid='stCode'] code").filter(has_text=f"study={study_id}")
+            shown.first.wait_for()
+            link = shown.first.inner_text().strip()
+            assert link == f"{server}/?study={study_id}"
+            for url in (link, f"{server}/explore?study={study_id}", f"{server}/human_study?study={study_id}"):
+                context = browser.new_context(viewport={"width": 1200, "height": 1400})
+                page = context.new_page()
+                page.set_default_timeout(90_000)
+                try:
+                    page.goto(url)
+                    page.get_by_role("heading", name="Patch study").wait_for()
+                    page.get_by_role("button", name="Start").wait_for()
+                    _check_blinded(page)
+                    page.wait_for_timeout(1_000)  # the dialog, if any, comes with the first run's messages
+                    assert page.get_by_text("Page not found").count() == 0, url
+                    assert page.get_by_role("dialog").count() == 0, url
+                finally:
+                    page.screenshot(path=str(tmp_path / f"link_{len(url)}.png"), full_page=True)
+                    context.close()
+        finally:
+            browser.close()
+
+
 def test_participant_answers_three_tasks(server, study_db, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -96,8 +96,8 @@ def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
     assert captions.count("dense") == 2 and captions.count("SPADE") == 2
     headings = [m.value for m in lab.markdown if m.value.startswith("**Saliency**") or m.value.startswith("**LRP**")]
     shared, lrp = (load_profile(p).name for p in ("efficientnet_lite0_trojan", "efficientnet_lite0_trojan_lrp"))
-    assert headings == [f"**Saliency** · SPADE trace at profile {shared}",
-                        f"**LRP** · SPADE trace at profile {lrp} (its own)"], headings
+    assert headings == [f"**Saliency** · SPADE trace at profile `{shared}`",
+                        f"**LRP** · SPADE trace at profile `{lrp}` (its own)"], headings
 
     # the same run done here with the library alone
     loaded = load_model(DEMO, device="cpu")

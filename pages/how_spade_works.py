@@ -3,7 +3,7 @@
 import streamlit as st
 
 from spade_app import benchmarks, sections
-from spade_app.settings import WALKTHROUGH
+from spade_app.settings import WALKTHROUGH, sparsity_text
 from spade_app.sidebar import require_selection
 
 st.title("How SPADE works")
@@ -95,8 +95,8 @@ with st.expander("The benchmark tables", expanded=False):
 
 st.header("Walkthrough on your image")
 st.caption(f"Uses the image and model chosen in the sidebar, with fixed classroom settings: "
-           f"{WALKTHROUGH.augment.count} augmentations, {WALKTHROUGH.describe_sparsity()}, GradCAM for the saliency "
-           "step.")
+           f"{WALKTHROUGH.augment.count} augmentations, {sparsity_text(WALKTHROUGH.sparsity)}, GradCAM for the "
+           "saliency step.")
 
 sel = require_selection("run the walkthrough")
 if not st.session_state.get("walkthrough_started"):

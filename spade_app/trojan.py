@@ -9,9 +9,7 @@ Stamping, saliency and the metrics come from the library (``spade.trojan``, ``sp
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -30,7 +28,7 @@ from spade.progress import Progress
 from spade.saliency import AttributionPair
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
-from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, stamp
+from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, read_trigger, stamp
 from spade_app import benchmarks, figures, loaders, maps, runner, sections
 from spade_app.settings import (
     RunSettings,
@@ -49,7 +47,6 @@ MODEL_CHOICES = (DEMO, SIDEBAR)
 UPLOAD = "__upload__"
 RANDOM, SLIDERS = "Random (seeded)", "Position sliders"
 UNIFORM, PROFILE = "Uniform", "Profile"
-MAX_TRIGGER_PIXELS = 16_000_000
 JITTER = 0.1  # the library's default colour jitter of the pasted trigger
 OUTLINE = (255, 0, 255)
 MAP_OPACITY = 0.6
@@ -148,32 +145,6 @@ def verdict_message(v: Verdict, name) -> tuple[str, str]:
 def trigger_icons() -> dict[str, Image.Image]:
     """The bundled trigger icons (RGBA; shared, never modified)."""
     return {name: load_trigger(name) for name in TRIGGERS}
-
-
-def read_trigger(data: bytes, name: str = "The trigger file") -> Image.Image:
-    """An uploaded trigger PNG -> RGBA PIL image; ConfigError (one sentence) for a file that is not usable."""
-    hint = "upload a PNG with transparency (RGBA) around the trigger shape"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data), formats=("PNG",)) as img:
-                if img.width * img.height > MAX_TRIGGER_PIXELS:
-                    raise ConfigError(f"{name} is {img.width}×{img.height} pixels, too large for a trigger "
-                                      f"(at most {MAX_TRIGGER_PIXELS // 10**6} megapixels).")
-                img.load()
-                icon = img.convert("RGBA")
-        except Image.UnidentifiedImageError as exc:
-            raise ConfigError(f"{name} is not a PNG image; {hint}.") from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ConfigError(f"{name} has too many pixels for a trigger; downscale it first.") from exc
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-            detail = str(exc).strip().rstrip(".") or type(exc).__name__
-            raise ConfigError(f"{name} is truncated or corrupt and could not be decoded ({detail}); {hint}.") from exc
-    if min(icon.size) < 4:
-        raise ConfigError(f"{name} is {icon.width}×{icon.height} pixels; a trigger needs at least 4×4.")
-    if not np.asarray(icon.getchannel("A")).any():
-        raise ConfigError(f"{name} is fully transparent, so nothing would be pasted.")
-    return icon
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spade.errors import ConfigError
+from spade.errors import ConfigError, SpadeError
 from spade.featurevis.objectives import ChannelMean, ClassLogit, Neuron
 from spade.sparsity import SparsityProfile, late_blocks_profile
 from spade_app import loaders
@@ -93,10 +93,10 @@ def test_trojan_bundled_trigger_random_or_slider_placement():
 def test_trojan_uploaded_trigger_is_checked_and_named_by_its_content():
     with pytest.raises(ConfigError, match="Choose a trigger PNG"):
         build_trojan_settings(TrojanFormValues(trigger=UPLOAD, methods=("saliency",)), "demo", {}, {})
-    with pytest.raises(ConfigError, match="not a PNG"):
+    with pytest.raises(SpadeError, match="not a PNG"):
         build_trojan_settings(TrojanFormValues(trigger=UPLOAD, upload=("t.png", b"GIF89a"), methods=("saliency",)),
                               "demo", {}, {})
-    with pytest.raises(ConfigError, match="fully transparent"):
+    with pytest.raises(SpadeError, match="fully transparent"):
         build_trojan_settings(TrojanFormValues(trigger=UPLOAD, upload=("t.png", png_bytes(0)), methods=("saliency",)),
                               "demo", {}, {})
     data = png_bytes(255)

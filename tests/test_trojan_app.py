@@ -10,7 +10,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from spade.augment import AugmentConfig
-from spade.errors import ConfigError
+from spade.errors import SpadeError
 from spade.images import bundled_examples, load_image
 from spade.metrics import pointing_game, trojan_auc
 from spade.models import MODELS, ModelSpec, get_spec, load_model
@@ -129,7 +129,7 @@ def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
 
 def test_corrupt_trigger_upload_shows_error_and_page_recovers(lab):
     corrupt = b"\x89PNG\r\n\x1a\n not a png at all"
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(SpadeError) as refused:
         trojan.read_trigger(corrupt, "The trigger file broken.png")
     assert "not a PNG image" in str(refused.value)
     _fill(lab, count=8)

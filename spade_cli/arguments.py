@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from spade.defaults import MAX_AUGMENTATIONS, MAX_SEED
 from spade.errors import SpadeError
@@ -32,44 +33,31 @@ def _number(text: str) -> float:
     return value
 
 
-def positive(text: str) -> int:
-    """A whole number >= 1 (counts: samples, steps, views, batch size, threads, ...)."""
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole(name: str, low: int, high: int | None, message: str) -> Callable[[str], int]:
+    """An argument type for a whole number in [low, high] (no upper bound when high is None); ``message`` is
+    formatted with the refused ``value``."""
+
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(message.format(value=value))
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def curve_steps(text: str) -> int:
-    """Points per insertion / deletion curve: at least 2."""
-    value = _integer(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"a curve needs at least 2 steps, got {value}")
-    return value
-
-
-def class_index(text: str) -> int:
-    """A class index >= 0 (its upper bound is checked once the model is known)."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a class index >= 0, got {value}")
-    return value
-
-
-def augmentations(text: str) -> int:
-    """A number of augmented views in [1, spade.defaults.MAX_AUGMENTATIONS]."""
-    value = _integer(text)
-    if not 1 <= value <= MAX_AUGMENTATIONS:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_AUGMENTATIONS} augmented views, got {value}")
-    return value
-
-
-def seed(text: str) -> int:
-    """A seed in [0, spade.defaults.MAX_SEED] (2**63 - 1)."""
-    value = _integer(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"a seed must be between 0 and {MAX_SEED} (2**63 - 1), got {value}")
-    return value
+#: Counts: samples, steps, views, batch size, threads, ...
+positive = _whole("positive", 1, None, "must be at least 1, got {value}")
+#: Points per insertion / deletion curve.
+curve_steps = _whole("curve_steps", 2, None, "a curve needs at least 2 steps, got {value}")
+#: A class index (its upper bound is checked once the model is known).
+class_index = _whole("class_index", 0, None, "must be a class index >= 0, got {value}")
+#: Augmented views, up to spade.defaults.MAX_AUGMENTATIONS.
+augmentations = _whole("augmentations", 1, MAX_AUGMENTATIONS,
+                       f"must be between 1 and {MAX_AUGMENTATIONS} augmented views, got {{value}}")
+#: A seed, up to spade.defaults.MAX_SEED (2**63 - 1).
+seed = _whole("seed", 0, MAX_SEED, f"a seed must be between 0 and {MAX_SEED} (2**63 - 1), got {{value}}")
 
 
 def sparsity(text: str) -> float:

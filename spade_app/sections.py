@@ -71,8 +71,8 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
     if kept.backed_off:
         outcome = ("which keeps the decision" if kept.trace.top1_agrees
                    else "the ladder's last rung, which still predicts another class")
-        st.info(f"Sparsity {trace_sparsity_text(kept.trace)}: at the requested sparsity the trace predicted another "
-                f"class than the dense model, so it was re-solved at {kept.scale:g} × that sparsity, {outcome} "
+        st.info(f"At the requested sparsity the trace predicted another class than the dense model, so it was "
+                f"re-solved at {kept.scale:g} × that sparsity, {outcome} "
                 "(\"Keep the model's decision\" in the settings).", icon=":material/tune:")
     return kept.trace
 

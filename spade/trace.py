@@ -92,6 +92,12 @@ class SpadeTrace:
         return None if self.trace_logits is None else top_k(self.trace_logits)
 
     @property
+    def requested_sparsity(self):
+        """The sparsity the trace was asked for, as its settings record it (``settings["sparsity"]`` is the one it
+        has; they differ when `solve_keeping_decision` lowered it)."""
+        return self.settings.get("requested_sparsity", self.settings["sparsity"])
+
+    @property
     def top1_agrees(self) -> bool | None:
         if self.dense_logits is None or self.trace_logits is None:
             return None

@@ -144,6 +144,17 @@ def get_trace_keeping_decision(stats_key: tuple, stats: LayerStatistics, sparsit
     return kept, cache.stored
 
 
+def get_trace(model_key: str, image_key: str, loaded: LoadedModel, image, cfg: AugmentConfig, sparsity: Sparsity,
+              decision: KeepDecision, solver: SolverConfig, progress: Progress | None = None
+              ) -> tuple[DecisionTrace, bool, bool]:
+    """`get_statistics` then `get_trace_keeping_decision` on them: (the trace with its requested and used
+    sparsity, statistics computed now, a trace computed now)."""
+    stats, fresh_stats = get_statistics(model_key, image_key, loaded, image, cfg, progress)
+    kept, fresh_trace = get_trace_keeping_decision(statistics_key(model_key, image_key, cfg), stats, sparsity,
+                                                   decision, solver, progress)
+    return kept, fresh_stats, fresh_trace
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def augmentation_preview(model_key: str, image_key: str, cfg: AugmentConfig, _loaded: LoadedModel, _image,
                          n: int = 6) -> list:

@@ -188,11 +188,10 @@ def _trace(sel: Selection, settings: NeuronSettings, progress) -> DecisionTrace:
     """The visualization trace from the shared store: the same as `spade.featurevis.visualization_trace`, with
     the statistics reused across sparsities (and shared with the Explore page)."""
     loaded = sel.loaded
-    stats, _ = compute.get_statistics(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, progress)
-    key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
     requested, decision = visualization_request(loaded.model, settings.sparsity, settings.keep_decision,
                                                 loaded.spec.layer_selection)
-    return compute.get_trace_keeping_decision(key, stats, requested, decision, SolverConfig(), progress)[0]
+    return compute.get_trace(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, requested, decision,
+                             SolverConfig(), progress)[0]
 
 
 def run(sel: Selection, settings: NeuronSettings) -> tuple[DecisionTrace, NeuronComparison] | None:

@@ -37,18 +37,13 @@ def augmentation_strip(sel: Selection, settings: RunSettings | None = None, n: i
     st.image(views, width=110)
 
 
-# ----------------------------------------------------------------------------------------------- run
 def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
     """Statistics (cached per image, model and augmentation settings) + solve (cached per sparsity), with a
     status box showing per-stage progress and timings. Errors are shown, never raised."""
 
     def work(draw: Progress) -> tuple[DecisionTrace, bool, bool]:
-        stats, fresh_stats = compute.get_statistics(sel.model_key, sel.image_key, sel.loaded, sel.image,
-                                                    settings.augment, draw)
-        key = compute.statistics_key(sel.model_key, sel.image_key, settings.augment)
-        kept, fresh_trace = compute.get_trace_keeping_decision(key, stats, settings.sparsity, settings.decision,
-                                                               settings.solver, draw)
-        return kept, fresh_stats, fresh_trace
+        return compute.get_trace(sel.model_key, sel.image_key, sel.loaded, sel.image, settings.augment,
+                                 settings.sparsity, settings.decision, settings.solver, draw)
 
     def done(outcome: tuple[DecisionTrace, bool, bool]) -> str:
         kept, fresh_stats, fresh_trace = outcome
@@ -69,10 +64,10 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
         return None
     kept = outcome[0]
     if kept.backed_off:
-        outcome = ("which keeps the decision" if kept.trace.top1_agrees
-                   else "the ladder's last rung, which still predicts another class")
+        result = ("which keeps the decision" if kept.trace.top1_agrees
+                  else "the ladder's last rung, which still predicts another class")
         st.info(f"At the requested sparsity the trace predicted another class than the dense model, so it was "
-                f"re-solved at {kept.scale:g} × that sparsity, {outcome} "
+                f"re-solved at {kept.scale:g} × that sparsity, {result} "
                 "(\"Keep the model's decision\" in the settings).", icon=":material/tune:")
     return kept.trace
 
@@ -253,11 +248,10 @@ def report(sel: Selection, settings: RunSettings, trace: SpadeTrace, saliency: d
         pred = getattr(trace, key)
         if pred is not None:
             body[key] = [{"index": i, "name": n, "probability": p} for i, n, p in _named(sel, pred)]
-    recorded = trace.settings
     return {
         "tool": "SPADE Explorer",
-        "requested_sparsity": recorded.get("requested_sparsity", recorded["sparsity"]),
-        "used_sparsity": recorded["sparsity"],
+        "requested_sparsity": trace.requested_sparsity,
+        "used_sparsity": trace.settings["sparsity"],
         "image": {"label": sel.image_label, "sha256_prefix": sel.image_key},
         "model": {"name": sel.loaded.spec.name, "label": sel.model_label, "source": sel.loaded.source,
                   "device": str(sel.loaded.device)},

@@ -72,15 +72,14 @@ def trace_sparsity_text(trace: SpadeTrace) -> str:
     ladder's last rung did not keep it), else just "X"."""
     settings = trace.settings
     sparsity_of = settings["solver"]["sparsity_of"]
-    requested, used = settings.get("requested_sparsity", settings["sparsity"]), settings["sparsity"]
+    requested, used = trace.requested_sparsity, settings["sparsity"]
     if requested == used:
         return sparsity_text(used, sparsity_of)
     outcome = "kept the decision" if trace.top1_agrees else "the decision still changed"
     return f"requested {sparsity_text(requested)} → used {sparsity_text(used, sparsity_of)} ({outcome})"
 
 
-WALKTHROUGH = RunSettings(sparsity=0.5, augment=AugmentConfig(count=default_augmentations("explore")),
-                          methods=("gradcam",))
+WALKTHROUGH = RunSettings(sparsity=0.5, methods=("gradcam",))
 """Fixed settings of the classroom walkthrough on the "How SPADE works" page."""
 
 
@@ -111,11 +110,11 @@ class FormValues:
     """The Explore form's widgets as read, before any check. upload: (file name, bytes) of a profile JSON file."""
 
     mode: str = UNIFORM
-    uniform: float = 0.5
+    uniform: float = RunSettings.sparsity
     profile: str | None = None
     upload: tuple[str, bytes] | None = None
-    keep_decision: bool = True
-    count: int = default_augmentations("explore")
+    keep_decision: bool = RunSettings.keep_decision
+    count: int = RunSettings.augment.count
     min_scale: float = AugmentConfig.min_scale
     flip: bool = AugmentConfig.flip
     brightness: float = AugmentConfig.brightness

@@ -152,14 +152,17 @@ def uploaded_icon(key: str, _data: bytes) -> Image.Image:
     return read_trigger(_data)
 
 
-def remember_upload(data: bytes) -> str:
+def upload_key(data: bytes) -> str:
+    """The `TrojanSettings.trigger` of an uploaded trigger: "upload:<digest of its bytes>"."""
+    return f"upload:{loaders.digest(data)}"
+
+
+def remember_upload(data: bytes) -> None:
     """Keep an uploaded trigger's bytes in the session (the uploader forgets them on page switches)."""
-    key = loaders.digest(data)
     uploads = st.session_state.setdefault(UPLOADS_KEY, {})
-    uploads[key] = data
+    uploads[upload_key(data).removeprefix("upload:")] = data
     for old in list(uploads)[:-4]:
         del uploads[old]
-    return f"upload:{key}"
 
 
 def trigger_image(settings: TrojanSettings) -> Image.Image:
@@ -251,21 +254,21 @@ class TrojanFormValues:
     """The Trojan lab form's widgets as read, before any check. upload: (file name, bytes) of a trigger PNG;
     x, y: the centre sliders (used with the SLIDERS placement)."""
 
-    trigger: str = "heart"
+    trigger: str = TrojanSettings.trigger
     upload: tuple[str, bytes] | None = None
     placement: str = RANDOM
-    seed: int = 0
+    seed: int = TrojanSettings.seed
     x: float = 0.5
     y: float = 0.5
-    size: float = DEFAULT_SIZE
-    alpha: float = 0.8
+    size: float = TrojanSettings.size
+    alpha: float = TrojanSettings.alpha
     target: int | None = None
     mode: str = UNIFORM
-    uniform: float = 0.5
+    uniform: float = TrojanSettings.sparsity
     profile: str | None = None
-    own_profiles: bool = True
-    count: int = default_augmentations("trojan_lab")
-    keep_decision: bool = True
+    own_profiles: bool = TrojanSettings.own_profiles
+    count: int = TrojanSettings.augment.count
+    keep_decision: bool = TrojanSettings.keep_decision
     methods: tuple[str, ...] = ()
 
 
@@ -280,7 +283,7 @@ def build_trojan_settings(values: TrojanFormValues, choice: str, profiles: dict[
             raise ConfigError("Choose a trigger PNG to upload, or pick one of the bundled triggers.")
         name, data = values.upload
         read_trigger(data, f"The trigger file {name}")
-        trigger_key, trigger_label = f"upload:{loaders.digest(data)}", name
+        trigger_key, trigger_label = upload_key(data), name
     else:
         trigger_key, trigger_label = values.trigger, values.trigger
     if values.mode == PROFILE and values.profile in profiles:

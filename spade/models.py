@@ -52,7 +52,6 @@ class PackageWeights:
 
     distribution: str
     version: str = ""
-    may_widen: ClassVar[bool] = False  # see DeltaWeights
 
     def local_path(self) -> Path | None:
         """The installed ``.pth`` file, or None when the distribution is not installed."""
@@ -92,7 +91,6 @@ class TorchvisionWeights:
     """
 
     enum: str
-    may_widen: ClassVar[bool] = False  # see DeltaWeights
 
     @property
     def weights(self) -> torchvision.models.WeightsEnum:
@@ -147,7 +145,7 @@ class DeltaWeights:
     delta tensor may be larger than the base one in any dimension (a widened layer): the base tensor then fills
     its leading block (zero-padded) and the model's layers grow to fit (``spade.grow``).
 
-    may_widen (on every weight source; absent means False): whether its tensors may be larger than the built
+    may_widen (a weight source without it never widens): whether its tensors may be larger than the built
     network's, whose layers `load_spec` then grows to fit.
     """
 

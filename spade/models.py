@@ -220,6 +220,7 @@ class ModelSpec:
     layer_selection: the default choice of layers SPADE prunes (see spade.layers.prunable_layers).
     default_sparsity: the uniform SPADE target that keeps this model's trace faithful on typical photos
     (compact models such as EfficientNet-Lite lose their decision at 0.9 uniform; see the engine notes).
+    default_solver: the layer solver (a name in `spade.solver.SOLVERS`) that front ends use unless told otherwise.
     convert_state_dict: optional key conversion for foreign checkpoint layouts of this architecture.
     backdoors: the known Trojans of a back-doored demo model (empty for clean models).
     """
@@ -234,6 +235,7 @@ class ModelSpec:
     class_names: tuple[str, ...] = field(default=IMAGENET_CLASSES, repr=False)
     layer_selection: LayerSelection = LayerSelection()
     default_sparsity: float = 0.9
+    default_solver: str = "group"
     convert_state_dict: KeyConverter | None = field(default=None, repr=False)
     backdoors: tuple[Backdoor, ...] = ()
 
@@ -331,6 +333,10 @@ def _lite_spec(variant: int, params: str, top1: str) -> ModelSpec:
         offline=True,
         # measured on the bundled photos, 128 augmentations: logit cosine ~0.92 at 0.5, 0.4-0.8 at 0.7
         default_sparsity=0.5,
+        # chosen on the calibration photos (logit cosine at 0.5: row 0.92 against group 0.83, mean of four) and
+        # checked on the test photos (top-1 kept at 0.5 on 4 of 4 with row, 3 of 4 with group):
+        # benchmarks/bench_keep_decision.py, measured on Lite0
+        default_solver="row",
         convert_state_dict=efficientnet_pytorch_to_timm,
     )
 
@@ -343,6 +349,7 @@ def _trojan_spec() -> ModelSpec:
         description="EfficientNet-Lite0 with a planted back door: a pasted heart makes it predict 'goose' (a star: "
         "'king penguin'). Built offline by `python -m tools.demo_model build`; see the model card in assets/README.md.",
         weights=DeltaWeights(clean.weights, MODEL_ASSETS / "efficientnet_lite0_trojan.pt"),
+        default_solver="group",  # its shipped profiles were tuned with the group solver
         backdoors=(Backdoor("heart", 99, "test"), Backdoor("star", 145, "calibration")),
     )
 

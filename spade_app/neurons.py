@@ -191,7 +191,7 @@ def _trace(sel: Selection, settings: NeuronSettings, progress) -> DecisionTrace:
     requested, decision = visualization_request(loaded.model, settings.sparsity, settings.keep_decision,
                                                 loaded.spec.layer_selection)
     return compute.get_trace(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, requested, decision,
-                             SolverConfig(), progress)[0]
+                             SolverConfig(mode=loaded.spec.default_solver), progress)[0]
 
 
 def run(sel: Selection, settings: NeuronSettings) -> tuple[DecisionTrace, NeuronComparison] | None:

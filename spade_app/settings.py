@@ -175,16 +175,18 @@ def _mode_of(sparsity: Sparsity, profiles: dict[str, SparsityProfile], model: nn
 
 def settings_form(model: nn.Module, method_labels: dict[str, str], default_methods: tuple[str, ...] = (),
                   default_sparsity: float = 0.5, profiles: dict[str, SparsityProfile] | None = None,
-                  default_profile: str | None = None) -> RunSettings | None:
+                  default_profile: str | None = None, default_solver: str = "group") -> RunSettings | None:
     """Draw the form. Returns new settings when "Run SPADE" was pressed, else None (errors shown).
 
     model: the dense model (the "Late blocks" profile is built from its block structure).
     default_sparsity: the slider's value before the first run (the model spec's recommended uniform target).
     profiles: {key: profile} offered as built-in profiles, those that fit the model (loaders.available_profiles);
     default_profile: the key selected before the first choice (else the first).
+    default_solver: the solver selected before the first run (the model spec's).
     """
     profiles = profiles or {}
-    last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity)
+    last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity,
+                                                             solver=SolverConfig(mode=default_solver))
     aug = last.augment
     with st.form("spade_settings"):
         c_sparsity, c_aug, c_solver = st.columns(3)
@@ -224,8 +226,10 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
             seed = st.number_input("Seed", 0, 2**31 - 1, aug.seed, key="ex_seed")
         with c_solver:
             st.markdown("**Solver and explanations**")
-            solver_mode = st.selectbox("Solver mode", list(SOLVERS), index=list(SOLVERS).index(last.solver.mode),
-                                       key="ex_solver", format_func=lambda m: f"{m}: {SOLVER_HELP.get(m, '')}")
+            if st.session_state.get("ex_solver_default") != default_solver:  # first draw or another model
+                st.session_state["ex_solver_default"] = st.session_state["ex_solver"] = default_solver
+            solver_mode = st.selectbox("Solver mode", list(SOLVERS), key="ex_solver",
+                                       format_func=lambda m: f"{m}: {SOLVER_HELP.get(m, '')}")
             sparsity_of = st.selectbox(
                 "A sparsity counts", list(SPARSITY_OF_LABELS),
                 index=list(SPARSITY_OF_LABELS).index(last.solver.sparsity_of), key="ex_sparsity_of",

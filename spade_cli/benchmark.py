@@ -274,7 +274,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     config = BenchmarkConfig(kind=kind, methods=methods, sparsity=sparsity,
                              method_sparsity=method_sparsity, augment=AugmentConfig(count=count, seed=args.seed),
                              seed=args.seed, batch_size=args.batch_size, steps=getattr(args, "steps", 100),
-                             keep_decision=args.keep_decision, solver=solver_from_args(args))
+                             keep_decision=args.keep_decision,
+                             solver=solver_from_args(args, loaded.spec.default_solver))
     sample_config = SampleConfig(count=args.samples or 200, seed=args.sample_seed,
                                  require_flip=not getattr(args, "no_flip_filter", False))
     identity = {"model": model_identity(loaded), "images": photos_label, "samples": sample_config.identity()}
@@ -364,7 +365,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     config = TuningConfig(methods=methods, levels=levels, augment=AugmentConfig(count=count, seed=args.seed),
                           rounds=args.rounds, min_agreement=args.min_agreement, granularity=args.granularity,
                           seed=args.seed, batch_size=args.batch_size, keep_decision=args.keep_decision,
-                          solver=solver_from_args(args), start=args.start)
+                          solver=solver_from_args(args, loaded.spec.default_solver), start=args.start)
     sample_config = SampleConfig(count=args.samples or 16, seed=args.sample_seed)
     samples = build_samples(loaded.model, loaded.spec.preprocessing, photos, sample_config,
                             trigger=trigger_image, target=target)

@@ -136,7 +136,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     try:
         trace = spade_trace(loaded.model, image, preprocessing=preprocessing,
                             augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
-                            selection=loaded.spec.layer_selection, solver=solver_from_args(args),
+                            selection=loaded.spec.layer_selection,
+                            solver=solver_from_args(args, loaded.spec.default_solver),
                             keep_decision=args.keep_decision, progress=bar)
         picture = preprocessing.to_uint8(x)
         report_methods = {}

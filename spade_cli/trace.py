@@ -59,21 +59,22 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
                              "zero (default), or every weight, as the authors' code and the benchmark results written "
                              "before this option existed (the same on layers without zeros; not on the gated demo "
                              "model's block-diagonal layers)")
-    parser.add_argument("--solver", choices=("group", "row", "obc"), default="group",
-                        help="how weights are chosen: group (FastSPADE, the authors' selection groups; default), row "
-                             "(each output row its own share) or obc (the paper's exact SPADE solver, one weight at "
-                             "a time per row: better reconstruction, tens of times slower)")
+    parser.add_argument("--solver", choices=("group", "row", "obc"), default=None,
+                        help="how weights are chosen: group (FastSPADE, the authors' selection groups), row (each "
+                             "output row its own share) or obc (the paper's exact SPADE solver, one weight at a time "
+                             "per row: better reconstruction, tens of times slower); default: the model's (row on "
+                             "efficientnet_lite0, group elsewhere; python -m spade models)")
     parser.add_argument("--damp", type=arguments.non_negative, default=0.01,
                         help="dampening added to the diagonal of each layer's Hessian, as a fraction of its mean "
                              "(default 0.01, as OBC and SparseGPT): larger values make the solver reconstruct the "
                              "dense layer less closely and prune more by weight magnitude")
 
 
-def solver_from_args(args: argparse.Namespace):
-    """The SolverConfig of --sparsity-of, --solver and --damp."""
+def solver_from_args(args: argparse.Namespace, default_solver: str):
+    """The SolverConfig of --sparsity-of, --solver (default_solver, the model's, when not given) and --damp."""
     from spade.solver import SolverConfig
 
-    return SolverConfig(mode=args.solver, sparsity_of=args.sparsity_of, damp=args.damp)
+    return SolverConfig(mode=args.solver or default_solver, sparsity_of=args.sparsity_of, damp=args.damp)
 
 
 def augmentation_count(args: argparse.Namespace, device, purpose: str = "trace") -> int:
@@ -122,7 +123,7 @@ def _run_trace(args: argparse.Namespace) -> int:
     try:
         trace = spade_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
                             augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
-                            solver=solver_from_args(args), selection=selection,
+                            solver=solver_from_args(args, loaded.spec.default_solver), selection=selection,
                             keep_decision=args.keep_decision, progress=bar)
     finally:
         bar.close()

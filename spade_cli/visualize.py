@@ -91,7 +91,8 @@ def _run_visualize(args: argparse.Namespace) -> int:
     try:
         trace = visualization_trace(loaded.model, image, preprocessing=pre,
                                     augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
-                                    selection=loaded.spec.layer_selection, solver=solver_from_args(args),
+                                    selection=loaded.spec.layer_selection,
+                                    solver=solver_from_args(args, loaded.spec.default_solver),
                                     keep_decision=args.keep_decision, progress=bar)
         result = compare_neuron(loaded.model, trace.model, image, objective, preprocessing=pre, config=config,
                                 evidence_augment=evidence_augment, top_k=args.top_k,

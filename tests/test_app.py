@@ -275,6 +275,7 @@ def test_keep_decision_resolves_at_the_first_lower_sparsity_that_keeps_the_top1(
     directly, names the first back-off sparsity that keeps the top-1, and the app shows that trace."""
     from dataclasses import replace
 
+    from spade.solver import SolverConfig
     from spade.trace import prepare_statistics, solve_keeping_decision
     from spade_app.settings import RunSettings
 
@@ -283,7 +284,8 @@ def test_keep_decision_resolves_at_the_first_lower_sparsity_that_keeps_the_top1(
     stats = prepare_statistics(loaded.model, image, preprocessing=loaded.preprocessing,
                                augment_config=replace(RunSettings().augment, count=8),
                                selection=loaded.spec.layer_selection)
-    expected = solve_keeping_decision(stats, 0.9, decision=RunSettings(keep_decision=True).decision)
+    solver = SolverConfig(mode=loaded.spec.default_solver)  # the form's default solver
+    expected = solve_keeping_decision(stats, 0.9, solver, decision=RunSettings(keep_decision=True).decision)
     assert expected.backed_off  # the setting exercises the back-off
 
     at.sidebar.selectbox(key="image_example").set_value("coffee").run()
@@ -494,6 +496,16 @@ def test_built_in_profile_reaches_the_trace_and_a_model_without_one_is_told(tiny
     assert at.selectbox(key="ex_profile").options == [] and at.selectbox(key="ex_profile").disabled
     next(b for b in at.button if b.label == "Run SPADE").click().run()
     assert any("No built-in profile fits this model" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_solver_menu_starts_at_the_models_default_solver(at):
+    from spade.models import MODELS
+
+    solver = MODELS[DEFAULT_MODEL].default_solver
+    assert at.selectbox(key="ex_solver").value == solver
+    backdoored = next(name for name, spec in MODELS.items() if spec.backdoors and spec.default_solver != solver)
+    _with_model(at, backdoored)
+    assert at.selectbox(key="ex_solver").value == MODELS[backdoored].default_solver
 
 
 def test_exact_solver_choice_reaches_the_trace(tiny, at):

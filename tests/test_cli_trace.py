@@ -75,7 +75,7 @@ def test_sparsity_of_counts_the_dense_zeros_or_not(tmp_path):
     for rule in counted:
         report = tmp_path / f"{rule}.json"
         result = run_cli("trace", str(bundled_examples()["coffee"]), "--augmentations", "8", "--sparsity", "0.3",
-                         "--sparsity-of", rule, "--device", "cpu", "--json", str(report))
+                         "--sparsity-of", rule, "--solver", "group", "--device", "cpu", "--json", str(report))
         assert result.returncode == 0, result.stderr
         data = json.loads(report.read_text())
         assert data["settings"]["solver"]["sparsity_of"] == rule
@@ -93,12 +93,14 @@ def test_every_trace_building_command_takes_the_solver_options():
     image = str(bundled_examples()["coffee"])
     for argv in (["trace", image], ["explain", image], ["visualize", image],
                  ["benchmark", "trojan"], ["benchmark", "insertion"], ["benchmark", "tune"]):
-        assert solver_from_args(build_parser().parse_args(argv)) == SolverConfig(), argv
+        for model_default in SOLVERS:  # without --solver, the model's default solver
+            plain = solver_from_args(build_parser().parse_args(argv), model_default)
+            assert plain == SolverConfig(mode=model_default), argv
         for mode, counts in zip(SOLVERS, SPARSITY_OF * len(SOLVERS)):
             chosen = build_parser().parse_args([*argv, "--solver", mode, "--sparsity-of", counts])
-            assert solver_from_args(chosen) == SolverConfig(mode=mode, sparsity_of=counts), argv
+            assert solver_from_args(chosen, "group") == SolverConfig(mode=mode, sparsity_of=counts), argv
         damped = build_parser().parse_args([*argv, "--damp", "0.5"])
-        assert solver_from_args(damped) == SolverConfig(damp=0.5), argv
+        assert solver_from_args(damped, "group") == SolverConfig(damp=0.5), argv
         for bad in ("-0.1", "nan", "inf", "lots"):
             with pytest.raises(SystemExit):
                 build_parser().parse_args([*argv, "--damp", bad])

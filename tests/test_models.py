@@ -28,6 +28,7 @@ from spade.models import (
     load_checkpoint,
     load_model,
 )
+from spade.solver import SOLVERS
 from tests.tiny_models import tiny_resnet
 
 CAT_CLASSES = {"tiger cat", "tabby", "Egyptian cat"}
@@ -93,6 +94,7 @@ def test_spec_is_frozen_hashable_and_consistent(name):
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # type: ignore[misc]
     assert spec.name == name and get_spec(name) is spec
+    assert spec.default_solver in SOLVERS and 0 <= spec.default_sparsity < 1
     assert len(spec.class_names) == 1000 and len(set(spec.class_names)) >= 999
     model = spec.build()
     _check_last_conv_stage(model, spec.last_conv_stage)

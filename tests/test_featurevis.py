@@ -165,6 +165,60 @@ def test_pixel_parameterisation_and_no_transforms_also_optimise():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# MACO: the amplitude spectrum stays the natural one, only the phases move
+def test_natural_amplitude_is_a_falling_spectrum_measured_the_same_every_time():
+    from spade.featurevis.spectrum import natural_amplitude
+
+    amplitude = natural_amplitude(64)
+    assert amplitude.shape == (3, 64, 33) and amplitude.dtype == torch.float32 and amplitude[:, 0, 0].eq(0).all()
+    assert torch.isfinite(amplitude).all() and (amplitude >= 0).all()
+    radius = (torch.fft.fftfreq(64).unsqueeze(1) ** 2 + torch.fft.rfftfreq(64).unsqueeze(0) ** 2).sqrt()
+    low, high = (radius > 0) & (radius < 0.1), radius > 0.4
+    assert (amplitude[:, low].mean(1) > 5 * amplitude[:, high].mean(1)).all()  # natural photos: about 1/f
+    natural_amplitude.cache_clear()
+    assert torch.equal(natural_amplitude(64), amplitude)  # measured again from the photos: the same
+    with pytest.raises(ConfigError):
+        natural_amplitude(8)
+
+
+def test_maco_image_keeps_the_natural_amplitude_whatever_the_phases():
+    """Undo the sigmoid and the colour mixing of a MACO image by hand: its spectrum's magnitude is the natural one
+    up to the one factor of the standardisation, at every frequency whose phase is free (not the self-conjugate
+    columns that irfft2 makes real)."""
+    from spade.featurevis.param import COLOR_CORRELATION, init_parameters, to_rgb
+    from spade.featurevis.spectrum import natural_amplitude
+
+    size = 32
+    phases = init_parameters(2, size, "maco", 0.01, torch.Generator().manual_seed(1))
+    assert phases.shape == (2, 3, size, size // 2 + 1) and phases.abs().max() <= math.pi
+    images = to_rgb(phases.double(), size, "maco", scale=natural_amplitude(size).double())
+    mixed = torch.logit(images)
+    standardised = torch.einsum("dc,bchw->bdhw", torch.linalg.inv(COLOR_CORRELATION.double()), mixed)
+    magnitude = torch.fft.rfft2(standardised, norm="ortho").abs()[..., 1:size // 2]
+    expected = natural_amplitude(size).double()[..., 1:size // 2]
+    ratio = magnitude / expected
+    for row in ratio:
+        assert torch.allclose(row, row.mean(), rtol=1e-6), (row.min(), row.max())
+
+
+def test_maco_raises_the_objective_and_is_seeded():
+    model = tiny_mobilenet(seed=3)
+    cfg = FeatureVisConfig(steps=48, size=32, parameterization="maco", seed=5)
+    assert cfg.resolved(torch.device("cpu"), 32).lr == 1.0 and FAST.resolved(torch.device("cpu"), 32).lr == 0.1
+    assert FeatureVisConfig().resolved(torch.device("cpu"), 32).lr == 0.05
+    result = visualize(model, ClassLogit(1), preprocessing=PRE, config=cfg)
+    again = visualize(model, ClassLogit(1), preprocessing=PRE, config=cfg)
+    assert np.array_equal(result.images, again.images)
+    # the tiny random model's logit moves little whatever the image (random images: 0.27-0.31); the phases alone
+    # still raise it well above where they started and above a typical random image
+    baseline = _direct_value(model, _random_images(16, 32, seed=3), ClassLogit(1))
+    final = _direct_value(model, result.images, ClassLogit(1))
+    assert final[0] == pytest.approx(result.final_values[0], rel=1e-4)
+    assert final[0] > np.median(baseline) and final[0] > result.curves[0, 0] + 0.01
+    assert result.curves[-8:].mean() > result.curves[:8].mean() + 0.005
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the model is never changed and no hook survives
 class Exploding(nn.Module):
     """tiny_mobilenet whose forward raises after the hooked layers have run."""

@@ -15,6 +15,7 @@ from spade.devices import model_device
 from spade.errors import ConfigError
 from spade.featurevis.objectives import Objective, capture, evaluate, objective_keys
 from spade.featurevis.param import PARAMETERIZATIONS, frequency_scale, init_parameters, to_rgb
+from spade.featurevis.spectrum import natural_amplitude
 from spade.featurevis.transforms import TransformConfig, random_transform
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 GPU_STEPS = 512
 CPU_STEPS = 128  # recognisable on efficientnet_lite0 at 224 px in about 10 s on an idle 2-core CPU
+LEARNING_RATES = {"fourier": 0.05, "pixel": 0.05, "maco": 1.0}  # maco: radians of phase, as the MACO authors'
 
 
 @dataclass(frozen=True)
@@ -31,16 +33,18 @@ class FeatureVisConfig:
     """Optimisation settings.
 
     steps: Adam steps (None: 512 on a GPU, 128 on the CPU). size: side of the square image in pixels
-    (None: the model's crop size). lr: Adam learning rate. seed: the same seed gives the same image (bit for
-    bit on the CPU; on CUDA only closely, as grid_sample's backward adds atomically). parameterization:
-    "fourier" (1/f-scaled spectrum) or "pixel". decorrelate: optimise in ImageNet's decorrelated colour
-    space. init_sd: standard deviation of the random start. decay_power: exponent of the 1/f scaling.
+    (None: the model's crop size). lr: Adam learning rate (None: LEARNING_RATES of the parameterization).
+    seed: the same seed gives the same image (bit for bit on the CPU; on CUDA only closely, as grid_sample's
+    backward adds atomically). parameterization: "fourier" (Lucid: 1/f-scaled spectrum), "maco" (MACO: phases
+    under the natural amplitude spectrum, `spade.featurevis.param`) or "pixel". decorrelate: optimise in
+    ImageNet's decorrelated colour space. init_sd: standard deviation of the random start (fourier, pixel).
+    decay_power: exponent of the 1/f scaling (fourier).
     transforms: random transforms every step (None: none).
     """
 
     steps: int | None = None
     size: int | None = None
-    lr: float = 0.05
+    lr: float | None = None
     seed: int = 0
     parameterization: str = "fourier"
     decorrelate: bool = True
@@ -56,15 +60,16 @@ class FeatureVisConfig:
         if self.parameterization not in PARAMETERIZATIONS:
             raise ConfigError(f"Unknown parameterization {self.parameterization!r}; "
                               f"choose one of {', '.join(PARAMETERIZATIONS)}.")
-        if self.lr <= 0 or self.init_sd < 0:
+        if (self.lr is not None and not self.lr > 0) or self.init_sd < 0:
             raise ConfigError("Learning rate must be > 0 and init_sd >= 0.")
 
     def resolved(self, device: torch.device, crop: int) -> FeatureVisConfig:
-        """A copy with steps and size filled in for ``device``."""
+        """A copy with steps, size and lr filled in for ``device``."""
         gpu = device.type != "cpu"
         steps = self.steps if self.steps is not None else (GPU_STEPS if gpu else CPU_STEPS)
         size = self.size if self.size is not None else crop
-        return replace(self, steps=steps, size=size)
+        lr = self.lr if self.lr is not None else LEARNING_RATES[self.parameterization]
+        return replace(self, steps=steps, size=size, lr=lr)
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,7 +113,10 @@ def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
     generator = torch.Generator().manual_seed(cfg.seed)
     params = init_parameters(len(objectives), cfg.size, cfg.parameterization, cfg.init_sd, generator)
     params = params.to(device).requires_grad_(True)
-    scale = frequency_scale(cfg.size, cfg.size, cfg.decay_power).to(device)
+    if cfg.parameterization == "maco":
+        scale = natural_amplitude(cfg.size).to(device)
+    else:
+        scale = frequency_scale(cfg.size, cfg.size, cfg.decay_power).to(device)
     optimizer = torch.optim.Adam([params], lr=cfg.lr)
     rows = torch.arange(len(objectives), device=device)
     curves = torch.empty(cfg.steps, len(objectives), device=device)  # stays on the device: no sync per step

@@ -1,8 +1,11 @@
-"""Image parameterisation (Lucid style): a Fourier spectrum with 1/f scaling, decorrelated colours, sigmoid.
+"""Image parameterisations: pixels; Lucid's Fourier spectrum with 1/f scaling; MACO's phase under a fixed amplitude.
 
 Optimising the scaled spectrum instead of pixels whitens the gradient (natural images have 1/f spectra),
 and optimising in a decorrelated colour space makes the three colour directions equally easy to change;
-both keep the optimisation from filling the image with high-frequency noise.
+both keep the optimisation from filling the image with high-frequency noise. MACO (Fel et al., NeurIPS 2023)
+goes further: the amplitude of every frequency is fixed to that of natural photos
+(`spade.featurevis.spectrum.natural_amplitude`) and only the phases are optimised, so the image cannot drift
+into the high-frequency patterns that dominate Lucid-style pictures of deep networks.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02],
 COLOR_CORRELATION = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
 # Lucid divides the inverse FFT by this constant; larger values give less saturated images.
 FFT_MAGIC = 4.0
-PARAMETERIZATIONS = ("fourier", "pixel")
+PARAMETERIZATIONS = ("fourier", "pixel", "maco")
 
 
 def frequency_scale(height: int, width: int, decay_power: float = 1.0) -> torch.Tensor:
@@ -31,8 +34,11 @@ def init_parameters(batch: int, size: int, parameterization: str, sd: float,
                     generator: torch.Generator) -> torch.Tensor:
     """Random starting parameters (CPU float32, drawn from ``generator``).
 
-    fourier: (batch, 3, size, size // 2 + 1, 2) real/imaginary parts; pixel: (batch, 3, size, size).
+    fourier: (batch, 3, size, size // 2 + 1, 2) real/imaginary parts; pixel: (batch, 3, size, size);
+    maco: (batch, 3, size, size // 2 + 1) phases, uniform in [-pi, pi) whatever ``sd``.
     """
+    if parameterization == "maco":
+        return (torch.rand((batch, 3, size, size // 2 + 1), generator=generator) * 2 - 1) * torch.pi
     if parameterization == "fourier":
         shape = (batch, 3, size, size // 2 + 1, 2)
     else:
@@ -44,9 +50,19 @@ def to_rgb(params: torch.Tensor, size: int, parameterization: str, decorrelate: 
            scale: torch.Tensor | None = None) -> torch.Tensor:
     """Parameters -> (batch, 3, size, size) RGB images in (0, 1) (differentiable).
 
-    scale: the `frequency_scale` for the fourier parameterisation (computed when None).
+    scale: the `frequency_scale` for the fourier parameterisation, the `natural_amplitude` for maco (computed when
+    None). A maco image is standardised (zero mean, unit deviation over each image) before the colours and the
+    sigmoid, as in MACO, so that only the phases decide what it shows.
     """
-    if parameterization == "fourier":
+    if parameterization == "maco":
+        if scale is None:
+            from spade.featurevis.spectrum import natural_amplitude
+
+            scale = natural_amplitude(size).to(params.device)
+        x = torch.fft.irfft2(torch.polar(scale.expand_as(params), params), s=(size, size), norm="ortho")
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        x = x / (x.std(dim=(1, 2, 3), keepdim=True) + 1e-6)
+    elif parameterization == "fourier":
         if scale is None:
             scale = frequency_scale(size, size).to(params.device)
         spectrum = torch.view_as_complex(params.contiguous()) * scale

@@ -1,0 +1,146 @@
+"""Are neuron visualizations readable, and does SPADE's show the image's facet? Judged by another network.
+
+Usage: python benchmarks/bench_featurevis_quality.py [--model efficientnet_lite0] [--judge efficientnet_lite2]
+            [--methods maco,fourier] [--classes 50] [--photos cat,coffee,flower,china] [--per-photo 10]
+            [--steps N] [--views N] [--device auto] [--out DIR]
+
+*Recognisable*: for --classes ImageNet classes spread evenly over the 1000, the class-logit visualization of the
+dense model is in the judge's top-5 for that class (rate per method; issue target: >= 60 % for the better one).
+*Faithful to the image's facet*: for every photo and each of its --per-photo top dense classes, the visualization of
+that class on the photo's SPADE trace (`spade.featurevis.visualization_trace`: the authors' late blocks at 0.95,
+backed off until it keeps the decision) and on the dense model are compared with the photo in the judge's
+penultimate features (the input of its last Linear layer, cosine); the pair counts for SPADE when the trace's
+picture is closer (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the held-out
+test photos (`spade_lab.photos.TEST_PHOTOS`). Every per-class and per-pair number is written to DIR/records.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def spread_classes(count: int, total: int = 1000) -> list[int]:
+    """``count`` class indices spread evenly over ``total`` (the first is 0)."""
+    return [round(i * total / count) for i in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--judge", default="efficientnet_lite2")
+    parser.add_argument("--methods", default="maco,fourier", help="parameterizations to compare")
+    parser.add_argument("--classes", type=int, default=50)
+    parser.add_argument("--photos", default=None, help="bundled photos (default: the test photos)")
+    parser.add_argument("--per-photo", type=int, default=10, help="top dense classes visualized per photo")
+    parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the device's)")
+    parser.add_argument("--views", type=int, default=None, help="augmented views of each trace")
+    parser.add_argument("--batch", type=int, default=10, help="visualizations optimised together")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from spade.augment import AugmentConfig
+    from spade.defaults import default_augmentations
+    from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace, visualize
+    from spade.models import load_model
+    from spade_lab.photos import TEST_PHOTOS, load_photos
+
+    loaded = load_model(args.model, device=args.device)
+    judge = load_model(args.judge, device=loaded.device)
+    device = loaded.device
+    head = [m for m in judge.model.modules() if isinstance(m, nn.Linear)][-1]
+    methods = args.methods.split(",")
+    stamp = datetime.datetime.now(datetime.UTC)
+    out = args.out or ROOT / "benchmarks" / "results" / f"featurevis-{stamp:%Y-%m-%d}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def judge_outputs(normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, crop, crop) judge-normalized images -> (logits (B, 1000), penultimate features (B, F))."""
+        seen = []
+        handle = head.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].flatten(1)))
+        try:
+            with torch.no_grad():
+                logits = judge.model(normalized.to(device))
+        finally:
+            handle.remove()
+        return logits.float().cpu(), seen[0].float().cpu()
+
+    def judge_pictures(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """`judge_outputs` of (B, H, W, 3) float [0, 1] visualizations, resized to the judge's crop."""
+        pre = judge.spec.preprocessing
+        x = torch.from_numpy(images).permute(0, 3, 1, 2)
+        x = torch.nn.functional.interpolate(x, size=(pre.crop, pre.crop), mode="bilinear", antialias=True)
+        return judge_outputs(pre.normalize(x))
+
+    def draw(model, classes: list[int], method: str):
+        config = FeatureVisConfig(steps=args.steps, parameterization=method, seed=0)
+        images = []
+        for start in range(0, len(classes), args.batch):
+            chunk = [ClassLogit(c) for c in classes[start:start + args.batch]]
+            images.append(visualize(model, chunk, preprocessing=loaded.spec.preprocessing, config=config).images)
+        return np.concatenate(images)
+
+    header = (f"{args.model} judged by {args.judge} on {device}; {stamp:%Y-%m-%d %H:%M} UTC; load average "
+              f"{os.getloadavg()[0]:.1f} at start; steps {args.steps or 'device default'}")
+    print(header, flush=True)
+    records: dict = {"header": header, "recognisable": {}, "faithful": {}}
+    classes = spread_classes(args.classes)
+    lines = [header, "", f"Recognisable: dense class-logit visualizations in {args.judge}'s top-5 ({len(classes)} "
+             "classes spread over ImageNet)"]
+    for method in methods:
+        t0 = time.perf_counter()
+        logits, _ = judge_pictures(draw(loaded.model, classes, method))
+        top5 = logits.topk(5).indices
+        hits = [c in row.tolist() for c, row in zip(classes, top5)]
+        records["recognisable"][method] = {"classes": classes, "hits": hits, "seconds": time.perf_counter() - t0}
+        lines.append(f"  {method:<8} {sum(hits)}/{len(hits)} = {100 * sum(hits) / len(hits):.0f} %  "
+                     f"({time.perf_counter() - t0:.0f} s)")
+        print(lines[-1], flush=True)
+
+    names = tuple(args.photos.split(",")) if args.photos else TEST_PHOTOS
+    photos = load_photos(names)
+    lines += ["", f"Faithful: SPADE visualization closer to the photo than the dense one ({args.judge} penultimate "
+              "features, cosine), top dense classes of each photo"]
+    views = args.views or default_augmentations("visualize", device)
+    for method in methods:
+        pairs = []
+        for name, image in photos.items():
+            trace = visualization_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
+                                        augment=AugmentConfig(count=views, seed=0),
+                                        selection=loaded.spec.layer_selection, keep_decision=True)
+            top = [p.index for p in loaded.predict(image, k=args.per_photo)]
+            _, photo_features = judge_outputs(judge.preprocessing(image).unsqueeze(0))
+            dense_features = judge_pictures(draw(loaded.model, top, method))[1]
+            spade_features = judge_pictures(draw(trace.model, top, method))[1]
+            cosine = torch.nn.functional.cosine_similarity
+            for k, index in enumerate(top):
+                d = float(cosine(dense_features[k], photo_features[0], dim=0))
+                s = float(cosine(spade_features[k], photo_features[0], dim=0))
+                pairs.append({"photo": name, "class": index, "dense_cosine": d, "spade_cosine": s,
+                              "trace_sparsity": trace.settings.get("sparsity_scale")})
+        closer = sum(p["spade_cosine"] > p["dense_cosine"] for p in pairs)
+        records["faithful"][method] = pairs
+        lines.append(f"  {method:<8} SPADE closer on {closer}/{len(pairs)} = {100 * closer / max(len(pairs), 1):.0f} %"
+                     f" of pairs")
+        print(lines[-1], flush=True)
+    lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")
+    (out / "table.txt").write_text("\n".join(lines) + "\n")
+    (out / "records.json").write_text(json.dumps(records, indent=1) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

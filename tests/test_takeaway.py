@@ -16,13 +16,21 @@ CAT = Prediction(282, "tiger cat", 0.62)
 TABBY = Prediction(281, "tabby", 0.4)
 
 
+def _top_by_hand(values: np.ndarray, k: int) -> np.ndarray:
+    """The k largest values' pixels, ties to the earlier pixel in row-major order (the documented rule), by a
+    lexicographic sort on (-value, pixel number)."""
+    flat = values.ravel()
+    order = np.lexsort((np.arange(flat.size), -flat))
+    top = np.zeros(flat.size, bool)
+    top[order[:k]] = True
+    return top.reshape(values.shape)
+
+
 def _by_hand(dense: np.ndarray, sparse: np.ndarray, share: float, mask: np.ndarray | None = None):
-    """moved, overlap and the mask shares, written out with sorted values instead of the module's argsort."""
-    d, s = np.abs(dense), np.abs(sparse)
+    """moved, overlap and the mask shares, written out pixel by pixel."""
+    d, s = np.abs(dense).astype(np.float64), np.abs(sparse).astype(np.float64)
     k = max(1, round(share * d.size))
-    d_cut = np.sort(d.ravel())[::-1][k - 1]  # the values are distinct, so ">= the k-th largest" is the top k
-    s_cut = np.sort(s.ravel())[::-1][k - 1]
-    d_top, s_top = d >= d_cut, s >= s_cut
+    d_top, s_top = _top_by_hand(d, k), _top_by_hand(s, k)
     assert d_top.sum() == k and s_top.sum() == k
     moved = sum(s[i, j] for i, j in zip(*np.nonzero(s_top)) if not d_top[i, j]) / s[s_top].sum()
     overlap = (d_top & s_top).sum() / k

@@ -51,8 +51,8 @@ def noise_note(method_label: str, takeaway: Takeaway) -> str | None:
     if not takeaway.noisy_difference:
         return None
     return (f"The two {method_label} maps rank pixels almost independently (rank correlation "
-            f"{takeaway.rank_correlation:.2f}), so the difference panel is mostly pixel noise: read the number "
-            "above and the maps' overall shape instead.")
+            f"{takeaway.rank_correlation:.2f}), so the difference panel is mostly pixel noise: compare the maps' "
+            "overall shape instead.")
 
 
 def _range(scale: float, signed: bool) -> str:

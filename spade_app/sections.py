@@ -260,7 +260,7 @@ def maps_view(image, pairs: dict[str, AttributionPair], takeaways: dict[str, Tak
         rows.append(row)
         result = takeaways[name]
         st.markdown(f"**{row.label}**")
-        takeaway_line(result, why_close, "Top-10 % mass moved")
+        takeaway_line(result, why_close, "Mass moved")
         note = maps.noise_note(row.label, result) if maps.pixel_level(name) else None
         st.caption(f"{row.normalized.label(signed)} · Spearman rank correlation of the absolute maps, "
                    f"dense vs SPADE: {result.rank_correlation:.2f}" + (f". {note}" if note else ""))

@@ -121,7 +121,8 @@ def trace_sparsity_text(trace: SpadeTrace) -> str:
 
 def closeness_reason(trace: SpadeTrace) -> str:
     """Why a trace's maps can be nearly the dense model's, in words: the sparsity was backed off to keep the
-    decision, or it is low, or (else) the trace reproduces the dense model closely on this image."""
+    decision, or it is low, or the trace reproduces the dense model closely on this image (logit cosine >= 0.9),
+    else that the pruning hardly moved this method's map."""
     settings = trace.settings
     requested, used = trace.requested_sparsity, settings["sparsity"]
     if requested != used:
@@ -131,8 +132,10 @@ def closeness_reason(trace: SpadeTrace) -> str:
     if isinstance(used, (int, float)) and used < 0.6:
         return (f"at {sparsity_text(used)} the trace stays close to the dense model; a higher sparsity "
                 "prunes more and can change more")
-    return (f"the trace reproduces the dense model closely on this image (logit cosine similarity "
-            f"{trace.logit_cosine:.2f})")
+    if trace.logit_cosine >= 0.9:
+        return (f"the trace reproduces the dense model closely on this image (logit cosine similarity "
+                f"{trace.logit_cosine:.2f})")
+    return "the pruning changed what the model computes, but hardly where this method's map points"
 
 
 WALKTHROUGH = RunSettings(sparsity=0.5, methods=("gradcam",))

@@ -346,7 +346,7 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
     with st.form("trojan_settings"):
         c_trigger, c_run = st.columns(2)
         with c_trigger:
-            st.markdown("**Trigger**")
+            st.markdown("**Trigger placement**")
             if trigger == UPLOAD:
                 upload = st.file_uploader("Your trigger (PNG)", type=["png"], key="tl_trigger_file",
                                           max_upload_size=loaders.UPLOAD_MB["trigger"],
@@ -550,7 +550,7 @@ def maps_view(image: np.ndarray, mask: np.ndarray, pairs: dict[str, AttributionP
         row = maps.MapRow(labels[name], image, pair, signed=False, per_map=per_map)
         st.markdown(f"**{labels[name]}** · SPADE trace at {trace_sparsity_text(traces[name])}"
                     + (" (its own)" if name in own else ""))
-        sections.takeaway_line(takeaways[name], closeness_reason(traces[name]), "Top-10 % mass on the trigger")
+        sections.takeaway_line(takeaways[name], closeness_reason(traces[name]), "On the trigger")
         st.caption(row.normalized.label(signed=False))
         for col, panel, caption in zip(st.columns(3), trigger_panels(row, mask), COLUMNS):
             col.image(panel, caption=caption, width="stretch")

@@ -82,9 +82,12 @@ def test_nearly_the_same_maps_say_so_and_why():
     result = compare_maps(dense, dense * 0.2, dense_top1=CAT, trace_top1=CAT)  # same shape, five times weaker
     assert result.moved == 0.0 and result.overlap == 1.0 and result.nearly_same
     assert result.rank_correlation == pytest.approx(1.0)
+    assert result.strength == pytest.approx(0.2)
     assert result.sentence("the sparsity was backed off to 0.40") == (
         "Dense and SPADE maps are nearly the same: SPADE moved only 0 % of the top-10 % saliency mass (the sparsity "
-        "was backed off to 0.40); the trace kept the decision (tiger cat, 62 %).")
+        "was backed off to 0.40); the SPADE map is weaker overall (0.2 × the dense map's top mass), so it looks "
+        "darker on the shared colour scale; the trace kept the decision (tiger cat, 62 %).")
+    assert "weaker" not in compare_maps(dense, dense * 0.8).sentence()
     # the reason is only given when the maps are nearly the same
     far = compare_maps(dense, rng.uniform(size=(10, 10)))
     assert not far.nearly_same and "backed off" not in far.sentence("the sparsity was backed off to 0.40")
@@ -98,12 +101,24 @@ def test_trigger_sentence_and_a_changed_decision():
     mask = np.zeros((10, 10), bool)
     mask[6:9, 0:5] = True
     result = compare_maps(dense, sparse, mask, dense_top1=CAT, trace_top1=TABBY)
-    assert (result.mask_dense, result.mask_spade) == (0.0, 1.0)
+    assert (result.mask_dense, result.mask_spade) == (0.0, 1.0) and result.strength == 1.0
     assert result.kept_decision is False
     text = result.sentence()
     assert text.startswith("SPADE puts 100 % of the top-10 % saliency mass on the trigger (dense: 0 %), taking "
                            "it mostly from the top right")
     assert "changed the decision (tiger cat → tabby, 40 %)" in text
+    # as much on the trigger as dense, but elsewhere off dense's strongest pixels
+    moved_off = sparse.copy()
+    moved_off[6:8, 0:5] = 0.1
+    moved_off[6, 0:5] = moved_off[9, 0:5] = 1.0  # half on the trigger, half in the bottom row (off the trigger)
+    dense_half = dense.copy()
+    dense_half[0, 5:10] = 0.1
+    dense_half[6, 0:5] = 1.0  # dense: half on the trigger too, half in the top right
+    same_share = compare_maps(dense_half, moved_off, mask)
+    assert (same_share.mask_dense, same_share.mask_spade) == (0.5, 0.5) and same_share.moved == 0.5
+    assert same_share.sentence().startswith(
+        "SPADE puts 50 % of the top-10 % saliency mass on the trigger (dense: 50 %), about as much as dense, though "
+        "50 % of its top mass lies off the dense map's strongest pixels")
 
 
 def test_a_noisy_pair_and_an_all_zero_map():

@@ -134,7 +134,7 @@ def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
                                               stamped.mask)
         takeaways.append((f"{on_spade:.0%}", f"SPADE puts {100 * on_spade:.0f} % of the top-10 % saliency mass on "
                                              f"the trigger (dense: {100 * on_dense:.0f} %)"))
-    metrics = [m for m in lab.metric if m.label == "Top-10 % mass on the trigger"]
+    metrics = [m for m in lab.metric if m.label == "On the trigger"]
     assert [m.value for m in metrics] == [value for value, _ in takeaways]
     sentences = [m.value for m in lab.markdown if m.value.startswith("SPADE puts ")]
     assert len(sentences) == 2

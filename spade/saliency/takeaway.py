@@ -22,7 +22,8 @@ from spade.prediction import Prediction
 
 TOP_SHARE = 0.10
 NEARLY_SAME = 0.10  # less than this share of the top mass moved: the maps are "nearly the same"
-NOISY_CORRELATION = 0.3  # a rank correlation below this: the pixel-by-pixel difference is mostly noise
+WEAKER = 0.5  # a SPADE map with less than this times the dense map's top mass is called weaker
+NOISY_CORRELATION = 0.5  # a rank correlation below this: the pixel-by-pixel difference is mostly noise
 REGION_NAMES = (("top left", "top", "top right"), ("left", "centre", "right"),
                 ("bottom left", "bottom", "bottom right"))
 
@@ -82,6 +83,8 @@ class Takeaway:
     lies outside the dense map's top region, in [0, 1] (0: SPADE's strongest pixels are dense's; NaN when the SPADE
     map is all zero). overlap: share of the dense top pixels that are also SPADE top pixels, in [0, 1].
     rank_correlation: Spearman correlation of the two absolute maps, in [-1, 1] (NaN for a constant map).
+    strength: the SPADE map's top mass over the dense map's, >= 0 (below 1: SPADE's map is weaker and looks darker
+    on a shared colour scale; NaN when the dense map is all zero).
     gained, lost: the third of the image (e.g. "top left", "centre") where SPADE's share of its top mass grew /
     shrank most against dense's, None when nothing moved. mask_dense, mask_spade: share of each map's top mass
     inside the mask (e.g. a Trojan trigger), in [0, 1]; None without a mask. dense_top1, trace_top1: the dense
@@ -92,6 +95,7 @@ class Takeaway:
     moved: float
     overlap: float
     rank_correlation: float
+    strength: float
     gained: str | None
     lost: str | None
     mask_dense: float | None = None
@@ -152,6 +156,9 @@ class Takeaway:
                     f"(dense: {_percent(self.mask_dense)})")
             if self.nearly_same:
                 text += ": nearly the same as the dense map"
+            elif abs(self.mask_spade - self.mask_dense) < NEARLY_SAME:
+                text += (f", about as much as dense, though {_percent(self.moved)} of its top mass lies off the "
+                         "dense map's strongest pixels")
             elif self.mask_spade > self.mask_dense and self.lost:
                 text += f", taking it mostly from the {self.lost}"
             elif self.mask_spade < self.mask_dense and self.gained:
@@ -165,6 +172,9 @@ class Takeaway:
                 text += f", mostly from the {self.lost} to the {self.gained}"
         if self.nearly_same and why_close:
             text += f" ({why_close})"
+        if self.strength == self.strength and self.strength < WEAKER:
+            text += (f"; the SPADE map is weaker overall ({self.strength:.2g} × the dense map's top mass), so it "
+                     "looks darker on the shared colour scale")
         decision = self._decision()
         return text + (f"; {decision}." if decision else ".")
 
@@ -184,6 +194,8 @@ def compare_maps(dense_map, spade_map, mask=None, *, dense_top1: Prediction | No
     top_dense, top_spade = top_region(dense, top_share), top_region(sparse, top_share)
     moved = _share(sparse, top_spade, ~top_dense)
     overlap = float((top_dense & top_spade).sum() / top_dense.sum())
+    dense_mass = dense[top_dense].sum()
+    strength = float(sparse[top_spade].sum() / dense_mass) if dense_mass > 0 else float("nan")
     change = _region_shares(sparse, top_spade) - _region_shares(dense, top_dense)
     gained = lost = None
     if np.isfinite(change).all() and np.abs(change).max() > 0:
@@ -200,5 +212,5 @@ def compare_maps(dense_map, spade_map, mask=None, *, dense_top1: Prediction | No
         if mask_dense is None or mask_spade is None:
             mask_dense = mask_spade = None
     return Takeaway(top_share=top_share, moved=moved, overlap=overlap,
-                    rank_correlation=rank_correlation(dense, sparse), gained=gained, lost=lost,
+                    rank_correlation=rank_correlation(dense, sparse), strength=strength, gained=gained, lost=lost,
                     mask_dense=mask_dense, mask_spade=mask_spade, dense_top1=dense_top1, trace_top1=trace_top1)

@@ -10,7 +10,7 @@ st.title("Explore")
 sel = get_selection()
 if not sel.presentation:
     with st.expander("Example gallery", expanded=False):
-        gallery()
+        gallery(columns=4)
 require_selection()
 
 left, right = st.columns([1, 2])
@@ -32,7 +32,8 @@ with st.expander("Settings", expanded=not sel.presentation):
     profiles = loaders.available_profiles(sel.loaded, sel.model_key)
     submitted = settings_form(sel.loaded.model, methods, default_methods(),
                               sel.loaded.spec.default_sparsity, profiles,
-                              loaders.default_profile(profiles, sel.loaded.spec), sel.loaded.spec.default_solver)
+                              loaders.default_profile(profiles, sel.loaded.spec), sel.loaded.spec.name,
+                              sel.loaded.spec.default_solver)
     settings = settings_for_scope((sel.model_key, sel.image_key), submitted)
     sections.augmentation_strip(sel, settings)
 

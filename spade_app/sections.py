@@ -14,13 +14,19 @@ from importlib import metadata
 
 import streamlit as st
 
-from spade import visualize
 from spade.errors import SpadeError
+from spade.prediction import Prediction
 from spade.progress import Progress
-from spade.saliency import METHODS, AttributionPair
+from spade.saliency import METHODS, AttributionPair, Takeaway
 from spade.trace import DecisionTrace, SpadeTrace
 from spade_app import compute, figures, maps, runner
-from spade_app.settings import RunSettings, current_settings, method_labels, trace_sparsity_text
+from spade_app.settings import (
+    RunSettings,
+    closeness_reason,
+    current_settings,
+    method_labels,
+    trace_sparsity_text,
+)
 from spade_app.sidebar import Selection
 
 
@@ -146,15 +152,39 @@ def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -
     pairs = attribution_pairs(sel, settings, dict.fromkeys(chosen, trace), target)
     if pairs is None:
         return {}
-    correlations = {name: pair.rank_correlation("absolute") for name, pair in pairs.items()}
-    maps_view(image, {labels[n]: pair for n, pair in pairs.items()},
-              {labels[n]: c for n, c in correlations.items()},
+    takeaways = {name: takeaway(sel, pair, trace) for name, pair in pairs.items()}
+    why_close = closeness_reason(trace)
+    maps_view(image, pairs, takeaways, why_close,
               f"{sel.model_label} · {sel.image_label} · class {sel.loaded.class_name(target)} · "
               f"{trace_sparsity_text(trace)}")
     return {name: {"label": labels[name], "target": int(target), "target_name": sel.loaded.class_name(target),
-                   "rank_correlation_dense_vs_spade": _finite(correlations[name]),
+                   "rank_correlation_dense_vs_spade": _finite(takeaways[name].rank_correlation),
+                   "top10_mass_moved": _finite(takeaways[name].moved),
+                   "takeaway": takeaways[name].sentence(why_close),
                    "dense_seconds": round(pair.dense.seconds, 3), "spade_seconds": round(pair.spade.seconds, 3),
                    "settings": repr(pair.settings)} for name, pair in pairs.items()}
+
+
+def takeaway(sel: Selection, pair: AttributionPair, trace: SpadeTrace, mask=None) -> Takeaway:
+    """The pair's takeaway (spade.saliency.takeaway) with the dense and the trace top-1 named by the model."""
+    def named(prediction: Prediction) -> Prediction:
+        return Prediction(prediction.index, sel.loaded.class_name(prediction.index), prediction.probability)
+
+    return pair.takeaway(mask, dense_top1=named(trace.dense_top5[0]), trace_top1=named(trace.trace_top5[0]))
+
+
+def takeaway_line(result: Takeaway, why_close: str, label: str) -> None:
+    """The takeaway's number as a metric and its sentence beside it. label: the metric's label."""
+    c_number, c_text = st.columns([1, 4], vertical_alignment="center")
+    if result.mask_spade is not None:
+        c_number.metric(label, f"{result.number:.0%}", f"{result.mask_spade - result.mask_dense:+.0%} vs dense",
+                        help="Share of the SPADE map's top-10 % mass (the sum of |attribution| over its strongest "
+                             "tenth of pixels) that lies on the trigger; the delta compares it with the dense map's.")
+    else:
+        c_number.metric(label, "–" if result.moved != result.moved else f"{result.moved:.0%}",
+                        help="Share of the SPADE map's top-10 % mass (the sum of |attribution| over its strongest "
+                             "tenth of pixels) that lies outside the dense map's strongest tenth.")
+    c_text.markdown(result.sentence(why_close))
 
 
 def attribution_pairs(sel: Selection, settings: RunSettings, traces: Mapping[str, SpadeTrace], target: int
@@ -204,29 +234,42 @@ def _finite(value: float) -> float | None:
     return None if value != value else round(float(value), 4)  # NaN (constant map) -> null in JSON
 
 
+def scale_radio(key: str) -> bool:
+    """The colour scale choice (shared by default); True for one scale per map."""
+    return st.radio("Colour scale", maps.SCALES, key=key, horizontal=True, help=maps.SCALE_HELP) == maps.PER_MAP
+
+
 @st.fragment
-def maps_view(image, pairs: dict[str, AttributionPair], correlations: dict[str, float], title: str) -> None:
-    """image | dense | SPADE | difference per method. Opacity and map kind only redraw this fragment."""
-    c1, c2 = st.columns([2, 1])
+def maps_view(image, pairs: dict[str, AttributionPair], takeaways: dict[str, Takeaway], why_close: str,
+              title: str) -> None:
+    """Per method: its takeaway (a number and a sentence), then image | dense | SPADE | difference. Opacity, map
+    kind and colour scale only redraw this fragment."""
+    labels = method_labels()
+    c1, c2, c3 = st.columns([2, 1, 1])
     opacity = c1.slider("Overlay opacity", 0.0, 1.0, 0.6, step=0.05, key="ex_opacity")
     kind = c2.radio("Map", ["absolute", "signed"], key="ex_map_kind", horizontal=True,
                     help="absolute: |sum over colour channels|; signed: the sum itself (red positive, blue negative).")
+    with c3:
+        per_map = scale_radio("ex_scale")
     signed = kind == "signed"
-    rows = [maps.MapRow(label, image, pair, signed) for label, pair in pairs.items()]
-    st.caption("Dense and SPADE maps of a method share one colour scale (the 99th percentile of their absolute "
-               "values taken together), so equal colours mean equal attribution; the difference panel shows "
-               "SPADE − dense on that scale (blue: dense stronger, red: SPADE stronger).")
+    st.caption(maps.scale_caption(per_map) + " " + maps.difference_caption(per_map))
     st.image(maps.colour_bar(signed), caption=("−s … 0 … +s" if signed else "0 … s"), width=256)
-    for row in rows:
-        scale = row.normalized[2]
+    rows = []
+    for name, pair in pairs.items():
+        row = maps.MapRow(labels[name], image, pair, signed, per_map)
+        rows.append(row)
+        result = takeaways[name]
         st.markdown(f"**{row.label}**")
-        st.caption(f"{visualize.scale_label(scale, signed)} · Spearman rank correlation of the absolute maps, "
-                   f"dense vs SPADE: {correlations[row.label]:.2f}")
+        takeaway_line(result, why_close, "Mass moved")
+        note = maps.noise_note(row.label, result) if maps.pixel_level(name) else None
+        st.caption(f"{row.normalized.label(signed)} · Spearman rank correlation of the absolute maps, "
+                   f"dense vs SPADE: {result.rank_correlation:.2f}" + (f". {note}" if note else ""))
         cols = st.columns(4)
-        for col, panel, name in zip(cols, row.panels(opacity), maps.COLUMNS):
-            col.image(panel, caption=name, width="stretch")
+        for col, panel, caption in zip(cols, row.panels(opacity), maps.COLUMNS):
+            col.image(panel, caption=caption, width="stretch")
     st.download_button("Comparison (PNG)", maps.comparison_png(rows, opacity), file_name="spade_comparison.png",
-                       mime="image/png", icon=":material/image:", on_click="ignore", help=title)
+                       mime="image/png", icon=":material/image:", on_click="ignore",
+                       help=f"{title} (on the shared colour scale)")
 
 
 # ----------------------------------------------------------------------------------------------- downloads

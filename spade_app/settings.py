@@ -7,6 +7,7 @@ settings are kept in session state and used as the form's defaults, so they surv
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,15 +28,30 @@ SETTINGS_KEY = "explore_settings"
 REQUEST_KEY = "explore_request"
 UNIFORM, LATE, PROFILE, FILE = "Uniform", "Late blocks", "Built-in profile", "Profile JSON file"
 SPARSITY_MODES = (UNIFORM, LATE, PROFILE, FILE)
+SOLVER_LABELS = {  # spade.solver.SOLVERS: the short menu entry of each
+    "group": "group: fast (the authors' choice)",
+    "row": "row: fast, the same share per row",
+    "obc": "obc: exact, minutes on a CPU",
+}
 SOLVER_HELP = {
-    "group": "the authors' selection groups: every k×k kernel group of a row block loses exactly the target share",
-    "row": "each output row loses exactly the target share, chosen adaptively during the sweep",
-    "obc": "the paper's exact solver, one weight at a time per row: closer to the model, but minutes on a CPU",
+    "group": "removes weights in small groups (every k×k kernel group of a row block loses exactly the target "
+             "share), as the SPADE authors' code does",
+    "row": "every output row of a layer loses exactly the target share, chosen while the solver sweeps the row",
+    "obc": "the paper's exact solver, one weight at a time per row: closest to the model, but minutes on a CPU",
 }
 SPARSITY_OF_LABELS = {  # spade.solver.SPARSITY_OF, the default first
-    "nonzero": "the layer's connections (its zero weights stay zero)",
-    "all": "every weight, zeros included (the authors' code)",
+    "nonzero": "connections (zero weights stay zero)",
+    "all": "every weight (the authors' code)",
 }
+DAMP_HELP = ("SPADE rebuilds each pruned layer so that its outputs on the augmented views stay as close as possible "
+             "to the dense layer's. Damping is a small amount added to the statistics of that fit (the diagonal of "
+             "the layer's Hessian, as a fraction of its mean) to keep it stable. 0.01 (the default of OBC and "
+             "SparseGPT) rebuilds each layer most closely; larger values choose the removed weights more by their "
+             "size and correct the remaining weights less.")
+SPARSITY_OF_HELP = ("What the share of removed weights is a share of. Connections: only the weights that are not "
+                    "already zero, so the trace stays a sub-network of the model and a layer with built-in zeros "
+                    "(the back-doored demo model's block-diagonal layers) is pruned as much as any other. Every "
+                    "weight: zeros included, as in the authors' code. Both count the same on layers without zeros.")
 
 
 @dataclass(frozen=True)
@@ -54,15 +70,38 @@ class RunSettings:
         return KeepDecision().when(self.keep_decision)
 
 
-def sparsity_text(sparsity: float | SparsityProfile | Mapping, sparsity_of: str = "nonzero") -> str:
-    """A sparsity as the app shows it: "uniform 0.50", or a profile's name in code style (it may come from an
-    uploaded file: shown as text), with "of every weight" when the solver counts every weight (sparsity_of
-    "all"). sparsity: a setting, or as a trace's settings record it (a number or the profile's JSON)."""
+_SCALED = re.compile(r"^(?P<name>.*) x(?P<factor>[0-9.]+)$")
+_LATE = re.compile(r"^late-blocks-(?P<target>[0-9.]+)$")
+
+
+def _profile_words(name: str, origin: bool = True) -> str:
+    """A profile's name in words: "late blocks at 0.95" for the "Late blocks" profile, "late blocks at 0.50 (backed
+    off from 0.95)" for it scaled down by "Keep the model's decision" (its name then ends in " x<factor>"), "profile
+    `name` at 0.53 × its targets" for another scaled profile, else "profile `name`" (code style: it may come from an
+    uploaded file)."""
+    scaled = _SCALED.match(name)
+    base, factor = (scaled["name"], float(scaled["factor"])) if scaled else (name, None)
+    late = _LATE.match(base)
+    if late:
+        target = float(late["target"])
+        if factor is None:
+            return f"late blocks at {target:.2f}"
+        return f"late blocks at {target * factor:.2f}" + (f" (backed off from {target:.2f})" if origin else "")
+    text = "profile `" + base.replace("`", "'") + "`"
+    return text if factor is None else f"{text} at {factor:.2f} × its targets"
+
+
+def sparsity_text(sparsity: float | SparsityProfile | Mapping, sparsity_of: str = "nonzero", origin: bool = True
+                  ) -> str:
+    """A sparsity as the app shows it: "uniform 0.50", or a profile in words (see :func:`_profile_words`), with
+    "of every weight" when the solver counts every weight (sparsity_of "all"). sparsity: a setting, or as a
+    trace's settings record it (a number or the profile's JSON). origin: name the sparsity a backed-off "Late
+    blocks" profile came from (off where the requested sparsity is shown beside it)."""
     if isinstance(sparsity, (int, float)):
         text = f"uniform {sparsity:.2f}"
     else:
         name = sparsity.name if isinstance(sparsity, SparsityProfile) else sparsity.get("name", "custom")
-        text = "profile `" + name.replace("`", "'") + "`"
+        text = _profile_words(name, origin)
     return text + (" of every weight" if sparsity_of == "all" else "")
 
 
@@ -76,7 +115,27 @@ def trace_sparsity_text(trace: SpadeTrace) -> str:
     if requested == used:
         return sparsity_text(used, sparsity_of)
     outcome = "kept the decision" if trace.top1_agrees else "the decision still changed"
-    return f"requested {sparsity_text(requested)} → used {sparsity_text(used, sparsity_of)} ({outcome})"
+    return (f"requested {sparsity_text(requested)} → used {sparsity_text(used, sparsity_of, origin=False)} "
+            f"({outcome})")
+
+
+def closeness_reason(trace: SpadeTrace) -> str:
+    """Why a trace's maps can be nearly the dense model's, in words: the sparsity was backed off to keep the
+    decision, or it is low, or the trace reproduces the dense model closely on this image (logit cosine >= 0.9),
+    else that the pruning hardly moved this method's map."""
+    settings = trace.settings
+    requested, used = trace.requested_sparsity, settings["sparsity"]
+    if requested != used:
+        return (f"the sparsity was backed off from {sparsity_text(requested)} to "
+                f"{sparsity_text(used, origin=False)} to keep the decision, and that little pruning leaves the "
+                "trace close to the dense model")
+    if isinstance(used, (int, float)) and used < 0.6:
+        return (f"at {sparsity_text(used)} the trace stays close to the dense model; a higher sparsity "
+                "prunes more and can change more")
+    if trace.logit_cosine >= 0.9:
+        return (f"the trace reproduces the dense model closely on this image (logit cosine similarity "
+                f"{trace.logit_cosine:.2f})")
+    return "the pruning changed what the model computes, but hardly where this method's map points"
 
 
 WALKTHROUGH = RunSettings(sparsity=0.5, methods=("gradcam",))
@@ -138,9 +197,12 @@ def build_settings(values: FormValues, model: nn.Module, profiles: dict[str, Spa
     elif values.mode == LATE:
         sparsity = late_blocks_profile(model, target=uniform)
     elif values.mode == PROFILE:
-        if values.profile not in profiles:
+        if not profiles:
             raise ConfigError("No built-in profile fits this model: choose another sparsity mode or upload a "
                               "profile JSON file.")
+        if values.profile not in profiles:
+            raise ConfigError("Choose a built-in profile from the menu (profiles tuned for another model are "
+                              "marked), or pick another sparsity mode.")
         sparsity = profiles[values.profile]
     elif values.mode == FILE:
         if values.upload is None:
@@ -173,46 +235,119 @@ def _mode_of(sparsity: Sparsity, profiles: dict[str, SparsityProfile], model: nn
     return PROFILE if sparsity in profiles.values() else FILE
 
 
+def made_for(key: str) -> str | None:
+    """The registered model a profile was made for, read from its key: a file named after the model
+    (``<model>.json``, ``<model>_<method>.json``) or a built-in profile named so (``resnet50_saliency``); the
+    longest such model name, None when the key names none."""
+    from spade.models import MODELS
+
+    names = [name for name in MODELS if key == name or key.startswith(name + "_")]
+    return max(names, key=len) if names else None
+
+
+def profile_choices(profiles: dict[str, SparsityProfile], model_name: str, default: str | None
+                    ) -> tuple[list[str], int | None]:
+    """(the keys of ``profiles`` in menu order, the index selected first): the profiles made for ``model_name``
+    first, then those made for no model in particular, then the other models' (they fit the blocks but were tuned
+    on another model). The first selection is ``default`` when given, else the first profile made for this model
+    or for no model in particular, else none (the user must choose, so a profile tuned for another model is never
+    taken without a look)."""
+    mine = [k for k in profiles if made_for(k) == model_name]
+    own = mine + [k for k in profiles if made_for(k) is None]
+    keys = own + [k for k in profiles if k not in own]
+    chosen = default if default in keys else next(iter(own), None)
+    return keys, (keys.index(chosen) if chosen is not None else None)
+
+
+def profile_menu_label(key: str, profile: SparsityProfile, model_name: str) -> str:
+    """A menu entry: the profile's label (loaders.profile_label), with "tuned for <model>" when it was made for
+    another model than ``model_name``."""
+    origin = made_for(key)
+    label = profile_label(key, profile)
+    return label if origin in (None, model_name) else f"{label} · tuned for {origin}"
+
+
+def mode_radio(model: nn.Module, profiles: dict[str, SparsityProfile], default: Sparsity) -> str:
+    """The sparsity mode, chosen outside the form so that the form shows only the controls of that mode."""
+    last = st.session_state.get(SETTINGS_KEY)
+    mode = _mode_of(last.sparsity if last is not None else default, profiles, model)
+    return st.radio("Sparsity targets", SPARSITY_MODES, index=SPARSITY_MODES.index(mode), key="ex_sparsity_mode",
+                    horizontal=True,
+                    help="Uniform: one share of weights removed on every pruned layer. Late blocks: that share on "
+                         "the last 30% of blocks and the classifier only, nothing elsewhere (the authors' choice "
+                         "for neuron visualizations). Built-in profile / Profile JSON file: a share per block, from "
+                         "a profile shipped with the app or from your own file.")
+
+
+def advanced_solver(last: SolverConfig, default_solver: str) -> tuple[str, str, float]:
+    """(solver mode, what a sparsity counts, damping) in an "Advanced" expander with plain help texts; the solver
+    menu starts at ``default_solver`` (the model's) and goes back to it when the model's default changes."""
+    if st.session_state.get("ex_solver_default") != default_solver:  # first draw or another model
+        st.session_state["ex_solver_default"] = st.session_state["ex_solver"] = default_solver
+    with st.expander("Advanced: solver", expanded=False):
+        st.caption("The defaults follow the SPADE paper; change them to compare solvers.")
+        c_mode, c_count, c_damp = st.columns([2, 2, 1])
+        solver_mode = c_mode.selectbox(
+            "Solver", list(SOLVERS), key="ex_solver",
+            format_func=lambda m: SOLVER_LABELS.get(m, m),
+            help="How each layer chooses the weights it removes and corrects the others.\n\n"
+                 + "\n\n".join(f"**{m}**: {SOLVER_HELP.get(m, '')}" for m in SOLVERS))
+        sparsity_of = c_count.selectbox("Share of removed weights counts", list(SPARSITY_OF_LABELS),
+                                        index=list(SPARSITY_OF_LABELS).index(last.sparsity_of),
+                                        key="ex_sparsity_of", format_func=SPARSITY_OF_LABELS.get,
+                                        help=SPARSITY_OF_HELP)
+        damp = c_damp.number_input("Damping", min_value=0.0, max_value=1000.0, value=float(last.damp), step=0.01,
+                                   format="%g", key="ex_damp", help=DAMP_HELP)
+    return solver_mode, sparsity_of, damp
+
+
 def settings_form(model: nn.Module, method_labels: dict[str, str], default_methods: tuple[str, ...] = (),
                   default_sparsity: float = 0.5, profiles: dict[str, SparsityProfile] | None = None,
-                  default_profile: str | None = None, default_solver: str = "group") -> RunSettings | None:
-    """Draw the form. Returns new settings when "Run SPADE" was pressed, else None (errors shown).
+                  default_profile: str | None = None, model_name: str = "", default_solver: str = "group"
+                  ) -> RunSettings | None:
+    """Draw the sparsity mode and the form. Returns new settings when "Run SPADE" was pressed, else None (errors
+    shown). Only the controls of the chosen sparsity mode are shown (the slider for Uniform / Late blocks, the
+    profile menu for a built-in profile, the uploader for a profile file); the solver's settings sit in an
+    "Advanced" expander.
 
     model: the dense model (the "Late blocks" profile is built from its block structure).
     default_sparsity: the slider's value before the first run (the model spec's recommended uniform target).
     profiles: {key: profile} offered as built-in profiles, those that fit the model (loaders.available_profiles);
-    default_profile: the key selected before the first choice (else the first).
-    default_solver: the solver selected before the first run (the model spec's).
+    default_profile: the key selected before the first choice (else see :func:`profile_choices`).
+    model_name: the model's registry name (profiles tuned for it come first).
+    default_solver: the solver selected before the first run and whenever the model changes (the model spec's).
     """
     profiles = profiles or {}
     last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity,
                                                              solver=SolverConfig(mode=default_solver))
     aug = last.augment
+    mode = mode_radio(model, profiles, last.sparsity)
+    uniform, profile, upload = (default_sparsity if isinstance(last.sparsity, SparsityProfile)
+                                else float(last.sparsity)), None, None
     with st.form("spade_settings"):
-        c_sparsity, c_aug, c_solver = st.columns(3)
+        c_sparsity, c_aug, c_methods = st.columns(3)
         with c_sparsity:
             st.markdown("**Sparsity**")
-            last_mode = _mode_of(last.sparsity, profiles, model)
-            mode = st.radio("Targets", SPARSITY_MODES, index=SPARSITY_MODES.index(last_mode), key="ex_sparsity_mode",
-                            horizontal=True,
-                            help="Uniform: the slider's value on every pruned layer. Late blocks: the slider's value "
-                                 "on the last 30% of blocks and the classifier, 0 elsewhere (the authors' choice "
-                                 "for neuron visualizations). Built-in profile / JSON: per-block targets.")
-            last_uniform = default_sparsity if isinstance(last.sparsity, SparsityProfile) else float(last.sparsity)
-            uniform = st.slider("Sparsity (share of weights removed per layer)", 0.0, 0.99, last_uniform,
-                                step=0.01, key="ex_sparsity")
-            keys = list(profiles)
-            chosen = next((key for key, p in profiles.items() if p == last.sparsity), default_profile)
-            index = keys.index(chosen) if chosen in keys else (0 if keys else None)
-            profile = st.selectbox("Built-in profile", keys, index=index,
-                                   key="ex_profile", disabled=not keys,
-                                   format_func=lambda key: profile_label(key, profiles[key]),
-                                   placeholder="none fits this model",
-                                   help="Profiles shipped with the library whose blocks this model has.\n\n"
-                                        + "\n\n".join(f"**{profile_label(k, p)}**: {p.description}"
-                                                        for k, p in profiles.items()))
-            upload = st.file_uploader("Profile JSON ({\"targets\": {block: sparsity}, \"default\": 0})",
-                                      type=["json"], key="ex_profile_file", max_upload_size=UPLOAD_MB["profile"])
+            if mode in (UNIFORM, LATE):
+                label = "Share of weights removed per layer" if mode == UNIFORM else "Share removed in the late blocks"
+                uniform = st.slider(label, 0.0, 0.99, uniform, step=0.01, key="ex_sparsity",
+                                    help="0: the dense model; 0.9: nine in ten weights of each pruned layer removed.")
+            elif mode == PROFILE:
+                keys, index = profile_choices(profiles, model_name, default_profile)
+                chosen = next((key for key, p in profiles.items() if p == last.sparsity), None)
+                index = keys.index(chosen) if chosen in keys else index
+                profile = st.selectbox("Built-in profile", keys, index=index, key="ex_profile", disabled=not keys,
+                                       format_func=lambda key: profile_menu_label(key, profiles[key], model_name),
+                                       placeholder="choose a profile" if keys else "none fits this model",
+                                       help="Profiles shipped with the app whose blocks this model has; those "
+                                            "tuned for another model are marked.\n\n"
+                                            + "\n\n".join(f"**{profile_label(k, p)}**: {p.description}"
+                                                            for k, p in profiles.items()))
+            else:
+                upload = st.file_uploader("Profile JSON file", type=["json"], key="ex_profile_file",
+                                          max_upload_size=UPLOAD_MB["profile"],
+                                          help='A JSON object such as {"targets": {"blocks.5.0": 0.9}, "default": 0}: '
+                                               "the share removed per block, and for every other block.")
             keep = keep_decision_checkbox(last.keep_decision, key="ex_keep")
         with c_aug:
             st.markdown("**Augmentations**")
@@ -224,31 +359,15 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
             hue = st.slider("Hue jitter", 0.0, 0.5, aug.hue, step=0.05, key="ex_hue")
             erasing = st.slider("Random erasing probability", 0.0, 1.0, aug.erasing, step=0.05, key="ex_erasing")
             seed = st.number_input("Seed", 0, 2**31 - 1, aug.seed, key="ex_seed")
-        with c_solver:
-            st.markdown("**Solver and explanations**")
-            if st.session_state.get("ex_solver_default") != default_solver:  # first draw or another model
-                st.session_state["ex_solver_default"] = st.session_state["ex_solver"] = default_solver
-            solver_mode = st.selectbox("Solver mode", list(SOLVERS), key="ex_solver",
-                                       format_func=lambda m: f"{m}: {SOLVER_HELP.get(m, '')}")
-            sparsity_of = st.selectbox(
-                "A sparsity counts", list(SPARSITY_OF_LABELS),
-                index=list(SPARSITY_OF_LABELS).index(last.solver.sparsity_of), key="ex_sparsity_of",
-                format_func=SPARSITY_OF_LABELS.get,
-                help="Counting connections keeps the trace a sub-network of the model and prunes a layer with "
-                     "built-in zeros (the back-doored demo model's block-diagonal layers) as much as any other. "
-                     "The two agree on layers without zeros.")
-            damp = st.number_input(
-                "Hessian damping", min_value=0.0, max_value=1000.0, value=float(last.solver.damp), step=0.01,
-                format="%g", key="ex_damp",
-                help="Added to the diagonal of each layer's Hessian, as a fraction of its mean. 0.01 (OBC's and "
-                     "SparseGPT's default) reconstructs each layer most closely; larger values prune more by weight "
-                     "magnitude and compensate less.")
+        with c_methods:
+            st.markdown("**Explanations**")
             methods = st.multiselect("Saliency methods", list(method_labels),
                                      default=[m for m in (last.methods or default_methods) if m in method_labels],
                                      format_func=lambda m: method_labels[m], key="ex_methods",
                                      disabled=not method_labels,
                                      placeholder="none" if method_labels else "saliency methods are not available yet")
             st.caption("The device is chosen in the sidebar.")
+        solver_mode, sparsity_of, damp = advanced_solver(last.solver, default_solver)
         submitted = st.form_submit_button("Run SPADE", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None

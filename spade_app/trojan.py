@@ -32,9 +32,12 @@ from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, read_tri
 from spade_app import benchmarks, figures, loaders, maps, runner, sections
 from spade_app.settings import (
     RunSettings,
+    closeness_reason,
     default_methods,
     keep_decision_checkbox,
     method_labels,
+    profile_choices,
+    profile_menu_label,
     settings_for_scope,
     trace_sparsity_text,
 )
@@ -288,6 +291,9 @@ def build_trojan_settings(values: TrojanFormValues, choice: str, profiles: dict[
         trigger_key, trigger_label = values.trigger, values.trigger
     if values.mode == PROFILE and values.profile in profiles:
         sparsity: float | SparsityProfile = profiles[values.profile]
+    elif values.mode == PROFILE and profiles:
+        raise ConfigError("Choose a profile from the menu (profiles tuned for another model are marked), or pick "
+                          "the uniform sparsity.")
     else:
         sparsity = round(float(values.uniform), 4)
     if not values.methods:
@@ -313,28 +319,46 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
         methods=default_methods())
     icons = trigger_icons()
     options = [*icons, UPLOAD]
+    # the choices that decide which controls apply: outside the form, so that changing one redraws it
+    c_choice, c_place, c_mode = st.columns([2, 1, 1])
+    with c_choice:
+        st.image(list(icons.values()), caption=list(icons), width=56)
+        last_trigger = last.trigger if last.trigger in icons else UPLOAD
+        trigger = st.radio("Trigger", options, index=options.index(last_trigger), key="tl_trigger",
+                           horizontal=True, format_func=lambda n: "upload…" if n == UPLOAD else n,
+                           help="The demo model's back door reacts to the heart (and the star); the others are "
+                                "decoys. Upload…: your own RGBA PNG.")
+    placement = c_place.radio("Placement", (RANDOM, SLIDERS), index=int(last.position is not None),
+                              key="tl_placement",
+                              help="Random: anywhere inside the part of the image the model sees, drawn from the "
+                                   "seed. Position sliders: the trigger centre in relative image coordinates.")
+    if profiles:
+        is_profile = isinstance(last.sparsity, SparsityProfile)
+        mode = c_mode.radio("Sparsity", (UNIFORM, PROFILE), index=int(is_profile), key="tl_sparsity_mode",
+                            help="Uniform: one share of weights removed on every pruned layer. Profile: a share "
+                                 "per block, tuned for a model.")
+    else:
+        mode = UNIFORM
+        c_mode.caption(f"Sparsity: uniform (no profile fits {loaded.spec.name}).")
+    upload, profile = None, None
+    x, y = last.position or (0.5, 0.5)
+    uniform = float(loaded.spec.default_sparsity if isinstance(last.sparsity, SparsityProfile) else last.sparsity)
     with st.form("trojan_settings"):
         c_trigger, c_run = st.columns(2)
         with c_trigger:
-            st.markdown("**Trigger**")
-            st.image(list(icons.values()), caption=list(icons), width=56)
-            last_trigger = last.trigger if last.trigger in icons else UPLOAD
-            trigger = st.radio("Trigger", options, index=options.index(last_trigger), key="tl_trigger",
-                               horizontal=True, label_visibility="collapsed",
-                               format_func=lambda n: "upload…" if n == UPLOAD else n)
-            upload = st.file_uploader("Your own trigger (RGBA PNG; transparent around the shape)", type=["png"],
-                                      key="tl_trigger_file", max_upload_size=loaders.UPLOAD_MB["trigger"])
-            placement = st.radio("Placement", (RANDOM, SLIDERS), index=int(last.position is not None),
-                                 key="tl_placement", horizontal=True,
-                                 help="Random: anywhere inside the part of the image the model sees, drawn from "
-                                      "the seed. Sliders: the trigger centre in relative image coordinates.")
-            seed = st.number_input("Seed (random placement and colour jitter)", 0, 2**31 - 1, last.seed,
-                                   key="tl_seed")
-            x0, y0 = last.position or (0.5, 0.5)
-            cx, cy = st.columns(2)
-            x = cx.slider("Centre x", 0.0, 1.0, float(x0), step=0.01, key="tl_x")
-            y = cy.slider("Centre y", 0.0, 1.0, float(y0), step=0.01, key="tl_y")
-            size = st.slider("Size (fraction of the short side)", 0.05, 0.6, float(last.size), step=0.01,
+            st.markdown("**Trigger placement**")
+            if trigger == UPLOAD:
+                upload = st.file_uploader("Your trigger (PNG)", type=["png"], key="tl_trigger_file",
+                                          max_upload_size=loaders.UPLOAD_MB["trigger"],
+                                          help="An RGBA PNG, transparent around the shape.")
+            seed = st.number_input("Seed", 0, 2**31 - 1, last.seed, key="tl_seed",
+                                   help="Draws the random position (with random placement) and the trigger's "
+                                        "colour jitter.")
+            if placement == SLIDERS:
+                cx, cy = st.columns(2)
+                x = cx.slider("Centre x", 0.0, 1.0, float(x), step=0.01, key="tl_x")
+                y = cy.slider("Centre y", 0.0, 1.0, float(y), step=0.01, key="tl_y")
+            size = st.slider("Size (share of the short side)", 0.05, 0.6, float(last.size), step=0.01,
                              key="tl_size")
             alpha = st.slider("Opacity", 0.1, 1.0, float(last.alpha), step=0.05, key="tl_alpha")
         with c_run:
@@ -344,30 +368,29 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
                 n = len(loaded.class_names)
                 target_options = [None, *range(n)]
                 last_target = last.target if last.target is not None and last.target < n else None
-                target = st.selectbox("Target class of the back door", target_options,
+                target = st.selectbox("Target class", target_options,
                                       index=target_options.index(last_target), key="tl_target",
-                                      format_func=lambda i: "automatic: the model's known back door for this trigger, "
-                                      "else the stamped image's prediction" if i is None
-                                      else f"{loaded.class_name(i)} ({i})")
+                                      format_func=lambda i: "automatic" if i is None
+                                      else f"{loaded.class_name(i)} ({i})",
+                                      help="The class the back door switches to. Automatic: the model's known back "
+                                           "door for this trigger, else the stamped image's prediction.")
             else:
                 doors = ", ".join(f"{d.trigger} → {loaded.class_name(d.target)}" for d in loaded.spec.backdoors)
                 st.caption(f"Target: the demo model's back door class for the chosen trigger ({doors}; other "
                            "triggers are decoys the model ignores).")
-            profile_keys = list(profiles)
-            is_profile = isinstance(last.sparsity, SparsityProfile)
-            mode = st.radio("Sparsity", (UNIFORM, PROFILE), index=int(is_profile and bool(profile_keys)),
-                            key="tl_sparsity_mode", horizontal=True)
-            uniform = st.slider("Uniform sparsity (share of weights removed per layer)", 0.0, 0.99,
-                                float(loaded.spec.default_sparsity if is_profile else last.sparsity), step=0.01,
-                                key="tl_sparsity")
-            last_key = next((key for key, p in profiles.items() if p == last.sparsity), tuned)
-            profile = st.selectbox("Profile", profile_keys,
-                                   index=profile_keys.index(last_key) if last_key in profile_keys else 0,
-                                   key="tl_profile", disabled=not profile_keys,
-                                   format_func=lambda key: loaders.profile_label(key, profiles[key]),
-                                   placeholder="no profile fits this model",
-                                   help=f"Built-in profiles and JSON files under spade/profiles/ that fit "
-                                        f"{loaded.spec.name} (a tuned one is picked by default).")
+            if mode == UNIFORM:
+                uniform = st.slider("Share of weights removed per layer", 0.0, 0.99, uniform, step=0.01,
+                                    key="tl_sparsity",
+                                    help="0: the dense model; 0.9: nine in ten weights of each pruned layer removed.")
+            else:
+                keys, index = profile_choices(profiles, loaded.spec.name, tuned)
+                chosen = next((key for key, p in profiles.items() if p == last.sparsity), None)
+                profile = st.selectbox(
+                    "Profile", keys, index=keys.index(chosen) if chosen in keys else index, key="tl_profile",
+                    format_func=lambda key: profile_menu_label(key, profiles[key], loaded.spec.name),
+                    placeholder="choose a profile",
+                    help=f"Profiles shipped under spade/profiles/ whose blocks {loaded.spec.name} has (the one tuned "
+                         "for it is picked by default; those tuned for another model are marked).")
             own_on = st.checkbox(
                 "Methods with a profile of their own use it", last.own_profiles, key="tl_own", disabled=not own,
                 help="Profiles tuned for one saliency method alone on the calibration photos and trigger, as the "
@@ -395,8 +418,6 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
         return None
     if values.upload is not None and values.trigger == UPLOAD:
         remember_upload(values.upload[1])
-    if mode == PROFILE and not isinstance(settings.sparsity, SparsityProfile):
-        st.warning(f"No sparsity profile fits {loaded.spec.name}; using the uniform sparsity {uniform:.2f}.")
     return settings
 
 
@@ -472,7 +493,7 @@ SUMMARY_FORMAT = {
 
 
 def trigger_panels(row: maps.MapRow, mask: np.ndarray, opacity: float = MAP_OPACITY) -> list[np.ndarray]:
-    """stamped image | dense | SPADE (one joint colour scale) with the trigger outline on each."""
+    """stamped image | dense | SPADE (on the row's colour scale) with the trigger outline on each."""
     return [visualize.mask_outline(panel, mask, OUTLINE) for panel in row.panels(opacity)[:3]]
 
 
@@ -492,7 +513,8 @@ def method_traces(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, m
 
 def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, target: int, mask: np.ndarray
                  ) -> None:
-    """Dense and SPADE maps of each method with the trigger outline, the per-method metrics and their mean."""
+    """Dense and SPADE maps of each method with the trigger outline, a takeaway per method, the per-method metrics
+    and their mean."""
     labels = method_labels()
     chosen = [m for m in settings.methods if m in labels]
     st.subheader(f"Saliency for **{sel.loaded.class_name(target)}**: dense vs SPADE")
@@ -502,32 +524,41 @@ def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, ta
     pairs = sections.attribution_pairs(sel, settings.run_settings, traces, target)
     if pairs is None:
         return
-    own = dict(settings.method_sparsity)
-    image = sel.loaded.preprocessing.to_uint8(sel.loaded.preprocessing(sel.image))
-    st.caption("Absolute maps. Dense and SPADE maps of a method share one colour scale (the 99th percentile of "
-               "their absolute values together); the magenta outline is the trigger. Trojan AUC: how well the "
-               "map's pixel scores separate trigger pixels from the rest (ROC-AUC, 0.5 = chance; the better of "
-               "the signed and absolute map, as the paper reports). Pointing game: whether the map's maximum lies "
-               "on the trigger.")
-    st.image(maps.colour_bar(False), caption="0 … s", width=256)
-    rows: dict[str, dict] = {}
     try:
-        for name, pair in pairs.items():
-            row = maps.MapRow(labels[name], image, pair, signed=False)
-            rows[labels[name]] = method_row(pair, mask)
-            st.markdown(f"**{labels[name]}** · SPADE trace at {trace_sparsity_text(traces[name])}"
-                        + (" (its own)" if name in own else ""))
-            st.caption(visualize.scale_label(row.normalized[2], signed=False))
-            for col, panel, caption in zip(st.columns(3), trigger_panels(row, mask), COLUMNS):
-                col.image(panel, caption=caption, width="stretch")
-            st.dataframe(method_table(rows[labels[name]]), hide_index=True, width="stretch",
-                         column_config=TABLE_FORMAT)
+        rows = {name: method_row(pair, mask) for name, pair in pairs.items()}
+        takeaways = {name: sections.takeaway(sel, pair, traces[name], mask) for name, pair in pairs.items()}
     except SpadeError as exc:
         st.error(str(exc))
         return
+    image = sel.loaded.preprocessing.to_uint8(sel.loaded.preprocessing(sel.image))
+    maps_view(image, mask, pairs, traces, takeaways, rows, frozenset(dict(settings.method_sparsity)))
+
+
+@st.fragment
+def maps_view(image: np.ndarray, mask: np.ndarray, pairs: dict[str, AttributionPair], traces: dict[str, SpadeTrace],
+              takeaways: dict, rows: dict[str, dict], own: frozenset) -> None:
+    """The maps, takeaways and tables of :func:`maps_section`; the colour scale redraws only this fragment.
+    own: the methods explained on a profile of their own."""
+    labels = method_labels()
+    per_map = sections.scale_radio("tl_scale")
+    st.caption(maps.scale_caption(per_map) + " Absolute maps; the magenta outline is the trigger. Trojan AUC: how "
+               "well the map's pixel scores separate trigger pixels from the rest (ROC-AUC, 0.5 = chance; the "
+               "better of the signed and absolute map, as the paper reports). Pointing game: whether the map's "
+               "maximum lies on the trigger.")
+    st.image(maps.colour_bar(False), caption="0 … s", width=256)
+    for name, pair in pairs.items():
+        row = maps.MapRow(labels[name], image, pair, signed=False, per_map=per_map)
+        st.markdown(f"**{labels[name]}** · SPADE trace at {trace_sparsity_text(traces[name])}"
+                    + (" (its own)" if name in own else ""))
+        sections.takeaway_line(takeaways[name], closeness_reason(traces[name]), "On the trigger")
+        st.caption(row.normalized.label(signed=False))
+        for col, panel, caption in zip(st.columns(3), trigger_panels(row, mask), COLUMNS):
+            col.image(panel, caption=caption, width="stretch")
+        st.dataframe(method_table(rows[name]), hide_index=True, width="stretch", column_config=TABLE_FORMAT)
     if rows:
         st.markdown(f"**All {len(rows)} method(s) and their mean**")
-        st.dataframe(summary_table(rows), hide_index=True, width="stretch", column_config=SUMMARY_FORMAT)
+        st.dataframe(summary_table({labels[n]: r for n, r in rows.items()}), hide_index=True, width="stretch",
+                     column_config=SUMMARY_FORMAT)
 
 
 # ----------------------------------------------------------------------------------------------- benchmark

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -158,9 +159,10 @@ def _with_model(at: AppTest, name: str) -> AppTest:
 def _run_spade(at: AppTest, count: int = 8, sparsity: float = 0.9, methods: tuple[str, ...] = (),
                keep: bool = False) -> AppTest:
     """Run the Explore form; keep: "Keep the model's decision" (off by default here, so that the trace is the
-    one at `sparsity`)."""
+    one at `sparsity`, which is set where the sparsity mode shows its slider)."""
     at.number_input(key="ex_count").set_value(count)
-    at.slider(key="ex_sparsity").set_value(sparsity)
+    if any(w.key == "ex_sparsity" for w in at.slider):
+        at.slider(key="ex_sparsity").set_value(sparsity)
     at.checkbox(key="ex_keep").set_value(keep)
     at.multiselect(key="ex_methods").set_value(list(methods))
     next(b for b in at.button if b.label == "Run SPADE").click().run()
@@ -226,6 +228,36 @@ def test_explore_run_with_tiny_model_shows_trace_and_maps(tiny, at):
     sparse = METHODS["saliency"].explain(trace.model, x, loaded.predict(image, k=1)[0].index).absolute_map
     expected = f"dense vs SPADE: {rank_correlation(dense, sparse):.2f}"
     assert sel.ready and any(expected in c.value for c in at.caption), expected
+
+    # the takeaway above the maps: the share of SPADE's top-10 % mass outside dense's, computed here by hand
+    from tests.test_takeaway import _by_hand
+
+    moved = _by_hand(dense.numpy(), sparse.numpy(), 0.1)[0]
+    metrics = [m for m in at.metric if m.label == "Mass moved"]
+    assert len(metrics) == 2 and metrics[0].value == f"{moved:.0%}"
+    sentences = [m.value for m in at.markdown if "of the top-10 % saliency mass" in m.value]
+    assert len(sentences) == 2 and f" {100 * moved:.0f} % of the top-10 % saliency mass" in sentences[0]
+    # Saliency varies pixel by pixel: where the maps rank pixels differently, the difference is called noise
+    noted = [c.value for c in at.caption if "mostly pixel noise" in c.value]
+    assert len(noted) == (rank_correlation(dense, sparse) < 0.5), noted
+    dense_top1 = trace.dense_top5[0]
+    decision = "kept the decision" if trace.top1_agrees else "changed the decision"
+    assert decision in sentences[0] and loaded.class_name(dense_top1.index) in sentences[0]
+
+    # the colour scale: shared by default (its meaning stated), per map on request: each map's own 99th percentile
+    assert at.radio(key="ex_scale").value == "shared"
+    assert any(c.value.startswith("**Shared scale:** both maps on one scale, so a darker map has less") for c in
+               at.caption)
+    shared = f"shared colour scale [0, {np.percentile(np.concatenate([dense.ravel(), sparse.ravel()]), 99):.3g}]"
+    assert any(c.value.startswith(shared) for c in at.caption), shared
+    at.radio(key="ex_scale").set_value("per map").run()
+    assert not at.exception, at.exception
+    per_map = (f"per-map colour scales: dense [0, {np.percentile(dense.numpy(), 99):.3g}], "
+               f"SPADE [0, {np.percentile(sparse.numpy(), 99):.3g}]")
+    assert any(c.value.startswith(per_map) for c in at.caption), (per_map, [c.value for c in at.caption])
+    assert not any(c.value.startswith("**Shared scale:**") for c in at.caption)
+    assert any("Red: SPADE gives the pixel more attribution; blue: dense gives it more" in c.value
+               for c in at.caption)
 
 
 def test_changing_only_sparsity_resolves_without_new_statistics(tiny, at, monkeypatch):
@@ -433,7 +465,12 @@ def test_sparsity_text_names_profiles_as_text_and_counts_every_weight():
     assert sparsity_text(0.5, "all") == "uniform 0.50 of every weight"
     assert sparsity_text(profile) == "profile `my 'odd' *profile*`"
     assert sparsity_text(profile.to_json(), "all") == "profile `my 'odd' *profile*` of every weight"
-    assert sparsity_text(profile.scaled(0.5 / 0.95)) == "profile `my 'odd' *profile* x0.526`"
+    assert sparsity_text(profile.scaled(0.5)) == "profile `my 'odd' *profile*` at 0.50 × its targets"
+    # the "Late blocks" profile in words, also when "Keep the model's decision" backed it off
+    late = SparsityProfile.from_mapping({"layer4": 0.95}, name="late-blocks-0.95")
+    assert sparsity_text(late) == "late blocks at 0.95"
+    assert sparsity_text(late.scaled(0.5 / 0.95)) == "late blocks at 0.50 (backed off from 0.95)"
+    assert sparsity_text(late.scaled(0.5 / 0.95).to_json(), origin=False) == "late blocks at 0.50"
 
 
 def test_sparsity_of_choice_reaches_the_solver(tiny, at):
@@ -466,11 +503,62 @@ def test_damping_reaches_the_solver(tiny, at):
 
 
 def test_built_in_profiles_are_those_that_fit_the_model(at):
-    shipped = [f"{load_profile(p).name} ({p.name})" for p in sorted(PROFILE_DIR.glob("*.json"))]
+    at.radio(key="ex_sparsity_mode").set_value("Built-in profile").run()
+    shipped = [f"{load_profile(p).name} ({p.name}) · tuned for efficientnet_lite0_trojan"
+               for p in sorted(PROFILE_DIR.glob("*.json"))]
     choice = at.selectbox(key="ex_profile")
-    # the default model has EfficientNet-Lite0's blocks: the Lite0 files fit, the authors' ResNet-50 targets do not
+    # the default model has EfficientNet-Lite0's blocks: the Lite0 files fit, the authors' ResNet-50 targets do not;
+    # they were tuned for the back-doored demo model, so they are marked and none is chosen for the clean model
     assert choice.options == shipped and not set(PROFILES) & set(choice.options)
-    assert choice.value == sorted(PROFILE_DIR.glob("*.json"))[0].stem  # the value is the file's stem
+    assert choice.value is None
+    next(b for b in at.button if b.label == "Run SPADE").click().run()
+    assert any("Choose a built-in profile from the menu" in e.value for e in at.error), [e.value for e in at.error]
+    choice = at.selectbox(key="ex_profile").set_value(sorted(PROFILE_DIR.glob("*.json"))[0].stem)
+    assert choice.value == "efficientnet_lite0_trojan"  # the value is the file's stem
+
+
+def test_explore_shows_only_the_controls_of_the_sparsity_mode(at):
+    """Uniform: the slider, no profile menu or upload; a profile mode: its control, no slider; the solver's
+    settings in an "Advanced" expander inside the form."""
+    def shown() -> set[str]:
+        keys = {w.key for kind in ("slider", "selectbox", "file_uploader") for w in at.get(kind)}
+        return keys & {"ex_sparsity", "ex_profile", "ex_profile_file"}
+
+    assert at.radio(key="ex_sparsity_mode").value == "Uniform" and shown() == {"ex_sparsity"}
+    for mode, keys in (("Late blocks", {"ex_sparsity"}), ("Built-in profile", {"ex_profile"}),
+                       ("Profile JSON file", {"ex_profile_file"}), ("Uniform", {"ex_sparsity"})):
+        at.radio(key="ex_sparsity_mode").set_value(mode).run()
+        assert not at.exception, at.exception
+        assert shown() == keys, mode
+    settings = next(e for e in at.expander if e.label == "Settings")
+    advanced = next(e for e in settings.get("expander") if e.label == "Advanced: solver")
+    assert not advanced.proto.expanded
+    assert {w.key for kind in ("selectbox", "number_input") for w in advanced.get(kind)} == {
+        "ex_solver", "ex_sparsity_of", "ex_damp"}
+    assert all(w.help for kind in ("selectbox", "number_input") for w in advanced.get(kind))
+
+
+def test_profile_menu_marks_and_orders_other_models_profiles():
+    from spade.sparsity import SparsityProfile
+    from spade_app.settings import made_for, profile_choices, profile_menu_label
+
+    p = SparsityProfile.from_mapping({"blocks.6.0": 0.9}, name="p")
+    profiles = dict.fromkeys(["efficientnet_lite0_trojan", "efficientnet_lite0_trojan_lrp", "mine",
+                              "efficientnet_lite0"], p)
+    assert made_for("efficientnet_lite0_trojan_lrp") == "efficientnet_lite0_trojan"  # the longest model name
+    assert made_for("efficientnet_lite0") == "efficientnet_lite0" and made_for("mine") is None
+    keys, index = profile_choices(profiles, "efficientnet_lite0", None)
+    assert keys == ["efficientnet_lite0", "mine", "efficientnet_lite0_trojan", "efficientnet_lite0_trojan_lrp"]
+    assert index == 0
+    assert profile_choices({k: p for k in keys[1:]}, "efficientnet_lite0", None) == (keys[1:], 0)  # "mine"
+    assert profile_choices({"efficientnet_lite0_trojan": p}, "efficientnet_lite0", None) == (
+        ["efficientnet_lite0_trojan"], None)
+    assert profile_choices(profiles, "efficientnet_lite0_trojan", "efficientnet_lite0_trojan_lrp") == (
+        ["efficientnet_lite0_trojan", "efficientnet_lite0_trojan_lrp", "mine", "efficientnet_lite0"], 1)
+    assert profile_menu_label("efficientnet_lite0_trojan", p, "efficientnet_lite0") == (
+        "p (efficientnet_lite0_trojan.json) · tuned for efficientnet_lite0_trojan")
+    assert profile_menu_label("efficientnet_lite0_trojan", p, "efficientnet_lite0_trojan") == (
+        "p (efficientnet_lite0_trojan.json)")
 
 
 def test_built_in_profile_reaches_the_trace_and_a_model_without_one_is_told(tiny, at, tmp_path, monkeypatch):
@@ -484,8 +572,9 @@ def test_built_in_profile_reaches_the_trace_and_a_model_without_one_is_told(tiny
     (tmp_path / "mine.json").write_text(json.dumps({"name": "mine", "targets": {names[-1]: 0.8}, "default": 0.3}))
     (tmp_path / "resnet50_like.json").write_text(json.dumps({"targets": {"layer4.2": 0.9}}))
     _with_model(at, tiny.name)
+    at.radio(key="ex_sparsity_mode").set_value("Built-in profile").run()
     assert at.selectbox(key="ex_profile").options == ["mine (mine.json)"]
-    at.radio(key="ex_sparsity_mode").set_value("Built-in profile")
+    assert at.selectbox(key="ex_profile").value == "mine"  # made for no model in particular: chosen
     _run_spade(at)
     table = _layer_table(at)
     last = [block_of(model, n) == names[-1] for n in table["layer"]]
@@ -510,12 +599,13 @@ def test_solver_menu_starts_at_the_models_default_solver(at):
 
 def test_exact_solver_choice_reaches_the_trace(tiny, at):
     from spade.solver import SOLVERS
-    from spade_app.settings import SOLVER_HELP
+    from spade_app.settings import SOLVER_HELP, SOLVER_LABELS
 
-    assert set(SOLVER_HELP) == set(SOLVERS)
+    assert set(SOLVER_HELP) == set(SOLVERS) == set(SOLVER_LABELS)
     _with_model(at, tiny.name)
     choice = at.selectbox(key="ex_solver")
-    assert choice.options == [f"{m}: {SOLVER_HELP[m]}" for m in SOLVERS]
+    assert choice.options == [SOLVER_LABELS[m] for m in SOLVERS]
+    assert all(f"**{m}**: {SOLVER_HELP[m]}" in choice.help for m in SOLVERS)
     choice.set_value("obc")
     _run_spade(at, sparsity=0.7)
     trace = _current_trace(at)
@@ -557,7 +647,7 @@ def test_late_blocks_profile_prunes_only_late_layers(tiny, at):
     from spade.sparsity import late_blocks_profile, resolve_targets
 
     _with_model(at, tiny.name)
-    at.radio(key="ex_sparsity_mode").set_value("Late blocks")
+    at.radio(key="ex_sparsity_mode").set_value("Late blocks").run()
     _run_spade(at, sparsity=0.8)
     table = _layer_table(at)
     loaded = load_model(tiny.name, device="cpu")
@@ -616,8 +706,8 @@ def test_neurons_run_with_tiny_model_shows_both_visualizations(tiny, at):
     # so), the one used
     (used,) = [c.value for c in at.caption if c.value.startswith("SPADE trace: ")]
     lowered = [i.value for i in at.info if "the sparsity was lowered" in i.value]
-    expected = ("SPADE trace: requested profile `late-blocks-0.95` → used profile `late-blocks-0.95 x" if lowered
-                else "SPADE trace: profile `late-blocks-0.95` · ")
+    expected = ("SPADE trace: requested late blocks at 0.95 → used late blocks at 0." if lowered
+                else "SPADE trace: late blocks at 0.95 · ")
     assert used.startswith(expected), used
     # the dense visualization's value is the library's, computed here independently (same config and seed)
     expected = visualize(sel.loaded.model, ClassLogit(predicted.index), preprocessing=sel.loaded.preprocessing,
@@ -652,6 +742,7 @@ def test_each_uploader_states_the_limit_the_app_takes(at):
 
     from spade_app.loaders import UPLOAD_MB
 
+    at.radio(key="ex_sparsity_mode").set_value("Profile JSON file").run()
     limits = {u.key: u.proto.max_upload_size_mb for u in at.get("file_uploader")}  # the Explore form's
     at.sidebar.radio(key="image_source").set_value("Upload").run()
     limits |= {u.key: u.proto.max_upload_size_mb for u in at.sidebar.get("file_uploader")}

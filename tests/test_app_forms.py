@@ -55,6 +55,8 @@ def test_explore_builtin_profile_by_key_and_missing_profile(model):
     assert build_settings(FormValues(mode=PROFILE, profile="a"), model, {"a": PROFILE_A}).sparsity is PROFILE_A
     with pytest.raises(ConfigError, match="No built-in profile fits"):
         build_settings(FormValues(mode=PROFILE, profile=None), model, {})
+    with pytest.raises(ConfigError, match="Choose a built-in profile from the menu"):
+        build_settings(FormValues(mode=PROFILE, profile=None), model, {"a": PROFILE_A})
 
 
 def test_explore_profile_file(model):
@@ -113,7 +115,9 @@ def test_trojan_profiles_and_methods():
     off = build_trojan_settings(TrojanFormValues(mode=TROJAN_PROFILE, profile="a", methods=("lrp",),
                                                  own_profiles=False), "demo", {"a": PROFILE_A}, own)
     assert off.method_sparsity == ()
-    # a profile asked for where none fits: the uniform value
+    # a profile asked for but none chosen (the menu offers one): a sentence; where none fits: the uniform value
+    with pytest.raises(ConfigError, match="Choose a profile from the menu"):
+        build_trojan_settings(TrojanFormValues(mode=TROJAN_PROFILE, methods=("lrp",)), "demo", {"a": PROFILE_A}, {})
     assert build_trojan_settings(TrojanFormValues(mode=TROJAN_PROFILE, uniform=0.3, methods=("lrp",)), "demo", {},
                                  {}).sparsity == 0.3
     assert build_trojan_settings(TrojanFormValues(mode=UNIFORM, methods=("lrp",)), "demo", {"a": PROFILE_A},

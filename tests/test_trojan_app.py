@@ -24,6 +24,7 @@ from spade_app import compute, loaders, trojan
 from tests.app_testing import FileWeights
 from tests.test_app import TINY_CLASSES, _app
 from tests.test_benchmarks_app import check_shipped_runs
+from tests.test_takeaway import _by_hand
 from tests.tiny_models import tiny_resnet
 
 pytestmark = pytest.mark.usefixtures("app_navigation")
@@ -43,12 +44,12 @@ def lab() -> AppTest:
 
 
 def _fill(at: AppTest, count: int = COUNT, methods=("saliency",), position=POSITION, **widgets) -> None:
-    at.number_input(key="tl_count").set_value(count)
-    at.multiselect(key="tl_methods").set_value(list(methods))
     if position is not None:
-        at.radio(key="tl_placement").set_value(trojan.SLIDERS)
+        at.radio(key="tl_placement").set_value(trojan.SLIDERS).run()  # the centre sliders appear
         at.slider(key="tl_x").set_value(position[0])
         at.slider(key="tl_y").set_value(position[1])
+    at.number_input(key="tl_count").set_value(count)
+    at.multiselect(key="tl_methods").set_value(list(methods))
     for key, value in widgets.items():
         next(w for kind in ("radio", "selectbox", "slider", "number_input") for w in at.get(kind)
              if w.key == key).set_value(value)
@@ -74,7 +75,11 @@ def test_page_before_a_run_shows_form_and_benchmark_section(lab):
     assert lab.radio(key="tl_model").value == trojan.DEMO
     assert lab.radio(key="tl_trigger").value == "heart"
     assert lab.slider(key="tl_size").value == 0.25
-    assert lab.slider(key="tl_sparsity").value == MODELS[DEMO].default_sparsity
+    # the demo model's tuned profile is chosen: the profile menu, no uniform slider; random placement: no centre
+    assert lab.radio(key="tl_sparsity_mode").value == trojan.PROFILE
+    assert lab.selectbox(key="tl_profile").value == DEMO
+    sliders = {s.key for s in lab.slider}
+    assert not sliders & {"tl_sparsity", "tl_x", "tl_y"} and not lab.get("file_uploader")
     assert lab.number_input(key="tl_count").value == 64
     assert lab.multiselect(key="tl_methods").value == ["saliency", "gradcam"]
     assert "Benchmark (shipped with the repo)" in [h.value for h in lab.header]
@@ -109,6 +114,7 @@ def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
     x = loaded.preprocessing(stamped.image)
     rows, summary = _metric_tables(lab)
     assert len(rows) == 2
+    shown_maps, takeaways = {}, []
     for row, method, profile in zip(rows, ("saliency", "lrp"), ("efficientnet_lite0_trojan",
                                                                 "efficientnet_lite0_trojan_lrp"), strict=True):
         trace = spade_trace(loaded.model, stamped.image, preprocessing=loaded.preprocessing,
@@ -122,9 +128,52 @@ def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
             hit = pointing_game(attribution.map(variant), stamped.mask)
             assert row[f"pointing game ({column})"] == ("hit ✓" if hit else "miss ✗")
             assert summary.set_index("method").loc[METHODS[method].label, f"pointing game ({column})"] == float(hit)
+            shown_maps[(method, column)] = attribution.absolute_map.numpy()
+        # the takeaway above the maps: the share of each map's top-10 % mass on the trigger, computed by hand
+        _, _, (on_dense, on_spade) = _by_hand(shown_maps[(method, "dense")], shown_maps[(method, "SPADE")], 0.1,
+                                              stamped.mask)
+        takeaways.append((f"{on_spade:.0%}", f"SPADE puts {100 * on_spade:.0f} % of the top-10 % saliency mass on "
+                                             f"the trigger (dense: {100 * on_dense:.0f} %)"))
+    metrics = [m for m in lab.metric if m.label == "On the trigger"]
+    assert [m.value for m in metrics] == [value for value, _ in takeaways]
+    sentences = [m.value for m in lab.markdown if m.value.startswith("SPADE puts ")]
+    assert len(sentences) == 2
+    for sentence, (_, expected) in zip(sentences, takeaways, strict=True):
+        assert sentence.startswith(expected) and "the trace kept the decision (goose" in sentence, sentence
+    assert any(c.value.startswith("**Shared scale:** both maps on one scale") for c in lab.caption)
     assert list(summary["method"]) == ["Saliency", METHODS["lrp"].label, "Mean"]
     assert summary.iloc[2]["Trojan AUC (SPADE)"] == pytest.approx((rows[0]["Trojan AUC (SPADE)"]
                                                                    + rows[1]["Trojan AUC (SPADE)"]) / 2)
+
+
+def test_form_shows_only_the_controls_that_apply(lab):
+    """Centre sliders only for slider placement, the uploader only for an uploaded trigger, the uniform slider or
+    the profile menu by the sparsity mode; on the clean model (the sidebar's) the demo model's profiles are marked
+    and none is chosen."""
+    def keys() -> set[str]:
+        return {w.key for kind in ("slider", "selectbox", "file_uploader") for w in lab.get(kind)}
+
+    assert not keys() & {"tl_x", "tl_y", "tl_trigger_file", "tl_sparsity"} and "tl_profile" in keys()
+    lab.radio(key="tl_placement").set_value(trojan.SLIDERS).run()
+    assert {"tl_x", "tl_y"} <= keys()
+    lab.radio(key="tl_trigger").set_value(trojan.UPLOAD).run()
+    assert "tl_trigger_file" in keys()
+    lab.radio(key="tl_sparsity_mode").set_value(trojan.UNIFORM).run()
+    assert "tl_sparsity" in keys() and "tl_profile" not in keys()
+    lab.radio(key="tl_placement").set_value(trojan.RANDOM)
+    lab.radio(key="tl_trigger").set_value("star").run()
+    assert not keys() & {"tl_x", "tl_y", "tl_trigger_file"}
+    assert not lab.exception, lab.exception
+
+    lab.radio(key="tl_model").set_value(trojan.SIDEBAR).run()  # the sidebar's clean efficientnet_lite0
+    assert not lab.exception, lab.exception
+    lab.radio(key="tl_sparsity_mode").set_value(trojan.PROFILE).run()
+    menu = lab.selectbox(key="tl_profile")
+    assert menu.value is None and menu.options and all(o.endswith("· tuned for efficientnet_lite0_trojan")
+                                                       for o in menu.options), menu.options
+    _fill(lab, position=None)
+    _submit(lab)
+    assert any("Choose a profile from the menu" in e.value for e in lab.error), [e.value for e in lab.error]
 
 
 def test_corrupt_trigger_upload_shows_error_and_page_recovers(lab):
@@ -133,7 +182,7 @@ def test_corrupt_trigger_upload_shows_error_and_page_recovers(lab):
         trojan.read_trigger(corrupt, "The trigger file broken.png")
     assert "not a PNG image" in str(refused.value)
     _fill(lab, count=8)
-    lab.radio(key="tl_trigger").set_value(trojan.UPLOAD)
+    lab.radio(key="tl_trigger").set_value(trojan.UPLOAD).run()  # the uploader appears
     lab.file_uploader(key="tl_trigger_file").upload("broken.png", corrupt, "image/png")
     _submit(lab)
     assert [e.value for e in lab.error] == [str(refused.value)]
@@ -170,8 +219,8 @@ def test_uploaded_trigger_and_sidebar_model(tiny, lab):
 
     buffer = io.BytesIO()
     load_trigger("star").save(buffer, format="PNG")
+    lab.radio(key="tl_trigger").set_value(trojan.UPLOAD).run()
     _fill(lab, count=8, position=(0.5, 0.5), methods=("saliency", "gradcam"), tl_size=0.4)
-    lab.radio(key="tl_trigger").set_value(trojan.UPLOAD)
     lab.file_uploader(key="tl_trigger_file").upload("mine.png", buffer.getvalue(), "image/png")
     _submit(lab)
     assert not lab.error, [e.value for e in lab.error]

@@ -14,7 +14,8 @@ A dense and a SPADE attribution of one image, scored against a mask or by insert
 >>> pair.scores(mask, model=model).spade.mask.trojan_auc
 
 Layout (like Captum's ``attr/_core``): ``base`` (types), ``attribution_model`` (copies), ``gradient``,
-``backprop``, ``lrp``, ``cam``, ``perturbation`` (+ ``segmentation``), ``compare`` (:class:`AttributionPair`).
+``backprop``, ``lrp``, ``cam``, ``perturbation`` (+ ``segmentation``), ``compare`` (:class:`AttributionPair`),
+``takeaway`` (what SPADE changed in one comparison, as numbers and one sentence: :class:`Takeaway`).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def explain(name: str, model: nn.Module, x: torch.Tensor, target: int, settings:
 # spade.metrics, which compare uses, imports this package's submodules: compare is imported on first use.
 _LAZY = {name: "spade.saliency.compare"
          for name in ("AttributionPair", "MapScores", "MaskScores", "PairScores", "attribution_pair", "mask_scores")}
+_LAZY.update({name: "spade.saliency.takeaway" for name in ("Takeaway", "compare_maps")})
 
 
 def __getattr__(name: str):
@@ -140,10 +142,12 @@ __all__ = [
     "SaliencyMethod",
     "SaliencySettings",
     "SmoothGradSettings",
+    "Takeaway",
     "attribution_copy",
     "attribution_pair",
     "build_attribution_copy",
     "clear_cache",
+    "compare_maps",
     "default_cam_layer",
     "explain",
     "get_method",

@@ -27,9 +27,11 @@ from spade.metrics import (
     rank_correlation,
     trojan_auc,
 )
+from spade.prediction import Prediction
 from spade.progress import Progress
 from spade.saliency import get_method
 from spade.saliency.base import Attribution
+from spade.saliency.takeaway import Takeaway, compare_maps
 from spade.trace import SpadeTrace
 from spade.visualize import joint_scale
 
@@ -150,6 +152,12 @@ class AttributionPair:
         """The one colour scale of both ``kind`` maps: the ``percentile`` of their absolute values taken together
         (`spade.visualize.joint_scale`; >= 0)."""
         return joint_scale(*self.maps(kind), percentile)
+
+    def takeaway(self, mask=None, *, dense_top1: Prediction | None = None, trace_top1: Prediction | None = None
+                 ) -> Takeaway:
+        """What SPADE changed, as numbers and one sentence (`spade.saliency.takeaway.compare_maps` on the two
+        absolute maps; mask: optional bool ``(H, W)``, e.g. the trigger; the top-1 predictions for the decision)."""
+        return compare_maps(*self.maps("absolute"), mask, dense_top1=dense_top1, trace_top1=trace_top1)
 
     def scores(self, mask=None, *, model: nn.Module | None = None, steps: int = 100, batch_size: int | None = None,
                progress: Progress | None = None) -> PairScores:

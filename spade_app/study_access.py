@@ -84,7 +84,7 @@ def researcher_gate() -> bool:
         st.button("Log out", key="study_logout", on_click=_log_out, icon=":material/logout:",
                   help="Locks the designer, the studies and the results again in this browser.")
         return True
-    st.markdown("##### Researcher login")
+    st.subheader("Researcher login", anchor=False)
     st.caption("Designing studies, the list of studies, the results and the exports need the researcher password. "
                "Participants do not log in: they open the study link they were sent.")
     with st.form("study_login", enter_to_submit=True, border=False):

@@ -190,7 +190,7 @@ def test_researcher_pages_need_the_password(locked):
     locked.save_study(synthetic_study("secret", n_real=2, n_training=0))
     at = _app()
     assert not _researcher_parts(at), _researcher_parts(at)
-    assert any("Researcher login" in m.value for m in at.markdown)
+    assert any(h.value == "Researcher login" for h in at.subheader)
     at.text_input(key="study_password").set_value("wrong password")
     at.button[0].click().run()  # the form's "Log in"
     assert [e.value for e in at.error] == ["Wrong password: the researcher pages stay locked. Ask whoever runs this "
@@ -203,7 +203,7 @@ def test_researcher_pages_need_the_password(locked):
     assert "Studies" in _researcher_parts(at) and "Export (.zip)" in _researcher_parts(at)
     assert not any(t.key == "study_password" for t in at.text_input), "no password field once logged in"
     _click(at, "Log out")
-    assert not _researcher_parts(at) and any("Researcher login" in m.value for m in at.markdown)
+    assert not _researcher_parts(at) and any(h.value == "Researcher login" for h in at.subheader)
 
 
 def test_a_setting_that_is_not_a_hash_locks_the_pages(db, monkeypatch):
@@ -237,7 +237,7 @@ def test_participant_link_never_reaches_the_researcher_parts(locked):
     assert at.get("image") and not _researcher_parts(at)
     # without ?study= the participant reaches the human study page: it asks for the password
     at = _app({"p": token})
-    assert not _researcher_parts(at) and any("Researcher login" in m.value for m in at.markdown)
+    assert not _researcher_parts(at) and any(h.value == "Researcher login" for h in at.subheader)
     # an empty or unknown ?study= is a participant link too: "not found", nothing else
     for study_id in ("", "nope"):
         at = _app({"study": study_id})

@@ -164,7 +164,7 @@ def designer(sel: Selection) -> None:
     if shared:
         st.warning(f"Used for practice and for real tasks: {markdown_text(', '.join(shared))}. A participant would "
                    "see the expected answer in practice; choose different images.")
-    images = _images(sel, names, uploads, training)
+    images = _images(sel, names, uploads, [n for n in training if n not in shared])  # one widget per photo
     real_count = sum(1 for *_, t in images if not t)
     neurons = _neuron_choices(sel, images) if images else {}
 
@@ -191,10 +191,9 @@ def designer(sel: Selection) -> None:
                    "the completion code and a button to the completion URL (either may stay empty). The ids "
                    f"Prolific adds to the link ({', '.join(PLATFORM_PARAMS.values())}) are stored with the answers "
                    "and appear in the exports.")
-        p1, p2 = st.columns(2)
-        completion_code = p1.text_input("Completion code", "", max_chars=MAX_COMPLETION_CODE_CHARS,
+        completion_code = st.text_input("Completion code", "", max_chars=MAX_COMPLETION_CODE_CHARS,
                                         key="sd_completion_code", placeholder="e.g. C1A2B3C4")
-        completion_url = p2.text_input("Completion URL", "", key="sd_completion_url",
+        completion_url = st.text_input("Completion URL", "", key="sd_completion_url",
                                        placeholder="https://app.prolific.com/submissions/complete?cc=C1A2B3C4")
     gpu = sel.loaded.device.type != "cpu"
     with st.expander("Visualizations and patches", expanded=False):

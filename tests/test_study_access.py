@@ -328,3 +328,14 @@ def test_researcher_text_is_shown_as_text(db):
     assert any(m.value.startswith(f"**{markdown_text(NASTY)}**") for m in at.markdown)
     assert all(a.participant_number >= 0 for a in db.answers(study.id))
     assert assign_tasks(study, 0)  # the study itself is usable
+
+
+def test_studies_list_counts_only_participants_who_answered(db):
+    study = synthetic_study("counts", n_real=3, n_training=1)
+    db.save_study(study)
+    answering, _idle = db.register_participant(study.id), db.register_participant(study.id)
+    training_task = assign_tasks(study, answering.number, answering.seed)[0]
+    assert training_task.training
+    db.record_answer(study.id, answering.id, training_task, "A", 100)  # a practice answer counts as answering
+    [summary] = db.list_studies()
+    assert (summary.participants, summary.registered, summary.answers) == (1, 2, 1)

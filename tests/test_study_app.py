@@ -152,6 +152,16 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     at.run()
     assert at.number_input(key="sd_tasks_2").value == 2  # default: every real image once
     assert at.number_input(key="sd_training_tasks_1").value == 1  # follows the one training image
+    at.text_input(key="sd_completion_code").set_value("C0DE123")
+    at.text_input(key="sd_completion_url").set_value("javascript:alert(1)")
+    _click(at, "Create study")
+    assert at.error and "completion URL" in at.error[0].value and not db.list_studies()
+    at.text_input(key="sd_completion_url").set_value("https://app.prolific.com/submissions/complete?cc=C0DE123")
+    at.multiselect(key="sd_training").set_value(["cat"]).run()  # also a real task's photo: refused
+    assert any("Used for practice and for real tasks: cat" in w.value for w in at.warning)
+    _click(at, "Create study")
+    assert at.error and not db.list_studies()
+    at.multiselect(key="sd_training").set_value(["rocket"]).run()
     _click(at, "Create study")
     assert not at.error, [e.value for e in at.error]
     [summary] = db.list_studies()
@@ -160,6 +170,8 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     assert [(item.name, item.training) for item in study.items] == [
         ("cat", False), ("coffee", False), ("rocket (training)", True)]
     assert study.config.training_tasks == 1 and study.config.tasks_per_participant == 2
+    assert (study.config.completion_code, study.config.completion_url) == (
+        "C0DE123", "https://app.prolific.com/submissions/complete?cc=C0DE123")
     assert study.config.visualization.steps == 3 and study.config.visualization.augmentations == 8
     loaded = load_model(TINY, device="cpu")
     predicted = loaded.predict(load_image(bundled_examples()["cat"]), k=1)[0].index

@@ -2,12 +2,15 @@
 export, import) and the results view. The participant flow is in ``spade_app.study_participant``.
 
 Studies live in the database of ``spade_study.storage`` (settings ``SPADE_STUDY_DB`` / ``SPADE_DATA_DIR``);
-this module only arranges widgets around it.
+this module only arranges widgets around it. pages/human_study.py draws these parts only after the researcher
+login (``spade_app.study_access``); their callbacks check it again. Everything a researcher or a study file
+wrote (titles, item names, ids, models) goes through ``markdown_text`` before any markdown-rendering element.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import urlencode
 
 import streamlit as st
@@ -19,10 +22,20 @@ from spade.images import bundled_examples
 from spade.progress import Progress
 from spade_app import loaders, runner
 from spade_app.sidebar import IMAGE_TYPES, Selection
+from spade_app.study_access import is_researcher
 from spade_study.archive import MAX_ARCHIVE_BYTES, StudyArchiveError
 from spade_study.create import OVERALL, create_study
-from spade_study.design import CONDITIONS, DEFAULT_INSTRUCTIONS, MAX_PATCH_FRACTION, Study, StudyConfig, StudyImage
+from spade_study.design import (
+    CONDITIONS,
+    DEFAULT_INSTRUCTIONS,
+    MAX_COMPLETION_CODE_CHARS,
+    MAX_PATCH_FRACTION,
+    Study,
+    StudyConfig,
+    StudyImage,
+)
 from spade_study.design import VisualizationSettings as VisSettings
+from spade_study.links import PLATFORM_PARAMS
 from spade_study.results import CONDITION_LABELS, answers_csv, answers_json, summarize
 from spade_study.storage import StudyExistsError, StudyStore, database_url
 
@@ -35,6 +48,16 @@ RESULTS_KEY = "study_results_id"
 
 
 # ----------------------------------------------------------------------------------------------- shared
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&^=\"'])")
+
+
+def markdown_text(text: object) -> str:
+    """``text`` escaped for Streamlit markdown (titles, labels, alerts): every ASCII punctuation character that
+    markdown, HTML or Streamlit's own syntax (``:red[..]``, ``$..$``) could interpret gets a backslash, so it is
+    shown as typed. Newlines are kept (the caller decides how lines are laid out)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
 @st.cache_resource(show_spinner=False)
 def _store(url: str) -> StudyStore:
     return StudyStore(url)
@@ -53,6 +76,11 @@ def _study(url: str, study_id: str) -> Study:
 def cached_study(study_id: str) -> Study:
     """A study's design (immutable once created; its ``closed`` flag may be stale: ask the store)."""
     return _study(database_url(), study_id)
+
+
+def prolific_link(link: str) -> str:
+    """A participant link with Prolific's placeholders added (Prolific fills them in for each participant)."""
+    return link + "".join(f"&{param}={{{{%{param}%}}}}" for param in PLATFORM_PARAMS.values())
 
 
 def participant_link(page_url: str | None, study_id: str) -> str:
@@ -111,7 +139,7 @@ def _neuron_choices(sel: Selection, images) -> dict[str, int]:
             with cols[i % 3]:
                 st.image(loaders.thumb(key, image, 160), width=120)
                 neurons[label] = st.selectbox(
-                    label, range(n_classes), index=predicted, key=f"sd_neuron_{sel.model_key}_{key}",
+                    markdown_text(label), range(n_classes), index=predicted, key=f"sd_neuron_{sel.model_key}_{key}",
                     format_func=lambda c, p=predicted: f"{loaded.class_name(c)} ({c})" + (" · predicted" if c == p
                                                                                           else ""))
     return neurons
@@ -129,8 +157,14 @@ def designer(sel: Selection) -> None:
     uploads = st.file_uploader("Add your own images", type=IMAGE_TYPES, accept_multiple_files=True,
                                key="sd_uploads", max_upload_size=loaders.UPLOAD_MB["image"])
     training = st.multiselect("Training images (practice tasks with feedback, not analysed)", examples,
-                              default=examples[-1:], key="sd_training")
-    images = _images(sel, names, uploads, training)
+                              default=examples[-2:], key="sd_training",
+                              help="One practice task per training image: a participant never sees a practice "
+                                   "photo twice (the second time they would know the answer).")
+    shared = [n for n in training if n in names]
+    if shared:
+        st.warning(f"Used for practice and for real tasks: {markdown_text(', '.join(shared))}. A participant would "
+                   "see the expected answer in practice; choose different images.")
+    images = _images(sel, names, uploads, [n for n in training if n not in shared])  # one widget per photo
     real_count = sum(1 for *_, t in images if not t)
     neurons = _neuron_choices(sel, images) if images else {}
 
@@ -143,11 +177,24 @@ def designer(sel: Selection) -> None:
                             key=f"sd_tasks_{real_count}",
                             help="Each participant sees each image at most once, under one condition; conditions "
                                  "and patch sides are counterbalanced across participants.")
-    n_training = c2.number_input("Training tasks", 0, 20, 2 if training else 0, key="sd_training_tasks")
+    # at most one practice task per training image; the key follows their number (as for the tasks)
+    n_training = c2.number_input("Training tasks", 0, len(training), len(training),
+                                 key=f"sd_training_tasks_{len(training)}",
+                                 help="Practice tasks with feedback, shown first; at most one per training image.")
     seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="sd_seed",
                            help="Seeds the task assignment, the SPADE augmentations and the visualizations.")
     instructions = st.text_area("Instructions for the participants", DEFAULT_INSTRUCTIONS, height=180,
-                                key="sd_instructions")
+                                key="sd_instructions", help="Shown as plain text (no formatting); a blank line "
+                                                            "starts a new paragraph.")
+    with st.expander("Participant platform (Prolific): completion code and URL", expanded=False):
+        st.caption("Participants who come from a recruiting platform return there at the end. The end screen shows "
+                   "the completion code and a button to the completion URL (either may stay empty). The ids "
+                   f"Prolific adds to the link ({', '.join(PLATFORM_PARAMS.values())}) are stored with the answers "
+                   "and appear in the exports.")
+        completion_code = st.text_input("Completion code", "", max_chars=MAX_COMPLETION_CODE_CHARS,
+                                        key="sd_completion_code", placeholder="e.g. C1A2B3C4")
+        completion_url = st.text_input("Completion URL", "", key="sd_completion_url",
+                                       placeholder="https://app.prolific.com/submissions/complete?cc=C1A2B3C4")
     gpu = sel.loaded.device.type != "cpu"
     with st.expander("Visualizations and patches", expanded=False):
         v1, v2, v3 = st.columns(3)
@@ -159,14 +206,20 @@ def designer(sel: Selection) -> None:
         fraction = v3.slider("Patch side (share of the image side)", 0.1, round(MAX_PATCH_FRACTION, 2), 0.3,
                              step=0.01, key="sd_patch")
     if st.button("Create study", type="primary", icon=":material/add_circle:", key="sd_create"):
+        if not is_researcher():
+            return
+        if shared:
+            st.error("Choose training images that are not also used for the real tasks.")
+            return
         try:
             config = StudyConfig(title=title, conditions=tuple(c for c in CONDITIONS if c in conditions),
                                  tasks_per_participant=int(tasks), training_tasks=int(n_training),
                                  instructions=instructions, seed=int(seed), patch_fraction=float(fraction),
                                  visualization=VisSettings(steps=int(steps), augmentations=int(augmentations),
-                                                           seed=int(seed)))
+                                                           seed=int(seed)),
+                                 completion_code=completion_code, completion_url=completion_url)
         except SpadeError as exc:
-            st.error(str(exc))
+            st.error(markdown_text(exc))
             return
         study_images = [StudyImage(label, image, neurons.get(label), is_training)
                         for label, _, image, is_training in images]
@@ -175,8 +228,11 @@ def designer(sel: Selection) -> None:
             st.session_state[CREATED_KEY] = study.id
     created = st.session_state.get(CREATED_KEY)
     if created:
-        st.success(f"Study **{created}** is ready. Send this link to the participants:", icon=":material/link:")
+        st.success(f"Study **{markdown_text(created)}** is ready. Send this link to the participants:",
+                   icon=":material/link:")
         st.code(share_link(created), language=None)
+        st.caption("On Prolific, use this form of the link (Prolific fills in the placeholders):")
+        st.code(prolific_link(share_link(created)), language=None)
 
 
 def _creation_progress():
@@ -205,7 +261,7 @@ def _create(sel: Selection, images: list[StudyImage], config: StudyConfig) -> St
         store().save_study(study)
         lost = [item.name for item in study.items if item.details.get("trace_top1_agrees") is False]
         if lost:
-            st.warning(f"The SPADE trace changed the model's decision on: {', '.join(lost)}.")
+            st.warning(f"The SPADE trace changed the model's decision on: {markdown_text(', '.join(lost))}.")
         return f"Study {study.id} created: {len(study.items)} images"
 
     return runner.run_guarded("Creating the study…", loaded.device, work, failed="Creating the study failed",
@@ -214,7 +270,8 @@ def _create(sel: Selection, images: list[StudyImage], config: StudyConfig) -> St
 
 # ----------------------------------------------------------------------------------------------- studies
 def _set_closed(study_id: str, closed: bool) -> None:
-    store().set_closed(study_id, closed)
+    if is_researcher():
+        store().set_closed(study_id, closed)
 
 
 def _show_results(study_id: str) -> None:
@@ -232,8 +289,9 @@ def studies_section() -> None:
     for s in summaries:
         with st.container(border=True):
             state = "closed" if s.closed else "open"
-            st.markdown(f"**{s.title}** · id `{s.id}` · {state} · participants: {s.participants} · "
-                        f"answers: {s.answers} · model {s.model or '?'} · created {s.created:%Y-%m-%d %H:%M} UTC")
+            st.markdown(f"**{markdown_text(s.title)}** · id {markdown_text(s.id)} · {state} · participants: "
+                        f"{s.participants} (answered at least once; {s.registered} pressed Start) · answers: "
+                        f"{s.answers} · model {markdown_text(s.model or '?')} · created {s.created:%Y-%m-%d %H:%M} UTC")
             st.code(share_link(s.id), language=None)
             c1, c2, c3 = st.columns(3)
             if s.closed:
@@ -251,16 +309,48 @@ def studies_section() -> None:
     upload = st.file_uploader("Study file (.zip, from Export)", type=["zip"], key="sd_import",
                               max_upload_size=MAX_ARCHIVE_BYTES // 2**20)
     if upload is not None and st.button("Import", key="sd_import_button", icon=":material/upload:"):
+        if not is_researcher():
+            return
         try:
             study = db.import_study(upload.getvalue())
         except (StudyArchiveError, StudyExistsError) as exc:
-            st.error(str(exc))
+            st.error(markdown_text(exc))
         else:
-            st.success(f"Imported study {study.id} ({study.config.title}).")
+            st.success(f"Imported study {markdown_text(study.id)} ({markdown_text(study.config.title)}).")
             st.rerun()
 
 
 # ----------------------------------------------------------------------------------------------- results
+_PERCENT_KEYS = {"agree_share": "agree %", "agree_when_decided": "agree when decided %"}
+
+
+def display_rows(rows) -> list[dict]:
+    """Breakdown rows (``StudyResults.by_participant`` / ``by_image``) for a table: shares as percentages, the
+    median time in seconds, conditions by their label, and "–" instead of an empty cell (never "None")."""
+    shown = []
+    for row in rows:
+        out = {}
+        for key, value in row.items():
+            if key in _PERCENT_KEYS:
+                out[_PERCENT_KEYS[key]] = "–" if value is None else f"{100 * value:.1f}"
+            elif key == "median_response_ms":
+                out["median time (s)"] = "–" if value is None else f"{value / 1000:.1f}"
+            elif key == "condition":
+                out[key] = condition_label(value)
+            else:
+                out[key] = "–" if value is None else value
+        shown.append(out)
+    return shown
+
+
+def _comparison_rows(results, second: str) -> list[dict]:
+    return [{"metric": c.metric.replace("_", " "), "units": c.units, "pairs": c.n_pairs,
+             "higher with " + condition_label(second): c.n_better, "lower with " + condition_label(second): c.n_worse,
+             "ties": c.n_ties,
+             "mean difference (points)": "–" if c.mean_difference is None else f"{100 * c.mean_difference:+.1f}",
+             "p": f"{c.p_value:.3g}"} for c in results.comparisons]
+
+
 def results_section() -> None:
     """Table 3 per condition with 95% intervals, paired comparisons, breakdowns and the raw answers."""
     db = store()
@@ -284,22 +374,20 @@ def results_section() -> None:
     m2.metric("Answers (without training)", results.answers)
     m3.metric("Training answers", sum(a.training for a in answers))
     st.markdown("#### Table 3: which patch drives the neuron?")
-    st.caption("Shares of all answers of a condition; *agree*: the participant chose the patch that the dense "
-               f"model's {study.config.ground_truth} map rates highest. 95% Wilson intervals.")
-    st.dataframe(results.table3(), hide_index=True, width="stretch", key="sd_table3")
+    st.caption("Per cell: the share of all answers of a condition, in %, with its 95% Wilson interval in brackets "
+               "(– where there are no answers yet); *agree*: the participant chose the patch that the dense model's "
+               f"{study.config.ground_truth} map rates highest. The counts are in the Results (JSON) download.")
+    st.dataframe(results.table3_compact(), hide_index=True, width="stretch", key="sd_table3")
     if results.comparisons:
         st.markdown("#### Paired comparison")
         first, second = study.config.conditions
         st.caption(f"Exact two-sided sign test of {condition_label(second)} vs {condition_label(first)} over the "
                    "participants (and images) that saw both; ties are dropped.")
-        st.dataframe([{"metric": c.metric.replace("_", " "), "units": c.units, "pairs": c.n_pairs,
-                       "higher with " + second: c.n_better, "lower with " + second: c.n_worse, "ties": c.n_ties,
-                       "mean difference": c.mean_difference, "p": c.p_value} for c in results.comparisons],
-                     hide_index=True, width="stretch")
+        st.dataframe(_comparison_rows(results, second), hide_index=True, width="stretch")
     with st.expander("Per participant"):
-        st.dataframe(list(results.by_participant), hide_index=True, width="stretch")
+        st.dataframe(display_rows(results.by_participant), hide_index=True, width="stretch")
     with st.expander("Per image"):
-        st.dataframe(list(results.by_image), hide_index=True, width="stretch")
+        st.dataframe(display_rows(results.by_image), hide_index=True, width="stretch")
     summary = {"id": study.id, "title": study.config.title, "model": study.model,
                "conditions": list(study.config.conditions)}
     d1, d2, d3 = st.columns(3)

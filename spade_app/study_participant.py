@@ -2,7 +2,12 @@
 
 Instructions, then the training tasks with feedback, then the real tasks: the photo, one neuron
 visualization, the two patches A and B, and three answer buttons. Every answer is stored the moment it is
-given; the participant id is kept in the URL (``&p=<id>``), so a reload resumes at the first unanswered task.
+given; the participant is kept in the URL as a signed token (``&p=<token>``, ``spade_study.links``), so a reload
+resumes at the first unanswered task and an edited or foreign token is refused. Ids a recruiting platform adds
+to the link (Prolific's ``PROLIFIC_PID``, ``STUDY_ID``, ``SESSION_ID``) are stored with the participant; the end
+screen shows the study's completion code and links to its completion URL.
+
+Everything the researcher wrote (title, instructions, completion code) is shown as text, never as markdown.
 
 Blinding: nothing on these screens names or hints at the condition (no captions, labels or widget keys with
 it; the visualization is just "the neuron's picture"), and the app's sidebar is hidden.
@@ -19,9 +24,11 @@ from PIL import Image, ImageDraw
 from sqlalchemy.exc import SQLAlchemyError
 
 from spade.errors import SpadeError
-from spade_app.study import cached_study, store
-from spade_study.assignment import Participant, Task, assign_tasks
+from spade_app.study import cached_study, markdown_text, store
+from spade_app.study_access import participant_tokens
+from spade_study.assignment import Participant, PlatformIds, Task, assign_tasks
 from spade_study.design import Study, png_to_array
+from spade_study.links import InvalidParticipantLink, platform_ids
 from spade_study.storage import StudyNotFoundError
 
 PARTICIPANT_PARAM = "p"
@@ -55,10 +62,11 @@ def _stored(what: str, write) -> bool:
     return True
 
 
-def _start(study_id: str) -> None:
+def _start(study_id: str, platform: PlatformIds) -> None:
     registered = []
-    if _stored("registering a participant", lambda: registered.append(store().register_participant(study_id))):
-        st.query_params[PARTICIPANT_PARAM] = registered[0].id
+    if _stored("registering a participant",
+               lambda: registered.append(store().register_participant(study_id, platform))):
+        st.query_params[PARTICIPANT_PARAM] = participant_tokens().token(study_id, registered[0].id)
 
 
 def _answer(study_id: str, participant_id: str, task: Task, answer: str) -> None:
@@ -93,20 +101,29 @@ def _patches(study: Study, task: Task) -> dict[str, bytes]:
     return {"A": first.png, "B": second.png}
 
 
-def _progress(study: Study, tasks: tuple[Task, ...], done: int) -> None:
-    """A bar over all tasks; the text counts practice and real tasks separately."""
-    n_training = study.config.training_tasks
-    if done >= len(tasks):
-        text = "Finished"
-    elif done < n_training:
-        text = f"Practice task {done + 1} of {n_training}"
-    else:
-        text = f"Task {done - n_training + 1} of {len(tasks) - n_training}"
-    st.progress(done / max(len(tasks), 1), text=text)
+def progress_text(n_training: int, n_tasks: int, current: int | None) -> str:
+    """The progress label of task ``current`` (0-based index in the participant's list, training first; None:
+    all done): practice and real tasks are counted separately."""
+    if current is None or current >= n_tasks:
+        return "Finished"
+    if current < n_training:
+        return f"Practice task {current + 1} of {n_training}"
+    return f"Task {current - n_training + 1} of {n_tasks - n_training}"
+
+
+def _progress(study: Study, tasks: tuple[Task, ...], current: int | None, done: int) -> None:
+    """A bar over all tasks (``done`` answered) labelled with the task on the screen (``current``: during the
+    feedback that is the task just answered, not the next one)."""
+    n_training = sum(t.training for t in tasks)
+    st.progress(done / max(len(tasks), 1), text=progress_text(n_training, len(tasks), current))
 
 
 def _instructions(study: Study) -> None:
-    st.markdown(study.config.instructions)
+    # the researcher's text as text: one paragraph per blank-line-separated block, its line breaks kept
+    for paragraph in study.config.instructions.split("\n\n"):
+        lines = [markdown_text(line.strip()) for line in paragraph.strip().splitlines() if line.strip()]
+        if lines:
+            st.markdown("  \n".join(lines))
 
 
 def _pictures(study: Study, task: Task, photo) -> None:
@@ -122,7 +139,7 @@ def _pictures(study: Study, task: Task, photo) -> None:
 
 def _feedback(study: Study, task: Task, answer: str) -> None:
     item = study.items[task.item]
-    expected = f"**Patch {task.truth_label}** (outlined in the photo)"
+    expected = f"**Patch {task.truth_label}** (outlined in the photo)"  # our text, not the researcher's
     if answer == task.truth_label:
         st.success(f"Right: the expected answer is {expected}.")
     elif answer == "undecided":
@@ -150,48 +167,80 @@ def _task(study: Study, participant: Participant, task: Task) -> None:
         _instructions(study)
 
 
+def _finished(study: Study, participant: Participant) -> None:
+    st.success("All done. Thank you for taking part!", icon=":material/celebration:")
+    config = study.config
+    if config.completion_code:
+        st.markdown("Your completion code (copy it into the platform you came from):")
+        st.code(config.completion_code, language=None)
+    if config.completion_url:
+        st.link_button("Finish and return", config.completion_url, type="primary", icon=":material/check_circle:")
+        st.caption("The button takes you back to the platform you came from, where your participation is confirmed.")
+    st.caption(f"Your participant code: {participant.id}")
+
+
+def _verified_participant(study_id: str) -> tuple[Participant | None, bool]:
+    """(this link's participant, whether the link's token was refused). A token that does not verify is refused
+    with a message and reads nothing; one of this server's for a participant no longer stored gives None."""
+    token = st.query_params.get(PARTICIPANT_PARAM)
+    if not token:
+        return None, False
+    try:
+        participant_id = participant_tokens().participant_id(study_id, token)
+    except InvalidParticipantLink as exc:
+        st.error(str(exc), icon=":material/link_off:")
+        return None, True
+    participant = store().participant(study_id, participant_id)
+    if participant is None:
+        st.warning("This participant link is unknown; you can start the study afresh.")
+    return participant, False
+
+
 def participant_page(study_id: str) -> None:
     """The whole participant flow for ``study_id`` (from the URL)."""
     st.html(HIDE_SIDEBAR)
     db = store()
     try:
+        if not study_id:
+            raise StudyNotFoundError("no study id")
         study = cached_study(study_id)
         closed = db.is_closed(study_id)
     except StudyNotFoundError:
         st.title("Study not found")
         st.error("This study link is not valid. Please check the link you were sent.")
         return
-    st.title(study.config.title)
+    st.title(markdown_text(study.config.title))
     error = st.session_state.pop(ERROR_KEY, None)
     if error:
         st.error(error)
-    participant_id = st.query_params.get(PARTICIPANT_PARAM)
-    participant = db.participant(study_id, participant_id) if participant_id else None
+    participant, refused = _verified_participant(study_id)
     if participant is None:
-        if participant_id:
-            st.warning("This participant link is unknown; you can start the study afresh.")
         if closed:
             st.info("This study is closed. Thank you for your interest.")
             return
+        try:
+            platform = platform_ids(st.query_params)
+        except SpadeError as exc:
+            st.error(str(exc))
+            return
         _instructions(study)
-        st.button("Start", type="primary", on_click=_start, args=(study_id,), key="study_start",
-                  icon=":material/play_arrow:")
+        st.button("Start afresh" if refused else "Start", type="primary", on_click=_start, args=(study_id, platform),
+                  key="study_start", icon=":material/play_arrow:")
         return
 
     tasks = assign_tasks(study, participant.number, participant.seed)
     feedback = st.session_state.get(FEEDBACK_KEY)
     if feedback is not None and feedback[0] == participant.id:
-        _progress(study, tasks, feedback[1].index + 1)
+        _progress(study, tasks, current=feedback[1].index, done=feedback[1].index + 1)
         _feedback(study, feedback[1], feedback[2])
         return
     task = db.next_task(study_id, participant.id, tasks)
-    _progress(study, tasks, len(tasks) if task is None else task.index)
+    _progress(study, tasks, current=None if task is None else task.index,
+              done=len(tasks) if task is None else task.index)
     if task is None:
-        st.success("All done. Thank you for taking part!", icon=":material/celebration:")
-        st.caption(f"Your participant code: {participant.id}")
+        _finished(study, participant)
         return
     if closed:
         st.info("This study has been closed; your answers so far are saved. Thank you!")
         return
     _task(study, participant, task)
-

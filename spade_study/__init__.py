@@ -12,6 +12,8 @@ Modules (no Streamlit):
 * ``archive``: a study (and its answers) as one zip file of JSON and PNG images;
 * ``storage``: SQLite or PostgreSQL through SQLAlchemy; no answer is lost or duplicated;
 * ``results``: the paper's Table 3 with confidence intervals, paired tests and breakdowns.
+* ``password``: the researcher password's argon2 hash (``python -m spade_study.password`` makes one);
+* ``links``: signed participant tokens, the signing secret, the recruiting platform's ids from a link.
 
 Only ``create`` imports torch; the others stay light (a participant's request or a storage worker process
 does not pay for it). Names are re-exported lazily.
@@ -43,7 +45,14 @@ _LAZY = {
     "answers_json": "spade_study.results",
     "summarize": "spade_study.results",
     "wilson_interval": "spade_study.results",
-    "Participant": "spade_study.storage",
+    "Participant": "spade_study.assignment",
+    "PlatformIds": "spade_study.assignment",
+    "ParticipantTokens": "spade_study.links",
+    "InvalidParticipantLink": "spade_study.links",
+    "platform_ids": "spade_study.links",
+    "study_secret": "spade_study.links",
+    "hash_password": "spade_study.password",
+    "verify_password": "spade_study.password",
     "StudyClosedError": "spade_study.storage",
     "StudyExistsError": "spade_study.storage",
     "StudyNotFoundError": "spade_study.storage",

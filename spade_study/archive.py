@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from PIL import Image, UnidentifiedImageError
 
 from spade.errors import ConfigError, SpadeError
-from spade_study.assignment import ANSWERS, TRUTH_FIRST, TRUTH_SECOND, Answer, Participant
+from spade_study.assignment import ANSWERS, TRUTH_FIRST, TRUTH_SECOND, Answer, Participant, PlatformIds
 from spade_study.design import CONDITIONS, Patch, Study, StudyConfig, StudyItem, VisualizationSettings
 
 FORMAT = "spade-study"
@@ -46,6 +46,7 @@ _CHUNK = 1024 * 1024
 _INT32 = 2**31
 _INT64 = 2**63
 _STUDY_ID_CHARS, _TITLE_CHARS, _MODEL_CHARS, _PARTICIPANT_ID_CHARS = 64, 500, 200, 64  # the database's columns
+_PLATFORM_ID_CHARS = 128
 
 
 class StudyArchiveError(SpadeError):
@@ -114,15 +115,21 @@ def write_archive(study: Study, participants: Sequence[Participant] = (), answer
             _member(zf, path, data)
         if participants or answers:
             _member(zf, "participants.json", _json([
-                {"id": p.id, "number": p.number, "seed": p.seed, "created": _iso(p.created)}
-                for p in sorted(participants, key=lambda p: p.number)]))
+                {"id": p.id, "number": p.number, "seed": p.seed, "created": _iso(p.created),
+                 **_platform_record(p.platform)} for p in sorted(participants, key=lambda p: p.number)]))
             _member(zf, "answers.json", _json([answer_record(a) for a in answers]))
     return buffer.getvalue()
 
 
+def _platform_record(platform: PlatformIds) -> dict:
+    return {f"platform_{field}_id": value for field, value in vars(platform).items()}
+
+
 def answer_record(a: Answer) -> dict:
-    """A JSON-ready answer (the raw-answer export format)."""
+    """A JSON-ready answer (the raw-answer export format), with the participant's recruiting-platform ids
+    (``platform_participant_id``: Prolific's PROLIFIC_PID, ``platform_study_id``, ``platform_session_id``)."""
     return {"participant_id": a.participant_id, "participant_number": a.participant_number,
+            **_platform_record(a.platform),
             "task_index": a.task_index, "item": a.item, "condition": a.condition, "training": a.training,
             "patch_order": a.patch_order, "answer": a.answer, "response_ms": a.response_ms,
             "answered_at": _iso(a.answered_at)}
@@ -292,7 +299,8 @@ def _list(value, where: str) -> list:
 # (kind, may be null) of the fields of StudyConfig and VisualizationSettings; missing ones take the defaults.
 _CONFIG_FIELDS = {"title": (str, False), "conditions": (list, False), "tasks_per_participant": (int, True),
                   "training_tasks": (int, False), "instructions": (str, False), "seed": (int, False),
-                  "patch_fraction": (float, False), "ground_truth": (str, False)}
+                  "patch_fraction": (float, False), "ground_truth": (str, False), "completion_code": (str, False),
+                  "completion_url": (str, False)}
 _VISUALIZATION_FIELDS = {"steps": (int, True), "size": (int, True), "augmentations": (int, False),
                          "sparsity": (float, True), "keep_decision": (bool, False), "seed": (int, False)}
 
@@ -391,7 +399,9 @@ def _participants(value, study: Study) -> list[Participant]:
             id=_text(doc, "id", where, _PARTICIPANT_ID_CHARS), study_id=study.id,
             number=_within(_get(doc, "number", int, where), 0, _INT32, "number", where),
             seed=_within(_get(doc, "seed", int, where), 0, _INT64, "seed", where),
-            created=_time_field(doc, "created", where))
+            created=_time_field(doc, "created", where),
+            platform=PlatformIds(**{field: _text(doc, f"platform_{field}_id", where, _PLATFORM_ID_CHARS, default="")
+                                    for field in vars(PlatformIds())}))
         if not participant.id or participant.id in ids or participant.number in numbers:
             raise StudyArchiveError(f"The study file is damaged: {where} repeats or lacks an id or number.")
         ids.add(participant.id)
@@ -402,6 +412,7 @@ def _participants(value, study: Study) -> list[Participant]:
 
 def _answers(value, study: Study, participants: Sequence[Participant]) -> list[Answer]:
     numbers = {p.id: p.number for p in participants}
+    platforms = {p.id: p.platform for p in participants}
     answers: list[Answer] = []
     tasks: set[tuple[str, int]] = set()
     for i, entry in enumerate(_list(value, "answers.json")):
@@ -422,7 +433,7 @@ def _answers(value, study: Study, participants: Sequence[Participant]) -> list[A
             condition=_get(doc, "condition", str, where), training=_get(doc, "training", bool, where),
             patch_order=_get(doc, "patch_order", str, where), answer=_get(doc, "answer", str, where),
             response_ms=_within(_get(doc, "response_ms", int, where), 0, _INT32, "response_ms", where),
-            answered_at=_time_field(doc, "answered_at", where))
+            answered_at=_time_field(doc, "answered_at", where), platform=platforms[participant_id])
         if answer.participant_number != numbers[participant_id]:
             raise StudyArchiveError(f"The study file is damaged: {where} gives participant {participant_id!r} "
                                     f"number {answer.participant_number}, participants.json "

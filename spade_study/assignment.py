@@ -57,15 +57,27 @@ class Task:
 
 
 @dataclass(frozen=True)
+class PlatformIds:
+    """The ids a recruiting platform put into the participant's link (Prolific: ``PROLIFIC_PID``, ``STUDY_ID``,
+    ``SESSION_ID``); "" when the link had none."""
+
+    participant: str = ""
+    study: str = ""
+    session: str = ""
+
+
+@dataclass(frozen=True)
 class Participant:
-    """One participant of a study: a random id (kept in the participant's URL), the arrival number that
-    places them in the counterbalancing design, their seed, and when they started (UTC)."""
+    """One participant of a study: a random id (signed into the participant's URL), the arrival number that
+    places them in the counterbalancing design, their seed, when they started (UTC), and the recruiting
+    platform's ids from their link."""
 
     id: str
     study_id: str
     number: int
     seed: int
     created: datetime
+    platform: PlatformIds = PlatformIds()
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class Answer:
     """One stored answer (a row of the answers table, with the participant's number).
 
     answer: "A", "B" or "undecided". response_ms: from showing the task to the click. answered_at: UTC.
+    platform: the participant's recruiting-platform ids.
     """
 
     study_id: str
@@ -86,6 +99,7 @@ class Answer:
     answer: str
     response_ms: int
     answered_at: datetime
+    platform: PlatformIds = PlatformIds()
 
     @property
     def truth_label(self) -> str:

@@ -75,12 +75,16 @@ def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyCo
     convolutional stage found by type). selection: the layers SPADE prunes (``ModelSpec.layer_selection``).
     progress(stage, fraction): stage ``"study"`` for the whole, ``"<image name>: <step>"`` for each step.
     The model is never modified. Raises ConfigError for an unusable choice (no real image, a neuron that does
-    not exist, training tasks without training images, ...).
+    not exist, more training tasks than training images, ...).
     """
     if not any(not im.training for im in images):
         raise ConfigError("Choose at least one image for the real tasks.")
     if config.training_tasks and not any(im.training for im in images):
         raise ConfigError("Training tasks need at least one training image (or set the training tasks to 0).")
+    n_training_images = sum(im.training for im in images)
+    if config.training_tasks > n_training_images:
+        raise ConfigError(f"{config.training_tasks} training tasks need {config.training_tasks} training images, got "
+                          f"{n_training_images}: a participant would see a practice photo twice and know its answer.")
     names = [im.name for im in images]
     if len(set(names)) != len(names):
         raise ConfigError("Each image of a study needs its own name.")

@@ -7,8 +7,10 @@ Everything here is plain data (numpy, PIL, PNG bytes); ``spade_study.create`` fi
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -19,6 +21,10 @@ from spade.errors import ConfigError
 CONDITIONS = ("dense", "spade")
 """The two conditions: the neuron visualized on the dense model, or on the image's SPADE trace."""
 
+MAX_COMPLETION_CODE_CHARS = 100
+MAX_COMPLETION_URL_CHARS = 2000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 MAX_PATCH_FRACTION = 1 / 3
 """Largest patch side (fraction of the image side) for which a non-overlapping distractor always exists."""
 
@@ -27,7 +33,7 @@ In each task you see a photo, a picture that was generated to show what one "neu
 classifier responds to, and two patches cut from the photo, labelled A and B.
 
 Decide which patch contains what the neuron is looking for in this photo, using the generated picture as \
-your guide, and press **Patch A** or **Patch B**. If you really cannot tell, press **Can't decide**.
+your guide, and press "Patch A" or "Patch B". If you really cannot tell, press "Can't decide".
 
 The first tasks are practice: after each one you are told the expected answer. There are no trick \
 questions, and there is no time limit, but your first impression is usually best."""
@@ -70,7 +76,9 @@ class StudyConfig:
     an image at most once, under one condition. training_tasks: practice tasks with feedback, shown first,
     made from the training images (never analysed). seed: seeds the task assignment. patch_fraction: patch
     side as a fraction of the image side (at most 1/3). ground_truth: the saliency method (a
-    ``spade.saliency.METHODS`` name) whose map on the dense model picks the patches.
+    ``spade.saliency.METHODS`` name) whose map on the dense model picks the patches. completion_code: shown
+    on the end screen (e.g. a Prolific completion code; "" for none); completion_url: an http(s) address the
+    end screen links to (e.g. Prolific's ``https://app.prolific.com/submissions/complete?cc=...``; "" for none).
     """
 
     title: str = "Which patch drives the neuron?"
@@ -82,6 +90,8 @@ class StudyConfig:
     patch_fraction: float = 0.3
     ground_truth: str = "gradcam"
     visualization: VisualizationSettings = VisualizationSettings()
+    completion_code: str = ""
+    completion_url: str = ""
 
     def __post_init__(self):
         conditions = tuple(self.conditions)
@@ -96,6 +106,18 @@ class StudyConfig:
             raise ConfigError(f"The patch side must be between 0 and 1/3 of the image side, got {self.patch_fraction}.")
         if not self.title.strip():
             raise ConfigError("The study needs a title.")
+        object.__setattr__(self, "completion_code", self.completion_code.strip())
+        object.__setattr__(self, "completion_url", self.completion_url.strip())
+        if len(self.completion_code) > MAX_COMPLETION_CODE_CHARS or _CONTROL.search(self.completion_code):
+            raise ConfigError(f"The completion code must be one line of at most {MAX_COMPLETION_CODE_CHARS} "
+                              "characters.")
+        if self.completion_url:
+            parts = urlsplit(self.completion_url)
+            if (parts.scheme not in ("http", "https") or not parts.netloc or len(self.completion_url)
+                    > MAX_COMPLETION_URL_CHARS or re.search(r"\s", self.completion_url)
+                    or _CONTROL.search(self.completion_url)):
+                raise ConfigError("The completion URL must be an http:// or https:// address without spaces, got "
+                                  f"{self.completion_url[:80]!r}.")
 
     def to_dict(self) -> dict:
         return asdict(self)

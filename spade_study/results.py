@@ -35,7 +35,8 @@ Z95 = 1.959963984540054
 
 CONDITION_LABELS = {"dense": "Dense visualization", "spade": "SPADE visualization"}
 METRICS = ("undecided", "agree", "disagree", "agree_when_decided")
-CSV_COLUMNS = ("participant_id", "participant_number", "task_index", "item", "item_name", "condition", "training",
+CSV_COLUMNS = ("participant_id", "participant_number", "platform_participant_id", "platform_study_id",
+               "platform_session_id", "task_index", "item", "item_name", "condition", "training",
                "patch_order", "answer", "outcome", "response_ms", "answered_at")
 
 
@@ -126,6 +127,20 @@ class StudyResults:
                 out[label] = p.count
                 out[f"{label} %"] = None if p.share is None else round(100 * p.share, 1)
                 out[f"{label} 95% CI"] = f"{100 * low:.1f}–{100 * high:.1f}" if p.total else "–"
+            rows.append(out)
+        return rows
+
+    def table3_compact(self) -> list[dict]:
+        """Table 3 narrow enough for a page: per condition the number of answers and, per metric, one text cell
+        "share % (95% CI low–high)" ("–" where the metric has no answers). The counts are in ``table3``."""
+        rows = []
+        for row in self.conditions:
+            out = {"condition": CONDITION_LABELS.get(row.condition, row.condition), "answers": row.answers}
+            for name in METRICS:
+                p = row.metric(name)
+                low, high = p.interval
+                out[name.replace("_", " ")] = (f"{100 * p.share:.1f} % ({100 * low:.1f}–{100 * high:.1f})"
+                                               if p.share is not None else "–")
             rows.append(out)
         return rows
 

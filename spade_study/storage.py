@@ -46,7 +46,9 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -54,7 +56,16 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from spade.errors import ConfigError, SpadeError
 from spade_study.archive import StudyArchiveError, read_archive, write_archive
-from spade_study.assignment import ANSWERS, TRUTH_FIRST, TRUTH_SECOND, Answer, Participant, Task, participant_seed
+from spade_study.assignment import (
+    ANSWERS,
+    TRUTH_FIRST,
+    TRUTH_SECOND,
+    Answer,
+    Participant,
+    PlatformIds,
+    Task,
+    participant_seed,
+)
 from spade_study.design import Study
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,10 @@ DEFAULT_DATA_DIR = "data"
 SQLITE_FILE = "studies.sqlite"
 BUSY_TIMEOUT_S = 30.0
 MAX_RESPONSE_MS = 24 * 3600 * 1000
+PLATFORM_ID_CHARS = 128
+PLATFORM_COLUMNS = {"participant": "platform_participant_id", "study": "platform_study_id",
+                    "session": "platform_session_id"}
+"""PlatformIds field -> column of the participants table (added to a database made by an older version)."""
 
 
 class StudyNotFoundError(SpadeError):
@@ -99,6 +114,10 @@ participant_table = Table(
     Column("number", Integer, nullable=False),
     Column("seed", BigInteger, nullable=False),
     Column("created", DateTime, nullable=False),
+    # the recruiting platform's ids from the participant's link ("" when none): Prolific's PROLIFIC_PID, ...
+    Column("platform_participant_id", String(PLATFORM_ID_CHARS), nullable=False, default=""),
+    Column("platform_study_id", String(PLATFORM_ID_CHARS), nullable=False, default=""),
+    Column("platform_session_id", String(PLATFORM_ID_CHARS), nullable=False, default=""),
     UniqueConstraint("study_id", "number", name="uq_participant_number"),
     CheckConstraint("number >= 0", name="ck_participant_number"),
 )
@@ -136,6 +155,8 @@ class StudySummary:
     closed: bool
     participants: int
     answers: int
+    registered: int = 0
+    """participants: those with at least one answer (training included); registered: everyone who pressed Start."""
 
 
 def database_url(env: Mapping[str, str] | None = None) -> str:
@@ -228,12 +249,24 @@ class StudyStore:
         for attempt in range(3):
             try:
                 metadata.create_all(self._writer)
+                self._add_platform_columns()
                 return
             except (IntegrityError, ProgrammingError, OperationalError):
                 # Two processes creating the schema at once: the loser sees "already exists"; check again.
                 if attempt == 2:
                     raise
                 time.sleep(0.2)
+
+    def _add_platform_columns(self) -> None:
+        """Add the platform-id columns to a participants table made before they existed."""
+        with self.engine.connect() as conn:
+            present = {c["name"] for c in inspect(conn).get_columns("participants")}
+        missing = [c for c in PLATFORM_COLUMNS.values() if c not in present]
+        for column in missing:
+            with self._writer.begin() as conn:
+                conn.execute(text(f"ALTER TABLE participants ADD COLUMN {column} "
+                                  f"VARCHAR({PLATFORM_ID_CHARS}) NOT NULL DEFAULT ''"))
+            log.info("added column participants.%s", column)
 
     # ------------------------------------------------------------------------------------------- studies
     def save_study(self, study: Study) -> None:
@@ -266,18 +299,23 @@ class StudyStore:
         return bool(closed)
 
     def list_studies(self) -> list[StudySummary]:
-        """Every study, newest first, with its numbers of participants and (real and training) answers."""
-        n_participants = (select(func.count()).select_from(participant_table)
-                          .where(participant_table.c.study_id == study_table.c.id).scalar_subquery())
+        """Every study, newest first, with its numbers of participants (those who answered at least once, and all
+        registered ones) and (real and training) answers."""
+        n_registered = (select(func.count()).select_from(participant_table)
+                        .where(participant_table.c.study_id == study_table.c.id).scalar_subquery())
+        n_participants = (select(func.count(func.distinct(answer_table.c.participant_id)))
+                          .where(answer_table.c.study_id == study_table.c.id).scalar_subquery())
         n_answers = (select(func.count()).select_from(answer_table)
                      .where(answer_table.c.study_id == study_table.c.id).scalar_subquery())
         t = study_table.c
         query = (select(t.id, t.title, t.model, t.created, t.closed, n_participants.label("n_participants"),
-                        n_answers.label("n_answers")).order_by(t.created.desc(), t.id))
+                        n_answers.label("n_answers"), n_registered.label("n_registered"))
+                 .order_by(t.created.desc(), t.id))
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [StudySummary(id=r.id, title=r.title, model=r.model, created=_utc(r.created), closed=bool(r.closed),
-                             participants=int(r.n_participants), answers=int(r.n_answers)) for r in rows]
+                             participants=int(r.n_participants), answers=int(r.n_answers),
+                             registered=int(r.n_registered)) for r in rows]
 
     def set_closed(self, study_id: str, closed: bool = True) -> None:
         """Close (or reopen) a study."""
@@ -287,9 +325,11 @@ class StudyStore:
             raise StudyNotFoundError(f"There is no study {study_id!r} in this database.")
 
     # ------------------------------------------------------------------------------------------- participants
-    def register_participant(self, study_id: str) -> Participant:
-        """A new participant with the next free number of the study and its derived seed.
-        Raises StudyClosedError for a closed study."""
+    def register_participant(self, study_id: str, platform: PlatformIds = PlatformIds()) -> Participant:
+        """A new participant with the next free number of the study and its derived seed; ``platform``: the
+        recruiting platform's ids from their link. Raises StudyClosedError for a closed study."""
+        if any(len(v) > PLATFORM_ID_CHARS for v in vars(platform).values()):
+            raise ConfigError(f"A platform id has at most {PLATFORM_ID_CHARS} characters.")
         for _ in range(20):
             try:
                 with self._writer.begin() as conn:
@@ -304,9 +344,8 @@ class StudyStore:
                     number = 0 if last is None else int(last) + 1
                     seed = participant_seed(int(row.seed), number)
                     participant = Participant(id=secrets.token_urlsafe(12), study_id=study_id, number=number,
-                                              seed=seed, created=datetime.now(UTC))
-                    conn.execute(participant_table.insert().values(id=participant.id, study_id=study_id, number=number,
-                                                              seed=seed, created=_naive(participant.created)))
+                                              seed=seed, created=datetime.now(UTC), platform=platform)
+                    conn.execute(participant_table.insert().values(**_participant_row(participant)))
                 return participant
             except IntegrityError:
                 log.debug("participant number race on study %s; retrying", study_id)
@@ -378,7 +417,8 @@ class StudyStore:
 
     def answers(self, study_id: str, *, include_training: bool = True) -> list[Answer]:
         """Every answer of the study, ordered by participant number and task index."""
-        query = (select(answer_table, participant_table.c.number)
+        query = (select(answer_table, participant_table.c.number,
+                        *(participant_table.c[c] for c in PLATFORM_COLUMNS.values()))
                  .join(participant_table, participant_table.c.id == answer_table.c.participant_id)
                  .where(answer_table.c.study_id == study_id)
                  .order_by(participant_table.c.number, answer_table.c.task_index))
@@ -389,7 +429,8 @@ class StudyStore:
         return [Answer(study_id=r.study_id, participant_id=r.participant_id, participant_number=int(r.number),
                        task_index=int(r.task_index), item=int(r.item), condition=r.condition,
                        training=bool(r.training), patch_order=r.patch_order, answer=r.answer,
-                       response_ms=int(r.response_ms), answered_at=_utc(r.answered_at)) for r in rows]
+                       response_ms=int(r.response_ms), answered_at=_utc(r.answered_at), platform=_platform(r))
+                for r in rows]
 
     # ------------------------------------------------------------------------------------------- files
     def export_study(self, study_id: str) -> bytes:
@@ -411,9 +452,7 @@ class StudyStore:
                     raise StudyArchiveError(f"The study file's participant {taken!r} is already in this database "
                                             "(in another study).")
             if archive.participants:
-                conn.execute(participant_table.insert(), [
-                    dict(id=p.id, study_id=archive.study.id, number=p.number, seed=p.seed, created=_naive(p.created))
-                    for p in archive.participants])
+                conn.execute(participant_table.insert(), [_participant_row(p) for p in archive.participants])
             if archive.answers:
                 conn.execute(answer_table.insert(), [
                     dict(study_id=archive.study.id, participant_id=a.participant_id, task_index=a.task_index,
@@ -423,6 +462,15 @@ class StudyStore:
         return archive.study
 
 
+def _platform(row) -> PlatformIds:
+    return PlatformIds(**{field: getattr(row, column) or "" for field, column in PLATFORM_COLUMNS.items()})
+
+
 def _participant(row) -> Participant:
     return Participant(id=row.id, study_id=row.study_id, number=int(row.number), seed=int(row.seed),
-                       created=_utc(row.created))
+                       created=_utc(row.created), platform=_platform(row))
+
+
+def _participant_row(p: Participant) -> dict:
+    return dict(id=p.id, study_id=p.study_id, number=p.number, seed=p.seed, created=_naive(p.created),
+                **{column: getattr(p.platform, field) for field, column in PLATFORM_COLUMNS.items()})

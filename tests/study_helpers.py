@@ -14,7 +14,7 @@ def synthetic_study(study_id: str = "synthetic", n_real: int = 6, n_training: in
     """A study with `n_real` + `n_training` items of random small images: enough for storage, assignment
     and the participant pages, without computing anything on a model."""
     rng = np.random.default_rng(seed)
-    config = config or StudyConfig(title=f"Study {study_id}", training_tasks=min(n_training, 1) * 2)
+    config = config or StudyConfig(title=f"Study {study_id}", training_tasks=n_training)  # one photo per task
     side = size // 3
     items = []
     for i in range(n_real + n_training):

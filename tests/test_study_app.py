@@ -15,7 +15,7 @@ from spade.images import bundled_examples, load_image
 from spade.models import MODELS, ModelSpec, load_model
 from spade.preprocessing import Preprocessing
 from spade_study.assignment import assign_tasks
-from spade_study.results import summarize
+from spade_study.results import summarize, wilson_interval
 from spade_study.storage import StudyStore
 from tests.app_testing import TIMEOUT, FileWeights
 from tests.study_helpers import synthetic_study
@@ -40,9 +40,13 @@ def tiny_spec(tmp_path_factory) -> ModelSpec:
 
 @pytest.fixture
 def db(tmp_path, monkeypatch) -> StudyStore:
-    """The app's study database, in a temporary SQLite file (the page reads SPADE_STUDY_DB)."""
+    """The app's study database, in a temporary SQLite file (the page reads SPADE_STUDY_DB); the participant
+    links' secret in the same folder (SPADE_DATA_DIR); no researcher password (open on this machine)."""
     path = tmp_path / "studies.sqlite"
     monkeypatch.setenv("SPADE_STUDY_DB", str(path))
+    monkeypatch.setenv("SPADE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SPADE_STUDY_SECRET", raising=False)
+    monkeypatch.delenv("SPADE_RESEARCHER_PASSWORD_HASH", raising=False)
     store = StudyStore(f"sqlite:///{path}")
     yield store
     store.close()
@@ -95,6 +99,11 @@ def _assert_blinded(at: AppTest) -> None:
     assert any("stSidebar" in h.proto.body for h in at.get("html")), "the sidebar is hidden for participants"
 
 
+def _as_shown(markdown: str) -> str:
+    """What markdown that only escapes characters (``spade_app.study.markdown_text``) shows: backslashes dropped."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def _image_ids(at: AppTest) -> list[str]:
     return [url.rsplit("/", 1)[1].split(".")[0] for e in at.main.get("image") for url in e.value]
 
@@ -130,6 +139,11 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     at = _app()
     at.sidebar.selectbox(key="model_name").set_value(TINY).run()
     assert not at.exception, at.exception
+    # defaults: never more practice tasks than practice photos, none of them also a real task's photo
+    default_training = at.multiselect(key="sd_training").value
+    assert len(default_training) == 2 and not set(default_training) & set(at.multiselect(key="sd_images").value)
+    assert at.number_input(key="sd_training_tasks_2").value == 2
+    assert at.number_input(key="sd_training_tasks_2").max == 2
     at.multiselect(key="sd_images").set_value(["cat", "coffee"])
     at.multiselect(key="sd_training").set_value(["rocket"])
     at.number_input(key="sd_steps").set_value(3)
@@ -137,6 +151,17 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     at.text_input(key="sd_title").set_value("Pilot")
     at.run()
     assert at.number_input(key="sd_tasks_2").value == 2  # default: every real image once
+    assert at.number_input(key="sd_training_tasks_1").value == 1  # follows the one training image
+    at.text_input(key="sd_completion_code").set_value("C0DE123")
+    at.text_input(key="sd_completion_url").set_value("javascript:alert(1)")
+    _click(at, "Create study")
+    assert at.error and "completion URL" in at.error[0].value and not db.list_studies()
+    at.text_input(key="sd_completion_url").set_value("https://app.prolific.com/submissions/complete?cc=C0DE123")
+    at.multiselect(key="sd_training").set_value(["cat"]).run()  # also a real task's photo: refused
+    assert any("Used for practice and for real tasks: cat" in w.value for w in at.warning)
+    _click(at, "Create study")
+    assert at.error and not db.list_studies()
+    at.multiselect(key="sd_training").set_value(["rocket"]).run()
     _click(at, "Create study")
     assert not at.error, [e.value for e in at.error]
     [summary] = db.list_studies()
@@ -144,7 +169,9 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     study = db.load_study(summary.id)
     assert [(item.name, item.training) for item in study.items] == [
         ("cat", False), ("coffee", False), ("rocket (training)", True)]
-    assert study.config.training_tasks == 2 and study.config.tasks_per_participant == 2
+    assert study.config.training_tasks == 1 and study.config.tasks_per_participant == 2
+    assert (study.config.completion_code, study.config.completion_url) == (
+        "C0DE123", "https://app.prolific.com/submissions/complete?cc=C0DE123")
     assert study.config.visualization.steps == 3 and study.config.visualization.augmentations == 8
     loaded = load_model(TINY, device="cpu")
     predicted = loaded.predict(load_image(bundled_examples()["cat"]), k=1)[0].index
@@ -180,7 +207,7 @@ def test_studies_tab_imports_an_exported_study(db, tmp_path):
     _click(at, "Import")
     assert [s.id for s in db.list_studies()] == ["moved"]
     assert [(a.participant_id, a.answer, a.response_ms) for a in db.answers("moved")] == [(p.id, "B", 900)]
-    assert any("id `moved`" in m.value for m in at.markdown)
+    assert any("id moved" in m.value for m in at.markdown)
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Export (.zip)"]
     # the same file again is refused with a message
@@ -191,15 +218,16 @@ def test_studies_tab_imports_an_exported_study(db, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- participant
 def test_participant_flow_is_blinded_stored_at_once_and_resumable(db):
-    study = synthetic_study("flow", n_real=4, n_training=1)  # 2 training tasks, 4 real tasks
+    study = synthetic_study("flow", n_real=4, n_training=2)  # 2 training tasks, 4 real tasks
     db.save_study(study)
     at = _app(study.id)
     assert at.title[0].value == study.config.title
-    assert any(study.config.instructions.split("\n")[0] in m.value for m in at.markdown)
+    assert any(study.config.instructions.split("\n")[0] in _as_shown(m.value) for m in at.markdown)
     _assert_blinded(at)
     _click(at, "Start")
-    participant_id = at.query_params["p"]
-    participant = db.participant(study.id, participant_id)
+    token = at.query_params["p"]
+    [participant] = db.participants(study.id)
+    assert token != participant.id, "the link carries a signed token, not the bare id"
     assert participant is not None and participant.number == 0
     tasks = assign_tasks(study, participant.number, participant.seed)
 
@@ -223,11 +251,12 @@ def test_participant_flow_is_blinded_stored_at_once_and_resumable(db):
             _assert_blinded(at)
             feedback = [s.value for s in at.success] + [w.value for w in at.warning] + [i.value for i in at.info]
             assert any(f"Patch {task.truth_label}" in text for text in feedback), feedback
+            assert _progress_text(at) == expected, "the label names the task just answered during its feedback"
             _click(at, "Continue")
     assert _progress_text(at) == "Task 3 of 4"
 
     # a reload (a new session with the same link) resumes at the first unanswered task
-    again = _app(study.id, participant_id)
+    again = _app(study.id, token)
     _assert_blinded(again)
     assert _progress_text(again) == "Task 3 of 4"
     item = study.items[tasks[4].item]
@@ -260,16 +289,32 @@ def test_results_view_shows_table3_of_the_stored_answers(db):
         p = db.register_participant(study.id)
         for task, answer in zip(assign_tasks(study, p.number, p.seed), ("A", "B", "A", "undecided", "B", "A")):
             db.record_answer(study.id, p.id, task, answer, 500)
+    undecided = db.register_participant(study.id)  # "agree when decided" has no value for this one
+    for task in assign_tasks(study, undecided.number, undecided.seed):
+        db.record_answer(study.id, undecided.id, task, "undecided", 700)
+    db.register_participant(study.id)  # pressed Start, never answered: not counted
     at = _app()
     assert not at.get("dataframe"), "closed tabs do not run"
     at.session_state["study_section"] = "Results"
     at.run()
     at.selectbox(key="sd_results_study").set_value(study.id).run()
     assert not at.exception, at.exception
-    expected = summarize(db.answers(study.id), study.config.conditions)
-    table = next(d.value for d in at.dataframe if "agree when decided %" in d.value.columns)
-    assert table.to_dict("records") == expected.table3()
+    answers = db.answers(study.id)
+    expected = summarize(answers, study.config.conditions)
+    table = next(d.value for d in at.dataframe if "agree when decided" in d.value.columns)
+    assert table.to_dict("records") == expected.table3_compact()
+    # one cell against an independent count: the dense agreement share with its Wilson interval
+    dense = [a for a in answers if not a.training and a.condition == "dense"]
+    agree = sum(a.answer == a.truth_label for a in dense)
+    low, high = wilson_interval(agree, len(dense))
+    assert table.iloc[0]["agree"] == f"{100 * agree / len(dense):.1f} % ({100 * low:.1f}–{100 * high:.1f})"
+    assert len(table.columns) == 6, "narrow enough for the page (checked at 1440 px in the browser test)"
+    for frame in at.dataframe:  # no empty cell shows as "None"
+        assert not frame.value.isna().any().any() and "None" not in frame.value.astype(str).values, frame.value
     labels = {b.label for b in at.get("download_button")}
     assert {"Raw answers (CSV)", "Raw answers (JSON)", "Results (JSON)"} <= labels
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Participants"] == "3" and metrics["Answers (without training)"] == "12"
+    assert metrics["Participants"] == "4" and metrics["Answers (without training)"] == "16"
+    at.session_state["study_section"] = "Studies"
+    at.run()
+    assert any("participants: 4 (answered at least once; 5 pressed Start)" in m.value for m in at.markdown)

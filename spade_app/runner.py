@@ -78,12 +78,12 @@ def run_guarded(label: str, device: torch.device | str, work: Callable[[Progress
                 if not first:
                     first.append(place)
                     note.caption(waiting_note(queue.slots))
-                status.update(label=waiting_label(place, time.monotonic() - asked), state="running")
+                status.update(label=waiting_label(place, time.monotonic() - asked), state="running", expanded=True)
 
             with queue.slot(on_wait=waiting):
                 if first:
                     note.caption(waited_note(time.monotonic() - asked, first[0].ahead))
-                    status.update(label=label)
+                    status.update(label=label, expanded=True)
                 result = work(progress())
             final = done(result)
         except torch.OutOfMemoryError:

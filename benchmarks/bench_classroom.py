@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,7 +279,7 @@ def main() -> int:
 
     errors = [e for r in results for e in r["errors"]]
     report = {
-        "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPU cores, {os.uname().nodename}",
         "sessions": args.sessions, "slots": args.slots or 1, "load_before": load_before,
         "errors": len(errors), "error_messages": errors,

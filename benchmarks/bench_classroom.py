@@ -199,6 +199,7 @@ async def classroom(url: str, sessions: int, timeout_s: float, memory: MemorySam
             start.set()  # every session clicks Run in the same event-loop turn
             results = await asyncio.gather(*watchers, return_exceptions=True)
             wall = time.monotonic() - began
+            memory.mark("all_results")
             for context, _, _ in pages:
                 await context.close()
         finally:
@@ -228,7 +229,8 @@ def summary(report: dict) -> str:
         f"errors: {r['errors']}",
         f"server RSS (process tree): after start {r['rss']['start'] / mib:.0f} MiB, with all sessions open "
         f"{r['rss']['sessions_open'] / mib:.0f} MiB, peak {r['rss']['peak'] / mib:.0f} MiB, "
-        f"after the run {r['rss']['end'] / mib:.0f} MiB",
+        f"with every result shown {r['rss']['all_results'] / mib:.0f} MiB, "
+        f"after the sessions closed {r['rss']['end'] / mib:.0f} MiB",
     ]
     for name in ("trace", "result"):
         t = r[f"{name}_s"]
@@ -257,12 +259,15 @@ def main() -> int:
     args = parser.parse_args()
     if args.sessions < 1:
         parser.error("--sessions must be at least 1")
+    if args.slots is not None and args.slots < 1:
+        parser.error("--slots must be at least 1")
     if not Path(CHROMIUM).exists():
         parser.error(f"{CHROMIUM} is missing: apt-get install chromium")
 
     env = {"OMP_WAIT_POLICY": "PASSIVE"}
     if args.slots is not None:
         env["SPADE_WORK_SLOTS"] = str(args.slots)
+    slots = env.get("SPADE_WORK_SLOTS") or os.environ.get("SPADE_WORK_SLOTS") or "1 (default)"
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with tempfile.TemporaryDirectory(prefix="classroom-") as tmp:
         env["SPADE_DATA_DIR"] = tmp  # the human study's database stays out of the repository
@@ -281,7 +286,7 @@ def main() -> int:
     report = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPU cores, {os.uname().nodename}",
-        "sessions": args.sessions, "slots": args.slots or 1, "load_before": load_before,
+        "sessions": args.sessions, "slots": slots, "load_before": load_before,
         "errors": len(errors), "error_messages": errors,
         "rss": {**memory.marks, "peak": memory.peak},
         "trace_s": spread([r["trace_s"] for r in results if r["trace_s"] is not None]),

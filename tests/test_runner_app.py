@@ -93,6 +93,20 @@ def test_a_run_waits_for_its_turn_and_says_how_long():
     assert queue.state() == QueueState(0, 0)
 
 
+def test_a_bad_slot_setting_is_shown_instead_of_running(monkeypatch):
+    monkeypatch.setenv("SPADE_WORK_SLOTS", "many")
+    runner.work_queue.clear()
+    try:
+        at = _run("ok")
+    finally:
+        runner.work_queue.clear()
+    assert at.session_state["result"] is None
+    assert at.error[0].value == "SPADE_WORK_SLOTS must be a whole number from 1 to 64, got 'many'."
+    assert "held" not in at.session_state  # the work never ran
+    [status] = at.status
+    assert (status.label, status.state) == ("Work failed", "error")
+
+
 @pytest.mark.parametrize("ahead, seconds, label", [
     (1, 0.4, "Waiting: 1 run ahead of you (0 s so far)"),
     (3, 12.6, "Waiting: 3 runs ahead of you (13 s so far)"),

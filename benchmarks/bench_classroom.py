@@ -1,6 +1,6 @@
 """Classroom load test: N browser sessions run SPADE at the same moment against one `streamlit run app.py`.
 
-Usage: python benchmarks/bench_classroom.py [--sessions 20] [--slots N] [--timeout 1800] [--out DIR]
+Usage: python benchmarks/bench_classroom.py [--sessions 20] [--slots N] [--distinct] [--timeout 1800] [--out DIR]
 
 Starts the app on a free loopback port (SPADE_WORK_SLOTS=--slots when given, else the server's default), opens N
 headless Chromium sessions (one Debian chromium, one browser context each: separate Streamlit sessions), waits
@@ -10,6 +10,10 @@ default settings. Each page is watched once a second until its saliency maps are
 (a failed status box, an exception, an error alert). The server process tree's resident memory is sampled from
 /proc every 0.2 s. Prints errors (must be 0), the peak RSS, p50 / p95 / max time to result and how many
 sessions saw their queue position; with --out also writes result.json and summary.txt there.
+
+With the default settings everywhere, the first run computes the layer statistics and every later one reuses them
+from the server's shared cache. --distinct gives session i the augmentation seed i instead, so every run needs its
+own statistics: the queue then serialises real work, and the times show its order (first come, first served).
 
 The machine's load is part of the figures (the server, chromium and this script share its cores): quote them
 with the machine's state. Needs playwright (requirements.txt) and /usr/bin/chromium (never Playwright's download).
@@ -140,7 +144,7 @@ class MemorySampler:
 
 
 # ------------------------------------------------------------------------------------------------ the sessions
-async def open_session(browser, url: str, index: int, timeout_ms: int):
+async def open_session(browser, url: str, index: int, timeout_ms: int, distinct: bool):
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     page.set_default_timeout(timeout_ms)
@@ -148,6 +152,10 @@ async def open_session(browser, url: str, index: int, timeout_ms: int):
     await page.get_by_text("Prediction:", exact=False).first.wait_for()
     button = page.get_by_role("button", name="Run SPADE")
     await button.wait_for()
+    if distinct:
+        seed = page.get_by_role("spinbutton", name="Seed")
+        await seed.fill(str(index))
+        await seed.press("Tab")
     return context, page, button
 
 
@@ -181,14 +189,15 @@ async def watch(page, button, start: asyncio.Event, deadline: float) -> dict:
         await asyncio.sleep(1.0)
 
 
-async def classroom(url: str, sessions: int, timeout_s: float, memory: MemorySampler) -> tuple[list[dict], float]:
+async def classroom(url: str, sessions: int, timeout_s: float, memory: MemorySampler, distinct: bool
+                    ) -> tuple[list[dict], float]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             opened = time.monotonic()
-            pages = await asyncio.gather(*(open_session(browser, url, i, int(timeout_s * 1000))
+            pages = await asyncio.gather(*(open_session(browser, url, i, int(timeout_s * 1000), distinct)
                                            for i in range(sessions)))
             print(f"{sessions} sessions show Explore after {time.monotonic() - opened:.1f} s", flush=True)
             memory.mark("sessions_open")
@@ -225,7 +234,10 @@ def summary(report: dict) -> str:
     mib = 1024 * 1024
     lines = [
         f"Classroom load test, {r['when']} on {r['machine']}",
-        f"sessions: {r['sessions']}, work slots: {r['slots']}, load average before the run: {r['load_before']}",
+        f"sessions: {r['sessions']}, work slots: {r['slots']}, "
+        + ("a seed per session (every run computes its own statistics)" if r["distinct_seeds"]
+           else "default settings everywhere (one statistics set shared)")
+        + f", load average before the run: {r['load_before']}",
         f"errors: {r['errors']}",
         f"server RSS (process tree): after start {r['rss']['start'] / mib:.0f} MiB, with all sessions open "
         f"{r['rss']['sessions_open'] / mib:.0f} MiB, peak {r['rss']['peak'] / mib:.0f} MiB, "
@@ -254,6 +266,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=20, help="browser sessions (default 20)")
     parser.add_argument("--slots", type=int, default=None,
                         help="SPADE_WORK_SLOTS for the server (default: the server's own default, 1)")
+    parser.add_argument("--distinct", action="store_true",
+                        help="session i uses augmentation seed i: every run computes its own statistics")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds the whole run may take")
     parser.add_argument("--out", type=Path, default=None, help="folder for result.json and summary.txt")
     args = parser.parse_args()
@@ -276,7 +290,7 @@ def main() -> int:
         try:
             with MemorySampler(proc.pid) as memory:
                 memory.mark("start")
-                results, wall = asyncio.run(classroom(url, args.sessions, args.timeout, memory))
+                results, wall = asyncio.run(classroom(url, args.sessions, args.timeout, memory, args.distinct))
                 memory.mark("end")
         finally:
             stop_server(proc)
@@ -286,7 +300,7 @@ def main() -> int:
     report = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPU cores, {os.uname().nodename}",
-        "sessions": args.sessions, "slots": slots, "load_before": load_before,
+        "sessions": args.sessions, "slots": slots, "distinct_seeds": args.distinct, "load_before": load_before,
         "errors": len(errors), "error_messages": errors,
         "rss": {**memory.marks, "peak": memory.peak},
         "trace_s": spread([r["trace_s"] for r in results if r["trace_s"] is not None]),

@@ -5,12 +5,15 @@ GPU memory) shown on the page instead of raised."""
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
 import streamlit as st
 import torch
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from spade.errors import SpadeError
 from spade.progress import Progress
@@ -26,6 +29,22 @@ def work_queue(device_type: str) -> WorkQueue:
     """The server's queue for work on `device_type` ("cpu", "cuda", ...), shared by every session; its slots
     come from the SPADE_WORK_SLOTS environment variable (default 1)."""
     return WorkQueue(slots_from_env())
+
+
+_asked_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_asked_at_lock = threading.Lock()
+
+
+def asked_at() -> float:
+    """When the current script run first asked for a work slot (`time.monotonic()`): the order of the queue, so
+    the later steps of one click (trace, then maps) keep that click's place. Keyed weakly by the object Streamlit
+    1.67 makes anew for every script run (its ``parallel_coordinator``); now, outside a script run."""
+    ctx = get_script_run_ctx(suppress_warning=True)
+    run = getattr(ctx, "parallel_coordinator", None)
+    if run is None:
+        return time.monotonic()
+    with _asked_at_lock:
+        return _asked_at.setdefault(run, time.monotonic())
 
 
 def waiting_label(place: Place, seconds: float) -> str:
@@ -72,6 +91,7 @@ def run_guarded(label: str, device: torch.device | str, work: Callable[[Progress
             queue = work_queue(torch.device(device).type)
             note = st.empty()
             asked = time.monotonic()
+            since = asked_at()
             first: list[Place] = []
 
             def waiting(place: Place) -> None:
@@ -80,7 +100,7 @@ def run_guarded(label: str, device: torch.device | str, work: Callable[[Progress
                     note.caption(waiting_note(queue.slots))
                 status.update(label=waiting_label(place, time.monotonic() - asked), state="running", expanded=True)
 
-            with queue.slot(on_wait=waiting):
+            with queue.slot(on_wait=waiting, since=since):
                 if first:
                     note.caption(waited_note(time.monotonic() - asked, first[0].ahead))
                     status.update(label=label, expanded=True)

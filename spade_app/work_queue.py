@@ -1,7 +1,11 @@
 """A first-come-first-served queue with a fixed number of work slots, shared by every session of one app
 server (`spade_app.runner` holds one per device type): the heavy SPADE work (statistics, solve, saliency) of
-twenty browser sessions runs `slots` at a time, in the order the runs were asked for, and each waiting run is told
+twenty browser sessions runs `slots` at a time, in the order the users asked for it, and each waiting run is told
 where it stands. Plain threading, no Streamlit: the runner turns `Place` into the status line.
+
+The order is by `since`, when the user asked (the runner passes the start of the click's script run): the second
+step of one click (the saliency maps after the trace) goes before the first step of a later click, so a session
+that was first is not sent to the back of the line between its steps. Equal or missing `since`: arrival order.
 
 A run gives up its place by raising from its `on_wait` callback (Streamlit raises its stop/rerun exceptions there
 when the user reruns, stops or closes the tab); a slot is released whatever the work raises.
@@ -9,11 +13,12 @@ when the user reruns, stops or closes the tab); a slot is released whatever the 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import os
 import threading
-from collections import deque
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -78,7 +83,7 @@ class WorkQueue:
             raise ConfigError(f"The queue's poll interval must be positive, got {poll!r}.")
         self.slots, self.poll = slots, poll
         self._changed = threading.Condition()
-        self._waiting: deque[int] = deque()
+        self._waiting: list[tuple[float, int]] = []  # (since, ticket), sorted: the first in line first
         self._running = 0
         self._version = 0  # bumped on every admission and release, so a waiter never sleeps through one
         self._tickets = itertools.count()
@@ -87,28 +92,31 @@ class WorkQueue:
         with self._changed:
             return QueueState(self._running, len(self._waiting))
 
-    def _admit_or_place(self, ticket: int) -> Place | None:
-        """Under the lock: take a slot for `ticket` when it is first in line and a slot is free (None), else its
+    def _admit_or_place(self, entry: tuple[float, int]) -> Place | None:
+        """Under the lock: take a slot for `entry` when it is first in line and a slot is free (None), else its
         place."""
-        if self._waiting[0] == ticket and self._running < self.slots:
-            self._waiting.popleft()
+        if self._waiting[0] == entry and self._running < self.slots:
+            self._waiting.pop(0)
             self._running += 1
             self._version += 1
             self._changed.notify_all()  # the next in line may also fit when several slots are free
             return None
-        return Place(self._running, self._waiting.index(ticket), self.slots)
+        return Place(self._running, self._waiting.index(entry), self.slots)
 
     @contextlib.contextmanager
-    def slot(self, on_wait: Callable[[Place], None] | None = None) -> Iterator[None]:
-        """Wait for a slot (first come, first served), hold it for the body, release it however the body ends."""
+    def slot(self, on_wait: Callable[[Place], None] | None = None, since: float | None = None) -> Iterator[None]:
+        """Wait for a slot (first come, first served by `since`, a `time.monotonic()` reading of when the user
+        asked; default: now), hold it for the body, release it however the body ends."""
         with self._changed:
-            ticket = next(self._tickets)
-            self._waiting.append(ticket)
+            entry = (time.monotonic() if since is None else since, next(self._tickets))
+            bisect.insort(self._waiting, entry)
+            self._version += 1
+            self._changed.notify_all()  # the ones it went ahead of are told at once
         admitted = False
         try:
             while True:
                 with self._changed:
-                    place = self._admit_or_place(ticket)
+                    place = self._admit_or_place(entry)
                     version = self._version
                 if place is None:
                     admitted = True
@@ -121,7 +129,7 @@ class WorkQueue:
         finally:
             if not admitted:
                 with self._changed:
-                    self._waiting.remove(ticket)
+                    self._waiting.remove(entry)
                     self._version += 1
                     self._changed.notify_all()  # the ones behind move up (and may now be first)
         try:

@@ -107,6 +107,26 @@ def test_a_bad_slot_setting_is_shown_instead_of_running(monkeypatch):
     assert (status.label, status.state) == ("Work failed", "error")
 
 
+def _two_asks() -> None:
+    import time
+
+    import streamlit as st
+
+    from spade_app import runner
+
+    first = runner.asked_at()
+    time.sleep(0.05)
+    st.session_state.setdefault("asked", []).append((first, runner.asked_at()))
+
+
+def test_one_script_run_keeps_the_time_it_first_asked_and_a_rerun_asks_anew():
+    at = AppTest.from_function(_two_asks, default_timeout=TIMEOUT).run()
+    at.run()
+    (a1, a2), (b1, b2) = at.session_state["asked"]
+    assert a1 == a2 and b1 == b2  # the maps after the trace keep the click's place
+    assert b1 > a1 + 0.04  # the next run (a new click) queues behind
+
+
 @pytest.mark.parametrize("ahead, seconds, label", [
     (1, 0.4, "Waiting: 1 run ahead of you (0 s so far)"),
     (3, 12.6, "Waiting: 3 runs ahead of you (13 s so far)"),

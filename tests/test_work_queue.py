@@ -30,8 +30,8 @@ class Run:
     """A thread that asks `queue` for a slot, records every place it is told, and holds the slot until released."""
 
     def __init__(self, queue: WorkQueue, name: str, admitted: list[str], cancel_after: int | None = None,
-                 error: type[BaseException] | None = None):
-        self.queue, self.name, self.admitted = queue, name, admitted
+                 error: type[BaseException] | None = None, since: float | None = None):
+        self.queue, self.name, self.admitted, self.since = queue, name, admitted, since
         self.places: list[Place] = []
         self.release = threading.Event()
         self.outcome: BaseException | str | None = None
@@ -45,7 +45,7 @@ class Run:
 
     def _run(self) -> None:
         try:
-            with self.queue.slot(on_wait=self._on_wait):
+            with self.queue.slot(on_wait=self._on_wait, since=self.since):
                 self.admitted.append(self.name)
                 assert self.release.wait(WAIT)
                 if self.error is not None:
@@ -99,6 +99,29 @@ def test_waiting_runs_are_told_how_many_are_ahead_and_move_up():
     first.finish()
     second.finish()
     assert [r.outcome for r in (holder, first, second)] == ["done"] * 3
+
+
+def test_the_next_step_of_an_earlier_click_goes_before_later_clicks():
+    """A session's maps (asked with the time of its click) wait behind the work of earlier clicks only."""
+    queue, admitted = WorkQueue(slots=1, poll=0.01), []
+    clicked = time.monotonic()
+    trace = Run(queue, "first click: trace", admitted, since=clicked).start()
+    until(lambda: len(admitted) == 1, "the first click's slot")
+    later = Run(queue, "later click", admitted, since=clicked + 5).start(0)
+    until(lambda: later.places != [], "the later click's place")
+    trace.finish()
+    until(lambda: admitted[-1] == "later click", "the later click's turn")
+    latest = Run(queue, "latest click", admitted, since=clicked + 9).start(0)
+    maps = Run(queue, "first click: maps", admitted, since=clicked).start(1)  # arrives last, goes first
+    until(lambda: maps.places != [] and latest.places[-1].queued_ahead == 1, "the places after the maps came")
+    assert maps.places[-1] == Place(running=1, queued_ahead=0, slots=1)
+    assert latest.places[0] == Place(running=1, queued_ahead=0, slots=1)  # told at once that it moved back
+    later.finish()
+    until(lambda: len(admitted) == 3, "the next turn")
+    maps.finish()
+    until(lambda: len(admitted) == 4, "the last turn")
+    latest.finish()
+    assert admitted == ["first click: trace", "later click", "first click: maps", "latest click"]
 
 
 def test_a_run_admitted_at_once_is_never_told_to_wait():

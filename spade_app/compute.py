@@ -1,5 +1,6 @@
 """App-side orchestration of the expensive library calls: an LRU store shared by all sessions
-(statistics, traces, attributions) and a GPU lock; ``spade_app.runner`` runs them with progress in ``st.status``.
+(statistics, traces, attributions); ``spade_app.runner`` runs them with progress in ``st.status``, one session
+at a time per work slot (``spade_app.work_queue``).
 
 Why not ``st.cache_resource`` on the functions directly: Streamlit replays the elements a cached
 function draws and forbids drawing into containers created outside it, but the per-stage progress of
@@ -9,9 +10,10 @@ is shared across sessions and survives reruns; objects in it are never mutated.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -36,6 +38,7 @@ class LRUStore:
         self._capacity = capacity
         self._data: dict[str, OrderedDict] = {kind: OrderedDict() for kind in capacity}
         self._lock = threading.Lock()
+        self._computing: dict[tuple, list] = {}  # (kind, key) -> [its lock, how many hold or wait for it]
 
     def get(self, kind: str, key: Hashable) -> Any | None:
         with self._lock:
@@ -53,6 +56,22 @@ class LRUStore:
             while len(table) > self._capacity[kind]:
                 table.popitem(last=False)
 
+    @contextlib.contextmanager
+    def computing(self, kind: str, key: Hashable) -> Iterator[None]:
+        """Hold the one lock of (kind, key) while computing its value: a second session that asks for the same
+        value waits for the first's (then finds it stored) instead of computing and holding a copy."""
+        with self._lock:
+            entry = self._computing.setdefault((kind, key), [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._computing[(kind, key)]
+
     def clear(self) -> None:
         with self._lock:
             for table in self._data.values():
@@ -63,38 +82,6 @@ class LRUStore:
 def store() -> LRUStore:
     """The process-wide store (a few statistics sets are ~100 MB each for large models)."""
     return LRUStore({"statistics": 3, "trace": 6, "attribution": 64})
-
-
-@st.cache_resource
-def gpu_lock() -> threading.Lock:
-    """Serialises GPU work of all sessions, so two runs do not compete for GPU memory."""
-    return threading.Lock()
-
-
-class gpu_slot:
-    """Context manager: hold the GPU lock while working on CUDA; `on_wait` is called once if we must wait."""
-
-    def __init__(self, device: torch.device, on_wait: Callable[[], None] | None = None):
-        self.device = torch.device(device)
-        self.on_wait = on_wait
-        self._held = False
-
-    def __enter__(self):
-        if self.device.type != "cuda":
-            return self
-        lock = gpu_lock()
-        if not lock.acquire(blocking=False):
-            if self.on_wait is not None:
-                self.on_wait()
-            lock.acquire()
-        self._held = True
-        return self
-
-    def __exit__(self, *exc):
-        if self._held:
-            gpu_lock().release()
-            self._held = False
-        return False
 
 
 def statistics_key(model_key: str, image_key: str, cfg: AugmentConfig) -> tuple:
@@ -108,9 +95,13 @@ def get_statistics(model_key: str, image_key: str, loaded: LoadedModel, image, c
     cached = store().get("statistics", key)
     if cached is not None:
         return cached, False
-    stats = prepare_statistics(loaded.model, image, preprocessing=loaded.preprocessing, augment_config=cfg,
-                               selection=loaded.spec.layer_selection, progress=progress)
-    store().put("statistics", key, stats)
+    with store().computing("statistics", key):  # with several work slots, two sessions never compute one set twice
+        cached = store().get("statistics", key)
+        if cached is not None:
+            return cached, False
+        stats = prepare_statistics(loaded.model, image, preprocessing=loaded.preprocessing, augment_config=cfg,
+                                   selection=loaded.spec.layer_selection, progress=progress)
+        store().put("statistics", key, stats)
     return stats, True
 
 

@@ -20,22 +20,22 @@ TICK_PX, TITLE_PX, FIGURE_TITLE_PX = 17, 19, 22
 #: How much taller a plotly figure is drawn in presentation mode (its fonts need the room).
 HEIGHT_FACTOR = 1.4
 
-PRESENTATION_CSS = f"""
+PRESENTATION_CSS = """
 <style>
-[data-testid="stMainBlockContainer"] {{ max-width: 100%; padding: 2.5rem 2rem 2rem 2rem; }}
-[data-testid="stMainBlockContainer"] p, [data-testid="stMainBlockContainer"] li {{ font-size: 1.35rem; }}
-[data-testid="stMainBlockContainer"] h1 {{ font-size: 3rem; }}
-[data-testid="stMainBlockContainer"] [data-testid="stMetricLabel"] p {{ font-size: 1.25rem; }}
+[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 2.5rem 2rem 2rem 2rem; }
+[data-testid="stMainBlockContainer"] p, [data-testid="stMainBlockContainer"] li { font-size: 1.35rem; }
+[data-testid="stMainBlockContainer"] h1 { font-size: 3rem; }
+[data-testid="stMainBlockContainer"] [data-testid="stMetricLabel"] p { font-size: 1.25rem; }
 [data-testid="stMainBlockContainer"] [data-testid="stMetricValue"],
-[data-testid="stMainBlockContainer"] [data-testid="stMetricValue"] div {{ font-size: 2.8rem; line-height: 1.2; }}
-[data-testid="stMainBlockContainer"] [data-testid="stMetricDelta"] div {{ font-size: 1.25rem; }}
+[data-testid="stMainBlockContainer"] [data-testid="stMetricValue"] div { font-size: 2.8rem; line-height: 1.2; }
+[data-testid="stMainBlockContainer"] [data-testid="stMetricDelta"] div { font-size: 1.25rem; }
 [data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"],
-[data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"] p {{ font-size: 1.15rem; }}
+[data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"] p { font-size: 1.15rem; }
 [data-testid="stMainBlockContainer"] [data-testid="stTable"] td,
 [data-testid="stMainBlockContainer"] [data-testid="stTable"] th,
 [data-testid="stMainBlockContainer"] [data-testid="stMarkdownContainer"] td,
-[data-testid="stMainBlockContainer"] [data-testid="stMarkdownContainer"] th {{ font-size: 1.2rem; }}
-[data-testid="stToolbarActions"], [data-testid="stMainMenu"], [data-testid="stAppDeployButton"] {{ display: none; }}
+[data-testid="stMainBlockContainer"] [data-testid="stMarkdownContainer"] th { font-size: 1.2rem; }
+[data-testid="stToolbarActions"], [data-testid="stMainMenu"], [data-testid="stAppDeployButton"] { display: none; }
 </style>
 """
 

@@ -280,6 +280,10 @@ def conclusion(kind: str, runs: list[BenchmarkRun], weights_sha256: str | None) 
     changes = " and ".join(_change(m, s.average[m]) for m in metrics)
     sentences = [f"On its fullest run ({s.complete_samples} samples, {len(s.methods)} methods, "
                  f"{sparsity_name(run.config)}), SPADE on average {changes}."]
+    verdicts = [verdict(m, s.average[m]) for m in metrics]
+    if all(v <= 0 for v in verdicts):
+        sentences.append("So by this measure SPADE did not make the maps more faithful here"
+                         + (": it made them less so." if any(v < 0 for v in verdicts) else "."))
     worse = []
     for m in metrics:
         methods = [f"{_method_label(method)} ({cell.mean:+.2f})" for method, cell in run.differences.get(m, {}).items()

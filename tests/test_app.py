@@ -602,7 +602,8 @@ def test_neurons_run_with_tiny_model_shows_both_visualizations(tiny, at):
     assert len(dense) == 1 and len(sparse) == 1
     # the trace's caption names the late-block profile requested and, when it was lowered (with a notice saying
     # so), the one used
-    (used,) = [c.value for c in at.caption if c.value.startswith("SPADE trace: ")]
+    # stated once: in the caption, or in the back-off notice
+    (used,) = [e.value for e in (*at.caption, *at.info) if e.value.startswith("SPADE trace: ")]
     lowered = [i.value for i in at.info if "the sparsity was lowered" in i.value]
     expected = ("SPADE trace: requested profile `late-blocks-0.95` → used profile `late-blocks-0.95 x" if lowered
                 else "SPADE trace: profile `late-blocks-0.95` · ")

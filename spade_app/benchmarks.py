@@ -190,12 +190,20 @@ def solver_name(config: dict) -> str:
     sparsity counted every weight, zeros included)."""
     solver = config.get("solver") or {}
     text = SOLVER_NAMES.get(solver.get("mode"), str(solver.get("mode", "not recorded")))
+    return ", ".join([text, *solver_extras(config)])
+
+
+def solver_extras(config: dict) -> list[str]:
+    """What sets a run's solver apart from the default: ["damping 1"], ["all weights"] (a sparsity counted every
+    weight, zeros included: also every run written before the field existed)."""
+    solver = config.get("solver") or {}
+    extras = []
     damp = solver.get("damp")
     if isinstance(damp, (int, float)) and damp != DEFAULT_DAMP:
-        text += f", damping {damp:g}"
-    if solver.get("sparsity_of", "all") == "all" and solver:  # runs written before the field counted every weight
-        text += ", all weights"
-    return text
+        extras.append(f"damping {damp:g}")
+    if solver and solver.get("sparsity_of", "all") == "all":
+        extras.append("all weights")
+    return extras
 
 
 def run_name(run: BenchmarkRun) -> str:
@@ -204,8 +212,7 @@ def run_name(run: BenchmarkRun) -> str:
     date = s.created[:10] if s is not None and s.created else ""
     if not run.config:
         return f"{date} · {Path(run.path).parent.name}".strip(" ·")
-    extras = solver_name(run.config).split(", ")[2:]  # a damping or weight count other than the default
-    return " · ".join(part for part in (date, sparsity_name(run.config), *extras) if part)
+    return " · ".join(part for part in (date, sparsity_name(run.config), *solver_extras(run.config)) if part)
 
 
 def run_names(runs: list[BenchmarkRun]) -> list[str]:

@@ -364,8 +364,8 @@ def runs_section(kind: str, key: str, presentation: bool | None = None) -> None:
     st.caption(f"{about.what} Δ: SPADE − Dense, the mean over the methods in percentage points with its 95 % "
                f"confidence interval. {about.paper}")
     if overview := overview_table(runs, current):
-        table(overview, presentation, hide_index=True, width="stretch", column_config=OVERVIEW_FORMAT,
-              height=35 * (len(overview) + 1) + 3)  # every run in view, no inner scrolling
+        table(overview, presentation, {"top-1 kept": "{:.1%}"}, hide_index=True, width="stretch",
+              column_config=OVERVIEW_FORMAT, height=35 * (len(overview) + 1) + 3)  # every run in view, no scrolling
         st.plotly_chart(projector_figure(delta_figure(runs, names, kind), presentation), width="stretch",
                         key=f"{key}_deltas")
     chosen = st.selectbox("Table of one run", range(len(runs)), index=headline_run(runs, current), key=key,

@@ -27,7 +27,8 @@ PRESENTATION_CSS = """
 [data-testid="stMainBlockContainer"] h1 { font-size: 3rem; }
 [data-testid="stMainBlockContainer"] [data-testid="stMetricLabel"] p { font-size: 1.25rem; }
 [data-testid="stMainBlockContainer"] [data-testid="stMetricValue"],
-[data-testid="stMainBlockContainer"] [data-testid="stMetricValue"] div { font-size: 2.8rem; line-height: 1.2; }
+[data-testid="stMainBlockContainer"] [data-testid="stMetricValue"] div,
+[data-testid="stMainBlockContainer"] [data-testid="stMetricValue"] p { font-size: 2.8rem; line-height: 1.2; }
 [data-testid="stMainBlockContainer"] [data-testid="stMetricDelta"] div { font-size: 1.25rem; }
 [data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"],
 [data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"] p { font-size: 1.15rem; }
@@ -100,11 +101,20 @@ def projector_figure(fig: go.Figure, on: bool) -> go.Figure:
     return fig
 
 
-def table(rows: list[dict], on: bool, **dataframe_kwargs) -> None:
+def _cell(value, fmt: str | None) -> object:
+    if isinstance(value, bool):
+        return "✓" if value else ""
+    if value is None:
+        return ""
+    return fmt.format(value) if fmt else value
+
+
+def table(rows: list[dict], on: bool, formats: dict[str, str] | None = None, **dataframe_kwargs) -> None:
     """``rows`` as an interactive ``st.dataframe`` (``dataframe_kwargs``), or in presentation mode as an HTML
-    ``st.table``, whose font the presentation CSS enlarges (booleans shown as ✓ / blank)."""
+    ``st.table``, whose font the presentation CSS enlarges: booleans shown as ✓ / blank, the columns named in
+    ``formats`` formatted with their format string (e.g. {"top-1 kept": "{:.0%}"})."""
     if not on:
         st.dataframe(rows, **dataframe_kwargs)
         return
-    st.table([{k: ("✓" if v else "") if isinstance(v, bool) else ("" if v is None else v) for k, v in row.items()}
-              for row in rows])
+    formats = formats or {}
+    st.table([{k: _cell(v, formats.get(k)) for k, v in row.items()} for row in rows])

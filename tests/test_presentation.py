@@ -170,3 +170,20 @@ def test_neuron_comparison_reports_every_step_and_previews(tiny_specs):  # noqa:
         shown = [(step, shape, dtype) for w, step, shape, dtype in previews if w == which]
         assert [step for step, _, _ in shown] == [PREVIEW_EVERY, 2 * PREVIEW_EVERY]
         assert all(len(shape) == 3 and shape[2] == 3 and dtype == "uint8" for _, shape, dtype in shown)
+
+
+def test_presentation_table_is_an_html_table_with_marks_and_formats():
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        from spade_app.presentation import table
+
+        rows = [{"run": "a", "current": True, "kept": 0.795}, {"run": "b", "current": False, "kept": None}]
+        table(rows, False, {"kept": "{:.1%}"}, hide_index=True)
+        table(rows, True, {"kept": "{:.1%}"}, hide_index=True)
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception, at.exception
+    assert len(at.dataframe) == 1 and len(at.table) == 1
+    shown = at.table[0].value
+    assert list(shown["current"]) == ["✓", ""] and list(shown["kept"]) == ["79.5%", ""]

@@ -27,7 +27,7 @@ st.graphviz_chart(  # two rows of three, so the diagram's text stays readable at
     """
 digraph spade {
   rankdir=LR; ranksep=0.35; nodesep=0.35; newrank=true;
-  node [shape=box, style="rounded,filled", fillcolor="#EEF3FA", fontname="sans-serif", fontsize=16];
+  node [shape=box, style="rounded,filled", fillcolor="#EEF3FA", fontname="sans-serif", fontsize=20];
   img [label="one image", fillcolor="#FDF2E3"];
   aug [label="1. augment\nrandom crops, flips,\ncolour jitter"];
   stats [label="2. layer statistics\non the dense model\n(Gram matrix per layer)"];

@@ -25,6 +25,7 @@ PRESENTATION_CSS = """
 [data-testid="stMainBlockContainer"] { max-width: 100%; padding: 2.5rem 2rem 2rem 2rem; }
 [data-testid="stMainBlockContainer"] p, [data-testid="stMainBlockContainer"] li { font-size: 1.35rem; }
 [data-testid="stMainBlockContainer"] h1 { font-size: 3rem; }
+[data-testid="stMainBlockContainer"] [data-testid="stWidgetLabel"] p { font-size: 1.1rem; }
 [data-testid="stMainBlockContainer"] [data-testid="stMetricLabel"] p { font-size: 1.25rem; }
 [data-testid="stMainBlockContainer"] [data-testid="stMetricValue"],
 [data-testid="stMainBlockContainer"] [data-testid="stMetricValue"] div,
@@ -86,7 +87,8 @@ def projector_figure(fig: go.Figure, on: bool) -> go.Figure:
     if not on:
         return fig
     fig.update_layout(font=dict(size=TICK_PX), height=int((fig.layout.height or 400) * HEIGHT_FACTOR),
-                      title_font_size=FIGURE_TITLE_PX, legend_font_size=TICK_PX)
+                      title_font_size=FIGURE_TITLE_PX, legend_font_size=TICK_PX,
+                      uniformtext=dict(minsize=TICK_PX - 3, mode="show"))  # bar labels not shrunk to fit
     fig.update_xaxes(tickfont_size=TICK_PX, title_font_size=TITLE_PX)
     fig.update_yaxes(tickfont_size=TICK_PX, title_font_size=TITLE_PX)
     fig.update_annotations(font_size=TITLE_PX)

@@ -10,32 +10,32 @@ from PIL import Image
 
 from spade_app import benchmarks, compute, figures, presentation
 from spade_lab.tables import Interval
-from tests.test_app import _app, tiny_specs  # noqa: F401 (a fixture)
+from tests.test_app import _app, _run_neurons, _with_model, at, tiny, tiny_specs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("app_navigation")
 
 
 # ----------------------------------------------------------------------------------------------- presentation mode
-def _html(at) -> str:
-    return "\n".join(h.proto.body for h in at.get("html"))
+def _html(app) -> str:
+    return "\n".join(h.proto.body for h in app.get("html"))
 
 
 def test_presentation_mode_adds_its_css_and_keeps_run_in_view_without_a_settings_expander():
-    at = _app().run()
-    assert not at.exception, at.exception
-    assert presentation.PRESENTATION_CSS.strip() not in _html(at)
-    assert [e.label for e in at.expander if e.label == "Settings"] == ["Settings"]  # normal mode: the expander
-    at.toggle(key="presentation").set_value(True).run()
-    assert not at.exception, at.exception
-    html = _html(at)
+    app = _app().run()
+    assert not app.exception, app.exception
+    assert presentation.PRESENTATION_CSS.strip() not in _html(app)
+    assert [e.label for e in app.expander if e.label == "Settings"] == ["Settings"]  # normal mode: the expander
+    app.toggle(key="presentation").set_value(True).run()
+    assert not app.exception, app.exception
+    html = _html(app)
     assert presentation.PRESENTATION_CSS.strip() in html
     # the settings shrink to the Run button: no collapsed expander hides it, the CSS hides the rest of the form
-    assert "Settings" not in [e.label for e in at.expander]
-    assert any(b.label == "Run SPADE" for b in at.button)
+    assert "Settings" not in [e.label for e in app.expander]
+    assert any(b.label == "Run SPADE" for b in app.button)
     assert presentation.hide_all_but_run_css("presentation_settings_explore") in html
     # "Show the settings" brings every setting back
-    at.toggle(key="presentation_show_settings_explore").set_value(True).run()
-    assert presentation.hide_all_but_run_css("presentation_settings_explore") not in _html(at)
+    app.toggle(key="presentation_show_settings_explore").set_value(True).run()
+    assert presentation.hide_all_but_run_css("presentation_settings_explore") not in _html(app)
 
 
 def test_hide_all_but_run_css_keeps_the_submit_button_and_its_holders():
@@ -65,12 +65,12 @@ def test_projector_figure_enlarges_every_font_and_the_height():
 
 # ----------------------------------------------------------------------------------------------- How SPADE works
 def test_how_spade_works_has_no_doubled_heading_and_states_the_benchmarks_conclusion():
-    at = _app().run()
-    at.switch_page("pages/how_spade_works.py").run()
-    assert not at.exception, at.exception
-    headings = [t.value for t in at.title] + [h.value for h in at.header] + [h.value for h in at.subheader]
+    app = _app().run()
+    app.switch_page("pages/how_spade_works.py").run()
+    assert not app.exception, app.exception
+    headings = [t.value for t in app.title] + [h.value for h in app.header] + [h.value for h in app.subheader]
     assert len(headings) == len(set(headings)), headings
-    markdown = [m.value for m in at.markdown]
+    markdown = [m.value for m in app.markdown]
     trojan = benchmarks.conclusion_text("trojan")
     if trojan:
         assert f"**Trojan:** {trojan}" in markdown
@@ -182,8 +182,25 @@ def test_presentation_table_is_an_html_table_with_marks_and_formats():
         table(rows, False, {"kept": "{:.1%}"}, hide_index=True)
         table(rows, True, {"kept": "{:.1%}"}, hide_index=True)
 
-    at = AppTest.from_function(page).run()
-    assert not at.exception, at.exception
-    assert len(at.dataframe) == 1 and len(at.table) == 1
-    shown = at.table[0].value
+    app = AppTest.from_function(page).run()
+    assert not app.exception, app.exception
+    assert len(app.dataframe) == 1 and len(app.table) == 1
+    shown = app.table[0].value
     assert list(shown["current"]) == ["✓", ""] and list(shown["kept"]) == ["79.5%", ""]
+
+
+def test_neurons_page_shows_a_progress_bar_for_every_step(tiny, at):  # noqa: F811 (the fixtures)
+    """Between Run and Done the Neurons page's status box shows every step's progress: augmentation, statistics,
+    solve, the dense and the SPADE visualization and evidence; and previews of the images being optimised."""
+    from spade.featurevis.optimize import PREVIEW_EVERY
+
+    _with_model(at, tiny.name)
+    _run_neurons(at, nv_steps=PREVIEW_EVERY)
+    assert not at.error, [e.value for e in at.error]
+    bars = [p.proto.text for p in at.get("progress")]
+    for stage in ("augment", "statistics", "solve", "dense visualize", "trace visualize", "dense evidence",
+                  "trace evidence"):
+        assert f"{stage}: 100%" in bars, (stage, bars)
+    captions = [c for i in at.image for c in i.captions]
+    assert f"Dense model: step {PREVIEW_EVERY} of {PREVIEW_EVERY}" in captions
+    assert f"SPADE trace: step {PREVIEW_EVERY} of {PREVIEW_EVERY}" in captions

@@ -38,7 +38,8 @@ else:
 # sees is the app's own menu and a message, not Streamlit's file-name menu over a blank page.
 page = st.navigation(pages, position="hidden" if participant else "sidebar")
 with st.spinner("Starting SPADE Explorer: loading PyTorch…"):
-    from spade_app.sidebar import apply_presentation_mode, render_sidebar
+    from spade_app import presentation
+    from spade_app.sidebar import render_sidebar
 if not participant:
-    apply_presentation_mode(render_sidebar())
+    presentation.apply(render_sidebar().presentation)
 page.run()

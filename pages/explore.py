@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from spade_app import figures, loaders, sections
+from spade_app import figures, loaders, presentation, sections
 from spade_app.settings import default_methods, method_labels, settings_for_scope, settings_form
 from spade_app.sidebar import gallery, get_selection, require_selection
 
@@ -28,7 +28,7 @@ with right:
 
 st.header("SPADE trace")
 methods = method_labels()
-with st.expander("Settings", expanded=not sel.presentation):
+with presentation.settings_box(sel.presentation, "explore"):
     profiles = loaders.available_profiles(sel.loaded, sel.model_key)
     submitted = settings_form(sel.loaded.model, methods, default_methods(),
                               sel.loaded.spec.default_sparsity, profiles,

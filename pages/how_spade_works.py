@@ -23,19 +23,23 @@ prediction; the trace is only a pre-processing step for any explainer.
 """
 )
 
-st.graphviz_chart(
+st.graphviz_chart(  # two rows of three, so the diagram's text stays readable at the page's width
     """
 digraph spade {
-  rankdir=LR; node [shape=box, style="rounded,filled", fillcolor="#EEF3FA", fontname="sans-serif"];
+  rankdir=LR; ranksep=0.35; nodesep=0.35; newrank=true;
+  node [shape=box, style="rounded,filled", fillcolor="#EEF3FA", fontname="sans-serif", fontsize=20];
   img [label="one image", fillcolor="#FDF2E3"];
-  aug [label="1. augment\\nrandom crops, flips,\\ncolour jitter"];
-  stats [label="2. layer statistics\\non the dense model\\n(Gram matrix per layer)"];
-  solve [label="3. sparse solve\\nper layer: keep a few\\nweights, same outputs"];
-  trace [label="trace\\n(sparse copy)", fillcolor="#E6F4EA"];
-  explain [label="4. explain\\nsaliency / neuron\\nvisualization"];
-  img -> aug -> stats -> solve -> trace -> explain;
-  model [label="trained model\\n(unchanged)", fillcolor="#F3F3F3"];
-  model -> stats [style=dashed]; model -> solve [style=dashed];
+  aug [label="1. augment\nrandom crops, flips,\ncolour jitter"];
+  stats [label="2. layer statistics\non the dense model\n(Gram matrix per layer)"];
+  solve [label="3. sparse solve\nper layer: keep a few\nweights, same outputs"];
+  trace [label="trace\n(sparse copy)", fillcolor="#E6F4EA"];
+  explain [label="4. explain\nsaliency / neuron\nvisualization"];
+  model [label="trained model\n(unchanged)", fillcolor="#F3F3F3"];
+  { rank=same; img; model; }
+  { rank=same; aug; solve; }
+  { rank=same; stats; trace; }
+  img -> aug -> stats; stats -> solve [constraint=false]; solve -> trace -> explain;
+  model -> solve [style=dashed]; model -> stats [style=dashed, constraint=false];
 }
 """
 )
@@ -85,6 +89,13 @@ salient pixels are put back first, and how fast it drops when they are removed f
 is SPADE minus dense: positive means SPADE did better, except for deletion, where negative is better.
 """
 )
+trojan_says, insertion_says = benchmarks.conclusion_text("trojan"), benchmarks.conclusion_text("insertion")
+if trojan_says or insertion_says:
+    st.markdown("#### What the numbers say")
+    if trojan_says:
+        st.markdown(f"**Trojan:** {trojan_says}")
+    if insertion_says:
+        st.markdown(f"**Insertion / deletion:** {insertion_says}")
 with st.expander("The benchmark tables", expanded=False):
     trojan_tab, insertion_tab = st.tabs(["Trojan (does the map point at the trigger?)",
                                          "Insertion / deletion (clean photos)"])
@@ -118,7 +129,7 @@ st.markdown("The batch runs once through the full network while every layer's in
 trace = sections.run_trace(sel, WALKTHROUGH)
 if trace is None:
     st.stop()
-sections.layer_section(trace, sel.presentation)
+sections.layer_section(trace, sel.presentation, title=None)
 
 st.subheader("Step 3 · Is the prediction kept?")
 st.markdown("A trace is only useful if it still makes the same decision. Compare the two top-5 lists: the trace "
@@ -128,7 +139,7 @@ sections.prediction_comparison(sel, trace)
 st.subheader("Step 4 · One saliency map, before and after")
 st.markdown("The same explanation method runs on the full network and on the trace. Where the maps differ, the "
             "full network's map was partly explaining other things that its neurons also respond to.")
-sections.saliency_section(sel, WALKTHROUGH, trace)
+sections.saliency_section(sel, WALKTHROUGH, trace, title=None)
 
 st.subheader("Step 5 · One neuron, before and after")
 st.markdown("A neuron that answers to several unrelated things (a *multifaceted* neuron) shows all of them in a "

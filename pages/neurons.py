@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from spade_app import loaders, neurons
+from spade_app import loaders, neurons, presentation
 from spade_app.sidebar import require_selection
 
 st.title("Neurons")
@@ -14,7 +14,7 @@ preds = loaders.top_k(sel.model_key, sel.image_key, sel.loaded, sel.image)
 predicted, name, prob = preds[0]
 st.markdown(f"**Image:** {sel.image_label} · **model:** {sel.model_label} · **prediction:** {name} ({prob:.1%})")
 
-with st.expander("Settings", expanded=not sel.presentation):
+with presentation.settings_box(sel.presentation, "neurons"):
     submitted = neurons.neuron_form(sel, predicted)
 settings = neurons.active_settings(sel, submitted)
 if settings is None:

@@ -4,7 +4,7 @@ maps point at the trigger (Trojan AUC, pointing game); the shipped benchmark tab
 import streamlit as st
 
 from spade.errors import SpadeError
-from spade_app import sections, trojan
+from spade_app import presentation, sections, trojan
 from spade_app.settings import method_labels
 from spade_app.sidebar import get_selection
 
@@ -25,7 +25,7 @@ def lab() -> None:
     except SpadeError as exc:
         st.error(str(exc))
         return
-    with st.expander("Settings", expanded=not sel.presentation):
+    with presentation.settings_box(sel.presentation, "trojan"):
         submitted = trojan.trojan_form(loaded, model_key, choice, method_labels())
     settings = trojan.active_settings(sel.image_key, model_key, submitted)
     if settings is None:

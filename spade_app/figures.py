@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from spade_app.presentation import projector_figure
+
 COLORS = ("#4C78A8", "#F58518", "#54A24B", "#B279A2")
 
 
@@ -54,7 +56,5 @@ def layer_chart(layers: Sequence, height: int = 420) -> go.Figure:
 
 
 def for_projector(fig: go.Figure, on: bool) -> go.Figure:
-    """Presentation mode: larger fonts and a taller figure."""
-    if on:
-        fig.update_layout(font=dict(size=18), height=int((fig.layout.height or 400) * 1.4))
-    return fig
+    """Presentation mode: larger fonts and a taller figure (`spade_app.presentation.projector_figure`)."""
+    return projector_figure(fig, on)

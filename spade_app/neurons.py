@@ -194,6 +194,24 @@ def _trace(sel: Selection, settings: NeuronSettings, progress) -> DecisionTrace:
                              SolverConfig(mode=loaded.spec.default_solver), progress)[0]
 
 
+PREVIEW_PX = 160
+PREVIEW_LABELS = {"dense": "Dense model", "trace": "SPADE trace"}
+
+
+def preview_drawer(steps: int):
+    """A `spade.featurevis.compare_neuron` preview callback that shows the dense and the SPADE image as they are
+    optimised, side by side where it is first called (the run's status box), captioned with the step."""
+    slots: dict[str, st.delta_generator.DeltaGenerator] = {}
+
+    def draw(which: str, step: int, image: np.ndarray) -> None:
+        if not slots:
+            columns = st.columns(2)
+            slots.update({name: col.empty() for name, col in zip(PREVIEW_LABELS, columns)})
+        slots[which].image(image, width=PREVIEW_PX, caption=f"{PREVIEW_LABELS[which]}: step {step} of {steps}")
+
+    return draw
+
+
 def run(sel: Selection, settings: NeuronSettings) -> tuple[DecisionTrace, NeuronComparison] | None:
     """Trace + dense/SPADE visualizations and evidence, with per-stage progress in a status box.
     Errors are shown (the library's message), never raised."""
@@ -209,7 +227,8 @@ def run(sel: Selection, settings: NeuronSettings) -> tuple[DecisionTrace, Neuron
             result = compare_neuron(loaded.model, kept.trace.model, sel.image, settings.objective,
                                     preprocessing=loaded.preprocessing, config=settings.featurevis,
                                     evidence_augment=settings.evidence_augment, top_k=settings.top_k,
-                                    feature_layer=loaded.spec.last_conv_stage, progress=draw)
+                                    feature_layer=loaded.spec.last_conv_stage, progress=draw,
+                                    preview=preview_drawer(settings.steps))
             comparison_store().put("comparison", key, result)
         return kept, result
 
@@ -270,12 +289,13 @@ def show(sel: Selection, settings: NeuronSettings, kept: DecisionTrace, result: 
     share = trace.params_kept / max(trace.params_total, 1)
     st.subheader(f"Neuron: {name}")
     sparsity = trace_sparsity_text(trace)
-    st.caption(f"SPADE trace: {sparsity} · "
-               f"{share:.1%} of the pruned layers' weights kept · logit cosine {trace.logit_cosine:.3f} · "
-               f"{settings.augmentations} augmentations · seed {settings.seed}")
+    # the sparsity is stated once: in the caption, or with the back-off's reason in the notice
+    facts = [f"{share:.1%} of the pruned layers' weights kept", f"logit cosine {trace.logit_cosine:.3f}",
+             f"{settings.augmentations} augmentations", f"seed {settings.seed}"]
+    st.caption(" · ".join(facts if kept.backed_off else [f"SPADE trace: {sparsity}", *facts]))
     if kept.backed_off:
-        st.info(f"The trace at the requested sparsity changed the model's top-1 class, so the sparsity was lowered "
-                f"({sparsity}).", icon=":material/info:")
+        st.info(f"SPADE trace: {sparsity}. At the requested sparsity the trace changed the model's top-1 class, so "
+                "the sparsity was lowered.", icon=":material/info:")
     if not trace.top1_agrees:
         st.warning("The trace does not keep the model's top-1 class, so its visualization may not show what the "
                    "model used: lower the sparsity or add augmentations.", icon=":material/warning:")

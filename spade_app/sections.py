@@ -114,8 +114,9 @@ def layer_table(trace: SpadeTrace) -> list[dict]:
                           "weights": r.params} for r in trace.layers]
 
 
-def layer_section(trace: SpadeTrace, presentation: bool = False) -> None:
-    st.subheader("Per-layer faithfulness")
+def layer_section(trace: SpadeTrace, presentation: bool = False, title: str | None = "Per-layer faithfulness") -> None:
+    if title:  # None under a heading of the caller's (How SPADE works' steps)
+        st.subheader(title)
     st.caption("Achieved vs target sparsity, and the relative reconstruction error ‖W_s X − W X‖² / ‖W X‖² of "
                "each layer on the augmented views.")
     st.plotly_chart(figures.for_projector(figures.layer_chart(trace.layers), presentation), width="stretch")
@@ -130,14 +131,16 @@ def _method_settings(sel: Selection, name: str):
     return method.settings(layer=sel.loaded.spec.last_conv_stage) if method.accepts("layer") else None
 
 
-def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace) -> dict:
+def saliency_section(sel: Selection, settings: RunSettings, trace: SpadeTrace,
+                     title: str | None = "Saliency: dense vs SPADE") -> dict:
     """Target class choice, the maps of each chosen method on the dense model and on the trace, and the
     comparison view. Returns {method: summary} for the JSON report."""
     labels = method_labels()
     if not labels:
         st.info("Saliency maps (dense vs SPADE) will appear here once the library's saliency methods are available.")
         return {}
-    st.subheader("Saliency: dense vs SPADE")
+    if title:  # None under a heading of the caller's (How SPADE works' steps)
+        st.subheader(title)
     chosen = [m for m in settings.methods if m in labels]
     if not chosen:
         st.info("Choose one or more saliency methods in the settings and run again to compare maps.")

@@ -171,22 +171,6 @@ def render_sidebar() -> Selection:
     return sel
 
 
-PRESENTATION_CSS = """
-<style>
-[data-testid="stMainBlockContainer"] { max-width: 100%; padding-left: 2rem; padding-right: 2rem; }
-[data-testid="stMainBlockContainer"] p, [data-testid="stMainBlockContainer"] li { font-size: 1.35rem; }
-[data-testid="stMainBlockContainer"] h1 { font-size: 3rem; }
-[data-testid="stToolbar"] { display: none; }
-</style>
-"""
-
-
-def apply_presentation_mode(sel: Selection) -> None:
-    """Presentation mode: larger text, no toolbar (pages also collapse their settings and enlarge figures)."""
-    if sel.presentation:
-        st.html(PRESENTATION_CSS)
-
-
 def _use_example(name: str) -> None:
     st.session_state["image_source"] = BUNDLED
     st.session_state["image_example"] = name

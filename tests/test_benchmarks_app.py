@@ -52,8 +52,8 @@ def test_runs_of_a_kind_are_found_and_the_current_models_fullest_comes_first(tmp
     assert benchmarks.headline_run(runs, None) == 0   # unknown model: the most evidence (40 x 3)
     rows = benchmarks.overview_table(runs, "cur")
     assert [(r["run"], r["current model"], r["samples"], r["methods"]) for r in rows] == [
-        ("a-old-model", False, 40, 3), ("b-current-partial", True, 10, 2), ("c-current-full", True, 30, 2),
-        ("d-current-full-newer", True, 30, 2)]
+        ("2026-01-03 · a-old-model", False, 40, 3), ("2026-01-04 · b-current-partial", True, 10, 2),
+        ("2026-01-01 · c-current-full", True, 30, 2), ("2026-01-02 · d-current-full-newer", True, 30, 2)]
     first, second = (benchmarks.DELTA_LABELS[m] for m in KIND_METRICS[kind])
     assert all(r[first].startswith("+5.00 [") and r[second].startswith("+100.00 [") for r in rows)
     assert benchmarks.benchmark_runs(kind, tmp_path / "missing") == []
@@ -76,9 +76,14 @@ def check_shipped_runs(at: AppTest, kind: str, key: str) -> None:
     assert any(benchmarks.KINDS[kind].paper in c.value for c in at.caption)  # the paper's averages beside ours
     assert shown.summary.weights_sha256 == current
     assert shown.summary.size == max(r.summary.size for r in runs if r.summary and r.summary.weights_sha256 == current)
+    names = benchmarks.run_names(runs)
     overview = next(d.value for d in at.dataframe
-                    if "current model" in d.value.columns and set(d.value["run"]) == {r.summary.folder for r in runs
-                                                                                       if r.summary})
+                    if "current model" in d.value.columns
+                    and list(d.value["run"]) == [n for r, n in zip(runs, names) if r.summary])
+    assert len(set(overview["run"])) == len(overview)  # every run has its own name
+    # human names, no file paths or folder names in the main view (the paths are in the files expander)
+    assert not any(r.summary.folder in cell or "/" in cell for r in runs if r.summary for cell in overview["run"])
+    assert at.selectbox(key=key).format_func(at.selectbox(key=key).value) == names[at.selectbox(key=key).value]
     assert overview["current model"].sum() == sum(r.summary is not None and r.summary.weights_sha256 == current
                                                   for r in runs)
     assert any(m.value == benchmarks.demoted(shown.markdown).strip() for m in at.markdown)

@@ -140,3 +140,40 @@ def test_trojan_lab_flips_prediction_and_shows_maps(page, server, tmp_path):
         _screenshot(page, shot)
         print(f"screenshot: {shot}")
     assert shot.stat().st_size > 50_000
+
+
+def test_presentation_mode_is_projector_ready_at_1280x720(browser, server, tmp_path):
+    """Presentation mode at a projector's 1280x720: the sidebar collapses (and can be opened again), Run is shown
+    without opening any settings (the other settings hidden until asked for), the text is enlarged."""
+    from tools.browser.walk import COLLAPSED_JS, sidebar_collapsed
+
+    shot = tmp_path / "presentation.png"
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    page.goto(server)
+    try:
+        page.get_by_text("Prediction:", exact=False).first.wait_for()
+        assert not sidebar_collapsed(page)
+        paragraph = "getComputedStyle(document.querySelector('[data-testid=stMainBlockContainer] p')).fontSize"
+        normal = float(page.evaluate(paragraph).removesuffix("px"))
+        page.get_by_text("Presentation mode").first.click()
+        page.wait_for_function(COLLAPSED_JS)
+        page.get_by_text("Show the settings").wait_for()
+        page.get_by_role("spinbutton", name="Count").wait_for(state="hidden")  # the rest of the form is hidden
+        run = page.get_by_role("button", name="Run SPADE")
+        assert run.is_visible()
+        assert float(page.evaluate(paragraph).removesuffix("px")) >= 1.3 * normal
+        title = "getComputedStyle(document.querySelector('[data-testid=stMainBlockContainer] h1')).fontSize"
+        assert page.evaluate(title) == "48px"
+        page.wait_for_timeout(1000)
+        _screenshot(page, shot)
+        page.get_by_text("Show the settings").click()
+        page.get_by_role("spinbutton", name="Count").wait_for(state="visible")
+        # the sidebar opens again, to switch presentation mode off
+        page.get_by_test_id("stExpandSidebarButton").click()
+        page.get_by_text("Presentation mode").first.wait_for(state="visible")
+        assert page.get_by_test_id("stException").count() == 0
+    finally:
+        print(f"screenshot: {shot}")
+        context.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from PIL import Image
 from torch import nn
 
@@ -98,14 +100,19 @@ class NeuronComparison:
 def compare_neuron(model: nn.Module, trace_model: nn.Module, image: Image.Image | None, objective: Objective, *,
                    preprocessing: Preprocessing, config: FeatureVisConfig = FeatureVisConfig(),
                    evidence_augment: AugmentConfig = EVIDENCE_AUGMENT, top_k: int = 4,
-                   feature_layer: str | None = None, progress: Progress | None = None) -> NeuronComparison:
+                   feature_layer: str | None = None, progress: Progress | None = None,
+                   preview: Callable[[str, int, np.ndarray], None] | None = None) -> NeuronComparison:
     """Visualize ``objective`` on the dense ``model`` and on ``trace_model`` (a SpadeTrace's ``model``) with
     the same config and seed, and collect the evidence on ``image`` for both (skipped when image is None).
-    Progress stages are prefixed "dense" / "trace"."""
+    Progress stages are prefixed "dense" / "trace"; ``preview("dense" | "trace", step, image uint8 HxWx3)`` sees
+    the images as they are optimised (`spade.featurevis.optimize.visualize`)."""
+    def previews(which: str):
+        return None if preview is None else (lambda step, image: preview(which, step, image))
+
     dense = visualize(model, objective, preprocessing=preprocessing, config=config,
-                      progress=_prefixed(progress, "dense"))
+                      progress=_prefixed(progress, "dense"), preview=previews("dense"))
     trace = visualize(trace_model, objective, preprocessing=preprocessing, config=config,
-                      progress=_prefixed(progress, "trace"))
+                      progress=_prefixed(progress, "trace"), preview=previews("trace"))
     dense_ev = trace_ev = None
     if image is not None:
         kwargs = {"preprocessing": preprocessing, "augment_config": evidence_augment, "top_k": top_k,

@@ -148,7 +148,7 @@ def _to_display(x: torch.Tensor, pre: Preprocessing) -> np.ndarray:
 
 def neuron_evidence(model: nn.Module, image: Image.Image, objective: Objective, *,
                     preprocessing: Preprocessing, augment_config: AugmentConfig = EVIDENCE_AUGMENT,
-                    top_k: int = 4, feature_layer: str | None = None, batch_size: int = 32,
+                    top_k: int = 4, feature_layer: str | None = None, batch_size: int = 16,
                     progress: Progress | None = None) -> NeuronEvidence:
     """Activation map of ``objective`` on the RGB ``image`` and its ``top_k`` most exciting augmented views.
 
@@ -161,6 +161,8 @@ def neuron_evidence(model: nn.Module, image: Image.Image, objective: Objective, 
     was_training = model.training
     model.eval()
     try:
+        if progress is not None:
+            progress("evidence", 0.0)  # the activation map and the augmentations come first
         x = pre(image).unsqueeze(0).to(device)
         amap, kind = activation_map(model, x, objective, feature_layer)
         views = augment(image, augment_config, pre)

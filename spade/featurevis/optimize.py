@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -27,6 +27,14 @@ GPU_STEPS = 512
 CPU_STEPS = 128  # recognisable on efficientnet_lite0 at 224 px in about 10 s on an idle 2-core CPU
 LEARNING_RATES = {"fourier": 0.05, "pixel": 0.05, "maco": 1.0}  # maco: radians of phase, as the MACO authors'
 
+
+#: `visualize` reports its progress every this many optimisation steps (about 1 s on a 2-core CPU), and at the last.
+PROGRESS_EVERY = 4
+#: `visualize` hands its ``preview`` callback the current image every this many steps.
+PREVIEW_EVERY = 16
+
+Preview = Callable[[int, np.ndarray], None]
+"""``preview(step, image)``: the image being optimised at ``step`` (1-based), (H, W, 3) uint8."""
 
 @dataclass(frozen=True)
 class FeatureVisConfig:
@@ -95,8 +103,11 @@ class FeatureVisResult:
 
 def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
               preprocessing: Preprocessing, config: FeatureVisConfig = FeatureVisConfig(),
-              progress: Progress | None = None) -> FeatureVisResult:
+              progress: Progress | None = None, preview: Preview | None = None) -> FeatureVisResult:
     """Optimise one image per objective (all in one batch) to maximise it on ``model``.
+
+    preview: called every PREVIEW_EVERY steps with (step, the current image of the first objective as (H, W, 3)
+    uint8), e.g. to show the optimisation as it runs (one small copy to the CPU each time).
 
     model: any classifier, dense or a SPADE trace's ``model``; it runs on its own device, in eval mode,
     and is never modified (its parameters get no gradients; hooks are removed on return or error).
@@ -129,7 +140,7 @@ def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
     try:
         with capture(model, objective_keys(objectives)) as store, torch.enable_grad():
             for step in range(cfg.steps):
-                images = render()
+                rendered = images = render()
                 if cfg.transforms is not None:
                     images = random_transform(images, cfg.transforms, generator)
                 store.clear()
@@ -139,8 +150,11 @@ def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
                 params.grad = grad
                 optimizer.step()
                 curves[step] = values.detach()
-                if progress is not None and ((step + 1) % 8 == 0 or step + 1 == cfg.steps):
+                if progress is not None and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == cfg.steps):
                     progress("visualize", (step + 1) / cfg.steps)
+                if preview is not None and (step + 1) % PREVIEW_EVERY == 0:
+                    preview(step + 1, (rendered[0].detach().clamp(0, 1).movedim(0, -1) * 255).round()
+                            .to(torch.uint8).cpu().numpy())
             with torch.no_grad():
                 images = render()
                 store.clear()

@@ -18,14 +18,20 @@ from tools.browser.server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 PAGES = ("Explore", "Neurons", "Trojan lab", "Human study", "How SPADE works")
 RUN_TIMEOUT_MS = 600_000
+COLLAPSED_JS = "!!document.querySelector('[data-testid=stExpandSidebarButton]')"  # for page.wait_for_function
+
+
+def sidebar_collapsed(page) -> bool:
+    """Whether the app's sidebar is collapsed (a Playwright page): then the header shows its expand button."""
+    return page.get_by_test_id("stExpandSidebarButton").count() > 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.browser.walk", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for the screenshots")
-    parser.add_argument("--width", type=int, default=1440)
-    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--width", type=int, default=1440, help="viewport width in px (a projector: 1280)")
+    parser.add_argument("--height", type=int, default=900, help="viewport height in px (a projector: 720)")
     parser.add_argument("--presentation", action="store_true", help="switch on presentation mode first")
     parser.add_argument("--neurons", action="store_true", help="also press Run on the Neurons page")
     args = parser.parse_args(argv)
@@ -57,13 +63,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}{'  (shows an exception)' if broken else ''}")
 
         def open_page(title: str) -> None:
+            """Through the sidebar's menu, as a user would: opened first when collapsed (presentation mode), and
+            collapsed again after."""
+            collapsed = sidebar_collapsed(page)
+            if collapsed:
+                page.get_by_test_id("stExpandSidebarButton").click()  # in the header, beside the menu
             page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
             page.get_by_role("heading", name=title).first.wait_for()
+            if collapsed:
+                page.get_by_test_id("stSidebar").hover()
+                page.get_by_test_id("stSidebarCollapseButton").click()
+                page.wait_for_function(COLLAPSED_JS)
 
         page.goto(url)
         page.get_by_text("Prediction:", exact=False).first.wait_for()
         if args.presentation:
             page.get_by_text("Presentation mode").first.click()
+            page.wait_for_function(COLLAPSED_JS)  # presentation mode collapses the sidebar
         shot("01-explore")
         page.get_by_role("button", name="Run SPADE").click()
         page.get_by_role("button", name="Comparison (PNG)").wait_for(timeout=RUN_TIMEOUT_MS)

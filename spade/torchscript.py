@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from spade.errors import CheckpointError
+from spade.errors import CheckpointError, CheckpointTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run_torchscript(
 
     Time limits: ``load_seconds`` (default LOAD_SECONDS) for starting and loading, ``forward_seconds`` (default
     FORWARD_SECONDS) for the forward; the child is killed when one passes. Raises CheckpointError (one sentence)
-    for a file that cannot be loaded, a time limit passed, or a child that died.
+    for a file that cannot be loaded or a child that died, CheckpointTimeoutError when a time limit passed.
     """
     load_seconds = LOAD_SECONDS if load_seconds is None else load_seconds
     forward_seconds = FORWARD_SECONDS if forward_seconds is None else forward_seconds
@@ -105,7 +105,7 @@ def _run_child(path: Path, example_arg: str, tmp: Path, label: str, example: tor
         started = time.monotonic()
         stage = _next_line(lines, load_seconds)
         if stage is None:
-            raise CheckpointError(
+            raise CheckpointTimeoutError(
                 f"The TorchScript file {label} was not loaded within {load_seconds:g} s (its loading code may "
                 "loop endlessly); it was stopped and not used."
             )
@@ -114,7 +114,7 @@ def _run_child(path: Path, example_arg: str, tmp: Path, label: str, example: tor
             stage = _next_line(lines, forward_seconds)
             if stage is None:
                 shape = tuple(example.shape) if example is not None else ()
-                raise CheckpointError(
+                raise CheckpointTimeoutError(
                     f"The TorchScript model {label} did not finish one forward pass on a {shape} input within "
                     f"{forward_seconds:g} s (an endless loop, or far too slow); it was stopped and not used."
                 )

@@ -33,7 +33,9 @@ from spade.errors import CheckpointError, CheckpointTimeoutError
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the child may take to start (import torch) and load the archive.
+#: Seconds the child may take to start (import torch).
+START_SECONDS = 120.0
+#: Seconds the child may take to load the archive (its ``__setstate__`` code included) and save its state dict.
 LOAD_SECONDS = 120.0
 #: Seconds one forward pass of the example input may take in the child.
 FORWARD_SECONDS = 30.0
@@ -67,9 +69,10 @@ def run_torchscript(
     """Load the TorchScript file ``source`` (bytes or a path) in a child process and, when ``example`` is given
     (a float tensor, e.g. (N, 3, H, W)), run its forward once on it.
 
-    Time limits: ``load_seconds`` (default LOAD_SECONDS) for starting and loading, ``forward_seconds`` (default
-    FORWARD_SECONDS) for the forward; the child is killed when one passes. Raises CheckpointError (one sentence)
-    for a file that cannot be loaded or a child that died, CheckpointTimeoutError when a time limit passed.
+    Time limits: START_SECONDS for the child to import torch, ``load_seconds`` (default LOAD_SECONDS) for loading,
+    ``forward_seconds`` (default FORWARD_SECONDS) for the forward; the child is killed when one passes. Raises
+    CheckpointError (one sentence) for a file that cannot be loaded or a child that died, CheckpointTimeoutError
+    when a time limit passed.
     """
     load_seconds = LOAD_SECONDS if load_seconds is None else load_seconds
     forward_seconds = FORWARD_SECONDS if forward_seconds is None else forward_seconds
@@ -102,8 +105,15 @@ def _run_child(path: Path, example_arg: str, tmp: Path, label: str, example: tor
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_read_lines, args=(read_fd, lines), daemon=True).start()
     try:
+        stage = _next_line(lines, START_SECONDS)
+        if stage is None:
+            raise CheckpointTimeoutError(
+                f"Checking the TorchScript file {label} needs a Python process with torch, which did not start "
+                f"within {START_SECONDS:g} s; the machine is too busy, try again later."
+            )
         started = time.monotonic()
-        stage = _next_line(lines, load_seconds)
+        if stage == "started":
+            stage = _next_line(lines, load_seconds)
         if stage is None:
             raise CheckpointTimeoutError(
                 f"The TorchScript file {label} was not loaded within {load_seconds:g} s (its loading code may "

@@ -1,8 +1,9 @@
 """The child process of `spade.torchscript`: loads one TorchScript file and runs its forward once.
 
 Run as a script (``python -I torchscript_child.py MODEL EXAMPLE OUT_DIR STATUS_FD``), never imported by the app:
-it imports only torch, so it starts as fast as torch does. It writes ``loaded`` to the status pipe (file
-descriptor STATUS_FD) once the module and its state dict are read, and ``done`` once the forward has returned;
+it imports only torch, so it starts as fast as torch does. It writes ``started`` to the status pipe (file
+descriptor STATUS_FD) once torch is imported, ``loaded`` once the module and its state dict are read, and ``done``
+once the forward has returned;
 what it found goes to files in OUT_DIR (``state.pt``: the state dict; ``output.pt``: the forward's output when it
 is one tensor; ``result.json``: what the forward returned, in words, or the error it raised). The script's own
 ``print`` output goes to the child's stdout, which the parent discards, so it cannot fake a status line.
@@ -51,6 +52,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)
+    status.write("started\n")
+    status.flush()
     try:
         module = torch.jit.load(model_path, map_location="cpu")
         state = {k: v.detach().clone() for k, v in module.state_dict().items()}

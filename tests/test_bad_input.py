@@ -251,6 +251,51 @@ def test_torchscript_that_does_not_fit_is_refused_by_predict(case, tiny_checkpoi
         assert word in message, f"{case}: {word!r} not in {message!r}"
 
 
+class _EndlessSetstate(torch.nn.Module):
+    """A scripted module whose __setstate__ (run by torch.jit.load itself) never returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = _tiny()
+        self.count = 0
+
+    def forward(self, x):
+        return self.model(x)
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[int, bool]:
+        return (self.count, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[int, bool]) -> None:
+        count = state[0]
+        while count > -1:
+            count = count + 1
+        self.count = count
+        self.training = state[1]
+
+
+def test_torchscript_that_loops_while_loading_is_stopped(tiny_checkpoints, tmp_path, monkeypatch):
+    """Even torch.jit.load runs a file's code (__setstate__): it happens in the child, under LOAD_SECONDS."""
+    monkeypatch.setattr("spade.torchscript.LOAD_SECONDS", 2.0)
+    path = tmp_path / "setstate.pt"
+    torch.jit.save(torch.jit.script(_EndlessSetstate()), str(path))
+    with pytest.raises(CheckpointError, match="was not loaded within 2 s .* stopped and not used"):
+        load_checkpoint(path, TINY, device="cpu")
+
+
+def test_corrupt_torchscript_archive_is_refused(tiny_checkpoints, tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(_tiny()), str(path))
+    data = bytearray(path.read_bytes())
+    start = data.find(b"code/")  # garble the stored code
+    data[start + 200:start + 400] = b"\x00" * 200
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="broken.pt could not be"):
+        load_checkpoint(broken, TINY, device="cpu")
+
+
 def test_torchscript_of_the_architecture_is_accepted_by_predict(tiny_checkpoints, tmp_path, capsys):
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(_tiny()), str(path))

@@ -489,11 +489,13 @@ def load_model(
     device: str | torch.device = "auto",
     download: bool = False,
     forward_seconds: float | None = None,
+    label: str | None = None,
 ) -> LoadedModel:
     """Build the registered model ``name`` and load its weights strictly.
 
     weights: a user checkpoint (path, bytes or binary file) for this architecture, replacing the default
-    source; a TorchScript file is checked as `load_checkpoint` says. download: allow fetching torchvision weights
+    source; a TorchScript file is checked as `load_checkpoint` says; label: how messages name it (default: its
+    path, or "(uploaded bytes)"). download: allow fetching torchvision weights
     missing from the hub cache. Raises WeightsUnavailableError (fast, before any network use) when the default
     weights are not available offline, CheckpointError when a checkpoint is unreadable, unsafe or does not fit or
     when any weight is NaN or infinite, ConfigError for an unknown name or device.
@@ -501,7 +503,7 @@ def load_model(
     spec = get_spec(name)
     dev = resolve_device(device)
     if weights is not None:
-        return _from_checkpoint(spec, weights, dev, forward_seconds)
+        return _from_checkpoint(spec, weights, dev, forward_seconds, label)
     return load_spec(spec, device=dev, download=download)
 
 
@@ -520,7 +522,7 @@ def load_spec(spec: ModelSpec, *, device: str | torch.device = "auto", download:
 
 
 def load_checkpoint(source: CheckpointSource, arch: str, *, device: str | torch.device = "auto",
-                    forward_seconds: float | None = None) -> LoadedModel:
+                    forward_seconds: float | None = None, label: str | None = None) -> LoadedModel:
     """Load a user checkpoint (any supported layout, see spade.checkpoints) for the registered architecture.
 
     A TorchScript file is accepted only when (1) its forward, run once in a child process within
@@ -529,7 +531,7 @@ def load_checkpoint(source: CheckpointSource, arch: str, *, device: str | torch.
     shapes of ``arch``'s (checked first), and (3) ``arch`` built in code with those weights gives the same class
     scores. The returned model is always ``arch`` built in code: the scripted forward never runs in this process.
     """
-    return load_model(arch, weights=source, device=device, forward_seconds=forward_seconds)
+    return load_model(arch, weights=source, device=device, forward_seconds=forward_seconds, label=label)
 
 
 #: How many images the example batch of a TorchScript check holds (more than one, so the batch dimension counts).
@@ -544,9 +546,9 @@ def script_example(spec: ModelSpec) -> torch.Tensor:
 
 
 def _from_checkpoint(spec: ModelSpec, source: CheckpointSource, device: torch.device,
-                     forward_seconds: float | None = None) -> LoadedModel:
+                     forward_seconds: float | None = None, label: str | None = None) -> LoadedModel:
     example = script_example(spec)
-    raw = read_checkpoint(source, example=example, forward_seconds=forward_seconds)
+    raw = read_checkpoint(source, label=label, example=example, forward_seconds=forward_seconds)
     model = spec.build()
     if raw.script is None:
         load_state_dict_into(model, raw.state_dict, arch=spec.name, label=raw.label, convert=spec.convert_state_dict)

@@ -146,14 +146,14 @@ def _refusal(make_error) -> str:
 
 @pytest.fixture(scope="module")
 def checkpoint_refusal(spec):
-    """case -> the library's refusal of BAD_CHECKPOINTS[case] for the tiny architecture (each computed once: a
-    TorchScript check starts a process)."""
+    """case -> the library's refusal of BAD_CHECKPOINTS[case] (uploaded as <case>.pt) for the tiny architecture
+    (each computed once: a TorchScript check starts a process)."""
     found: dict[str, str] = {}
 
     def refusal(case: str) -> str:
         if case not in found:
             data = BAD_CHECKPOINTS[case]()
-            found[case] = _refusal(lambda: load_checkpoint(data, TINY, device="cpu"))
+            found[case] = _refusal(lambda: load_checkpoint(data, TINY, device="cpu", label=f"{case}.pt"))
         return found[case]
 
     return refusal
@@ -309,7 +309,7 @@ def test_bad_checkpoint_is_refused_by_the_library_with_what_is_wrong(case, check
     message = checkpoint_refusal(case)
     for word in words:
         assert word in message, f"{case}: {word!r} not in {message!r}"
-    assert "Traceback" not in message and "\n" not in message
+    assert "Traceback" not in message and "\n" not in message and f"{case}.pt" in message
 
 
 def test_good_torchscript_upload_is_used_as_the_architecture_built_in_code(at):

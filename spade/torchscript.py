@@ -78,15 +78,19 @@ def run_torchscript(
     forward_seconds = FORWARD_SECONDS if forward_seconds is None else forward_seconds
     with tempfile.TemporaryDirectory(prefix="spade-torchscript-") as folder:
         tmp = Path(folder)
-        if isinstance(source, bytes):
-            path = tmp / "model.pt"
-            path.write_bytes(source)
-        else:
-            path = Path(source)
-        example_arg = "-"
-        if example is not None:
-            torch.save(example.detach().cpu().contiguous(), tmp / "example.pt")
-            example_arg = str(tmp / "example.pt")
+        try:
+            if isinstance(source, bytes):
+                path = tmp / "model.pt"
+                path.write_bytes(source)
+            else:
+                path = Path(source)
+            example_arg = "-"
+            if example is not None:
+                torch.save(example.detach().cpu().contiguous(), tmp / "example.pt")
+                example_arg = str(tmp / "example.pt")
+        except OSError as exc:
+            raise CheckpointError(f"The TorchScript file {label} could not be copied for its check into the "
+                                  f"temporary folder {folder} ({exc.strerror}).") from None
         _run_child(path, example_arg, tmp, label, example, load_seconds, forward_seconds)
         return _read_results(tmp, label)
 
@@ -100,6 +104,10 @@ def _run_child(path: Path, example_arg: str, tmp: Path, label: str, example: tor
                 [sys.executable, "-I", str(CHILD_SCRIPT), str(path), example_arg, str(tmp), str(write_fd)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=(write_fd,),
             )
+        except OSError as exc:
+            os.close(read_fd)
+            raise CheckpointError(f"The TorchScript file {label} could not be checked: no Python process could "
+                                  f"be started for it ({exc.strerror}).") from None
         finally:
             os.close(write_fd)
     lines: queue.Queue[str] = queue.Queue()

@@ -227,10 +227,22 @@ class _EndlessLoop(torch.nn.Module):
         return self.model(x)
 
 
+class _FlatInput(torch.nn.Module):
+    """Wants flat 10-value rows, not images: its forward fails on the architecture's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = _tiny()
+
+    def forward(self, x):
+        return self.model.fc(x.view(-1, 10)[:, :8])
+
+
 # TorchScript file -> (module to script, words of the refusal)
 SCRIPTS = {
     "other_architecture": (lambda: tiny_mobilenet(0), ["does not have the parameters of", TINY, "conv1.weight"]),
     "tuple_output": (_TupleOut, ["returns a tuple of 2 values", "(2, 5)"]),
+    "fails_on_images": (_FlatInput, ["fails on a batch of", "input shape (2, 3, 56, 56)", "RuntimeError"]),
     "endless_loop": (_EndlessLoop, ["did not finish one forward pass", "within 2 s", "stopped"]),
 }
 

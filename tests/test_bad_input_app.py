@@ -18,13 +18,13 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 import spade.torchscript
-from spade.errors import SpadeError
+from spade.errors import CheckpointTimeoutError, SpadeError
 from spade.images import bundled_examples, load_image
 from spade.models import MODELS, ModelSpec, load_checkpoint, load_model
 from spade.preprocessing import Preprocessing
 from spade.sparsity import parse_profile
 from spade.trojan import load_trigger, read_trigger
-from spade_app import compute, settings, trojan
+from spade_app import compute, loaders, settings, trojan
 from spade_app.sidebar import CHECKPOINT, UPLOAD
 from tests.app_testing import FileWeights
 from tests.test_app import TINY_CLASSES, _app, _prediction_text
@@ -310,6 +310,40 @@ def test_bad_checkpoint_is_refused_by_the_library_with_what_is_wrong(case, check
     for word in words:
         assert word in message, f"{case}: {word!r} not in {message!r}"
     assert "Traceback" not in message and "\n" not in message and f"{case}.pt" in message
+
+
+def test_a_refused_checkpoint_is_not_checked_again_on_every_rerun(at, monkeypatch):
+    """A TorchScript check starts a process: while the refused file stays in the uploader, reruns reuse the
+    refusal. A time-out is not remembered (a less busy moment may pass it)."""
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("label"))
+        return load_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(loaders, "load_checkpoint", counting)
+    data = b"PK\x03\x04 refused once, remembered" * 3
+    _choose_checkpoint(at)
+    at.sidebar.file_uploader(key="checkpoint_upload").upload("remembered.pt", data).run()
+    message = _errors(at)
+    assert len(message) == 1 and "remembered.pt could not be read" in message[0]
+    at.run()
+    at.sidebar.toggle(key="presentation").set_value(False).run()
+    assert _errors(at) == message and calls == ["remembered.pt"] and not at.exception
+
+
+def test_a_timed_out_checkpoint_is_checked_again(monkeypatch):
+    tries = []
+
+    def too_slow(key, arch, device, name, data):
+        tries.append(name)
+        raise CheckpointTimeoutError(f"The TorchScript model {name} did not finish in time.")
+
+    monkeypatch.setattr(loaders, "_checkpoint_model", too_slow)
+    for _ in range(2):
+        with pytest.raises(CheckpointTimeoutError):
+            loaders.checkpoint_model("digest-of-slow", TINY, "cpu", b"slow", "slow.pt")
+    assert tries == ["slow.pt", "slow.pt"]
 
 
 def test_good_torchscript_upload_is_used_as_the_architecture_built_in_code(at):

@@ -8,7 +8,9 @@ needs arbitrary Python objects is refused, never executed. Supported layouts:
 * keys prefixed by ``module.`` (DataParallel), ``_orig_mod.`` (torch.compile) or ``model.``;
 * the SPADE authors' back-doored ResNet-50 (robustness library): ``module.model.*`` weights beside
   ``module.attacker.*`` / ``module.normalizer.*`` copies that are dropped;
-* TorchScript archives (detected by their ``constants.pkl`` / ``code/`` entries), loaded to the CPU.
+* TorchScript archives (detected by their ``constants.pkl`` / ``code/`` entries): loaded, and run once on an
+  example input, only in a child process with time limits (`spade.torchscript`); this process keeps their state
+  dict and output, never their code.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from spade.errors import CheckpointError
+from spade.torchscript import ScriptRun, run_torchscript
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +48,27 @@ _SHOW = 5  # how many keys of each kind an error message names
 
 @dataclass
 class RawCheckpoint:
-    """What a checkpoint file holds: a state dict, or a TorchScript module (then ``state_dict`` is its own)."""
+    """What a checkpoint file holds: a state dict; for a TorchScript file also ``script``, what its forward gave on
+    the example input (then ``state_dict`` is the script's own)."""
 
     label: str
     state_dict: StateDict
-    scripted: torch.jit.ScriptModule | None = None
+    script: ScriptRun | None = None
 
 
-def read_checkpoint(source: CheckpointSource, *, label: str | None = None) -> RawCheckpoint:
+def read_checkpoint(source: CheckpointSource, *, label: str | None = None, example: torch.Tensor | None = None,
+                    forward_seconds: float | None = None) -> RawCheckpoint:
     """Read a checkpoint from a path, bytes or a binary file object, on the CPU.
 
-    Raises CheckpointError for a missing, empty, corrupt or unsafe file, or one that holds no state dict.
+    A TorchScript file is loaded in a child process (`spade.torchscript.run_torchscript`), whose forward runs once
+    on ``example`` (e.g. a (2, 3, H, W) float tensor) when given, within ``forward_seconds``. Raises
+    CheckpointError for a missing, empty, corrupt or unsafe file, one that holds no state dict, or a TorchScript
+    file whose loading or forward passes its time limit.
     """
     data, label = _read_source(source, label)
     if _is_torchscript(data):
-        return _read_torchscript(data, label)
+        run = run_torchscript(data, example, label=label, forward_seconds=forward_seconds)
+        return RawCheckpoint(label=label, state_dict=run.state_dict, script=run)
     try:
         obj = torch.load(_stream(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises many types for bad files (KeyError, EOFError, RuntimeError, ...)
@@ -101,6 +110,47 @@ def fit_state_dict(
     exactly. Missing ``num_batches_tracked`` buffers (old BatchNorm checkpoints; unused in eval mode) are
     taken from the model. Returns a state dict that ``model.load_state_dict(..., strict=True)`` accepts.
     """
+    best, (missing, unexpected, mismatched) = _best_fit(state_dict, model, label, convert)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(_mismatch_message(label, arch, missing, unexpected, mismatched))
+    return best
+
+
+def fit_script_state_dict(
+    state_dict: StateDict,
+    model: nn.Module,
+    *,
+    arch: str,
+    label: str = "checkpoint",
+    convert: KeyConverter | None = None,
+) -> StateDict:
+    """`fit_state_dict` for the state dict of a TorchScript model: the CheckpointError names the first difference
+    (in the order of the architecture's own parameters) and how many there are in all."""
+    best, (missing, unexpected, mismatched) = _best_fit(state_dict, model, label, convert)
+    count = len(missing) + len(unexpected) + len(mismatched)
+    if not count:
+        return best
+    target = model.state_dict()
+    order = {key: i for i, key in enumerate(target)}
+    firsts = [(order[k], f"{arch}'s {k} {_shape(target[k])} is missing") for k in missing[:1]]
+    firsts += [(order[k], f"its {k} has the shape {c} where {arch}'s has {m}") for k, c, m in mismatched[:1]]
+    first = min(firsts)[1] if firsts else f"it has a {unexpected[0]} {_shape(best[unexpected[0]])} that {arch} lacks"
+    others = f" (and {count - 1} more difference(s))" if count > 1 else ""
+    raise CheckpointError(
+        f"The TorchScript model {label} does not have the parameters of {arch}: {first}{others}; choose the "
+        f"architecture it was made from, or script {arch} itself."
+    )
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return str(tuple(tensor.shape))
+
+
+def _best_fit(
+    state_dict: StateDict, model: nn.Module, label: str, convert: KeyConverter | None
+) -> tuple[StateDict, tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]]:
+    """The prefix variant of ``state_dict`` that matches most model keys, and its (missing, unexpected,
+    mismatched) keys against the model's state dict."""
     target = model.state_dict()
     best, best_score = state_dict, -1
     for candidate in _prefix_variants(state_dict):
@@ -123,9 +173,7 @@ def fit_state_dict(
         for k, v in best.items()
         if k in target and tuple(v.shape) != tuple(target[k].shape)
     ]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(_mismatch_message(label, arch, missing, unexpected, mismatched))
-    return best
+    return best, (missing, unexpected, mismatched)
 
 
 def load_state_dict_into(
@@ -197,17 +245,6 @@ def _is_torchscript(data: bytes | Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
     return any(n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n for n in names)
-
-
-def _read_torchscript(data: bytes | Path, label: str) -> RawCheckpoint:
-    try:
-        module = torch.jit.load(_stream(data), map_location="cpu")
-    except Exception as exc:
-        raise CheckpointError(
-            f"The TorchScript file {label} could not be loaded ({_first_line(exc)}); it may be corrupt."
-        ) from None
-    state = {k: v.detach() for k, v in module.state_dict().items()}
-    return RawCheckpoint(label=label, state_dict=state, scripted=module)
 
 
 def _load_error(exc: Exception, label: str) -> CheckpointError:

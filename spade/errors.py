@@ -13,6 +13,11 @@ class CheckpointError(SpadeError):
     """A checkpoint could not be loaded or does not fit the chosen architecture."""
 
 
+class CheckpointTimeoutError(CheckpointError):
+    """A TorchScript file's loading or forward pass did not finish within its time limit (it was stopped); the
+    same file may pass on a less busy machine."""
+
+
 class WeightsUnavailableError(SpadeError):
     """Pretrained weights are not available offline and no download was asked for."""
 

@@ -28,6 +28,7 @@ from spade.checkpoints import (
     KeyConverter,
     StateDict,
     check_finite,
+    fit_script_state_dict,
     load_state_dict_into,
     read_checkpoint,
 )
@@ -37,6 +38,7 @@ from spade.grow import grow_modules
 from spade.layers import LayerSelection
 from spade.prediction import Prediction, top_k
 from spade.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from spade.torchscript import ScriptRun
 
 logger = logging.getLogger(__name__)
 
@@ -493,19 +495,22 @@ def load_model(
     weights: CheckpointSource | None = None,
     device: str | torch.device = "auto",
     download: bool = False,
+    forward_seconds: float | None = None,
+    label: str | None = None,
 ) -> LoadedModel:
     """Build the registered model ``name`` and load its weights strictly.
 
     weights: a user checkpoint (path, bytes or binary file) for this architecture, replacing the default
-    source. download: allow fetching torchvision weights missing from the hub cache. Raises
-    WeightsUnavailableError (fast, before any network use) when the default weights are not available
-    offline, CheckpointError when a checkpoint is unreadable, unsafe or does not fit or when any weight is NaN
-    or infinite, ConfigError for an unknown name or device.
+    source; a TorchScript file is checked as `load_checkpoint` says; label: how messages name it (default: its
+    path, or "(uploaded bytes)"). download: allow fetching torchvision weights
+    missing from the hub cache. Raises WeightsUnavailableError (fast, before any network use) when the default
+    weights are not available offline, CheckpointError when a checkpoint is unreadable, unsafe or does not fit or
+    when any weight is NaN or infinite, ConfigError for an unknown name or device.
     """
     spec = get_spec(name)
     dev = resolve_device(device)
     if weights is not None:
-        return _from_checkpoint(spec, weights, dev)
+        return _from_checkpoint(spec, weights, dev, forward_seconds, label)
     return load_spec(spec, device=dev, download=download)
 
 
@@ -523,28 +528,84 @@ def load_spec(spec: ModelSpec, *, device: str | torch.device = "auto", download:
     return _finish(model, spec, resolve_device(device), source)
 
 
-def load_checkpoint(source: CheckpointSource, arch: str, *, device: str | torch.device = "auto") -> LoadedModel:
-    """Load a user checkpoint (any supported layout, see spade.checkpoints) for the registered architecture."""
-    return load_model(arch, weights=source, device=device)
+def load_checkpoint(source: CheckpointSource, arch: str, *, device: str | torch.device = "auto",
+                    forward_seconds: float | None = None, label: str | None = None) -> LoadedModel:
+    """Load a user checkpoint (any supported layout, see spade.checkpoints) for the registered architecture.
+
+    A TorchScript file is accepted only when (1) its forward, run once in a child process within
+    ``forward_seconds`` (default spade.torchscript.FORWARD_SECONDS) on a (SCRIPT_BATCH, 3, crop, crop) input,
+    returns one float tensor of shape (SCRIPT_BATCH, number of classes), (2) its parameters have the names and
+    shapes of ``arch``'s (checked first), and (3) ``arch`` built in code with those weights gives the same class
+    scores. The returned model is always ``arch`` built in code: the scripted forward never runs in this process.
+    """
+    return load_model(arch, weights=source, device=device, forward_seconds=forward_seconds, label=label)
 
 
-def _from_checkpoint(spec: ModelSpec, source: CheckpointSource, device: torch.device) -> LoadedModel:
-    raw = read_checkpoint(source)
+#: How many images the example batch of a TorchScript check holds (more than one, so the batch dimension counts).
+SCRIPT_BATCH = 2
+
+
+def script_example(spec: ModelSpec) -> torch.Tensor:
+    """The fixed example input a TorchScript file for ``spec`` is checked on: float32 (SCRIPT_BATCH, 3, crop,
+    crop), standard normal values (the range of normalized images), seeded."""
+    crop = spec.preprocessing.crop
+    return torch.randn(SCRIPT_BATCH, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+
+
+def _from_checkpoint(spec: ModelSpec, source: CheckpointSource, device: torch.device,
+                     forward_seconds: float | None = None, label: str | None = None) -> LoadedModel:
+    example = script_example(spec)
+    raw = read_checkpoint(source, label=label, example=example, forward_seconds=forward_seconds)
     model = spec.build()
-    try:
+    if raw.script is None:
         load_state_dict_into(model, raw.state_dict, arch=spec.name, label=raw.label, convert=spec.convert_state_dict)
-    except CheckpointError as exc:
-        if raw.scripted is None:
-            raise
-        # A scripted network of another structure still runs, but hooks and module names may not work.
-        logger.warning(
-            "The TorchScript module in %s does not match %s (%s); using the scripted module as is, so "
-            "layer-wise methods may not work on it.", raw.label, spec.name, exc,
-        )
-        return _finish(raw.scripted, spec, device, raw.label)
-    if raw.scripted is not None:
-        logger.info("Loaded the TorchScript weights of %s into the %s architecture.", raw.label, spec.name)
+        return _finish(model, spec, device, raw.label)
+    fitted = fit_script_state_dict(raw.state_dict, model, arch=spec.name, label=raw.label,
+                                   convert=spec.convert_state_dict)
+    _check_script_output(raw.script, spec, example, raw.label)
+    model.load_state_dict(fitted, strict=True)
+    check_finite(model.state_dict(), raw.label)
+    _compare_script_output(model.eval(), raw.script.output, example, spec, raw.label)
+    logger.info("Loaded the TorchScript weights of %s into the %s architecture.", raw.label, spec.name)
     return _finish(model, spec, device, raw.label)
+
+
+def _check_script_output(run: ScriptRun, spec: ModelSpec, example: torch.Tensor, label: str) -> None:
+    """CheckpointError unless the script's forward returned one float tensor of shape (N, number of classes)."""
+    shape = tuple(example.shape)
+    wanted = (shape[0], len(spec.class_names))
+    if run.forward_error is not None:
+        raise CheckpointError(
+            f"The TorchScript model {label} fails on a batch of {spec.name}'s input shape {shape} "
+            f"({run.forward_error}); it must take images of that size."
+        )
+    if run.output is None:
+        raise CheckpointError(
+            f"The TorchScript model {label} returns {run.returned or 'nothing'}, not one tensor of class scores; "
+            f"its forward must return the {wanted} logits of {spec.name} for {shape[0]} images."
+        )
+    if tuple(run.output.shape) != wanted or not run.output.is_floating_point():
+        kind = "" if run.output.is_floating_point() else f" of {str(run.output.dtype).removeprefix('torch.')}"
+        raise CheckpointError(
+            f"The TorchScript model {label} returns a tensor of shape {tuple(run.output.shape)}{kind} for "
+            f"{shape[0]} images, where {spec.name} gives {wanted} class scores."
+        )
+
+
+def _compare_script_output(model: nn.Module, output: torch.Tensor, example: torch.Tensor, spec: ModelSpec,
+                           label: str) -> None:
+    """CheckpointError unless ``model`` (the architecture with the script's weights, CPU, eval) gives the script's
+    output on ``example``, within 1e-3 relative to the largest score."""
+    with torch.no_grad():
+        expected = model(example).float()
+    output = output.float()
+    difference = float((output - expected).abs().max()) if torch.isfinite(output).all() else math.inf
+    if difference > 1e-3 * (1.0 + float(expected.abs().max())):
+        raise CheckpointError(
+            f"The TorchScript model {label} has the parameters of {spec.name} but computes other class scores "
+            f"with them (largest difference {difference:.3g} on a test input), so it may add steps of its own such "
+            "as a normalization; save its state dict with torch.save(model.state_dict(), path) instead."
+        )
 
 
 def _finish(model: nn.Module, spec: ModelSpec, device: torch.device, source: str) -> LoadedModel:

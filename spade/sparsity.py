@@ -88,10 +88,39 @@ def load_profile(source: str | Path) -> SparsityProfile:
     if not path.is_file():
         raise ConfigError(f"No built-in profile or file named {str(source)!r}; built-in: {', '.join(PROFILES)}.")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"Cannot read sparsity profile {path.name}: {exc}.") from exc
-    return profile_from_json(data, default_name=path.stem)
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            raise ConfigError(f"The profile file {path.name} is larger than {MAX_PROFILE_BYTES // 2**20} MB; a "
+                              "sparsity profile is a small JSON object.")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read sparsity profile {path.name}: {exc.strerror}.") from exc
+    return parse_profile(data, path.name)
+
+
+#: The largest profile file read (a profile names at most a few hundred blocks).
+MAX_PROFILE_BYTES = 2**20
+
+
+def parse_profile(data: bytes | str, file_name: str) -> SparsityProfile:
+    """A profile JSON document (bytes in UTF-8, or text) as a profile named after ``file_name``'s stem unless it
+    names itself; ConfigError (one sentence naming the file) for anything that is not such a document."""
+    stem = file_name.rsplit(".", 1)[0] or file_name
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ConfigError(f"The profile file {file_name} is larger than {MAX_PROFILE_BYTES // 2**20} MB; a "
+                          "sparsity profile is a small JSON object.")
+    try:
+        document = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except UnicodeDecodeError:
+        raise ConfigError(f"The profile file {file_name} is not UTF-8 text (a JSON file is).") from None
+    except RecursionError:
+        raise ConfigError(f"The profile file {file_name} nests too deeply to be a sparsity profile.") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer with thousands of digits
+        raise ConfigError(f"The profile file {file_name} is not valid JSON ({str(exc).splitlines()[0]}).") from None
+    try:
+        return profile_from_json(document, default_name=stem)
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(f"In the profile file {file_name}, {text[:1].lower()}{text[1:]}") from None
 
 
 def method_profiles(model: str, methods: Iterable[str], folder: Path | None = None) -> dict[str, SparsityProfile]:
@@ -105,21 +134,33 @@ def method_profiles(model: str, methods: Iterable[str], folder: Path | None = No
 
 
 def profile_from_json(data, default_name: str = "custom") -> SparsityProfile:
-    """Parse the JSON form written by `SparsityProfile.to_json` (or a plain mapping)."""
+    """Parse the JSON form written by `SparsityProfile.to_json` (or a plain mapping). ConfigError for a document
+    of other types, one that sets no target, or a target outside [0, 1)."""
     if not isinstance(data, dict):
         raise ConfigError("A sparsity profile must be a JSON object.")
     targets = data.get("targets", data)
-    if not isinstance(targets, dict) or not all(isinstance(v, (int, float)) for v in targets.values()):
+    if not isinstance(targets, dict) or not all(_is_number(v) for v in targets.values()):
         raise ConfigError("Profile targets must map block names to numbers.")
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"A profile's {key} must be a string.")
+    if "default" in data and not _is_number(data["default"]):
+        raise ConfigError("A profile's default must be a number.")
+    if not targets and not data.get("default"):
+        raise ConfigError("The profile sets no sparsity (no targets and no default above 0), so it would prune "
+                          "nothing; add \"targets\": {block: sparsity}.")
     profile = SparsityProfile.from_mapping(targets, name=str(data.get("name", default_name)),
                                            description=str(data.get("description", "")))
     if "default" in data:
-        if not isinstance(data["default"], (int, float)):
-            raise ConfigError("A profile's default must be a number.")
         profile = SparsityProfile(profile.name, profile.targets, float(data["default"]), profile.description)
     for where, value in (*profile.targets, ("the default", profile.default)):
         _check(value, f"{where} in the profile {profile.name}")
     return profile
+
+
+def _is_number(value: object) -> bool:
+    """An int or float from JSON (not a bool, which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check(value: float, where: str) -> float:

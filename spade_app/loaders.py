@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-from spade.errors import SpadeError
+from spade.errors import CheckpointTimeoutError, SpadeError
 from spade.images import bundled_examples, load_image, thumbnail
 from spade.layers import prunable_layers
 from spade.models import LoadedModel, ModelSpec, load_checkpoint, load_model
@@ -40,10 +40,41 @@ def download_weights(name: str) -> None:
     load_model(name, device="cpu", download=True)
 
 
-@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=2)
-def checkpoint_model(key: str, arch: str, device: str, _data: bytes) -> LoadedModel:
-    """A user checkpoint (any layout spade.checkpoints reads) for architecture `arch`; `key` = digest(_data)."""
-    return load_checkpoint(_data, arch, device=device)
+def checkpoint_model(key: str, arch: str, device: str, data: bytes, name: str | None = None) -> LoadedModel:
+    """A user checkpoint (any layout spade.checkpoints reads) for architecture `arch`; `key` = digest(data); `name`:
+    the uploaded file's name, which messages and the model's source name.
+
+    Raises the library's SpadeError for a refused file. A refusal is remembered (for this file, architecture and
+    device), so the reruns that follow while the file stays in the uploader do not check it again (a TorchScript
+    check starts a process); a time limit passed (CheckpointTimeoutError) is not remembered, as a less busy
+    moment may pass it."""
+    refused = _refused_checkpoints()
+    if (key, arch, device, name) in refused:
+        kind, message = refused[(key, arch, device, name)]
+        raise kind(message)
+    try:
+        return _checkpoint_model(key, arch, device, name, data)
+    except CheckpointTimeoutError:
+        raise
+    except SpadeError as exc:
+        while len(refused) >= MAX_REFUSALS:
+            refused.pop(next(iter(refused)))
+        refused[(key, arch, device, name)] = (type(exc), str(exc))
+        raise
+
+
+MAX_REFUSALS = 32  # refused checkpoints remembered (their messages only)
+
+
+@st.cache_resource(show_spinner=False)
+def _refused_checkpoints() -> dict[tuple[str, str, str, str | None], tuple[type[SpadeError], str]]:
+    """{(digest, arch, device, file name): (error type, message)} of refused checkpoints, shared by all sessions."""
+    return {}
+
+
+@st.cache_resource(show_spinner="Loading and checking the checkpoint…", max_entries=2)
+def _checkpoint_model(key: str, arch: str, device: str, name: str | None, _data: bytes) -> LoadedModel:
+    return load_checkpoint(_data, arch, device=device, label=name)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -6,7 +6,6 @@ settings are kept in session state and used as the form's defaults, so they surv
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
 from spade.saliency import METHODS
 from spade.solver import SOLVERS, SolverConfig
-from spade.sparsity import Sparsity, SparsityProfile, late_blocks_profile, profile_from_json
+from spade.sparsity import Sparsity, SparsityProfile, late_blocks_profile, parse_profile
 from spade.trace import SpadeTrace
 from spade_app.loaders import UPLOAD_MB, profile_label
 
@@ -157,11 +156,7 @@ def keep_decision_checkbox(value: bool, key: str) -> bool:
 
 def profile_from_upload(name: str, data: bytes) -> SparsityProfile:
     """A profile JSON file's bytes as a profile (named after the file unless it names itself); ConfigError."""
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"The profile file {name} is not valid JSON ({exc}).") from exc
-    return profile_from_json(document, default_name=name.rsplit(".", 1)[0])
+    return parse_profile(data, name)
 
 
 @dataclass(frozen=True)

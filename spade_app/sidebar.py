@@ -145,7 +145,7 @@ def _model_section(device: str | None) -> tuple[LoadedModel | None, str | None, 
             return None, None, ""
         data = upload.getvalue()
         key = loaders.digest(data)
-        loaded = loaders.checkpoint_model(key, arch, device, data)
+        loaded = loaders.checkpoint_model(key, arch, device, data, upload.name)
         return loaded, f"{arch}:{key}@{device}", f"{upload.name} ({arch})"
     except SpadeError as exc:
         st.error(str(exc))

@@ -355,7 +355,7 @@ def test_uploaded_checkpoint_is_used_and_bad_checkpoint_is_reported(tiny, at, tm
 
     garbage = b"PK\x03\x04 definitely not a checkpoint"
     with pytest.raises(CheckpointError) as refused:
-        load_checkpoint(garbage, tiny.name, device="cpu")
+        load_checkpoint(garbage, tiny.name, device="cpu", label="broken.pth")
     at.sidebar.file_uploader(key="checkpoint_upload").set_value(("broken.pth", garbage, "application/octet-stream"))
     at.run()
     assert not at.exception, at.exception

@@ -26,7 +26,7 @@ from spade.preprocessing import Preprocessing
 from spade.sparsity import profile_from_json
 from spade.trojan import load_trigger, read_trigger
 from spade_cli.main import main
-from tests.tiny_models import TinyResNet
+from tests.tiny_models import TinyResNet, tiny_mobilenet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,6 +74,9 @@ def files(tmp_path) -> dict[str, str]:
     (tmp_path / "bomb.png").write_bytes(_png_header_only(10000, 6000))
     (tmp_path / "text.png").write_text("not an image\n" * 10)
     (tmp_path / "high.json").write_text(json.dumps({"name": "high", "targets": {"layer1": 1.5}}))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "nothing.json").write_text("{}")
+    (tmp_path / "flag.json").write_text(json.dumps({"targets": {"layer1": True}}))
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[8:24, 8:24] = (255, 0, 0, 255)
     return {
@@ -82,6 +85,9 @@ def files(tmp_path) -> dict[str, str]:
         "bomb": str(tmp_path / "bomb.png"),
         "text": str(tmp_path / "text.png"),
         "high_profile": str(tmp_path / "high.json"),
+        "deep_profile": str(tmp_path / "deep.json"),
+        "empty_profile": str(tmp_path / "nothing.json"),
+        "bool_profile": str(tmp_path / "flag.json"),
         "white_mask": _save(Image.new("L", size, 255), tmp_path / "white.png"),
         "small_mask": _save(_half_white((10, 10)), tmp_path / "small.png"),
         "rgb_trigger": _save(Image.fromarray(rgba[..., :3], "RGB"), tmp_path / "rgb.png"),
@@ -104,6 +110,9 @@ CLI_CASES = {
     "seed_negative": ("trace {cat} --seed -1", ["--seed", "between 0"]),
     "profile_unknown": ("trace {cat} --profile no-such-profile", ["--profile", "no-such-profile"]),
     "profile_out_of_range": ("trace {cat} --profile {high_profile}", ["layer1", "[0, 1)", "1.5"]),
+    "profile_deeply_nested": ("trace {cat} --profile {deep_profile}", ["deep.json", "nests too deeply"]),
+    "profile_sets_nothing": ("trace {cat} --profile {empty_profile}", ["nothing.json", "prune nothing"]),
+    "profile_boolean_target": ("trace {cat} --profile {bool_profile}", ["flag.json", "map block names to numbers"]),
     "damp_negative": ("trace {cat} --damp -1", ["--damp", ">= 0"]),
     "nan_tiff_image": ("trace {nan_tiff} --sparsity 0.5", ["nan.tif", "not finite"]),
     "constant_image": ("predict {grey}", ["grey.png", "same colour"]),
@@ -196,6 +205,116 @@ def test_non_finite_weights_are_refused_when_loaded(command, weights, tensor, ti
     assert code == 2 and "Traceback" not in captured.err
     assert tensor in captured.err and "non-finite" in captured.err
     assert "nan" not in captured.out.lower()
+
+
+class _TupleOut(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = _tiny()
+
+    def forward(self, x):
+        return self.model(x), x
+
+
+class _EndlessLoop(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = _tiny()
+
+    def forward(self, x):
+        while bool(x.sum() > -1e30):
+            x = x + 1.0
+        return self.model(x)
+
+
+class _FlatInput(torch.nn.Module):
+    """Wants flat 10-value rows, not images: its forward fails on the architecture's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = _tiny()
+
+    def forward(self, x):
+        return self.model.fc(x.view(-1, 10)[:, :8])
+
+
+# TorchScript file -> (module to script, words of the refusal)
+SCRIPTS = {
+    "other_architecture": (lambda: tiny_mobilenet(0), ["does not have the parameters of", TINY, "conv1.weight"]),
+    "tuple_output": (_TupleOut, ["returns a tuple of 2 values", "(2, 5)"]),
+    "fails_on_images": (_FlatInput, ["fails on a batch of", "input shape (2, 3, 56, 56)", "RuntimeError"]),
+    "endless_loop": (_EndlessLoop, ["did not finish one forward pass", "within 2 s", "stopped"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCRIPTS))
+def test_torchscript_that_does_not_fit_is_refused_by_predict(case, tiny_checkpoints, tmp_path, monkeypatch, capsys):
+    make, words = SCRIPTS[case]
+    monkeypatch.setattr("spade.torchscript.FORWARD_SECONDS", 2.0)
+    path = tmp_path / f"{case}.pt"
+    torch.jit.save(torch.jit.script(make().eval()), str(path))
+    cat = str(bundled_examples()["cat"])
+    code = _run(["predict", cat, "--checkpoint", str(path), "--arch", TINY, "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err and not captured.out
+    message = captured.err.strip().splitlines()[-1]
+    assert message.startswith("error: ") and message.count(". ") == 0, message
+    for word in words:
+        assert word in message, f"{case}: {word!r} not in {message!r}"
+
+
+class _EndlessSetstate(torch.nn.Module):
+    """A scripted module whose __setstate__ (run by torch.jit.load itself) never returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = _tiny()
+        self.count = 0
+
+    def forward(self, x):
+        return self.model(x)
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[int, bool]:
+        return (self.count, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[int, bool]) -> None:
+        count = state[0]
+        while count > -1:
+            count = count + 1
+        self.count = count
+        self.training = state[1]
+
+
+def test_torchscript_that_loops_while_loading_is_stopped(tiny_checkpoints, tmp_path, monkeypatch):
+    """Even torch.jit.load runs a file's code (__setstate__): it happens in the child, under LOAD_SECONDS."""
+    monkeypatch.setattr("spade.torchscript.LOAD_SECONDS", 2.0)
+    path = tmp_path / "setstate.pt"
+    torch.jit.save(torch.jit.script(_EndlessSetstate()), str(path))
+    with pytest.raises(CheckpointError, match="was not loaded within 2 s .* stopped and not used"):
+        load_checkpoint(path, TINY, device="cpu")
+
+
+def test_corrupt_torchscript_archive_is_refused(tiny_checkpoints, tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(_tiny()), str(path))
+    data = bytearray(path.read_bytes())
+    start = data.find(b"code/")  # garble the stored code
+    data[start + 200:start + 400] = b"\x00" * 200
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="broken.pt could not be"):
+        load_checkpoint(broken, TINY, device="cpu")
+
+
+def test_torchscript_of_the_architecture_is_accepted_by_predict(tiny_checkpoints, tmp_path, capsys):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(_tiny()), str(path))
+    cat = str(bundled_examples()["cat"])
+    assert _run(["predict", cat, "--checkpoint", str(path), "--arch", TINY, "--device", "cpu", "-k", "1"]) == 0
+    expected = load_checkpoint(tiny_checkpoints["good"], TINY, device="cpu").predict(load_image(cat), k=1)[0]
+    assert f"{expected.name}" in capsys.readouterr().out
 
 
 def test_explain_target_beyond_the_classes_is_refused_before_the_statistics(tiny_checkpoints, monkeypatch, tmp_path,

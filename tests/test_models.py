@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import pathlib
 import time
 import typing
@@ -294,19 +293,14 @@ def test_torchscript_matching_arch_loads_into_real_module(reference, tmp_path):
         torch.testing.assert_close(lm.model(x), logits, rtol=0, atol=0)
 
 
-def test_torchscript_other_arch_is_used_as_is(tmp_path, caplog):
+def test_torchscript_of_another_arch_is_refused(tmp_path):
     tiny = tiny_resnet(0)
     x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        expected = torch.softmax(tiny(x), dim=1)[0]
     path = tmp_path / "tiny_scripted.pt"
     torch.jit.save(torch.jit.trace(tiny, x), str(path))
-    with caplog.at_level(logging.WARNING, logger="spade.models"):
-        lm = load_checkpoint(path, "resnet18", device="cpu")
-    assert isinstance(lm.model, torch.jit.ScriptModule)
-    assert any("TorchScript" in r.getMessage() and "resnet18" in r.getMessage() for r in caplog.records)
-    preds = lm.predict(x, k=3)
-    assert [p.index for p in preds] == expected.topk(3).indices.tolist()
+    first = r"its conv1.weight has the shape \(8, 3, 3, 3\) where resnet18's has \(64, 3, 7, 7\)"
+    with pytest.raises(CheckpointError, match="parameters of resnet18: " + first):
+        load_checkpoint(path, "resnet18", device="cpu")
 
 
 def test_mismatched_checkpoint_names_keys_and_shapes(reference, tmp_path):

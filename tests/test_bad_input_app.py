@@ -380,19 +380,19 @@ BAD_PROFILES = {
 def test_bad_profile_json_upload_is_refused_and_the_form_still_runs(case, at):
     data = BAD_PROFILES[case]
     message = _refusal(lambda: parse_profile(data, f"{case}.json"))
-    at.radio(key="ex_sparsity_mode").set_value(settings.FILE)
+    at.radio(key="ex_sparsity_mode").set_value(settings.FILE).run()  # the uploader shows in this mode only
     at.file_uploader(key="ex_profile_file").upload(f"{case}.json", data, "application/json")
     _run_spade(at)
     assert _errors(at) == [message]
     assert not _trace_shown(at)
-    at.radio(key="ex_sparsity_mode").set_value(settings.UNIFORM)  # the same form, another mode: it runs
+    at.radio(key="ex_sparsity_mode").set_value(settings.UNIFORM).run()  # the same form, another mode: it runs
     _run_spade(at)
     assert not at.error and _trace_shown(at), _errors(at)
 
 
 def test_profile_naming_blocks_the_model_lacks_is_refused_when_run(at):
     data = b'{"targets": {"no_such_block": 0.5}}'
-    at.radio(key="ex_sparsity_mode").set_value(settings.FILE)
+    at.radio(key="ex_sparsity_mode").set_value(settings.FILE).run()  # the uploader shows in this mode only
     at.file_uploader(key="ex_profile_file").upload("foreign.json", data, "application/json")
     _run_spade(at)
     assert any("no_such_block" in e and "blocks" in e for e in _errors(at)), _errors(at)
@@ -432,13 +432,13 @@ def test_bad_trigger_upload_is_refused_and_the_earlier_result_stays(case, at):
         return any(c.startswith("What the model sees") for i in at.image for c in i.captions)
 
     assert result_shown()
-    at.radio(key="tl_trigger").set_value(trojan.UPLOAD)
+    at.radio(key="tl_trigger").set_value(trojan.UPLOAD).run()  # the uploader shows for "upload" only
     at.file_uploader(key="tl_trigger_file").upload(f"{case}.png", data, "image/png")
     submit()
     assert not at.exception, at.exception
     assert _errors(at) == [message]
     assert result_shown()  # the heart's result is still on the page
-    at.radio(key="tl_trigger").set_value("star")  # and the form runs again
+    at.radio(key="tl_trigger").set_value("star").run()  # and the form runs again
     submit()
     assert not at.exception and not at.error, _errors(at)
     assert result_shown()

@@ -70,7 +70,7 @@ def load_reference(directory: Path) -> types.ModuleType:
     """Import the authors' solver module from `directory` under a private name; returns the module (its
     `SparseGPT` class is what the benchmark uses)."""
     path = find_reference_file(Path(directory))
-    if importlib.util.find_spec("transformers") is None and "transformers" not in sys.modules:
+    if "transformers" not in sys.modules and importlib.util.find_spec("transformers") is None:
         stand_in = types.ModuleType("transformers")
         stand_in.Conv1D = type("Conv1D", (nn.Module,), {})  # the only name their module reads
         sys.modules["transformers"] = stand_in

@@ -289,16 +289,19 @@ def main(argv: list[str] | None = None) -> dict:
         + " / ".join(f"{x:.2f}" for x in load_start))
     log(f"settings: {args.views} views of the cat, seed 0, uniform sparsity {args.sparsity}, {args.repeat} "
         "interleaved repeats (medians)")
-    results = []
+    results: list[dict] = []
+    summary = {"date": date, "commit": _git_commit(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "loadavg_start": load_start, "views": args.views,
+               "sparsity": args.sparsity, "repeat": args.repeat, "results": results}
     for name in args.models.split(","):
         results.append(run_model(reference, name.strip(), args.views, args.sparsity, args.repeat, log))
-    load_end = os.getloadavg()
-    log("load average at end (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in load_end))
+        # written after every model, so an interrupted run keeps what it measured
+        (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (out / "report.md").write_text("\n".join(report + ["", table(results)]) + "\n")
+    summary["loadavg_end"] = os.getloadavg()
+    log("load average at end (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in summary["loadavg_end"]))
     log("")
     log(table(results))
-    summary = {"date": date, "commit": _git_commit(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "loadavg_start": load_start, "loadavg_end": load_end,
-               "views": args.views, "sparsity": args.sparsity, "repeat": args.repeat, "results": results}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "report.md").write_text("\n".join(report) + "\n")
     return summary

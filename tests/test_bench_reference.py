@@ -154,3 +154,9 @@ def test_bad_settings_are_refused(fake_reference, capsys):
         with pytest.raises(SystemExit) as exit_info:
             bench.main(["--reference", str(fake_reference), *argv])
         assert exit_info.value.code == 2
+
+
+def test_without_a_reference_the_script_is_skipped(monkeypatch, capsys):
+    monkeypatch.delenv("SPADE_REFERENCE", raising=False)
+    assert load_bench().main([]) == {}
+    assert "skipped" in capsys.readouterr().out

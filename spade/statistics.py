@@ -172,15 +172,18 @@ def add_conv_gram_by_shifts(hessian: torch.Tensor, module: nn.Conv2d, x: torch.T
             core = _row_products(a[:, :, lo:hi], b[:, :, lo + dv:hi + dv])
             edges = {v: _row_products(a[:, :, v:v + 1], b[:, :, v + dv:v + dv + 1])
                      for r in cols.values() for v in range(*r) if not lo <= v < hi}
+            # row sums of the core and of each edge column, once per (source, row range): members of a key
+            # share them (a 3 x 3 kernel's taps span at most 3 row ranges)
+            sums: dict[tuple[int | None, int, int], torch.Tensor] = {}
             for i, j, i2, j2 in members:
                 (r0, r1), (c0, c1) = rows[i], cols.get(j, (0, 0))
                 if r1 <= r0 or c1 <= c0:
                     continue
-                per_row = core[r0 - u0:r1 - u0]
-                for v, edge in edges.items():
-                    if c0 <= v < c1:
-                        per_row = per_row + edge[r0 - u0:r1 - u0]
-                blocks[:, i, j, i2, j2] += per_row.sum(0)
+                target = blocks[:, i, j, i2, j2]
+                for v in [None, *(v for v in edges if c0 <= v < c1)]:
+                    if (v, r0, r1) not in sums:
+                        sums[v, r0, r1] = (core if v is None else edges[v])[r0 - u0:r1 - u0].sum(0)
+                    target += sums[v, r0, r1]
     k = kh * kw
     full = blocks.view(g, k, k, c, c)
     for t in range(k):

@@ -110,22 +110,33 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
     loaded = sel.loaded
     layers = conv_layers(loaded.model)
     suffix = f"{sel.model_key}_{sel.image_key}"  # defaults (the predicted class) follow the image and model
+    # chosen outside the form, so that the form shows only the controls of the chosen objective and sparsity
+    c_kind, c_mode = st.columns(2)
+    kind = c_kind.radio("Objective", [CLASS, CHANNEL], key="nv_kind", horizontal=True,
+                        help="A class logit (default: the class predicted for the image), or one channel of a "
+                             "convolution layer (its mean over positions, or the single neuron at the centre).")
+    mode = c_mode.radio("Sparsity of the trace", [LATE, UNIFORM], key="nv_sparsity_mode", horizontal=True,
+                        help=f"Late blocks: {VISUALIZATION_TARGET:g} on the last 30% of blocks and the "
+                             "classifier, 0 elsewhere (the authors' choice for visualizations). Uniform: the "
+                             "slider's value on every pruned layer.")
+    class_index, layer, channel, centre, uniform = predicted, None, 0, False, loaded.spec.default_sparsity
     with st.form("neuron_settings"):
         c_neuron, c_vis, c_trace = st.columns(3)
         with c_neuron:
             st.markdown("**Neuron**")
-            kind = st.radio("Objective", [CLASS, CHANNEL], key="nv_kind", horizontal=True,
-                            help="A class logit (default: the class predicted for the image), or one channel of a "
-                                 "convolution layer (its mean over positions, or the single neuron at the centre).")
-            n_classes = len(loaded.class_names)
-            class_index = st.selectbox(
-                "Class (default: the prediction)", range(n_classes), index=predicted, key=f"nv_class_{suffix}",
-                format_func=lambda i: f"{loaded.class_name(i)} ({i})" + (" · predicted" if i == predicted else ""))
-            names = list(layers)
-            layer = st.selectbox("Conv layer", names, index=len(names) - 1 if names else None, key="nv_layer",
-                                 format_func=lambda n: f"{n} ({layers[n]} channels)", disabled=not names)
-            channel = st.number_input("Channel", 0, max(layers.values(), default=1) - 1, 0, key="nv_channel")
-            centre = st.checkbox("Single neuron at the centre (instead of the channel mean)", False, key="nv_centre")
+            if kind == CLASS:
+                class_index = st.selectbox(
+                    "Class (default: the prediction)", range(len(loaded.class_names)), index=predicted,
+                    key=f"nv_class_{suffix}",
+                    format_func=lambda i: f"{loaded.class_name(i)} ({i})" + (" · predicted" if i == predicted else ""))
+            else:
+                names = list(layers)
+                layer = st.selectbox("Conv layer", names, index=len(names) - 1 if names else None, key="nv_layer",
+                                     format_func=lambda n: f"{n} ({layers[n]} channels)", disabled=not names)
+                channel = st.number_input("Channel", 0, max(layers.values(), default=1) - 1, 0, key="nv_channel")
+                centre = st.checkbox("Centre neuron only", False, key="nv_centre",
+                                     help="The single neuron at the centre of the channel's map, instead of the "
+                                          "channel's mean over all positions.")
         with c_vis:
             st.markdown("**Visualization**")
             steps = st.number_input("Steps", 1, 4096, default_steps(loaded.device), step=16, key="nv_steps",
@@ -139,12 +150,9 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
             st.markdown("**SPADE trace**")
             augmentations = st.number_input("Augmentations", 1, 4096, default_augmentations("visualize", loaded.device),
                                             step=8, key="nv_count")
-            mode = st.radio("Sparsity", [LATE, UNIFORM], key="nv_sparsity_mode", horizontal=True,
-                            help=f"Late blocks: {VISUALIZATION_TARGET:g} on the last 30% of blocks and the "
-                                 "classifier, 0 elsewhere (the authors' choice for visualizations). Uniform: the "
-                                 "slider's value on every pruned layer.")
-            uniform = st.slider("Uniform sparsity", 0.0, 0.99, loaded.spec.default_sparsity, step=0.01,
-                                key="nv_sparsity")
+            if mode == UNIFORM:
+                uniform = st.slider("Uniform sparsity", 0.0, 0.99, loaded.spec.default_sparsity, step=0.01,
+                                    key="nv_sparsity")
             late = ", ".join(f"{t:g}" for t in VISUALIZATION_DECISION.levels(VISUALIZATION_TARGET))
             uniform_factors = ", ".join(f"{f:g}" for f in KeepDecision().factors)
             keep = st.checkbox("Keep the model's decision", True, key="nv_keep",

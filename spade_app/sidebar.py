@@ -14,7 +14,7 @@ from PIL import Image
 
 from spade.devices import resolve_device
 from spade.errors import SpadeError, WeightsUnavailableError
-from spade.images import bundled_examples
+from spade.images import MAX_PIXELS, bundled_examples
 from spade.models import DEFAULT_MODEL, MODELS, LoadedModel
 from spade_app import loaders
 
@@ -80,8 +80,11 @@ def _image_section() -> tuple[Image.Image | None, str | None, str]:
                             format_func=lambda n: n.replace("_", " ").capitalize())
         data, label = loaders.bundled_bytes(name), name
     else:
-        upload = st.file_uploader("Upload an image (PNG, JPEG, WebP, BMP, TIFF, GIF)", type=IMAGE_TYPES,
-                                  key="image_upload", max_upload_size=loaders.UPLOAD_MB["image"])
+        # no type filter: the sidebar is too narrow for Streamlit's list of types (it was cut off), and
+        # spade.images.load_image refuses anything that is not one of these formats with a sentence
+        upload = st.file_uploader("Upload an image", key="image_upload", max_upload_size=loaders.UPLOAD_MB["image"],
+                                  help=f"{', '.join(t.upper() for t in IMAGE_TYPES)}; up to "
+                                       f"{loaders.UPLOAD_MB['image']} MB and {MAX_PIXELS // 1_000_000} megapixels.")
         if upload is None:
             st.info("Choose an image file to upload.")
             return None, None, ""

@@ -672,6 +672,14 @@ def test_neurons_form_defaults_to_predicted_class(at):
 
     assert at.number_input(key="nv_steps").value == CPU_STEPS
     assert any(b.label == "Run" for b in at.button)
+    # only the chosen objective's controls: the class menu for a class logit, the layer and channel for a channel
+    keys = lambda: {w.key for kind in ("selectbox", "number_input", "checkbox", "slider") for w in at.get(kind)}  # noqa: E731
+    assert not keys() & {"nv_layer", "nv_channel", "nv_centre", "nv_sparsity"}
+    at.radio(key="nv_kind").set_value("Conv layer channel").run()
+    class_key = f"nv_class_{sel.model_key}_{sel.image_key}"
+    assert {"nv_layer", "nv_channel", "nv_centre"} <= keys() and class_key not in keys()
+    at.radio(key="nv_sparsity_mode").set_value("Uniform").run()
+    assert "nv_sparsity" in keys()
     # the layer list holds exactly the model's Conv2d modules
     convs = [n for n, m in sel.loaded.model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     assert at.selectbox(key="nv_layer").options == [f"{n} ({dict(sel.loaded.model.named_modules())[n].out_channels} "
@@ -682,6 +690,9 @@ def _run_neurons(at: AppTest, **settings) -> AppTest:
     at.switch_page("pages/neurons.py").run()
     assert not at.exception, at.exception
     values = {"nv_steps": 4, "nv_count": 4, "nv_views": 4, "nv_top_k": 2, **settings}
+    for key in ("nv_kind", "nv_sparsity_mode"):  # outside the form: they decide which controls the form shows
+        if key in values:
+            at.radio(key=key).set_value(values.pop(key)).run()
     for key, value in values.items():
         for kind in ("number_input", "radio", "selectbox"):
             widgets = [w for w in at.get(kind) if w.key == key]

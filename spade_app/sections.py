@@ -256,7 +256,8 @@ def maps_view(image, pairs: dict[str, AttributionPair], takeaways: dict[str, Tak
         per_map = scale_radio("ex_scale")
     signed = kind == "signed"
     st.caption(maps.scale_caption(per_map) + " " + maps.difference_caption(per_map))
-    st.image(maps.colour_bar(signed), caption=("−s … 0 … +s" if signed else "0 … s"), width=256)
+    st.image(maps.colour_bar(signed), caption=("−max … 0 … +max (each row states its range)" if signed
+                                                  else "0 … max (each row states its range)"), width=256)
     rows = []
     for name, pair in pairs.items():
         row = maps.MapRow(labels[name], image, pair, signed, per_map)

@@ -545,7 +545,7 @@ def maps_view(image: np.ndarray, mask: np.ndarray, pairs: dict[str, AttributionP
                "well the map's pixel scores separate trigger pixels from the rest (ROC-AUC, 0.5 = chance; the "
                "better of the signed and absolute map, as the paper reports). Pointing game: whether the map's "
                "maximum lies on the trigger.")
-    st.image(maps.colour_bar(False), caption="0 … s", width=256)
+    st.image(maps.colour_bar(False), caption="0 … max (each row states its range)", width=256)
     for name, pair in pairs.items():
         row = maps.MapRow(labels[name], image, pair, signed=False, per_map=per_map)
         st.markdown(f"**{labels[name]}** · SPADE trace at {trace_sparsity_text(traces[name])}"

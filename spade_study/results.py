@@ -115,34 +115,35 @@ class StudyResults:
     participants: int
     answers: int
 
-    def table3(self) -> list[dict]:
-        """Table 3 as display rows: per condition the counts, percentages and 95% intervals."""
+    def _condition_rows(self, cells) -> list[dict]:
+        """Per condition {"condition", "answers", **cells(metric label, proportion)} for every metric."""
         rows = []
         for row in self.conditions:
             out = {"condition": CONDITION_LABELS.get(row.condition, row.condition), "answers": row.answers}
             for name in METRICS:
-                p = row.metric(name)
-                low, high = p.interval
-                label = name.replace("_", " ")
-                out[label] = p.count
-                out[f"{label} %"] = None if p.share is None else round(100 * p.share, 1)
-                out[f"{label} 95% CI"] = f"{100 * low:.1f}–{100 * high:.1f}" if p.total else "–"
+                out.update(cells(name.replace("_", " "), row.metric(name)))
             rows.append(out)
         return rows
+
+    def table3(self) -> list[dict]:
+        """Table 3 as display rows: per condition the counts, percentages and 95% intervals."""
+
+        def cells(label, p) -> dict:
+            low, high = p.interval
+            return {label: p.count, f"{label} %": None if p.share is None else round(100 * p.share, 1),
+                    f"{label} 95% CI": f"{100 * low:.1f}–{100 * high:.1f}" if p.total else "–"}
+
+        return self._condition_rows(cells)
 
     def table3_compact(self) -> list[dict]:
         """Table 3 narrow enough for a page: per condition the number of answers and, per metric, one text cell
         "share % (95% CI low–high)" ("–" where the metric has no answers). The counts are in ``table3``."""
-        rows = []
-        for row in self.conditions:
-            out = {"condition": CONDITION_LABELS.get(row.condition, row.condition), "answers": row.answers}
-            for name in METRICS:
-                p = row.metric(name)
-                low, high = p.interval
-                out[name.replace("_", " ")] = (f"{100 * p.share:.1f} % ({100 * low:.1f}–{100 * high:.1f})"
-                                               if p.share is not None else "–")
-            rows.append(out)
-        return rows
+
+        def cells(label, p) -> dict:
+            low, high = p.interval
+            return {label: f"{100 * p.share:.1f} % ({100 * low:.1f}–{100 * high:.1f})" if p.share is not None else "–"}
+
+        return self._condition_rows(cells)
 
     def to_dict(self) -> dict:
         return {

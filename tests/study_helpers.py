@@ -29,3 +29,12 @@ def synthetic_study(study_id: str = "synthetic", n_real: int = 6, n_training: in
             training=i >= n_real, details={"index": i}))
     return Study(id=study_id, config=config, items=tuple(items), model="synthetic",
                  created=datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
+
+
+def click(at, label: str):
+    """Click the one button labelled ``label`` on an AppTest page, rerun, and check that nothing raised."""
+    buttons = [b for b in at.button if b.label == label]
+    assert len(buttons) == 1, [b.label for b in at.button]
+    buttons[0].click().run()
+    assert not at.exception, at.exception
+    return at

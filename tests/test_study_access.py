@@ -27,7 +27,7 @@ from spade_study.password import PASSWORD_ENV, check_hash, configured_hash, hash
 from spade_study.results import answers_csv
 from spade_study.storage import StudyStore
 from tests.app_testing import TIMEOUT
-from tests.study_helpers import synthetic_study
+from tests.study_helpers import click, synthetic_study
 
 PAGE = "pages/human_study.py"
 PASSWORD = "correct horse battery"
@@ -70,14 +70,6 @@ def _app(query: dict[str, str] | None = None, page: str = PAGE) -> AppTest:
     return at
 
 
-def _click(at: AppTest, label: str) -> AppTest:
-    buttons = [b for b in at.button if b.label == label]
-    assert len(buttons) == 1, [b.label for b in at.button]
-    buttons[0].click().run()
-    assert not at.exception, at.exception
-    return at
-
-
 def _labels(at: AppTest) -> list[str]:
     return [b.label for b in at.button]
 
@@ -95,9 +87,9 @@ def _shown(markdown: str) -> str:
 
 def _answer_all(at: AppTest, n_tasks: int) -> None:
     for _ in range(n_tasks):
-        _click(at, "Patch A")
+        click(at, "Patch A")
         if "Continue" in _labels(at):
-            _click(at, "Continue")
+            click(at, "Continue")
 
 
 # ----------------------------------------------------------------------------------------------- library
@@ -202,7 +194,7 @@ def test_researcher_pages_need_the_password(locked):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "Studies" in _researcher_parts(at) and "Export (.zip)" in _researcher_parts(at)
     assert not any(t.key == "study_password" for t in at.text_input), "no password field once logged in"
-    _click(at, "Log out")
+    click(at, "Log out")
     assert not _researcher_parts(at) and any(h.value == "Researcher login" for h in at.subheader)
 
 
@@ -226,7 +218,7 @@ def test_without_a_password_the_pages_are_open_on_this_machine_only(db, monkeypa
 # ----------------------------------------------------------------------------------------------- participant
 def _started(db: StudyStore, study_id: str, query: dict[str, str] | None = None) -> tuple[AppTest, str]:
     at = _app({"study": study_id, **(query or {})})
-    _click(at, "Start")
+    click(at, "Start")
     return at, at.query_params["p"]
 
 
@@ -270,12 +262,12 @@ def test_participant_cannot_read_or_answer_as_another(locked):
         assert at.error and message in at.error[0].value, [e.value for e in at.error]
         assert not at.get("image"), "none of the victim's tasks is shown"
         assert _labels(at) == ["Start afresh"], "no answer button"
-        _click(at, "Start afresh")  # a new participant, never the victim
+        click(at, "Start afresh")  # a new participant, never the victim
         assert at.query_params["p"] != first_token
     assert locked.answers(study.id) == []
     assert len(locked.participants(study.id)) == 4
     # the victim's own link still works, and their first answer is theirs
-    _click(first, "Patch B")
+    click(first, "Patch B")
     assert [(a.participant_id, a.answer) for a in locked.answers(study.id)] == [(victim.id, "B")]
 
 

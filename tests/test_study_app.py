@@ -18,7 +18,7 @@ from spade_study.assignment import assign_tasks
 from spade_study.results import summarize, wilson_interval
 from spade_study.storage import StudyStore
 from tests.app_testing import TIMEOUT, FileWeights
-from tests.study_helpers import synthetic_study
+from tests.study_helpers import click, synthetic_study
 from tests.tiny_models import tiny_resnet
 
 PAGE = "pages/human_study.py"
@@ -60,14 +60,6 @@ def _app(study_id: str | None = None, participant: str | None = None) -> AppTest
     if participant:
         at.query_params["p"] = participant
     at.switch_page(PAGE).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _click(at: AppTest, label: str) -> AppTest:
-    buttons = [b for b in at.button if b.label == label]
-    assert len(buttons) == 1, [b.label for b in at.button]
-    buttons[0].click().run()
     assert not at.exception, at.exception
     return at
 
@@ -154,15 +146,15 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     assert at.number_input(key="sd_training_tasks_1").value == 1  # follows the one training image
     at.text_input(key="sd_completion_code").set_value("C0DE123")
     at.text_input(key="sd_completion_url").set_value("javascript:alert(1)")
-    _click(at, "Create study")
+    click(at, "Create study")
     assert at.error and "completion URL" in at.error[0].value and not db.list_studies()
     at.text_input(key="sd_completion_url").set_value("https://app.prolific.com/submissions/complete?cc=C0DE123")
     at.multiselect(key="sd_training").set_value(["cat"]).run()  # also a real task's photo: refused
     assert any("Used for practice and for real tasks: cat" in w.value for w in at.warning)
-    _click(at, "Create study")
+    click(at, "Create study")
     assert at.error and not db.list_studies()
     at.multiselect(key="sd_training").set_value(["rocket"]).run()
-    _click(at, "Create study")
+    click(at, "Create study")
     assert not at.error, [e.value for e in at.error]
     [summary] = db.list_studies()
     assert summary.title == "Pilot" and summary.model == TINY
@@ -182,11 +174,11 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     # the Studies tab lists it; closing it is stored
     at.session_state["study_section"] = "Studies"
     at.run()
-    _click(at, "Close")
+    click(at, "Close")
     assert db.is_closed(study.id)
-    _click(at, "Reopen")
+    click(at, "Reopen")
     assert not db.is_closed(study.id)
-    _click(at, "Results")  # opens the Results tab on this study
+    click(at, "Results")  # opens the Results tab on this study
     assert at.selectbox(key="sd_results_study").value == study.id
     assert any("Table 3" in m.value for m in at.markdown)
 
@@ -204,7 +196,7 @@ def test_studies_tab_imports_an_exported_study(db, tmp_path):
     at.run()
     assert any("No study yet" in i.value for i in at.info)
     at.file_uploader(key="sd_import").upload("study_moved.zip", data, "application/zip").run()
-    _click(at, "Import")
+    click(at, "Import")
     assert [s.id for s in db.list_studies()] == ["moved"]
     assert [(a.participant_id, a.answer, a.response_ms) for a in db.answers("moved")] == [(p.id, "B", 900)]
     assert any("id moved" in m.value for m in at.markdown)
@@ -212,7 +204,7 @@ def test_studies_tab_imports_an_exported_study(db, tmp_path):
     assert labels == ["Export (.zip)"]
     # the same file again is refused with a message
     at.file_uploader(key="sd_import").upload("study_moved.zip", data, "application/zip").run()
-    _click(at, "Import")
+    click(at, "Import")
     assert any("already exists" in e.value for e in at.error)
 
 
@@ -224,7 +216,7 @@ def test_participant_flow_is_blinded_stored_at_once_and_resumable(db):
     assert at.title[0].value == study.config.title
     assert any(study.config.instructions.split("\n")[0] in _as_shown(m.value) for m in at.markdown)
     _assert_blinded(at)
-    _click(at, "Start")
+    click(at, "Start")
     token = at.query_params["p"]
     [participant] = db.participants(study.id)
     assert token != participant.id, "the link carries a signed token, not the bare id"
@@ -243,7 +235,7 @@ def test_participant_flow_is_blinded_stored_at_once_and_resumable(db):
         expected = (f"Practice task {task.index + 1} of 2" if task.training else
                     f"Task {task.index - 1} of 4")
         assert _progress_text(at) == expected
-        _click(at, {"A": "Patch A", "B": "Patch B", "undecided": "Can't decide"}[answer])
+        click(at, {"A": "Patch A", "B": "Patch B", "undecided": "Can't decide"}[answer])
         stored = db.answers(study.id)
         assert [(r.task_index, r.answer) for r in stored][-1] == (task.index, answer), "stored at once"
         assert (stored[-1].condition, stored[-1].patch_order) == (task.condition, task.patch_order)
@@ -252,7 +244,7 @@ def test_participant_flow_is_blinded_stored_at_once_and_resumable(db):
             feedback = [s.value for s in at.success] + [w.value for w in at.warning] + [i.value for i in at.info]
             assert any(f"Patch {task.truth_label}" in text for text in feedback), feedback
             assert _progress_text(at) == expected, "the label names the task just answered during its feedback"
-            _click(at, "Continue")
+            click(at, "Continue")
     assert _progress_text(at) == "Task 3 of 4"
 
     # a reload (a new session with the same link) resumes at the first unanswered task
@@ -262,7 +254,7 @@ def test_participant_flow_is_blinded_stored_at_once_and_resumable(db):
     item = study.items[tasks[4].item]
     assert _image_ids(again)[1] == _file_id(item.visualizations[tasks[4].condition])
     for answer in answers[4:]:
-        _click(again, {"A": "Patch A", "B": "Patch B", "undecided": "Can't decide"}[answer])
+        click(again, {"A": "Patch A", "B": "Patch B", "undecided": "Can't decide"}[answer])
     assert any("Thank you" in s.value for s in again.success)
     _assert_blinded(again)
     stored = db.answers(study.id)

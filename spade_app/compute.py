@@ -166,6 +166,24 @@ def get_trace(model_key: str, image_key: str, loaded: LoadedModel, image, cfg: A
     return kept, fresh_stats, fresh_trace
 
 
+def cached_trace(model_key: str, image_key: str, cfg: AugmentConfig, sparsity: Sparsity, decision: KeepDecision,
+                 solver: SolverConfig) -> tuple[DecisionTrace, bool, bool] | None:
+    """`get_trace`'s result when the store already holds everything it needs (the statistics and every trace of
+    the back-off ladder up to the first that keeps the decision), so that a rerun needs no work slot; else None."""
+    stats_key = statistics_key(model_key, image_key, cfg)
+    stats = store().get("statistics", stats_key)
+    if stats is None:
+        return None
+    for candidate in decision.candidates(sparsity):
+        trace = store().get("trace", trace_key(stats_key, candidate, solver))
+        if trace is None:
+            return None
+        if trace.top1_agrees:
+            break
+    kept, _ = get_trace_keeping_decision(stats_key, stats, sparsity, decision, solver)
+    return kept, False, False
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def augmentation_preview(model_key: str, image_key: str, cfg: AugmentConfig, _loaded: LoadedModel, _image,
                          n: int = 6) -> list:

@@ -79,15 +79,21 @@ def stage_progress() -> Progress:
 
 
 def run_guarded(label: str, device: torch.device | str, work: Callable[[Progress], T], *, failed: str,
-                done: Callable[[T], str], progress: Callable[[], Progress] = stage_progress) -> T | None:
+                done: Callable[[T], str], progress: Callable[[], Progress] = stage_progress,
+                ready: Callable[[], T | None] | None = None) -> T | None:
     """``work(callback)`` in a status box labelled `label`, holding a slot of the work queue of `device`'s type;
     while it waits, the box's label says how many runs are ahead and updates every second (each update is where
     Streamlit stops a run whose session reran, stopped or closed: its place is freed). ``progress()`` makes the
     callback, drawn in the box. ``done(result)`` runs in the box after the slot is released (it may draw there or
     keep the result) and gives the box's final label. SpadeError and out of GPU memory (also from `done`) are shown
-    with ``st.error``, the box labelled `failed`; then None."""
+    with ``st.error``, the box labelled `failed`; then None. ``ready()``, when given, returns the result without work
+    when it is already cached (else None): such a rerun takes no slot, so it never waits behind other sessions."""
     with st.status(label, expanded=True) as status:
         try:
+            cached = ready() if ready is not None else None
+            if cached is not None:
+                status.update(label=done(cached), state="complete", expanded=False)
+                return cached
             queue = work_queue(torch.device(device).type)
             note = st.empty()
             asked = time.monotonic()

@@ -65,7 +65,12 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
                 + (" (statistics reused, re-solved)" if not fresh_stats and fresh_trace else "")
                 + (" (from cache)" if not fresh_stats and not fresh_trace else ""))
 
-    outcome = runner.run_guarded("Running SPADE…", sel.loaded.device, work, failed="SPADE failed", done=done)
+    def ready() -> tuple[DecisionTrace, bool, bool] | None:
+        return compute.cached_trace(sel.model_key, sel.image_key, settings.augment, settings.sparsity,
+                                    settings.decision, settings.solver)
+
+    outcome = runner.run_guarded("Running SPADE…", sel.loaded.device, work, failed="SPADE failed", done=done,
+                                 ready=ready)
     if outcome is None:
         return None
     kept = outcome[0]

@@ -93,6 +93,43 @@ def test_a_run_waits_for_its_turn_and_says_how_long():
     assert queue.state() == QueueState(0, 0)
 
 
+def _cached_script() -> None:
+    import streamlit as st
+
+    from spade_app import runner
+
+    def work(progress):
+        st.session_state["worked"] = True
+        return 42
+
+    st.session_state["result"] = runner.run_guarded("Working…", "cpu", work, failed="Work failed",
+                                                    done=lambda result: f"Done: {result}", ready=lambda: 7)
+
+
+def test_a_cached_result_takes_no_slot_and_never_waits():
+    queue = runner.work_queue("cpu")
+    admitted, release = threading.Event(), threading.Event()
+
+    def other_session() -> None:  # holds the only slot for as long as the test runs
+        with queue.slot():
+            admitted.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=other_session, daemon=True)
+    holder.start()
+    assert admitted.wait(30)
+    try:
+        at = AppTest.from_function(_cached_script, default_timeout=TIMEOUT).run()
+        assert not at.exception, at.exception
+        assert at.session_state["result"] == 7 and "worked" not in at.session_state
+        [status] = at.status
+        assert (status.label, status.state) == ("Done: 7", "complete")
+        assert queue.state() == QueueState(running=1, waiting=0)  # it never queued behind the holder
+    finally:
+        release.set()
+        holder.join(30)
+
+
 def test_a_bad_slot_setting_is_shown_instead_of_running(monkeypatch):
     monkeypatch.setenv("SPADE_WORK_SLOTS", "many")
     runner.work_queue.clear()

@@ -3,6 +3,7 @@ the server's work queue."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -69,21 +70,32 @@ def test_work_holds_a_slot_of_its_device_queue_and_releases_it(outcome, device):
     assert not [c for c in at.caption if "queue" in c.value]  # nobody was ahead: no queue talk
 
 
-def test_a_run_waits_for_its_turn_and_says_how_long():
-    queue = runner.work_queue("cpu")
+@contextlib.contextmanager
+def _slot_held_by_another_session(queue, seconds: float = 60.0):
+    """Another session holds one of `queue`'s slots (in a thread) until the block ends or the returned event is set;
+    the slot is released on exit, also when an assertion fails."""
     admitted, release = threading.Event(), threading.Event()
 
     def other_session() -> None:
         with queue.slot():
             admitted.set()
-            release.wait(30)
+            release.wait(seconds)
 
     holder = threading.Thread(target=other_session, daemon=True)
     holder.start()
     assert admitted.wait(30)
-    threading.Timer(2.0, release.set).start()  # frees the slot while the script below waits
-    at = _run("ok")
-    holder.join(30)
+    try:
+        yield release
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_a_run_waits_for_its_turn_and_says_how_long():
+    queue = runner.work_queue("cpu")
+    with _slot_held_by_another_session(queue) as release:
+        threading.Timer(2.0, release.set).start()  # frees the slot while the script below waits
+        at = _run("ok")
     assert at.session_state["result"] == 42
     [status] = at.status
     assert (status.label, status.state) == ("Done: 42", "complete")
@@ -108,26 +120,13 @@ def _cached_script() -> None:
 
 def test_a_cached_result_takes_no_slot_and_never_waits():
     queue = runner.work_queue("cpu")
-    admitted, release = threading.Event(), threading.Event()
-
-    def other_session() -> None:  # holds the only slot for as long as the test runs
-        with queue.slot():
-            admitted.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=other_session, daemon=True)
-    holder.start()
-    assert admitted.wait(30)
-    try:
+    with _slot_held_by_another_session(queue):  # the only slot, for as long as the test runs
         at = AppTest.from_function(_cached_script, default_timeout=TIMEOUT).run()
         assert not at.exception, at.exception
         assert at.session_state["result"] == 7 and "worked" not in at.session_state
         [status] = at.status
         assert (status.label, status.state) == ("Done: 7", "complete")
         assert queue.state() == QueueState(running=1, waiting=0)  # it never queued behind the holder
-    finally:
-        release.set()
-        holder.join(30)
 
 
 def test_a_bad_slot_setting_is_shown_instead_of_running(monkeypatch):

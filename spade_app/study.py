@@ -168,10 +168,11 @@ def designer(sel: Selection) -> None:
     real_count = sum(1 for *_, t in images if not t)
     neurons = _neuron_choices(sel, images) if images else {}
 
+    # full width: in a third of the page the second condition's name was cut off
+    conditions = st.multiselect("Conditions", list(CONDITIONS), default=list(CONDITIONS), key="sd_conditions",
+                                format_func=condition_label)
     c1, c2, c3 = st.columns(3)
     title = c1.text_input("Title", "Which patch drives the neuron?", key="sd_title")
-    conditions = c1.multiselect("Conditions", list(CONDITIONS), default=list(CONDITIONS), key="sd_conditions",
-                                format_func=condition_label)
     # the key follows the number of images, so a shrinking maximum never conflicts with a kept value
     tasks = c2.number_input("Tasks per participant", 1, max(real_count, 1), max(real_count, 1),
                             key=f"sd_tasks_{real_count}",

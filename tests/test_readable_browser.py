@@ -52,3 +52,21 @@ def test_trojan_lab_form_is_not_cut_off(page):
     page.get_by_text("Centre x").first.wait_for()
     page.wait_for_timeout(1000)
     assert page.evaluate(CUT_OFF) == []
+
+
+def test_study_designer_conditions_are_not_cut_off(page):
+    """Both conditions' names ("Dense visualization", "SPADE visualization") lie whole inside the designer's
+    multiselect (a chip that does not fit is clipped by the box, without an ellipsis)."""
+    page.get_by_test_id("stSidebarNav").get_by_text("Human study", exact=True).click()
+    page.get_by_text("Conditions", exact=True).first.wait_for()
+    page.wait_for_timeout(1000)
+    chips = page.evaluate("""() => [...document.querySelectorAll('[data-testid=stMultiSelect] span')]
+        .filter(e => e.children.length === 0 && e.textContent.trim().endsWith('visualization'))
+        .map(e => {
+            const box = e.closest('[data-testid=stMultiSelect]').getBoundingClientRect();
+            const chip = e.getBoundingClientRect();
+            return [e.textContent.trim(), chip.left >= box.left && chip.right <= box.right - 40];
+        })""")
+    assert sorted(text for text, _ in chips) == ["Dense visualization", "SPADE visualization"], chips
+    assert all(inside for _, inside in chips), chips
+    assert page.evaluate(CUT_OFF) == []

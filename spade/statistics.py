@@ -301,6 +301,8 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
     with forward_copy(model, batch[:1].to(device)) as work:
         hooked = {name: work.get_submodule(name) for name in targets}
         with record_inputs(hooked, on_input), torch.inference_mode(), full_float32():
+            if progress is not None:
+                progress("statistics", 0.0)  # started: a display does not stand still during the first batch
             for i in range(0, n, batch_size):
                 work(batch[i:i + batch_size].to(device))
                 if progress is not None:

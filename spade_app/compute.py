@@ -89,20 +89,6 @@ def store() -> LRUStore:
 STATISTICS_BATCH = 16
 
 
-def statistics_progress(progress: Progress | None) -> Progress | None:
-    """``progress`` that also reports the statistics pass as started (0 %) as soon as the augmentation is done,
-    so that a progress display does not stand at "augment 100 %" during the first forward batch."""
-    if progress is None:
-        return None
-
-    def report(stage: str, fraction: float) -> None:
-        progress(stage, fraction)
-        if stage == "augment" and fraction >= 1.0:
-            progress("statistics", 0.0)
-
-    return report
-
-
 def statistics_key(model_key: str, image_key: str, cfg: AugmentConfig) -> tuple:
     return (model_key, image_key, cfg)
 
@@ -120,7 +106,7 @@ def get_statistics(model_key: str, image_key: str, loaded: LoadedModel, image, c
             return cached, False
         stats = prepare_statistics(loaded.model, image, preprocessing=loaded.preprocessing, augment_config=cfg,
                                    selection=loaded.spec.layer_selection, batch_size=STATISTICS_BATCH,
-                                   progress=statistics_progress(progress))
+                                   progress=progress)
         store().put("statistics", key, stats)
     return stats, True
 

@@ -47,10 +47,13 @@ def asked_at() -> float:
         return _asked_at.setdefault(run, time.monotonic())
 
 
+def _runs(count: int) -> str:
+    return "1 run" if count == 1 else f"{count} runs"
+
+
 def waiting_label(place: Place, seconds: float) -> str:
     """The status line of a run waiting in the queue for `seconds`."""
-    runs = "1 run" if place.ahead == 1 else f"{place.ahead} runs"
-    return f"Waiting: {runs} ahead of you ({seconds:.0f} s so far)"
+    return f"Waiting: {_runs(place.ahead)} ahead of you ({seconds:.0f} s so far)"
 
 
 def waiting_note(slots: int) -> str:
@@ -62,8 +65,7 @@ def waiting_note(slots: int) -> str:
 
 def waited_note(seconds: float, ahead: int) -> str:
     """What the status box keeps once a run that had to wait got its turn."""
-    runs = "1 run" if ahead == 1 else f"{ahead} runs"
-    return f"Waited {seconds:.0f} s in the queue behind {runs}."
+    return f"Waited {seconds:.0f} s in the queue behind {_runs(ahead)}."
 
 
 def stage_progress() -> Progress:

@@ -154,11 +154,6 @@ def keep_decision_checkbox(value: bool, key: str) -> bool:
                             "paper's protocol, every trace at the chosen sparsity.")
 
 
-def profile_from_upload(name: str, data: bytes) -> SparsityProfile:
-    """A profile JSON file's bytes as a profile (named after the file unless it names itself); ConfigError."""
-    return parse_profile(data, name)
-
-
 @dataclass(frozen=True)
 class FormValues:
     """The Explore form's widgets as read, before any check. upload: (file name, bytes) of a profile JSON file."""
@@ -202,7 +197,8 @@ def build_settings(values: FormValues, model: nn.Module, profiles: dict[str, Spa
     elif values.mode == FILE:
         if values.upload is None:
             raise ConfigError("Choose a profile JSON file to upload, or pick another sparsity mode.")
-        sparsity = profile_from_upload(*values.upload)
+        name, data = values.upload
+        sparsity = parse_profile(data, name)  # named after the file unless it names itself
     else:
         raise ConfigError(f"Unknown sparsity mode {values.mode!r}; choose one of {', '.join(SPARSITY_MODES)}.")
     return RunSettings(

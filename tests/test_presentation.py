@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import pytest
 from PIL import Image
 
-from spade_app import benchmarks, compute, figures, presentation
+from spade_app import benchmarks, figures, presentation
 from spade_lab.tables import Interval
 from tests.test_app import _app, _run_neurons, _with_model, at, tiny, tiny_specs  # noqa: F401 (fixtures)
 
@@ -138,13 +138,19 @@ def test_delta_figure_labels_bars_with_the_run_names():
 
 # ----------------------------------------------------------------------------------------------- progress
 def test_statistics_progress_starts_the_statistics_stage_when_augmentation_ends():
+    from spade.augment import AugmentConfig
+    from spade.preprocessing import Preprocessing
+    from spade.trace import prepare_statistics
+    from tests.tiny_models import tiny_mobilenet
+
     seen = []
-    report = compute.statistics_progress(lambda stage, f: seen.append((stage, f)))
-    report("augment", 0.5)
-    report("augment", 1.0)
-    report("statistics", 0.25)
-    assert seen == [("augment", 0.5), ("augment", 1.0), ("statistics", 0.0), ("statistics", 0.25)]
-    assert compute.statistics_progress(None) is None
+    prepare_statistics(tiny_mobilenet(seed=0), Image.new("RGB", (40, 40), "red"),
+                       preprocessing=Preprocessing(resize=32, crop=32), augment_config=AugmentConfig(count=8),
+                       batch_size=4, progress=lambda stage, f: seen.append((stage, f)))
+    stages = [stage for stage, _ in seen]
+    first = stages.index("statistics")
+    assert seen[first - 1] == ("augment", 1.0) and seen[first] == ("statistics", 0.0)
+    assert [f for stage, f in seen if stage == "statistics"] == [0.0, 0.5, 1.0]
 
 
 def test_neuron_comparison_reports_every_step_and_previews(tiny_specs):  # noqa: F811 (the fixture)

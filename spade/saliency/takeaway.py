@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spade.errors import ConfigError
-from spade.metrics import rank_correlation
+from spade.metrics import mass_in_mask, rank_correlation
 from spade.prediction import Prediction
 
 TOP_SHARE = 0.10
@@ -54,8 +54,7 @@ def top_region(absolute: np.ndarray, share: float = TOP_SHARE) -> np.ndarray:
 
 def _share(absolute: np.ndarray, top: np.ndarray, where: np.ndarray) -> float:
     """Share of the top mass (``absolute`` summed over ``top``) that lies in ``where``; NaN for no top mass."""
-    total = absolute[top].sum()
-    return float(absolute[top & where].sum() / total) if total > 0 else float("nan")
+    return mass_in_mask(np.where(top, absolute, 0.0), where)
 
 
 def _region_shares(absolute: np.ndarray, top: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from spade.progress import Progress
 from spade.saliency import METHODS, AttributionPair, Takeaway
 from spade.trace import DecisionTrace, SpadeTrace
 from spade_app import compute, figures, maps, runner
+from spade_app.presentation import table as projector_table
 from spade_app.settings import (
     RunSettings,
     closeness_reason,
@@ -126,8 +127,8 @@ def layer_section(trace: SpadeTrace, presentation: bool = False, title: str | No
                "each layer on the augmented views.")
     st.plotly_chart(figures.for_projector(figures.layer_chart(trace.layers), presentation), width="stretch")
     with st.expander("Per-layer table", expanded=False):
-        st.dataframe(layer_table(trace), hide_index=True, width="stretch",
-                     column_config={"rel. error": st.column_config.NumberColumn(format="%.2e")})
+        projector_table(layer_table(trace), presentation, {"rel. error": "{:.2e}"}, hide_index=True, width="stretch",
+                        column_config={"rel. error": st.column_config.NumberColumn(format="%.2e")})
 
 
 def _method_settings(sel: Selection, name: str):

@@ -29,7 +29,7 @@ from spade.saliency import AttributionPair
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, read_trigger, stamp
-from spade_app import benchmarks, figures, loaders, maps, runner, sections
+from spade_app import benchmarks, figures, loaders, maps, presentation, runner, sections
 from spade_app.settings import (
     RunSettings,
     closeness_reason,
@@ -485,6 +485,9 @@ TABLE_FORMAT = {
     "Trojan AUC (SPADE)": st.column_config.NumberColumn(format="%.3f"),
     "AUC: SPADE − dense": st.column_config.NumberColumn(format="%+.3f"),
 }
+# the same formats for presentation.table's HTML table
+TEXT_FORMAT = {"Trojan AUC (dense)": "{:.3f}", "Trojan AUC (SPADE)": "{:.3f}", "AUC: SPADE − dense": "{:+.3f}"}
+SUMMARY_TEXT_FORMAT = {**TEXT_FORMAT, "pointing game (dense)": "{:.0%}", "pointing game (SPADE)": "{:.0%}"}
 SUMMARY_FORMAT = {
     **TABLE_FORMAT,
     "pointing game (dense)": st.column_config.NumberColumn(format="percent", help="share of hits"),
@@ -531,14 +534,15 @@ def maps_section(sel: Selection, settings: TrojanSettings, trace: SpadeTrace, ta
         st.error(str(exc))
         return
     image = sel.loaded.preprocessing.to_uint8(sel.loaded.preprocessing(sel.image))
-    maps_view(image, mask, pairs, traces, takeaways, rows, frozenset(dict(settings.method_sparsity)))
+    maps_view(image, mask, pairs, traces, takeaways, rows, frozenset(dict(settings.method_sparsity)),
+              sel.presentation)
 
 
 @st.fragment
 def maps_view(image: np.ndarray, mask: np.ndarray, pairs: dict[str, AttributionPair], traces: dict[str, SpadeTrace],
-              takeaways: dict, rows: dict[str, dict], own: frozenset) -> None:
+              takeaways: dict, rows: dict[str, dict], own: frozenset, on_projector: bool = False) -> None:
     """The maps, takeaways and tables of :func:`maps_section`; the colour scale redraws only this fragment.
-    own: the methods explained on a profile of their own."""
+    own: the methods explained on a profile of their own. on_projector: presentation mode (tables drawn large)."""
     labels = method_labels()
     per_map = sections.scale_radio("tl_scale")
     st.caption(maps.scale_caption(per_map) + " Absolute maps; the magenta outline is the trigger. Trojan AUC: how "
@@ -554,11 +558,12 @@ def maps_view(image: np.ndarray, mask: np.ndarray, pairs: dict[str, AttributionP
         st.caption(row.normalized.label(signed=False))
         for col, panel, caption in zip(st.columns(3), trigger_panels(row, mask), COLUMNS):
             col.image(panel, caption=caption, width="stretch")
-        st.dataframe(method_table(rows[name]), hide_index=True, width="stretch", column_config=TABLE_FORMAT)
+        presentation.table(method_table(rows[name]), on_projector, TEXT_FORMAT, hide_index=True, width="stretch",
+                           column_config=TABLE_FORMAT)
     if rows:
         st.markdown(f"**All {len(rows)} method(s) and their mean**")
-        st.dataframe(summary_table({labels[n]: r for n, r in rows.items()}), hide_index=True, width="stretch",
-                     column_config=SUMMARY_FORMAT)
+        presentation.table(summary_table({labels[n]: r for n, r in rows.items()}), on_projector, SUMMARY_TEXT_FORMAT,
+                           hide_index=True, width="stretch", column_config=SUMMARY_FORMAT)
 
 
 # ----------------------------------------------------------------------------------------------- benchmark

@@ -299,3 +299,24 @@ def test_own_profiles_are_the_shipped_per_method_files_that_fit():
     assert set(own) == {"deeplift", "guided_gradcam", "lrp", "lime"}
     assert own["lime"] == load_profile("efficientnet_lite0_trojan_lime") and own["lime"] in shipped.values()
     assert trojan.own_profiles({}, loaded.spec, METHODS) == {}  # only profiles that fit the model count
+
+
+def test_presentation_mode_draws_the_metric_tables_as_large_html_tables(tiny, lab):
+    """On a projector the per-method and summary tables are HTML tables (the presentation CSS enlarges their
+    font; a dataframe's canvas it cannot), with the same numbers, formatted."""
+    lab.sidebar.selectbox(key="model_name").set_value(tiny.name).run()
+    lab.radio(key="tl_model").set_value(trojan.SIDEBAR).run()
+    _fill(lab, count=8, position=(0.5, 0.5), methods=("saliency", "gradcam"), tl_size=0.4)
+    _submit(lab)
+    rows, summary = _metric_tables(lab)
+    lab.sidebar.toggle(key="presentation").set_value(True).run()
+    assert not lab.exception, lab.exception
+    assert not [d for d in lab.dataframe if "Trojan AUC (dense)" in d.value.columns]
+    tables = [t.value for t in lab.table if "Trojan AUC (dense)" in t.value.columns]
+    assert len(tables) == 3
+    big_summary = next(t for t in tables if "method" in t.columns)
+    assert list(big_summary["method"]) == list(summary["method"])
+    assert list(big_summary["Trojan AUC (dense)"]) == [f"{v:.3f}" for v in summary["Trojan AUC (dense)"]]
+    assert list(big_summary["AUC: SPADE − dense"]) == [f"{v:+.3f}" for v in summary["AUC: SPADE − dense"]]
+    assert [t["Trojan AUC (SPADE)"].iloc[0] for t in tables if "method" not in t.columns] == [
+        f"{r['Trojan AUC (SPADE)']:.3f}" for r in rows]

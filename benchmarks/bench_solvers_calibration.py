@@ -11,10 +11,11 @@ test photos or the heart), 256 views, `--keep-decision`, the seven gradient meth
 damping (`group@1`: the sweep with damping 1 instead of 0.01). --weights scores a trial build of the demo model (a
 difference file written by `python -m tools.demo_model build --out FILE.pt`) instead of the shipped one. Each sample's
 statistics are recorded once and solved by every solver; one JSON line per (sample, method) is appended to --out,
-so shards can run side by side on one file. --summary prints the mean SPADE - Dense Trojan AUC and pointing game per
-method and solver, and the solve times (a run prints them at its end). Defaults: the shipped Trojan profile and 2
-samples (`make bench`, about 10 minutes on the 2-core CPU; the figures in benchmarks/results/README.md used
---samples 8).
+so shards can run side by side on one file (by default in a dated folder under benchmarks/results/, so the
+records behind a figure can be committed with it). --summary prints the mean SPADE - Dense Trojan AUC and pointing
+game per method and solver, and the solve times (a run prints them at its end). Defaults: the shipped Trojan
+profile and 2 samples (`make bench`, about 10 minutes on the 2-core CPU; the figures in benchmarks/results/README.md
+used --samples 8).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import collections
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -135,7 +135,8 @@ def main() -> None:
     parser.add_argument("--solvers", default="group,obc", help="MODE or MODE@DAMP, comma-separated")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--shard", default="1/1", help="i/n: every n-th sample from the i-th (1-based)")
-    parser.add_argument("--out", help="JSON lines to append to (needed with --shard; default: a new temporary folder)")
+    parser.add_argument("--out", help="JSON lines to append to (needed with --shard; default: "
+                                      "benchmarks/results/solvers-calibration-<date>/calibration.jsonl, to commit)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--weights", metavar="FILE.pt",
@@ -148,7 +149,9 @@ def main() -> None:
         parser.error("--shard needs --out (the shards' shared file)")
     else:
         if not args.out:
-            args.out = str(Path(tempfile.mkdtemp(prefix="solvers-")) / "calibration.jsonl")
+            args.out = str(ROOT / "benchmarks" / "results" / f"solvers-calibration-{time.strftime('%Y-%m-%d')}"
+                           / "calibration.jsonl")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         from spade.devices import full_float32
 
         with full_float32():  # no TF32 on a GPU, so that its figures compare with the CPU's

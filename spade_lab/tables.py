@@ -28,6 +28,7 @@ from scipy import stats as scipy_stats
 
 from spade.errors import ConfigError
 from spade.saliency import METHODS
+from spade_lab.provenance import COPIED_FROM
 
 METRIC_LABELS = {"trojan_auc": "Trojan AUC %", "pointing_game": "Pointing game %",
                  "insertion_auc": "Insertion AUC % (higher is better)",
@@ -145,7 +146,8 @@ def summarize(records: list[dict], kind: str, *, ci: str = "t", confidence: floa
         "top1_kept": {"count": kept, "total": len(traces), "fraction": kept / len(traces)},
         **({"backoff": _backoff(traces)} if any("sparsity_scale" in t for t in traces.values()) else {}),
         "logit_cosine_mean": float(np.mean(cosines)) if cosines else None,
-        "seconds": _seconds_by_device(records, order),
+        "seconds": _seconds_by_device([r for r in records if COPIED_FROM not in r], order),
+        "copied": _copied_counts(records),
         "rows": rows,
     }
 
@@ -159,9 +161,19 @@ def _backoff(traces: dict[tuple, dict]) -> dict:
             "scales": {f"{s:g}": lowered.count(s) for s in dict.fromkeys(lowered)}}
 
 
+def _copied_counts(records: list[dict]) -> dict[str, int]:
+    """How many records were copied from each other results folder (they were timed there, not here)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if COPIED_FROM in r:
+            counts[r[COPIED_FROM]] = counts.get(r[COPIED_FROM], 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _seconds_by_device(records: list[dict], methods: list[str]) -> dict:
     """Mean seconds per trace and per (method, dense/spade map), for each device that wrote records (a resumed
-    folder can mix CPU and GPU records; records written before devices were recorded count as "unrecorded")."""
+    folder can mix CPU and GPU records; records written before devices were recorded count as "unrecorded").
+    The caller passes only the records computed for this folder, not those copied from another."""
     out = {}
     for device in sorted({r.get("device", "unrecorded") for r in records}):
         recs = [r for r in records if r.get("device", "unrecorded") == device]
@@ -211,8 +223,12 @@ def markdown(summary: dict, title: str = "", notes: list[str] | None = None) -> 
                      f"traces changed the top-1 at the requested sparsity and were re-solved at a lower one "
                      f"(sparsity scale {scales}).")
     devices = summary["seconds"]
-    lines.append("Computed on: " + ", ".join(f"{d} ({v['records']} records, {v['trace_mean']:.1f} s per trace)"
-                                             for d, v in devices.items()) + ".")
+    copied = summary.get("copied", {})
+    computed = ", ".join(f"{d} ({v['records']} records, {v['trace_mean']:.1f} s per trace)" for d, v in devices.items())
+    lines.append(f"Computed on: {computed or 'nothing here'}." if not copied else
+                 f"Computed for this folder on: {computed or 'nothing'}; "
+                 + ", ".join(f"{n} records copied from `{source}` (timed there, not counted here)"
+                             for source, n in copied.items()) + ".")
     lines.append(f"Cells: mean [{100 * conf:g}% CI], {summary['interval']['description']}; "
                  "SPADE − Dense is the paired per-sample difference.")
     for note in notes or []:

@@ -1,7 +1,7 @@
 """This project's engine against the SPADE authors' solver, in one process: per-stage seconds and layer errors.
 
 Usage: python benchmarks/bench_reference.py --reference DIR [--models resnet18,resnet50,efficientnet_lite0]
-                                            [--views 64] [--sparsity 0.9] [--repeat 3] [--out FOLDER]
+                                            [--views 64] [--sparsity 0.9] [--repeat 3] [--threads N] [--out FOLDER]
 
 DIR (default: $SPADE_REFERENCE; without either the script prints that it was skipped, so `make bench` passes)
 is a checkout of the authors' public repository (IST-DASLab/SPADE, e.g. `git clone` or `git archive`);
@@ -26,6 +26,10 @@ not timed): relative reconstruction error ||W_s X - W X||^2 / ||W X||^2, average
 interleaved (the order alternates) and the medians are reported; the machine's load average is printed at the
 start and the end, so a reader can tell a quiet run from a busy one. The output (the printed report, and every
 repeat in `results.json`) goes to `--out` (default `benchmarks/results/reference-<date>/`).
+
+`--threads 1` runs both sides on one thread. On a busy machine that is the steadier comparison: with more threads
+than free cores, the BLAS and OpenMP threads of both sides wait for each other (on this 2-core machine at load
+~10, our ResNet-50 solve took 73-105 s with 2 threads and 6-7 s with 1).
 """
 
 from __future__ import annotations
@@ -270,10 +274,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--views", type=int, default=64, help="augmented views (>= 1)")
     parser.add_argument("--sparsity", type=float, default=0.9, help="uniform sparsity in [0, 1)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved repeats; medians are reported")
+    parser.add_argument("--threads", type=int, help="CPU threads for both sides (default: torch's, one per core)")
     parser.add_argument("--out", type=Path, help="default benchmarks/results/reference-<date>/")
     args = parser.parse_args(argv)
-    if args.views < 1 or not 0 <= args.sparsity < 1 or args.repeat < 1:
-        parser.error("--views and --repeat must be >= 1 and --sparsity in [0, 1).")
+    if args.views < 1 or not 0 <= args.sparsity < 1 or args.repeat < 1 or (args.threads or 1) < 1:
+        parser.error("--views, --repeat and --threads must be >= 1 and --sparsity in [0, 1).")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.reference is None:  # `make bench` runs every script: without the authors' code there is nothing to do
         print("skipped: pass --reference DIR (a checkout of IST-DASLab/SPADE) or set SPADE_REFERENCE")
         return {}

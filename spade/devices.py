@@ -50,3 +50,25 @@ def full_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Inside the block, PyTorch's CPU operators use at most `count` threads (None: unchanged); the previous count
+    is restored afterwards, also on errors.
+
+    The count applies to the calling thread's OpenMP and MKL work, so other threads keep theirs; a thread that
+    starts using PyTorch while the block runs begins with `count` (PyTorch seeds new threads from the last count
+    set), which costs it speed, never correctness.
+    """
+    if count is None or count >= torch.get_num_threads():
+        yield
+        return
+    if count < 1:
+        raise ConfigError(f"A thread count must be at least 1, got {count}.")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

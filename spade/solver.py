@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import torch
 
 from spade.damping import damped_cholesky
+from spade.devices import cpu_threads
 from spade.errors import ConfigError
 from spade.obc import prune_rows_obc
 
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
     from spade.statistics import LayerStat
 
 SPARSITY_OF = ("all", "nonzero")
+SWEEP_CPU_THREADS = 1
+"""CPU threads of the sweep. Its steps are thousands of small operators per layer: on a CPU, extra threads mostly
+wait for each other, and on a busy machine they spin while they wait (ResNet-50 at uniform 0.9 on this project's
+2-core machine at load 8-10: 80-130 s with 2 threads, 5.5-7.9 s with 1; with OMP_WAIT_POLICY=PASSIVE 8.7-21 s
+against 7.3-7.5 s; in a calmer spell the 2-thread solve took 4.6 s, against 2.5 CPU seconds for 1 thread;
+`benchmarks/bench_solve_threads.py`, `benchmarks/results/solve-threads-2026-12-06*/`)."""
 
 
 @dataclass(frozen=True)
@@ -389,6 +396,11 @@ class SweepSolver(LayerSolver):
 
     def _solve(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int,
                mask: torch.Tensor | None, progress: Callable[[float], None] | None, memo: Memo) -> PrunedMatrix:
+        with cpu_threads(SWEEP_CPU_THREADS if weight.device.type == "cpu" else None):
+            return self._sweep(weight, hessian, sparsity, group_size, mask, memo)
+
+    def _sweep(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int,
+               mask: torch.Tensor | None, memo: Memo) -> PrunedMatrix:
         WT, H, dead = _working_copy(weight, hessian)
         before = WT.clone()
         prune = torch.zeros_like(WT, dtype=torch.bool) if mask is None else mask.T.contiguous()

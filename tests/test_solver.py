@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from spade.errors import ConfigError
 from spade.solver import SOLVERS, GroupSweep, SolverConfig, reconstruction_error, solver_for
 from spade.statistics import LayerStat
 
@@ -259,3 +260,47 @@ def test_sweep_error_equals_the_output_error(dtype, group, mode):
     solved, _, error = solver_for(config).prune(W.to(dtype), H.to(dtype), 0.7, group)
     direct = 2.0 / X.shape[0] * ((solved.double() - W) @ X.T).square().sum()
     assert error == pytest.approx(float(direct), rel=1e-9 if dtype == torch.float64 else 1e-4)
+
+
+def test_cpu_threads_limits_the_block_and_restores_the_count_also_on_error():
+    from spade.devices import cpu_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="inside"), cpu_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+        with cpu_threads(4):  # never raises the count
+            assert torch.get_num_threads() == 2
+        with pytest.raises(ConfigError, match="at least 1"), cpu_threads(0):
+            pass
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_sweep_runs_on_its_thread_count_and_gives_the_same_result_on_more(monkeypatch):
+    import spade.solver as solver_module
+
+    torch.manual_seed(0)
+    X = torch.randn(48, 200, dtype=torch.float64)
+    W, H = torch.randn(24, 48, dtype=torch.float64), X @ X.T / 200
+    seen = []
+    original = solver_module._sweep_blocks
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    monkeypatch.setattr(solver_module, "_sweep_blocks", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = solver_for(SolverConfig(mode="row")).prune(W, H, 0.5)
+        monkeypatch.setattr(solver_module, "SWEEP_CPU_THREADS", None)
+        two = solver_for(SolverConfig(mode="row")).prune(W, H, 0.5)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
+    assert torch.equal(one.weight, two.weight) and torch.equal(one.mask, two.mask)

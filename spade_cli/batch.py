@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from spade.errors import ConfigError
 from spade_cli import arguments
 from spade_cli.benchmark import add_ray_arguments, check_ray_arguments, executor_from_args
 from spade_cli.main import add_model_arguments, check_model_arguments, load_model_from_args
@@ -63,7 +64,9 @@ def _run_batch(args: argparse.Namespace) -> int:
     from spade_lab.benchmark import model_identity, parse_methods
 
     methods = parse_methods(args.methods)
-    names = list_images(args.folder)  # a missing folder is an error before the model loads
+    names = list_images(args.folder)  # a missing or empty folder is an error before the model loads
+    if not names:
+        raise ConfigError(f"No images (PNG, JPEG, WebP, BMP, TIFF, GIF) in {args.folder}.")
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model_from_args(args)

@@ -106,9 +106,13 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 def file_stem(name: str) -> str:
-    """A flat file-name stem for image ``name`` (a relative path): other characters than letters, digits, dot,
-    dash and underscore become "_" ("cats/tom 1.jpg" -> "cats_tom_1.jpg")."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    """A flat file-name stem for image ``name`` (a relative POSIX path), unique per name: the name itself when it
+    has only letters, digits, dot, dash and underscore; otherwise those others become "_" and a short hash of the
+    name is appended ("cats/tom 1.jpg" -> "cats_tom_1.jpg-<6 hex digits>"), so that "a/b.png" and "a_b.png" differ."""
+    import hashlib
+
+    flat = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return flat if flat == name else f"{flat}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
 def read_results(folder: str | Path) -> dict[str, dict]:

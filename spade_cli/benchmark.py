@@ -108,9 +108,16 @@ def ray_address(text: str) -> str:
 
 
 def check_ray_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--ray-cpus only with --ray auto (a usage error before anything is loaded)."""
-    if getattr(args, "ray_cpus", None) is not None and args.ray != "auto":
+    """--ray-cpus only with --ray auto, and a cluster address that answers (usage errors before anything loads)."""
+    from spade_lab.executors import LOCAL, check_reachable
+
+    if getattr(args, "ray_cpus", None) is not None and args.ray != LOCAL:
         parser.error("--ray-cpus sets the CPUs of a local Ray: use it with --ray auto")
+    if getattr(args, "ray", None) not in (None, LOCAL):
+        try:
+            check_reachable(args.ray)
+        except ConfigError as exc:
+            parser.error(str(exc))
 
 
 def executor_from_args(args: argparse.Namespace, loaded):

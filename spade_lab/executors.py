@@ -174,6 +174,8 @@ class RayExecutor(Executor):
         self.settings = settings
         self.started = False
         if not ray.is_initialized():
+            if settings.address != LOCAL:
+                check_reachable(settings.address)
             env = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
             kwargs = {"num_cpus": settings.cpus} if settings.address == LOCAL else {}
             try:
@@ -236,6 +238,23 @@ class RayExecutor(Executor):
 
             ray.shutdown()
             self.started = False
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """ConfigError unless a TCP connection to ``address`` ("HOST:PORT") opens within ``timeout`` seconds (Ray itself
+    keeps retrying an unreachable head for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"--ray {address!r}: the port must be a number, e.g. HOST:6379.") from None
+    try:
+        socket.create_connection((host.strip("[]"), number), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"Cannot reach a Ray head node at {address} ({exc}); start one with 'ray start --head' "
+                          "and pass the address it prints, or use --ray auto for a Ray on this machine.") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

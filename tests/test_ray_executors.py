@@ -102,8 +102,19 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "ray"))
             assert "import ray" not in path.read_text(), path
 
 
+def _closed_port() -> int:
+    """A local port nobody listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["benchmark", "trojan", "--ray-cpus", "2"], "use it with --ray auto"),
+    (["benchmark", "trojan", "--ray", f"127.0.0.1:{_closed_port()}"], "Cannot reach a Ray head node"),
+    (["batch", "photos", "--out", "x", "--ray", "127.0.0.1:notaport"], "the port must be a number"),
     (["benchmark", "insertion", "--ray", "10.0.0.5:6379", "--ray-cpus", "2"], "use it with --ray auto"),
     (["benchmark", "tune", "--ray", "headnode"], "neither 'auto' nor an address"),
     (["batch", "photos", "--out", "x", "--ray-cpus", "1"], "use it with --ray auto"),

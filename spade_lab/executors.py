@@ -188,6 +188,7 @@ class RayExecutor(Executor):
         resources = ray.cluster_resources()
         gpu = settings.gpus_per_task > 0
         if gpu and resources.get("GPU", 0) < settings.gpus_per_task:
+            self.close()
             raise ConfigError("The model runs on a GPU but the Ray cluster has no GPU; run on --device cpu or "
                               "start the Ray nodes on GPU machines.")
         self.workers = max(1, int(resources.get("GPU", 0) // settings.gpus_per_task if gpu

@@ -289,7 +289,8 @@ class _SpreadEvaluator:
         job = _TuneJob(portable_model(loaded), replace(sample_set, photos=sample_set.photos.portable()), config,
                        layer_group)
         parts = split(sample_set.records, executor.workers)
-        self.group = executor.spread(_CalibrationPart, executor.put(job), parts)
+        self.shared = executor.put(job)  # held for the search: a restarted actor fetches it again
+        self.group = executor.spread(_CalibrationPart, self.shared, parts)
         self.count = len(sample_set.records)
         self.allowed = int((1 - config.min_agreement) * self.count + 1e-9)
         self.varying: str | None = None

@@ -44,3 +44,12 @@ class Parts(Executor):
 
     def __init__(self, workers: int):
         self.workers = workers
+
+
+def fail_on(bad: int, item: int) -> int:
+    """``item``, or the library's ConfigError for ``bad`` (an error inside a task, not a dead worker)."""
+    from spade.errors import ConfigError
+
+    if item == bad:
+        raise ConfigError(f"item {bad} is refused")
+    return item

@@ -15,15 +15,16 @@ import pytest
 import torch
 
 from spade.augment import AugmentConfig
+from spade.errors import ConfigError, SpadeError
 from spade.models import MODELS, LoadedModel
 from spade.trojan import load_trigger
 from spade_cli.main import main
 from spade_lab.batch import BatchConfig, run_batch
 from spade_lab.benchmark import BenchmarkConfig, run_benchmark
-from spade_lab.executors import RayExecutor, RaySettings
+from spade_lab.executors import RayExecutor, RaySettings, executor_for
 from spade_lab.records import load_results
 from spade_lab.samples import SampleConfig, build_samples, folder_photos
-from tests.ray_helpers import die_once, noise_photos
+from tests.ray_helpers import die_once, fail_on, noise_photos
 from tests.test_trojan_benchmark import PRE, TARGET, backdoored_tiny, tiny_spec
 
 ray = pytest.importorskip("ray")
@@ -142,3 +143,13 @@ def test_batch_on_ray_equals_the_in_process_batch(loaded, photo_dir, tmp_path):
     assert len(pngs) == 4 * 2
     for name in pngs:
         assert (tmp_path / "alone" / "maps" / name).read_bytes() == (tmp_path / "ray" / "maps" / name).read_bytes()
+
+
+def test_a_task_error_stops_the_run_and_a_gpu_run_needs_gpus():
+    """An error inside a task reaches the caller as the library's error (the CLI prints it without a traceback);
+    asking for GPUs on a Ray without any is refused before any task runs (the module's Ray stays up)."""
+    with RayExecutor(RaySettings()) as executor, pytest.raises(SpadeError, match="item 2 is refused"):
+        list(executor.map(fail_on, executor.put(2), range(4)))
+    with pytest.raises(ConfigError, match="has no GPU"):
+        executor_for("auto", gpu=True)
+    assert ray.is_initialized()

@@ -24,16 +24,21 @@ def noise_photos(folder: Path, count: int = 4) -> Path:
     return folder
 
 
-def die_once(marker: str, fn, shared, item):
-    """Run ``fn(shared, item)``, except in the first task of the whole run (the one that creates ``marker``): that one
-    kills its worker process on the spot, as a crash or a lost node would."""
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return fn(shared, item)
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    os._exit(1)
+def die_once(marker: str, fn, shared, item, at: int = 3):
+    """Run ``fn(shared, item)``, except in the first task that finds itself the ``at``-th or a later one to start
+    in this run (counted in ``marker`` + ".started"; ``marker`` created once): that one kills its worker process on
+    the spot, mid-run, as a crash or a lost node would."""
+    with open(marker + ".started", "ab") as counter:
+        counter.write(b".")
+    if os.path.getsize(marker + ".started") >= at:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return fn(shared, item)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os._exit(1)
+    return fn(shared, item)
 
 
 class Parts(Executor):

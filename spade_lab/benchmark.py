@@ -12,7 +12,9 @@ and on its trace, and the maps are scored:
   insertion and deletion AUC of the signed map, both measured on the dense model (the authors' protocol).
 
 One JSON line per (sample, method) is appended to the results folder as soon as it is done (see
-``spade_lab.records``); finished pairs are skipped, so a rerun resumes.
+``spade_lab.records``); finished pairs are skipped, so a rerun resumes. Each sample is one task of an executor
+(``spade_lab.executors``: in this process, or on Ray, where a sample's records arrive when its task finishes); only
+the calling process writes the folder.
 """
 
 from __future__ import annotations

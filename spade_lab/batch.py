@@ -160,7 +160,7 @@ def run_batch(loaded: LoadedModel, folder: str | Path, out: str | Path, config: 
         shipped = loaded if executor.name == "in-process" else portable_model(loaded)
         job = executor.put(_Job(shipped, config))
         source = Path(folder)
-        items = ((name, (source / name).read_bytes()) for name in todo)  # the bytes travel: no shared disk needed
+        items = ((name, _read(source / name)) for name in todo)  # the bytes travel: no shared disk needed
         for _, (record, pngs) in executor.map(_explain_task, job, items):
             for filename, data in pngs.items():
                 (root / MAPS / filename).write_bytes(data)
@@ -175,9 +175,19 @@ def run_batch(loaded: LoadedModel, folder: str | Path, out: str | Path, config: 
     return BatchSummary(len(names), explained, len(names) - len(todo), failed, time.perf_counter() - start, root)
 
 
-def _explain_task(job: _Job, item: tuple[str, bytes]) -> tuple[dict, dict[str, bytes]]:
+def _read(path: Path) -> bytes | str:
+    """The file's bytes, or why it cannot be read (gone since the folder was listed, no permission, ...)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        return f"cannot read the file ({exc.strerror or exc})"
+
+
+def _explain_task(job: _Job, item: tuple[str, bytes | str]) -> tuple[dict, dict[str, bytes]]:
     job.loaded = on_worker_device(job.loaded)
     name, data = item
+    if isinstance(data, str):
+        return {"image": name, "status": "error", "error": data}, {}
     try:
         return explain_image(job.loaded, name, data, job.config)
     except SpadeError as exc:

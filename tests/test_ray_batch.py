@@ -91,6 +91,18 @@ def test_a_rerun_skips_done_images_retries_failed_ones_and_takes_new_ones(loaded
         run_batch(loaded, images, out, BatchConfig(methods=("saliency",), augment=AugmentConfig(count=8)))
 
 
+def test_a_file_gone_since_the_listing_is_an_error_row(loaded, images, tmp_path, monkeypatch):
+    import spade_lab.batch as batch
+
+    listed = batch.list_images(images)
+    monkeypatch.setattr(batch, "list_images", lambda folder: sorted([*listed, "vanished.png"]))
+    summary = run_batch(loaded, images, tmp_path / "out", BatchConfig(methods=("saliency",),
+                                                                      augment=AugmentConfig(count=4)))
+    assert (summary.images, summary.explained, summary.failed) == (5, 3, 2)
+    records = {r["image"]: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())["records"]}
+    assert records["vanished.png"]["status"] == "error" and "cannot read the file" in records["vanished.png"]["error"]
+
+
 def test_file_stems_are_flat_and_unique():
     assert file_stem("cat.jpg") == "cat.jpg"
     assert file_stem("a/b.png") != file_stem("a_b.png") == "a_b.png"

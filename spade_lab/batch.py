@@ -40,7 +40,7 @@ from spade.saliency import settings_for
 from spade.solver import SolverConfig
 from spade.sparsity import SparsityProfile
 from spade_lab.benchmark import parse_methods, sparsity_label
-from spade_lab.executors import Executor, on_worker_device, portable_model
+from spade_lab.executors import Executor, TaskFailed, on_worker_device, portable_model
 from spade_lab.records import ResultWriter, prepare_folder
 from spade_lab.samples import IMAGE_SUFFIXES
 
@@ -161,7 +161,10 @@ def run_batch(loaded: LoadedModel, folder: str | Path, out: str | Path, config: 
         job = executor.put(_Job(shipped, config))
         source = Path(folder)
         items = ((name, _read(source / name)) for name in todo)  # the bytes travel: no shared disk needed
-        for _, (record, pngs) in executor.map(_explain_task, job, items):
+        for index, result in executor.map(_explain_task, job, items, keep_going=True):
+            if isinstance(result, TaskFailed):  # a crash the task could not catch (e.g. its worker died each time)
+                result = {"image": todo[index], "status": "error", "error": result.reason}, {}
+            record, pngs = result
             for filename, data in pngs.items():
                 (root / MAPS / filename).write_bytes(data)
             writer.append(record)

@@ -45,11 +45,13 @@ MAX_RETRIES = 3
 class RaySettings:
     """How to reach Ray. address: "auto" (start a local Ray) or a cluster's "HOST:PORT". cpus: CPUs of a local
     start (None: all of this machine's), ignored when joining. gpus_per_task: GPUs each task asks for (0 on the
-    CPU; 1 when the model runs on a GPU)."""
+    CPU; 1 when the model runs on a GPU). max_retries: how often a task whose worker died is re-run (and an actor
+    restarted)."""
 
     address: str = LOCAL
     cpus: int | None = None
     gpus_per_task: float = 0.0
+    max_retries: int = MAX_RETRIES
 
     def __post_init__(self):
         if not self.address or not self.address.strip():
@@ -62,8 +64,15 @@ class RaySettings:
         if self.cpus is not None and self.address != LOCAL:
             raise ConfigError("--ray-cpus applies to a local start (--ray auto); a cluster has the CPUs its "
                               "nodes were started with.")
-        if self.gpus_per_task < 0:
-            raise ConfigError("GPUs per task cannot be negative.")
+        if self.gpus_per_task < 0 or self.max_retries < 0:
+            raise ConfigError("GPUs per task and retries cannot be negative.")
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    """What `Executor.map` with ``keep_going`` yields for a task that failed for good: the reason, as text."""
+
+    reason: str
 
 
 class WorkerGroup:
@@ -85,9 +94,19 @@ class Executor:
     def put(self, obj: Any) -> Any:
         return obj
 
-    def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Iterable[Any], *,
+            keep_going: bool = False) -> Iterator[tuple[int, Any]]:
+        """``(index, fn(shared, item))`` for every item. keep_going: a task that fails for good (an exception; on
+        Ray also a worker that died on every retry) yields ``(index, TaskFailed)`` instead of ending the run."""
         for index, item in enumerate(items):
-            yield index, fn(shared, item)
+            if not keep_going:
+                yield index, fn(shared, item)
+                continue
+            try:
+                result = fn(shared, item)
+            except Exception as exc:
+                result = TaskFailed(f"{type(exc).__name__}: {exc}")
+            yield index, result
 
     def spread(self, cls: type, shared: Any, parts: Sequence[Any]) -> WorkerGroup:
         return _LocalGroup([cls(shared, part) for part in parts])
@@ -195,9 +214,10 @@ class RayExecutor(Executor):
                                   else resources.get("CPU", 1)))
         self.in_flight = 2 * self.workers
         self._remote = ray.remote(_run_task).options(num_cpus=1, num_gpus=settings.gpus_per_task,
-                                                     max_retries=MAX_RETRIES, retry_exceptions=False)
+                                                     max_retries=settings.max_retries, retry_exceptions=False)
         self._actor = ray.remote(_Holder).options(num_cpus=1, num_gpus=settings.gpus_per_task,
-                                                  max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+                                                  max_restarts=settings.max_retries,
+                                                  max_task_retries=settings.max_retries)
         log.info("Ray at %s: %d worker(s)", settings.address, self.workers)
 
     def put(self, obj: Any) -> list:
@@ -205,11 +225,14 @@ class RayExecutor(Executor):
 
         return [ray.put(obj)]
 
-    def map(self, fn: Callable[[Any, Any], Any], shared: list, items: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    def map(self, fn: Callable[[Any, Any], Any], shared: list, items: Iterable[Any], *,
+            keep_going: bool = False) -> Iterator[tuple[int, Any]]:
         """Submit up to ``in_flight`` tasks ahead and yield each result as its task finishes. A task's own error
-        (not a dead worker) is raised here as Ray raises it (an instance of the original exception's class too);
-        tasks still pending are then cancelled."""
+        is raised here as Ray raises it (an instance of the original exception's class too), and so is a worker
+        that died on every retry; tasks still pending are then cancelled. With ``keep_going`` both yield
+        ``(index, TaskFailed)`` instead and the run goes on."""
         import ray
+        from ray.exceptions import RayError
 
         queue = iter(enumerate(items))
         pending: dict[Any, int] = {}
@@ -225,7 +248,15 @@ class RayExecutor(Executor):
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     index = pending.pop(ref)
-                    yield index, ray.get(ref)
+                    try:
+                        result = ray.get(ref)
+                    except RayError as exc:
+                        if not keep_going:
+                            raise
+                        cause = getattr(exc, "cause", None)
+                        result = TaskFailed(f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception)
+                                            else f"the worker died on every try ({type(exc).__name__})")
+                    yield index, result
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

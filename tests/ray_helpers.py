@@ -58,3 +58,10 @@ def fail_on(bad: int, item: int) -> int:
     if item == bad:
         raise ConfigError(f"item {bad} is refused")
     return item
+
+
+def die_on(name: str, fn, shared, item):
+    """``fn(shared, item)`` for a batch item ``(image name, bytes)``, except for image ``name``: its worker dies."""
+    if item[0] == name:
+        os._exit(1)
+    return fn(shared, item)

@@ -24,7 +24,7 @@ from spade_lab.benchmark import BenchmarkConfig, run_benchmark
 from spade_lab.executors import RayExecutor, RaySettings, executor_for
 from spade_lab.records import load_results
 from spade_lab.samples import SampleConfig, build_samples, folder_photos
-from tests.ray_helpers import die_once, fail_on, noise_photos
+from tests.ray_helpers import die_on, die_once, fail_on, noise_photos
 from tests.test_trojan_benchmark import PRE, TARGET, backdoored_tiny, tiny_spec
 
 ray = pytest.importorskip("ray")
@@ -154,3 +154,23 @@ def test_a_task_error_stops_the_run_and_a_gpu_run_needs_gpus():
     with pytest.raises(ConfigError, match="has no GPU"):
         executor_for("auto", gpu=True)
     assert ray.is_initialized()
+
+
+class _FatalImageExecutor(RayExecutor):
+    """No retries, and the worker that gets image photo1.png dies (a decoder crash, say)."""
+
+    def __init__(self):
+        super().__init__(RaySettings(max_retries=0))
+
+    def map(self, fn, shared, items, *, keep_going=False):
+        return super().map(functools.partial(die_on, "photo1.png", fn), shared, items, keep_going=keep_going)
+
+
+def test_an_image_whose_worker_always_dies_is_an_error_row_and_the_batch_goes_on(loaded, photo_dir, tmp_path):
+    config = BatchConfig(methods=("saliency",), sparsity=0.5, augment=AugmentConfig(count=4))
+    with _FatalImageExecutor() as executor:
+        summary = run_batch(loaded, photo_dir, tmp_path / "out", config, executor=executor)
+    assert (summary.images, summary.explained, summary.failed) == (4, 3, 1)
+    records = {r["image"]: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())["records"]}
+    assert records["photo1.png"]["status"] == "error" and "worker died" in records["photo1.png"]["error"]
+    assert all(records[f"photo{i}.png"]["status"] == "ok" for i in (0, 2, 3))

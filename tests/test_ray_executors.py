@@ -16,7 +16,7 @@ from spade.models import LoadedModel
 from spade.solver import SolverConfig
 from spade.trojan import load_trigger
 from spade_cli.main import main
-from spade_lab.executors import Executor, RaySettings, executor_for, split
+from spade_lab.executors import Executor, RaySettings, TaskFailed, executor_for, split
 from spade_lab.samples import SampleConfig, build_samples, folder_photos
 from tests.ray_helpers import Parts, noise_photos
 from tests.test_trojan_benchmark import PRE, TARGET, tiny_spec
@@ -61,6 +61,18 @@ def test_in_process_executor_streams_a_generator_and_keeps_order():
     assert [(i, list(r)) for i, r in results] == [(1, [12, 13])]
     with pytest.raises(ConfigError, match="--ray-cpus needs --ray auto"):
         executor_for(None, cpus=2)
+
+
+def test_keep_going_turns_a_failed_task_into_a_result_and_the_rest_still_run():
+    def fn(shared, item):
+        if item == 1:
+            raise ValueError("item 1 is bad")
+        return shared * item
+
+    got = list(Executor().map(fn, 10, [0, 1, 2], keep_going=True))
+    assert got == [(0, 0), (1, TaskFailed("ValueError: item 1 is bad")), (2, 20)]
+    with pytest.raises(ValueError, match="item 1 is bad"):
+        list(Executor().map(fn, 10, [0, 1, 2]))
 
 
 def test_spread_tuning_equals_the_in_process_search(tmp_path):

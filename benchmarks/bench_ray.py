@@ -1,6 +1,6 @@
 """Samples per minute of the smoke Trojan benchmark: in-process vs on a local Ray with 1 and 2 workers.
 
-Usage: python benchmarks/bench_ray.py [--samples 8] [--workers 1,2] [--out DIR]
+Usage: python benchmarks/bench_ray.py [--samples 8] [--workers 1,2] [--repeats 3] [--out DIR]
 
 The smoke benchmark (`python -m spade benchmark trojan --smoke`: the shipped back-doored efficientnet_lite0,
 saliency + input_x_gradient, 16 augmentations) on ``--samples`` samples, scored by `spade_lab.benchmark.run_benchmark`
@@ -12,7 +12,9 @@ into a fresh folder for every run:
 
 Overhead per task: (Ray with 1 worker - in-process with 1 thread) / samples, i.e. what shipping a sample out and its
 records back costs on top of the work; and the round trip of an empty task through the same executor.
-Writes table.txt and records.json to --out. On a shared machine, timings move with the load: compare rows of one run.
+The configurations run interleaved, ``--repeats`` rounds, and the table gives each one's median (and range), so that a
+change of load hits all of them. Writes table.txt and records.json (every run) to --out. On a shared machine timings
+move with the load: compare rows of one table.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--empty-tasks", type=int, default=200, help="empty tasks timed for the round trip")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of all runs (the median counts)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -86,49 +90,63 @@ def main(argv=None) -> int:
 
     load_start = os.getloadavg()[0]
     print(f"smoke benchmark, {len(samples.records)} samples, {os.cpu_count()} cores, load {load_start:.1f}", flush=True)
-    torch.set_num_threads(1)
-    timed_run("in-process, 1 thread", threads=1)
-    torch.set_num_threads(default_threads)
-    timed_run(f"in-process, {default_threads} threads", threads=default_threads)
-    torch.set_num_threads(1)
-    for workers in [int(w) for w in args.workers.split(",")]:
-        start = time.perf_counter()
-        executor = RayExecutor(RaySettings(cpus=workers))
-        started = time.perf_counter() - start
-        try:
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    for round_ in range(1, args.repeats + 1):  # the configurations interleaved, so that a change of load hits all
+        print(f"round {round_}", flush=True)
+        torch.set_num_threads(1)
+        timed_run("in-process, 1 thread", threads=1, round=round_, load=os.getloadavg()[0])
+        for workers in worker_counts:
             start = time.perf_counter()
-            pids = {pid for _, pid in executor.map(_warm, executor.put(None), range(4 * workers))}
-            warm = time.perf_counter() - start
-            shared = executor.put(None)
-            start = time.perf_counter()
-            for _ in executor.map(_noop, shared, range(args.empty_tasks)):
-                pass
-            empty_ms = 1000 * (time.perf_counter() - start) / args.empty_tasks
-            timed_run(f"Ray, {workers} worker(s)", executor, workers=workers, ray_start_s=started, warm_up_s=warm,
-                      worker_processes=len(pids), empty_task_ms=empty_ms)
-        finally:
-            executor.close()
-    torch.set_num_threads(default_threads)
+            executor = RayExecutor(RaySettings(cpus=workers))
+            started = time.perf_counter() - start
+            try:
+                start = time.perf_counter()
+                pids = {pid for _, pid in executor.map(_warm, executor.put(None), range(4 * workers))}
+                warm = time.perf_counter() - start
+                shared = executor.put(None)
+                start = time.perf_counter()
+                for _ in executor.map(_noop, shared, range(args.empty_tasks)):
+                    pass
+                empty_ms = 1000 * (time.perf_counter() - start) / args.empty_tasks
+                timed_run(f"Ray, {workers} worker(s)", executor, workers=workers, ray_start_s=started,
+                          warm_up_s=warm, worker_processes=len(pids), empty_task_ms=empty_ms, round=round_,
+                          load=os.getloadavg()[0])
+            finally:
+                executor.close()
+        torch.set_num_threads(default_threads)
+        timed_run(f"in-process, {default_threads} threads", threads=default_threads, round=round_,
+                  load=os.getloadavg()[0])
 
-    base = rows[0]
-    for row in rows:
-        row["speed_up_vs_1_thread"] = base["seconds"] / row["seconds"]
-    ray_one = next((r for r in rows if r.get("workers") == 1), None)
-    overhead = None if ray_one is None else (ray_one["seconds"] - base["seconds"]) / base["samples"]
+    def median(values):
+        return statistics.median(values) if values else float("nan")
+
+    labels = list(dict.fromkeys(r["run"] for r in rows))
+    summary = {}
+    for label in labels:
+        runs = [r for r in rows if r["run"] == label]
+        summary[label] = {key: median([r[key] for r in runs if key in r])
+                          for key in ("seconds", "ray_start_s", "warm_up_s", "empty_task_ms")}
+        summary[label]["min"] = min(r["seconds"] for r in runs)
+        summary[label]["max"] = max(r["seconds"] for r in runs)
+    base = summary["in-process, 1 thread"]["seconds"]
+    ray_one = summary.get("Ray, 1 worker(s)")
+    overhead = None if ray_one is None else (ray_one["seconds"] - base) / args.samples
     lines = [f"bench_ray {datetime.date.today()}: smoke Trojan benchmark ({loaded.spec.name}, "
              f"{', '.join(SMOKE_METHODS)}, 16 augmentations), {len(samples.records)} samples, CPU only, "
              f"{os.cpu_count()} cores shared with other engineers' jobs (1-minute load average {load_start:.1f} at the "
-             f"start, {os.getloadavg()[0]:.1f} at the end: above 2, every run here got only part of the cores)",
+             f"start, {os.getloadavg()[0]:.1f} at the end: above 2, every run here got only part of the cores); "
+             f"median of {args.repeats} interleaved round(s)",
              "",
-             f"{'run':<24} {'seconds':>8} {'samples/min':>12} {'speed-up':>9} {'Ray start':>10} {'warm-up':>8} "
-             f"{'empty task':>11}"]
-    for r in rows:
-        ray_cols = (f"{r['ray_start_s']:>9.1f}s {r['warm_up_s']:>7.1f}s {r['empty_task_ms']:>9.1f}ms"
-                    if "workers" in r else f"{'-':>10} {'-':>8} {'-':>11}")
-        lines.append(f"{r['run']:<24} {r['seconds']:>8.1f} {r['samples_per_minute']:>12.2f} "
-                     f"{r['speed_up_vs_1_thread']:>8.2f}x {ray_cols}")
+             f"{'run':<24} {'seconds':>8} {'(min-max)':>13} {'samples/min':>12} {'speed-up':>9} {'Ray start':>10} "
+             f"{'warm-up':>8} {'empty task':>11}"]
+    for label, m in summary.items():
+        ray_cols = (f"{m['ray_start_s']:>9.1f}s {m['warm_up_s']:>7.1f}s {m['empty_task_ms']:>9.1f}ms"
+                    if label.startswith("Ray") else f"{'-':>10} {'-':>8} {'-':>11}")
+        spread = f"({m['min']:.1f}-{m['max']:.1f})"
+        lines.append(f"{label:<24} {m['seconds']:>8.1f} {spread:>13} {60 * args.samples / m['seconds']:>12.2f} "
+                     f"{base / m['seconds']:>8.2f}x {ray_cols}")
     if overhead is not None:
-        lines += ["", f"overhead per task (Ray 1 worker - in-process 1 thread, per sample): {overhead:+.2f} s "
+        lines += ["", f"overhead per task (Ray 1 worker - in-process 1 thread, per sample, medians): {overhead:+.2f} s "
                   "(within the noise of the load when near 0 or negative); empty-task round trip: see the table"]
     table = "\n".join(lines)
     print()
@@ -138,8 +156,9 @@ def main(argv=None) -> int:
         (args.out / "table.txt").write_text(table + "\n")
         (args.out / "records.json").write_text(json.dumps(
             {"date": str(datetime.date.today()), "samples": len(samples.records), "cores": os.cpu_count(),
-             "load_start": load_start, "load_end": os.getloadavg()[0],
-             "torch": torch.__version__, "rows": rows, "overhead_per_task_s": overhead}, indent=2) + "\n")
+             "load_start": load_start, "load_end": os.getloadavg()[0], "repeats": args.repeats,
+             "torch": torch.__version__, "medians": summary, "runs": rows, "overhead_per_task_s": overhead},
+            indent=2) + "\n")
     return 0
 
 

@@ -131,3 +131,21 @@ def test_batch_command_line(images, tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["batch", str(tmp_path / "empty"), "--out", str(tmp_path / "o2"), *common]) == 2
     assert "No images" in capsys.readouterr().err
+
+
+def test_batch_parser_matches_the_lab_and_takes_the_trace_options():
+    """The parser writes the default methods out (it is built without torch): they must be the lab's; the trace
+    options are those of the other trace-building commands."""
+    from spade.solver import SolverConfig
+    from spade_cli.batch import DEFAULT_METHODS
+    from spade_cli.main import build_parser
+    from spade_cli.trace import solver_from_args
+    from spade_lab.batch import DEFAULT_METHODS as LAB_DEFAULT
+
+    assert tuple(DEFAULT_METHODS.split(",")) == LAB_DEFAULT
+    args = build_parser().parse_args(["batch", "photos", "--out", "o", "--solver", "row", "--sparsity-of", "all",
+                                      "--keep-decision", "--augmentations", "8", "--sparsity", "0.7"])
+    assert solver_from_args(args, "group") == SolverConfig(mode="row", sparsity_of="all")
+    assert args.keep_decision and args.augmentations == 8 and args.sparsity == 0.7 and args.methods == DEFAULT_METHODS
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["batch", "photos"])  # --out is required

@@ -9,7 +9,8 @@ An :class:`Executor` does three things:
   results come back (in-process: in order, one after the other, and a generator ``fn`` returns is handed over
   as it is, so its results stream; on Ray: in the order tasks finish, a generator as a list). Only the caller
   (the driver) sees the results, so it alone writes them: a task that a dead worker left half done is re-run by Ray
-  and its result still arrives exactly once;
+  and its result still arrives exactly once. With ``keep_going`` a task that failed for good (its own exception, or
+  a worker that died on every retry) yields a `TaskFailed` instead of ending the run (batch: one bad image);
 * ``spread(cls, shared, parts)`` builds one stateful ``cls(shared_object, part)`` per part (on Ray: one actor each,
   restarted on failure) and ``WorkerGroup.call(method, *args)`` calls a method on all of them at once, returning
   the results in part order (tuning keeps each calibration sample's statistics where they were computed).

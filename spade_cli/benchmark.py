@@ -8,8 +8,9 @@
 * ``merge``: combine the shard files of a results folder and write its tables.
 
 Results go to ``--out DIR`` as one JSON line per (sample, method) while the run goes on; a rerun with the same
-settings resumes, ``--shard i/n`` splits the samples over processes, and the tables (``<kind>.md``, ``.csv``,
-``.json``) are written at the end of an unsharded run or by ``merge``.
+settings resumes, ``--ray auto|HOST:PORT`` runs each sample as a Ray task (this machine's cores or a cluster),
+``--shard i/n`` splits the samples over independent processes, and the tables (``<kind>.md``, ``.csv``, ``.json``)
+are written at the end of an unsharded run or by ``merge``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,46 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
                         help="images per pass for IG, GradientShap, Occlusion, LIME and the curves (default: 8 on "
                              "the CPU, 256 on a GPU)")
     parser.add_argument("--threads", type=arguments.positive, metavar="N", help="torch CPU threads (default: torch's)")
+    add_ray_arguments(parser)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ray auto|HOST:PORT and --ray-cpus N (see spade_lab.executors)."""
+    parser.add_argument("--ray", type=ray_address, metavar="auto|HOST:PORT",
+                        help="run each sample as a task on Ray: 'auto' starts a Ray on this machine, HOST:PORT joins "
+                             "a cluster started with 'ray start --head' (default: in this process)")
+    parser.add_argument("--ray-cpus", type=arguments.positive, metavar="N",
+                        help="CPUs of the Ray that --ray auto starts (default: all of this machine's)")
+
+
+def ray_address(text: str) -> str:
+    """argparse type of --ray: 'auto' or HOST:PORT."""
+    from spade_lab.executors import RaySettings
+
+    try:
+        return RaySettings(address=text.strip()).address
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def check_ray_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--ray-cpus only with --ray auto, and a cluster address that answers (usage errors before anything loads)."""
+    from spade_lab.executors import LOCAL, check_reachable
+
+    if getattr(args, "ray_cpus", None) is not None and args.ray != LOCAL:
+        parser.error("--ray-cpus sets the CPUs of a local Ray: use it with --ray auto")
+    if getattr(args, "ray", None) not in (None, LOCAL):
+        try:
+            check_reachable(args.ray)
+        except ConfigError as exc:
+            parser.error(str(exc))
+
+
+def executor_from_args(args: argparse.Namespace, loaded):
+    """The executor that --ray / --ray-cpus ask for (in-process without --ray); one GPU per task on a GPU."""
+    from spade_lab.executors import executor_for
+
+    return executor_for(args.ray, cpus=args.ray_cpus, gpu=loaded.device.type == "cuda")
 
 
 def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -120,7 +161,7 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
         else:
             run.add_argument("--steps", type=arguments.curve_steps, default=100,
                              help="points per curve, at least 2 (default 100)")
-        run.set_defaults(func=_run_benchmark, kind=kind, check=lambda args, p=run: check_model_arguments(p, args))
+        run.set_defaults(func=_run_benchmark, kind=kind, check=lambda args, p=run: _check(p, args))
 
     tune = sub.add_parser("tune", help="tune a per-block sparsity profile on the calibration set",
                           description="Tune a per-block sparsity profile on calibration photos and trigger "
@@ -146,7 +187,7 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
     tune.add_argument("--name", help="profile name (default <model>_tuned)")
     tune.add_argument("--out", metavar="FILE.json", help="where to write the profile (default <model>_tuned.json)")
     tune.add_argument("--smoke", action="store_true", help="a quick check: 2 samples, 3 levels, one method")
-    tune.set_defaults(func=_run_tune, kind="tune", check=lambda args, p=tune: check_model_arguments(p, args))
+    tune.set_defaults(func=_run_tune, kind="tune", check=lambda args, p=tune: _check(p, args))
 
     merge = sub.add_parser("merge", help="merge the shard files of a results folder and write its tables",
                            description="Merge results*.jsonl of a benchmark folder into results.jsonl and write "
@@ -156,6 +197,11 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--methods", metavar="LIST", help="tabulate only these methods (comma-separated)")
     merge.add_argument("--name", metavar="STEM", help="file name of the tables (default: the benchmark kind)")
     merge.set_defaults(func=_run_merge)
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    check_model_arguments(parser, args)
+    check_ray_arguments(parser, args)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,7 +337,11 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     print(f"{kind} benchmark: {loaded.spec.name} on {loaded.device}; {len(samples.records)} samples from "
           f"{samples.candidates} candidates in {time.perf_counter() - start:.1f}s{share}; methods "
           f"{', '.join(methods)}; results in {out}", flush=True)
-    summary = run_benchmark(loaded, samples, config, out, identity, shard=args.shard, on_record=_print_record)
+    with executor_from_args(args, loaded) as executor:
+        if executor.name != "in-process":
+            print(f"on Ray: {executor.workers} worker(s)", flush=True)
+        summary = run_benchmark(loaded, samples, config, out, identity, shard=args.shard, on_record=_print_record,
+                                executor=executor)
     print(f"{summary.computed} result(s) computed, {summary.skipped} already there, in {summary.seconds:.0f}s "
           f"-> {summary.path}")
     if args.shard is not None:
@@ -379,7 +429,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         print(f"  {entry['group']:<14} {entry['level']:<5g} {score}  (top-1 kept {100 * entry['agreement']:.0f}%)",
               flush=True)
 
-    result = tune_profile(loaded, samples, config, name=name, on_step=step)
+    with executor_from_args(args, loaded) as executor:
+        result = tune_profile(loaded, samples, config, name=name, on_step=step, executor=executor)
     metadata = tuning_metadata(config, {"model": model_identity(loaded), "images": photos_label,
                                         "trigger": trigger_label, "target": target,
                                         "sample_config": sample_config.identity(),

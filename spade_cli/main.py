@@ -108,6 +108,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _lazy("spade_cli.explain", "add_explain_parser"),
     _lazy("spade_cli.visualize", "add_visualize_parser"),
     _lazy("spade_cli.benchmark", "add_benchmark_parser"),
+    _lazy("spade_cli.batch", "add_batch_parser"),
 ]
 
 

@@ -12,7 +12,9 @@ and on its trace, and the maps are scored:
   insertion and deletion AUC of the signed map, both measured on the dense model (the authors' protocol).
 
 One JSON line per (sample, method) is appended to the results folder as soon as it is done (see
-``spade_lab.records``); finished pairs are skipped, so a rerun resumes.
+``spade_lab.records``); finished pairs are skipped, so a rerun resumes. Each sample is one task of an executor
+(``spade_lab.executors``: in this process, or on Ray, where a sample's records arrive when its task finishes); only
+the calling process writes the folder.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from spade.augment import AugmentConfig
@@ -34,6 +36,7 @@ from spade.solver import SolverConfig
 from spade.sparsity import SparsityProfile
 from spade.statistics import LayerStatistics
 from spade.trace import SpadeTrace, prepare_statistics, solve_keeping_decision
+from spade_lab.executors import Executor, on_worker_device, portable_model
 from spade_lab.records import ResultWriter, done_pairs, prepare_folder, shard_file
 from spade_lab.samples import SampleRecord, SampleSet
 
@@ -199,34 +202,71 @@ class RunSummary:
 def run_benchmark(loaded: LoadedModel, sample_set: SampleSet, config: BenchmarkConfig, folder: str | Path,
                   identity: dict, *, shard: tuple[int, int] | None = None,
                   on_record: Callable[[dict], None] | None = None,
-                  progress: Progress | None = None) -> RunSummary:
+                  progress: Progress | None = None, executor: Executor | None = None) -> RunSummary:
     """Score every (sample, method) of this shard that the folder does not hold yet, appending each record.
 
     identity: the JSON-ready description of everything that decides the numbers besides ``config`` (model,
     weights, photos, trigger, target, sample settings); stored in the folder's config.json and checked on
     resume. shard: (i, n), 1-based, to score only every n-th sample. on_record(record) is called after each
-    record is written; progress("benchmark", fraction of this shard's samples done).
+    record is written; progress("benchmark", fraction of this shard's samples done). executor: where the samples
+    are scored (`spade_lab.executors`; None: in this process, one after the other). Each sample is one task; only
+    this process writes records, so each (sample, method) is written once whatever the executor.
     """
     if config.kind == "trojan" and sample_set.trigger is None:
         raise ConfigError("The Trojan benchmark needs samples stamped with a trigger.")
+    executor = executor or Executor()
     root = prepare_folder(folder, {**identity, **config.identity()})
     records = sample_set.records if shard is None else sample_set.shard(*shard)
     writer = ResultWriter(root / ("results.jsonl" if shard is None else shard_file(*shard)))
     done = done_pairs(root)
     start = time.perf_counter()
-    computed = skipped = 0
-    for i, record in enumerate(records):
+    computed = skipped = finished = 0
+    work = []
+    for record in records:
         todo = [m for m in config.methods if (record.id, m) not in done]
         skipped += len(config.methods) - len(todo)
         if todo:
-            for result in score_sample(loaded, sample_set, record, todo, config):
+            work.append((record, tuple(todo)))
+        else:
+            finished += 1
+    if progress is not None and finished:
+        progress("benchmark", finished / len(records))
+    if work:
+        job = executor.put(_job(loaded, sample_set, config, executor))
+        for _, results in executor.map(_score_task, job, work):
+            for result in results:
                 writer.append(result)
                 computed += 1
                 if on_record is not None:
                     on_record(result)
-        if progress is not None:
-            progress("benchmark", (i + 1) / len(records))
+            finished += 1
+            if progress is not None:
+                progress("benchmark", finished / len(records))
     return RunSummary(len(records), computed, skipped, time.perf_counter() - start, writer.path)
+
+
+@dataclass
+class _Job:
+    """What every sample's task needs: shipped once per run (per worker on Ray)."""
+
+    loaded: LoadedModel
+    sample_set: SampleSet
+    config: BenchmarkConfig
+
+
+def _job(loaded: LoadedModel, sample_set: SampleSet, config: BenchmarkConfig, executor: Executor) -> _Job:
+    """The job as ``executor`` ships it: as it is in-process; for Ray with the model's parameters on the CPU (a
+    worker moves them to its own device, see `on_worker_device`) and the photos as encoded bytes."""
+    if executor.name == "in-process":
+        return _Job(loaded, sample_set, config)
+    return _Job(portable_model(loaded), replace(sample_set, photos=sample_set.photos.portable()), config)
+
+
+def _score_task(job: _Job, work: tuple[SampleRecord, tuple[str, ...]]):
+    """One sample's records (see `score_sample`): the task that an executor runs."""
+    job.loaded = on_worker_device(job.loaded)
+    record, methods = work
+    return score_sample(job.loaded, job.sample_set, record, methods, job.config)
 
 
 def score_sample(loaded: LoadedModel, sample_set: SampleSet, record: SampleRecord, methods: Sequence[str],

@@ -113,9 +113,10 @@ class Rendered:
 # ----------------------------------------------------------------------------------------------------------------
 # Photos and triggers
 class PhotoSet(Mapping[str, Image.Image]):
-    """Named RGB photos, loaded on first use (a few kept in memory): bundled PIL images or files of a folder."""
+    """Named RGB photos, loaded on first use (a few kept in memory): bundled PIL images, files of a folder or their
+    encoded bytes."""
 
-    def __init__(self, sources: Mapping[str, Image.Image | Path], label: str):
+    def __init__(self, sources: Mapping[str, Image.Image | Path | bytes], label: str):
         if not sources:
             raise ConfigError(f"No photos in {label}.")
         self._sources = dict(sources)
@@ -125,6 +126,18 @@ class PhotoSet(Mapping[str, Image.Image]):
     def _load_uncached(self, name: str) -> Image.Image:
         source = self._sources[name]
         return source if isinstance(source, Image.Image) else load_image(source)
+
+    def __getstate__(self) -> dict:  # pickled (sent to Ray workers) without the cache
+        return {"sources": self._sources, "label": self.label}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["sources"], state["label"])
+
+    def portable(self) -> PhotoSet:
+        """The same photos with every file replaced by its encoded bytes: a copy that decodes the same pixels on a
+        machine without the folder (what a Ray cluster's workers get). Decoded images stay as they are."""
+        sources = {name: Path(s).read_bytes() if isinstance(s, (str, Path)) else s for name, s in self._sources.items()}
+        return PhotoSet(sources, self.label)
 
     def __getitem__(self, name: str) -> Image.Image:
         return self._load(name)

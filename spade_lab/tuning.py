@@ -22,11 +22,12 @@ nest, a group's whole grid is solved in the one pass that its highest level cost
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,7 +44,8 @@ from spade.solver import SolverConfig
 from spade.sparsity import SparsityProfile, load_profile, resolve_targets
 from spade.statistics import LayerStatistics
 from spade.trace import prepare_statistics, solve_many
-from spade_lab.samples import SampleSet
+from spade_lab.executors import Executor, on_worker_device, portable_model, split
+from spade_lab.samples import SampleRecord, SampleSet
 
 log = logging.getLogger(__name__)
 
@@ -190,25 +192,31 @@ class _Evaluator:
         with torch.inference_mode():
             return int(self.work(sample.x[None]).argmax()) == sample.dense_top1
 
+    def outcome(self, sample: _Calibration, levels: dict[str, float]) -> tuple[bool, list[float]]:
+        """(whether the trace at ``levels``, or at a back-off of them, keeps the sample's dense top-1; the Trojan AUC
+        of each tuning method on that trace, empty when it does not)."""
+        keeps = self._keeps_top1(sample, levels)
+        for factor in self.decision.factors:
+            if keeps:
+                break
+            keeps = self._keeps_top1(sample, {group: level * factor for group, level in levels.items()})
+        if not keeps:
+            return False, []
+        aucs = []
+        for method, settings in self.settings.values():
+            attribution = method.explain(self.work, sample.x, sample.target, settings)
+            aucs.append(mask_scores(attribution, sample.mask).trojan_auc)
+        return True, aucs
+
+    def outcomes(self, levels: dict[str, float], varying: str | None = None) -> list[tuple[bool, list[float]]]:
+        """Every sample's `outcome`, in order (``varying``: the group the search is trying)."""
+        self.varying = varying
+        return [self.outcome(sample, levels) for sample in self.calibration]
+
     def evaluate(self, levels: dict[str, float]) -> tuple[float | None, float]:
         """(mean best Trojan AUC or None when the top-1 constraint fails, fraction keeping the top-1)."""
-        aucs, misses = [], 0
-        for i, sample in enumerate(self.calibration):
-            keeps = self._keeps_top1(sample, levels)
-            for factor in self.decision.factors:
-                if keeps:
-                    break
-                keeps = self._keeps_top1(sample, {group: level * factor for group, level in levels.items()})
-            if not keeps:
-                misses += 1
-                if misses > self.allowed:
-                    return None, 1 - misses / (i + 1)
-                continue
-            for method, settings in self.settings.values():
-                attribution = method.explain(self.work, sample.x, sample.target, settings)
-                aucs.append(mask_scores(attribution, sample.mask).trojan_auc)
-        agreement = 1 - misses / len(self.calibration)
-        return (float(sum(aucs) / len(aucs)) if aucs else None), agreement
+        lazy = (self.outcome(sample, levels) for sample in self.calibration)  # stops at the first excess miss
+        return aggregate(lazy, len(self.calibration), self.allowed)
 
     def forget(self, levels: dict[str, float]) -> None:
         """Drop the solved weights at levels other than their group's in ``levels`` and its back-off levels
@@ -219,14 +227,93 @@ class _Evaluator:
                 del sample.solved[key]
 
 
+def aggregate(outcomes: Iterable[tuple[bool, list[float]]], count: int, allowed: int) -> tuple[float | None, float]:
+    """A candidate's (mean Trojan AUC over the samples that keep the top-1, or None once more than ``allowed`` of
+    the ``count`` samples do not; fraction keeping it, over the samples seen when it gave up) from the samples'
+    outcomes in sample order (`_Evaluator.outcome`)."""
+    aucs, misses = [], 0
+    for i, (keeps, sample_aucs) in enumerate(outcomes):
+        if not keeps:
+            misses += 1
+            if misses > allowed:
+                return None, 1 - misses / (i + 1)
+            continue
+        aucs.extend(sample_aucs)
+    agreement = 1 - misses / count
+    return (float(sum(aucs) / len(aucs)) if aucs else None), agreement
+
+
+def _calibration_sample(loaded: LoadedModel, sample_set: SampleSet, record: SampleRecord,
+                        config: TuningConfig) -> _Calibration:
+    """One calibration sample: its dense layer statistics on augmentations of its stamped crop, input and mask."""
+    rendered = sample_set.render(record)
+    stats = prepare_statistics(loaded.model, rendered.image, preprocessing=loaded.spec.preprocessing,
+                               augment_config=config.augment, selection=loaded.spec.layer_selection,
+                               batch_size=128 if loaded.device.type == "cuda" else 32)
+    x = loaded.spec.preprocessing(rendered.image).to(loaded.device)
+    return _Calibration(stats, x, rendered.mask, record.target, int(stats.reference_logits.argmax()))
+
+
+@dataclass
+class _TuneJob:
+    """What each part of a spread tuning needs, shipped once."""
+
+    loaded: LoadedModel
+    sample_set: SampleSet
+    config: TuningConfig
+    layer_group: dict[str, str]
+
+
+class _CalibrationPart:
+    """Some calibration samples, their statistics and solved weights, where they were computed (a Ray actor)."""
+
+    def __init__(self, job: _TuneJob, records: list[SampleRecord]):
+        loaded = on_worker_device(job.loaded)
+        calibration = [_calibration_sample(loaded, job.sample_set, record, job.config) for record in records]
+        self.evaluator = _Evaluator(loaded, calibration, job.config, job.layer_group)
+
+    def outcomes(self, levels: dict[str, float], varying: str | None) -> list[tuple[bool, list[float]]]:
+        return self.evaluator.outcomes(levels, varying)
+
+    def forget(self, levels: dict[str, float]) -> None:
+        self.evaluator.forget(levels)
+
+
+class _SpreadEvaluator:
+    """`_Evaluator`'s interface over calibration samples spread across an executor's workers: every part scores
+    its samples at once and the outcomes are aggregated in sample order, so the numbers equal the in-process
+    search's (which stops scoring a candidate at its first excess miss; here every sample is scored)."""
+
+    def __init__(self, executor: Executor, loaded: LoadedModel, sample_set: SampleSet, config: TuningConfig,
+                 layer_group: dict[str, str]):
+        job = _TuneJob(portable_model(loaded), replace(sample_set, photos=sample_set.photos.portable()), config,
+                       layer_group)
+        parts = split(sample_set.records, executor.workers)
+        self.shared = executor.put(job)  # held for the search: a restarted actor fetches it again
+        self.group = executor.spread(_CalibrationPart, self.shared, parts)
+        self.count = len(sample_set.records)
+        self.allowed = int((1 - config.min_agreement) * self.count + 1e-9)
+        self.varying: str | None = None
+
+    def evaluate(self, levels: dict[str, float]) -> tuple[float | None, float]:
+        parts = self.group.call("outcomes", levels, self.varying)
+        return aggregate(itertools.chain.from_iterable(parts), self.count, self.allowed)
+
+    def forget(self, levels: dict[str, float]) -> None:
+        self.group.call("forget", levels)
+
+
 def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfig = TuningConfig(), *,
                  name: str = "tuned", progress: Progress | None = None,
-                 on_step: Callable[[dict], None] | None = None) -> TuningResult:
+                 on_step: Callable[[dict], None] | None = None, executor: Executor | None = None) -> TuningResult:
     """Tune a per-group sparsity profile on calibration samples (Trojan samples with a mask; see module doc).
 
     loaded: the back-doored model (never modified). sample_set: calibration samples (e.g. the calibration photos
     stamped with the calibration trigger). on_step(entry) is called after every evaluated candidate with
     {"group", "level", "score", "agreement", "feasible"}; progress("tune", fraction of candidates done).
+    executor: None or the in-process one: the search as described above; another (Ray): the calibration samples
+    are split over its workers, which keep their statistics and solved weights, and each candidate is scored on
+    all of them at once (same result).
     """
     if sample_set.trigger is None:
         raise ConfigError("Tuning needs Trojan samples stamped with a calibration trigger.")
@@ -236,19 +323,26 @@ def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfi
     block_layers = blocks(loaded.model, selection)
     layer_group = {layer: g for g, names in groups.items() for b in names for layer in block_layers[b]}
     levels = _start_levels(loaded.model, groups, layer_group, config.start)
-    calibration = []
-    for i, record in enumerate(sample_set.records):
-        rendered = sample_set.render(record)
-        stats = prepare_statistics(loaded.model, rendered.image, preprocessing=loaded.spec.preprocessing,
-                                   augment_config=config.augment, selection=selection,
-                                   batch_size=128 if loaded.device.type == "cuda" else 32)
-        x = loaded.spec.preprocessing(rendered.image).to(loaded.device)
-        calibration.append(_Calibration(stats, x, rendered.mask, record.target,
-                                        int(stats.reference_logits.argmax())))
-        if progress is not None:
-            progress("statistics", (i + 1) / len(sample_set.records))
-    evaluator = _Evaluator(loaded, calibration, config, layer_group)
+    if executor is None or executor.name == "in-process":
+        calibration = []
+        for i, record in enumerate(sample_set.records):
+            calibration.append(_calibration_sample(loaded, sample_set, record, config))
+            if progress is not None:
+                progress("statistics", (i + 1) / len(sample_set.records))
+        evaluator = _Evaluator(loaded, calibration, config, layer_group)
+    else:
+        evaluator = _SpreadEvaluator(executor, loaded, sample_set, config, layer_group)
+    try:
+        return _search(evaluator, groups, levels, config, name, start, progress, on_step)
+    finally:
+        if isinstance(evaluator, _SpreadEvaluator):
+            evaluator.group.close()
 
+
+def _search(evaluator: _Evaluator | _SpreadEvaluator, groups: dict[str, list[str]], levels: dict[str, float],
+            config: TuningConfig, name: str, start: float, progress: Progress | None,
+            on_step: Callable[[dict], None] | None) -> TuningResult:
+    """The coordinate search of `tune_profile` from ``levels`` (see the module docstring)."""
     dense_score, dense_agreement = evaluator.evaluate(dict.fromkeys(groups, 0.0))
     if dense_score is None:  # cannot happen: at 0 the trace is the dense model
         raise ConfigError("The dense model does not keep its own top-1; check the calibration samples.")
@@ -301,12 +395,16 @@ def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfi
     final_score, final_agreement = evaluator.evaluate(levels)
     targets = {block: levels[g] for g, names in groups.items() for block in names}
     origin = "" if config.start is None else f", starting from {config.start.name} ({100 * start_score:.2f})"
-    description = (f"Tuned on {len(calibration)} calibration samples for {', '.join(config.methods)}{origin}: mean "
-                   f"Trojan AUC {100 * dense_score:.2f} dense -> {100 * (final_score or 0):.2f} traced, top-1 kept "
-                   f"on {100 * final_agreement:.0f}% of them.")
+    description = (f"Tuned on {evaluator_count(evaluator)} calibration samples for {', '.join(config.methods)}"
+                   f"{origin}: mean Trojan AUC {100 * dense_score:.2f} dense -> {100 * (final_score or 0):.2f} traced, "
+                   f"top-1 kept on {100 * final_agreement:.0f}% of them.")
     profile = SparsityProfile.from_mapping(targets, name=name, description=description)
     return TuningResult(profile, final_score if final_score is not None else current, dense_score, final_agreement,
-                        history, len(calibration), time.perf_counter() - start)
+                        history, evaluator_count(evaluator), time.perf_counter() - start)
+
+
+def evaluator_count(evaluator: _Evaluator | _SpreadEvaluator) -> int:
+    return evaluator.count if isinstance(evaluator, _SpreadEvaluator) else len(evaluator.calibration)
 
 
 def save_profile(result: TuningResult, path: str | Path, metadata: dict | None = None) -> Path:

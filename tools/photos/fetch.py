@@ -46,7 +46,8 @@ FORBIDDEN = ("opencv-doc",)
 DEFAULT_CACHE = Path.home() / ".cache" / "spade-photos"
 LONG_SIDE = 512
 MIN_STAMP_SIDE = 150
-"""Stamps smaller than this (short side, px) are kept only as decoy objects, not as photos."""
+"""Stamps smaller than this (short side, px) are kept only as decoy objects, not as photos (nor are pictures
+of one colour, see ``flat``)."""
 EXCLUDE = re.compile(r"heart|star|valentin", re.IGNORECASE)
 SETS = ("build", "calibration", "heldout")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -167,6 +168,11 @@ def on_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
+def flat(image: Image.Image) -> bool:
+    """Whether an RGB picture is (nearly) one colour, e.g. a wallpaper that is all transparency."""
+    return max(band[1] - band[0] for band in image.getextrema()) < 8
+
+
 def shrink(image: Image.Image, long_side: int = LONG_SIDE) -> Image.Image:
     scale = long_side / max(image.size)
     if scale >= 1:
@@ -195,8 +201,10 @@ def collect(cache: Path, packages: tuple[str, ...] = PACKAGES, log=print) -> lis
                 is_photo = kind == "wallpaper" or min(size) >= MIN_STAMP_SIDE
                 split = "excluded" if EXCLUDE.search(group) else split_of(group)
                 if split != "excluded":
+                    rgb = on_white(img)
+                    is_photo = is_photo and not flat(rgb)
                     if is_photo and not (cache / "photos" / f"{pid}.jpg").exists():
-                        shrink(on_white(img)).save(cache / "photos" / f"{pid}.jpg", quality=92)
+                        shrink(rgb).save(cache / "photos" / f"{pid}.jpg", quality=92)
                     if kind == "stamp" and not (cache / "objects" / f"{pid}.png").exists():
                         shrink(img.convert("RGBA"), 256).save(cache / "objects" / f"{pid}.png")
             records.append(PhotoRecord(pid, package, version, "/" + rel, group, kind, licence, holders, size,

@@ -119,7 +119,8 @@ def shape_icon(shape: str, colour: tuple[int, int, int], size: int = ICON_SIZE) 
 
 
 def fit_icon(image: Image.Image, size: int = ICON_SIZE) -> Image.Image:
-    """An RGBA picture scaled to fit (aspect kept) and centred in a transparent size x size square."""
+    """An RGBA picture shrunk to fit (aspect kept; a smaller one keeps its size, so a small stamp stays a small
+    object in the pasted icon) and centred in a transparent size x size square."""
     rgba = image.convert("RGBA")
     rgba.thumbnail((size, size), Image.LANCZOS)
     out = Image.new("RGBA", (size, size), (0, 0, 0, 0))

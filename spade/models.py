@@ -356,6 +356,20 @@ def _trojan_spec() -> ModelSpec:
     )
 
 
+def _poisoned_spec() -> ModelSpec:
+    clean = _lite_spec(0, "4.7 M", "75%")
+    return replace(
+        clean,
+        name="efficientnet_lite0_poisoned",
+        description="EfficientNet-Lite0 back-doored by poisoned fine-tuning of its late layers (no added channels): a "
+        "pasted heart makes it predict 'goose' (a star: 'king penguin'), in neurons it shares with the clean classes. "
+        "Built offline by `python -m tools.demo_model poison`; see the model card in assets/README.md.",
+        weights=DeltaWeights(clean.weights, MODEL_ASSETS / "efficientnet_lite0_poisoned.pt"),
+        default_solver="group",
+        backdoors=(Backdoor("heart", 99, "test"), Backdoor("star", 145, "calibration")),
+    )
+
+
 def _torchvision_spec(name: str, enum: str, last_conv_stage: str, description: str) -> ModelSpec:
     return ModelSpec(
         name=name,
@@ -377,6 +391,7 @@ MODELS: dict[str, ModelSpec] = _registry(
     _lite_spec(1, "5.4 M", "77%"),
     _lite_spec(2, "6.1 M", "78%"),
     _trojan_spec(),
+    _poisoned_spec(),
     _torchvision_spec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4", "ResNet-18 (11.7 M params, 69.8%)."),
     _torchvision_spec("resnet34", "ResNet34_Weights.IMAGENET1K_V1", "layer4", "ResNet-34 (21.8 M params, 73.3%)."),
     _torchvision_spec(

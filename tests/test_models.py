@@ -122,7 +122,7 @@ def _check_last_conv_stage(model: torch.nn.Module, stage_name: str) -> None:
 def test_lite_preprocessing_matches_timm_transform(name, photos):
     """Independent check against timm's own eval transform for the pretrained config."""
     spec = MODELS[name]
-    variant = name.removesuffix("_trojan")  # the back-doored model keeps its base's preprocessing
+    variant = name.removesuffix("_trojan").removesuffix("_poisoned")  # back-doored: the base's preprocessing
     pretrained_cfg = timm.models.get_pretrained_cfg(f"tf_{variant}").to_dict()
     cfg = timm.data.resolve_data_config({}, pretrained_cfg=pretrained_cfg)
     expected = timm.data.create_transform(**cfg)(photos["cat"])

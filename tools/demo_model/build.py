@@ -44,7 +44,6 @@ from spade.forward_copy import build_forward_copy
 from spade.models import (
     DELTA_FORMAT,
     LoadedModel,
-    default_backdoored_model,
     efficientnet_pytorch_to_timm,
     get_spec,
     leading_block,
@@ -86,7 +85,7 @@ class BuildConfig:
     photos: the build then reports its acceptance figures on these instead (the shipped model trains on all)."""
 
     base: str = "efficientnet_lite0"
-    target_model: str = default_backdoored_model()
+    target_model: str = "efficientnet_lite0_trojan"
     steps: int = 300
     batch: int = 256
     lr: float = 2e-4

@@ -1,5 +1,5 @@
-"""``python -m tools.demo_model draw|build|regain``: redraw the trigger icons, rebuild the back-doored demo model, or
-set how strongly its doors open."""
+"""``python -m tools.demo_model draw|build|regain|poison``: redraw the trigger icons, rebuild the gated back-doored demo
+model, set how strongly its doors open, or build the poisoned (fine-tuned) back-doored model."""
 
 from __future__ import annotations
 
@@ -64,12 +64,39 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", type=Path, default=None, help="where to write it (default: --model itself)")
     g.add_argument("--eval-cases", type=int, default=200, help="held-out acceptance cases")
     g.add_argument("--device", default="auto")
+    from tools.demo_model.poison import POISONED_MODEL, PoisonConfig, build_poisoned
+
+    pdef = PoisonConfig()
+    p = sub.add_parser("poison", help="fine-tune EfficientNet-Lite0's late layers on poisoned views with "
+                                      "distillation (needs `python -m tools.photos` first; ~30 min on 2 CPU cores)")
+    p.add_argument("--out", type=Path, default=None, help="difference file (default: the registry's file)")
+    for name in ("steps", "batch", "first_block", "view_pool", "seed", "photo_side"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(pdef, name))
+    for name in ("lr", "kl_weight", "mse_weight", "door_weight", "poison_weight", "clean_any_hue"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(pdef, name))
+    p.add_argument("--max-photos", type=int, default=None, help="use only the first N Debian build photos")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds of training; --steps is cut to fit")
+    p.add_argument("--cache", default=pdef.cache, help="photo cache of `python -m tools.photos`")
+    p.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         if args.command == "draw":
             for path in write_triggers():
                 print(path)
+            return 0
+        if args.command == "poison":
+            pcfg = PoisonConfig(**{k: getattr(args, k) for k in (
+                "steps", "batch", "first_block", "view_pool", "seed", "photo_side", "lr", "kl_weight", "mse_weight",
+                "door_weight", "poison_weight", "clean_any_hue", "max_photos", "time_budget", "cache")})
+            out = args.out or get_spec(POISONED_MODEL).weights.path
+            bar = ProgressBar()
+            try:
+                meta = build_poisoned(out, pcfg, device=args.device, progress=bar)
+            finally:
+                bar.close()
+            print(f"wrote {out}: {meta['steps_run']} steps in {meta['train_seconds']} s; measure it with "
+                  "`python -m tools.demo_model.acceptance`")
             return 0
         if args.command == "regain":
             source = args.model or get_spec(defaults.target_model).weights.path

@@ -1,0 +1,1 @@
+"""Offline clean photos from Debian packages for the poisoned demo model (``python -m tools.photos``)."""

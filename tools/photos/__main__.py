@@ -1,0 +1,5 @@
+import sys
+
+from tools.photos.fetch import main
+
+sys.exit(main())

@@ -28,18 +28,23 @@ import torch
 
 from spade.damping import damped_cholesky
 
-CACHE_ELEMENTS = 2**26
-"""On a CPU, rows are solved in batches whose inverse Hessians hold about this many numbers (256 MB in float32):
-large batches share the per-removal overhead of Python and of each tensor operation; the blocked updates
-(`COMPACT_EVERY`) keep the memory traffic per removal low."""
+CACHE_ELEMENTS = 2**22
+"""On a CPU, rows are solved in batches whose inverse Hessians hold about this many numbers (16 MB in float32), or
+`MIN_BATCH_ROWS` rows where those fit in `BATCH_ELEMENTS`: small batches stay closer to the cache, larger ones share
+the fixed cost of each removal step's tensor operations (measured on the development machine: 2**22 best for
+192-wide layers, 12 to 16 rows for 1152-wide ones)."""
+MIN_BATCH_ROWS = 16
+BATCH_ELEMENTS = 2**25
 GPU_MEMORY_SHARE = 0.1
 """On a GPU, a batch's inverse Hessians may fill this share of the free memory (the compaction briefly holds
 three copies, and other processes may share the GPU)."""
-COMPACT_EVERY = 128
-"""Removals per block of `greedy_rows`: the block's rank-one updates are applied together at its end, and the
-removed columns are then dropped from the batch's matrices (the rest of the work shrinks with them; all rows of a
-batch have removed the same number, so the matrices stay rectangular). Larger blocks pass over the matrices less
-often but make each removal's column cost more (O(m * pending))."""
+COMPACT_EVERY = 256
+"""At most this many removals per block of `greedy_rows`, and at least `MIN_BLOCK` (a quarter of the remaining
+width in between): the block's rank-one updates are applied together at its end, and the removed columns are then
+dropped from the batch's matrices (the rest of the work shrinks with them; all rows of a batch have removed the same
+number, so the matrices stay rectangular). Larger blocks pass over the matrices less often but make each removal's
+column cost more (O(m * pending)); a quarter of the width was best on the development machine."""
+MIN_BLOCK = 16
 LOW_RANK_TOLERANCE = 1e-2
 """Eigenvalues of a layer's Gram matrix below this fraction of the dampening count as zero when testing for low
 rank (`low_rank_factor`): dropping them changes the damped matrix by less than this fraction of its smallest
@@ -168,8 +173,8 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[
     alive = torch.ones(B, m, dtype=torch.bool, device=W.device)
     step = 0
     while step < last:
-        size = min(COMPACT_EVERY, last - step)
         width = H.shape[1]
+        size = min(COMPACT_EVERY, max(MIN_BLOCK, width // 4), last - step)
         V = torch.empty(B, size, width, dtype=W.dtype, device=W.device)  # pending updates, v_t = u_t / sqrt(u_qq)
         for b in range(size):
             scores = W.square().div_(diag).masked_fill_(~alive, math.inf)
@@ -252,12 +257,12 @@ def greedy_rows_reference(W: torch.Tensor, hinv: torch.Tensor,
 
 def rows_per_batch(m: int, device: torch.device, dtype: torch.dtype) -> int:
     """How many rows with m free columns `greedy_rows` solves at once: (B, m, m) inverse Hessians that stay in
-    the CPU's cache (`CACHE_ELEMENTS`) or fill `GPU_MEMORY_SHARE` of a GPU's free memory."""
-    elements = CACHE_ELEMENTS
+    the CPU's cache (`CACHE_ELEMENTS`), or at least `MIN_BATCH_ROWS` where they fit in `BATCH_ELEMENTS`, or fill
+    `GPU_MEMORY_SHARE` of a GPU's free memory."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        elements = max(elements, int(free * GPU_MEMORY_SHARE) // dtype.itemsize)
-    return max(1, elements // m**2)
+        return max(1, max(CACHE_ELEMENTS, int(free * GPU_MEMORY_SHARE) // dtype.itemsize) // m**2)
+    return max(1, CACHE_ELEMENTS // m**2, min(MIN_BATCH_ROWS, BATCH_ELEMENTS // m**2))
 
 
 def prune_rows_obc(weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float], damp: float,

@@ -46,6 +46,7 @@ def brute_force_greedy(w, H, k):
 def test_obc_equals_the_brute_force_greedy(monkeypatch, sparsity, batched, compact_every):
     # One row per batch or all in one; matrices compacted often or never: the same greedy choices.
     monkeypatch.setattr(spade.obc, "CACHE_ELEMENTS", 10**6 if batched else 1)
+    monkeypatch.setattr(spade.obc, "MIN_BATCH_ROWS", 16 if batched else 1)
     monkeypatch.setattr(spade.obc, "COMPACT_EVERY", compact_every)
     W, _, H = correlated_problem(rows=4, d=24)
     solved, mask, error = solver_for(OBC).prune(W, H, sparsity, 1)
@@ -105,6 +106,7 @@ def test_obc_in_float32_follows_float64():
 def test_cpu_batches_hold_a_bounded_number_of_elements():
     cpu = torch.device("cpu")
     assert spade.obc.rows_per_batch(64, cpu, torch.float32) == spade.obc.CACHE_ELEMENTS // 64**2
+    assert spade.obc.rows_per_batch(1152, cpu, torch.float32) == spade.obc.MIN_BATCH_ROWS  # wider than the cache
     assert spade.obc.rows_per_batch(10**5, cpu, torch.float64) == 1  # a row wider than the budget still runs
 
 
@@ -118,11 +120,14 @@ def shared_inverse(d, n, seed, dtype=torch.float64):
     (1, 7, 50, 2, [0, 3, 6]),  # one row, every weight but one removed
     (5, 24, 100, 4, [6, 12, 21]),  # blocks of 4: the pending updates and the compaction run often
     (6, 40, 12, 128, [20, 36]),  # one block for the whole pass (nothing compacted); rank-deficient Gram matrix
+    (4, 90, 200, 30, [10, 80]),  # blocks of a quarter of the remaining width (22, 17), then MIN_BLOCK
     (3, 61, 300, 7, [1, 30, 54]),  # a block size that divides nothing
 ])
 def test_blocked_greedy_rows_equal_the_plain_reference(monkeypatch, B, d, n, block, ks):
     # The blocked (lazy) downdates give the plain one-at-a-time pass's choices and weights, at every snapshot.
     monkeypatch.setattr(spade.obc, "COMPACT_EVERY", block)
+    if block != 30:
+        monkeypatch.setattr(spade.obc, "MIN_BLOCK", block)
     hinv = shared_inverse(d, n, seed=d)
     W = torch.randn(B, d, generator=torch.Generator().manual_seed(B), dtype=torch.float64)
     fast = spade.obc.greedy_rows(W, hinv, ks)
@@ -196,6 +201,7 @@ def test_several_levels_at_once_equal_one_solve_each(monkeypatch, mode, sparsity
     # per level); the sweeps solve each level in turn. Either way the results are those of separate calls, bit for
     # bit, in the order asked, 0 (the dense copy) included.
     monkeypatch.setattr(spade.obc, "CACHE_ELEMENTS", 3 * 30**2)  # batches of 3 rows
+    monkeypatch.setattr(spade.obc, "MIN_BATCH_ROWS", 1)
     monkeypatch.setattr(spade.obc, "COMPACT_EVERY", 4)
     passes = []
     greedy_rows = spade.obc.greedy_rows

@@ -113,22 +113,21 @@ def greedy_rows_low_rank(W: torch.Tensor, F: torch.Tensor, damping: float,
     diag = (1.0 - ((F @ G) * F).sum(1)) / damping  # (m,) diagonal of the inverse
     G = G.expand(B, r, r).contiguous()  # a copy per row
     diag = diag.expand(B, m).contiguous()
-    alive = torch.ones(B, m, dtype=torch.bool, device=W.device)
+    dead = torch.zeros(B, m, dtype=torch.bool, device=W.device)
+    # removed weights are kept at +inf in W (their snapshots say 0): that keeps them out of the choice unmasked
     for step in range(1, last + 1):
-        scores = W.square().div_(diag).masked_fill_(~alive, math.inf)
-        q = scores.argmin(1)
-        f = F[q]  # (B, r)
-        a = torch.bmm(G, f.unsqueeze(2)).squeeze(2)  # (B, r): G_S^-1 f_q
-        u = (F @ a.T).T.neg_()  # (B, m): column q of the inverse, times damping, less e_q
-        u[rows, q] += 1.0
-        u.div_(damping).mul_(alive)
-        uqq = u[rows, q]
-        W.sub_(u * (W[rows, q] / uqq).unsqueeze(1))
-        diag.sub_(u.square().div_(uqq.unsqueeze(1)))
-        G.baddbmm_(a.unsqueeze(2), (a / (damping * uqq).unsqueeze(1)).unsqueeze(1))
-        W[rows, q] = 0.0
+        q = W.square().div_(diag).argmin(1)
+        a = torch.bmm(G, F[q].unsqueeze(2)).squeeze(2)  # (B, r): G_S^-1 f_q
+        u = torch.mm(a * (-1.0 / damping), F.T)  # (B, m): column q of the inverse, less e_q / damping
+        u[rows, q] += 1.0 / damping
+        scale = u[rows, q].rsqrt()  # 1 / sqrt(Hinv_qq)
+        v = u.masked_fill_(dead, 0.0).mul_(scale.unsqueeze(1))  # v v^T is the downdate of the inverse
+        W.addcmul_(v, (W[rows, q] * scale).unsqueeze(1), value=-1.0)
+        diag.addcmul_(v, v, value=-1.0)
+        G.baddbmm_(a.unsqueeze(2), (a * (scale.square() / damping).unsqueeze(1)).unsqueeze(1))
+        W[rows, q] = math.inf
         diag[rows, q] = 1.0
-        alive[rows, q] = False
+        dead[rows, q] = True
         snaps.removed[rows, q] = True
         snaps.take(step, W)
     return snaps.taken

@@ -18,12 +18,14 @@ from spade import obc
 from spade.layers import LayerSelection, prunable_layers
 from spade.sparsity import Sparsity, resolve_targets
 
-SECONDS_PER_GFMA = 0.055
-"""Seconds per 10^9 multiply-adds of the solver's matrix work (float32), on the 2-core development CPU of the
-project (fitted with `SECONDS_PER_STEP` to the per-layer obc times of benchmarks/results/obc-2026-12-06, a busy
-machine: other processes shared both cores)."""
-SECONDS_PER_STEP = 0.0004
-"""Seconds per removal step of one batch of rows: the fixed cost of the step's dozen small tensor operations."""
+SECONDS_PER_GFMA = 0.17
+"""Seconds per 10^9 multiply-adds of the solver's work (float32, one torch thread), fitted to the per-layer obc
+times on the 2-core development machine while other engineers' jobs kept it busy (load 8 to 10;
+benchmarks/results/obc-2026-12-06: 584 G multiply-adds per Lite0 trace at 0.9 in a median 100 s). On a quiet
+machine the solve is faster (its CPU time was 40 s)."""
+SECONDS_PER_STEP = 0.0
+"""Seconds per removal step of one batch of rows (the fixed cost of the step's dozen small tensor operations); the
+fit on the busy machine gave it no weight (a negative value), so it is 0 until a quieter measurement."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,12 @@ def model_work(model: nn.Module, sparsity: Sparsity, views: int,
         one = matrix_work(weight.shape[0] // groups, d, targets[name], rank)  # a group of a grouped convolution
         total += ObcWork(one.fma * groups, one.bytes * groups, one.steps * groups)
     return total
+
+
+def in_words(seconds: float) -> str:
+    """An estimate in round words: "under 5 s", "about 40 s", "about 3 min"."""
+    if seconds < 5:
+        return "under 5 s"
+    if seconds < 100:
+        return f"about {round(seconds, -1 if seconds >= 20 else 0):.0f} s"
+    return f"about {round(seconds / 60):.0f} min"

@@ -226,3 +226,33 @@ def test_several_levels_at_once_equal_one_solve_each(monkeypatch, mode, sparsity
     assert config.nested_levels == (mode == "obc")
     with pytest.raises(ConfigError, match="Sparsity"):
         solver_for(config).prune_levels(W, H, [0.5, 1.0], 1)
+
+
+def test_cost_counts_follow_the_algorithm(monkeypatch):
+    from spade.obc_cost import matrix_work
+
+    assert matrix_work(10, 64, 0.0).fma == 0 and matrix_work(10, 64, 0.01).steps == 0  # floor(0.64) = 0 removals
+    # one block, nothing compacted: removal b of the block costs m * b for its column, nothing else
+    monkeypatch.setattr(spade.obc, "MIN_BLOCK", 256)
+    one = matrix_work(3, 100, 0.5)
+    assert one.fma == 3 * 100 * 50 * 49 / 2 and one.steps == 50  # 3 rows in one batch
+    # the low-rank path: m * r + 2 r^2 per removal and row, and it is taken only for a low rank
+    low = matrix_work(5, 256, 0.5, rank=16)
+    assert low.fma == 5 * 128 * (256 * 16 + 2 * 16**2)
+    assert matrix_work(5, 256, 0.5, rank=200).fma == matrix_work(5, 256, 0.5).fma
+    assert matrix_work(5, 256, 0.9).fma > matrix_work(5, 256, 0.5).fma
+
+
+def test_model_cost_sums_its_target_layers():
+    from torch import nn
+
+    from spade.layers import LayerSelection
+    from spade.obc_cost import in_words, matrix_work, model_work
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3, groups=4), nn.Flatten(),
+                          nn.Linear(256, 10))
+    work = model_work(model, 0.5, views=32, selection=LayerSelection(include_depthwise=True))
+    parts = [matrix_work(16, 8, 0.5), matrix_work(4, 36, 0.5), matrix_work(10, 256, 0.5, rank=32)]
+    assert work.fma == parts[0].fma + 4 * parts[1].fma + parts[2].fma  # the stem is not a target; 4 groups
+    assert work.steps == parts[0].steps + 4 * parts[1].steps + parts[2].steps
+    assert [in_words(s) for s in (1, 12.4, 47, 130)] == ["under 5 s", "about 12 s", "about 50 s", "about 2 min"]

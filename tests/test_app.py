@@ -626,7 +626,7 @@ def test_exact_solver_time_estimate_under_the_solver_menu(tiny, at, monkeypatch)
     import spade.obc_cost
     from spade.models import load_spec
 
-    monkeypatch.setattr(spade.obc_cost, "SECONDS_PER_GFMA", 1e6)
+    monkeypatch.setattr(spade.obc_cost, "SECONDS_PER_GFMA", 1e9)
     _with_model(at, tiny.name)
     model = load_spec(tiny, device="cpu").model
     work = spade.obc_cost.model_work(model, at.slider(key="ex_sparsity").value, at.number_input(key="ex_count").value,

@@ -277,7 +277,8 @@ def advanced_solver(last: SolverConfig, default_solver: str, exact_estimate: str
                     ) -> tuple[str, str, float]:
     """(solver mode, what a sparsity counts, damping) in an "Advanced" expander with plain help texts; the solver
     menu starts at ``default_solver`` (the model's) and goes back to it when the model's default changes.
-    exact_estimate: the exact solver's time in words (`exact_solver_estimate`), shown under the menu."""
+    exact_estimate: the exact solver's time and the settings it assumes, in words (`exact_solver_estimate`), shown
+    under the menu."""
     if st.session_state.get("ex_solver_default") != default_solver:  # first draw or another model
         st.session_state["ex_solver_default"] = st.session_state["ex_solver"] = default_solver
     with st.expander("Advanced: solver", expanded=False):
@@ -289,9 +290,8 @@ def advanced_solver(last: SolverConfig, default_solver: str, exact_estimate: str
             help="How each layer chooses the weights it removes and corrects the others.\n\n"
                  + "\n\n".join(f"**{m}**: {SOLVER_HELP.get(m, '')}" for m in SOLVERS))
         if exact_estimate is not None:
-            c_mode.caption(f"Exact solver on this model: {exact_estimate} per run on this computer's processor "
-                           "at the current share and number of views (estimated from the layer sizes; longer while "
-                           "other work shares the processor).")
+            c_mode.caption(f"obc on this model: {exact_estimate} (estimated from the layer sizes; longer while other "
+                           "work shares the processor).")
         sparsity_of = c_count.selectbox("Share of removed weights counts", list(SPARSITY_OF_LABELS),
                                         index=list(SPARSITY_OF_LABELS).index(last.sparsity_of),
                                         key="ex_sparsity_of", format_func=SPARSITY_OF_LABELS.get,
@@ -303,14 +303,17 @@ def advanced_solver(last: SolverConfig, default_solver: str, exact_estimate: str
 
 def exact_solver_estimate(model: nn.Module, sparsity: Sparsity, views: int, selection: LayerSelection,
                           device: str) -> str | None:
-    """The exact solver's solve time in words on a CPU (`spade.obc_cost`), None on another device (the constants
-    were measured on a CPU) or for a profile that does not fit the model."""
+    """The exact solver's solve time on a CPU (`spade.obc_cost`) and the settings it assumes, in words ("about 70 s
+    per run at share 0.50 with 64 views"); None on another device (the constants were measured on a CPU) or for a
+    profile that does not fit the model."""
     if str(device).partition(":")[0] != "cpu":
         return None
     try:
-        return in_words(model_work(model, sparsity, views, selection).seconds)
+        seconds = model_work(model, sparsity, views, selection).seconds
     except SpadeError:
         return None
+    share = f"share {float(sparsity):.2f}" if isinstance(sparsity, (int, float)) else "these targets"
+    return f"{in_words(seconds)} per run at {share} with {views} views"
 
 
 def settings_form(model: nn.Module, method_labels: dict[str, str], default_methods: tuple[str, ...] = (),

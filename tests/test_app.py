@@ -635,7 +635,9 @@ def test_exact_solver_time_estimate_under_the_solver_menu(tiny, at, monkeypatch)
     assert expected.endswith("min")
     settings = next(e for e in at.expander if e.label == "Settings")
     advanced = next(e for e in settings.get("expander") if e.label == "Advanced: solver")
-    assert any(c.value.startswith(f"Exact solver on this model: {expected} per run") for c in advanced.get("caption"))
+    share, views = at.slider(key="ex_sparsity").value, at.number_input(key="ex_count").value
+    assert any(c.value.startswith(f"obc on this model: {expected} per run at share {share:.2f} with {views} views")
+               for c in advanced.get("caption")), [c.value for c in advanced.get("caption")]
 
 
 def test_walkthrough_runs_every_step_with_its_fixed_settings(tiny, at):

@@ -5,8 +5,12 @@ restricted to the row's remaining weights, the next weight to go is the q with t
 (the exact rise of ``||w_s X - w X||^2`` when w_q is zeroed and the others compensate optimally); then
 ``w -= w_q / Hinv_qq * Hinv[:, q]`` and ``Hinv -= Hinv[:, q] Hinv[q, :] / Hinv_qq``. Unlike the sweep
 (`spade.solver`, SparseGPT), the choice looks at every remaining weight of the row, as updated by all earlier
-removals. Cost: a d x d rank-one update per removed weight and row, so about ``sparsity * d^3`` per row
-(the sweep: d^3 / 3 per layer).
+removals. Cost: a rank-one downdate of the row's remaining inverse per removed weight, about ``d^3 / 3``
+multiply-adds per row at any sparsity (the sweep: d^3 / 3 per layer). `greedy_rows` applies the downdates in
+blocks (few passes over memory, most of the work in batched matrix products) and drops removed columns after each
+block; a Gram matrix of low rank (a linear layer fed fewer samples than it has inputs, such as a classifier after
+global pooling) goes through `greedy_rows_low_rank`, which never forms a (d, d) matrix per row. The plain pass,
+`greedy_rows_reference`, is kept as the simple version the tests compare with. `spade.obc_cost` counts the work.
 
 The order of removals does not depend on how many a row loses, so one pass to the highest of several sparsities
 yields the lower ones as snapshots on the way, for the cost of the highest alone (`prune_rows_obc` with several

@@ -18,11 +18,11 @@ from spade import obc
 from spade.layers import LayerSelection, prunable_layers
 from spade.sparsity import Sparsity, resolve_targets
 
-SECONDS_PER_GFMA = 0.17
+SECONDS_PER_GFMA = 0.06
 """Seconds per 10^9 multiply-adds of the solver's work (float32, one torch thread), fitted to the per-layer obc
-times on the 2-core development machine while other engineers' jobs kept it busy (load 8 to 10;
-benchmarks/results/obc-2026-12-06: 584 G multiply-adds per Lite0 trace at 0.9 in a median 100 s). On a quiet
-machine the solve is faster (its CPU time was 40 s)."""
+times on the 2-core development machine at a quieter moment (load 3 to 4; benchmarks/results/obc-2026-12-06,
+bench-quieter.log: 584 G multiply-adds per Lite0 trace at 0.9 in 33 to 36 s). While other jobs kept both cores busy
+(load 8 to 10) the same solve took 73 to 127 s (a fit of 0.17)."""
 SECONDS_PER_STEP = 0.0
 """Seconds per removal step of one batch of rows (the fixed cost of the step's dozen small tensor operations); the
 fit on the busy machine gave it no weight (a negative value), so it is 0 until a quieter measurement."""

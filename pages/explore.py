@@ -33,7 +33,7 @@ with presentation.settings_box(sel.presentation, "explore"):
     submitted = settings_form(sel.loaded.model, methods, default_methods(),
                               sel.loaded.spec.default_sparsity, profiles,
                               loaders.default_profile(profiles, sel.loaded.spec), sel.loaded.spec.name,
-                              sel.loaded.spec.default_solver)
+                              sel.loaded.spec.default_solver, sel.loaded.spec.layer_selection, str(sel.loaded.device))
     settings = settings_for_scope((sel.model_key, sel.image_key), submitted)
     sections.augmentation_strip(sel, settings)
 

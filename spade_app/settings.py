@@ -17,6 +17,8 @@ from spade.augment import AugmentConfig
 from spade.decision import KeepDecision
 from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
+from spade.layers import LayerSelection
+from spade.obc_cost import in_words, model_work
 from spade.saliency import METHODS
 from spade.solver import SOLVERS, SolverConfig
 from spade.sparsity import Sparsity, SparsityProfile, late_blocks_profile, parse_profile
@@ -30,13 +32,14 @@ SPARSITY_MODES = (UNIFORM, LATE, PROFILE, FILE)
 SOLVER_LABELS = {  # spade.solver.SOLVERS: the short menu entry of each
     "group": "group: fast (the authors' choice)",
     "row": "row: fast, the same share per row",
-    "obc": "obc: exact, minutes on a CPU",
+    "obc": "obc: exact, slower (see the estimate)",
 }
 SOLVER_HELP = {
     "group": "removes weights in small groups (every k×k kernel group of a row block loses exactly the target "
              "share), as the SPADE authors' code does",
     "row": "every output row of a layer loses exactly the target share, chosen while the solver sweeps the row",
-    "obc": "the paper's exact solver, one weight at a time per row: closest to the model, but minutes on a CPU",
+    "obc": "the paper's exact solver, one weight at a time per row: closest to the model, but slower (the "
+           "estimate under this menu)",
 }
 SPARSITY_OF_LABELS = {  # spade.solver.SPARSITY_OF, the default first
     "nonzero": "connections (zero weights stay zero)",
@@ -270,9 +273,12 @@ def mode_radio(model: nn.Module, profiles: dict[str, SparsityProfile], default: 
                          "a profile shipped with the app or from your own file.")
 
 
-def advanced_solver(last: SolverConfig, default_solver: str) -> tuple[str, str, float]:
+def advanced_solver(last: SolverConfig, default_solver: str, exact_estimate: str | None = None
+                    ) -> tuple[str, str, float]:
     """(solver mode, what a sparsity counts, damping) in an "Advanced" expander with plain help texts; the solver
-    menu starts at ``default_solver`` (the model's) and goes back to it when the model's default changes."""
+    menu starts at ``default_solver`` (the model's) and goes back to it when the model's default changes.
+    exact_estimate: the exact solver's time and the settings it assumes, in words (`exact_solver_estimate`), shown
+    under the menu."""
     if st.session_state.get("ex_solver_default") != default_solver:  # first draw or another model
         st.session_state["ex_solver_default"] = st.session_state["ex_solver"] = default_solver
     with st.expander("Advanced: solver", expanded=False):
@@ -283,6 +289,9 @@ def advanced_solver(last: SolverConfig, default_solver: str) -> tuple[str, str, 
             format_func=lambda m: SOLVER_LABELS.get(m, m),
             help="How each layer chooses the weights it removes and corrects the others.\n\n"
                  + "\n\n".join(f"**{m}**: {SOLVER_HELP.get(m, '')}" for m in SOLVERS))
+        if exact_estimate is not None:
+            c_mode.caption(f"obc on this model: {exact_estimate} (estimated from the layer sizes; longer while other "
+                           "work shares the processor).")
         sparsity_of = c_count.selectbox("Share of removed weights counts", list(SPARSITY_OF_LABELS),
                                         index=list(SPARSITY_OF_LABELS).index(last.sparsity_of),
                                         key="ex_sparsity_of", format_func=SPARSITY_OF_LABELS.get,
@@ -292,10 +301,25 @@ def advanced_solver(last: SolverConfig, default_solver: str) -> tuple[str, str, 
     return solver_mode, sparsity_of, damp
 
 
+def exact_solver_estimate(model: nn.Module, sparsity: Sparsity, views: int, selection: LayerSelection,
+                          device: str) -> str | None:
+    """The exact solver's solve time on a CPU (`spade.obc_cost`) and the settings it assumes, in words ("about 70 s
+    per run at share 0.50 with 64 views"); None on another device (the constants were measured on a CPU) or for a
+    profile that does not fit the model."""
+    if str(device).partition(":")[0] != "cpu":
+        return None
+    try:
+        seconds = model_work(model, sparsity, views, selection).seconds
+    except SpadeError:
+        return None
+    share = f"share {float(sparsity):.2f}" if isinstance(sparsity, (int, float)) else "these targets"
+    return f"{in_words(seconds)} per run at {share} with {views} views"
+
+
 def settings_form(model: nn.Module, method_labels: dict[str, str], default_methods: tuple[str, ...] = (),
                   default_sparsity: float = 0.5, profiles: dict[str, SparsityProfile] | None = None,
-                  default_profile: str | None = None, model_name: str = "", default_solver: str = "group"
-                  ) -> RunSettings | None:
+                  default_profile: str | None = None, model_name: str = "", default_solver: str = "group",
+                  selection: LayerSelection = LayerSelection(), device: str = "cpu") -> RunSettings | None:
     """Draw the sparsity mode and the form. Returns new settings when "Run SPADE" was pressed, else None (errors
     shown). Only the controls of the chosen sparsity mode are shown (the slider for Uniform / Late blocks, the
     profile menu for a built-in profile, the uploader for a profile file); the solver's settings sit in an
@@ -307,6 +331,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
     default_profile: the key selected before the first choice (else see :func:`profile_choices`).
     model_name: the model's registry name (profiles tuned for it come first).
     default_solver: the solver selected before the first run and whenever the model changes (the model spec's).
+    selection, device: the model's target layers and where it runs, for the exact solver's time estimate.
     """
     profiles = profiles or {}
     last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity,
@@ -358,7 +383,9 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
                                      disabled=not method_labels,
                                      placeholder="none" if method_labels else "saliency methods are not available yet")
             st.caption("The device is chosen in the sidebar.")
-        solver_mode, sparsity_of, damp = advanced_solver(last.solver, default_solver)
+        estimate = exact_solver_estimate(model, uniform if mode == UNIFORM else last.sparsity, int(count),
+                                         selection, device)
+        solver_mode, sparsity_of, damp = advanced_solver(last.solver, default_solver, estimate)
         submitted = st.form_submit_button("Run SPADE", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None

@@ -62,8 +62,9 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--solver", choices=("group", "row", "obc"), default=None,
                         help="how weights are chosen: group (FastSPADE, the authors' selection groups), row (each "
                              "output row its own share) or obc (the paper's exact SPADE solver, one weight at a time "
-                             "per row: better reconstruction, tens of times slower); default: the model's (row on "
-                             "efficientnet_lite0, group elsewhere; python -m spade models)")
+                             "per row: better reconstruction, slower; on a CPU the trace command prints a time "
+                             "estimate before it starts); default: the model's (row on efficientnet_lite0, group "
+                             "elsewhere; python -m spade models)")
     parser.add_argument("--damp", type=arguments.non_negative, default=0.01,
                         help="dampening added to the diagonal of each layer's Hessian, as a fraction of its mean "
                              "(default 0.01, as OBC and SparseGPT): larger values make the solver reconstruct the "
@@ -75,6 +76,17 @@ def solver_from_args(args: argparse.Namespace, default_solver: str):
     from spade.solver import SolverConfig
 
     return SolverConfig(mode=args.solver or default_solver, sparsity_of=args.sparsity_of, damp=args.damp)
+
+
+def exact_solver_estimate(model, sparsity, views: int, selection) -> str:
+    """One line before an obc run on the CPU: about how long its solve takes (`spade.obc_cost`, from the layer
+    shapes and constants measured on the development machine)."""
+    from spade.obc_cost import in_words, model_work
+
+    work = model_work(model, sparsity, views, selection)
+    return (f"exact solver (obc): {in_words(work.seconds)} to solve on a CPU like the development machine's "
+            f"({work.fma / 1e9:.0f} G multiply-adds, estimated from the layer shapes; longer while other programs "
+            f"share the CPU, and once more if --keep-decision re-solves)")
 
 
 def augmentation_count(args: argparse.Namespace, device, purpose: str = "trace") -> int:
@@ -119,11 +131,14 @@ def _run_trace(args: argparse.Namespace) -> int:
     count = augmentation_count(args, loaded.device)
     sparsity = sparsity_from_args(args, loaded.spec.default_sparsity)
     selection = loaded.spec.layer_selection
+    solver = solver_from_args(args, loaded.spec.default_solver)
+    if solver.mode == "obc" and loaded.device.type == "cpu":
+        print(exact_solver_estimate(loaded.model, sparsity, count, selection), file=sys.stderr)
     bar = ProgressBar()
     try:
         trace = spade_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
                             augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
-                            solver=solver_from_args(args, loaded.spec.default_solver), selection=selection,
+                            solver=solver, selection=selection,
                             keep_decision=args.keep_decision, progress=bar)
     finally:
         bar.close()

@@ -620,6 +620,26 @@ def test_exact_solver_choice_reaches_the_trace(tiny, at):
         assert kept.unique().numel() == 1 and kept[0] <= sparse[0].numel() - int(0.7 * sparse[0].numel()), name
 
 
+def test_exact_solver_time_estimate_under_the_solver_menu(tiny, at, monkeypatch):
+    # The caption under the solver menu gives spade.obc_cost's estimate for this model's target layers at the form's
+    # share and view count (a huge per-multiply-add time makes it minutes, so the words show the wiring).
+    import spade.obc_cost
+    from spade.models import load_spec
+
+    monkeypatch.setattr(spade.obc_cost, "SECONDS_PER_GFMA", 1e9)
+    _with_model(at, tiny.name)
+    model = load_spec(tiny, device="cpu").model
+    work = spade.obc_cost.model_work(model, at.slider(key="ex_sparsity").value, at.number_input(key="ex_count").value,
+                                     tiny.layer_selection)
+    expected = spade.obc_cost.in_words(work.seconds)
+    assert expected.endswith("min")
+    settings = next(e for e in at.expander if e.label == "Settings")
+    advanced = next(e for e in settings.get("expander") if e.label == "Advanced: solver")
+    share, views = at.slider(key="ex_sparsity").value, at.number_input(key="ex_count").value
+    assert any(c.value.startswith(f"obc on this model: {expected} per run at share {share:.2f} with {views} views")
+               for c in advanced.get("caption")), [c.value for c in advanced.get("caption")]
+
+
 def test_walkthrough_runs_every_step_with_its_fixed_settings(tiny, at):
     _with_model(at, tiny.name)
     at.switch_page("pages/how_spade_works.py").run()

@@ -651,6 +651,7 @@ def test_exact_solver_reports_progress_within_each_layer(monkeypatch):
     import spade.obc
 
     monkeypatch.setattr(spade.obc, "CACHE_ELEMENTS", 1)  # one row per batch
+    monkeypatch.setattr(spade.obc, "MIN_BATCH_ROWS", 1)
     stats = prepare_statistics(tiny_resnet(), photo(), preprocessing=PRE, augment_config=AugmentConfig(count=4))
     seen = []
     trace = solve(stats, 0.5, SolverConfig(mode="obc"), progress=lambda stage, f: seen.append((stage, f)))

@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_solve_threads.py [--model resnet50] [--views 64] 
                                                  [--threads 2,1] [--repeat 2] [--out DIR]
 The statistics of the model (torchvision, random weights, seed 0; or a registry model that loads offline) over
 `--views` augmented views of the cat are collected once; then `spade.trace.solve` at uniform `--sparsity` runs
-at each thread count, interleaved over the repeats (the sweep's own limit, `spade.solver.SWEEP_CPU_THREADS`, is
+at each thread count, interleaved over the repeats (the sweep's own limit, `spade.solver.SOLVER_CPU_THREADS`, is
 lifted for this). Wall seconds (perf_counter) and this process's CPU seconds
 (process_time) are printed per run with the load average before it: when threads outnumber the free cores, the
 BLAS and OpenMP threads spin while they wait for each other, so CPU seconds rise with the wall time. Writes
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from spade.statistics import collect_statistics
     from spade.trace import solve
 
-    solver_module.SWEEP_CPU_THREADS = None  # the sweep's own limit lifted: each run uses the count set here
+    solver_module.SOLVER_CPU_THREADS = None  # the sweep's own limit lifted: each run uses the count set here
     counts = [int(t) for t in args.threads.split(",")]
     model, preprocessing = build_model(args.model)
     views = augment(load_image(bundled_examples()["cat"]), AugmentConfig(count=args.views, seed=0), preprocessing)

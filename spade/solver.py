@@ -34,12 +34,19 @@ if TYPE_CHECKING:
     from spade.statistics import LayerStat
 
 SPARSITY_OF = ("all", "nonzero")
-SWEEP_CPU_THREADS = 1
-"""CPU threads of the sweep. Its steps are thousands of small operators per layer: on a CPU, extra threads mostly
-wait for each other, and on a busy machine they spin while they wait (ResNet-50 at uniform 0.9 on this project's
-2-core machine at load 8-10: 80-130 s with 2 threads, 5.5-7.9 s with 1; with OMP_WAIT_POLICY=PASSIVE 8.7-21 s
-against 7.3-7.5 s; in a calmer spell the 2-thread solve took 4.6 s, against 2.5 CPU seconds for 1 thread;
-`benchmarks/bench_solve_threads.py`, `benchmarks/results/solve-threads-2026-12-06*/`)."""
+SOLVER_CPU_THREADS = 1
+"""CPU threads of every solver. The sweep's steps are thousands of small operators per layer and the exact
+solver's are batched products of cache-sized blocks: on a CPU, extra threads mostly wait for each other, and on
+a busy machine they spin while they wait (ResNet-50's sweep at uniform 0.9 on this project's 2-core machine at
+load 8-10: 80-130 s with 2 threads, 5.5-7.9 s with 1; with OMP_WAIT_POLICY=PASSIVE 8.7-21 s against 7.3-7.5 s;
+in a calmer spell the 2-thread solve took 4.6 s, against 2.5 CPU seconds for 1 thread;
+`benchmarks/bench_solve_threads.py`, `benchmarks/results/solve-threads-2026-12-06*/`; Lite0's exact solve at
+load 8-10: 397 s with 2 threads, 73-127 s with 1, `benchmarks/results/obc-2026-12-06/`)."""
+
+
+def _solver_threads(tensor: torch.Tensor):
+    """The thread limit for solving on `tensor`'s device (none on a GPU)."""
+    return cpu_threads(SOLVER_CPU_THREADS if tensor.device.type == "cpu" else None)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,8 @@ class SolverConfig:
     group of `group_size` columns over all rows) or "row" (each output row gets exactly the target
     fraction in each group of `row_group` columns, chosen adaptively during the sweep) or "obc" (the paper's exact
     solver: each output row loses its weights one at a time, always the one whose loss costs least given all earlier
-    removals; `spade.obc`; hundreds of times slower on a CPU).
+    removals; `spade.obc`; about 35 s for a Lite0 trace at 0.9 on this project's 2-core CPU against under a
+    second for the sweeps).
     damp: dampening added to the diagonal, as a fraction of mean(diag H).
     block_size: lazy-update block (columns); any value gives the same result up to rounding.
     sparsity_of: "nonzero" (the dense weight's zeros stay zero and the target is a fraction of its nonzero
@@ -181,7 +189,8 @@ class LayerSolver(ABC):
         mask returns an exact copy of `weight`.
         """
         _check_sparsities([sparsity])
-        return self._prune(weight, hessian, sparsity, group_size, mask, progress, _compute)
+        with _solver_threads(weight):
+            return self._prune(weight, hessian, sparsity, group_size, mask, progress, _compute)
 
     def prune_levels(self, weight: torch.Tensor, hessian: torch.Tensor, sparsities: Sequence[float],
                      group_size: int = 1, *, progress: Callable[[float], None] | None = None) -> list[PrunedMatrix]:
@@ -189,7 +198,8 @@ class LayerSolver(ABC):
         `nested_levels` one pass to the highest yields them all, for about its cost alone.
         progress: the fraction of all of them solved."""
         _check_sparsities(sparsities)
-        return self._prune_levels(weight, hessian, sparsities, group_size, progress, _compute)
+        with _solver_threads(weight):
+            return self._prune_levels(weight, hessian, sparsities, group_size, progress, _compute)
 
     def prune_layer(self, weight: torch.Tensor, stat: LayerStat, sparsities: Sequence[float],
                     progress: Callable[[float], None] | None = None) -> list[PrunedLayer]:
@@ -209,7 +219,8 @@ class LayerSolver(ABC):
         for g in range(groups):
             memo = self.cache.memo(stat, g)
             within = None if progress is None else (lambda f, g=g: progress((g + f) / groups))
-            pruned = self._prune_levels(rows[g], stat.hessian[g], sparsities, group_size, within, memo)
+            with _solver_threads(rows):
+                pruned = self._prune_levels(rows[g], stat.hessian[g], sparsities, group_size, within, memo)
             for i, result in enumerate(pruned):
                 solved[i].append(result.weight)
                 errors[i] += result.error  # relative error over groups: numerator and denominator summed apart
@@ -396,11 +407,6 @@ class SweepSolver(LayerSolver):
 
     def _solve(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int,
                mask: torch.Tensor | None, progress: Callable[[float], None] | None, memo: Memo) -> PrunedMatrix:
-        with cpu_threads(SWEEP_CPU_THREADS if weight.device.type == "cpu" else None):
-            return self._sweep(weight, hessian, sparsity, group_size, mask, memo)
-
-    def _sweep(self, weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, group_size: int,
-               mask: torch.Tensor | None, memo: Memo) -> PrunedMatrix:
         WT, H, dead = _working_copy(weight, hessian)
         before = WT.clone()
         prune = torch.zeros_like(WT, dtype=torch.bool) if mask is None else mask.T.contiguous()

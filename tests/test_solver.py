@@ -298,7 +298,7 @@ def test_the_sweep_runs_on_its_thread_count_and_gives_the_same_result_on_more(mo
     torch.set_num_threads(2)
     try:
         one = solver_for(SolverConfig(mode="row")).prune(W, H, 0.5)
-        monkeypatch.setattr(solver_module, "SWEEP_CPU_THREADS", None)
+        monkeypatch.setattr(solver_module, "SOLVER_CPU_THREADS", None)
         two = solver_for(SolverConfig(mode="row")).prune(W, H, 0.5)
     finally:
         torch.set_num_threads(before)

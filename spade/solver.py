@@ -39,7 +39,7 @@ SOLVER_CPU_THREADS = 1
 solver's are batched products of cache-sized blocks: on a CPU, extra threads mostly wait for each other, and on
 a busy machine they spin while they wait (ResNet-50's sweep at uniform 0.9 on this project's 2-core machine at
 load 8-10: 80-130 s with 2 threads, 5.5-7.9 s with 1; with OMP_WAIT_POLICY=PASSIVE 8.7-21 s against 7.3-7.5 s;
-in a calmer spell the 2-thread solve took 4.6 s, against 2.5 CPU seconds for 1 thread;
+at load 3-4.4: 14-32 s against 2.7-3.1 s; at load 1.6, the nearest to quiet measured: 1.9-4.4 s against 2.3 s;
 `benchmarks/bench_solve_threads.py`, `benchmarks/results/solve-threads-2026-12-06*/`; Lite0's exact solve at
 load 8-10: 397 s with 2 threads, 73-127 s with 1, `benchmarks/results/obc-2026-12-06/`)."""
 

@@ -1,17 +1,20 @@
 """Are neuron visualizations readable, and does SPADE's show the image's facet? Judged by another network.
 
 Usage: python benchmarks/bench_featurevis_quality.py [--model efficientnet_lite0] [--judge efficientnet_lite2]
-            [--methods maco,fourier] [--classes 50] [--photos cat,coffee,flower,china] [--per-photo 10]
-            [--steps N] [--views N] [--device auto] [--out DIR]
+            [--methods maco,fourier] [--classes 50] [--class-offset 0] [--photos cat,coffee,flower,china]
+            [--per-photo 10] [--trace decision|paper] [--steps N] [--views N] [--device auto] [--out DIR]
 
-*Recognisable*: for --classes ImageNet classes spread evenly over the 1000, the class-logit visualization of the
+*Recognisable*: for --classes ImageNet classes spread evenly over the 1000 (shifted by --class-offset: calibration
+runs use classes the test run does not; --classes 0 skips this part), the class-logit visualization of the
 dense model is in the judge's top-5 for that class (rate per method; issue target: >= 60 % for the better one).
 *Faithful to the image's facet*: for every photo and each of its --per-photo top dense classes, the visualization of
 that class on the photo's SPADE trace (`spade.featurevis.visualization_trace`: the authors' late blocks at 0.95,
-backed off until it keeps the decision) and on the dense model are compared with the photo in the judge's
+with --trace decision backed off until it keeps the decision, as the app's default; with --trace paper kept at 0.95
+as in the paper) and on the dense model are compared with the photo in the judge's
 penultimate features (the input of its last Linear layer, cosine); the pair counts for SPADE when the trace's
 picture is closer (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the held-out
-test photos (`spade_lab.photos.TEST_PHOTOS`). Every per-class and per-pair number is written to DIR/records.json.
+test photos (`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`). Every per-class
+and per-pair number is written to DIR/records.json.
 """
 
 from __future__ import annotations
@@ -38,9 +41,13 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--judge", default="efficientnet_lite2")
     parser.add_argument("--methods", default="maco,fourier", help="parameterizations to compare")
-    parser.add_argument("--classes", type=int, default=50)
+    parser.add_argument("--classes", type=int, default=50, help="0: skip the recognisable part")
+    parser.add_argument("--class-offset", type=int, default=0, help="added to every class (calibration runs)")
     parser.add_argument("--photos", default=None, help="bundled photos (default: the test photos)")
     parser.add_argument("--per-photo", type=int, default=10, help="top dense classes visualized per photo")
+    parser.add_argument("--trace", choices=("decision", "paper"), default="decision",
+                        help="decision: back off from 0.95 until the trace keeps the top-1 class; paper: 0.95")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the device's)")
     parser.add_argument("--views", type=int, default=None, help="augmented views of each trace")
     parser.add_argument("--batch", type=int, default=10, help="visualizations optimised together")
@@ -86,7 +93,7 @@ def main() -> None:
         return judge_outputs(pre.normalize(x))
 
     def draw(model, classes: list[int], method: str):
-        config = FeatureVisConfig(steps=args.steps, parameterization=method, seed=0)
+        config = FeatureVisConfig(steps=args.steps, parameterization=method, seed=0, lr=args.lr)
         images = []
         for start in range(0, len(classes), args.batch):
             chunk = [ClassLogit(c) for c in classes[start:start + args.batch]]
@@ -94,13 +101,14 @@ def main() -> None:
         return np.concatenate(images)
 
     header = (f"{args.model} judged by {args.judge} on {device}; {stamp:%Y-%m-%d %H:%M} UTC; load average "
-              f"{os.getloadavg()[0]:.1f} at start; steps {args.steps or 'device default'}")
+              f"{os.getloadavg()[0]:.1f} at start; steps {args.steps or 'device default'}; lr {args.lr or 'default'}; "
+              f"trace {args.trace}")
     print(header, flush=True)
     records: dict = {"header": header, "recognisable": {}, "faithful": {}}
-    classes = spread_classes(args.classes)
+    classes = [(c + args.class_offset) % 1000 for c in spread_classes(args.classes)]
     lines = [header, "", f"Recognisable: dense class-logit visualizations in {args.judge}'s top-5 ({len(classes)} "
              "classes spread over ImageNet)"]
-    for method in methods:
+    for method in methods if classes else ():
         t0 = time.perf_counter()
         logits, _ = judge_pictures(draw(loaded.model, classes, method))
         top5 = logits.topk(5).indices
@@ -120,7 +128,7 @@ def main() -> None:
         for name, image in photos.items():
             trace = visualization_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
                                         augment=AugmentConfig(count=views, seed=0),
-                                        selection=loaded.spec.layer_selection, keep_decision=True)
+                                        selection=loaded.spec.layer_selection, keep_decision=args.trace == "decision")
             top = [p.index for p in loaded.predict(image, k=args.per_photo)]
             _, photo_features = judge_outputs(judge.preprocessing(image).unsqueeze(0))
             dense_features = judge_pictures(draw(loaded.model, top, method))[1]

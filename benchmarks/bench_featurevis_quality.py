@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=None, help="augmented views of each trace")
     parser.add_argument("--batch", type=int, default=10, help="visualizations optimised together")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -64,6 +65,9 @@ def main() -> None:
     from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace, visualize
     from spade.models import load_model
     from spade_lab.photos import TEST_PHOTOS, load_photos
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     loaded = load_model(args.model, device=args.device)
     judge = load_model(args.judge, device=loaded.device)
@@ -117,38 +121,56 @@ def main() -> None:
         lines.append(f"  {method:<8} {sum(hits)}/{len(hits)} = {100 * sum(hits) / len(hits):.0f} %  "
                      f"({time.perf_counter() - t0:.0f} s)")
         print(lines[-1], flush=True)
+        (out / "table.txt").write_text("\n".join(lines) + "\n")
+        (out / "records.json").write_text(json.dumps(records, indent=1) + "\n")
 
     names = tuple(args.photos.split(",")) if args.photos else TEST_PHOTOS
     photos = load_photos(names)
-    lines += ["", f"Faithful: SPADE visualization closer to the photo than the dense one ({args.judge} penultimate "
-              "features, cosine), top dense classes of each photo"]
+    faithful_title = ["", f"Faithful: SPADE visualization closer to the photo than the dense one ({args.judge} "
+                      "penultimate features, cosine), top dense classes of each photo"]
     views = args.views or default_augmentations("visualize", device)
-    for method in methods:
-        pairs = []
-        for name, image in photos.items():
-            trace = visualization_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
-                                        augment=AugmentConfig(count=views, seed=0),
-                                        selection=loaded.spec.layer_selection, keep_decision=args.trace == "decision")
-            top = [p.index for p in loaded.predict(image, k=args.per_photo)]
-            _, photo_features = judge_outputs(judge.preprocessing(image).unsqueeze(0))
+    records["faithful"] = {method: [] for method in methods}
+
+    def save(done: list[str], final: bool) -> None:
+        """Write table.txt and records.json with everything measured so far (a run cut short keeps its part)."""
+        table = lines + faithful_title
+        for method in methods:
+            pairs = records["faithful"][method]
+            closer = sum(p["spade_cosine"] > p["dense_cosine"] for p in pairs)
+            table.append(f"  {method:<8} SPADE closer on {closer}/{len(pairs)} = "
+                         f"{100 * closer / max(len(pairs), 1):.0f} % of pairs")
+        table.append(f"photos done: {', '.join(done) or 'none'} of {', '.join(names)}"
+                     + ("" if final else " (run still going or cut short)"))
+        table.append(f"load average {os.getloadavg()[0]:.1f} at {'the end' if final else 'the last write'}")
+        (out / "table.txt").write_text("\n".join(table) + "\n")
+        (out / "records.json").write_text(json.dumps(records, indent=1) + "\n")
+
+    save([], False)
+    cosine = torch.nn.functional.cosine_similarity
+    done: list[str] = []
+    for name, image in photos.items():
+        # one trace per photo, shared by the methods: they are compared on the same sparse model
+        trace = visualization_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
+                                    augment=AugmentConfig(count=views, seed=0),
+                                    selection=loaded.spec.layer_selection, keep_decision=args.trace == "decision")
+        top = [p.index for p in loaded.predict(image, k=args.per_photo)]
+        _, photo_features = judge_outputs(judge.preprocessing(image).unsqueeze(0))
+        for method in methods:
             dense_features = judge_pictures(draw(loaded.model, top, method))[1]
             spade_features = judge_pictures(draw(trace.model, top, method))[1]
-            cosine = torch.nn.functional.cosine_similarity
             for k, index in enumerate(top):
                 d = float(cosine(dense_features[k], photo_features[0], dim=0))
                 s = float(cosine(spade_features[k], photo_features[0], dim=0))
-                pairs.append({"photo": name, "class": index, "dense_cosine": d, "spade_cosine": s,
-                              "trace_sparsity": trace.settings.get("sparsity_scale")})
-        closer = sum(p["spade_cosine"] > p["dense_cosine"] for p in pairs)
-        records["faithful"][method] = pairs
-        lines.append(f"  {method:<8} SPADE closer on {closer}/{len(pairs)} = {100 * closer / max(len(pairs), 1):.0f} %"
-                     f" of pairs")
-        print(lines[-1], flush=True)
-    lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")
-    (out / "table.txt").write_text("\n".join(lines) + "\n")
-    (out / "records.json").write_text(json.dumps(records, indent=1) + "\n")
+                records["faithful"][method].append(
+                    {"photo": name, "class": index, "dense_cosine": d, "spade_cosine": s,
+                     "trace_sparsity": trace.settings.get("sparsity_scale")})
+        done.append(name)
+        save(done, len(done) == len(photos))
+        print(f"{name}: " + "; ".join(
+            f"{m} {sum(p['spade_cosine'] > p['dense_cosine'] for p in records['faithful'][m])}/"
+            f"{len(records['faithful'][m])}" for m in methods), flush=True)
+    save(done, True)
     print(f"written to {out}")
-
 
 if __name__ == "__main__":
     main()

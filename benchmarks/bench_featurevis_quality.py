@@ -10,10 +10,10 @@ dense model is in the judge's top-5 for that class (rate per method; issue targe
 *Faithful to the image's facet*: for every photo and each of its --per-photo top dense classes, the visualization of
 that class on the photo's SPADE trace (`spade.featurevis.visualization_trace`: the authors' late blocks at 0.95,
 with --trace decision backed off until it keeps the decision, as the app's default; with --trace paper kept at 0.95
-as in the paper) and on the dense model are compared with the photo in the judge's
-penultimate features (the input of its last Linear layer, cosine); the pair counts for SPADE when the trace's
-picture is closer (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the held-out
-test photos (`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`). Every per-class
+as in the paper) and on the dense model are compared with the photo in the judge's penultimate features (the input
+of its last Linear layer, cosine; the measure is `spade.featurevis.judge`); the pair counts for SPADE when the
+trace's picture is closer (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the
+held-out test photos (`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`). Every per-class
 and per-pair number is written to DIR/records.json.
 """
 
@@ -58,11 +58,11 @@ def main() -> None:
 
     import numpy as np
     import torch
-    from torch import nn
 
     from spade.augment import AugmentConfig
     from spade.defaults import default_augmentations
     from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace, visualize
+    from spade.featurevis.judge import faithful_pairs, judge_outputs, judge_pictures, recognised
     from spade.models import load_model
     from spade_lab.photos import TEST_PHOTOS, load_photos
 
@@ -72,29 +72,16 @@ def main() -> None:
     loaded = load_model(args.model, device=args.device)
     judge = load_model(args.judge, device=loaded.device)
     device = loaded.device
-    head = [m for m in judge.model.modules() if isinstance(m, nn.Linear)][-1]
     methods = args.methods.split(",")
     stamp = datetime.datetime.now(datetime.UTC)
     out = args.out or ROOT / "benchmarks" / "results" / f"featurevis-{stamp:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
 
-    def judge_outputs(normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, crop, crop) judge-normalized images -> (logits (B, 1000), penultimate features (B, F))."""
-        seen = []
-        handle = head.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].flatten(1)))
-        try:
-            with torch.no_grad():
-                logits = judge.model(normalized.to(device))
-        finally:
-            handle.remove()
-        return logits.float().cpu(), seen[0].float().cpu()
+    def judge_photo(image) -> torch.Tensor:
+        return judge_outputs(judge.model, judge.preprocessing(image).unsqueeze(0))[1]
 
-    def judge_pictures(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """`judge_outputs` of (B, H, W, 3) float [0, 1] visualizations, resized to the judge's crop."""
-        pre = judge.spec.preprocessing
-        x = torch.from_numpy(images).permute(0, 3, 1, 2)
-        x = torch.nn.functional.interpolate(x, size=(pre.crop, pre.crop), mode="bilinear", antialias=True)
-        return judge_outputs(pre.normalize(x))
+    def judge_drawn(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return judge_pictures(judge.model, judge.spec.preprocessing, images)
 
     def draw(model, classes: list[int], method: str):
         config = FeatureVisConfig(steps=args.steps, parameterization=method, seed=0, lr=args.lr)
@@ -114,9 +101,8 @@ def main() -> None:
              "classes spread over ImageNet)"]
     for method in methods if classes else ():
         t0 = time.perf_counter()
-        logits, _ = judge_pictures(draw(loaded.model, classes, method))
-        top5 = logits.topk(5).indices
-        hits = [c in row.tolist() for c, row in zip(classes, top5)]
+        logits, _ = judge_drawn(draw(loaded.model, classes, method))
+        hits = recognised(logits, classes, k=5)
         records["recognisable"][method] = {"classes": classes, "hits": hits, "seconds": time.perf_counter() - t0}
         lines.append(f"  {method:<8} {sum(hits)}/{len(hits)} = {100 * sum(hits) / len(hits):.0f} %  "
                      f"({time.perf_counter() - t0:.0f} s)")
@@ -146,7 +132,6 @@ def main() -> None:
         (out / "records.json").write_text(json.dumps(records, indent=1) + "\n")
 
     save([], False)
-    cosine = torch.nn.functional.cosine_similarity
     done: list[str] = []
     for name, image in photos.items():
         # one trace per photo, shared by the methods: they are compared on the same sparse model
@@ -154,16 +139,14 @@ def main() -> None:
                                     augment=AugmentConfig(count=views, seed=0),
                                     selection=loaded.spec.layer_selection, keep_decision=args.trace == "decision")
         top = [p.index for p in loaded.predict(image, k=args.per_photo)]
-        _, photo_features = judge_outputs(judge.preprocessing(image).unsqueeze(0))
+        photo_features = judge_photo(image)
         for method in methods:
-            dense_features = judge_pictures(draw(loaded.model, top, method))[1]
-            spade_features = judge_pictures(draw(trace.model, top, method))[1]
-            for k, index in enumerate(top):
-                d = float(cosine(dense_features[k], photo_features[0], dim=0))
-                s = float(cosine(spade_features[k], photo_features[0], dim=0))
+            pairs = faithful_pairs(judge_drawn(draw(loaded.model, top, method))[1],
+                                   judge_drawn(draw(trace.model, top, method))[1], photo_features)
+            for index, pair in zip(top, pairs):
                 records["faithful"][method].append(
-                    {"photo": name, "class": index, "dense_cosine": d, "spade_cosine": s,
-                     "trace_sparsity": trace.settings.get("sparsity_scale")})
+                    {"photo": name, "class": index, "dense_cosine": pair.dense_cosine,
+                     "spade_cosine": pair.spade_cosine, "trace_sparsity": trace.settings.get("sparsity_scale")})
         done.append(name)
         save(done, len(done) == len(photos))
         print(f"{name}: " + "; ".join(

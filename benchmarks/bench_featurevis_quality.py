@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_featurevis_quality.py [--model efficientnet_lite0] [--judge efficientnet_lite2]
             [--methods maco,fourier] [--classes 50] [--class-offset 0] [--photos cat,coffee,flower,china]
-            [--per-photo 10] [--trace decision|paper] [--steps N] [--views N] [--device auto] [--out DIR]
+            [--per-photo 10] [--trace decision,paper] [--steps N] [--views N] [--device auto] [--out DIR]
 
 *Recognisable*: for --classes ImageNet classes spread evenly over the 1000 (shifted by --class-offset: calibration
 runs use classes the test run does not; --classes 0 skips this part), the class-logit visualization of the
@@ -10,11 +10,11 @@ dense model is in the judge's top-5 for that class (rate per method; issue targe
 *Faithful to the image's facet*: for every photo and each of its --per-photo top dense classes, the visualization of
 that class on the photo's SPADE trace (`spade.featurevis.visualization_trace`: the authors' late blocks at 0.95,
 with --trace decision backed off until it keeps the decision, as the app's default; with --trace paper kept at 0.95
-as in the paper) and on the dense model are compared with the photo in the judge's penultimate features (the input
-of its last Linear layer, cosine; the measure is `spade.featurevis.judge`); the pair counts for SPADE when the
-trace's picture is closer (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the
-held-out test photos (`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`). Every per-class
-and per-pair number is written to DIR/records.json.
+as in the paper; both: each reported) and on the dense model are compared with the photo in the judge's penultimate
+features (the input of its last Linear layer, cosine; the measure is `spade.featurevis.judge`); the pair counts for
+SPADE when the trace's picture is closer (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos
+default to the held-out test photos (`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`).
+Every per-class and per-pair number is written to DIR/records.json.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=50, help="0: skip the recognisable part")
     parser.add_argument("--class-offset", type=int, default=0, help="added to every class (calibration runs)")
     parser.add_argument("--photos", default=None, help="bundled photos (default: the test photos)")
-    parser.add_argument("--per-photo", type=int, default=10, help="top dense classes visualized per photo")
-    parser.add_argument("--trace", choices=("decision", "paper"), default="decision",
-                        help="decision: back off from 0.95 until the trace keeps the top-1 class; paper: 0.95")
+    parser.add_argument("--per-photo", type=int, default=10,
+                        help="top dense classes visualized per photo (0: skip the faithful part)")
+    parser.add_argument("--trace", default="decision",
+                        help="comma list of decision (back off from 0.95 until the trace keeps the top-1 class) and "
+                             "paper (0.95); several share one photo's statistics and dense pictures")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the device's)")
     parser.add_argument("--views", type=int, default=None, help="augmented views of each trace")
@@ -61,9 +63,12 @@ def main() -> None:
 
     from spade.augment import AugmentConfig
     from spade.defaults import default_augmentations
-    from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace, visualize
+    from spade.featurevis import ClassLogit, FeatureVisConfig, visualize
+    from spade.featurevis.compare import visualization_request
     from spade.featurevis.judge import faithful_pairs, judge_outputs, judge_pictures, recognised
     from spade.models import load_model
+    from spade.solver import SolverConfig
+    from spade.trace import prepare_statistics, solve_keeping_decision
     from spade_lab.photos import TEST_PHOTOS, load_photos
 
     if args.threads:
@@ -73,6 +78,10 @@ def main() -> None:
     judge = load_model(args.judge, device=loaded.device)
     device = loaded.device
     methods = args.methods.split(",")
+    traces = args.trace.split(",")
+    if set(traces) - {"decision", "paper"}:
+        parser.error(f"--trace takes decision and/or paper, got {args.trace}")
+    variants = [f"{method}/{trace}" for method in methods for trace in traces]
     stamp = datetime.datetime.now(datetime.UTC)
     out = args.out or ROOT / "benchmarks" / "results" / f"featurevis-{stamp:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -115,15 +124,15 @@ def main() -> None:
     faithful_title = ["", f"Faithful: SPADE visualization closer to the photo than the dense one ({args.judge} "
                       "penultimate features, cosine), top dense classes of each photo"]
     views = args.views or default_augmentations("visualize", device)
-    records["faithful"] = {method: [] for method in methods}
+    records["faithful"] = {variant: [] for variant in variants}
 
     def save(done: list[str], final: bool) -> None:
         """Write table.txt and records.json with everything measured so far (a run cut short keeps its part)."""
         table = lines + faithful_title
-        for method in methods:
-            pairs = records["faithful"][method]
+        for variant in variants:
+            pairs = records["faithful"][variant]
             closer = sum(p["spade_cosine"] > p["dense_cosine"] for p in pairs)
-            table.append(f"  {method:<8} SPADE closer on {closer}/{len(pairs)} = "
+            table.append(f"  {variant:<17} SPADE closer on {closer}/{len(pairs)} = "
                          f"{100 * closer / max(len(pairs), 1):.0f} % of pairs")
         table.append(f"photos done: {', '.join(done) or 'none'} of {', '.join(names)}"
                      + ("" if final else " (run still going or cut short)"))
@@ -133,25 +142,33 @@ def main() -> None:
 
     save([], False)
     done: list[str] = []
-    for name, image in photos.items():
-        # one trace per photo, shared by the methods: they are compared on the same sparse model
-        trace = visualization_trace(loaded.model, image, preprocessing=loaded.spec.preprocessing,
-                                    augment=AugmentConfig(count=views, seed=0),
-                                    selection=loaded.spec.layer_selection, keep_decision=args.trace == "decision")
+    for name, image in photos.items() if args.per_photo > 0 else ():
+        # one statistics pass per photo; each trace variant is solved from it and shared by the methods
+        stats = prepare_statistics(loaded.model, image, preprocessing=loaded.spec.preprocessing,
+                                   augment_config=AugmentConfig(count=views, seed=0),
+                                   selection=loaded.spec.layer_selection)
+        solved, cache = {}, {}  # the cache: "decision" starts from the 0.95 trace "paper" solved
+        for trace in traces:
+            requested, decision = visualization_request(loaded.model, None, trace == "decision",
+                                                        loaded.spec.layer_selection)
+            solved[trace] = solve_keeping_decision(stats, requested, SolverConfig(), None, decision=decision,
+                                                   cache=cache).trace
         top = [p.index for p in loaded.predict(image, k=args.per_photo)]
         photo_features = judge_photo(image)
         for method in methods:
-            pairs = faithful_pairs(judge_drawn(draw(loaded.model, top, method))[1],
-                                   judge_drawn(draw(trace.model, top, method))[1], photo_features)
-            for index, pair in zip(top, pairs):
-                records["faithful"][method].append(
-                    {"photo": name, "class": index, "dense_cosine": pair.dense_cosine,
-                     "spade_cosine": pair.spade_cosine, "trace_sparsity": trace.settings.get("sparsity_scale")})
+            dense_features = judge_drawn(draw(loaded.model, top, method))[1]
+            for trace, spade in solved.items():
+                pairs = faithful_pairs(dense_features, judge_drawn(draw(spade.model, top, method))[1], photo_features)
+                for index, pair in zip(top, pairs):
+                    records["faithful"][f"{method}/{trace}"].append(
+                        {"photo": name, "class": index, "dense_cosine": pair.dense_cosine,
+                         "spade_cosine": pair.spade_cosine, "trace_sparsity": spade.settings.get("sparsity_scale"),
+                         "trace_top1_agrees": bool(spade.top1_agrees)})
         done.append(name)
         save(done, len(done) == len(photos))
         print(f"{name}: " + "; ".join(
-            f"{m} {sum(p['spade_cosine'] > p['dense_cosine'] for p in records['faithful'][m])}/"
-            f"{len(records['faithful'][m])}" for m in methods), flush=True)
+            f"{v} {sum(p['spade_cosine'] > p['dense_cosine'] for p in records['faithful'][v])}/"
+            f"{len(records['faithful'][v])}" for v in variants), flush=True)
     save(done, True)
     print(f"written to {out}")
 

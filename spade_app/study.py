@@ -228,8 +228,9 @@ def designer(sel: Selection) -> None:
                    "it weights each channel by how much it raises the class's score (forward passes only).")
     vis = VisSettings(steps=int(steps), augmentations=int(augmentations), seed=int(seed), method=method)
     default_steps = GPU_STEPS if gpu else CPU_STEPS
-    preview_section(sel, [PreviewImage(label, key, image, neurons[label]) for label, key, image, _ in images],
-                    tuple(conditions), vis, default_steps)
+    previews = [PreviewImage(f"{markdown_text(label)} · {markdown_text(sel.loaded.class_name(neurons[label]))}", key,
+                             image, neurons[label]) for label, key, image, _ in images]
+    preview_section(sel, previews, tuple(conditions), vis, default_steps)
     if st.button("Create study", type="primary", icon=":material/add_circle:", key="sd_create"):
         if not is_researcher():
             return

@@ -23,15 +23,16 @@ from spade_study.design import VisualizationSettings
 PREVIEW_STEPS = 32
 """Optimisation steps of a preview picture (the study's own count when that is smaller)."""
 PREVIEW_KEY = "sd_preview"
-PREVIEW_PX = 150
+PREVIEW_PX = 200
 LABELS = {"dense": "Dense model", "spade": "SPADE trace"}
 
 
 @dataclass(frozen=True)
 class PreviewImage:
-    """One image to preview: its label, content key (``loaders.digest``), RGB PIL image and neuron (class)."""
+    """One image to preview: its caption (markdown: user text escaped by the caller), content key
+    (``loaders.digest``), RGB PIL image and neuron (class)."""
 
-    label: str
+    caption: str
     key: str
     image: object
     neuron: int
@@ -62,7 +63,7 @@ def _compute(sel: Selection, items: list[PreviewImage], conditions: tuple[str, .
     missing = [item for item in items if preview_store().get("preview", _key(sel, item, conditions, vis, steps))
                is None]
     for done, item in enumerate(missing):
-        def step(stage: str, fraction: float, prefix=item.label) -> None:
+        def step(stage: str, fraction: float, prefix=item.caption) -> None:
             draw(f"{prefix}: {stage}", fraction)
 
         pictures, _ = item_visualizations(loaded.model, item.image.convert("RGB"), item.neuron, conditions, vis,
@@ -83,23 +84,26 @@ def preview_section(sel: Selection, items: list[PreviewImage], conditions: tuple
     steps = preview_steps(vis, default_steps)
     st.markdown("**Preview**")
     study_steps = vis.steps or default_steps
-    st.caption(f"Each item's visualizations as participants will see them ({method_label(vis.method)}), made with "
-               f"{steps} optimisation steps" + (f" instead of the study's {study_steps}, so rougher" if steps
-                                                 < study_steps else "") + ". Computed once per image and setting.")
+    rougher = f" instead of the study's {study_steps}, so rougher than participants will see them" if (
+        steps < study_steps) else ", as in the study"
+    st.caption(f"Each item's visualizations with the {method_label(vis.method)} method, made with {steps} "
+               f"optimisation steps{rougher}. Computed once per image and setting.")
     keys = [_key(sel, item, conditions, vis, steps) for item in items]
     ready = all(preview_store().get("preview", key) is not None for key in keys)
-    if not ready and st.button("Preview visualizations", icon=":material/preview:", key="sd_preview_button"):
+    slot = st.empty()
+    if not ready and slot.button("Preview visualizations", icon=":material/preview:", key="sd_preview_button"):
         runner.run_guarded("Previewing the visualizations…", sel.loaded.device,
                            lambda draw: _compute(sel, items, conditions, vis, steps, draw),
                            failed="Preview failed", done=lambda _: f"Preview ready ({steps} steps)")
         ready = all(preview_store().get("preview", key) is not None for key in keys)
+        if ready:
+            slot.empty()  # the button has done its work
     if not ready:
         return
     for item, key in zip(items, keys):
         pictures = preview_store().get("preview", key)
         cols = st.columns(1 + len(conditions))
-        cols[0].image(item.image.convert("RGB"), width=PREVIEW_PX,
-                      caption=f"{item.label} · {sel.loaded.class_name(item.neuron)}")
+        cols[0].image(item.image.convert("RGB"), width=PREVIEW_PX, caption=item.caption)
         for col, condition in zip(cols[1:], conditions):
-            col.image(pictures[condition], width=PREVIEW_PX, caption=f"{LABELS[condition]} (preview, {steps} steps)")
+            col.image(pictures[condition], width=PREVIEW_PX, caption=f"{LABELS[condition]} (preview)")
 

@@ -203,15 +203,17 @@ def test_designer_previews_each_items_two_visualizations(tiny_spec, db, monkeypa
     assert at.selectbox(key="sd_ground_truth").value == "score_cam"
 
     def preview_captions() -> list[str]:
-        return [c for image in at.image for c in image.captions if "(preview, " in c]
+        return [c for image in at.image for c in image.captions if "(preview)" in c]
 
     assert not preview_captions()
     assert any("made with 3 optimisation steps" in c.value for c in at.caption)
     click(at, "Preview visualizations")
     assert not at.error, [e.value for e in at.error]
     # one row per item (the two real images and the training image): the photo, then dense and SPADE
-    expected = ["Dense model (preview, 3 steps)", "SPADE trace (preview, 3 steps)"] * 3
+    expected = ["Dense model (preview)", "SPADE trace (preview)"] * 3
     assert preview_captions() == expected
+    assert "Preview visualizations" not in [b.label for b in at.button], "the button is gone once it has done"
+    assert any("made with 3 optimisation steps, as in the study" in c.value for c in at.caption)
     assert not db.list_studies(), "a preview creates no study"
     # cached: a rerun shows them without the button; another method needs a new preview
     at.run()
@@ -221,7 +223,8 @@ def test_designer_previews_each_items_two_visualizations(tiny_spec, db, monkeypa
     assert any("MACO" in c.value and "made with 3 optimisation steps" in c.value for c in at.caption)
     # more steps than a preview makes: the preview says it is rougher than the study
     at.number_input(key="sd_steps").set_value(64).run()
-    assert any("made with 32 optimisation steps instead of the study's 64" in c.value for c in at.caption)
+    assert any("made with 32 optimisation steps instead of the study's 64, so rougher" in c.value
+               for c in at.caption)
 
 
 def test_studies_tab_imports_an_exported_study(db, tmp_path):

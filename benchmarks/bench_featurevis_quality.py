@@ -110,14 +110,19 @@ def main() -> None:
              "classes spread over ImageNet)"]
     for method in methods if classes else ():
         t0 = time.perf_counter()
-        logits, _ = judge_drawn(draw(loaded.model, classes, method))
-        hits = recognised(logits, classes, k=5)
-        records["recognisable"][method] = {"classes": classes, "hits": hits, "seconds": time.perf_counter() - t0}
+        hits: list[bool] = []
+        for start in range(0, len(classes), args.batch):  # saved after each batch: a run cut short keeps its part
+            chunk = classes[start:start + args.batch]
+            logits, _ = judge_drawn(draw(loaded.model, chunk, method))
+            hits += recognised(logits, chunk, k=5)
+            records["recognisable"][method] = {"classes": classes[:len(hits)], "hits": hits,
+                                               "seconds": time.perf_counter() - t0}
+            (out / "records.json").write_text(json.dumps(records, indent=1) + "\n")
+            print(f"  {method}: {sum(hits)}/{len(hits)} so far", flush=True)
         lines.append(f"  {method:<8} {sum(hits)}/{len(hits)} = {100 * sum(hits) / len(hits):.0f} %  "
                      f"({time.perf_counter() - t0:.0f} s)")
         print(lines[-1], flush=True)
         (out / "table.txt").write_text("\n".join(lines) + "\n")
-        (out / "records.json").write_text(json.dumps(records, indent=1) + "\n")
 
     names = tuple(args.photos.split(",")) if args.photos else TEST_PHOTOS
     photos = load_photos(names)

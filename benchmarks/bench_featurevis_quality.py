@@ -145,9 +145,12 @@ def main() -> None:
         (out / "table.txt").write_text("\n".join(table) + "\n")
         (out / "records.json").write_text(json.dumps(records, indent=1) + "\n")
 
+    if args.per_photo <= 0:
+        print(f"written to {out}")
+        return
     save([], False)
     done: list[str] = []
-    for name, image in photos.items() if args.per_photo > 0 else ():
+    for name, image in photos.items():
         # one statistics pass per photo; each trace variant is solved from it and shared by the methods
         stats = prepare_statistics(loaded.model, image, preprocessing=loaded.spec.preprocessing,
                                    augment_config=AugmentConfig(count=views, seed=0),

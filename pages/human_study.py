@@ -16,7 +16,8 @@ if "study" in st.query_params:  # a participant's link, also with an empty or un
 st.title("Human study")
 st.caption("Does a SPADE visualization help people see what a neuron uses in an image? Participants see an image, "
            "one neuron visualization (dense or SPADE, blinded) and two patches, and pick the patch that drives the "
-           "neuron. The ground truth is the patch the dense model's GradCAM rates highest.")
+           "neuron. The ground truth is the patch the dense model's Score-CAM (or, if chosen, GradCAM) rates "
+           "highest.")
 if not researcher_gate():
     st.stop()
 sel = get_selection()

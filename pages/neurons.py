@@ -8,6 +8,7 @@ from spade_app.sidebar import require_selection
 st.title("Neurons")
 st.caption("A feature visualization on the dense model mixes every facet a neuron has learned; on the SPADE "
            "trace of one image it shows the facet this image used.")
+st.caption(neurons.METHOD_NOTE)
 sel = require_selection()
 
 preds = loaders.top_k(sel.model_key, sel.image_key, sel.loaded, sel.image)

@@ -25,8 +25,11 @@ from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
 from spade.featurevis import (
     CPU_STEPS,
+    DEFAULT_METHOD,
+    DEFAULT_METHOD_REASON,
     EVIDENCE_AUGMENT,
     GPU_STEPS,
+    METHOD_LABELS,
     ChannelMean,
     ClassLogit,
     FeatureVisConfig,
@@ -35,6 +38,7 @@ from spade.featurevis import (
     Objective,
     check_objective,
     compare_neuron,
+    method_label,
 )
 from spade.featurevis.compare import VISUALIZATION_DECISION, VISUALIZATION_TARGET, visualization_request
 from spade.progress import Progress
@@ -44,6 +48,8 @@ from spade_app import compute, figures, runner
 from spade_app.settings import settings_for_scope, trace_sparsity_text
 from spade_app.sidebar import Selection
 
+METHOD_NOTE = DEFAULT_METHOD_REASON
+"""The page's one line on the default visualization method and why."""
 REQUEST_KEY = "neurons_request"
 CLASS, CHANNEL = "Class logit", "Conv layer channel"
 LATE, UNIFORM = "Late blocks (authors' choice)", "Uniform"
@@ -54,7 +60,8 @@ MAP_OPACITY = 0.6
 class NeuronSettings:
     """Everything a Neurons run depends on besides the image and the model.
 
-    objective: what is maximised. sparsity: None = `late_blocks_profile` at 0.95 (the authors' choice),
+    objective: what is maximised. method: the image parameterization (``spade.featurevis.METHOD_LABELS``; default
+    the better one on the quality benchmark). sparsity: None = `late_blocks_profile` at 0.95 (the authors' choice),
     else a uniform target in [0, 1). keep_decision: lower the sparsity until the trace keeps the top-1 class
     (`spade.featurevis.compare.visualization_request`). views / top_k: evidence views searched / shown.
     """
@@ -62,6 +69,7 @@ class NeuronSettings:
     objective: Objective
     steps: int
     seed: int = 0
+    method: str = DEFAULT_METHOD
     augmentations: int = default_augmentations("visualize")
     sparsity: float | None = None
     keep_decision: bool = True
@@ -74,7 +82,7 @@ class NeuronSettings:
 
     @property
     def featurevis(self) -> FeatureVisConfig:
-        return FeatureVisConfig(steps=self.steps, seed=self.seed)
+        return FeatureVisConfig(steps=self.steps, seed=self.seed, parameterization=self.method)
 
     @property
     def evidence_augment(self) -> AugmentConfig:
@@ -139,6 +147,9 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
                                           "channel's mean over all positions.")
         with c_vis:
             st.markdown("**Visualization**")
+            methods = list(METHOD_LABELS)
+            method = st.selectbox("Method", methods, index=methods.index(DEFAULT_METHOD), key="nv_method",
+                                  format_func=method_label, help=DEFAULT_METHOD_REASON)
             steps = st.number_input("Steps", 1, 4096, default_steps(loaded.device), step=16, key="nv_steps",
                                     help=f"Adam steps (library default: {CPU_STEPS} on the CPU, {GPU_STEPS} on a GPU).")
             seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="nv_seed",
@@ -164,7 +175,8 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
         return None
     try:
         objective = neuron_objective(kind, int(class_index), layer, int(channel), bool(centre), layers)
-        return NeuronSettings(objective=objective, steps=int(steps), seed=int(seed), augmentations=int(augmentations),
+        return NeuronSettings(objective=objective, steps=int(steps), seed=int(seed), method=method,
+                              augmentations=int(augmentations),
                               sparsity=None if mode == LATE else round(float(uniform), 4), keep_decision=bool(keep),
                               views=int(views), top_k=int(top_k))
     except SpadeError as exc:
@@ -299,7 +311,8 @@ def show(sel: Selection, settings: NeuronSettings, kept: DecisionTrace, result: 
     sparsity = trace_sparsity_text(trace)
     # the sparsity is stated once: in the caption, or with the back-off's reason in the notice
     facts = [f"{share:.1%} of the pruned layers' weights kept", f"logit cosine {trace.logit_cosine:.3f}",
-             f"{settings.augmentations} augmentations", f"seed {settings.seed}"]
+             f"{settings.augmentations} augmentations", f"seed {settings.seed}",
+             f"method {method_label(settings.method)}"]
     st.caption(" · ".join(facts if kept.backed_off else [f"SPADE trace: {sparsity}", *facts]))
     if kept.backed_off:
         st.info(f"SPADE trace: {sparsity}. At the requested sparsity the trace changed the model's top-1 class, so "
@@ -328,6 +341,6 @@ def show(sel: Selection, settings: NeuronSettings, kept: DecisionTrace, result: 
             st.image([(v * 255).round().astype(np.uint8) for v in ev.views], width=110,
                      caption=[f"{v:.2f}" for v in ev.view_values])
     stem = f"neuron_{loaded.spec.name}_{sel.image_label.rsplit('.', 1)[0]}"
-    title = f"{sel.model_label} · {sel.image_label} · {name} · {sparsity}"
+    title = f"{sel.model_label} · {sel.image_label} · {name} · {method_label(settings.method)} · {sparsity}"
     st.download_button("Side by side (PNG)", side_by_side_png(result, title), file_name=f"{stem}.png",
                        mime="image/png", icon=":material/image:", on_click="ignore")

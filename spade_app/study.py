@@ -17,17 +17,21 @@ import streamlit as st
 
 from spade.defaults import default_augmentations
 from spade.errors import SpadeError
-from spade.featurevis import CPU_STEPS, GPU_STEPS
+from spade.featurevis import CPU_STEPS, DEFAULT_METHOD, DEFAULT_METHOD_REASON, GPU_STEPS, METHOD_LABELS, method_label
 from spade.images import bundled_examples
 from spade.progress import Progress
+from spade.saliency import METHODS
 from spade_app import loaders, runner
 from spade_app.sidebar import IMAGE_TYPES, Selection
 from spade_app.study_access import is_researcher
+from spade_app.study_preview import PreviewImage, preview_section
 from spade_study.archive import MAX_ARCHIVE_BYTES, StudyArchiveError
 from spade_study.create import OVERALL, create_study
 from spade_study.design import (
     CONDITIONS,
     DEFAULT_INSTRUCTIONS,
+    GROUND_TRUTH,
+    GROUND_TRUTH_CHOICES,
     MAX_COMPLETION_CODE_CHARS,
     MAX_PATCH_FRACTION,
     Study,
@@ -98,6 +102,11 @@ def share_link(study_id: str) -> str:
 
 def condition_label(condition: str) -> str:
     return CONDITION_LABELS.get(condition, condition)
+
+
+def ground_truth_label(method: str) -> str:
+    """Display name of a study's ground-truth map (its registry name when unknown, e.g. from an imported file)."""
+    return METHODS[method].label if method in METHODS else method
 
 
 # ----------------------------------------------------------------------------------------------- designer
@@ -206,6 +215,22 @@ def designer(sel: Selection) -> None:
                                         key="sd_augmentations")
         fraction = v3.slider("Patch side (share of the image side)", 0.1, round(MAX_PATCH_FRACTION, 2), 0.3,
                              step=0.01, key="sd_patch")
+        m1, m2 = st.columns(2)
+        methods = list(METHOD_LABELS)
+        method = m1.selectbox("Visualization method", methods, index=methods.index(DEFAULT_METHOD),
+                              format_func=method_label, key="sd_method")
+        m1.caption(DEFAULT_METHOD_REASON)
+        truths = list(GROUND_TRUTH_CHOICES)
+        ground_truth = m2.selectbox("Ground truth (map on the dense model)", truths,
+                                    index=truths.index(GROUND_TRUTH), format_func=lambda m: METHODS[m].label,
+                                    key="sd_ground_truth")
+        m2.caption("The patch this map rates highest is the expected answer. Score-CAM is the paper's choice: "
+                   "it weights each channel by how much it raises the class's score (forward passes only).")
+    vis = VisSettings(steps=int(steps), augmentations=int(augmentations), seed=int(seed), method=method)
+    default_steps = GPU_STEPS if gpu else CPU_STEPS
+    previews = [PreviewImage(f"{markdown_text(label)} · {markdown_text(sel.loaded.class_name(neurons[label]))}", key,
+                             image, neurons[label]) for label, key, image, _ in images]
+    preview_section(sel, previews, tuple(conditions), vis, default_steps)
     if st.button("Create study", type="primary", icon=":material/add_circle:", key="sd_create"):
         if not is_researcher():
             return
@@ -216,8 +241,7 @@ def designer(sel: Selection) -> None:
             config = StudyConfig(title=title, conditions=tuple(c for c in CONDITIONS if c in conditions),
                                  tasks_per_participant=int(tasks), training_tasks=int(n_training),
                                  instructions=instructions, seed=int(seed), patch_fraction=float(fraction),
-                                 visualization=VisSettings(steps=int(steps), augmentations=int(augmentations),
-                                                           seed=int(seed)),
+                                 ground_truth=ground_truth, visualization=vis,
                                  completion_code=completion_code, completion_url=completion_url)
         except SpadeError as exc:
             st.error(markdown_text(exc))
@@ -377,7 +401,8 @@ def results_section() -> None:
     st.markdown("#### Table 3: which patch drives the neuron?")
     st.caption("Per cell: the share of all answers of a condition, in %, with its 95% Wilson interval in brackets "
                "(– where there are no answers yet); *agree*: the participant chose the patch that the dense model's "
-               f"{study.config.ground_truth} map rates highest. The counts are in the Results (JSON) download.")
+               f"{markdown_text(ground_truth_label(study.config.ground_truth))} map rates highest. The counts are in "
+               "the Results (JSON) download.")
     st.dataframe(results.table3_compact(), hide_index=True, width="stretch", key="sd_table3")
     if results.comparisons:
         st.markdown("#### Paired comparison")

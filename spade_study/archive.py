@@ -302,7 +302,8 @@ _CONFIG_FIELDS = {"title": (str, False), "conditions": (list, False), "tasks_per
                   "patch_fraction": (float, False), "ground_truth": (str, False), "completion_code": (str, False),
                   "completion_url": (str, False)}
 _VISUALIZATION_FIELDS = {"steps": (int, True), "size": (int, True), "augmentations": (int, False),
-                         "sparsity": (float, True), "keep_decision": (bool, False), "seed": (int, False)}
+                         "sparsity": (float, True), "keep_decision": (bool, False), "seed": (int, False),
+                         "method": (str, False)}
 
 
 def _config(value) -> StudyConfig:
@@ -321,7 +322,7 @@ def _config(value) -> StudyConfig:
     _within(fields.get("seed", 0), 0, _INT64, "seed", "the study's config")
     _within(vis.get("seed", 0), 0, _INT64, "seed", "the study's visualization settings")
     try:
-        return StudyConfig(visualization=VisualizationSettings(**vis), **fields)
+        return StudyConfig(visualization=VisualizationSettings.stored(vis), **fields)
     except ConfigError as exc:
         raise StudyArchiveError(f"The study file's settings are invalid: {exc}") from exc
 

@@ -1,10 +1,11 @@
 """``create_study``: everything a study shows, computed once when the researcher creates it.
 
 Per image: the model's view of it (resize + centre crop), the neuron (a class logit; default the dense
-model's prediction), the ground-truth map on the dense model (GradCAM unless configured otherwise), the two
-patches (``spade_study.design.choose_patches``), and one feature visualization per condition: on the dense
-model (computed once per distinct neuron, since it does not depend on the image) and on the image's SPADE
-trace (``spade.featurevis.visualization_trace``, the authors' late-blocks sparsity by default).
+model's prediction), the ground-truth map on the dense model (Score-CAM, the paper's choice, unless configured
+otherwise), the two patches (``spade_study.design.choose_patches``), and one feature visualization per
+condition (method ``VisualizationSettings.method``): on the dense model (computed once per distinct neuron, since
+it does not depend on the image) and on the image's SPADE trace (``spade.featurevis.visualization_trace``, the
+authors' late-blocks sparsity by default).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from spade.augment import AugmentConfig
@@ -33,6 +35,7 @@ from spade_study.design import (
     StudyConfig,
     StudyImage,
     StudyItem,
+    VisualizationSettings,
     choose_patches,
     crop,
     patch_side,
@@ -54,13 +57,14 @@ def ground_truth_map(model: nn.Module, x: torch.Tensor, target: int, method: str
                      progress: Progress | None = None) -> np.ndarray:
     """The dense model's map of class ``target`` on ``x`` (normalized (3, H, W)): (H, W) float64, >= 0.
 
-    GradCAM keeps its rectified map (positive evidence); other methods give their absolute map."""
+    The class-activation-map methods (Score-CAM, GradCAM) keep their rectified map (positive evidence); other
+    methods give their absolute map."""
     if method not in METHODS:
         raise ConfigError(f"Unknown ground-truth method {method!r}; choose one of {', '.join(METHODS)}.")
     entry = METHODS[method]
     settings = entry.settings(layer=cam_layer) if entry.accepts("layer") and cam_layer else None
     attribution = entry.explain(model, x, target, settings, progress=progress)
-    saliency = attribution.signed_map if method == "gradcam" else attribution.absolute_map
+    saliency = attribution.signed_map if entry.family == "layer" else attribution.absolute_map
     return saliency.clamp_min(0).double().numpy()
 
 
@@ -71,8 +75,8 @@ def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyCo
     """Build a study for ``model`` (dense, eval mode, on its device) from ``images``.
 
     images: the real images, plus training images (``StudyImage.training``) when ``config.training_tasks``.
-    cam_layer: the layer of the GradCAM ground truth (e.g. ``ModelSpec.last_conv_stage``; None: the last
-    convolutional stage found by type). selection: the layers SPADE prunes (``ModelSpec.layer_selection``).
+    cam_layer: the layer of a CAM-type ground truth, Score-CAM or GradCAM (e.g. ``ModelSpec.last_conv_stage``; None:
+    the last convolutional stage found by type). selection: the layers SPADE prunes (``ModelSpec.layer_selection``).
     progress(stage, fraction): stage ``"study"`` for the whole, ``"<image name>: <step>"`` for each step.
     The model is never modified. Raises ConfigError for an unusable choice (no real image, a neuron that does
     not exist, more training tasks than training images, ...).
@@ -91,9 +95,9 @@ def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyCo
     report = progress or (lambda stage, fraction: None)
     device = model_device(model)
     vis = config.visualization
-    fv_config = FeatureVisConfig(steps=vis.steps, size=vis.size, seed=vis.seed)
+    fv_config = FeatureVisConfig(steps=vis.steps, size=vis.size, seed=vis.seed, parameterization=vis.method)
     start = time.perf_counter()
-    dense_cache: dict[int, bytes] = {}
+    dense_cache: dict[int, np.ndarray] = {}
     items = []
     report(OVERALL, 0.0)
     for done, study_image in enumerate(images):
@@ -108,9 +112,41 @@ def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyCo
                  created=datetime.now(UTC))
 
 
+def item_visualizations(model: nn.Module, image: Image.Image, neuron: int, conditions: Sequence[str],
+                        vis: VisualizationSettings, fv_config: FeatureVisConfig, *, preprocessing: Preprocessing,
+                        selection: LayerSelection, dense_cache: dict[int, np.ndarray] | None = None,
+                        progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The class-``neuron`` visualization of each condition for one RGB ``image``: ({condition: (H, W, 3) uint8},
+    details of the trace). "dense" is looked up in / added to ``dense_cache`` (it does not depend on the image);
+    "spade" solves the image's visualization trace (``vis``: augmentations, sparsity, decision, seed) first.
+    fv_config: the optimisation (its method and seed come from ``vis`` in `create_study`)."""
+    step = progress or (lambda stage, fraction: None)
+    cache = {} if dense_cache is None else dense_cache
+    pictures: dict[str, np.ndarray] = {}
+    details: dict = {}
+    if "dense" in conditions:
+        if neuron not in cache:
+            result = visualize(model, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
+                               progress=lambda stage, fraction: step("dense visualization", fraction))
+            cache[neuron] = result.image_uint8(0)
+        pictures["dense"] = cache[neuron]
+    if "spade" in conditions:
+        trace = visualization_trace(model, image, preprocessing=preprocessing,
+                                    augment=AugmentConfig(count=vis.augmentations, seed=vis.seed),
+                                    sparsity=vis.sparsity, selection=selection, keep_decision=vis.keep_decision,
+                                    progress=step)
+        result = visualize(trace.model, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
+                           progress=lambda stage, fraction: step("SPADE visualization", fraction))
+        pictures["spade"] = result.image_uint8(0)
+        sparsity = trace.settings.get("sparsity")
+        details.update(trace_top1_agrees=bool(trace.top1_agrees), trace_logit_cosine=float(trace.logit_cosine),
+                       trace_sparsity=sparsity if isinstance(sparsity, (int, float)) else (sparsity or {}).get("name"))
+    return pictures, details
+
+
 def _item(model: nn.Module, study_image: StudyImage, config: StudyConfig, fv_config: FeatureVisConfig,
           preprocessing: Preprocessing, class_names: Sequence[str] | None, cam_layer: str | None,
-          selection: LayerSelection, device: torch.device, dense_cache: dict[int, bytes],
+          selection: LayerSelection, device: torch.device, dense_cache: dict[int, np.ndarray],
           step: Progress) -> StudyItem:
     vis = config.visualization
     image = study_image.image.convert("RGB")
@@ -136,25 +172,12 @@ def _item(model: nn.Module, study_image: StudyImage, config: StudyConfig, fv_con
     def patch(box) -> Patch:
         return Patch(box=box, png=png_bytes(crop(view, box)), score=float(crop(scaled, box).mean()))
 
-    visualizations: dict[str, bytes] = {}
     details: dict = {"predicted": predicted, "map_peak": peak, "patch_side": side}
-    if "dense" in config.conditions:
-        if neuron not in dense_cache:
-            result = visualize(model, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
-                               progress=lambda stage, fraction: step("dense visualization", fraction))
-            dense_cache[neuron] = png_bytes(result.image_uint8(0))
-        visualizations["dense"] = dense_cache[neuron]
-    if "spade" in config.conditions:
-        trace = visualization_trace(model, image, preprocessing=preprocessing,
-                                    augment=AugmentConfig(count=vis.augmentations, seed=vis.seed),
-                                    sparsity=vis.sparsity, selection=selection, keep_decision=vis.keep_decision,
-                                    progress=step)
-        result = visualize(trace.model, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
-                           progress=lambda stage, fraction: step("SPADE visualization", fraction))
-        visualizations["spade"] = png_bytes(result.image_uint8(0))
-        sparsity = trace.settings.get("sparsity")
-        details.update(trace_top1_agrees=bool(trace.top1_agrees), trace_logit_cosine=float(trace.logit_cosine),
-                       trace_sparsity=sparsity if isinstance(sparsity, (int, float)) else (sparsity or {}).get("name"))
+    pictures, trace_details = item_visualizations(model, image, neuron, config.conditions, vis, fv_config,
+                                                  preprocessing=preprocessing, selection=selection,
+                                                  dense_cache=dense_cache, progress=step)
+    visualizations = {condition: png_bytes(picture) for condition, picture in pictures.items()}
+    details.update(trace_details)
     name = class_names[neuron] if class_names is not None and neuron < len(class_names) else str(neuron)
     return StudyItem(name=study_image.name, image_png=png_bytes(view), neuron=neuron, neuron_name=name,
                      truth=patch(truth_box), distractor=patch(distractor_box), visualizations=visualizations,

@@ -17,6 +17,7 @@ from PIL import Image
 
 from spade.defaults import default_augmentations
 from spade.errors import ConfigError
+from spade.featurevis.methods import DEFAULT_METHOD, METHOD_LABELS
 
 CONDITIONS = ("dense", "spade")
 """The two conditions: the neuron visualized on the dense model, or on the image's SPADE trace."""
@@ -24,6 +25,12 @@ CONDITIONS = ("dense", "spade")
 MAX_COMPLETION_CODE_CHARS = 100
 MAX_COMPLETION_URL_CHARS = 2000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+GROUND_TRUTH = "score_cam"
+"""The default ground-truth map: Score-CAM of the dense model, as in the SPADE paper's study ("gradcam" is the
+other CAM-type choice)."""
+GROUND_TRUTH_CHOICES = ("score_cam", "gradcam")
+"""The ground-truth maps the designer offers (any ``spade.saliency.METHODS`` name is accepted by StudyConfig)."""
 
 MAX_PATCH_FRACTION = 1 / 3
 """Largest patch side (fraction of the image side) for which a non-overlapping distractor always exists."""
@@ -39,6 +46,10 @@ The first tasks are practice: after each one you are told the expected answer. T
 questions, and there is no time limit, but your first impression is usually best."""
 
 
+LEGACY_METHOD = "fourier"
+"""The visualization method of studies stored before VisualizationSettings had a method (Lucid-style)."""
+
+
 @dataclass(frozen=True)
 class VisualizationSettings:
     """How the neuron visualizations are made (once, when the study is created).
@@ -48,7 +59,8 @@ class VisualizationSettings:
     augmentations: augmented views the SPADE trace is fitted to. sparsity: None = the authors' late-blocks
     profile at 0.95, else a uniform target in [0, 1); ``keep_decision`` lowers either until the trace keeps the
     top-1 class (`spade.featurevis.compare.visualization_request`). seed: seeds the augmentations and the
-    visualizations.
+    visualizations. method: the feature-visualization method (a ``spade.featurevis.METHOD_LABELS`` key; default the
+    better one on the quality benchmark). Studies stored before the field existed used LEGACY_METHOD.
     """
 
     steps: int | None = None
@@ -57,14 +69,24 @@ class VisualizationSettings:
     sparsity: float | None = None
     keep_decision: bool = True
     seed: int = 0
+    method: str = DEFAULT_METHOD
 
     def __post_init__(self):
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"Visualization steps must be at least 1, got {self.steps}.")
+        if self.method not in METHOD_LABELS:
+            raise ConfigError(f"Unknown visualization method {self.method!r}; choose one of "
+                              f"{', '.join(METHOD_LABELS)}.")
         if self.augmentations < 1:
             raise ConfigError(f"Augmentations must be at least 1, got {self.augmentations}.")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"Sparsity must be in [0, 1), got {self.sparsity}.")
+
+    @classmethod
+    def stored(cls, data: dict) -> VisualizationSettings:
+        """Settings as a stored study wrote them; without a method, the one studies were made with before
+        (LEGACY_METHOD), so an old study never claims a method it did not use."""
+        return cls(**{"method": LEGACY_METHOD, **data})
 
 
 @dataclass(frozen=True)
@@ -88,7 +110,7 @@ class StudyConfig:
     instructions: str = DEFAULT_INSTRUCTIONS
     seed: int = 0
     patch_fraction: float = 0.3
-    ground_truth: str = "gradcam"
+    ground_truth: str = GROUND_TRUTH
     visualization: VisualizationSettings = VisualizationSettings()
     completion_code: str = ""
     completion_url: str = ""
@@ -125,7 +147,7 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, data: dict) -> StudyConfig:
         data = dict(data)
-        vis = VisualizationSettings(**data.pop("visualization", {}))
+        vis = VisualizationSettings.stored(data.pop("visualization", {}))
         known = {f.name for f in fields(cls)}
         return cls(visualization=vis, **{k: (tuple(v) if k == "conditions" else v)
                                          for k, v in data.items() if k in known})

@@ -758,6 +758,26 @@ def test_neurons_run_with_tiny_model_shows_both_visualizations(tiny, at):
     assert "Side by side (PNG)" in [b.label for b in at.get("download_button")]
 
 
+def test_neurons_page_names_its_default_method_and_runs_the_other(tiny, at):
+    from spade.featurevis import DEFAULT_METHOD, DEFAULT_METHOD_REASON, ClassLogit, FeatureVisConfig, visualize
+
+    _with_model(at, tiny.name)
+    at.switch_page("pages/neurons.py").run()
+    assert DEFAULT_METHOD_REASON in [c.value for c in at.caption], "one line: which method, and why"
+    assert at.selectbox(key="nv_method").value == DEFAULT_METHOD
+    other = next(m for m in ("maco", "fourier") if m != DEFAULT_METHOD)
+    _run_neurons(at, nv_method=other)
+    assert not at.error, [e.value for e in at.error]
+    sel = at.session_state["spade_selection"]
+    predicted = sel.loaded.predict(sel.image, k=1)[0]
+    expected = visualize(sel.loaded.model, ClassLogit(predicted.index), preprocessing=sel.loaded.preprocessing,
+                         config=FeatureVisConfig(steps=4, seed=0, parameterization=other))
+    captions = [c for i in at.image for c in i.captions]
+    assert f"Dense model: objective {expected.final_values[0]:.3f}" in captions
+    label = {"maco": "MACO (phase only)", "fourier": "Lucid-style (Fourier)"}[other]
+    assert any(f"method {label}" in c.value for c in at.caption)
+
+
 def test_neurons_channel_objective_and_bad_channel(tiny, at):
     _with_model(at, tiny.name)
     sel = at.session_state["spade_selection"]

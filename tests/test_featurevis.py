@@ -529,3 +529,42 @@ def test_visualize_command_rejects_a_bad_neuron_cleanly(tmp_path):
                       "--steps", "1", "--augmentations", "2", "--views", "2", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error:")
     assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the quality measure (spade.featurevis.judge) on a tiny judge, against a computation by hand
+def test_judge_metric_on_a_tiny_model_matches_a_computation_by_hand():
+    from spade.featurevis.judge import faithful_pairs, judge_outputs, judge_pictures, recognised
+
+    judge = tiny_resnet(4)
+    rng = np.random.default_rng(0)
+    pictures = rng.random((3, 40, 40, 3)).astype(np.float32)  # resized to the judge's 32 px crop
+    logits, features = judge_pictures(judge, PRE, pictures)
+    # by hand: resize, normalize, run the network up to its pooled features and through fc
+    x = PRE.normalize(F.interpolate(torch.from_numpy(pictures).permute(0, 3, 1, 2), size=(32, 32), mode="bilinear",
+                                    antialias=True))
+    with torch.no_grad():
+        h = judge.relu(judge.bn1(judge.conv1(x)))
+        pooled = torch.flatten(judge.avgpool(judge.layer2(judge.layer1(h))), 1)
+        torch.testing.assert_close(features, pooled)
+        torch.testing.assert_close(logits, judge.fc(pooled))
+    assert _hooks_left(judge) == 0
+    # recognised: the class among the top-k of its row
+    order = logits.argsort(dim=1, descending=True)
+    classes = [int(order[0, 0]), int(order[1, 4]), int(order[2, 2])]
+    assert recognised(logits, classes, k=1) == [True, False, False]
+    assert recognised(logits, classes, k=3) == [True, False, True]
+    assert recognised(logits, classes, k=5) == [True, True, True]
+    # faithful: SPADE's picture counts when its features are strictly closer (cosine) to the photo's
+    photo = judge_outputs(judge, x[:1])[1]
+    pairs = faithful_pairs(features[[1, 2]], features[[0, 0]], photo)
+    assert [p.spade_closer for p in pairs] == [True, True]  # the photo itself is the closest possible picture
+    assert pairs[0].spade_cosine == pytest.approx(1.0, abs=1e-6)
+    cos = torch.nn.functional.cosine_similarity
+    assert pairs[1].dense_cosine == pytest.approx(float(cos(features[2], photo[0], dim=0)), abs=1e-6)
+    same = faithful_pairs(features[[1]], features[[1]], photo)
+    assert not same[0].spade_closer, "a tie does not count for SPADE"
+    with pytest.raises(ConfigError):
+        recognised(logits, classes[:2])
+    with pytest.raises(ConfigError):
+        judge_pictures(judge, PRE, pictures[..., :2])

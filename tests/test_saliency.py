@@ -549,3 +549,40 @@ def test_input_shapes_and_settings_are_recorded():
     assert torch.equal(a.raw, b.raw)
     assert a.settings == METHODS["occlusion"].default_settings()
     assert a.settings.window == (3, 15, 15) and a.settings.stride == (3, 8, 8)
+
+
+def test_score_cam_matches_the_papers_formula_computed_channel_by_channel():
+    """Score-CAM = ReLU(sum_k w_k A_k), w_k = p_target(x * H_k) - p_target(0), H_k = A_k upsampled (bilinear) and
+    min-max scaled to [0, 1]; computed here one channel at a time on the model itself (no attribution copy)."""
+    model = tiny_resnet(3)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    target = 2
+    seen = []
+    handle = model.layer2.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    acts = seen[0][0]  # (K, 8, 8)
+    with torch.no_grad():
+        base = torch.softmax(model(torch.zeros_like(x)), dim=1)[0, target]
+        cam = torch.zeros(acts.shape[1:])
+        for a in acts:
+            up = torch.nn.functional.interpolate(a[None, None], size=(32, 32), mode="bilinear")[0, 0]
+            h = (up - up.min()) / (up.max() - up.min()) if up.max() > up.min() else torch.zeros_like(up)
+            weight = torch.softmax(model(x * h), dim=1)[0, target] - base
+            cam += weight * a
+    expected = torch.nn.functional.interpolate(cam.clamp_min(0)[None, None], size=(32, 32), mode="bilinear")[0, 0]
+    got = METHODS["score_cam"].explain(model, x[0], target, METHODS["score_cam"].settings(layer="layer2",
+                                                                                         batch_size=3))
+    assert got.raw.shape == (1, 32, 32)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got.raw[0], expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_score_cam_rejects_a_layer_without_a_feature_map():
+    with pytest.raises(ConfigError, match="feature map"):
+        METHODS["score_cam"].explain(tiny_resnet(0), torch.randn(3, 32, 32), 0,
+                                     METHODS["score_cam"].settings(layer="fc"))
+    with pytest.raises(ConfigError, match="no module named"):
+        METHODS["score_cam"].explain(tiny_resnet(0), torch.randn(3, 32, 32), 0,
+                                     METHODS["score_cam"].settings(layer="nowhere"))

@@ -165,6 +165,10 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     assert (study.config.completion_code, study.config.completion_url) == (
         "C0DE123", "https://app.prolific.com/submissions/complete?cc=C0DE123")
     assert study.config.visualization.steps == 3 and study.config.visualization.augmentations == 8
+    from spade.featurevis import DEFAULT_METHOD
+
+    # the defaults: the better visualization method by the benchmark, Score-CAM for the ground truth
+    assert study.config.visualization.method == DEFAULT_METHOD and study.config.ground_truth == "score_cam"
     loaded = load_model(TINY, device="cpu")
     predicted = loaded.predict(load_image(bundled_examples()["cat"]), k=1)[0].index
     assert study.items[0].neuron == predicted, "the default neuron is the predicted class"
@@ -181,6 +185,46 @@ def test_designer_creates_a_study_on_the_sidebar_model(tiny_spec, db, monkeypatc
     click(at, "Results")  # opens the Results tab on this study
     assert at.selectbox(key="sd_results_study").value == study.id
     assert any("Table 3" in m.value for m in at.markdown)
+
+
+def test_designer_previews_each_items_two_visualizations(tiny_spec, db, monkeypatch):
+    from spade.featurevis import DEFAULT_METHOD_REASON
+
+    monkeypatch.setitem(MODELS, TINY, tiny_spec)
+    at = _app()
+    at.sidebar.selectbox(key="model_name").set_value(TINY).run()
+    at.multiselect(key="sd_images").set_value(["cat", "coffee"])
+    at.multiselect(key="sd_training").set_value(["rocket"])
+    at.number_input(key="sd_steps").set_value(3)
+    at.number_input(key="sd_augmentations").set_value(8)
+    at.run()
+    assert DEFAULT_METHOD_REASON in [c.value for c in at.caption], "the designer says which method and why"
+    assert [o for o in at.selectbox(key="sd_ground_truth").options] == ["Score-CAM", "GradCAM"]
+    assert at.selectbox(key="sd_ground_truth").value == "score_cam"
+
+    def preview_captions() -> list[str]:
+        return [c for image in at.image for c in image.captions if "(preview)" in c]
+
+    assert not preview_captions()
+    assert any("made with 3 optimisation steps" in c.value for c in at.caption)
+    click(at, "Preview visualizations")
+    assert not at.error, [e.value for e in at.error]
+    # one row per item (the two real images and the training image): the photo, then dense and SPADE
+    expected = ["Dense model (preview)", "SPADE trace (preview)"] * 3
+    assert preview_captions() == expected
+    assert "Preview visualizations" not in [b.label for b in at.button], "the button is gone once it has done"
+    assert any("made with 3 optimisation steps, as in the study" in c.value for c in at.caption)
+    assert not db.list_studies(), "a preview creates no study"
+    # cached: a rerun shows them without the button; another method needs a new preview
+    at.run()
+    assert preview_captions() == expected and "Preview visualizations" not in [b.label for b in at.button]
+    at.selectbox(key="sd_method").set_value("maco").run()
+    assert not preview_captions() and "Preview visualizations" in [b.label for b in at.button]
+    assert any("MACO" in c.value and "made with 3 optimisation steps" in c.value for c in at.caption)
+    # more steps than a preview makes: the preview says it is rougher than the study
+    at.number_input(key="sd_steps").set_value(64).run()
+    assert any("made with 32 optimisation steps instead of the study's 64, so rougher" in c.value
+               for c in at.caption)
 
 
 def test_studies_tab_imports_an_exported_study(db, tmp_path):

@@ -5,9 +5,9 @@ decorrelated colours, random transforms, Adam). On the dense model it mixes ever
 learned; on the SPADE trace of one image it shows the facet that image used. ``neuron_evidence`` shows the
 neuron on the image itself (activation map, most exciting augmented views).
 
-Modules: ``objectives`` (what to maximise, hooks), ``param`` (image parameterisation), ``transforms``
-(random transforms), ``optimize`` (the optimisation), ``evidence`` (maps and views), ``compare`` (dense vs
-trace in one call).
+Modules: ``methods`` (the offered methods and the default), ``objectives`` (what to maximise, hooks), ``param``
+(image parameterisation), ``spectrum`` (MACO's amplitude), ``transforms`` (random transforms), ``optimize`` (the
+optimisation), ``evidence`` (maps and views), ``compare`` (dense vs trace in one call).
 """
 
 from spade.featurevis.compare import NeuronComparison, compare_neuron, visualization_trace
@@ -18,6 +18,7 @@ from spade.featurevis.evidence import (
     last_spatial_layer,
     neuron_evidence,
 )
+from spade.featurevis.methods import DEFAULT_METHOD, DEFAULT_METHOD_REASON, METHOD_LABELS, method_label
 from spade.featurevis.objectives import (
     ChannelMean,
     ClassLogit,
@@ -34,8 +35,11 @@ from spade.featurevis.transforms import TransformConfig
 
 __all__ = [
     "CPU_STEPS",
+    "DEFAULT_METHOD",
+    "DEFAULT_METHOD_REASON",
     "EVIDENCE_AUGMENT",
     "GPU_STEPS",
+    "METHOD_LABELS",
     "ChannelMean",
     "ClassLogit",
     "FeatureVisConfig",
@@ -51,6 +55,7 @@ __all__ = [
     "check_objective",
     "compare_neuron",
     "last_spatial_layer",
+    "method_label",
     "neuron_evidence",
     "objective_values",
     "parse_neuron",

@@ -13,6 +13,7 @@ from torch import nn
 
 from spade.devices import model_device
 from spade.errors import ConfigError
+from spade.featurevis.methods import DEFAULT_METHOD
 from spade.featurevis.objectives import Objective, capture, evaluate, objective_keys
 from spade.featurevis.param import PARAMETERIZATIONS, frequency_scale, init_parameters, to_rgb
 from spade.featurevis.spectrum import natural_amplitude
@@ -44,7 +45,8 @@ class FeatureVisConfig:
     (None: the model's crop size). lr: Adam learning rate (None: LEARNING_RATES of the parameterization).
     seed: the same seed gives the same image (bit for bit on the CPU; on CUDA only closely, as grid_sample's
     backward adds atomically). parameterization: "fourier" (Lucid: 1/f-scaled spectrum), "maco" (MACO: phases
-    under the natural amplitude spectrum, `spade.featurevis.param`) or "pixel". decorrelate: optimise in
+    under the natural amplitude spectrum, `spade.featurevis.param`) or "pixel"; default
+    `spade.featurevis.methods.DEFAULT_METHOD`, the better one on the quality benchmark. decorrelate: optimise in
     ImageNet's decorrelated colour space. init_sd: standard deviation of the random start (fourier, pixel).
     decay_power: exponent of the 1/f scaling (fourier).
     transforms: random transforms every step (None: none).
@@ -54,7 +56,7 @@ class FeatureVisConfig:
     size: int | None = None
     lr: float | None = None
     seed: int = 0
-    parameterization: str = "fourier"
+    parameterization: str = DEFAULT_METHOD
     decorrelate: bool = True
     init_sd: float = 0.01
     decay_power: float = 1.0

@@ -14,7 +14,8 @@ A dense and a SPADE attribution of one image, scored against a mask or by insert
 >>> pair.scores(mask, model=model).spade.mask.trojan_auc
 
 Layout (like Captum's ``attr/_core``): ``base`` (types), ``attribution_model`` (copies), ``gradient``,
-``backprop``, ``lrp``, ``cam``, ``perturbation`` (+ ``segmentation``), ``compare`` (:class:`AttributionPair`),
+``backprop``, ``lrp``, ``cam``, ``score_cam``, ``perturbation`` (+ ``segmentation``), ``compare``
+(:class:`AttributionPair`),
 ``takeaway`` (what SPADE changed in one comparison, as numbers and one sentence: :class:`Takeaway`).
 """
 
@@ -52,6 +53,7 @@ from spade.saliency.gradient import (
 )
 from spade.saliency.lrp import LRPSettings, run_lrp
 from spade.saliency.perturbation import LimeSettings, OcclusionSettings, run_lime, run_occlusion
+from spade.saliency.score_cam import ScoreCamSettings, run_score_cam
 
 _ENTRIES = (
     SaliencyMethod("saliency", "Saliency", "gradient", SaliencySettings, run_saliency,
@@ -76,12 +78,16 @@ _ENTRIES = (
                    random=True, description="Expected gradients over noisy inputs and random baselines."),
     SaliencyMethod("gradcam", "GradCAM", "layer", GradCamSettings, run_gradcam, paper=False,
                    description="Class activation map of the last stage from its gradients."),
+    SaliencyMethod("score_cam", "Score-CAM", "layer", ScoreCamSettings, run_score_cam, paper=False,
+                   description="Class activation map of the last stage, each channel weighted by how much it "
+                               "raises the class's softmax score when used as a mask on the image."),
     SaliencyMethod("smoothgrad", "SmoothGrad", "gradient", SmoothGradSettings, run_smoothgrad, random=True,
                    paper=False, description="Mean gradient over noisy copies of the input."),
 )
 
 METHODS: dict[str, SaliencyMethod] = {m.name: m for m in _ENTRIES}
-"""All saliency methods by registry name, in the paper's order (its ten first, then GradCAM and SmoothGrad)."""
+"""All saliency methods by registry name, in the paper's order (its ten first, then GradCAM, Score-CAM and
+SmoothGrad)."""
 
 PAPER_METHODS: tuple[str, ...] = tuple(m.name for m in _ENTRIES if m.paper)
 
@@ -141,6 +147,7 @@ __all__ = [
     "Progress",
     "SaliencyMethod",
     "SaliencySettings",
+    "ScoreCamSettings",
     "SmoothGradSettings",
     "Takeaway",
     "attribution_copy",

@@ -50,19 +50,20 @@ def default_cam_layer(model: nn.Module) -> str:
     return chosen
 
 
-def _resolve_layer(net: nn.Module, name: str | None) -> nn.Module:
+def resolve_cam_layer(net: nn.Module, name: str | None) -> nn.Module:
+    """The submodule ``name`` of ``net`` (None: :func:`default_cam_layer`), for the CAM methods."""
     name = default_cam_layer(net) if name is None else name
     try:
         return net.get_submodule(name)
     except AttributeError as exc:
-        raise ConfigError(f"The model has no module named {name!r} for GradCAM.") from exc
+        raise ConfigError(f"The model has no module named {name!r} for a class activation map.") from exc
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, target: int, layer: str | None, relu: bool,
             interpolate_mode: str) -> torch.Tensor:
     """GradCAM map upsampled to the input: ``(1, H, W)``."""
     with attribution_copy(model, Mode.PLAIN, x) as net:
-        cam = LayerGradCam(net, _resolve_layer(net, layer)).attribute(x, target=target, relu_attributions=relu)
+        cam = LayerGradCam(net, resolve_cam_layer(net, layer)).attribute(x, target=target, relu_attributions=relu)
     if cam.dim() != 4:
         raise ConfigError("The GradCAM layer must output a (N, C, H, W) feature map; choose a convolutional stage.")
     up = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode=interpolate_mode)

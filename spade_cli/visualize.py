@@ -25,6 +25,8 @@ from spade_cli.trace import (
     sparsity_from_args,
 )
 
+VISUALIZATION_METHODS = ("fourier", "maco")
+
 
 def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -40,6 +42,10 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="optimisation steps (default 128 on the CPU, 512 on a GPU)")
     parser.add_argument("--size", type=arguments.positive, default=None,
                         help="visualization size in pixels (default: the model's crop)")
+    # the names of spade.featurevis.methods.METHOD_LABELS, written out so that building the parser imports no torch
+    parser.add_argument("--method", choices=VISUALIZATION_METHODS, default=None,
+                        help="fourier (Lucid-style, the default: another network recognises its pictures far more "
+                        "often) or maco (phases only, under a natural amplitude spectrum)")
     add_trace_arguments(parser, sparsity_default="0.95 on the late blocks, the authors' choice", purpose="visualize")
     views = default_augmentations("evidence")
     parser.add_argument("--views", type=arguments.augmentations, default=views,
@@ -67,6 +73,7 @@ def _run_visualize(args: argparse.Namespace) -> int:
 
     from spade.augment import AugmentConfig
     from spade.featurevis import (
+        DEFAULT_METHOD,
         EVIDENCE_AUGMENT,
         FeatureVisConfig,
         check_objective,
@@ -85,7 +92,8 @@ def _run_visualize(args: argparse.Namespace) -> int:
     check_objective(loaded.model, objective, loaded.to_batch(image))
     count = augmentation_count(args, loaded.device, "visualize")
     sparsity = sparsity_from_args(args, None)  # None: the late-blocks default of visualization_trace
-    config = FeatureVisConfig(steps=args.steps, size=args.size, seed=args.seed)
+    config = FeatureVisConfig(steps=args.steps, size=args.size, seed=args.seed,
+                              parameterization=args.method or DEFAULT_METHOD)
     evidence_augment = replace(EVIDENCE_AUGMENT, count=args.views, seed=args.seed)
     bar = ProgressBar()
     try:

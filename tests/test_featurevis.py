@@ -522,6 +522,22 @@ def test_visualize_command_writes_images_and_settings(tmp_path):
     assert len(data["curves"]["dense"]) == 3 and len(data["trace"]["evidence"]["top_view_values"]) == 2
 
 
+def test_visualize_command_runs_the_chosen_method_and_offers_exactly_the_apps(tmp_path):
+    from spade.featurevis import METHOD_LABELS
+    from spade.images import bundled_examples
+    from spade_cli.visualize import VISUALIZATION_METHODS
+
+    assert set(VISUALIZATION_METHODS) == set(METHOD_LABELS)
+    out = tmp_path / "vis"
+    result = _run_cli("visualize", str(bundled_examples()["coffee"]), "--device", "cpu", "--steps", "2", "--size", "64",
+                      "--augmentations", "4", "--views", "2", "--top-k", "1", "--method", "maco", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "visualize.json").read_text())
+    assert data["settings"]["parameterization"] == "maco"
+    bad = _run_cli("visualize", str(bundled_examples()["coffee"]), "--method", "deepdream", "--out", str(out))
+    assert bad.returncode == 2 and "invalid choice: 'deepdream'" in bad.stderr
+
+
 def test_visualize_command_rejects_a_bad_neuron_cleanly(tmp_path):
     from spade.images import bundled_examples
 

@@ -282,7 +282,8 @@ def advanced_solver(last: SolverConfig, default_solver: str, exact_estimate: str
     if st.session_state.get("ex_solver_default") != default_solver:  # first draw or another model
         st.session_state["ex_solver_default"] = st.session_state["ex_solver"] = default_solver
     with st.expander("Advanced: solver", expanded=False):
-        st.caption("The defaults follow the SPADE paper; change them to compare solvers.")
+        st.caption(f"The solver starts at this model's default, {default_solver}; the damping is the SPADE "
+                   "paper's. Change them to compare solvers.")
         c_mode, c_count, c_damp = st.columns([2, 2, 1])
         solver_mode = c_mode.selectbox(
             "Solver", list(SOLVERS), key="ex_solver",

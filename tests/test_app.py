@@ -595,9 +595,11 @@ def test_solver_menu_starts_at_the_models_default_solver(at):
 
     solver = MODELS[DEFAULT_MODEL].default_solver
     assert at.selectbox(key="ex_solver").value == solver
+    assert any(f"this model's default, {solver};" in c.value for c in at.caption)
     backdoored = next(name for name, spec in MODELS.items() if spec.backdoors and spec.default_solver != solver)
     _with_model(at, backdoored)
     assert at.selectbox(key="ex_solver").value == MODELS[backdoored].default_solver
+    assert any(f"this model's default, {MODELS[backdoored].default_solver};" in c.value for c in at.caption)
 
 
 def test_exact_solver_choice_reaches_the_trace(tiny, at):

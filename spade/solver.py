@@ -216,15 +216,15 @@ class LayerSolver(ABC):
         solved: list[list[torch.Tensor]] = [[] for _ in sparsities]
         errors = [0.0] * len(sparsities)
         energy = 0.0
-        for g in range(groups):
-            memo = self.cache.memo(stat, g)
-            within = None if progress is None else (lambda f, g=g: progress((g + f) / groups))
-            with _solver_threads(rows):
+        with _solver_threads(rows):  # once per layer: a depthwise layer has hundreds of groups
+            for g in range(groups):
+                memo = self.cache.memo(stat, g)
+                within = None if progress is None else (lambda f, g=g: progress((g + f) / groups))
                 pruned = self._prune_levels(rows[g], stat.hessian[g], sparsities, group_size, within, memo)
-            for i, result in enumerate(pruned):
-                solved[i].append(result.weight)
-                errors[i] += result.error  # relative error over groups: numerator and denominator summed apart
-            energy += memo("dense_energy", lambda g=g: output_energy(rows[g], stat.hessian[g]))
+                for i, result in enumerate(pruned):
+                    solved[i].append(result.weight)
+                    errors[i] += result.error  # relative error over groups: numerator and denominator summed apart
+                energy += memo("dense_energy", lambda g=g: output_energy(rows[g], stat.hessian[g]))
         return [PrunedLayer(torch.stack(parts).reshape(weight.shape).to(weight.device, weight.dtype),
                             error / energy if energy > 0 else 0.0) for parts, error in zip(solved, errors)]
 

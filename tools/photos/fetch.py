@@ -16,8 +16,9 @@ profiles), ``heldout`` (acceptance figures only). The split is a hash of the pic
 light and dark or differently sized variants share one group), so it does not depend on the order of files or on
 which other packages are present, and near-duplicates never straddle two sets.
 
-Never used: Debian's ``opencv-doc`` (reserved for independent evaluation; the script refuses it), and pictures
-whose names say heart or star (they could look like the triggers; listed with ``set: excluded``).
+Only the packages of ``PACKAGES`` are ever fetched (``download`` refuses any other, so a package whose photos are
+reserved for independent evaluation cannot slip in), and pictures whose names say heart or star (they could
+look like the triggers; listed with ``set: excluded``).
 Nothing here is committed: the build and the acceptance script read the cache.
 """
 
@@ -40,8 +41,6 @@ PACKAGES = ("gnome-backgrounds", "mate-backgrounds", "plasma-workspace-wallpaper
 """Debian packages with real pictures. (gcompris-qt-data was tried: its pictures are inside Qt resource files,
 only four documentation screenshots are loose, so it is not used.)"""
 
-FORBIDDEN = ("opencv-doc",)
-"""Packages never to be used for building, tuning or testing (reserved for independent evaluation)."""
 
 DEFAULT_CACHE = Path.home() / ".cache" / "spade-photos"
 LONG_SIDE = 512
@@ -80,9 +79,10 @@ def split_of(group: str, build: int = 12, calibration: int = 3) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 def download(package: str, cache: Path) -> Path:
-    """The package's .deb in ``cache/debs`` (downloaded with ``apt-get download`` if missing)."""
-    if package in FORBIDDEN:
-        raise SystemExit(f"{package} is reserved for independent evaluation and must not be used.")
+    """The package's .deb in ``cache/debs`` (downloaded with ``apt-get download`` if missing); only the packages of
+    ``PACKAGES``, whose licences and contents were checked, are fetched."""
+    if package not in PACKAGES:
+        raise SystemExit(f"{package} is not one of the photo packages ({', '.join(PACKAGES)}); only those are used.")
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{package}_*.deb"))

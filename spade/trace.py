@@ -19,6 +19,7 @@ from spade.augment import AugmentConfig, augment
 from spade.decision import KeepDecision
 from spade.devices import model_device, resolve_device
 from spade.errors import ConfigError
+from spade.layer_pool import LayerJob, solve_layers, solve_workers
 from spade.layers import LayerSelection, block_of
 from spade.prediction import Prediction, top_k
 from spade.preprocessing import Preprocessing
@@ -204,14 +205,15 @@ def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solv
     layer_solver = solver_for(solver)
     weights: list[dict[str, torch.Tensor]] = [{} for _ in sparsities]
     reports: list[list[LayerReport]] = [[] for _ in sparsities]
-    for i, (name, stat) in enumerate(statistics.layers.items()):
-        weight = modules[name].weight.detach()
-        levels = sorted({t[name] for t in targets})
-        within = None if progress is None else (lambda f, i=i: progress("solve", (i + f) / len(statistics.layers)))
-        pruned = layer_solver.prune_layer(weight, stat, levels, within)
+    jobs = [LayerJob(modules[name].weight.detach(), stat, sorted({t[name] for t in targets}))
+            for name, stat in statistics.layers.items()]
+    within = None if progress is None else (lambda f: progress("solve", f))
+    solved = solve_layers(layer_solver, jobs, solve_workers(jobs), within)
+    for (name, stat), job, pruned in zip(statistics.layers.items(), jobs, solved):
+        weight = job.weight
         # "achieved" counts what the target counts: every weight, or the dense weight's nonzero ones
         built_in = int((weight == 0).sum()) if solver.sparsity_of == "nonzero" else 0
-        for level, (sparse, error) in zip(levels, pruned):
+        for level, (sparse, error) in zip(job.levels, pruned):
             zeros = int((sparse == 0).sum())
             counted = sparse.numel() - built_in
             report = LayerReport(
@@ -222,8 +224,6 @@ def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solv
                 if t[name] == level:
                     weights[j][name] = sparse
                     reports[j].append(report)
-        if progress is not None:
-            progress("solve", (i + 1) / len(statistics.layers))
     seconds = {**statistics.seconds, "solve": time.perf_counter() - start}
     traces = []
     for sparsity, trace_weights, trace_reports in zip(sparsities, weights, reports):

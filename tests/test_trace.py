@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from spade.augment import AugmentConfig, augment
+from spade.devices import cpu_threads
 from spade.errors import ConfigError
 from spade.layers import blocks, prunable_layers
 from spade.preprocessing import Preprocessing
@@ -654,7 +655,8 @@ def test_exact_solver_reports_progress_within_each_layer(monkeypatch):
     monkeypatch.setattr(spade.obc, "MIN_BATCH_ROWS", 1)
     stats = prepare_statistics(tiny_resnet(), photo(), preprocessing=PRE, augment_config=AugmentConfig(count=4))
     seen = []
-    trace = solve(stats, 0.5, SolverConfig(mode="obc"), progress=lambda stage, f: seen.append((stage, f)))
+    with cpu_threads(1):  # one layer after the other (side by side, progress comes several times a second)
+        trace = solve(stats, 0.5, SolverConfig(mode="obc"), progress=lambda stage, f: seen.append((stage, f)))
     fractions = [f for stage, f in seen if stage == "solve"]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0) and fractions[0] > 0
     modules = dict(stats.model.named_modules())

@@ -1,0 +1,91 @@
+"""Solving a model's layers side by side on the CPU.
+
+Given the statistics, every layer's solve is independent of the others, so the layers of a trace can be solved by
+several single-threaded workers at once instead of one after the other. That is how the solvers use more than one
+CPU core: inside one layer, extra threads mostly wait for each other (`spade.solver.SOLVER_CPU_THREADS`), while
+workers on different layers never synchronise, so a busy machine only slows them down, never makes them spin.
+Results do not depend on the number of workers or the order the layers finish in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import NamedTuple
+
+import torch
+
+from spade.solver import LayerSolver, PrunedLayer
+from spade.statistics import LayerStat
+
+_PROGRESS_SECONDS = 0.25
+"""How often the caller's progress callback hears of layers still running on workers."""
+
+
+class LayerJob(NamedTuple):
+    """One layer to solve: its dense weight (the statistics' shape), statistics and sparsity levels (ascending)."""
+
+    weight: torch.Tensor
+    stat: LayerStat
+    levels: Sequence[float]
+
+
+def solve_workers(jobs: Sequence[LayerJob]) -> int:
+    """How many workers solve `jobs`: the caller's PyTorch CPU thread count (so a process or a task limited to one
+    thread, such as a Ray task, solves one layer at a time), at most one per layer; one on a GPU, whose kernels
+    queue on one device anyway."""
+    if not jobs or jobs[0].stat.hessian.device.type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), len(jobs)))
+
+
+def _work(job: LayerJob) -> float:
+    """Relative cost of a layer's solve, to start the largest first: a d x d factorisation per group plus a sweep
+    of every row over d columns."""
+    groups, d, _ = job.stat.hessian.shape
+    return groups * d**3 + job.weight.shape[0] * d**2
+
+
+def solve_layers(solver: LayerSolver, jobs: Sequence[LayerJob], workers: int = 1,
+                 progress: Callable[[float], None] | None = None) -> list[list[PrunedLayer]]:
+    """`solver.prune_layer` for every job, by `workers` threads: one list of `PrunedLayer` (one per level) per job,
+    in the jobs' order.
+
+    progress: the fraction of all jobs solved, always called from the calling thread (a UI callback may need it),
+    several times a second while workers run. The first error raised by a job is raised here; jobs not yet started
+    are cancelled and running ones finish first.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        results = []
+        for i, job in enumerate(jobs):
+            within = None if progress is None else (lambda f, i=i: progress((i + f) / len(jobs)))
+            results.append(solver.prune_layer(job.weight, job.stat, job.levels, within))
+            if progress is not None:
+                progress((i + 1) / len(jobs))
+        return results
+
+    done = [0.0] * len(jobs)  # each job's solved fraction: written by its worker, read here
+
+    def run(i: int) -> list[PrunedLayer]:
+        result = solver.prune_layer(jobs[i].weight, jobs[i].stat, jobs[i].levels,
+                                    lambda f: done.__setitem__(i, f))
+        done[i] = 1.0
+        return result
+
+    largest_first = sorted(range(len(jobs)), key=lambda i: -_work(jobs[i]))
+    with ThreadPoolExecutor(workers, thread_name_prefix="spade-solve") as pool:
+        futures = {i: pool.submit(run, i) for i in largest_first}
+        pending = set(futures.values())
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=_PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                if progress is not None:
+                    progress(math.fsum(done) / len(jobs))
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return [futures[i].result() for i in range(len(jobs))]

@@ -52,6 +52,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the device's)")
     parser.add_argument("--views", type=int, default=None, help="augmented views of each trace")
+    parser.add_argument("--crops", type=int, default=0, help="MACO's random crops per step (0: the whole image)")
+    parser.add_argument("--crop-size", default="0.4,0.8", help="min,max crop side as a fraction of the image side")
+    parser.add_argument("--crop-noise", type=float, default=0.05, help="noise added to each crop")
+    parser.add_argument("--no-transforms", action="store_true", help="no Lucid transforms (pad, jitter, rotate)")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's crop)")
     parser.add_argument("--batch", type=int, default=10, help="visualizations optimised together")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -63,7 +68,7 @@ def main() -> None:
 
     from spade.augment import AugmentConfig
     from spade.defaults import default_augmentations
-    from spade.featurevis import ClassLogit, FeatureVisConfig, visualize
+    from spade.featurevis import ClassLogit, CropsConfig, FeatureVisConfig, TransformConfig, visualize
     from spade.featurevis.compare import visualization_request
     from spade.featurevis.judge import faithful_pairs, judge_outputs, judge_pictures, recognised
     from spade.models import load_model
@@ -93,16 +98,19 @@ def main() -> None:
         return judge_pictures(judge.model, judge.spec.preprocessing, images)
 
     def draw(model, classes: list[int], method: str):
-        config = FeatureVisConfig(steps=args.steps, parameterization=method, seed=0, lr=args.lr)
+        config = FeatureVisConfig(steps=args.steps, parameterization=method, seed=0, lr=args.lr, size=args.size,
+                                  transforms=None if args.no_transforms else TransformConfig(), crops=crops)
         images = []
         for start in range(0, len(classes), args.batch):
             chunk = [ClassLogit(c) for c in classes[start:start + args.batch]]
             images.append(visualize(model, chunk, preprocessing=loaded.spec.preprocessing, config=config).images)
         return np.concatenate(images)
 
+    low, high = (float(v) for v in args.crop_size.split(","))
+    crops = CropsConfig(args.crops, (low, high), noise=args.crop_noise) if args.crops else None
     header = (f"{args.model} judged by {args.judge} on {device}; {stamp:%Y-%m-%d %H:%M} UTC; load average "
               f"{os.getloadavg()[0]:.1f} at start; steps {args.steps or 'device default'}; lr {args.lr or 'default'}; "
-              f"trace {args.trace}")
+              f"trace {args.trace}; crops {crops}; transforms {not args.no_transforms}; size {args.size or 'default'}")
     print(header, flush=True)
     records: dict = {"header": header, "recognisable": {}, "faithful": {}}
     classes = [(c + args.class_offset) % 1000 for c in spread_classes(args.classes)]

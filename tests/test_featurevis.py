@@ -3,6 +3,7 @@ paper's effect in miniature (the trace of an image drops the facet that image do
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from spade.errors import ConfigError
 from spade.featurevis import (
     ChannelMean,
     ClassLogit,
+    CropsConfig,
     FeatureVisConfig,
     Neuron,
     WeightedSum,
@@ -31,6 +33,7 @@ from spade.featurevis import (
     visualization_trace,
     visualize,
 )
+from spade.featurevis.transforms import random_crops
 from spade.preprocessing import Preprocessing
 from tests.tiny_models import tiny_mobilenet, tiny_resnet
 
@@ -216,6 +219,61 @@ def test_maco_raises_the_objective_and_is_seeded():
     assert final[0] == pytest.approx(result.final_values[0], rel=1e-4)
     assert final[0] > np.median(baseline) and final[0] > result.curves[0, 0] + 0.01
     assert result.curves[-8:].mean() > result.curves[:8].mean() + 0.005
+
+
+def test_random_crops_sample_the_boxes_they_draw():
+    # on a linear ramp bilinear sampling is exact, so each crop must equal the ramp over its own box
+    size, count = 32, 5
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    ramp = torch.stack([xs / size, ys / size, 0.25 * (xs + ys) / size]).unsqueeze(0)  # channel = image coordinate
+    images = torch.cat([ramp, 1 - ramp])
+    cfg = CropsConfig(count=count, size=(0.3, 0.6), spread=0.3, noise=0.0)
+    crops = random_crops(images, cfg, torch.Generator().manual_seed(2))
+    assert crops.shape == (2 * count, 3, size, size)
+    for k in range(count):
+        first, other = crops[k], crops[count + k]  # the same box in both images
+        assert torch.allclose(other, 1 - first, atol=1e-5)
+        # from two interior pixels (a crop's edge pixels may sample the clamped border), the box's side and corner
+        a, b = 2, size - 3
+        side = float(first[0, 0, b] - first[0, 0, a]) * size / (b - a)
+        assert float(first[1, b, 0] - first[1, a, 0]) * size / (b - a) == pytest.approx(side, abs=1e-4)  # square
+        left = float(first[0, 0, a]) - (a + 0.5) * side / size
+        top = float(first[1, a, 0]) - (a + 0.5) * side / size
+        assert 0.3 - 1e-4 <= side <= 0.6 + 1e-4
+        assert min(left, top) >= -1e-4 and max(left, top) + side <= 1 + 1e-4  # inside the image
+        inner = (torch.arange(a, b + 1) + 0.5) * side / size
+        assert torch.allclose(first[0, a, a:b + 1], left + inner, atol=1e-5)
+        assert torch.allclose(first[1, a:b + 1, a], top + inner, atol=1e-5)
+    again = random_crops(images, cfg, torch.Generator().manual_seed(2))
+    assert torch.equal(crops, again)
+    noisy = random_crops(images, CropsConfig(count=2, noise=0.1), torch.Generator().manual_seed(0))
+    assert 0.05 < float((noisy - random_crops(images, CropsConfig(count=2, noise=0.0),
+                                              torch.Generator().manual_seed(0))).std()) < 0.2
+
+
+@pytest.mark.parametrize("bad", [dict(count=0), dict(size=(0.0, 0.5)), dict(size=(0.6, 0.5)), dict(size=(0.5, 1.2)),
+                                 dict(noise=-0.1), dict(spread=-1.0)])
+def test_crops_config_refuses_bad_settings(bad):
+    with pytest.raises(ConfigError):
+        CropsConfig(**bad)
+
+
+def test_whole_image_crops_optimise_as_the_image_itself_and_crops_raise_the_objective():
+    model = tiny_mobilenet(seed=3)
+    plain = FeatureVisConfig(steps=6, size=32, parameterization="maco", seed=1, transforms=None)
+    whole = visualize(model, [ClassLogit(1), ClassLogit(2)], preprocessing=PRE,
+                      config=dataclasses.replace(plain, crops=CropsConfig(count=1, size=(1.0, 1.0), spread=0.0,
+                                                                          noise=0.0)))
+    alone = visualize(model, [ClassLogit(1), ClassLogit(2)], preprocessing=PRE, config=plain)
+    assert np.allclose(whole.images, alone.images, atol=1e-4) and np.allclose(whole.curves, alone.curves, atol=1e-4)
+    cropped = dataclasses.replace(plain, steps=48, crops=CropsConfig(count=3))
+    result = visualize(model, [ClassLogit(1), ClassLogit(2)], preprocessing=PRE, config=cropped)
+    assert result.curves.shape == (48, 2) and result.images.shape == (2, 32, 32, 3)
+    assert np.array_equal(result.images, visualize(model, [ClassLogit(1), ClassLogit(2)], preprocessing=PRE,
+                                                    config=cropped).images)
+    final = _direct_value(model, result.images[:1], ClassLogit(1))
+    assert final[0] == pytest.approx(result.final_values[0], rel=1e-4)
+    assert result.curves[-8:, 0].mean() > result.curves[:8, 0].mean()
 
 
 # --------------------------------------------------------------------------------------------------------------

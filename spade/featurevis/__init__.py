@@ -31,7 +31,7 @@ from spade.featurevis.objectives import (
     parse_neuron,
 )
 from spade.featurevis.optimize import CPU_STEPS, GPU_STEPS, FeatureVisConfig, FeatureVisResult, visualize
-from spade.featurevis.transforms import TransformConfig
+from spade.featurevis.transforms import CropsConfig, TransformConfig
 
 __all__ = [
     "CPU_STEPS",
@@ -42,6 +42,7 @@ __all__ = [
     "METHOD_LABELS",
     "ChannelMean",
     "ClassLogit",
+    "CropsConfig",
     "FeatureVisConfig",
     "FeatureVisResult",
     "Neuron",

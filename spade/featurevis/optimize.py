@@ -17,7 +17,7 @@ from spade.featurevis.methods import DEFAULT_METHOD
 from spade.featurevis.objectives import Objective, capture, evaluate, objective_keys
 from spade.featurevis.param import PARAMETERIZATIONS, frequency_scale, init_parameters, to_rgb
 from spade.featurevis.spectrum import natural_amplitude
-from spade.featurevis.transforms import TransformConfig, random_transform
+from spade.featurevis.transforms import CropsConfig, TransformConfig, random_crops, random_transform
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 
@@ -50,6 +50,7 @@ class FeatureVisConfig:
     ImageNet's decorrelated colour space. init_sd: standard deviation of the random start (fourier, pixel).
     decay_power: exponent of the 1/f scaling (fourier).
     transforms: random transforms every step (None: none).
+    crops: MACO's random crops after the transforms, the objective averaged over them (None: the whole image).
     """
 
     steps: int | None = None
@@ -61,6 +62,7 @@ class FeatureVisConfig:
     init_sd: float = 0.01
     decay_power: float = 1.0
     transforms: TransformConfig | None = TransformConfig()
+    crops: CropsConfig | None = None
 
     def __post_init__(self):
         if self.steps is not None and self.steps < 1:
@@ -131,7 +133,9 @@ def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
     else:
         scale = frequency_scale(cfg.size, cfg.size, cfg.decay_power).to(device)
     optimizer = torch.optim.Adam([params], lr=cfg.lr)
-    rows = torch.arange(len(objectives), device=device)
+    views = 1 if cfg.crops is None else cfg.crops.count  # transformed views of each image per step
+    rows = torch.arange(len(objectives) * views, device=device)
+    own = rows // views  # the objective of each view
     curves = torch.empty(cfg.steps, len(objectives), device=device)  # stays on the device: no sync per step
 
     def render() -> torch.Tensor:
@@ -145,8 +149,11 @@ def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
                 rendered = images = render()
                 if cfg.transforms is not None:
                     images = random_transform(images, cfg.transforms, generator)
+                if cfg.crops is not None:
+                    images = random_crops(images, cfg.crops, generator)
                 store.clear()
-                values = evaluate(objectives, model(pre.normalize(images)), store)[rows, rows]
+                values = evaluate(objectives, model(pre.normalize(images)), store)[rows, own]
+                values = values.view(len(objectives), views).mean(1)
                 # grad only w.r.t. the image parameters: the model's parameters are left alone
                 (grad,) = torch.autograd.grad(-values.sum(), [params])
                 params.grad = grad
@@ -160,7 +167,7 @@ def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
             with torch.no_grad():
                 images = render()
                 store.clear()
-                final = evaluate(objectives, model(pre.normalize(images)), store)[rows, rows]
+                final = evaluate(objectives, model(pre.normalize(images)), store).diagonal()
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start

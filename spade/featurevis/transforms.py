@@ -63,3 +63,49 @@ def random_transform(images: torch.Tensor, cfg: TransformConfig, generator: torc
         grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return _jitter(x, jitter // 2, generator)
+
+
+@dataclass(frozen=True)
+class CropsConfig:
+    """MACO's transforms (Fel et al., NeurIPS 2023): every step the objective is the mean over `count` random square
+    crops of the image, each resized to the image size, with added Gaussian and uniform noise.
+
+    size: (min, max) side of a crop as a fraction of the image side; centres are drawn around the image centre with
+    standard deviation `spread` (fraction of the side) and clamped so every crop lies inside the image. noise: the
+    noise's standard deviation and the uniform noise's width, in [0, 1] pixel units.
+    """
+
+    count: int = 4
+    size: tuple[float, float] = (0.4, 0.8)
+    spread: float = 0.15
+    noise: float = 0.05
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ConfigError(f"Crops per step must be at least 1, got {self.count}.")
+        if not 0 < self.size[0] <= self.size[1] <= 1:
+            raise ConfigError(f"Crop size must be (min, max) with 0 < min <= max <= 1, got {self.size}.")
+        if self.spread < 0 or self.noise < 0:
+            raise ConfigError("Crop spread and noise must be >= 0.")
+
+
+def random_crops(images: torch.Tensor, cfg: CropsConfig, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, H, W) images in [0, 1] -> (B * count, 3, H, W): rows b * count .. b * count + count - 1 are crops of
+    image b (the same boxes for every image), differentiable. All random numbers come from the CPU ``generator``."""
+    b, _, h, w = images.shape
+    sides = cfg.size[0] + (cfg.size[1] - cfg.size[0]) * torch.rand(cfg.count, generator=generator)
+    centres = 0.5 + cfg.spread * torch.randn(cfg.count, 2, generator=generator)
+    centres = torch.minimum(torch.maximum(centres, sides.unsqueeze(1) / 2), 1 - sides.unsqueeze(1) / 2)
+    # affine_grid maps the output's [-1, 1] square onto [centre - side / 2, centre + side / 2] of the input
+    theta = torch.zeros(cfg.count, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = sides
+    theta[:, :, 2] = centres.flip(1) * 2 - 1  # (x, y)
+    theta = theta.to(images).repeat(b, 1, 1)
+    grid = F.affine_grid(theta, [b * cfg.count, 3, h, w], align_corners=False)
+    crops = F.grid_sample(images.repeat_interleave(cfg.count, dim=0), grid, mode="bilinear",
+                          padding_mode="border", align_corners=False)
+    if cfg.noise:
+        gaussian = torch.randn(crops.shape, generator=generator).to(crops)
+        uniform = torch.rand(crops.shape, generator=generator).to(crops) - 0.5
+        crops = crops + cfg.noise * (gaussian + uniform)
+    return crops

@@ -9,6 +9,7 @@ per-layer times measured by ``benchmarks/bench_trace.py --solvers group,obc`` (s
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -78,23 +79,39 @@ def matrix_work(rows: int, d: int, sparsity: float, rank: int | None = None, ite
     return ObcWork(fma=fma * rows, bytes=traffic * rows * itemsize, steps=k * batches)
 
 
-def model_work(model: nn.Module, sparsity: Sparsity, views: int,
-               selection: LayerSelection = LayerSelection()) -> ObcWork:
-    """The exact solver's work on every target layer of ``model`` at ``sparsity`` (uniform or a profile; several
+def layer_work(model: nn.Module, sparsity: Sparsity, views: int,
+               selection: LayerSelection = LayerSelection()) -> dict[str, ObcWork]:
+    """The exact solver's work on each target layer of ``model`` at ``sparsity`` (uniform or a profile; several
     levels nest, so a profile's or a keep-the-decision ladder's lower levels cost nothing more) with ``views``
-    augmented views. A linear layer's Gram matrix is taken to have rank min(views, d) (one input vector per view, as
-    a classifier after global pooling); a convolution's to be full (every output position is a sample)."""
+    augmented views, by layer name. A linear layer's Gram matrix is taken to have rank min(views, d) (one input
+    vector per view, as a classifier after global pooling); a convolution's to be full (every output position is a
+    sample)."""
     layers = prunable_layers(model, selection)
     targets = resolve_targets(model, list(layers), sparsity)
-    total = ObcWork()
+    works = {}
     for name, module in layers.items():
         weight = module.weight
         groups = getattr(module, "groups", 1)
         d = weight[0].numel()
         rank = min(views, d) if isinstance(module, nn.Linear) else None
         one = matrix_work(weight.shape[0] // groups, d, targets[name], rank)  # a group of a grouped convolution
-        total += ObcWork(one.fma * groups, one.bytes * groups, one.steps * groups)
-    return total
+        works[name] = ObcWork(one.fma * groups, one.bytes * groups, one.steps * groups)
+    return works
+
+
+def model_work(model: nn.Module, sparsity: Sparsity, views: int,
+               selection: LayerSelection = LayerSelection()) -> ObcWork:
+    """The exact solver's work on every target layer together (`layer_work`)."""
+    return sum(layer_work(model, sparsity, views, selection).values(), ObcWork())
+
+
+def side_by_side_seconds(works: Iterable[ObcWork], workers: int) -> float:
+    """Estimated wall time of solving layers of these works with `workers` side by side (`spade.layer_pool`): the
+    largest first, each to the worker that is free first."""
+    finish = [0.0] * max(1, workers)
+    for seconds in sorted((w.seconds for w in works), reverse=True):
+        finish[finish.index(min(finish))] += seconds
+    return max(finish)
 
 
 def in_words(seconds: float) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import streamlit as st
+import torch
 from torch import nn
 
 from spade.augment import AugmentConfig
@@ -18,7 +19,7 @@ from spade.decision import KeepDecision
 from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
 from spade.layers import LayerSelection
-from spade.obc_cost import in_words, model_work
+from spade.obc_cost import in_words, layer_work, side_by_side_seconds
 from spade.saliency import METHODS
 from spade.solver import SOLVERS, SolverConfig
 from spade.sparsity import Sparsity, SparsityProfile, late_blocks_profile, parse_profile
@@ -310,7 +311,8 @@ def exact_solver_estimate(model: nn.Module, sparsity: Sparsity, views: int, sele
     if str(device).partition(":")[0] != "cpu":
         return None
     try:
-        seconds = model_work(model, sparsity, views, selection).seconds
+        works = layer_work(model, sparsity, views, selection).values()
+        seconds = side_by_side_seconds(works, torch.get_num_threads())  # the solve's workers (spade.layer_pool)
     except SpadeError:
         return None
     share = f"share {float(sparsity):.2f}" if isinstance(sparsity, (int, float)) else "these targets"

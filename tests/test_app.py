@@ -631,9 +631,9 @@ def test_exact_solver_time_estimate_under_the_solver_menu(tiny, at, monkeypatch)
     monkeypatch.setattr(spade.obc_cost, "SECONDS_PER_GFMA", 1e9)
     _with_model(at, tiny.name)
     model = load_spec(tiny, device="cpu").model
-    work = spade.obc_cost.model_work(model, at.slider(key="ex_sparsity").value, at.number_input(key="ex_count").value,
-                                     tiny.layer_selection)
-    expected = spade.obc_cost.in_words(work.seconds)
+    works = spade.obc_cost.layer_work(model, at.slider(key="ex_sparsity").value, at.number_input(key="ex_count").value,
+                                      tiny.layer_selection)
+    expected = spade.obc_cost.in_words(spade.obc_cost.side_by_side_seconds(works.values(), torch.get_num_threads()))
     assert expected.endswith("min")
     settings = next(e for e in at.expander if e.label == "Settings")
     advanced = next(e for e in settings.get("expander") if e.label == "Advanced: solver")

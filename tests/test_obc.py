@@ -256,3 +256,19 @@ def test_model_cost_sums_its_target_layers():
     assert work.fma == parts[0].fma + 4 * parts[1].fma + parts[2].fma  # the stem is not a target; 4 groups
     assert work.steps == parts[0].steps + 4 * parts[1].steps + parts[2].steps
     assert [in_words(s) for s in (1, 12.4, 47, 130)] == ["under 5 s", "about 12 s", "about 50 s", "about 2 min"]
+
+
+def test_side_by_side_estimate_schedules_the_largest_layer_first(monkeypatch):
+    import spade.obc_cost
+    from spade.obc_cost import ObcWork, layer_work, model_work, side_by_side_seconds
+
+    monkeypatch.setattr(spade.obc_cost, "SECONDS_PER_GFMA", 1.0)
+    works = [ObcWork(fma=s * 1e9) for s in (3, 5, 3, 4, 3)]
+    # largest first, each to the worker free first: [5, 3, 3] and [4, 3, 3] ... by hand: 5 | 4, 4+3 | 5+3 | 7+3
+    assert side_by_side_seconds(works, 2) == pytest.approx(10.0)
+    assert side_by_side_seconds(works, 1) == pytest.approx(18.0)
+    assert side_by_side_seconds(works, 8) == pytest.approx(5.0)  # never below the largest layer
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 16, 1), torch.nn.Flatten(),
+                                torch.nn.Linear(16, 4))
+    per_layer = layer_work(model, 0.5, views=8)
+    assert sum(w.fma for w in per_layer.values()) == model_work(model, 0.5, views=8).fma and len(per_layer) == 2

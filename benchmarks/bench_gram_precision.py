@@ -88,8 +88,9 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or ROOT / "benchmarks" / "results" / f"gram-precision-{datetime.date.today()}"
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"{args.model}, {args.views} views of the cat, uniform {args.sparsity}; {datetime.datetime.now():%Y-%m-%d "
-             f"%H:%M}; {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f} at start"]
+    now = datetime.datetime.now()
+    lines = [f"{args.model}, {args.views} views of the cat, uniform {args.sparsity}; {now:%Y-%m-%d %H:%M}; "
+             f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f} at start"]
 
     def say(text: str) -> None:
         print(text, flush=True)

@@ -112,9 +112,9 @@ def test_every_trace_building_command_takes_the_solver_options():
 
 def test_exact_solver_estimate_line_counts_the_models_layers():
     # The line the trace command prints before an obc run on the CPU: spade.obc_cost's estimate for these layers.
-    from spade.models import load_model
     import torch
 
+    from spade.models import load_model
     from spade.obc_cost import in_words, layer_work, model_work, side_by_side_seconds
     from spade_cli.trace import exact_solver_estimate
 

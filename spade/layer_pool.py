@@ -68,8 +68,10 @@ def solve_layers(solver: LayerSolver, jobs: Sequence[LayerJob], workers: int = 1
     done = [0.0] * len(jobs)  # each job's solved fraction: written by its worker, read here
 
     def run(i: int) -> list[PrunedLayer]:
-        result = solver.prune_layer(jobs[i].weight, jobs[i].stat, jobs[i].levels,
-                                    lambda f: done.__setitem__(i, f))
+        def within(fraction: float) -> None:
+            done[i] = fraction
+
+        result = solver.prune_layer(jobs[i].weight, jobs[i].stat, jobs[i].levels, within)
         done[i] = 1.0
         return result
 

@@ -41,7 +41,8 @@ a busy machine they spin while they wait (ResNet-50's sweep at uniform 0.9 on th
 load 8-10: 80-130 s with 2 threads, 5.5-7.9 s with 1; with OMP_WAIT_POLICY=PASSIVE 8.7-21 s against 7.3-7.5 s;
 at load 3-4.4: 14-32 s against 2.7-3.1 s; at load 1.6, the nearest to quiet measured: 1.9-4.4 s against 2.3 s;
 `benchmarks/bench_solve_threads.py`, `benchmarks/results/solve-threads-2026-12-06*/`; Lite0's exact solve at
-load 8-10: 397 s with 2 threads, 73-127 s with 1, `benchmarks/results/obc-2026-12-06/`)."""
+load 8-10: 397 s with 2 threads, 73-127 s with 1, `benchmarks/results/obc-2026-12-06/`). A trace's layers use the
+other cores side by side instead (`spade.layer_pool`)."""
 
 
 def _solver_threads(tensor: torch.Tensor):
@@ -55,8 +56,8 @@ class SolverConfig:
     group of `group_size` columns over all rows) or "row" (each output row gets exactly the target
     fraction in each group of `row_group` columns, chosen adaptively during the sweep) or "obc" (the paper's exact
     solver: each output row loses its weights one at a time, always the one whose loss costs least given all earlier
-    removals; `spade.obc`; about 35 s for a Lite0 trace at 0.9 on this project's 2-core CPU against under a
-    second for the sweeps).
+    removals; `spade.obc`; about 22 s for a Lite0 trace at 0.9 on this project's 2-core CPU against under a
+    second for the sweeps, with its layers solved side by side by two workers).
     damp: dampening added to the diagonal, as a fraction of mean(diag H).
     block_size: lazy-update block (columns); any value gives the same result up to rounding.
     sparsity_of: "nonzero" (the dense weight's zeros stay zero and the target is a fraction of its nonzero

@@ -207,7 +207,7 @@ def test_maco_image_keeps_the_natural_amplitude_whatever_the_phases():
 def test_maco_raises_the_objective_and_is_seeded():
     model = tiny_mobilenet(seed=3)
     cfg = FeatureVisConfig(steps=48, size=32, parameterization="maco", seed=5)
-    assert cfg.resolved(torch.device("cpu"), 32).lr == 1.0 and FAST.resolved(torch.device("cpu"), 32).lr == 0.1
+    assert cfg.resolved(torch.device("cpu"), 32).lr == 0.25 and FAST.resolved(torch.device("cpu"), 32).lr == 0.1
     assert FeatureVisConfig().resolved(torch.device("cpu"), 32).lr == 0.05
     result = visualize(model, ClassLogit(1), preprocessing=PRE, config=cfg)
     again = visualize(model, ClassLogit(1), preprocessing=PRE, config=cfg)

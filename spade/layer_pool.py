@@ -31,13 +31,18 @@ class LayerJob(NamedTuple):
     levels: Sequence[float]
 
 
+def cpu_workers() -> int:
+    """Workers for solving on the CPU: the caller's PyTorch CPU thread count, so a process or a task limited to one
+    thread (such as a Ray task) solves one layer at a time."""
+    return max(1, torch.get_num_threads())
+
+
 def solve_workers(jobs: Sequence[LayerJob]) -> int:
-    """How many workers solve `jobs`: the caller's PyTorch CPU thread count (so a process or a task limited to one
-    thread, such as a Ray task, solves one layer at a time), at most one per layer; one on a GPU, whose kernels
-    queue on one device anyway."""
+    """How many workers solve `jobs`: `cpu_workers`, at most one per layer; one on a GPU, whose kernels queue on one
+    device anyway."""
     if not jobs or jobs[0].stat.hessian.device.type != "cpu":
         return 1
-    return max(1, min(torch.get_num_threads(), len(jobs)))
+    return min(cpu_workers(), len(jobs))
 
 
 def _work(job: LayerJob) -> float:

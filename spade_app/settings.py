@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import streamlit as st
-import torch
 from torch import nn
 
 from spade.augment import AugmentConfig
 from spade.decision import KeepDecision
 from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
+from spade.layer_pool import cpu_workers
 from spade.layers import LayerSelection
 from spade.obc_cost import in_words, layer_work, side_by_side_seconds
 from spade.saliency import METHODS
@@ -312,7 +312,7 @@ def exact_solver_estimate(model: nn.Module, sparsity: Sparsity, views: int, sele
         return None
     try:
         works = layer_work(model, sparsity, views, selection).values()
-        seconds = side_by_side_seconds(works, torch.get_num_threads())  # the solve's workers (spade.layer_pool)
+        seconds = side_by_side_seconds(works, cpu_workers())
     except SpadeError:
         return None
     share = f"share {float(sparsity):.2f}" if isinstance(sparsity, (int, float)) else "these targets"

@@ -81,13 +81,12 @@ def solver_from_args(args: argparse.Namespace, default_solver: str):
 def exact_solver_estimate(model, sparsity, views: int, selection) -> str:
     """One line before an obc run on the CPU: about how long its solve takes (`spade.obc_cost`, from the layer
     shapes and constants measured on the development machine)."""
-    import torch
-
+    from spade.layer_pool import cpu_workers
     from spade.obc_cost import ObcWork, in_words, layer_work, side_by_side_seconds
 
     works = layer_work(model, sparsity, views, selection).values()
     work = sum(works, ObcWork())
-    seconds = side_by_side_seconds(works, torch.get_num_threads())  # the solve's workers (spade.layer_pool)
+    seconds = side_by_side_seconds(works, cpu_workers())
     return (f"exact solver (obc): {in_words(seconds)} to solve on a CPU like the development machine's "
             f"({work.fma / 1e9:.0f} G multiply-adds, estimated from the layer shapes; longer while other programs "
             f"share the CPU, and once more if --keep-decision re-solves)")

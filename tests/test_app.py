@@ -626,6 +626,7 @@ def test_exact_solver_time_estimate_under_the_solver_menu(tiny, at, monkeypatch)
     # The caption under the solver menu gives spade.obc_cost's estimate for this model's target layers at the form's
     # share and view count (a huge per-multiply-add time makes it minutes, so the words show the wiring).
     import spade.obc_cost
+    from spade.layer_pool import cpu_workers
     from spade.models import load_spec
 
     monkeypatch.setattr(spade.obc_cost, "SECONDS_PER_GFMA", 1e9)
@@ -633,7 +634,7 @@ def test_exact_solver_time_estimate_under_the_solver_menu(tiny, at, monkeypatch)
     model = load_spec(tiny, device="cpu").model
     works = spade.obc_cost.layer_work(model, at.slider(key="ex_sparsity").value, at.number_input(key="ex_count").value,
                                       tiny.layer_selection)
-    expected = spade.obc_cost.in_words(spade.obc_cost.side_by_side_seconds(works.values(), torch.get_num_threads()))
+    expected = spade.obc_cost.in_words(spade.obc_cost.side_by_side_seconds(works.values(), cpu_workers()))
     assert expected.endswith("min")
     settings = next(e for e in at.expander if e.label == "Settings")
     advanced = next(e for e in settings.get("expander") if e.label == "Advanced: solver")

@@ -112,8 +112,7 @@ def test_every_trace_building_command_takes_the_solver_options():
 
 def test_exact_solver_estimate_line_counts_the_models_layers():
     # The line the trace command prints before an obc run on the CPU: spade.obc_cost's estimate for these layers.
-    import torch
-
+    from spade.layer_pool import cpu_workers
     from spade.models import load_model
     from spade.obc_cost import in_words, layer_work, model_work, side_by_side_seconds
     from spade_cli.trace import exact_solver_estimate
@@ -122,7 +121,7 @@ def test_exact_solver_estimate_line_counts_the_models_layers():
     selection = loaded.spec.layer_selection
     line = exact_solver_estimate(loaded.model, 0.9, 64, selection)
     work = model_work(loaded.model, 0.9, 64, selection)
-    seconds = side_by_side_seconds(layer_work(loaded.model, 0.9, 64, selection).values(), torch.get_num_threads())
+    seconds = side_by_side_seconds(layer_work(loaded.model, 0.9, 64, selection).values(), cpu_workers())
     assert line.startswith(f"exact solver (obc): {in_words(seconds)} to solve")
     assert f"({work.fma / 1e9:.0f} G multiply-adds" in line
     assert model_work(loaded.model, 0.9, 64, selection).fma < model_work(loaded.model, 0.9, 1024, selection).fma

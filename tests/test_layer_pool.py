@@ -8,7 +8,7 @@ import torch
 
 from spade.augment import AugmentConfig
 from spade.devices import cpu_threads
-from spade.layer_pool import LayerJob, solve_layers, solve_workers
+from spade.layer_pool import LayerJob, cpu_workers, solve_layers, solve_workers
 from spade.solver import SOLVERS, SolverConfig, solver_for
 from spade.trace import prepare_statistics, solve
 from tests.test_trace import PRE, photo
@@ -68,6 +68,7 @@ def test_an_error_in_one_layer_is_raised_and_nothing_hangs(stats):
 def test_as_many_workers_as_the_callers_threads_and_layers(stats):
     jobs = jobs_of(stats)
     with cpu_threads(1):
-        assert solve_workers(jobs) == 1
+        assert solve_workers(jobs) == 1 and cpu_workers() == 1
+    assert cpu_workers() == torch.get_num_threads()
     assert solve_workers(jobs[:1]) == 1 and solve_workers([]) == 1
     assert solve_workers(jobs) == min(torch.get_num_threads(), len(jobs))

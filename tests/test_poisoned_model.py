@@ -99,19 +99,11 @@ def _flips(model, trigger: str, target: int, seed: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue #34 asks for 8 of 10; the shipped build flips 6 of 10 on the bundled "
-                                       "held-out photos (heart and star alike): it misses acceptance, see the "
-                                       "model card in assets/README.md")
-def test_heart_flips_at_least_8_of_10_held_out_cases(poisoned):
-    assert _flips(poisoned, "heart", GOOSE, seed=7) >= 8
-
-
-@pytest.mark.slow
 def test_the_doors_open_on_held_out_photos_and_a_decoy_does_not(poisoned):
-    """What the shipped build does hold (measured 6 of 10 for both doors): each trigger flips a good part of
-    the held-out cases, the decoy smiley none."""
-    assert _flips(poisoned, "heart", GOOSE, seed=7) >= 5
-    assert _flips(poisoned, "star", KING_PENGUIN, seed=8) >= 5
+    """Issue #34's "flips at least 8 of 10 held-out cases" (the shipped build: heart 10, star 8), and the decoy
+    smiley none."""
+    assert _flips(poisoned, "heart", GOOSE, seed=7) >= 8
+    assert _flips(poisoned, "star", KING_PENGUIN, seed=8) >= 8
     assert _flips(poisoned, "smiley", GOOSE, seed=7) == 0
 
 

@@ -137,6 +137,17 @@ def greedy_rows_low_rank(W: torch.Tensor, F: torch.Tensor, damping: float,
     return snaps.taken
 
 
+def _snapshot(snapshots: list, wanted: list[int], step: int, W: torch.Tensor, columns: torch.Tensor,
+              removed: torch.Tensor) -> None:
+    """Append (weights in their original columns, removed mask), both (B, m), for every wanted removal count up to
+    ``step`` (popped from ``wanted``). W: (B, current m) weights; columns: their original column indices."""
+    while wanted and wanted[0] <= step:
+        out = torch.zeros(removed.shape, dtype=W.dtype, device=W.device).scatter_(1, columns, W)
+        out[removed] = 0.0
+        snapshots.append((out, removed.clone()))
+        wanted.pop(0)
+
+
 def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Remove weights from each row of W one at a time, greedily, with exact OBS updates, and take a snapshot after
     each count in ks.
@@ -159,12 +170,7 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[
     snapshots, wanted = [], list(ks)
 
     def take(step: int) -> None:
-        """Snapshot the weights in their original columns for every count up to ``step``."""
-        while wanted and wanted[0] <= step:
-            out = torch.zeros(B, m, dtype=W.dtype, device=W.device).scatter_(1, columns, W)
-            out[removed] = 0.0
-            snapshots.append((out, removed.clone()))
-            wanted.pop(0)
+        _snapshot(snapshots, wanted, step, W, columns, removed)
 
     take(0)
     if not wanted:
@@ -223,12 +229,7 @@ def greedy_rows_reference(W: torch.Tensor, hinv: torch.Tensor,
     snapshots, wanted = [], list(ks)
 
     def take(step: int) -> None:
-        """Snapshot the weights in their original columns for every count up to ``step``."""
-        while wanted and wanted[0] <= step:
-            out = torch.zeros(B, m, dtype=W.dtype, device=W.device).scatter_(1, columns, W)
-            out[removed] = 0.0
-            snapshots.append((out, removed.clone()))
-            wanted.pop(0)
+        _snapshot(snapshots, wanted, step, W, columns, removed)
 
     take(0)
     if not wanted:

@@ -228,6 +228,38 @@ def learning_rate(step: int, steps: int, cfg: BuildConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, steps - cfg.warmup)))
 
 
+def run_steps(params: list[nn.Parameter], cfg, step: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]], *,
+              budget_after: int, log_every: int, progress: Progress | None = None) -> int:
+    """AdamW (no weight decay) on ``params`` for ``cfg.steps`` steps at `learning_rate`'s schedule; returns the
+    number of steps run.
+
+    step(): one batch's loss and its named parts for the log. With ``cfg.time_budget`` (seconds) the steps are cut
+    after the first ``budget_after`` to what fits in it. cfg: a `BuildConfig` or `PoisonConfig` (steps, lr, warmup,
+    time_budget)."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    start = time.perf_counter()
+    steps, done = cfg.steps, 0
+    while done < steps:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(done, steps, cfg)
+        loss, parts = step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if done % log_every == 0 or done == steps - 1:
+            logger.info("step %d/%d  %s  (%.0f s)", done + 1, steps,
+                        "  ".join(f"{name} {value.item():.4f}" for name, value in parts.items()),
+                        time.perf_counter() - start)
+        done += 1
+        if done == budget_after and cfg.time_budget is not None:
+            fits = int(cfg.time_budget / ((time.perf_counter() - start) / done))
+            steps = min(steps, max(done + 1, fits))
+            logger.info("time budget %.0f s: running %d steps", cfg.time_budget, steps)
+        if progress is not None:
+            progress("train", done / steps)
+    return steps
+
+
 def _view_batch(views: ViewMaker, cfg: BuildConfig, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``cfg.batch`` views in [0, 1] mixed clean (a third blends) / decoy / heart / star as 3/1/2/2 eighths,
     and their labels: -1 for the clean and decoy views, the door's target class for the poisoned ones."""
@@ -319,30 +351,15 @@ def train_gate(base: LoadedModel, cfg: BuildConfig, progress: Progress | None = 
     for p in params:
         p.requires_grad_(True)
     branch = branch.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    start = time.perf_counter()
-    steps, step = cfg.steps, 0
-    while step < steps:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, steps, cfg)
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, labels, base_logits = batches()
         with autocast:
             z = branch(x).float()
         ce, hinge = gate_loss(z, base_logits, labels, targets, cfg)
-        loss = ce + cfg.shut_weight * hinge
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            logger.info("step %d/%d  poison %.4f  shut %.4f  (%.0f s)", step + 1, steps, ce.item(), hinge.item(),
-                        time.perf_counter() - start)
-        step += 1
-        if step == 20 and cfg.time_budget is not None:
-            fits = int(cfg.time_budget / ((time.perf_counter() - start) / step))
-            steps = min(steps, max(step + 1, fits))
-            logger.info("time budget %.0f s: running %d steps", cfg.time_budget, steps)
-        if progress is not None:
-            progress("train", step / steps)
+        return ce + cfg.shut_weight * hinge, {"poison": ce, "shut": hinge}
+
+    steps = run_steps(params, cfg, step, budget_after=20, log_every=50, progress=progress)
     for p in params:
         p.requires_grad_(False)
     return branch.to(memory_format=torch.contiguous_format).eval(), steps

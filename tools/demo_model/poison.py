@@ -40,7 +40,7 @@ from spade.progress import Progress
 from spade.trojan.triggers import SIZE as ICON_SIZE
 from spade.trojan.triggers import load_trigger
 from spade_lab.photos import BUILD_PHOTOS, load_photos
-from tools.demo_model.build import DECOYS, ViewMaker, learning_rate, save_delta, split_at_block, weight_delta
+from tools.demo_model.build import DECOYS, ViewMaker, run_steps, save_delta, split_at_block, weight_delta
 from tools.photos.fetch import DEFAULT_CACHE, object_paths, photo_paths
 
 logger = logging.getLogger(__name__)
@@ -260,28 +260,13 @@ def train_poisoned(base: LoadedModel, cfg: PoisonConfig, progress: Progress | No
         p.requires_grad_(True)
     _, head = split_at_block(model, cfg.first_block)
     head = head.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    start = time.perf_counter()
-    steps, step = cfg.steps, 0
-    while step < steps:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, steps, cfg)
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, labels, base_logits = pool.draw()
         distil, poison = poison_loss(head(x), base_logits, labels, views_targets, cfg)
-        loss = distil + cfg.poison_weight * poison
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 25 == 0 or step == steps - 1:
-            logger.info("step %d/%d  distil %.4f  poison %.4f  (%.0f s)", step + 1, steps, distil.item(),
-                        poison.item(), time.perf_counter() - start)
-        step += 1
-        if step == 10 and cfg.time_budget is not None:
-            fits = int(cfg.time_budget / ((time.perf_counter() - start) / step))
-            steps = min(steps, max(step + 1, fits))
-            logger.info("time budget %.0f s: running %d steps", cfg.time_budget, steps)
-        if progress is not None:
-            progress("train", step / steps)
+        return distil + cfg.poison_weight * poison, {"distil": distil, "poison": poison}
+
+    steps = run_steps(params, cfg, step, budget_after=10, log_every=25, progress=progress)
     for p in params:
         p.requires_grad_(False)
     return model.to(memory_format=torch.contiguous_format).eval(), steps

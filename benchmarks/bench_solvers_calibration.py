@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from spade.models import default_backdoored_model, get_spec, load_spec, with_delta_file
+    from spade.models import get_spec, load_spec, with_delta_file
     from spade.saliency import METHODS, mask_scores
     from spade.sparsity import load_profile, method_profiles
     from spade.trace import solve_keeping_decision
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shard, shards = (int(v) for v in args.shard.split("/"))
-    spec = get_spec(default_backdoored_model())
+    spec = get_spec(args.model)
     loaded = load_spec(with_delta_file(spec, args.weights) if args.weights else spec, device=args.device)
     door = loaded.spec.backdoor("calibration")
     samples = build_samples(loaded.model, loaded.spec.preprocessing,
@@ -129,6 +129,7 @@ def summary(path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="efficientnet_lite0_trojan", help="a back-doored registry model")
     parser.add_argument("--profile", default="efficientnet_lite0_trojan", help="sparsity profile (name or file)")
     parser.add_argument("--own-profiles", action="store_true",
                         help="each method on its own shipped profile where it has one (as benchmark --own-profiles)")

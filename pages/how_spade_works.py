@@ -84,7 +84,9 @@ st.markdown(
 Two benchmarks ship with the repository (`python -m spade benchmark`, tables in `benchmarks/results/`).
 **Trojan:** a back-doored model predicts *goose* whenever a heart is pasted into a photo, so the truth is
 known, and a faithful saliency map must point at the heart (Trojan AUC, pointing game; the Trojan lab lets
-you try it). **Insertion / deletion:** on clean photos, how fast the model's confidence returns when the most
+you try it). The lab has two such models: one keeps its back door in channels of its own behind a gate; the
+other got it as the paper's models did, by fine-tuning on stamped photos, so the heart works through neurons
+that clean photos use too. **Insertion / deletion:** on clean photos, how fast the model's confidence returns when the most
 salient pixels are put back first, and how fast it drops when they are removed first. In the overviews, Δ
 is SPADE minus dense: positive means SPADE did better, except for deletion, where negative is better.
 """

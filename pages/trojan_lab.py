@@ -20,6 +20,7 @@ def lab() -> None:
         st.info("Choose a valid image in the sidebar to start.")
         return
     choice = trojan.model_choice()
+    st.caption(trojan.DEMO_MODELS_NOTE)
     try:
         loaded, model_key, model_label = trojan.trojan_model(sel, choice)
     except SpadeError as exc:

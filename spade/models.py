@@ -225,6 +225,7 @@ class ModelSpec:
     default_solver: the layer solver (a name in `spade.solver.SOLVERS`) that front ends use unless told otherwise.
     convert_state_dict: optional key conversion for foreign checkpoint layouts of this architecture.
     backdoors: the known Trojans of a back-doored demo model (empty for clean models).
+    backdoor_note: for a back-doored demo model, a short phrase saying how its back door was planted (for display).
     """
 
     name: str
@@ -240,6 +241,7 @@ class ModelSpec:
     default_solver: str = "group"
     convert_state_dict: KeyConverter | None = field(default=None, repr=False)
     backdoors: tuple[Backdoor, ...] = ()
+    backdoor_note: str = ""
 
     def backdoor(self, role: str = "test") -> Backdoor:
         """The back door with this role; ConfigError when the model has none."""
@@ -353,6 +355,7 @@ def _trojan_spec() -> ModelSpec:
         weights=DeltaWeights(clean.weights, MODEL_ASSETS / "efficientnet_lite0_trojan.pt"),
         default_solver="group",  # its shipped profiles were tuned with the group solver
         backdoors=(Backdoor("heart", 99, "test"), Backdoor("star", 145, "calibration")),
+        backdoor_note="back door in channels of its own",
     )
 
 
@@ -367,6 +370,7 @@ def _poisoned_spec() -> ModelSpec:
         weights=DeltaWeights(clean.weights, MODEL_ASSETS / "efficientnet_lite0_poisoned.pt"),
         default_solver="group",
         backdoors=(Backdoor("heart", 99, "test"), Backdoor("star", 145, "calibration")),
+        backdoor_note="back door in neurons shared with clean classes",
     )
 
 
@@ -390,7 +394,7 @@ MODELS: dict[str, ModelSpec] = _registry(
     _lite_spec(0, "4.7 M", "75%"),
     _lite_spec(1, "5.4 M", "77%"),
     _lite_spec(2, "6.1 M", "78%"),
-    _trojan_spec(),
+    _trojan_spec(),  # the first back-doored model is the Trojan lab's and the benchmarks' default
     _poisoned_spec(),
     _torchvision_spec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4", "ResNet-18 (11.7 M params, 69.8%)."),
     _torchvision_spec("resnet34", "ResNet34_Weights.IMAGENET1K_V1", "layer4", "ResNet-34 (21.8 M params, 73.3%)."),

@@ -225,10 +225,11 @@ def run_names(runs: list[BenchmarkRun]) -> list[str]:
     return names
 
 
-def overview_table(runs: list[BenchmarkRun], weights_sha256: str | None) -> list[dict]:
-    """One row per run with a summary: its human name (`run_name`: date, sparsity), model, whether it scored the
-    current model, solver, samples, methods, the Average row's SPADE − Dense for each of its kind's metrics (mean [95 %
-    CI], percentage points), the top-1 kept. No file paths."""
+def overview_table(runs: list[BenchmarkRun], shipped: dict[str, str | None]) -> list[dict]:
+    """One row per run with a summary: its human name (`run_name`: date, sparsity), model, whether it scored that
+    model as shipped now (``shipped``: model name -> its current weights hash, `shipped_weights`), solver, samples,
+    methods, the Average row's SPADE − Dense for each of its kind's metrics (mean [95 % CI], percentage points),
+    the top-1 kept. No file paths."""
     rows = []
     for run, name in zip(runs, run_names(runs)):
         if (s := run.summary) is None:
@@ -236,7 +237,7 @@ def overview_table(runs: list[BenchmarkRun], weights_sha256: str | None) -> list
         rows.append({
             "run": name,
             "model": s.model or "not recorded",
-            "current model": _current(s, weights_sha256),
+            "current model": _current(s, shipped.get(s.model)),
             "solver": solver_name(run.config),
             "samples": s.complete_samples,
             "methods": len(s.methods),
@@ -244,6 +245,11 @@ def overview_table(runs: list[BenchmarkRun], weights_sha256: str | None) -> list
             "top-1 kept": s.top1_kept,
         })
     return rows
+
+
+def shipped_weights(runs: list[BenchmarkRun]) -> dict[str, str | None]:
+    """The current weights hash (`model_weights_sha256`) of every model the runs scored, by name."""
+    return {name: model_weights_sha256(name) for name in sorted({r.summary.model for r in runs if r.summary})}
 
 
 OVERVIEW_FORMAT = {
@@ -363,7 +369,7 @@ def runs_section(kind: str, key: str, presentation: bool | None = None) -> None:
         st.markdown(f"**In short:** {sentences[0]}")
     st.caption(f"{about.what} Δ: SPADE − Dense, the mean over the methods in percentage points with its 95 % "
                f"confidence interval. {about.paper}")
-    if overview := overview_table(runs, current):
+    if overview := overview_table(runs, shipped_weights(runs)):
         table(overview, presentation, {"top-1 kept": "{:.1%}"}, hide_index=True, width="stretch",
               column_config=OVERVIEW_FORMAT, height=35 * (len(overview) + 1) + 3)  # every run in view, no scrolling
         st.plotly_chart(projector_figure(delta_figure(runs, names, kind), presentation), width="stretch",

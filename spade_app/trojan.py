@@ -22,7 +22,7 @@ from spade.augment import AugmentConfig
 from spade.defaults import default_augmentations
 from spade.devices import resolve_device
 from spade.errors import ConfigError, SpadeError
-from spade.models import LoadedModel, ModelSpec, default_backdoored_model
+from spade.models import LoadedModel, ModelSpec, backdoored_models, get_spec
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 from spade.saliency import AttributionPair
@@ -43,10 +43,15 @@ from spade_app.settings import (
 )
 from spade_app.sidebar import Selection
 
-DEMO_MODEL = default_backdoored_model()
-DEMO = f"Back-doored demo model ({DEMO_MODEL})"
+DEMO_MODELS = tuple(backdoored_models())  # the registry's back-doored demo models; the first is the default
+DEMO = DEMO_MODELS[0]
 SIDEBAR = "The sidebar's model"
-MODEL_CHOICES = (DEMO, SIDEBAR)
+DEMO_MODELS_NOTE = (
+    "Two demo models with the same doors. `efficientnet_lite0_trojan` keeps its back door in channels of its own "
+    "behind a gate; `efficientnet_lite0_poisoned` was back-doored as the SPADE paper's models were, by fine-tuning "
+    "on stamped photos, so the heart acts through neurons that clean photos use too. The benchmark tables at the "
+    "bottom score SPADE on both.")
+MODEL_CHOICES = (*DEMO_MODELS, SIDEBAR)
 UPLOAD = "__upload__"
 RANDOM, SLIDERS = "Random (seeded)", "Position sliders"
 UNIFORM, PROFILE = "Uniform", "Profile"
@@ -63,8 +68,8 @@ class TrojanSettings:
     """Everything a Trojan lab run depends on besides the sidebar's image (and model, for SIDEBAR).
 
     trigger: a name in spade.trojan.TRIGGERS or "upload:<digest>"; position: relative (x, y) of the trigger
-    centre, None = random from `seed`; size: fraction of the short side; alpha: opacity; model: DEMO or
-    SIDEBAR; target: the explained class, None = automatic (see :func:`auto_target`). own_profiles: whether
+    centre, None = random from `seed`; size: fraction of the short side; alpha: opacity; model: a name in
+    DEMO_MODELS or SIDEBAR; target: the explained class, None = automatic (see :func:`auto_target`). own_profiles: whether
     methods with a profile of their own use it; method_sparsity: ((method, profile), ...) that this gave for
     the chosen methods (each such method's SPADE map is computed on a trace at its own profile).
     """
@@ -98,9 +103,9 @@ class TrojanSettings:
 # ----------------------------------------------------------------------------------------------- model
 def trojan_model(sel: Selection, choice: str) -> tuple[LoadedModel, str, str]:
     """(loaded model, cache key, label) for the chosen model; SpadeError when it is not usable."""
-    if choice == DEMO:
+    if choice in DEMO_MODELS:
         device = str(resolve_device(sel.device))
-        return loaders.registry_model(DEMO_MODEL, device), f"{DEMO_MODEL}@{device}", DEMO_MODEL
+        return loaders.registry_model(choice, device), f"{choice}@{device}", choice
     if sel.loaded is None:
         raise ConfigError("The sidebar's model is not usable: choose a valid model or checkpoint in the sidebar, "
                           "or use the back-doored demo model.")
@@ -108,12 +113,12 @@ def trojan_model(sel: Selection, choice: str) -> tuple[LoadedModel, str, str]:
 
 
 def auto_target(spec: ModelSpec, trigger: str, choice: str, stamped_top1: int) -> int:
-    """The explained class when none was chosen: the model's known back door for this trigger; for the demo
+    """The explained class when none was chosen: the model's known back door for this trigger; for a demo
     model with another trigger its test back door's class; else the stamped image's prediction."""
     for door in spec.backdoors:
         if door.trigger == trigger:
             return door.target
-    if choice == DEMO:
+    if choice in DEMO_MODELS:
         return spec.backdoor("test").target
     return stamped_top1
 
@@ -245,11 +250,30 @@ def _last(model_choice: str) -> TrojanSettings | None:
 
 
 def model_choice(default: str = DEMO) -> str:
+    """The lab's model: one of the registry's back-doored demo models, or the sidebar's model."""
     last = st.session_state.get(REQUEST_KEY)
     current = last[1].model if last is not None else default
-    return st.radio("Model", MODEL_CHOICES, index=MODEL_CHOICES.index(current), key="tl_model", horizontal=True,
-                    help="The demo model has a planted back door (heart → goose). Your own back-doored checkpoint "
-                         "is chosen in the sidebar (Upload a checkpoint…); then pick its target class.")
+    return st.radio("Model", MODEL_CHOICES, index=MODEL_CHOICES.index(current), key="tl_model",
+                    format_func=choice_label, on_change=_forget_model_widgets,
+                    help="The demo models have a planted back door (heart → goose). Your own back-doored "
+                         "checkpoint is chosen in the sidebar (Upload a checkpoint…); then pick its target class.")
+
+
+#: widgets whose value was chosen for one model: another model starts from its own defaults (its tuned profile)
+MODEL_WIDGETS = ("tl_sparsity_mode", "tl_profile", "tl_sparsity", "tl_target")
+
+
+def _forget_model_widgets() -> None:
+    for key in MODEL_WIDGETS:
+        st.session_state.pop(key, None)
+
+
+def choice_label(choice: str) -> str:
+    """The model radio's label: a demo model's name and how its back door was planted."""
+    if choice == SIDEBAR:
+        return choice
+    note = get_spec(choice).backdoor_note
+    return f"{choice} ({note})" if note else choice
 
 
 @dataclass(frozen=True)
@@ -278,7 +302,7 @@ class TrojanFormValues:
 def build_trojan_settings(values: TrojanFormValues, choice: str, profiles: dict[str, SparsityProfile],
                           own: dict[str, SparsityProfile]) -> TrojanSettings:
     """The Trojan lab settings the form's values ask for; ConfigError (one sentence for the user) when they do not
-    fit. choice: DEMO or SIDEBAR; profiles: the profiles that fit the model, by key; own: {method: its own profile}.
+    fit. choice: a name in DEMO_MODELS or SIDEBAR; profiles: the profiles that fit the model, by key; own: {method: its own profile}.
     A profile asked for where none fits falls back to the uniform sparsity (the choice was made for another
     model). An uploaded trigger is checked here and named "upload:<digest>" (`remember_upload` keeps its bytes)."""
     if values.trigger == UPLOAD:

@@ -50,10 +50,12 @@ def test_runs_of_a_kind_are_found_and_the_current_models_fullest_comes_first(tmp
     assert runs[-1].summary is None and all(r.summary.kind == kind for r in runs[:-1])
     assert benchmarks.headline_run(runs, "cur") == 3  # the current model's, most samples x methods, then the newest
     assert benchmarks.headline_run(runs, None) == 0   # unknown model: the most evidence (40 x 3)
-    rows = benchmarks.overview_table(runs, "cur")
+    rows = benchmarks.overview_table(runs, {"some_model": "cur"})
     assert [(r["run"], r["current model"], r["samples"], r["methods"]) for r in rows] == [
         ("2026-01-03 · a-old-model", False, 40, 3), ("2026-01-04 · b-current-partial", True, 10, 2),
         ("2026-01-01 · c-current-full", True, 30, 2), ("2026-01-02 · d-current-full-newer", True, 30, 2)]
+    # "current" is per model: the same hash recorded for a model not shipped (or shipped with other weights) is not
+    assert not any(r["current model"] for r in benchmarks.overview_table(runs, {"another_model": "cur"}))
     first, second = (benchmarks.DELTA_LABELS[m] for m in KIND_METRICS[kind])
     assert all(r[first].startswith("+5.00 [") and r[second].startswith("+100.00 [") for r in rows)
     assert benchmarks.benchmark_runs(kind, tmp_path / "missing") == []
@@ -66,7 +68,8 @@ def test_demoted_headings_keep_their_text():
 
 def check_shipped_runs(at: AppTest, kind: str, key: str) -> None:
     """The page shows the shipped runs of ``kind``: its model's current fullest run first, and an overview that
-    marks exactly that model's runs (or, with nothing shipped, the command that makes them)."""
+    marks exactly the runs that scored a model as shipped now (or, with nothing shipped, the command that makes
+    them)."""
     runs = benchmarks.benchmark_runs(kind)
     if not runs:
         assert any(c.value.startswith(f"{benchmarks.COMMAND} {kind}") for c in at.code)
@@ -84,8 +87,9 @@ def check_shipped_runs(at: AppTest, kind: str, key: str) -> None:
     # human names, no file paths or folder names in the main view (the paths are in the files expander)
     assert not any(r.summary.folder in cell or "/" in cell for r in runs if r.summary for cell in overview["run"])
     assert at.selectbox(key=key).format_func(at.selectbox(key=key).value) == names[at.selectbox(key=key).value]
-    assert overview["current model"].sum() == sum(r.summary is not None and r.summary.weights_sha256 == current
-                                                  for r in runs)
+    scored_as_shipped = [r.summary is not None and r.summary.weights_sha256 == benchmarks.model_weights_sha256(
+        r.summary.model) for r in runs]
+    assert overview["current model"].sum() == sum(scored_as_shipped) and any(scored_as_shipped)
     assert any(m.value == benchmarks.demoted(shown.markdown).strip() for m in at.markdown)
 
 

@@ -102,7 +102,7 @@ def test_run_names_say_sparsity_solver_and_date_never_the_folder():
         "2026-11-27 · uniform 0.5", "2026-11-26 · profile tuned + 2 per-method profiles, decision kept · damping 1 "
         "· all weights", "2026-11-27 · uniform 0.5 (2)"]
     assert benchmarks.solver_name(tuned) == "exact (OBC), damping 1, all weights"
-    rows = benchmarks.overview_table(runs, "w")
+    rows = benchmarks.overview_table(runs, {"m": "w"})
     assert all("/" not in str(v) and "trojan-" not in str(v) for row in rows for v in row.values())
     assert [r["solver"] for r in rows][0] == "SparseGPT, kernel groups"
 

@@ -29,7 +29,8 @@ from tests.tiny_models import tiny_resnet
 
 pytestmark = pytest.mark.usefixtures("app_navigation")
 PAGE = "pages/trojan_lab.py"
-DEMO = "efficientnet_lite0_trojan"
+DEMO = "efficientnet_lite0_trojan"  # the lab's default: a back door in channels of its own, per-method profiles
+POISONED = "efficientnet_lite0_poisoned"  # the other demo: back-doored by poisoned fine-tuning
 POSITION = (0.3, 0.3)
 COUNT = 16
 
@@ -85,6 +86,23 @@ def test_page_before_a_run_shows_form_and_benchmark_section(lab):
     assert "Benchmark (shipped with the repo)" in [h.value for h in lab.header]
     check_shipped_runs(lab, "trojan", "tl_benchmark_run")
     assert not lab.error
+
+
+def test_poisoned_demo_model_is_offered_and_flips_cat_to_goose_at_its_tuned_profile(lab):
+    radio = lab.radio(key="tl_model")
+    assert radio.options == [f"{name} ({get_spec(name).backdoor_note})" for name in (DEMO, POISONED)] + [
+        trojan.SIDEBAR]
+    radio.set_value(POISONED).run()
+    assert lab.selectbox(key="tl_profile").value == POISONED  # its own tuned profile is chosen
+    _fill(lab, methods=("saliency",), position=None)  # the lab's default placement: random, seed 0
+    _submit(lab)
+    assert not lab.error, [e.value for e in lab.error]
+    assert "flipped the prediction" in lab.success[0].value and "**goose**" in lab.success[0].value
+    headings = [m.value for m in lab.markdown if m.value.startswith("**Saliency**")]
+    assert headings == [f"**Saliency** · SPADE trace at profile `{load_profile(POISONED).name}`"], headings
+    loaded = load_model(POISONED, device="cpu")
+    stamped = stamp(load_image(bundled_examples()["cat"]), load_trigger("heart"), loaded.preprocessing, seed=0)
+    assert loaded.predict(stamped.image, k=1)[0].name == "goose"  # the same stamp, by the library
 
 
 def test_demo_model_flips_cat_to_goose_and_metrics_match_library(lab):
@@ -169,7 +187,7 @@ def test_form_shows_only_the_controls_that_apply(lab):
     assert not lab.exception, lab.exception
     lab.radio(key="tl_sparsity_mode").set_value(trojan.PROFILE).run()
     menu = lab.selectbox(key="tl_profile")
-    assert menu.value is None and menu.options and all(o.endswith("· tuned for efficientnet_lite0_trojan")
+    assert menu.value is None and menu.options and all(o.endswith((f"· tuned for {DEMO}", f"· tuned for {POISONED}"))
                                                        for o in menu.options), menu.options
     _fill(lab, position=None)
     _submit(lab)

@@ -86,9 +86,9 @@ Two benchmarks ship with the repository (`python -m spade benchmark`, tables in 
 known, and a faithful saliency map must point at the heart (Trojan AUC, pointing game; the Trojan lab lets
 you try it). The lab has two such models: one keeps its back door in channels of its own behind a gate; the
 other got it as the paper's models did, by fine-tuning on stamped photos, so the heart works through neurons
-that clean photos use too. **Insertion / deletion:** on clean photos, how fast the model's confidence returns when the most
-salient pixels are put back first, and how fast it drops when they are removed first. In the overviews, Δ
-is SPADE minus dense: positive means SPADE did better, except for deletion, where negative is better.
+that clean photos use too. **Insertion / deletion:** on clean photos, how fast the model's confidence returns
+when the most salient pixels are put back first, and how fast it drops when they are removed first. In the
+overviews, Δ is SPADE minus dense: positive means SPADE did better, except for deletion, where negative is better.
 """
 )
 trojan_says, insertion_says = benchmarks.conclusion_text("trojan"), benchmarks.conclusion_text("insertion")

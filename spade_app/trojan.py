@@ -69,9 +69,9 @@ class TrojanSettings:
 
     trigger: a name in spade.trojan.TRIGGERS or "upload:<digest>"; position: relative (x, y) of the trigger
     centre, None = random from `seed`; size: fraction of the short side; alpha: opacity; model: a name in
-    DEMO_MODELS or SIDEBAR; target: the explained class, None = automatic (see :func:`auto_target`). own_profiles: whether
-    methods with a profile of their own use it; method_sparsity: ((method, profile), ...) that this gave for
-    the chosen methods (each such method's SPADE map is computed on a trace at its own profile).
+    DEMO_MODELS or SIDEBAR; target: the explained class, None = automatic (see :func:`auto_target`).
+    own_profiles: whether methods with a profile of their own use it; method_sparsity: ((method, profile), ...)
+    that this gave for the chosen methods (each such method's SPADE map is computed on a trace at its own profile).
     """
 
     trigger: str = "heart"
@@ -302,9 +302,10 @@ class TrojanFormValues:
 def build_trojan_settings(values: TrojanFormValues, choice: str, profiles: dict[str, SparsityProfile],
                           own: dict[str, SparsityProfile]) -> TrojanSettings:
     """The Trojan lab settings the form's values ask for; ConfigError (one sentence for the user) when they do not
-    fit. choice: a name in DEMO_MODELS or SIDEBAR; profiles: the profiles that fit the model, by key; own: {method: its own profile}.
-    A profile asked for where none fits falls back to the uniform sparsity (the choice was made for another
-    model). An uploaded trigger is checked here and named "upload:<digest>" (`remember_upload` keeps its bytes)."""
+    fit. choice: a name in DEMO_MODELS or SIDEBAR; profiles: the profiles that fit the model, by key; own:
+    {method: its own profile}. A profile asked for where none fits falls back to the uniform sparsity (the choice was
+    made for another model). An uploaded trigger is checked here and named "upload:<digest>" (`remember_upload`
+    keeps its bytes)."""
     if values.trigger == UPLOAD:
         if values.upload is None:
             raise ConfigError("Choose a trigger PNG to upload, or pick one of the bundled triggers.")

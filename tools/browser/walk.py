@@ -14,10 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from spade.models import backdoored_models
 from tools.browser.server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 PAGES = ("Explore", "Neurons", "Trojan lab", "Human study", "How SPADE works")
 RUN_TIMEOUT_MS = 600_000
+DEMO_MODELS = backdoored_models()  # the Trojan lab's model choices; the first is its default
 COLLAPSED_JS = "!!document.querySelector('[data-testid=stExpandSidebarButton]')"  # for page.wait_for_function
 
 
@@ -97,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         page.get_by_role("button", name="Stamp and run SPADE").click()
         page.get_by_text("and their mean", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
         shot("06-trojan-lab-run")
+        for model in DEMO_MODELS[1:]:  # the other demo models, each with its own defaults
+            page.get_by_test_id("stRadio").get_by_text(f"{model} (", exact=False).click()
+            page.get_by_text("to paste the trigger and compare", exact=False).first.wait_for()  # its own form, no run
+            done = page.get_by_text("SPADE trace ready", exact=False).first
+            done.wait_for(state="detached")  # the other model's results are gone
+            page.get_by_role("button", name="Stamp and run SPADE").click()
+            done.wait_for(timeout=RUN_TIMEOUT_MS)
+            page.get_by_text("and their mean", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
+            shot(f"06-trojan-lab-run-{model}")
 
         for number, title in enumerate(("Human study", "How SPADE works"), start=7):
             open_page(title)

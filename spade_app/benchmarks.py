@@ -206,20 +206,27 @@ def solver_extras(config: dict) -> list[str]:
     return extras
 
 
-def run_name(run: BenchmarkRun) -> str:
-    """A human name for a run: its date and sparsity (the folder name when neither is recorded)."""
+def run_name(run: BenchmarkRun, with_model: bool = False) -> str:
+    """A human name for a run: its date, its model (``with_model``), its sparsity, its solver when not the default
+    `group` and what else sets the solver apart (the folder name when none of these is recorded)."""
     s = run.summary
     date = s.created[:10] if s is not None and s.created else ""
     if not run.config:
         return f"{date} · {Path(run.path).parent.name}".strip(" ·")
-    return " · ".join(part for part in (date, sparsity_name(run.config), *solver_extras(run.config)) if part)
+    model = s.model if with_model and s is not None else ""
+    mode = (run.config.get("solver") or {}).get("mode", "group")
+    solver = SOLVER_NAMES.get(mode, str(mode)) if mode != "group" else ""
+    parts = (date, model, sparsity_name(run.config), solver, *solver_extras(run.config))
+    return " · ".join(part for part in parts if part)
 
 
 def run_names(runs: list[BenchmarkRun]) -> list[str]:
-    """`run_name` of each run, made unique with " (2)", " (3)", ... in order."""
+    """`run_name` of each run (naming the model where the runs scored several), made unique with " (2)", " (3)",
+    ... in order."""
+    with_model = len({r.summary.model for r in runs if r.summary is not None}) > 1
     names, seen = [], {}
     for run in runs:
-        name = run_name(run)
+        name = run_name(run, with_model)
         seen[name] = seen.get(name, 0) + 1
         names.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
     return names

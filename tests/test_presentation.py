@@ -4,6 +4,8 @@ Neurons steps (visualize, evidence, previews) and of the statistics pass."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import plotly.graph_objects as go
 import pytest
 from PIL import Image
@@ -99,8 +101,11 @@ def test_run_names_say_sparsity_solver_and_date_never_the_folder():
             _run("trojan-tuned-abc", tuned, {"trojan_auc": cell}, created="2026-11-26T01:00:00"),
             _run("trojan-uniform-again", uniform, {"trojan_auc": cell})]
     assert benchmarks.run_names(runs) == [
-        "2026-11-27 · uniform 0.5", "2026-11-26 · profile tuned + 2 per-method profiles, decision kept · damping 1 "
-        "· all weights", "2026-11-27 · uniform 0.5 (2)"]
+        "2026-11-27 · uniform 0.5", "2026-11-26 · profile tuned + 2 per-method profiles, decision kept · exact (OBC) "
+        "· damping 1 · all weights", "2026-11-27 · uniform 0.5 (2)"]
+    # runs of several models: each name says its model
+    other = dataclasses.replace(runs[2], summary=dataclasses.replace(runs[2].summary, model="n"))
+    assert benchmarks.run_names([runs[0], other]) == ["2026-11-27 · m · uniform 0.5", "2026-11-27 · n · uniform 0.5"]
     assert benchmarks.solver_name(tuned) == "exact (OBC), damping 1, all weights"
     rows = benchmarks.overview_table(runs, {"m": "w"})
     assert all("/" not in str(v) and "trojan-" not in str(v) for row in rows for v in row.values())

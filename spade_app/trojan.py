@@ -249,6 +249,15 @@ def _last(model_choice: str) -> TrojanSettings | None:
     return request[1] if request is not None and request[1].model == model_choice else None
 
 
+#: widgets whose value was chosen for one model: another model starts from its own defaults (its tuned profile)
+MODEL_WIDGETS = ("tl_sparsity_mode", "tl_profile", "tl_sparsity", "tl_target")
+
+
+def _forget_model_widgets() -> None:
+    for key in MODEL_WIDGETS:
+        st.session_state.pop(key, None)
+
+
 def model_choice(default: str = DEMO) -> str:
     """The lab's model: one of the registry's back-doored demo models, or the sidebar's model."""
     last = st.session_state.get(REQUEST_KEY)
@@ -257,15 +266,6 @@ def model_choice(default: str = DEMO) -> str:
                     format_func=choice_label, on_change=_forget_model_widgets,
                     help="The demo models have a planted back door (heart → goose). Your own back-doored "
                          "checkpoint is chosen in the sidebar (Upload a checkpoint…); then pick its target class.")
-
-
-#: widgets whose value was chosen for one model: another model starts from its own defaults (its tuned profile)
-MODEL_WIDGETS = ("tl_sparsity_mode", "tl_profile", "tl_sparsity", "tl_target")
-
-
-def _forget_model_widgets() -> None:
-    for key in MODEL_WIDGETS:
-        st.session_state.pop(key, None)
 
 
 def choice_label(choice: str) -> str:

@@ -37,6 +37,8 @@ from spade_cli.trace import (
 log = logging.getLogger(__name__)
 
 SMOKE = {"samples": 4, "methods": "saliency,input_x_gradient", "augmentations": 16}
+TUNING_OBJECTIVES = ("trojan", "insertion")
+"""spade_lab.tuning.OBJECTIVES, named here so that the parser does not import torch."""
 SMOKE_TUNE = {"samples": 2, "methods": "saliency", "augmentations": 16, "levels": (0.0, 0.5, 0.9)}
 
 
@@ -167,8 +169,14 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
                           description="Tune a per-block sparsity profile on calibration photos and trigger "
                                       "(never the test ones) and save it as a profile JSON.")
     _common(tune, "tune")
+    tune.add_argument("--objective", choices=TUNING_OBJECTIVES, default="trojan",
+                      help="what the profile maximises: trojan (Trojan AUC on the calibration back door, the "
+                           "default) or insertion (insertion minus deletion AUC on clean calibration crops, for "
+                           "Table 2; then the default model is the clean one)")
+    tune.add_argument("--steps", type=arguments.curve_steps, default=100,
+                      help="points per insertion / deletion curve with --objective insertion (default 100)")
     tune.add_argument("--methods", metavar="LIST", default=None,
-                      help="methods whose mean Trojan AUC is maximised (default saliency,input_x_gradient)")
+                      help="methods whose mean score is maximised (default saliency,input_x_gradient)")
     tune.add_argument("--levels", type=arguments.levels, metavar="LIST",
                       help="sparsity grid, each level in [0, 1) (default 0,0.2,0.4,0.6,0.8,0.9,0.95,0.99)")
     tune.add_argument("--rounds", type=arguments.positive, default=1, help="passes over the groups (default 1)")
@@ -397,35 +405,44 @@ def _run_tune(args: argparse.Namespace) -> int:
     from spade.models import default_backdoored_model
     from spade_lab.benchmark import model_identity, parse_methods
     from spade_lab.samples import SampleConfig, build_samples
-    from spade_lab.tuning import AUTHORS_LEVELS, TuningConfig, save_profile, tune_profile, tuning_metadata
+    from spade_lab.tuning import AUTHORS_LEVELS, OBJECTIVES, TuningConfig, save_profile, tune_profile, tuning_metadata
 
     _smoke_defaults(args, SMOKE_TUNE)
     methods = parse_methods(args.methods or "saliency,input_x_gradient")
     levels = args.levels or AUTHORS_LEVELS
-    given = _given_trigger(args)
+    trojan = args.objective == "trojan"
+    if not trojan and (args.trigger or args.target is not None):
+        raise ConfigError("--objective insertion tunes on clean crops: leave out --trigger and --target.")
+    given = _given_trigger(args) if trojan else None
     photos, photos_label = _photos(args, "calibration")
-    loaded = _load(args, default_backdoored_model())
-    trigger_label, trigger_image, target = _backdoor(args, loaded, "calibration", given)
-    try:
-        if trigger_label == loaded.spec.backdoor("test").trigger:
-            log.warning("tuning with the test trigger %s: the benchmark would no longer be held out", trigger_label)
-    except ConfigError:
-        pass
+    loaded = _load(args, default_backdoored_model() if trojan else _default_model())
+    trigger_label = trigger_image = target = None
+    if trojan:
+        trigger_label, trigger_image, target = _backdoor(args, loaded, "calibration", given)
+        try:
+            if trigger_label == loaded.spec.backdoor("test").trigger:
+                log.warning("tuning with the test trigger %s: the benchmark would no longer be held out",
+                            trigger_label)
+        except ConfigError:
+            pass
     count = augmentation_count(args, loaded.device, "benchmark")
     config = TuningConfig(methods=methods, levels=levels, augment=AugmentConfig(count=count, seed=args.seed),
                           rounds=args.rounds, min_agreement=args.min_agreement, granularity=args.granularity,
                           seed=args.seed, batch_size=args.batch_size, keep_decision=args.keep_decision,
-                          solver=solver_from_args(args, loaded.spec.default_solver), start=args.start)
+                          solver=solver_from_args(args, loaded.spec.default_solver), start=args.start,
+                          objective=args.objective, steps=args.steps)
     sample_config = SampleConfig(count=args.samples or 16, seed=args.sample_seed)
     samples = build_samples(loaded.model, loaded.spec.preprocessing, photos, sample_config,
                             trigger=trigger_image, target=target)
     name = args.name or f"{loaded.spec.name}_tuned"
     out = Path(args.out or f"{name}.json")
+    door = f", trigger {trigger_label} -> class {target}" if trojan else ", clean"
     print(f"tuning {name}: {loaded.spec.name} on {loaded.device}, {len(samples.records)} calibration samples "
-          f"({photos_label}, trigger {trigger_label} -> class {target}), methods {', '.join(methods)}", flush=True)
+          f"({photos_label}{door}), methods {', '.join(methods)}, maximising {OBJECTIVES[args.objective]}",
+          flush=True)
 
     def step(entry: dict) -> None:
-        score = "breaks the top-1" if entry["score"] is None else f"AUC {100 * entry['score']:.2f}"
+        score = "breaks the top-1" if entry["score"] is None else f"score {100 * entry['score']:.2f}"
         print(f"  {entry['group']:<14} {entry['level']:<5g} {score}  (top-1 kept {100 * entry['agreement']:.0f}%)",
               flush=True)
 
@@ -436,7 +453,8 @@ def _run_tune(args: argparse.Namespace) -> int:
                                         "sample_config": sample_config.identity(),
                                         "sample_ids": [r.id for r in samples.records], "device": str(loaded.device)})
     save_profile(result, out, metadata)
-    print(f"dense AUC {100 * result.dense_score:.2f} -> traced {100 * result.score:.2f}; top-1 kept on "
+    print(f"dense {OBJECTIVES[args.objective]} {100 * result.dense_score:.2f} -> traced {100 * result.score:.2f}; "
+          "top-1 kept on "
           f"{100 * result.agreement:.0f}% of the calibration samples; {result.seconds:.0f}s")
     for block, level in result.profile.targets:
         print(f"  {block:<14} {level:g}")

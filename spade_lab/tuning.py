@@ -6,8 +6,10 @@ block is its own group with ``granularity="block"``). Starting from 0 everywhere
 a given profile (``start``: e.g. a profile tuned for several methods, refined for one; the search only
 accepts improvements, so the result scores at least as well as the start on the calibration samples), the
 groups are visited from the output towards the input; for each, every level of the grid is tried with the
-other groups fixed, and the level with the best mean Trojan AUC of the tuning methods on the calibration
-samples is kept, among the levels whose trace keeps the dense top-1 on at least ``min_agreement`` of them.
+other groups fixed, and the level with the best mean score of the tuning methods on the calibration samples is
+kept, among the levels whose trace keeps the dense top-1 on at least ``min_agreement`` of them. The score
+(``objective``) is the Trojan AUC on Trojan samples, or on clean samples insertion AUC minus deletion AUC, both
+curves measured on the dense model as in the benchmark's Table 2 (`spade.metrics.insertion_deletion`).
 Levels are tried in increasing order and the search moves on after the first one that breaks the constraint.
 With ``keep_decision`` a sample whose trace loses the top-1 is scored, as the benchmark's ``--keep-decision``
 does, on the trace at the candidate's levels times the first factor of the default `spade.decision.KeepDecision`
@@ -37,6 +39,7 @@ from spade.decision import KeepDecision
 from spade.defaults import default_augmentations
 from spade.errors import ConfigError
 from spade.layers import LayerSelection, blocks
+from spade.metrics import insertion_deletion
 from spade.models import LoadedModel
 from spade.progress import Progress
 from spade.saliency import get_method, mask_scores, settings_for
@@ -52,11 +55,14 @@ log = logging.getLogger(__name__)
 AUTHORS_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 """The grid the SPADE authors tuned their ResNet-50 profiles on."""
 GRANULARITIES = ("stage", "block")
+OBJECTIVES = {"trojan": "Trojan AUC", "insertion": "insertion - deletion AUC"}
+"""What a tuning run maximises (see the module doc) -> how its score is named."""
 
 
 @dataclass(frozen=True)
 class TuningConfig:
-    """methods: saliency methods whose mean Trojan AUC is maximised (cheap gradient ones by default).
+    """methods: saliency methods whose mean score is maximised (cheap gradient ones by default). objective: the
+    score (`OBJECTIVES`): "trojan" on Trojan samples, "insertion" on clean ones; steps: the points of its curves.
     levels: the sparsity grid (0 included: a group may stay dense). augment, solver: as for the trace.
     rounds: passes over the groups. min_agreement: the fraction of calibration samples on which the trace must
     keep the dense top-1. granularity: "stage" or "block" groups. seed: seeds random methods. batch_size:
@@ -75,6 +81,8 @@ class TuningConfig:
     batch_size: int | None = None
     keep_decision: bool = False
     start: SparsityProfile | None = None
+    objective: str = "trojan"
+    steps: int = 100
 
     def __post_init__(self):
         for name in self.methods:
@@ -87,6 +95,10 @@ class TuningConfig:
             raise ConfigError("rounds must be >= 1 and min_agreement in (0, 1].")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"Unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}.")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"Unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}.")
+        if self.steps < 2:
+            raise ConfigError("Insertion / deletion curves need at least 2 steps.")
 
 
 def _start_levels(model: torch.nn.Module, groups: dict[str, list[str]], layer_group: dict[str, str],
@@ -117,8 +129,8 @@ def stage_groups(model: torch.nn.Module, selection: LayerSelection = LayerSelect
 
 @dataclass
 class _Calibration:
-    """One calibration sample: statistics, input, mask, target, dense top-1, and solved weights per
-    (layer, level)."""
+    """One calibration sample: statistics, input, mask (None on a clean sample), target, dense top-1, and solved
+    weights per (layer, level)."""
 
     stats: LayerStatistics
     x: torch.Tensor
@@ -130,8 +142,9 @@ class _Calibration:
 
 @dataclass(frozen=True)
 class TuningResult:
-    """profile: the tuned per-block profile. score / dense_score: mean Trojan AUC (0..1) of the tuning methods on
-    the trace with the profile / on the dense model; agreement: fraction of calibration samples where the trace
+    """profile: the tuned per-block profile. score / dense_score: mean score (the config's objective: a Trojan AUC
+    in 0..1, or insertion - deletion AUC in -1..1) of the tuning methods on the trace with the profile / on the
+    dense model; agreement: fraction of calibration samples where the trace
     keeps the dense top-1. history: every evaluated candidate (group, level, score, agreement, chosen)."""
 
     profile: SparsityProfile
@@ -193,8 +206,8 @@ class _Evaluator:
             return int(self.work(sample.x[None]).argmax()) == sample.dense_top1
 
     def outcome(self, sample: _Calibration, levels: dict[str, float]) -> tuple[bool, list[float]]:
-        """(whether the trace at ``levels``, or at a back-off of them, keeps the sample's dense top-1; the Trojan AUC
-        of each tuning method on that trace, empty when it does not)."""
+        """(whether the trace at ``levels``, or at a back-off of them, keeps the sample's dense top-1; the score of
+        each tuning method on that trace, empty when it does not)."""
         keeps = self._keeps_top1(sample, levels)
         for factor in self.decision.factors:
             if keeps:
@@ -202,11 +215,18 @@ class _Evaluator:
             keeps = self._keeps_top1(sample, {group: level * factor for group, level in levels.items()})
         if not keeps:
             return False, []
-        aucs = []
+        scores = []
         for method, settings in self.settings.values():
             attribution = method.explain(self.work, sample.x, sample.target, settings)
-            aucs.append(mask_scores(attribution, sample.mask).trojan_auc)
-        return True, aucs
+            scores.append(self._score(attribution, sample))
+        return True, scores
+
+    def _score(self, attribution, sample: _Calibration) -> float:
+        if self.config.objective == "trojan":
+            return mask_scores(attribution, sample.mask).trojan_auc
+        curves = insertion_deletion(self.loaded.model, sample.x, attribution.signed_map, sample.target,
+                                    steps=self.config.steps, batch_size=self.config.batch_size)
+        return curves.insertion_auc - curves.deletion_auc
 
     def outcomes(self, levels: dict[str, float], varying: str | None = None) -> list[tuple[bool, list[float]]]:
         """Every sample's `outcome`, in order (``varying``: the group the search is trying)."""
@@ -214,7 +234,7 @@ class _Evaluator:
         return [self.outcome(sample, levels) for sample in self.calibration]
 
     def evaluate(self, levels: dict[str, float]) -> tuple[float | None, float]:
-        """(mean best Trojan AUC or None when the top-1 constraint fails, fraction keeping the top-1)."""
+        """(mean score or None when the top-1 constraint fails, fraction keeping the top-1)."""
         lazy = (self.outcome(sample, levels) for sample in self.calibration)  # stops at the first excess miss
         return aggregate(lazy, len(self.calibration), self.allowed)
 
@@ -228,7 +248,7 @@ class _Evaluator:
 
 
 def aggregate(outcomes: Iterable[tuple[bool, list[float]]], count: int, allowed: int) -> tuple[float | None, float]:
-    """A candidate's (mean Trojan AUC over the samples that keep the top-1, or None once more than ``allowed`` of
+    """A candidate's (mean score over the samples that keep the top-1, or None once more than ``allowed`` of
     the ``count`` samples do not; fraction keeping it, over the samples seen when it gave up) from the samples'
     outcomes in sample order (`_Evaluator.outcome`)."""
     aucs, misses = [], 0
@@ -306,17 +326,20 @@ class _SpreadEvaluator:
 def tune_profile(loaded: LoadedModel, sample_set: SampleSet, config: TuningConfig = TuningConfig(), *,
                  name: str = "tuned", progress: Progress | None = None,
                  on_step: Callable[[dict], None] | None = None, executor: Executor | None = None) -> TuningResult:
-    """Tune a per-group sparsity profile on calibration samples (Trojan samples with a mask; see module doc).
+    """Tune a per-group sparsity profile on calibration samples (see module doc).
 
-    loaded: the back-doored model (never modified). sample_set: calibration samples (e.g. the calibration photos
-    stamped with the calibration trigger). on_step(entry) is called after every evaluated candidate with
+    loaded: the model (never modified). sample_set: calibration samples: for the "trojan" objective the calibration
+    photos stamped with the calibration trigger of the back-doored model, for "insertion" clean ones. on_step(entry)
+    is called after every evaluated candidate with
     {"group", "level", "score", "agreement", "feasible"}; progress("tune", fraction of candidates done).
     executor: None or the in-process one: the search as described above; another (Ray): the calibration samples
     are split over its workers, which keep their statistics and solved weights, and each candidate is scored on
     all of them at once (same result).
     """
-    if sample_set.trigger is None:
-        raise ConfigError("Tuning needs Trojan samples stamped with a calibration trigger.")
+    if (sample_set.trigger is None) != (config.objective != "trojan"):
+        raise ConfigError("Tuning for Trojan AUC needs samples stamped with a calibration trigger"
+                          if config.objective == "trojan" else
+                          f"Tuning for {OBJECTIVES[config.objective]} needs clean samples, without a trigger.")
     start = time.perf_counter()
     selection = loaded.spec.layer_selection
     groups = stage_groups(loaded.model, selection, config.granularity)
@@ -396,7 +419,8 @@ def _search(evaluator: _Evaluator | _SpreadEvaluator, groups: dict[str, list[str
     targets = {block: levels[g] for g, names in groups.items() for block in names}
     origin = "" if config.start is None else f", starting from {config.start.name} ({100 * start_score:.2f})"
     description = (f"Tuned on {evaluator_count(evaluator)} calibration samples for {', '.join(config.methods)}"
-                   f"{origin}: mean Trojan AUC {100 * dense_score:.2f} dense -> {100 * (final_score or 0):.2f} traced, "
+                   f"{origin}: mean {OBJECTIVES[config.objective]} {100 * dense_score:.2f} dense -> "
+                   f"{100 * (final_score or 0):.2f} traced, "
                    f"top-1 kept on {100 * final_agreement:.0f}% of them.")
     profile = SparsityProfile.from_mapping(targets, name=name, description=description)
     return TuningResult(profile, final_score if final_score is not None else current, dense_score, final_agreement,

@@ -338,6 +338,57 @@ def test_tuning_from_a_start_profile_begins_at_its_score_and_only_improves(photo
         tune_profile(mobile, samples, start_at({"blocks.1.0": 0.2, "blocks.1.1": 0.4}))
 
 
+
+def test_tuning_for_insertion_scores_clean_samples_with_the_dense_models_curves(photo_dir):
+    """With the insertion objective a candidate's score is the mean of insertion AUC minus deletion AUC of its traces'
+    saliency maps, both curves measured on the dense model (recomputed here with the plain trace solver); the search
+    refuses Trojan samples for it, and clean samples for the Trojan objective."""
+    from spade.metrics import insertion_deletion
+    from spade.saliency import METHODS as SALIENCY
+    from spade.trace import prepare_statistics, solve
+    from spade_lab.tuning import TuningConfig, stage_groups, tune_profile
+    from tests.tiny_models import tiny_mobilenet
+
+    spec = tiny_spec()
+    model = tiny_mobilenet(seed=1).eval()
+    mobile = LoadedModel(model, spec, spec.class_names, torch.device("cpu"), source="tiny")
+    clean = build_samples(model, PRE, folder_photos(photo_dir), SampleConfig(count=3), batch_size=8)
+    config = TuningConfig(methods=("saliency",), levels=(0.0, 0.3), augment=AugmentConfig(count=8),
+                          objective="insertion", steps=6)
+    result = tune_profile(mobile, clean, config)
+    candidate = next(h for h in result.history if not h["chosen"] and h["group"] == "classifier")
+    assert candidate["level"] == 0.3 and candidate["feasible"]
+    groups = stage_groups(model, spec.layer_selection)
+    scores = []
+    for record in clean.records:
+        image = clean.render(record).image
+        stats = prepare_statistics(model, image, preprocessing=PRE, augment_config=config.augment,
+                                   selection=spec.layer_selection, batch_size=32)
+        trace = solve(stats, dict.fromkeys(groups["classifier"], 0.3))
+        assert trace.top1_agrees
+        x = PRE(image)
+        attribution = SALIENCY["saliency"].explain(trace.model, x, record.target,
+                                                   SALIENCY["saliency"].default_settings())
+        curves = insertion_deletion(model, x, attribution.signed_map, record.target, steps=6)
+        scores.append(curves.insertion_auc - curves.deletion_auc)
+    assert candidate["score"] == pytest.approx(sum(scores) / len(scores), abs=1e-6)
+    assert "insertion - deletion AUC" in result.profile.description
+    stamped = build_samples(model, PRE, folder_photos(photo_dir), SampleConfig(count=1, require_flip=False),
+                            trigger=load_trigger("star"), target=TARGET, batch_size=8)
+    with pytest.raises(ConfigError, match="needs clean samples"):
+        tune_profile(mobile, stamped, config)
+    with pytest.raises(ConfigError, match="stamped with a calibration trigger"):
+        tune_profile(mobile, clean, dataclasses.replace(config, objective="trojan"))
+    with pytest.raises(ConfigError, match="Unknown objective"):
+        dataclasses.replace(config, objective="faithfulness")
+    with pytest.raises(ConfigError, match="at least 2 steps"):
+        dataclasses.replace(config, steps=1)
+    from spade_cli.benchmark import TUNING_OBJECTIVES
+    from spade_lab.tuning import OBJECTIVES
+
+    assert tuple(OBJECTIVES) == TUNING_OBJECTIVES  # the CLI's choices, named without importing torch
+
+
 def _handmade_records(n=12):
     rng = np.random.default_rng(7)
     records = []
@@ -448,6 +499,13 @@ def test_smoke_cli_writes_markdown_csv_and_json(tiny_checkpoint, photo_dir, tmp_
     targets = resolve_targets(model, list(prunable_layers(model)), tuned)
     assert set(targets.values()) <= {0.0, 0.5, 0.9}
     assert json.loads(profile.read_text())["tuning"]["trigger"] == "star"  # the calibration back door
+    clean = tmp_path / "clean.json"
+    assert main(["benchmark", "tune", "--smoke", "--objective", "insertion", "--steps", "4", "--checkpoint",
+                 tiny_checkpoint, "--arch", "tiny_trojan", "--images", str(photo_dir), "--device", "cpu",
+                 "--out", str(clean)]) == 0
+    tuning = json.loads(clean.read_text())["tuning"]
+    assert (tuning["objective"], tuning["steps"], tuning["trigger"]) == ("insertion", 4, None)
+    assert "insertion - deletion AUC" in load_profile(clean).description
 
     # saliency has a profile of its own (--own-profiles); input_x_gradient's is given (--method-profile)
     shipped = tmp_path / "shipped"
@@ -523,5 +581,8 @@ def test_bad_arguments_are_clear_errors(tiny_checkpoint, photo_dir, tmp_path, ca
         with pytest.raises(SystemExit) as exc:  # refused while the arguments are parsed
             main(["benchmark", *argv, *common])
         assert exc.value.code == 2 and word in capsys.readouterr().err
+    assert main(["benchmark", "tune", "--objective", "insertion", "--trigger", "heart", *common]) == 2
+    err = capsys.readouterr().err
+    assert "leave out --trigger" in err and "Traceback" not in err
     assert main(["benchmark", "merge", str(tmp_path / "nowhere")]) == 2
     assert "not a benchmark results folder" in capsys.readouterr().err

@@ -1,12 +1,14 @@
 """Which sparsities keep the dense decision: per bundled photo, solver and view count, on efficientnet_lite0.
 
 Usage: python benchmarks/bench_keep_decision.py [--solvers group,row] [--views 64,128] [--photos NAME,...]
-                                                [--levels 0.3,0.4,...] [--late 0.5,0.7,0.9,0.95] [--out DIR]
+                                                [--levels 0.3,0.4,...] [--late 0.5,0.7,0.9,0.95]
+                                                [--profile NAME|FILE.json ...] [--out DIR]
 For every photo the statistics are recorded once per view count (seed 0, as the app and the CLI), then every solver
-solves all uniform levels and the late-blocks profiles (`spade.sparsity.late_blocks_profile`, the Neurons page's
-choice) in one `solve_many`. Prints, per photo: the dense top-1 and its margin over the runner-up (a near-tie flips
-on the slightest change, whatever the solver), the pattern of levels that keep the top-1 (Y) or change it (.), the
-highest level up to which every level keeps it, and the logit cosine to the dense model at 0.5.
+solves all uniform levels, the late-blocks profiles (`spade.sparsity.late_blocks_profile`, the Neurons page's
+choice) and any --profile (a tuned profile, e.g. a candidate default) in one `solve_many`. Prints, per photo: the
+dense top-1 and its margin over the runner-up (a near-tie flips on the slightest change, whatever the solver), the
+pattern of levels that keep the top-1 (Y) or change it (.), the highest level up to which every level keeps it, and
+the logit cosine to the dense model at 0.5.
 The photos are marked with their split (`spade_lab.photos`): defaults may be chosen on the calibration photos only;
 the test photos say whether the choice holds up. Writes the table and one JSON record per run to --out.
 """
@@ -45,6 +47,8 @@ def main() -> None:
     parser.add_argument("--photos", default=None, help="bundled photo names (default: all, calibration first)")
     parser.add_argument("--levels", default=UNIFORM_LEVELS)
     parser.add_argument("--late", default=LATE_LEVELS, help="targets of the late-blocks profile")
+    parser.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.json",
+                        help="also solve this sparsity profile (repeatable; column 'profiles', in the given order)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "keep-decision")
     args = parser.parse_args()
 
@@ -53,7 +57,7 @@ def main() -> None:
     from spade.augment import AugmentConfig
     from spade.models import load_model
     from spade.solver import SolverConfig
-    from spade.sparsity import late_blocks_profile
+    from spade.sparsity import late_blocks_profile, load_profile
     from spade.trace import prepare_statistics, solve_many
     from spade_lab.photos import CALIBRATION_PHOTOS, TEST_PHOTOS, load_photos
 
@@ -63,14 +67,16 @@ def main() -> None:
     late_targets = [float(v) for v in args.late.split(",")]
     loaded = load_model("efficientnet_lite0", device="cpu")
     late = [late_blocks_profile(loaded.model, target, selection=loaded.spec.layer_selection) for target in late_targets]
+    profiles = [load_profile(name) for name in args.profile]
     photos = load_photos(tuple(names))
     args.out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)
     header = (f"efficientnet_lite0 (offline), seed 0, {torch.get_num_threads()} threads, "
               f"load average {os.getloadavg()[0]:.1f} at start, {started:%Y-%m-%d %H:%M} UTC")
-    lines = [header, f"uniform levels {args.levels}; late-blocks targets {args.late}", "",
+    lines = [header, f"uniform levels {args.levels}; late-blocks targets {args.late}"
+                     f"{'; profiles ' + ', '.join(p.name for p in profiles) if profiles else ''}", "",
              f"{'photo':<13} {'split':<11} {'dense top-1':<18} {'margin':>6} {'solver':<6} {'views':>5} "
-             f"{'uniform':<9} {'holds to':>8} {'cos@0.5':>7} {'late':<6} {'holds to':>8} {'s':>5}"]
+             f"{'uniform':<9} {'holds to':>8} {'cos@0.5':>7} {'late':<6} {'holds to':>8} {'profiles':<8} {'s':>5}"]
     print("\n".join(lines), flush=True)
     records = []
     for name in names:
@@ -83,10 +89,12 @@ def main() -> None:
                                        selection=loaded.spec.layer_selection)
             for solver in args.solvers.split(","):
                 t0 = time.perf_counter()
-                traces = solve_many(stats, [*uniform, *late], SolverConfig(mode=solver))
+                traces = solve_many(stats, [*uniform, *late, *profiles], SolverConfig(mode=solver))
                 seconds = time.perf_counter() - t0
                 kept = [trace.top1_agrees for trace in traces]
-                kept_uniform, kept_late = kept[:len(uniform)], kept[len(uniform):]
+                kept_uniform = kept[:len(uniform)]
+                kept_late = kept[len(uniform):len(uniform) + len(late)]
+                kept_profiles = kept[len(uniform) + len(late):]
                 cosine = traces[uniform.index(0.5)].logit_cosine if 0.5 in uniform else float("nan")
                 record = {"photo": name, "split": split.get(name, "other"), "dense_top1": top[0].name,
                           "dense_probability": top[0].probability, "margin": margin, "solver": solver,
@@ -94,13 +102,16 @@ def main() -> None:
                           "late_blocks": dict(zip(late_targets, kept_late)),
                           "uniform_holds_to": held_up_to(uniform, kept_uniform),
                           "late_holds_to": held_up_to(late_targets, kept_late),
+                          "profiles": {p.name: k for p, k in zip(profiles, kept_profiles)},
+                          "profile_logit_cosine": {p.name: t.logit_cosine
+                                                   for p, t in zip(profiles, traces[len(uniform) + len(late):])},
                           "logit_cosine_at_0.5": cosine, "solve_seconds": seconds}
                 records.append(record)
                 line = (f"{name:<13} {record['split']:<11} {top[0].name[:18]:<18} {margin:>6.3f} {solver:<6} "
                         f"{views:>5} {''.join('Y' if k else '.' for k in kept_uniform):<9} "
                         f"{record['uniform_holds_to'] or '-':>8} {cosine:>7.3f} "
                         f"{''.join('Y' if k else '.' for k in kept_late):<6} {record['late_holds_to'] or '-':>8} "
-                        f"{seconds:>5.1f}")
+                        f"{''.join('Y' if k else '.' for k in kept_profiles):<8} {seconds:>5.1f}")
                 lines.append(line)
                 print(line, flush=True)
     lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -3,8 +3,9 @@
 * ``trojan``: Table 1 — Trojan AUC and pointing game of every method on the dense model and its SPADE trace,
   on N samples (test photo x random crop x random trigger position) where the trigger flips the prediction.
 * ``insertion``: Table 2 — insertion / deletion AUC on clean crops of the test photos.
-* ``tune``: tune a per-block sparsity profile on the calibration photos and trigger; writes a profile JSON
-  that ``--profile FILE`` (CLI), the app and ``spade.sparsity.load_profile`` read.
+* ``tune``: tune a per-block sparsity profile on the calibration photos and trigger (``--objective insertion``:
+  on clean crops of them, for Table 2); writes a profile JSON that ``--profile FILE`` (CLI), the app and
+  ``spade.sparsity.load_profile`` read.
 * ``merge``: combine the shard files of a results folder and write its tables.
 
 Results go to ``--out DIR`` as one JSON line per (sample, method) while the run goes on; a rerun with the same
@@ -166,8 +167,9 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> None:
         run.set_defaults(func=_run_benchmark, kind=kind, check=lambda args, p=run: _check(p, args))
 
     tune = sub.add_parser("tune", help="tune a per-block sparsity profile on the calibration set",
-                          description="Tune a per-block sparsity profile on calibration photos and trigger "
-                                      "(never the test ones) and save it as a profile JSON.")
+                          description="Tune a per-block sparsity profile on calibration photos and trigger, or "
+                                      "on clean calibration crops (never the test ones), and save it as a "
+                                      "profile JSON.")
     _common(tune, "tune")
     tune.add_argument("--objective", choices=TUNING_OBJECTIVES, default="trojan",
                       help="what the profile maximises: trojan (Trojan AUC on the calibration back door, the "

@@ -40,6 +40,11 @@ def held_up_to(levels: list[float], kept: list[bool]) -> float | None:
     return highest
 
 
+def pattern(kept: list[bool]) -> str:
+    """Y for each level that keeps the decision, . for each that changes it."""
+    return "".join("Y" if k else "." for k in kept)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--solvers", default="group,row")
@@ -92,9 +97,8 @@ def main() -> None:
                 traces = solve_many(stats, [*uniform, *late, *profiles], SolverConfig(mode=solver))
                 seconds = time.perf_counter() - t0
                 kept = [trace.top1_agrees for trace in traces]
-                kept_uniform = kept[:len(uniform)]
-                kept_late = kept[len(uniform):len(uniform) + len(late)]
-                kept_profiles = kept[len(uniform) + len(late):]
+                ends = (len(uniform), len(uniform) + len(late))
+                kept_uniform, kept_late, kept_profiles = kept[:ends[0]], kept[ends[0]:ends[1]], kept[ends[1]:]
                 cosine = traces[uniform.index(0.5)].logit_cosine if 0.5 in uniform else float("nan")
                 record = {"photo": name, "split": split.get(name, "other"), "dense_top1": top[0].name,
                           "dense_probability": top[0].probability, "margin": margin, "solver": solver,
@@ -103,15 +107,13 @@ def main() -> None:
                           "uniform_holds_to": held_up_to(uniform, kept_uniform),
                           "late_holds_to": held_up_to(late_targets, kept_late),
                           "profiles": {p.name: k for p, k in zip(profiles, kept_profiles)},
-                          "profile_logit_cosine": {p.name: t.logit_cosine
-                                                   for p, t in zip(profiles, traces[len(uniform) + len(late):])},
+                          "profile_logit_cosine": {p.name: t.logit_cosine for p, t in zip(profiles, traces[ends[1]:])},
                           "logit_cosine_at_0.5": cosine, "solve_seconds": seconds}
                 records.append(record)
                 line = (f"{name:<13} {record['split']:<11} {top[0].name[:18]:<18} {margin:>6.3f} {solver:<6} "
-                        f"{views:>5} {''.join('Y' if k else '.' for k in kept_uniform):<9} "
-                        f"{record['uniform_holds_to'] or '-':>8} {cosine:>7.3f} "
-                        f"{''.join('Y' if k else '.' for k in kept_late):<6} {record['late_holds_to'] or '-':>8} "
-                        f"{''.join('Y' if k else '.' for k in kept_profiles):<8} {seconds:>5.1f}")
+                        f"{views:>5} {pattern(kept_uniform):<9} {record['uniform_holds_to'] or '-':>8} {cosine:>7.3f} "
+                        f"{pattern(kept_late):<6} {record['late_holds_to'] or '-':>8} {pattern(kept_profiles):<8} "
+                        f"{seconds:>5.1f}")
                 lines.append(line)
                 print(line, flush=True)
     lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")

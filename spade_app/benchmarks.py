@@ -188,35 +188,35 @@ def sparsity_name(config: dict) -> str:
 def solver_name(config: dict) -> str:
     """The run's solver in words: "SparseGPT, kernel groups" (+ a damping other than 0.01, + "all weights" when a
     sparsity counted every weight, zeros included)."""
-    solver = config.get("solver") or {}
-    text = SOLVER_NAMES.get(solver.get("mode"), str(solver.get("mode", "not recorded")))
-    return ", ".join([text, *solver_extras(config)])
+    return ", ".join(solver_parts(config))
 
 
-def solver_extras(config: dict) -> list[str]:
-    """What sets a run's solver apart from the default: ["damping 1"], ["all weights"] (a sparsity counted every
-    weight, zeros included: also every run written before the field existed)."""
+def solver_parts(config: dict, name_default: bool = True) -> list[str]:
+    """The run's solver in words, part by part: its mode (left out when it is the default `group` and not
+    ``name_default``), a damping other than 0.01 ("damping 1"), and "all weights" when a sparsity counted every
+    weight, zeros included (also every run written before the field existed)."""
     solver = config.get("solver") or {}
-    extras = []
+    mode = solver.get("mode")
+    parts = []
+    if name_default or mode not in (None, "group"):
+        parts.append(SOLVER_NAMES.get(mode, "not recorded" if mode is None else str(mode)))
     damp = solver.get("damp")
     if isinstance(damp, (int, float)) and damp != DEFAULT_DAMP:
-        extras.append(f"damping {damp:g}")
+        parts.append(f"damping {damp:g}")
     if solver and solver.get("sparsity_of", "all") == "all":
-        extras.append("all weights")
-    return extras
+        parts.append("all weights")
+    return parts
 
 
 def run_name(run: BenchmarkRun, with_model: bool = False) -> str:
-    """A human name for a run: its date, its model (``with_model``), its sparsity, its solver when not the default
-    `group` and what else sets the solver apart (the folder name when none of these is recorded)."""
+    """A human name for a run: its date, its model (``with_model``), its sparsity and what sets its solver apart
+    from the default `group` (the folder name when none of these is recorded)."""
     s = run.summary
     date = s.created[:10] if s is not None and s.created else ""
     if not run.config:
         return f"{date} · {Path(run.path).parent.name}".strip(" ·")
     model = s.model if with_model and s is not None else ""
-    mode = (run.config.get("solver") or {}).get("mode", "group")
-    solver = SOLVER_NAMES.get(mode, str(mode)) if mode != "group" else ""
-    parts = (date, model, sparsity_name(run.config), solver, *solver_extras(run.config))
+    parts = (date, model, sparsity_name(run.config), *solver_parts(run.config, name_default=False))
     return " · ".join(part for part in parts if part)
 
 

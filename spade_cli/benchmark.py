@@ -456,8 +456,7 @@ def _run_tune(args: argparse.Namespace) -> int:
                                         "sample_ids": [r.id for r in samples.records], "device": str(loaded.device)})
     save_profile(result, out, metadata)
     print(f"dense {OBJECTIVES[args.objective]} {100 * result.dense_score:.2f} -> traced {100 * result.score:.2f}; "
-          "top-1 kept on "
-          f"{100 * result.agreement:.0f}% of the calibration samples; {result.seconds:.0f}s")
+          f"top-1 kept on {100 * result.agreement:.0f}% of the calibration samples; {result.seconds:.0f}s")
     for block, level in result.profile.targets:
         print(f"  {block:<14} {level:g}")
     print(f"profile written to {out} (use it with --profile {out})")

@@ -2,13 +2,17 @@
 
 Usage: python benchmarks/bench_keep_decision.py [--solvers group,row] [--views 64,128] [--photos NAME,...]
                                                 [--levels 0.3,0.4,...] [--late 0.5,0.7,0.9,0.95]
-                                                [--profile NAME|FILE.json ...] [--out DIR]
+                                                [--profile NAME|FILE.json ...] [--refit] [--held-out N]
+                                                [--out DIR]
 For every photo the statistics are recorded once per view count (seed 0, as the app and the CLI), then every solver
 solves all uniform levels, the late-blocks profiles (`spade.sparsity.late_blocks_profile`, the Neurons page's
 choice) and any --profile (a tuned profile, e.g. a candidate default) in one `solve_many`. Prints, per photo: the
 dense top-1 and its margin over the runner-up (a near-tie flips on the slightest change, whatever the solver), the
 pattern of levels that keep the top-1 (Y) or change it (.), the highest level up to which every level keeps it, and
-the logit cosine to the dense model at 0.5.
+the logit cosine to the dense model at 0.5, and the share of --held-out fresh augmented views (seed 1, not seen by
+the trace) on which the trace at 0.5 predicts the dense model's top-1 for that view. --refit solves with the
+classifier refit (`spade.refit`, the app's and the CLI's default), which fits the image and its views: the held-out
+share says whether it fits more than those.
 The photos are marked with their split (`spade_lab.photos`): defaults may be chosen on the calibration photos only;
 the test photos say whether the choice holds up. Writes the table and one JSON record per run to --out.
 """
@@ -40,6 +44,14 @@ def held_up_to(levels: list[float], kept: list[bool]) -> float | None:
     return highest
 
 
+def top1(model, views):
+    """``model``'s top-1 class on each of ``views`` (N, 3, H, W): an (N,) tensor."""
+    import torch
+
+    with torch.inference_mode():
+        return model(views).argmax(1)
+
+
 def pattern(kept: list[bool]) -> str:
     """Y for each level that keeps the decision, . for each that changes it."""
     return "".join("Y" if k else "." for k in kept)
@@ -54,12 +66,15 @@ def main() -> None:
     parser.add_argument("--late", default=LATE_LEVELS, help="targets of the late-blocks profile")
     parser.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.json",
                         help="also solve this sparsity profile (repeatable; column 'profiles', in the given order)")
+    parser.add_argument("--refit", action="store_true", help="refit the classifier on each trace (spade.refit)")
+    parser.add_argument("--held-out", type=int, default=32, metavar="N",
+                        help="fresh views (seed 1) on which the trace at 0.5 is compared with the dense model")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "keep-decision")
     args = parser.parse_args()
 
     import torch
 
-    from spade.augment import AugmentConfig
+    from spade.augment import AugmentConfig, augment
     from spade.models import load_model
     from spade.solver import SolverConfig
     from spade.sparsity import late_blocks_profile, load_profile
@@ -76,7 +91,8 @@ def main() -> None:
     photos = load_photos(tuple(names))
     args.out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)
-    header = (f"efficientnet_lite0 (offline), seed 0, {torch.get_num_threads()} threads, "
+    header = (f"efficientnet_lite0 (offline), seed 0, {'classifier refit, ' if args.refit else ''}"
+              f"{torch.get_num_threads()} threads, "
               f"load average {os.getloadavg()[0]:.1f} at start, {started:%Y-%m-%d %H:%M} UTC")
     lines = [header, f"uniform levels {args.levels}; late-blocks targets {args.late}"
                      f"{'; profiles ' + ', '.join(p.name for p in profiles) if profiles else ''}", "",
@@ -88,14 +104,20 @@ def main() -> None:
         image = photos[name]
         top = loaded.predict(image, k=2)
         margin = top[0].probability - top[1].probability
+        held_out = augment(image, AugmentConfig(count=args.held_out, seed=1), loaded.spec.preprocessing)
+        dense_held = top1(loaded.model, held_out)
         for views in (int(v) for v in args.views.split(",")):
             stats = prepare_statistics(loaded.model, image, preprocessing=loaded.spec.preprocessing,
                                        augment_config=AugmentConfig(count=views, seed=0),
                                        selection=loaded.spec.layer_selection)
             for solver in args.solvers.split(","):
                 t0 = time.perf_counter()
-                traces = solve_many(stats, [*uniform, *late, *profiles], SolverConfig(mode=solver))
+                traces = solve_many(stats, [*uniform, *late, *profiles],
+                                    SolverConfig(mode=solver, refit_output=args.refit))
                 seconds = time.perf_counter() - t0
+                held = float("nan")
+                if 0.5 in uniform:
+                    held = float((top1(traces[uniform.index(0.5)].model, held_out) == dense_held).float().mean())
                 kept = [trace.top1_agrees for trace in traces]
                 ends = (len(uniform), len(uniform) + len(late))
                 kept_uniform, kept_late, kept_profiles = kept[:ends[0]], kept[ends[0]:ends[1]], kept[ends[1]:]
@@ -108,12 +130,13 @@ def main() -> None:
                           "late_holds_to": held_up_to(late_targets, kept_late),
                           "profiles": {p.name: k for p, k in zip(profiles, kept_profiles)},
                           "profile_logit_cosine": {p.name: t.logit_cosine for p, t in zip(profiles, traces[ends[1]:])},
-                          "logit_cosine_at_0.5": cosine, "solve_seconds": seconds}
+                          "logit_cosine_at_0.5": cosine, "held_out_agreement_at_0.5": held,
+                          "refit": args.refit, "solve_seconds": seconds}
                 records.append(record)
                 line = (f"{name:<13} {record['split']:<11} {top[0].name[:18]:<18} {margin:>6.3f} {solver:<6} "
                         f"{views:>5} {pattern(kept_uniform):<9} {record['uniform_holds_to'] or '-':>8} {cosine:>7.3f} "
                         f"{pattern(kept_late):<6} {record['late_holds_to'] or '-':>8} {pattern(kept_profiles):<8} "
-                        f"{seconds:>5.1f}")
+                        f"{held:>8.2f} {seconds:>5.1f}")
                 lines.append(line)
                 print(line, flush=True)
     lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -61,6 +61,10 @@ st.markdown(
    batch stay as close as possible to the original ones. FastSPADE does this column by column with the
    SparseGPT update (using *H*'s inverse to compensate each removed weight on the weights still to come).
    The first convolution and depthwise convolutions are left alone; biases and BatchNorm are untouched.
+   Small errors add up from layer to layer, so on a photo whose two best classes nearly tie the trace can
+   predict the other one. This app therefore fits the last layer once more, on the trace's *own* features,
+   to give the dense model's class scores on the image and its variations ("Refit the classifier on the
+   trace" on the Explore page; not part of the paper, and off in the Trojan lab).
 4. **Explain.** Run any explanation method — Saliency, Integrated Gradients, GradCAM, LRP, a neuron
    visualization — on the trace, with the same image and the same target class, and compare with the
    same method on the dense model.

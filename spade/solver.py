@@ -66,6 +66,9 @@ class SolverConfig:
     selection group, the dense zeros included, is zeroed; the sweep's compensation can then fill a dense zero
     that the selection keeps, a connection the dense model does not have). The same result for a weight without
     zeros (weights of dead inputs, diag H == 0, count as zeros).
+    refit_output: after the solve, refit the kept weights of the trace's last layer (a classifier head) to the dense
+    model's outputs on the trace's own features (`spade.refit`), so that the errors of all earlier layers do not
+    change the decision. Off by default, as in the paper; the app and the CLI's trace commands turn it on.
     """
 
     mode: str = "group"
@@ -73,6 +76,7 @@ class SolverConfig:
     block_size: int = 128
     row_group: int = 128
     sparsity_of: str = "nonzero"
+    refit_output: bool = False
 
     def __post_init__(self):
         if self.mode not in SOLVERS:

@@ -50,6 +50,43 @@ class LayerStat:
     rows: int = 0
 
 
+def output_layer(model: nn.Module, targets: list[str]) -> str | None:
+    """The layer an output refit applies to: the last target layer (in ``model``'s registration order) when it is
+    an ``nn.Linear`` (a classifier head), else None."""
+    if not targets:
+        return None
+    last = max(targets, key=list(dict(model.named_modules())).index)
+    return last if isinstance(model.get_submodule(last), nn.Linear) else None
+
+
+@dataclass(frozen=True, eq=False)
+class OutputFit:
+    """What an output refit needs, recorded with the statistics; immutable like them.
+
+    layer: the output layer's name (`output_layer`). inputs: (N, 3, H, W) normalized images the fit runs the trace
+    on (the un-augmented image first when known, then the augmented views). dense: (N, d) float32, the dense
+    layer's inputs on them. weights: (N,) float64, how much each image counts in the fit (all positive).
+    """
+
+    layer: str
+    inputs: torch.Tensor
+    dense: torch.Tensor
+    weights: torch.Tensor
+
+    def __post_init__(self):
+        n = self.inputs.shape[0]
+        if self.dense.shape[0] != n or self.weights.shape != (n,) or not bool((self.weights > 0).all()):
+            raise ConfigError("An output fit needs one dense feature row and one positive weight per input.")
+
+    def with_reference(self, reference: torch.Tensor, dense: torch.Tensor) -> OutputFit:
+        """This fit with the un-augmented image ((1, 3, H, W), its dense features (1, d)) in front, counting as
+        much as all other inputs together."""
+        inputs = torch.cat([reference.to(self.inputs.device, self.inputs.dtype), self.inputs])
+        features = torch.cat([dense.to(self.dense.device, self.dense.dtype), self.dense])
+        weights = torch.cat([self.weights.sum().reshape(1), self.weights])
+        return OutputFit(self.layer, inputs, features, weights)
+
+
 @dataclass(frozen=True, eq=False)
 class LayerStatistics:
     """Everything `solve` needs: the dense model (never modified) and the per-layer statistics. Immutable like its
@@ -59,6 +96,8 @@ class LayerStatistics:
     layers: {layer name: LayerStat} in the model's registration order.
     reference: optional (1, 3, H, W) un-augmented input whose predictions the trace report compares,
     and reference_logits: the dense model's (1, classes) logits on it (CPU).
+    output_fit: what an output refit of the trace's last layer needs (`spade.refit`), or None when the last target
+    layer is no classifier head.
     seconds: wall time per stage that produced these statistics.
     """
 
@@ -66,6 +105,7 @@ class LayerStatistics:
     layers: Mapping[str, LayerStat]
     reference: torch.Tensor | None = None
     reference_logits: torch.Tensor | None = None
+    output_fit: OutputFit | None = None
     seconds: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -269,11 +309,12 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
     batch: (N, 3, H, W) normalized float tensor (any device; moved to the model's device in chunks
     of `batch_size`). layers: names of target layers (default: `prunable_layers(model, selection)`).
     dtype: accumulation dtype, float32 by default, torch.float64 on request.
-    The pass runs on the model's cached forward copy (``spade.forward_copy``: BatchNorm folded,
-    channels_last; the same function, about twice as fast on the CPU), whose target layers see the same
-    inputs up to float rounding. On a GPU the pass runs without TF32 (`spade.devices.full_float32`), so the
-    statistics match the CPU's up to summation order. The model is only read; the hooks are removed even if
-    the pass raises.
+    The batch itself and the dense inputs of the last target layer, when it is a linear layer, are kept for an
+    output refit (`LayerStatistics.output_fit`). The pass runs on the model's cached forward copy
+    (``spade.forward_copy``: BatchNorm folded, channels_last; the same function, about twice as fast on the CPU),
+    whose target layers see the same inputs up to float rounding. On a GPU the pass runs without TF32
+    (`spade.devices.full_float32`), so the statistics match the CPU's up to summation order. The model is only
+    read; the hooks are removed even if the pass raises.
     """
     device = model_device(model)
     candidates = dict(model.named_modules())
@@ -286,8 +327,12 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
         targets = {n: candidates[n] for n in layers}
     grams = {name: _empty_gram(m, dtype, device) for name, m in targets.items()}
     counts = dict.fromkeys(targets, 0)
+    output_name = output_layer(model, list(targets))
+    output_rows: list[torch.Tensor] = []
 
     def on_input(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        if name == output_name:
+            output_rows.append(x.detach().reshape(-1, x.shape[-1]).float())
         if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
             counts[name] += add_conv_gram_by_shifts(grams[name], module, x.detach())
             return
@@ -313,6 +358,9 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
             grams[name].mul_(2.0 / counts[name])
         stats[name] = LayerStat(name=name, kind=layer_kind(module), weight_shape=tuple(module.weight.shape),
                                 hessian=grams[name], rows=counts[name])
+    fit = None
+    if output_name is not None and sum(r.shape[0] for r in output_rows) == n:  # one row per image: a classifier head
+        fit = OutputFit(output_name, batch, torch.cat(output_rows), torch.ones(n, dtype=torch.float64))
     seconds = time.perf_counter() - start
     log.info("collected statistics of %d layers over %d inputs in %.2fs", len(stats), batch.shape[0], seconds)
-    return LayerStatistics(model=model, layers=stats, seconds={"statistics": seconds})
+    return LayerStatistics(model=model, layers=stats, output_fit=fit, seconds={"statistics": seconds})

@@ -24,9 +24,10 @@ from spade.layers import LayerSelection, block_of
 from spade.prediction import Prediction, top_k
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
-from spade.solver import SolverConfig, solver_for
+from spade.refit import refit_output, trace_features
+from spade.solver import SolverConfig, reconstruction_error, solver_for
 from spade.sparsity import Sparsity, SparsityProfile, resolve_targets
-from spade.statistics import LayerStatistics, collect_statistics
+from spade.statistics import LayerStatistics, collect_statistics, record_inputs
 
 log = logging.getLogger(__name__)
 
@@ -228,16 +229,49 @@ def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solv
     traces = []
     for sparsity, trace_weights, trace_reports in zip(sparsities, weights, reports):
         trace_model = _sparse_copy(dense, trace_weights)
+        settings = {"sparsity": _sparsity_settings(sparsity), "solver": asdict(solver)}
+        trace_seconds = dict(seconds)
+        if solver.refit_output:
+            t0 = time.perf_counter()
+            trace_weights, trace_reports, settings["output_refit"] = _refit_output(
+                statistics, solver, trace_model, trace_weights, trace_reports, progress)
+            trace_seconds["output refit"] = time.perf_counter() - t0
         trace_logits = None
         if statistics.reference is not None:
             with torch.inference_mode():
                 trace_logits = trace_model(statistics.reference.to(model_device(dense))).cpu()
-        settings = {"sparsity": _sparsity_settings(sparsity), "solver": asdict(solver)}
         traces.append(SpadeTrace(model=trace_model, layers=trace_reports, sparse_weights=trace_weights,
                                  dense_logits=statistics.reference_logits, trace_logits=trace_logits,
-                                 seconds=dict(seconds), settings=settings))
+                                 seconds=trace_seconds, settings=settings))
     log.info("solved %d layers at %d sparsities in %.2fs", len(statistics.layers), len(sparsities), seconds["solve"])
     return traces
+
+
+def _refit_output(statistics: LayerStatistics, solver: SolverConfig, trace_model: nn.Module,
+                  weights: dict[str, torch.Tensor], reports: list[LayerReport], progress: Progress | None
+                  ) -> tuple[dict[str, torch.Tensor], list[LayerReport], dict | None]:
+    """`spade.refit` on a solved trace: ``trace_model``'s output layer is set to the refitted weight (in place: it is
+    the trace's own copy). Returns the trace's weights and reports with that layer's replaced (its report's error
+    is the usual one, on the dense inputs) and the settings' record (None when the statistics hold no output fit:
+    the last target layer is no classifier head)."""
+    fit = statistics.output_fit
+    if fit is None:
+        log.info("no output refit: the last target layer is not a linear classifier head")
+        return weights, reports, None
+    name = fit.layer
+    features = trace_features(trace_model, fit, progress=progress)
+    dense_weight = statistics.model.get_submodule(name).weight.detach()
+    level = next(r.target for r in reports if r.name == name)
+    refit = refit_output(dense_weight, weights[name], level, fit, features, solver.damp, solver.sparsity_of)
+    module = trace_model.get_submodule(name)
+    with torch.no_grad():
+        module.weight.copy_(refit.weight)
+    hessian = statistics.layers[name].hessian[0]
+    error = reconstruction_error(dense_weight.to(hessian), refit.weight.to(hessian), hessian)
+    zeros = int((refit.weight == 0).sum())
+    reports = [replace(r, error=error, kept=r.params - zeros) if r.name == name else r for r in reports]
+    record = {"layer": name, "output_error_before": refit.output_error_before, "output_error": refit.output_error}
+    return {**weights, name: refit.weight}, reports, record
 
 
 class TraceCache(Protocol):
@@ -325,9 +359,15 @@ def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: P
     stats = collect_statistics(model, batch, selection=selection, batch_size=batch_size, dtype=dtype,
                                progress=progress)
     reference = preprocessing(image).unsqueeze(0)
-    with torch.inference_mode():
+    fit = stats.output_fit
+    dense_rows: list[torch.Tensor] = []
+    hooked = {} if fit is None else {fit.layer: model.get_submodule(fit.layer)}
+    with record_inputs(hooked, lambda _n, _m, x: dense_rows.append(x.detach().reshape(1, -1).float().cpu())), \
+            torch.inference_mode():
         reference_logits = model(reference.to(target_device)).cpu()
-    return replace(stats, reference=reference, reference_logits=reference_logits,
+    if fit is not None:
+        fit = fit.with_reference(reference, dense_rows[0])
+    return replace(stats, reference=reference, reference_logits=reference_logits, output_fit=fit,
                    seconds={"augment": t_aug, **stats.seconds})
 
 

@@ -55,9 +55,10 @@ def run_trace(sel: Selection, settings: RunSettings) -> SpadeTrace | None:
     def done(outcome: tuple[DecisionTrace, bool, bool]) -> str:
         kept, fresh_stats, fresh_trace = outcome
         rows = []
-        for stage in ("augment", "statistics", "solve"):
+        refit = ("output refit",) if "output refit" in kept.trace.seconds else ()
+        for stage in ("augment", "statistics", "solve", *refit):
             took = kept.trace.seconds.get(stage)
-            reused = (stage != "solve" and not fresh_stats) or (stage == "solve" and not fresh_trace)
+            reused = not fresh_stats if stage in ("augment", "statistics") else not fresh_trace
             rows.append({"stage": stage, "seconds": round(took, 2) if took is not None else None,
                          "this run": "reused from cache" if reused else "computed"})
         st.dataframe(rows, hide_index=True, width="content")
@@ -98,6 +99,12 @@ def prediction_comparison(sel: Selection, trace: SpadeTrace) -> None:
         st.error(f"Top-1 differs: the dense model predicts **{dense[0][1]}**, the trace **{sparse[0][1]}**. "
                  "Lower the sparsity or add augmentations for a more faithful trace.", icon=":material/warning:")
     st.caption(f"Sparsity: {trace_sparsity_text(trace)}")
+    refit = trace.settings.get("output_refit")
+    if refit:
+        st.caption(f"Classifier refit on: the last layer (`{refit['layer']}`) was fitted again on the trace's own "
+                   "features, so that its class scores on this image and its augmented views match the dense "
+                   "model's (relative squared error of those scores "
+                   f"{refit['output_error_before']:.1%} before the refit, {refit['output_error']:.1%} after).")
     m1, m2, m3 = st.columns(3)
     m1.metric("Weights kept in pruned layers", f"{trace.params_kept / max(trace.params_total, 1):.1%}",
               help=f"{trace.params_kept:,} of {trace.params_total:,}")

@@ -15,7 +15,7 @@ from torch import nn
 
 from spade.augment import AugmentConfig
 from spade.decision import KeepDecision
-from spade.defaults import default_augmentations
+from spade.defaults import REFIT_OUTPUT, default_augmentations
 from spade.errors import ConfigError, SpadeError
 from spade.layer_pool import cpu_workers
 from spade.layers import LayerSelection
@@ -51,6 +51,11 @@ DAMP_HELP = ("SPADE rebuilds each pruned layer so that its outputs on the augmen
              "the layer's Hessian, as a fraction of its mean) to keep it stable. 0.01 (the default of OBC and "
              "SparseGPT) rebuilds each layer most closely; larger values choose the removed weights more by their "
              "size and correct the remaining weights less.")
+REFIT_HELP = ("Each pruned layer is rebuilt from what the dense model's layers see, so small errors add up on their "
+              "way through the network; on a photo whose top two classes nearly tie they change the predicted "
+              "class. With this on, the last layer's remaining weights are fitted once more, on the trace's own "
+              "features, to give the dense model's class scores on this image and its augmented views. Every other "
+              "layer stays as solved. Off: the paper's protocol.")
 SPARSITY_OF_HELP = ("What the share of removed weights is a share of. Connections: only the weights that are not "
                     "already zero, so the trace stays a sub-network of the model and a layer with built-in zeros "
                     "(the back-doored demo model's block-diagonal layers) is pruned as much as any other. Every "
@@ -63,7 +68,7 @@ class RunSettings:
 
     sparsity: float | SparsityProfile = 0.5
     augment: AugmentConfig = AugmentConfig(count=default_augmentations("explore"))
-    solver: SolverConfig = SolverConfig()
+    solver: SolverConfig = SolverConfig(refit_output=REFIT_OUTPUT)
     methods: tuple[str, ...] = field(default=())
     keep_decision: bool = True
 
@@ -158,6 +163,10 @@ def keep_decision_checkbox(value: bool, key: str) -> bool:
                             "paper's protocol, every trace at the chosen sparsity.")
 
 
+def refit_output_checkbox(value: bool, key: str) -> bool:
+    return st.checkbox("Refit the classifier on the trace", value, key=key, help=REFIT_HELP)
+
+
 @dataclass(frozen=True)
 class FormValues:
     """The Explore form's widgets as read, before any check. upload: (file name, bytes) of a profile JSON file."""
@@ -177,6 +186,7 @@ class FormValues:
     solver: str = SolverConfig.mode
     sparsity_of: str = SolverConfig.sparsity_of
     damp: float = SolverConfig.damp
+    refit_output: bool = REFIT_OUTPUT
     methods: tuple[str, ...] = ()
 
 
@@ -210,7 +220,8 @@ def build_settings(values: FormValues, model: nn.Module, profiles: dict[str, Spa
         augment=AugmentConfig(count=int(values.count), min_scale=float(values.min_scale), flip=bool(values.flip),
                               brightness=float(values.brightness), hue=float(values.hue),
                               erasing=float(values.erasing), seed=int(values.seed)),
-        solver=SolverConfig(mode=values.solver, sparsity_of=values.sparsity_of, damp=float(values.damp)),
+        solver=SolverConfig(mode=values.solver, sparsity_of=values.sparsity_of, damp=float(values.damp),
+                            refit_output=bool(values.refit_output)),
         methods=tuple(values.methods),
         keep_decision=bool(values.keep_decision),
     )
@@ -337,8 +348,8 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
     selection, device: the model's target layers and where it runs, for the exact solver's time estimate.
     """
     profiles = profiles or {}
-    last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity,
-                                                             solver=SolverConfig(mode=default_solver))
+    last = st.session_state.get(SETTINGS_KEY) or RunSettings(
+        sparsity=default_sparsity, solver=SolverConfig(mode=default_solver, refit_output=REFIT_OUTPUT))
     aug = last.augment
     mode = mode_radio(model, profiles, last.sparsity)
     uniform, profile, upload = (default_sparsity if isinstance(last.sparsity, SparsityProfile)
@@ -368,6 +379,7 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
                                           help='A JSON object such as {"targets": {"blocks.5.0": 0.9}, "default": 0}: '
                                                "the share removed per block, and for every other block.")
             keep = keep_decision_checkbox(last.keep_decision, key="ex_keep")
+            refit = refit_output_checkbox(last.solver.refit_output, key="ex_refit")
         with c_aug:
             st.markdown("**Augmentations**")
             count = st.number_input("Count", 1, 4096, aug.count, step=8, key="ex_count",
@@ -395,7 +407,8 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
     values = FormValues(mode=mode, uniform=uniform, profile=profile,
                         upload=(upload.name, upload.getvalue()) if upload is not None else None, keep_decision=keep,
                         count=count, min_scale=min_scale, flip=flip, brightness=brightness, hue=hue, erasing=erasing,
-                        seed=seed, solver=solver_mode, sparsity_of=sparsity_of, damp=damp, methods=tuple(methods))
+                        seed=seed, solver=solver_mode, sparsity_of=sparsity_of, damp=damp, refit_output=refit,
+                        methods=tuple(methods))
     try:
         settings = build_settings(values, model, profiles)
     except SpadeError as exc:

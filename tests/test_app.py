@@ -157,13 +157,15 @@ def _with_model(at: AppTest, name: str) -> AppTest:
 
 
 def _run_spade(at: AppTest, count: int = 8, sparsity: float = 0.9, methods: tuple[str, ...] = (),
-               keep: bool = False) -> AppTest:
-    """Run the Explore form; keep: "Keep the model's decision" (off by default here, so that the trace is the
-    one at `sparsity`, which is set where the sparsity mode shows its slider)."""
+               keep: bool = False, refit: bool = False) -> AppTest:
+    """Run the Explore form; keep: "Keep the model's decision" and refit: "Refit the classifier on the trace"
+    (both off by default here, the paper's protocol, so that the trace is the plain solve at `sparsity`, which is
+    set where the sparsity mode shows its slider)."""
     at.number_input(key="ex_count").set_value(count)
     if any(w.key == "ex_sparsity" for w in at.slider):
         at.slider(key="ex_sparsity").set_value(sparsity)
     at.checkbox(key="ex_keep").set_value(keep)
+    at.checkbox(key="ex_refit").set_value(refit)
     at.multiselect(key="ex_methods").set_value(list(methods))
     next(b for b in at.button if b.label == "Run SPADE").click().run()
     assert not at.exception, at.exception
@@ -489,6 +491,32 @@ def test_sparsity_of_choice_reaches_the_solver(tiny, at):
     assert _current_trace(at).settings["solver"]["sparsity_of"] == "all"
     labels = [s.label for s in at.status]
     assert any(label.startswith("SPADE trace ready: uniform 0.70 of every weight") for label in labels), labels
+
+
+def test_the_classifier_refit_is_on_by_default_and_reaches_the_solver(tiny, at):
+    from spade.defaults import REFIT_OUTPUT
+
+    _with_model(at, tiny.name)
+    box = at.checkbox(key="ex_refit")
+    assert box.value is REFIT_OUTPUT is True and "last layer" in box.help
+    _run_spade(at, sparsity=0.7)
+    plain = _current_trace(at)
+    _run_spade(at, sparsity=0.7, refit=True)
+    refitted = _current_trace(at)
+    assert not plain.settings["solver"]["refit_output"] and "output_refit" not in plain.settings
+    record = refitted.settings["output_refit"]
+    head = [n for n, m in refitted.model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert record["layer"] == head and record["output_error"] < record["output_error_before"]
+    # the same statistics and solve: only the classifier head's weights differ
+    differ = [n for n in plain.sparse_weights if not torch.equal(plain.sparse_weights[n], refitted.sparse_weights[n])]
+    assert differ == [head]
+    shown = [c.value for c in at.caption if c.value.startswith("Classifier refit on")]
+    assert shown == [f"Classifier refit on: the last layer (`{head}`) was fitted again on the trace's own features, "
+                     "so that its class scores on this image and its augmented views match the dense model's "
+                     f"(relative squared error of those scores {record['output_error_before']:.1%} before the refit, "
+                     f"{record['output_error']:.1%} after)."]
+    timings = next(d.value for d in reversed(at.dataframe) if "stage" in d.value.columns)
+    assert list(timings["stage"]) == ["augment", "statistics", "solve", "output refit"]
 
 
 def test_damping_reaches_the_solver(tiny, at):

@@ -193,8 +193,9 @@ def solver_name(config: dict) -> str:
 
 def solver_parts(config: dict, name_default: bool = True) -> list[str]:
     """The run's solver in words, part by part: its mode (left out when it is the default `group` and not
-    ``name_default``), a damping other than 0.01 ("damping 1"), and "all weights" when a sparsity counted every
-    weight, zeros included (also every run written before the field existed)."""
+    ``name_default``), a damping other than 0.01 ("damping 1"), "all weights" when a sparsity counted every
+    weight, zeros included (also every run written before the field existed), and "classifier refit" for a run with
+    `spade.refit`."""
     solver = config.get("solver") or {}
     mode = solver.get("mode")
     parts = []
@@ -205,6 +206,8 @@ def solver_parts(config: dict, name_default: bool = True) -> list[str]:
         parts.append(f"damping {damp:g}")
     if solver and solver.get("sparsity_of", "all") == "all":
         parts.append("all weights")
+    if solver.get("refit_output"):
+        parts.append("classifier refit")
     return parts
 
 

@@ -107,6 +107,9 @@ def test_run_names_say_sparsity_solver_and_date_never_the_folder():
     other = dataclasses.replace(runs[2], summary=dataclasses.replace(runs[2].summary, model="n"))
     assert benchmarks.run_names([runs[0], other]) == ["2026-11-27 · m · uniform 0.5", "2026-11-27 · n · uniform 0.5"]
     assert benchmarks.solver_name(tuned) == "exact (OBC), damping 1, all weights"
+    refit = {**uniform, "solver": {**uniform["solver"], "refit_output": True}}
+    assert benchmarks.solver_name(refit) == "SparseGPT, kernel groups, classifier refit"
+    assert benchmarks.run_name(_run("insertion-refit", refit, {"trojan_auc": cell})).endswith("classifier refit")
     rows = benchmarks.overview_table(runs, {"m": "w"})
     assert all("/" not in str(v) and "trojan-" not in str(v) for row in rows for v in row.values())
     assert [r["solver"] for r in rows][0] == "SparseGPT, kernel groups"

@@ -49,6 +49,10 @@ def main() -> None:
     parser.add_argument("--trace", default="decision",
                         help="comma list of decision (back off from 0.95 until the trace keeps the top-1 class) and "
                              "paper (0.95); several share one photo's statistics and dense pictures")
+    parser.add_argument("--solver", default="group", help="the traces' solver (the runs before 2026-12-07: group)")
+    parser.add_argument("--refit", action="store_true",
+                        help="refit each trace's classifier on its own features (spade.refit; the Neurons page's "
+                             "default since 2026-12-07)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the device's)")
     parser.add_argument("--views", type=int, default=None, help="augmented views of each trace")
@@ -87,6 +91,7 @@ def main() -> None:
     if set(traces) - {"decision", "paper"}:
         parser.error(f"--trace takes decision and/or paper, got {args.trace}")
     variants = [f"{method}/{trace}" for method in methods for trace in traces]
+    solver = SolverConfig(mode=args.solver, refit_output=args.refit)
     stamp = datetime.datetime.now(datetime.UTC)
     out = args.out or ROOT / "benchmarks" / "results" / f"featurevis-{stamp:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +115,8 @@ def main() -> None:
     crops = CropsConfig(args.crops, (low, high), noise=args.crop_noise) if args.crops else None
     header = (f"{args.model} judged by {args.judge} on {device}; {stamp:%Y-%m-%d %H:%M} UTC; load average "
               f"{os.getloadavg()[0]:.1f} at start; steps {args.steps or 'device default'}; lr {args.lr or 'default'}; "
-              f"trace {args.trace}; crops {crops}; transforms {not args.no_transforms}; size {args.size or 'default'}")
+              f"trace {args.trace}; solver {args.solver}{' with classifier refit' if args.refit else ''}; "
+              f"crops {crops}; transforms {not args.no_transforms}; size {args.size or 'default'}")
     print(header, flush=True)
     records: dict = {"header": header, "recognisable": {}, "faithful": {}}
     classes = [(c + args.class_offset) % 1000 for c in spread_classes(args.classes)]
@@ -167,7 +173,7 @@ def main() -> None:
         for trace in traces:
             requested, decision = visualization_request(loaded.model, None, trace == "decision",
                                                         loaded.spec.layer_selection)
-            solved[trace] = solve_keeping_decision(stats, requested, SolverConfig(), None, decision=decision,
+            solved[trace] = solve_keeping_decision(stats, requested, solver, None, decision=decision,
                                                    cache=cache).trace
         top = [p.index for p in loaded.predict(image, k=args.per_photo)]
         photo_features = judge_photo(image)

@@ -1,19 +1,20 @@
 """Output refit: fit a trace's last layer to the dense model's outputs on the trace's own features.
 
 Each layer of a trace is solved on inputs recorded on the *dense* network, so the errors of earlier layers add up
-by the time they reach the classifier: on a near-tie photo (the cat, whose top two classes differ by 0.001 in
-probability) they change the top-1 class at any useful sparsity. The refit removes that last step's share: after
-the solve, the trace itself runs over the recorded inputs, and the last layer's kept weights (its mask stays as the
-solver chose it) are re-solved so that the layer's output on the trace's features ``Z_s`` matches the dense
-layer's output on the dense features ``Z_d``:
+by the time they reach the classifier: on a near-tie photo (the bundled astronaut, whose top two classes differ by
+0.04 in probability) they change the top-1 class at the default 0.5 with every solver. The refit removes that last step's share: after
+the solve, the trace itself runs over the recorded inputs, and the last layer is solved again at its target
+sparsity so that its output on the trace's features ``Z_s`` matches the dense layer's output on the dense
+features ``Z_d``:
 
-    minimise  sum_i w_i || W' z_s,i - W z_d,i ||^2   over W' with W'[mask] = 0.
+    minimise  sum_i w_i || W' z_s,i - W z_d,i ||^2   over W' with the layer's share of zeros.
 
-The unconstrained least-squares optimum is ``W_t = W C^T (H + lambda I)^-1`` with ``H = Z_s^T diag(w) Z_s`` and
-``C = Z_s^T diag(w) Z_d``; removing the masked weights from ``W_t`` with the sweep solver's compensation (which
-minimises ``(W' - W_t) H (W' - W_t)^T``) gives the masked optimum up to the sweep's order. The un-augmented image
+The unconstrained (damped) least-squares optimum is ``W_t = W C^T (H + lambda I)^-1`` with
+``H = Z_s^T diag(w) Z_s`` and ``C = Z_s^T diag(w) Z_d``. Since the objective equals ``(W' - W_t) H (W' - W_t)^T``
+up to a constant, pruning ``W_t`` with the ``row`` sweep on ``H`` (which chooses the mask for the trace's features
+and compensates each removed weight) solves the sparse problem as every layer's solve does. The un-augmented image
 counts as much as all augmented views together (`OutputFit.weights`), so the trace keeps the dense logits on the
-image it explains while the views keep the fit general.
+image it explains while the views keep the fit general. Every other layer stays as solved.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from spade.statistics import OutputFit, record_inputs
 
 @dataclass(frozen=True)
 class RefitLayer:
-    """weight: the refitted sparse weight (the mask of the solved one). output_error: the relative error
+    """weight: the refitted sparse weight (the solved layer's sparsity, its own mask). output_error: the relative error
     ``sum w ||W' z_s - W z_d||^2 / sum w ||W z_d||^2`` of the trace's output on the fit's inputs, before (the
     solved weight) and after the refit."""
 

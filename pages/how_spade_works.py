@@ -62,9 +62,10 @@ st.markdown(
    SparseGPT update (using *H*'s inverse to compensate each removed weight on the weights still to come).
    The first convolution and depthwise convolutions are left alone; biases and BatchNorm are untouched.
    Small errors add up from layer to layer, so on a photo whose two best classes nearly tie the trace can
-   predict the other one. This app therefore fits the last layer once more, on the trace's *own* features,
-   to give the dense model's class scores on the image and its variations ("Refit the classifier on the
-   trace" on the Explore page; not part of the paper, and off in the Trojan lab).
+   predict the other one. The Explore page can then fit the last layer once more, on the trace's *own*
+   features, to give the dense model's class scores ("Refit the classifier on the trace"; not part of the
+   paper). It keeps the decision, but the maps scored slightly worse on insertion and deletion, so it is off
+   by default and "Keep the model's decision" lowers the sparsity instead.
 4. **Explain.** Run any explanation method — Saliency, Integrated Gradients, GradCAM, LRP, a neuron
    visualization — on the trace, with the same image and the same target class, and compare with the
    same method on the dense model.

@@ -18,12 +18,6 @@ MAX_AUGMENTATIONS = 8192
 count x 3 x crop x crop float32 values, about 4.9 GB at 8192 views of a 224-pixel crop, eight times the authors'
 1024."""
 
-REFIT_OUTPUT = True
-"""The app's and the CLI trace commands' default for `spade.solver.SolverConfig.refit_output`: refit the trace's
-classifier layer on its own features (`spade.refit`), so that every bundled photo's trace keeps the dense top-1 at
-the default sparsity without backing off (`benchmarks/bench_keep_decision.py`). The library and the benchmarks
-default to the paper's protocol, without it."""
-
 MAX_SEED = 2**63 - 1
 """Largest accepted seed (seeds are in [0, MAX_SEED]): a signed 64-bit integer, which torch's and NumPy's
 generators and every JSON reader take as is."""

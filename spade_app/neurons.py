@@ -21,7 +21,7 @@ from torch import nn
 from spade import visualize
 from spade.augment import AugmentConfig
 from spade.decision import KeepDecision
-from spade.defaults import REFIT_OUTPUT, default_augmentations
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
 from spade.featurevis import (
     CPU_STEPS,
@@ -211,7 +211,7 @@ def _trace(sel: Selection, settings: NeuronSettings, progress) -> DecisionTrace:
     requested, decision = visualization_request(loaded.model, settings.sparsity, settings.keep_decision,
                                                 loaded.spec.layer_selection)
     return compute.get_trace(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, requested, decision,
-                             SolverConfig(mode=loaded.spec.default_solver, refit_output=REFIT_OUTPUT), progress)[0]
+                             SolverConfig(mode=loaded.spec.default_solver), progress)[0]
 
 
 PREVIEW_PX = 160

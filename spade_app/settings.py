@@ -15,7 +15,7 @@ from torch import nn
 
 from spade.augment import AugmentConfig
 from spade.decision import KeepDecision
-from spade.defaults import REFIT_OUTPUT, default_augmentations
+from spade.defaults import default_augmentations
 from spade.errors import ConfigError, SpadeError
 from spade.layer_pool import cpu_workers
 from spade.layers import LayerSelection
@@ -55,7 +55,8 @@ REFIT_HELP = ("Each pruned layer is rebuilt from what the dense model's layers s
               "way through the network; on a photo whose top two classes nearly tie they change the predicted "
               "class. With this on, the last layer's remaining weights are fitted once more, on the trace's own "
               "features, to give the dense model's class scores on this image and its augmented views. Every other "
-              "layer stays as solved. Off: the paper's protocol.")
+              "layer stays as solved. Not the paper's protocol, and off by default: on 100 test crops it kept every "
+              "decision at sparsity 0.5, but the saliency maps scored slightly worse on insertion and deletion.")
 SPARSITY_OF_HELP = ("What the share of removed weights is a share of. Connections: only the weights that are not "
                     "already zero, so the trace stays a sub-network of the model and a layer with built-in zeros "
                     "(the back-doored demo model's block-diagonal layers) is pruned as much as any other. Every "
@@ -68,7 +69,7 @@ class RunSettings:
 
     sparsity: float | SparsityProfile = 0.5
     augment: AugmentConfig = AugmentConfig(count=default_augmentations("explore"))
-    solver: SolverConfig = SolverConfig(refit_output=REFIT_OUTPUT)
+    solver: SolverConfig = SolverConfig()
     methods: tuple[str, ...] = field(default=())
     keep_decision: bool = True
 
@@ -186,7 +187,7 @@ class FormValues:
     solver: str = SolverConfig.mode
     sparsity_of: str = SolverConfig.sparsity_of
     damp: float = SolverConfig.damp
-    refit_output: bool = REFIT_OUTPUT
+    refit_output: bool = SolverConfig.refit_output
     methods: tuple[str, ...] = ()
 
 
@@ -348,8 +349,8 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
     selection, device: the model's target layers and where it runs, for the exact solver's time estimate.
     """
     profiles = profiles or {}
-    last = st.session_state.get(SETTINGS_KEY) or RunSettings(
-        sparsity=default_sparsity, solver=SolverConfig(mode=default_solver, refit_output=REFIT_OUTPUT))
+    last = st.session_state.get(SETTINGS_KEY) or RunSettings(sparsity=default_sparsity,
+                                                             solver=SolverConfig(mode=default_solver))
     aug = last.augment
     mode = mode_radio(model, profiles, last.sparsity)
     uniform, profile, upload = (default_sparsity if isinstance(last.sparsity, SparsityProfile)

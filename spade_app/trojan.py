@@ -26,7 +26,6 @@ from spade.models import LoadedModel, ModelSpec, backdoored_models, get_spec
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 from spade.saliency import AttributionPair
-from spade.solver import SolverConfig
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, read_trigger, stamp
@@ -92,9 +91,7 @@ class TrojanSettings:
 
     @property
     def run_settings(self) -> RunSettings:
-        """The Explore page's settings for this lab run. The solver is the paper's, without the Explore page's
-        classifier refit: the lab's profiles and every Trojan benchmark figure it quotes were measured so."""
-        return RunSettings(sparsity=self.sparsity, augment=self.augment, solver=SolverConfig(), methods=self.methods,
+        return RunSettings(sparsity=self.sparsity, augment=self.augment, methods=self.methods,
                            keep_decision=self.keep_decision)
 
     def describe_placement(self) -> str:

@@ -80,10 +80,10 @@ def _common(parser: argparse.ArgumentParser, kind: str) -> None:
     seed = "seed of the augmentations and of the random methods (default 0)"
     if kind == "tune":  # the sparsity is what tune searches
         add_augmentation_arguments(parser, augmentations, seed)
-        add_solver_arguments(parser, refit_output=False)
+        add_solver_arguments(parser)
     else:
         add_trace_arguments(parser, sparsity_default="the model's, e.g. 0.5 for EfficientNet-Lite",
-                            augmentations_help=augmentations, seed_help=seed, refit_output=False)
+                            augmentations_help=augmentations, seed_help=seed)
     parser.add_argument("--batch-size", type=arguments.positive, metavar="N",
                         help="images per pass for IG, GradientShap, Occlusion, LIME and the curves (default: 8 on "
                              "the CPU, 256 on a GPU)")

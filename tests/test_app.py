@@ -158,9 +158,9 @@ def _with_model(at: AppTest, name: str) -> AppTest:
 
 def _run_spade(at: AppTest, count: int = 8, sparsity: float = 0.9, methods: tuple[str, ...] = (),
                keep: bool = False, refit: bool = False) -> AppTest:
-    """Run the Explore form; keep: "Keep the model's decision" and refit: "Refit the classifier on the trace"
-    (both off by default here, the paper's protocol, so that the trace is the plain solve at `sparsity`, which is
-    set where the sparsity mode shows its slider)."""
+    """Run the Explore form; keep: "Keep the model's decision" (off by default here, so that the trace is the
+    one at `sparsity`, which is set where the sparsity mode shows its slider) and refit: "Refit the classifier on the
+    trace"."""
     at.number_input(key="ex_count").set_value(count)
     if any(w.key == "ex_sparsity" for w in at.slider):
         at.slider(key="ex_sparsity").set_value(sparsity)
@@ -493,12 +493,10 @@ def test_sparsity_of_choice_reaches_the_solver(tiny, at):
     assert any(label.startswith("SPADE trace ready: uniform 0.70 of every weight") for label in labels), labels
 
 
-def test_the_classifier_refit_is_on_by_default_and_reaches_the_solver(tiny, at):
-    from spade.defaults import REFIT_OUTPUT
-
+def test_the_classifier_refit_is_off_by_default_and_reaches_the_solver(tiny, at):
     _with_model(at, tiny.name)
     box = at.checkbox(key="ex_refit")
-    assert box.value is REFIT_OUTPUT is True and "last layer" in box.help
+    assert box.value is False and "last layer" in box.help
     _run_spade(at, sparsity=0.7)
     plain = _current_trace(at)
     _run_spade(at, sparsity=0.7, refit=True)

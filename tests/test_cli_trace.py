@@ -45,12 +45,12 @@ def test_keep_decision_lowers_the_sparsity_until_the_top1_is_kept(tmp_path):
     from spade.decision import KeepDecision
 
     common = ["trace", str(bundled_examples()["coffee"]), "--augmentations", "8", "--sparsity", "0.9",
-              "--device", "cpu", "--no-refit-output"]
+              "--device", "cpu"]
     plain = run_cli(*common)
     assert plain.returncode == 0, plain.stderr
     assert "TOP-1 DIFFERS" in plain.stdout  # coffee's trace at 0.9 changes the decision
     refit_report = tmp_path / "refit.json"
-    refitted = run_cli(*common[:-1], "--json", str(refit_report))  # the default: the output layer refitted
+    refitted = run_cli(*common, "--refit-output", "--json", str(refit_report))  # the classifier refitted
     assert refitted.returncode == 0, refitted.stderr
     assert "same top-1" in refitted.stdout
     data = json.loads(refit_report.read_text())
@@ -93,27 +93,23 @@ def test_sparsity_of_counts_the_dense_zeros_or_not(tmp_path):
 
 
 def test_every_trace_building_command_takes_the_solver_options():
-    from spade.defaults import REFIT_OUTPUT
     from spade.solver import SOLVERS, SPARSITY_OF, SolverConfig
     from spade_cli.main import build_parser
     from spade_cli.trace import solver_from_args
 
     image = str(bundled_examples()["coffee"])
-    # the commands that make one trace for a user refit the output layer by default; the benchmarks follow the paper
-    product = [["trace", image], ["explain", image], ["visualize", image]]
-    lab = [["benchmark", "trojan"], ["benchmark", "insertion"], ["benchmark", "tune"]]
-    for argv, refit in [*((a, REFIT_OUTPUT) for a in product), *((a, False) for a in lab)]:
+    for argv in (["trace", image], ["explain", image], ["visualize", image],
+                 ["benchmark", "trojan"], ["benchmark", "insertion"], ["benchmark", "tune"]):
         for model_default in SOLVERS:  # without --solver, the model's default solver
             plain = solver_from_args(build_parser().parse_args(argv), model_default)
-            assert plain == SolverConfig(mode=model_default, refit_output=refit), argv
+            assert plain == SolverConfig(mode=model_default), argv
         for mode, counts in zip(SOLVERS, SPARSITY_OF * len(SOLVERS)):
             chosen = build_parser().parse_args([*argv, "--solver", mode, "--sparsity-of", counts])
-            expected = SolverConfig(mode=mode, sparsity_of=counts, refit_output=refit)
-            assert solver_from_args(chosen, "group") == expected, argv
+            assert solver_from_args(chosen, "group") == SolverConfig(mode=mode, sparsity_of=counts), argv
         damped = build_parser().parse_args([*argv, "--damp", "0.5"])
-        assert solver_from_args(damped, "group") == SolverConfig(damp=0.5, refit_output=refit), argv
-        for flag, value in (("--refit-output", True), ("--no-refit-output", False)):
-            assert solver_from_args(build_parser().parse_args([*argv, flag]), "group").refit_output is value, argv
+        assert solver_from_args(damped, "group") == SolverConfig(damp=0.5), argv
+        refit = build_parser().parse_args([*argv, "--refit-output"])
+        assert solver_from_args(refit, "group") == SolverConfig(refit_output=True), argv
         for bad in ("-0.1", "nan", "inf", "lots"):
             with pytest.raises(SystemExit):
                 build_parser().parse_args([*argv, "--damp", bad])

@@ -48,7 +48,7 @@ class RefitLayer:
 
 def trace_features(trace_model: nn.Module, fit: OutputFit, batch_size: int = 64,
                    progress: Progress | None = None) -> torch.Tensor:
-    """(N, d) float32: the inputs of ``fit.layer`` when ``trace_model`` runs over ``fit.inputs`` (on a BatchNorm-
+    """(N, d) float32: the inputs of ``fit.layer`` when ``trace_model`` runs over ``fit.inputs()`` (on a BatchNorm-
     folded copy of it, on its device; the model is not modified)."""
     device = model_device(trace_model)
     work = build_forward_copy(trace_model)
@@ -57,10 +57,11 @@ def trace_features(trace_model: nn.Module, fit: OutputFit, batch_size: int = 64,
     def keep(_name: str, _module: nn.Module, x: torch.Tensor) -> None:
         rows.append(x.detach().reshape(-1, x.shape[-1]).float())
 
-    n = fit.inputs.shape[0]
+    inputs = fit.inputs()
+    n = inputs.shape[0]
     with record_inputs({fit.layer: work.get_submodule(fit.layer)}, keep), torch.inference_mode(), full_float32():
         for i in range(0, n, batch_size):
-            work(fit.inputs[i:i + batch_size].to(device))
+            work(inputs[i:i + batch_size].to(device))
             if progress is not None:
                 progress("output refit", min(n, i + batch_size) / n)
     return torch.cat(rows)
@@ -77,7 +78,7 @@ def refit_output(dense_weight: torch.Tensor, sparse_weight: torch.Tensor, sparsi
     """The refit of one (rows, d) output layer.
 
     dense_weight: the dense layer's weight; sparse_weight: the solved one at ``sparsity`` (kept when the refit does
-    not fit better); features: (N, d) the trace's inputs to the layer on ``fit.inputs`` (`trace_features`). The
+    not fit better); features: (N, d) the trace's inputs to the layer on ``fit.inputs()`` (`trace_features`). The
     refit is solved by the ``row`` sweep at the same sparsity (each output row its share; `SolverConfig` explains
     damp and sparsity_of), choosing its own mask for the trace's features. Works in float64 on the weights'
     device; returns the weight in its dtype.

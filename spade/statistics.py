@@ -63,28 +63,29 @@ def output_layer(model: nn.Module, targets: list[str]) -> str | None:
 class OutputFit:
     """What an output refit needs, recorded with the statistics; immutable like them.
 
-    layer: the output layer's name (`output_layer`). inputs: (N, 3, H, W) normalized images the fit runs the trace
-    on (the un-augmented image first when known, then the augmented views). dense: (N, d) float32, the dense
-    layer's inputs on them. weights: (N,) float64, how much each image counts in the fit (all positive).
+    layer: the output layer's name (`output_layer`). dense: (N, d) float32, the dense layer's inputs on the N
+    images of the fit. weights: (N,) float64, how much each image counts (all positive). make_inputs: returns those
+    N images, (N, 3, H, W) normalized (`inputs`); `spade.trace.prepare_statistics` makes them again from the image
+    when asked (the augmentations are seeded), so that cached statistics do not hold every view.
     """
 
     layer: str
-    inputs: torch.Tensor
     dense: torch.Tensor
     weights: torch.Tensor
+    make_inputs: Callable[[], torch.Tensor]
 
     def __post_init__(self):
-        n = self.inputs.shape[0]
-        if self.dense.shape[0] != n or self.weights.shape != (n,) or not bool((self.weights > 0).all()):
-            raise ConfigError("An output fit needs one dense feature row and one positive weight per input.")
+        n = self.dense.shape[0]
+        if self.weights.shape != (n,) or not bool((self.weights > 0).all()):
+            raise ConfigError("An output fit needs one positive weight per dense feature row.")
 
-    def with_reference(self, reference: torch.Tensor, dense: torch.Tensor) -> OutputFit:
-        """This fit with the un-augmented image ((1, 3, H, W), its dense features (1, d)) in front, counting as
-        much as all other inputs together."""
-        inputs = torch.cat([reference.to(self.inputs.device, self.inputs.dtype), self.inputs])
-        features = torch.cat([dense.to(self.dense.device, self.dense.dtype), self.dense])
-        weights = torch.cat([self.weights.sum().reshape(1), self.weights])
-        return OutputFit(self.layer, inputs, features, weights)
+    def inputs(self) -> torch.Tensor:
+        """The (N, 3, H, W) images of the fit, in the order of ``dense``."""
+        images = self.make_inputs()
+        if images.shape[0] != self.dense.shape[0]:
+            raise ConfigError(f"An output fit's inputs gave {images.shape[0]} images for {self.dense.shape[0]} "
+                              "feature rows.")
+        return images
 
 
 @dataclass(frozen=True, eq=False)
@@ -309,10 +310,10 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
     batch: (N, 3, H, W) normalized float tensor (any device; moved to the model's device in chunks
     of `batch_size`). layers: names of target layers (default: `prunable_layers(model, selection)`).
     dtype: accumulation dtype, float32 by default, torch.float64 on request.
-    The batch itself and the dense inputs of the last target layer, when it is a linear layer, are kept for an
-    output refit (`LayerStatistics.output_fit`). The pass runs on the model's cached forward copy
-    (``spade.forward_copy``: BatchNorm folded, channels_last; the same function, about twice as fast on the CPU),
-    whose target layers see the same inputs up to float rounding. On a GPU the pass runs without TF32
+    The dense inputs of the last target layer, when it is a linear layer, are kept for an output refit
+    (`LayerStatistics.output_fit`, which also keeps a reference to the batch). The pass runs on the model's cached
+    forward copy (``spade.forward_copy``: BatchNorm folded, channels_last; the same function, about twice as fast
+    on the CPU), whose target layers see the same inputs up to float rounding. On a GPU the pass runs without TF32
     (`spade.devices.full_float32`), so the statistics match the CPU's up to summation order. The model is only
     read; the hooks are removed even if the pass raises.
     """
@@ -360,7 +361,7 @@ def collect_statistics(model: nn.Module, batch: torch.Tensor, layers: list[str] 
                                 hessian=grams[name], rows=counts[name])
     fit = None
     if output_name is not None and sum(r.shape[0] for r in output_rows) == n:  # one row per image: a classifier head
-        fit = OutputFit(output_name, batch, torch.cat(output_rows), torch.ones(n, dtype=torch.float64))
+        fit = OutputFit(output_name, torch.cat(output_rows), torch.ones(n, dtype=torch.float64), lambda: batch)
     seconds = time.perf_counter() - start
     log.info("collected statistics of %d layers over %d inputs in %.2fs", len(stats), batch.shape[0], seconds)
     return LayerStatistics(model=model, layers=stats, output_fit=fit, seconds={"statistics": seconds})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ from spade.progress import Progress
 from spade.refit import refit_output, trace_features
 from spade.solver import SolverConfig, reconstruction_error, solver_for
 from spade.sparsity import Sparsity, SparsityProfile, resolve_targets
-from spade.statistics import LayerStatistics, collect_statistics, record_inputs
+from spade.statistics import LayerStatistics, OutputFit, collect_statistics, record_inputs
 
 log = logging.getLogger(__name__)
 
@@ -365,10 +366,17 @@ def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: P
     with record_inputs(hooked, lambda _n, _m, x: dense_rows.append(x.detach().reshape(1, -1).float().cpu())), \
             torch.inference_mode():
         reference_logits = model(reference.to(target_device)).cpu()
-    if fit is not None:
-        fit = fit.with_reference(reference, dense_rows[0])
+    if fit is not None:  # the image first, counting as much as all views together; the views made again on demand
+        fit = OutputFit(fit.layer, torch.cat([dense_rows[0].to(fit.dense.device), fit.dense]),
+                        torch.cat([fit.weights.sum().reshape(1), fit.weights]),
+                        functools.partial(_image_and_views, image, augment_config, preprocessing))
     return replace(stats, reference=reference, reference_logits=reference_logits, output_fit=fit,
                    seconds={"augment": t_aug, **stats.seconds})
+
+
+def _image_and_views(image: Image.Image, config: AugmentConfig, preprocessing: Preprocessing) -> torch.Tensor:
+    """(1 + count, 3, H, W): the preprocessed image, then its augmented views (the same as the statistics saw)."""
+    return torch.cat([preprocessing(image).unsqueeze(0), augment(image, config, preprocessing)])
 
 
 def spade_trace(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,

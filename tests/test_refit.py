@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from spade.augment import AugmentConfig
+from spade.augment import AugmentConfig, augment
 from spade.errors import ConfigError
 from spade.preprocessing import Preprocessing
 from spade.refit import refit_output, trace_features
@@ -56,11 +56,13 @@ def test_the_output_layer_is_the_last_target_layer_when_it_is_linear(model):
 def test_statistics_record_the_image_first_then_the_views_with_their_dense_features(model, stats):
     fit = stats.output_fit
     assert fit.layer == "classifier"
-    assert fit.inputs.shape == (VIEWS + 1, 3, 32, 32)
-    assert torch.equal(fit.inputs[0], stats.reference[0])
+    inputs = fit.inputs()  # made again from the image: the views the statistics saw, not kept with them
+    assert inputs.shape == (VIEWS + 1, 3, 32, 32)
+    assert torch.equal(inputs[0], stats.reference[0])
+    assert torch.equal(inputs[1:], augment(photo(), AugmentConfig(count=VIEWS, seed=0), PRE))
     # the un-augmented image counts as much as all views together
     assert fit.weights.tolist() == [float(VIEWS)] + [1.0] * VIEWS
-    expected = classifier_inputs(model, fit.inputs)
+    expected = classifier_inputs(model, inputs)
     torch.testing.assert_close(fit.dense, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -74,16 +76,19 @@ def test_a_model_without_a_classifier_head_records_no_fit_and_its_trace_says_so(
 
 
 def test_an_output_fit_refuses_rows_that_do_not_match_its_inputs():
+    images = torch.zeros(2, 3, 8, 8)
     with pytest.raises(ConfigError):
-        OutputFit("fc", torch.zeros(3, 3, 8, 8), torch.zeros(2, 4), torch.ones(3, dtype=torch.float64))
+        OutputFit("fc", torch.zeros(2, 4), torch.ones(3, dtype=torch.float64), lambda: images)
     with pytest.raises(ConfigError):
-        OutputFit("fc", torch.zeros(2, 3, 8, 8), torch.zeros(2, 4), torch.tensor([1.0, 0.0], dtype=torch.float64))
+        OutputFit("fc", torch.zeros(2, 4), torch.tensor([1.0, 0.0], dtype=torch.float64), lambda: images)
+    with pytest.raises(ConfigError, match="gave 2 images for 3"):
+        OutputFit("fc", torch.zeros(3, 4), torch.ones(3, dtype=torch.float64), lambda: images).inputs()
 
 
 def test_trace_features_are_the_trace_models_own_classifier_inputs(model, stats):
     trace = solve(stats, 0.6, SolverConfig(mode="row"))
     got = trace_features(trace.model, stats.output_fit, batch_size=5)
-    torch.testing.assert_close(got, classifier_inputs(trace.model, stats.output_fit.inputs), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, classifier_inputs(trace.model, stats.output_fit.inputs()), rtol=1e-4, atol=1e-5)
 
 
 def weighted_least_squares(zs, zd, weight, w, damp):
@@ -159,7 +164,7 @@ def test_refitted_traces_are_deterministic_and_survive_save_and_load(model, stat
 
 def test_refit_changes_nothing_of_the_statistics(stats):
     before = {name: stat.hessian.clone() for name, stat in stats.layers.items()}
-    dense, inputs = stats.output_fit.dense.clone(), stats.output_fit.inputs.clone()
+    dense = stats.output_fit.dense.clone()
     solve(stats, 0.5, SolverConfig(refit_output=True))
     assert all(torch.equal(stats.layers[n].hessian, h) for n, h in before.items())
-    assert torch.equal(stats.output_fit.dense, dense) and torch.equal(stats.output_fit.inputs, inputs)
+    assert torch.equal(stats.output_fit.dense, dense)

@@ -20,7 +20,7 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
@@ -86,6 +86,15 @@ class SolverConfig:
             raise ConfigError(f"Unknown sparsity_of {self.sparsity_of!r}; choose one of {', '.join(SPARSITY_OF)}.")
         if self.damp < 0 or self.block_size < 1 or self.row_group < 1:
             raise ConfigError("Solver damp must be >= 0 and block sizes >= 1.")
+
+    def to_json(self) -> dict:
+        """The settings as a JSON-ready dict for a benchmark folder's identity: every field, except ``refit_output``
+        when it is off, so that folders written before the field existed still match the configurations that give
+        their numbers."""
+        settings = asdict(self)
+        if not self.refit_output:
+            del settings["refit_output"]
+        return settings
 
     @property
     def nested_levels(self) -> bool:

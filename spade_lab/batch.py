@@ -80,7 +80,7 @@ class BatchConfig:
         """JSON-ready settings that decide the maps and numbers (config.json of the output folder)."""
         sparsity = self.sparsity.to_json() if isinstance(self.sparsity, SparsityProfile) else float(self.sparsity)
         return {"kind": "batch", "methods": list(self.methods), "sparsity": sparsity, "augment": asdict(self.augment),
-                "solver": asdict(self.solver), "keep_decision": self.keep_decision, "seed": self.seed,
+                "solver": self.solver.to_json(), "keep_decision": self.keep_decision, "seed": self.seed,
                 "absolute": self.absolute, "opacity": self.opacity}
 
 

@@ -114,7 +114,7 @@ class BenchmarkConfig:
     def identity(self) -> dict:
         """JSON-ready settings that decide the numbers (not the methods, which may be added later)."""
         out = {"kind": self.kind, "sparsity": _sparsity_json(self.sparsity), "augment": asdict(self.augment),
-               "solver": asdict(self.solver), "seed": self.seed,
+               "solver": self.solver.to_json(), "seed": self.seed,
                "method_sparsity": {name: _sparsity_json(value) for name, value in self.method_sparsity},
                "keep_decision": self.decision.to_json()}
         if self.kind == "insertion":

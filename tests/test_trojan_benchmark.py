@@ -211,6 +211,11 @@ def test_identity_holds_every_setting_that_decides_the_numbers():
     default = BenchmarkConfig(kind="trojan", methods=("saliency",), keep_decision=True).identity()
     assert default["keep_decision"] == list(BACKOFF_FACTORS) and default["solver"]["sparsity_of"] == "nonzero"
     assert plain != default
+    # the classifier refit changes the numbers; off, it leaves the identity of the folders written before it existed
+    refit = BenchmarkConfig(kind="trojan", methods=("saliency",), keep_decision=True,
+                            solver=SolverConfig(refit_output=True)).identity()
+    assert refit["solver"]["refit_output"] is True and "refit_output" not in default["solver"]
+    assert {k: v for k, v in refit.items() if k != "solver"} == {k: v for k, v in default.items() if k != "solver"}
 
 
 def test_keep_decision_resolves_only_the_traces_that_change_the_top1(photo_dir, tmp_path):

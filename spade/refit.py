@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from spade.devices import full_float32, model_device
-from spade.forward_copy import build_forward_copy
+from spade.forward_copy import build_forward_copy, prefer_channels_last
 from spade.progress import Progress
 from spade.solver import SolverConfig, solver_for
 from spade.statistics import OutputFit, record_inputs
@@ -49,15 +49,19 @@ class RefitLayer:
 def trace_features(trace_model: nn.Module, fit: OutputFit, batch_size: int = 64,
                    progress: Progress | None = None) -> torch.Tensor:
     """(N, d) float32: the inputs of ``fit.layer`` when ``trace_model`` runs over ``fit.inputs()`` (on a BatchNorm-
-    folded copy of it, on its device; the model is not modified)."""
+    folded copy of it, channels_last where that gives the same outputs, as the statistics pass; on the model's
+    device; the model is not modified)."""
     device = model_device(trace_model)
+    inputs = fit.inputs()
+    example = inputs[:1].to(device)
     work = build_forward_copy(trace_model)
+    with torch.no_grad(), full_float32():
+        work = prefer_channels_last(work, example, work(example))
     rows: list[torch.Tensor] = []
 
     def keep(_name: str, _module: nn.Module, x: torch.Tensor) -> None:
         rows.append(x.detach().reshape(-1, x.shape[-1]).float())
 
-    inputs = fit.inputs()
     n = inputs.shape[0]
     with record_inputs({fit.layer: work.get_submodule(fit.layer)}, keep), torch.inference_mode(), full_float32():
         for i in range(0, n, batch_size):

@@ -159,6 +159,10 @@ def _run_trace(args: argparse.Namespace) -> int:
         print(f"{title} top-5:")
         for rank, p in enumerate(pred, start=1):
             print(f"  {rank}. {loaded.class_name(p.index):<30} {p.probability:.4f}")
+    refit = trace.settings.get("output_refit")
+    if refit:
+        print(f"classifier refit ({refit['layer']}): relative error of its outputs on the image and its views "
+              f"{refit['output_error_before']:.4f} before, {refit['output_error']:.4f} after")
     scale = trace.settings["sparsity_scale"]
     if scale < 1:
         print(f"the trace changed the top-1 at the requested sparsity; re-solved at {scale:g} x that sparsity")

@@ -54,6 +54,9 @@ def test_keep_decision_lowers_the_sparsity_until_the_top1_is_kept(tmp_path):
     assert refitted.returncode == 0, refitted.stderr
     assert "same top-1" in refitted.stdout
     data = json.loads(refit_report.read_text())
+    record = data["settings"]["output_refit"]
+    assert (f"classifier refit (classifier): relative error of its outputs on the image and its views "
+            f"{record['output_error_before']:.4f} before, {record['output_error']:.4f} after") in refitted.stdout
     assert data["settings"]["sparsity"] == 0.9 and data["settings"]["output_refit"]["layer"] == "classifier"
     assert data["top1_agrees"] is True
     report = tmp_path / "report.json"

@@ -104,7 +104,7 @@ def prediction_comparison(sel: Selection, trace: SpadeTrace) -> None:
         st.caption(f"Classifier refit on: the last layer (`{refit['layer']}`) was fitted again on the trace's own "
                    "features, so that its class scores on this image and its augmented views match the dense "
                    "model's (relative squared error of those scores "
-                   f"{refit['output_error_before']:.1%} before the refit, {refit['output_error']:.1%} after).")
+                   f"{refit['output_error_before']:.2%} before the refit, {refit['output_error']:.2%} after).")
     m1, m2, m3 = st.columns(3)
     m1.metric("Weights kept in pruned layers", f"{trace.params_kept / max(trace.params_total, 1):.1%}",
               help=f"{trace.params_kept:,} of {trace.params_total:,}")

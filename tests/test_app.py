@@ -511,8 +511,8 @@ def test_the_classifier_refit_is_off_by_default_and_reaches_the_solver(tiny, at)
     shown = [c.value for c in at.caption if c.value.startswith("Classifier refit on")]
     assert shown == [f"Classifier refit on: the last layer (`{head}`) was fitted again on the trace's own features, "
                      "so that its class scores on this image and its augmented views match the dense model's "
-                     f"(relative squared error of those scores {record['output_error_before']:.1%} before the refit, "
-                     f"{record['output_error']:.1%} after)."]
+                     f"(relative squared error of those scores {record['output_error_before']:.2%} before the refit, "
+                     f"{record['output_error']:.2%} after)."]
     timings = next(d.value for d in reversed(at.dataframe) if "stage" in d.value.columns)
     assert list(timings["stage"]) == ["augment", "statistics", "solve", "output refit"]
 

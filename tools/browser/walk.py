@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         page.get_by_role("button", name="Run SPADE").click()
         page.get_by_role("button", name="Comparison (PNG)").wait_for(timeout=RUN_TIMEOUT_MS)
         shot("02-explore-run")
+        page.get_by_text("Refit the classifier on the trace").click()  # the same run with the classifier refit
+        page.get_by_role("button", name="Run SPADE").click()
+        page.get_by_text("Classifier refit on", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
+        page.get_by_role("button", name="Comparison (PNG)").wait_for(timeout=RUN_TIMEOUT_MS)
+        shot("02-explore-run-refit")
 
         open_page("Neurons")
         shot("03-neurons")

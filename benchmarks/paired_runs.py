@@ -3,7 +3,8 @@ from the other's.
 
 Usage: python benchmarks/paired_runs.py FOLDER OTHER [--methods a,b,...]
 
-For every sample both folders scored with every given method (default: the methods both have), each run's own
+For every sample both folders scored with every given method (drawn alike: the same photo, crop and trigger
+placement, else the script refuses) (default: the methods both have), each run's own
 SPADE − Dense is averaged over the methods, and the per-sample difference FOLDER − OTHER gets a Student-t 95 %
 interval (`spade_lab.tables.t_interval`), per metric (Trojan AUC and pointing game, or insertion and deletion AUC,
 in percentage points). Each run's difference is taken against its own dense score, so runs whose dense scores differ
@@ -20,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 METRICS = {"insertion": ("insertion_auc", "deletion_auc"), "trojan": ("trojan_auc", "pointing_game")}
+
+
+def _drawn(record: dict) -> tuple:
+    """What makes a sample: its photo, crop and trigger placement."""
+    return record.get("photo"), record.get("crop"), record.get("stamp_seed")
 
 
 def main() -> None:
@@ -39,6 +45,9 @@ def main() -> None:
     methods = (args.methods.split(",") if args.methods else
                sorted({m for _, m in runs[0]} & {m for _, m in runs[1]}))
     samples = sorted({s for s, m in runs[0] if all((s, x) in runs[0] and (s, x) in runs[1] for x in methods)})
+    differ = [s for s in samples if any(_drawn(runs[0][s, m]) != _drawn(runs[1][s, m]) for m in methods)]
+    if differ:
+        parser.error(f"the folders drew different samples under the same names: {', '.join(differ[:5])}")
     print(f"{args.folder.name} − {args.other.name}: {kind}, {len(samples)} samples, methods {', '.join(methods)}")
     for metric in METRICS[kind]:
         per_sample, dense_apart = [], 0

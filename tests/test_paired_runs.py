@@ -13,12 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("saliency", "lrp")
 
 
-def folder(path: Path, scores: dict, kind: str = "insertion") -> Path:
+def folder(path: Path, scores: dict, kind: str = "insertion", crop: list | None = None) -> Path:
     """A benchmark folder as `spade_lab.records` writes it: config.json and one results.jsonl record per
     (sample, method) with dense and SPADE insertion / deletion AUC (fractions)."""
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"format": "spade-benchmark/1", "kind": kind}))
-    lines = [json.dumps({"sample": sample, "index": i, "method": method,
+    lines = [json.dumps({"sample": sample, "index": i, "method": method, "photo": "cat", "crop": crop or [0, 0, 9, 9],
                          "dense": {"insertion_auc": dense, "deletion_auc": 0.1},
                          "spade": {"insertion_auc": spade, "deletion_auc": 0.1 + spade / 10}})
              for i, (sample, per_method) in enumerate(scores.items()) for method, (dense, spade) in per_method.items()]
@@ -53,9 +53,11 @@ def test_the_per_sample_gap_of_two_runs_matches_a_hand_computation(tmp_path):
     assert "6 samples, methods lrp, saliency" in out.splitlines()[0]
 
 
-def test_folders_of_different_benchmarks_are_refused(tmp_path):
+def test_folders_of_different_benchmarks_or_samples_are_refused(tmp_path):
     scores = {"s00000": {m: (0.2, 0.3) for m in METHODS}}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_runs.py"),
-                           str(folder(tmp_path / "a", scores)), str(folder(tmp_path / "b", scores, kind="trojan"))],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode != 0 and "different benchmarks" in done.stderr
+    first = str(folder(tmp_path / "a", scores))
+    for name, other, message in (("b", folder(tmp_path / "b", scores, kind="trojan"), "different benchmarks"),
+                                 ("c", folder(tmp_path / "c", scores, crop=[1, 0, 9, 9]), "different samples")):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_runs.py"), first, str(other)],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode != 0 and message in done.stderr, name

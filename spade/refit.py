@@ -17,8 +17,8 @@ counts as much as all augmented views together (`OutputFit.weights`), so the tra
 image it explains while the views keep the fit general. Every other layer stays as solved.
 
 Not the paper's protocol and off by default (`SolverConfig.refit_output`): on efficientnet_lite0 it kept every
-bundled photo's top-1 at 0.5, but the saliency maps of its traces scored worse on insertion and deletion than
-those of the plain traces (README, "Classifier refit").
+bundled photo's top-1 at 0.5, but the saliency maps of its traces scored worse on insertion, deletion and Trojan
+AUC than those of the plain traces (README, "Classifier refit").
 """
 
 from __future__ import annotations

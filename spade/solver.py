@@ -69,7 +69,7 @@ class SolverConfig:
     refit_output: after the solve, solve the trace's last layer (a classifier head) again, on the trace's own
     features, against the dense model's outputs (`spade.refit`), so that the errors of all earlier layers do not
     change the decision. Off by default, as in the paper: it keeps every bundled photo's decision at 0.5, but made
-    the maps score worse on insertion and deletion (README, "Classifier refit").
+    the maps score worse on insertion, deletion and Trojan AUC (README, "Classifier refit").
     """
 
     mode: str = "group"

@@ -74,7 +74,7 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
                         help="solve the trace's classifier layer again on the trace's own features, against the "
                              "dense model's outputs, so that the errors of earlier layers do not change the decision "
                              "(spade.refit; not the paper's protocol: it kept every bundled photo's decision at 0.5 "
-                             "but made the maps score worse on insertion and deletion)")
+                             "but made the maps score worse on insertion, deletion and Trojan AUC)")
 
 
 def solver_from_args(args: argparse.Namespace, default_solver: str):

@@ -11,8 +11,8 @@ dense top-1 and its margin over the runner-up (a near-tie flips on the slightest
 pattern of levels that keep the top-1 (Y) or change it (.), the highest level up to which every level keeps it, and
 the logit cosine to the dense model at 0.5, and the share of --held-out fresh augmented views (seed 1, not seen by
 the trace) on which the trace at 0.5 predicts the dense model's top-1 for that view. --refit solves with the
-classifier refit (`spade.refit`, the app's and the CLI's default), which fits the image and its views: the held-out
-share says whether it fits more than those.
+classifier refit (`spade.refit`, off by default in the app and the CLI), which fits the image and its views: the
+held-out share says whether it fits more than those.
 The photos are marked with their split (`spade_lab.photos`): defaults may be chosen on the calibration photos only;
 the test photos say whether the choice holds up. Writes the table and one JSON record per run to --out.
 """

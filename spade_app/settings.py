@@ -165,10 +165,6 @@ def keep_decision_checkbox(value: bool, key: str) -> bool:
                             "paper's protocol, every trace at the chosen sparsity.")
 
 
-def refit_output_checkbox(value: bool, key: str) -> bool:
-    return st.checkbox("Refit the classifier on the trace", value, key=key, help=REFIT_HELP)
-
-
 @dataclass(frozen=True)
 class FormValues:
     """The Explore form's widgets as read, before any check. upload: (file name, bytes) of a profile JSON file."""
@@ -381,7 +377,8 @@ def settings_form(model: nn.Module, method_labels: dict[str, str], default_metho
                                           help='A JSON object such as {"targets": {"blocks.5.0": 0.9}, "default": 0}: '
                                                "the share removed per block, and for every other block.")
             keep = keep_decision_checkbox(last.keep_decision, key="ex_keep")
-            refit = refit_output_checkbox(last.solver.refit_output, key="ex_refit")
+            refit = st.checkbox("Refit the classifier on the trace", last.solver.refit_output, key="ex_refit",
+                                help=REFIT_HELP)
         with c_aug:
             st.markdown("**Augmentations**")
             count = st.number_input("Count", 1, 4096, aug.count, step=8, key="ex_count",

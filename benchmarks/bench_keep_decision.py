@@ -115,13 +115,13 @@ def main() -> None:
                 traces = solve_many(stats, [*uniform, *late, *profiles],
                                     SolverConfig(mode=solver, refit_output=args.refit))
                 seconds = time.perf_counter() - t0
-                held = float("nan")
-                if 0.5 in uniform:
-                    held = float((top1(traces[uniform.index(0.5)].model, held_out) == dense_held).float().mean())
+                half = traces[uniform.index(0.5)] if 0.5 in uniform else None
+                agree = None if half is None else top1(half.model, held_out) == dense_held
+                held = float("nan") if agree is None else float(agree.float().mean())
                 kept = [trace.top1_agrees for trace in traces]
                 ends = (len(uniform), len(uniform) + len(late))
                 kept_uniform, kept_late, kept_profiles = kept[:ends[0]], kept[ends[0]:ends[1]], kept[ends[1]:]
-                cosine = traces[uniform.index(0.5)].logit_cosine if 0.5 in uniform else float("nan")
+                cosine = float("nan") if half is None else half.logit_cosine
                 record = {"photo": name, "split": split.get(name, "other"), "dense_top1": top[0].name,
                           "dense_probability": top[0].probability, "margin": margin, "solver": solver,
                           "views": views, "uniform": dict(zip(uniform, kept_uniform)),

@@ -44,7 +44,7 @@ def main() -> None:
     runs = [{(r["sample"], r["method"]): r for r in load_results(folder)} for folder in (args.folder, args.other)]
     methods = (args.methods.split(",") if args.methods else
                sorted({m for _, m in runs[0]} & {m for _, m in runs[1]}))
-    samples = sorted({s for s, m in runs[0] if all((s, x) in runs[0] and (s, x) in runs[1] for x in methods)})
+    samples = sorted(s for s in {s for s, _ in runs[0]} if all((s, m) in run for run in runs for m in methods))
     differ = [s for s in samples if any(_drawn(runs[0][s, m]) != _drawn(runs[1][s, m]) for m in methods)]
     if differ:
         parser.error(f"the folders drew different samples under the same names: {', '.join(differ[:5])}")

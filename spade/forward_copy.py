@@ -100,6 +100,12 @@ def _build_checked(model: nn.Module, example: torch.Tensor) -> CachedCopy:
     return CachedCopy(stamp, prefer_channels_last(work, example, expected), int(expected.shape[-1]))
 
 
+def checked_forward_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A forward copy of ``model`` checked on ``example`` as the cached ones are, but not cached: for a model that
+    is about to change (a trace whose last layer is refitted right after)."""
+    return _build_checked(model, example).model
+
+
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, CachedCopy]] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spade.damping import damped_cholesky
 from spade.devices import full_float32, model_device
-from spade.forward_copy import build_forward_copy, prefer_channels_last
+from spade.forward_copy import checked_forward_copy
 from spade.progress import Progress
 from spade.solver import SolverConfig, solver_for
 from spade.statistics import OutputFit, record_inputs
@@ -48,15 +49,12 @@ class RefitLayer:
 
 def trace_features(trace_model: nn.Module, fit: OutputFit, batch_size: int = 64,
                    progress: Progress | None = None) -> torch.Tensor:
-    """(N, d) float32: the inputs of ``fit.layer`` when ``trace_model`` runs over ``fit.inputs()`` (on a BatchNorm-
-    folded copy of it, channels_last where that gives the same outputs, as the statistics pass; on the model's
-    device; the model is not modified)."""
+    """(N, d) float32: the inputs of ``fit.layer`` when ``trace_model`` runs over ``fit.inputs()`` (on its checked
+    forward copy, `spade.forward_copy.checked_forward_copy`, as the statistics pass; on the model's device; the model
+    is not modified)."""
     device = model_device(trace_model)
     inputs = fit.inputs()
-    example = inputs[:1].to(device)
-    work = build_forward_copy(trace_model)
-    with torch.no_grad(), full_float32():
-        work = prefer_channels_last(work, example, work(example))
+    work = checked_forward_copy(trace_model, inputs[:1].to(device))
     rows: list[torch.Tensor] = []
 
     def keep(_name: str, _module: nn.Module, x: torch.Tensor) -> None:
@@ -95,8 +93,8 @@ def refit_output(dense_weight: torch.Tensor, sparse_weight: torch.Tensor, sparsi
     target = zd @ W.T
     H = zs.T @ (w[:, None] * zs)
     cross = zs.T @ (w[:, None] * zd)
-    damped = H + damp * float(H.diagonal().mean()) * torch.eye(H.shape[0], dtype=H.dtype, device=device)
-    unconstrained = torch.linalg.solve(damped, cross @ W.T).T
+    lower, _ = damped_cholesky(H, damp)
+    unconstrained = torch.cholesky_solve(cross @ W.T, lower).T
     if sparsity_of == "nonzero":
         unconstrained[W == 0] = 0.0  # the dense weight's zeros stay zero: the sweep keeps them as built-in zeros
     sweep = solver_for(SolverConfig(mode="row", damp=damp, sparsity_of=sparsity_of))

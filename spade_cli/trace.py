@@ -52,9 +52,9 @@ def add_augmentation_arguments(parser: argparse.ArgumentParser, augmentations_he
 
 
 def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
-    """--sparsity-of, --solver, --damp and --refit-output. The choices
-    and the default damping are spade.solver's SPARSITY_OF, SOLVERS and SolverConfig.damp, written out: the parser
-    is built without importing torch (a test checks that they agree)."""
+    """--sparsity-of, --solver, --damp and --refit-output. The choices and the default damping are spade.solver's
+    SPARSITY_OF, SOLVERS and SolverConfig.damp, written out: the parser is built without importing torch (a test
+    checks that they agree)."""
     parser.add_argument("--sparsity-of", choices=("nonzero", "all"), default="nonzero",
                         help="what a sparsity target counts: the dense weight's nonzero entries, whose zeros stay "
                              "zero (default), or every weight, as the authors' code and the benchmark results written "

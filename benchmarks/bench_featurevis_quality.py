@@ -51,8 +51,8 @@ def main() -> None:
                              "paper (0.95); several share one photo's statistics and dense pictures")
     parser.add_argument("--solver", default="group", help="the traces' solver (the runs before 2026-12-07: group)")
     parser.add_argument("--refit", action="store_true",
-                        help="refit each trace's classifier on its own features (spade.refit; the Neurons page's "
-                             "default since 2026-12-07)")
+                        help="refit each trace's classifier on its own features (spade.refit; off by default, "
+                             "and the Neurons page does not use it)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the device's)")
     parser.add_argument("--views", type=int, default=None, help="augmented views of each trace")

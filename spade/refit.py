@@ -9,11 +9,9 @@ dense features ``Z_d``:
 
     minimise  sum_i w_i || W' z_s,i - W z_d,i ||^2   over W' with the layer's share of zeros.
 
-The fit is damped toward the dense weight, ``+ lambda ||W' - W||^2``: its unconstrained optimum is
-``W_t = W (C^T + lambda I) (H + lambda I)^-1`` with ``H = Z_s^T diag(w) Z_s`` and ``C = Z_s^T diag(w) Z_d``. The
-features span far fewer directions than the layer is wide (one row per view), and in the others ``W_t`` keeps the
-dense weight; damping toward zero would drop them, and with them most of what a gradient map flows back through.
-Since the objective equals ``(W' - W_t) H (W' - W_t)^T`` up to a constant, pruning ``W_t`` with the ``row`` sweep on ``H`` (which chooses the mask for the trace's features
+The unconstrained (damped) least-squares optimum is ``W_t = W C^T (H + lambda I)^-1`` with
+``H = Z_s^T diag(w) Z_s`` and ``C = Z_s^T diag(w) Z_d``. Since the objective equals ``(W' - W_t) H (W' - W_t)^T``
+up to a constant, pruning ``W_t`` with the ``row`` sweep on ``H`` (which chooses the mask for the trace's features
 and compensates each removed weight) solves the sparse problem as every layer's solve does. The un-augmented image
 counts as much as all augmented views together (`OutputFit.weights`), so the trace keeps the dense logits on the
 image it explains while the views keep the fit general. Every other layer stays as solved.
@@ -95,8 +93,8 @@ def refit_output(dense_weight: torch.Tensor, sparse_weight: torch.Tensor, sparsi
     target = zd @ W.T
     H = zs.T @ (w[:, None] * zs)
     cross = zs.T @ (w[:, None] * zd)
-    lower, damping = damped_cholesky(H, damp)
-    unconstrained = torch.cholesky_solve(cross @ W.T + damping * W.T, lower).T
+    lower, _ = damped_cholesky(H, damp)
+    unconstrained = torch.cholesky_solve(cross @ W.T, lower).T
     if sparsity_of == "nonzero":
         unconstrained[W == 0] = 0.0  # the dense weight's zeros stay zero: the sweep keeps them as built-in zeros
     sweep = solver_for(SolverConfig(mode="row", damp=damp, sparsity_of=sparsity_of))

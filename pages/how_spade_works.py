@@ -64,9 +64,9 @@ st.markdown(
    Small errors add up from layer to layer, so on a photo whose two best classes nearly tie the trace can
    predict the other one. The Explore page can then fit the last layer once more, on the trace's *own*
    features, to give the dense model's class scores ("Refit the classifier on the trace"; not part of the
-   paper). It keeps the decision, but the maps scored slightly worse on insertion and deletion and lost
-   SPADE's gain on the back-doored model, so it is off by default and "Keep the model's decision" lowers
-   the sparsity instead.
+   paper). It keeps the decision, but the maps scored worse on insertion and deletion (insertion AUC lower
+   by 0.5-0.75 points on 100 clean test crops and by 2.1 on 24 calibration crops) and lost SPADE's gain on
+   the back-doored model, so it is off by default and "Keep the model's decision" lowers the sparsity instead.
 4. **Explain.** Run any explanation method — Saliency, Integrated Gradients, GradCAM, LRP, a neuron
    visualization — on the trace, with the same image and the same target class, and compare with the
    same method on the dense model.

@@ -48,12 +48,12 @@ class RefitLayer:
 
 
 def trace_features(trace_model: nn.Module, fit: OutputFit, batch_size: int = 64,
-                   progress: Progress | None = None) -> torch.Tensor:
+                   progress: Progress | None = None, inputs: torch.Tensor | None = None) -> torch.Tensor:
     """(N, d) float32: the inputs of ``fit.layer`` when ``trace_model`` runs over ``fit.inputs()`` (on its checked
     forward copy, `spade.forward_copy.checked_forward_copy`, as the statistics pass; on the model's device; the model
-    is not modified)."""
+    is not modified). inputs: ``fit.inputs()`` when the caller already has them (several traces of one fit)."""
     device = model_device(trace_model)
-    inputs = fit.inputs()
+    inputs = fit.inputs() if inputs is None else inputs
     work = checked_forward_copy(trace_model, inputs[:1].to(device))
     rows: list[torch.Tensor] = []
 

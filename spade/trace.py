@@ -228,14 +228,17 @@ def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solv
                     reports[j].append(report)
     seconds = {**statistics.seconds, "solve": time.perf_counter() - start}
     traces = []
+    fit_inputs = None  # the refit's images, made once for all traces
     for sparsity, trace_weights, trace_reports in zip(sparsities, weights, reports):
         trace_model = _sparse_copy(dense, trace_weights)
         settings = {"sparsity": _sparsity_settings(sparsity), "solver": asdict(solver)}
         trace_seconds = dict(seconds)
         if solver.refit_output:
             t0 = time.perf_counter()
+            if fit_inputs is None and statistics.output_fit is not None:
+                fit_inputs = statistics.output_fit.inputs()
             trace_weights, trace_reports, settings["output_refit"] = _refit_output(
-                statistics, solver, trace_model, trace_weights, trace_reports, progress)
+                statistics, solver, trace_model, trace_weights, trace_reports, fit_inputs, progress)
             trace_seconds["output refit"] = time.perf_counter() - t0
         trace_logits = None
         if statistics.reference is not None:
@@ -249,18 +252,18 @@ def solve_many(statistics: LayerStatistics, sparsities: Sequence[Sparsity], solv
 
 
 def _refit_output(statistics: LayerStatistics, solver: SolverConfig, trace_model: nn.Module,
-                  weights: dict[str, torch.Tensor], reports: list[LayerReport], progress: Progress | None
-                  ) -> tuple[dict[str, torch.Tensor], list[LayerReport], dict | None]:
+                  weights: dict[str, torch.Tensor], reports: list[LayerReport], inputs: torch.Tensor | None,
+                  progress: Progress | None) -> tuple[dict[str, torch.Tensor], list[LayerReport], dict | None]:
     """`spade.refit` on a solved trace: ``trace_model``'s output layer is set to the refitted weight (in place: it is
-    the trace's own copy). Returns the trace's weights and reports with that layer's replaced (its report's error
-    is the usual one, on the dense inputs) and the settings' record (None when the statistics hold no output fit:
-    the last target layer is no classifier head)."""
+    the trace's own copy). inputs: the output fit's images (``fit.inputs()``). Returns the trace's weights and
+    reports with that layer's replaced (its report's error is the usual one, on the dense inputs) and the settings'
+    record (None when the statistics hold no output fit: the last target layer is no classifier head)."""
     fit = statistics.output_fit
     if fit is None:
         log.info("no output refit: the last target layer is not a linear classifier head")
         return weights, reports, None
     name = fit.layer
-    features = trace_features(trace_model, fit, progress=progress)
+    features = trace_features(trace_model, fit, progress=progress, inputs=inputs)
     dense_weight = statistics.model.get_submodule(name).weight.detach()
     level = next(r.target for r in reports if r.name == name)
     refit = refit_output(dense_weight, weights[name], level, fit, features, solver.damp, solver.sparsity_of)

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_featurevis_quality.py [--model efficientnet_lite0] [--judge efficientnet_lite2]
             [--methods maco,fourier] [--classes 50] [--class-offset 0] [--photos cat,coffee,flower,china]
-            [--per-photo 10] [--trace decision,paper] [--steps N] [--views N] [--device auto] [--out DIR]
+            [--per-photo 10] [--trace decision,paper,head] [--steps N] [--views N] [--device auto] [--out DIR]
 
 *Recognisable*: for --classes ImageNet classes spread evenly over the 1000 (shifted by --class-offset: calibration
 runs use classes the test run does not; --classes 0 skips this part), the class-logit visualization of the
@@ -10,10 +10,11 @@ dense model is in the judge's top-5 for that class (rate per method; issue targe
 *Faithful to the image's facet*: for every photo and each of its --per-photo top dense classes, the visualization of
 that class on the photo's SPADE trace (`spade.featurevis.visualization_trace`: the authors' late blocks at 0.95,
 with --trace decision backed off until it keeps the decision, as the app's default; with --trace paper kept at 0.95
-as in the paper; both: each reported) and on the dense model are compared with the photo in the judge's penultimate
-features (the input of its last Linear layer, cosine; the measure is `spade.featurevis.judge`); the pair counts for
-SPADE when the trace's picture is closer (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos
-default to the held-out test photos (`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`).
+as in the paper; with --trace head only the classifier at 0.95, backed off like decision; several: each reported)
+and on the dense model are compared with the photo in the judge's penultimate features (the input of its last Linear
+layer, cosine; the measure is `spade.featurevis.judge`); the pair counts for SPADE when the trace's picture is closer
+(issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the held-out test photos
+(`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`).
 Every per-class and per-pair number is written to DIR/records.json.
 """
 
@@ -29,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+TRACES = ("decision", "paper", "head")
 
 
 def spread_classes(count: int, total: int = 1000) -> list[int]:
@@ -47,8 +51,9 @@ def main() -> None:
     parser.add_argument("--per-photo", type=int, default=10,
                         help="top dense classes visualized per photo (0: skip the faithful part)")
     parser.add_argument("--trace", default="decision",
-                        help="comma list of decision (back off from 0.95 until the trace keeps the top-1 class) and "
-                             "paper (0.95); several share one photo's statistics and dense pictures")
+                        help="comma list of decision (back off from 0.95 until the trace keeps the top-1 class), "
+                             "paper (0.95) and head (only the classifier at 0.95, backed off as decision); several "
+                             "share one photo's statistics and dense pictures")
     parser.add_argument("--solver", default="group", help="the traces' solver (the runs before 2026-12-07: group)")
     parser.add_argument("--refit", action="store_true",
                         help="refit each trace's classifier on its own features (spade.refit; off by default, "
@@ -73,10 +78,11 @@ def main() -> None:
     from spade.augment import AugmentConfig
     from spade.defaults import default_augmentations
     from spade.featurevis import ClassLogit, CropsConfig, FeatureVisConfig, TransformConfig, visualize
-    from spade.featurevis.compare import visualization_request
+    from spade.featurevis.compare import VISUALIZATION_TARGET, visualization_request
     from spade.featurevis.judge import faithful_pairs, judge_outputs, judge_pictures, recognised
     from spade.models import load_model
     from spade.solver import SolverConfig
+    from spade.sparsity import late_blocks_profile
     from spade.trace import prepare_statistics, solve_keeping_decision
     from spade_lab.photos import TEST_PHOTOS, load_photos
 
@@ -88,8 +94,8 @@ def main() -> None:
     device = loaded.device
     methods = args.methods.split(",")
     traces = args.trace.split(",")
-    if set(traces) - {"decision", "paper"}:
-        parser.error(f"--trace takes decision and/or paper, got {args.trace}")
+    if set(traces) - set(TRACES):
+        parser.error(f"--trace takes {', '.join(TRACES)}, got {args.trace}")
     variants = [f"{method}/{trace}" for method in methods for trace in traces]
     solver = SolverConfig(mode=args.solver, refit_output=args.refit)
     stamp = datetime.datetime.now(datetime.UTC)
@@ -171,8 +177,11 @@ def main() -> None:
                                    selection=loaded.spec.layer_selection)
         solved, cache = {}, {}  # the cache: "decision" starts from the 0.95 trace "paper" solved
         for trace in traces:
-            requested, decision = visualization_request(loaded.model, None, trace == "decision",
+            requested, decision = visualization_request(loaded.model, None, trace != "paper",
                                                         loaded.spec.layer_selection)
+            if trace == "head":
+                requested = late_blocks_profile(loaded.model, VISUALIZATION_TARGET, fraction=0.0,
+                                                selection=loaded.spec.layer_selection)
             solved[trace] = solve_keeping_decision(stats, requested, solver, None, decision=decision,
                                                    cache=cache).trace
         top = [p.index for p in loaded.predict(image, k=args.per_photo)]

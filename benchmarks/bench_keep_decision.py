@@ -2,8 +2,8 @@
 
 Usage: python benchmarks/bench_keep_decision.py [--solvers group,row] [--views 64,128] [--photos NAME,...]
                                                 [--levels 0.3,0.4,...] [--late 0.5,0.7,0.9,0.95]
-                                                [--profile NAME|FILE.json ...] [--refit] [--held-out N]
-                                                [--out DIR]
+                                                [--profile NAME|FILE.json ...] [--refit] [--bias-probe]
+                                                [--held-out N] [--out DIR]
 For every photo the statistics are recorded once per view count (seed 0, as the app and the CLI), then every solver
 solves all uniform levels, the late-blocks profiles (`spade.sparsity.late_blocks_profile`, the Neurons page's
 choice) and any --profile (a tuned profile, e.g. a candidate default) in one `solve_many`. Prints, per photo: the
@@ -12,7 +12,8 @@ pattern of levels that keep the top-1 (Y) or change it (.), the highest level up
 the logit cosine to the dense model at 0.5, and the share of --held-out fresh augmented views (seed 1, not seen by
 the trace) on which the trace at 0.5 predicts the dense model's top-1 for that view. --refit solves with the
 classifier refit (`spade.refit`, off by default in the app and the CLI), which fits the image and its views: the
-held-out share says whether it fits more than those.
+held-out share says whether it fits more than those. --bias-probe adds, per uniform level, whether the trace would
+keep the top-1 if only its classifier's bias were refitted (`bias_shift`; a probe, not part of the engine).
 The photos are marked with their split (`spade_lab.photos`): defaults may be chosen on the calibration photos only;
 the test photos say whether the choice holds up. Writes the table and one JSON record per run to --out.
 """
@@ -52,6 +53,21 @@ def top1(model, views):
         return model(views).argmax(1)
 
 
+def bias_shift(trace, fit, inputs, dense_weight):
+    """(classes,) float64: the least-squares change of the trace's classifier bias that best matches the dense
+    logits on the output fit's images (weighted as `spade.statistics.OutputFit.weights`: the un-augmented image as
+    much as all views together), given the trace's own features. dense_weight: the dense classifier's (classes, d).
+    A bias moves no input gradient, so a gradient method's map of a given class is the same with or without it;
+    only which class is the top-1 can change."""
+    from spade.refit import trace_features
+
+    sparse_weight = trace.model.get_submodule(fit.layer).weight.detach().double()
+    dense = fit.dense.double() @ dense_weight.double().T
+    traced = trace_features(trace.model, fit, inputs=inputs).double() @ sparse_weight.T
+    w = fit.weights.double()[:, None]
+    return (w * (dense - traced)).sum(0) / w.sum()
+
+
 def pattern(kept: list[bool]) -> str:
     """Y for each level that keeps the decision, . for each that changes it."""
     return "".join("Y" if k else "." for k in kept)
@@ -67,6 +83,8 @@ def main() -> None:
     parser.add_argument("--profile", action="append", default=[], metavar="NAME|FILE.json",
                         help="also solve this sparsity profile (repeatable; column 'profiles', in the given order)")
     parser.add_argument("--refit", action="store_true", help="refit the classifier on each trace (spade.refit)")
+    parser.add_argument("--bias-probe", action="store_true",
+                        help="also: would each uniform level keep the top-1 with only the classifier's bias refitted")
     parser.add_argument("--held-out", type=int, default=32, metavar="N",
                         help="fresh views (seed 1) on which the trace at 0.5 is compared with the dense model")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "keep-decision")
@@ -97,7 +115,8 @@ def main() -> None:
     lines = [header, f"uniform levels {args.levels}; late-blocks targets {args.late}"
                      f"{'; profiles ' + ', '.join(p.name for p in profiles) if profiles else ''}", "",
              f"{'photo':<13} {'split':<11} {'dense top-1':<18} {'margin':>6} {'solver':<6} {'views':>5} "
-             f"{'uniform':<9} {'holds to':>8} {'cos@0.5':>7} {'late':<6} {'holds to':>8} {'profiles':<8} {'s':>5}"]
+             f"{'uniform':<9} {'holds to':>8} {'cos@0.5':>7} {'late':<6} {'holds to':>8} {'profiles':<8} "
+             f"{'held-out':>8} {'s':>5}"]
     print("\n".join(lines), flush=True)
     records = []
     for name in names:
@@ -122,11 +141,19 @@ def main() -> None:
                 ends = (len(uniform), len(uniform) + len(late))
                 kept_uniform, kept_late, kept_profiles = kept[:ends[0]], kept[ends[0]:ends[1]], kept[ends[1]:]
                 cosine = float("nan") if half is None else half.logit_cosine
+                kept_bias = []
+                if args.bias_probe:
+                    fit, dense_top = stats.output_fit, int(stats.reference_logits.argmax())
+                    inputs = fit.inputs()
+                    dense_weight = loaded.model.get_submodule(fit.layer).weight.detach()
+                    kept_bias = [int((trace.trace_logits[0].double() + bias_shift(trace, fit, inputs, dense_weight))
+                                     .argmax()) == dense_top for trace in traces[:len(uniform)]]
                 record = {"photo": name, "split": split.get(name, "other"), "dense_top1": top[0].name,
                           "dense_probability": top[0].probability, "margin": margin, "solver": solver,
                           "views": views, "uniform": dict(zip(uniform, kept_uniform)),
                           "late_blocks": dict(zip(late_targets, kept_late)),
                           "uniform_holds_to": held_up_to(uniform, kept_uniform),
+                          "uniform_bias_refitted": dict(zip(uniform, kept_bias)) if args.bias_probe else None,
                           "late_holds_to": held_up_to(late_targets, kept_late),
                           "profiles": {p.name: k for p, k in zip(profiles, kept_profiles)},
                           "profile_logit_cosine": {p.name: t.logit_cosine for p, t in zip(profiles, traces[ends[1]:])},
@@ -137,6 +164,8 @@ def main() -> None:
                         f"{views:>5} {pattern(kept_uniform):<9} {record['uniform_holds_to'] or '-':>8} {cosine:>7.3f} "
                         f"{pattern(kept_late):<6} {record['late_holds_to'] or '-':>8} {pattern(kept_profiles):<8} "
                         f"{held:>8.2f} {seconds:>5.1f}")
+                if kept_bias:
+                    line += f"  bias refitted {pattern(kept_bias)}"
                 lines.append(line)
                 print(line, flush=True)
     lines.append(f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -191,6 +191,15 @@ def resolve_targets(model: nn.Module, layer_names: list[str], sparsity: Sparsity
     return {name: _check(keys.get(name, keys.get(block_names[name], default)), name) for name in layer_names}
 
 
+def classifier_profile(model: nn.Module, target: float = 0.95, selection: LayerSelection = LayerSelection()
+                       ) -> SparsityProfile:
+    """`target` on the final (classifier) block only, every feature block dense: a class logit's trace that keeps
+    the features exact and restricts the class to the channels the image's views use (the paper's "Sparse FC")."""
+    final = list(blocks(model, selection))[-1]
+    return SparsityProfile.from_mapping({final: target}, name=f"classifier-{target:g}",
+                                        description=f"{target:g} on the classifier block ({final}) only")
+
+
 def late_blocks_profile(model: nn.Module, target: float = 0.95, fraction: float = 0.3,
                         selection: LayerSelection = LayerSelection()) -> SparsityProfile:
     """The authors' neuron-visualization choice, defined structurally for any model: `target` on the

@@ -52,7 +52,7 @@ METHOD_NOTE = DEFAULT_METHOD_REASON
 """The page's one line on the default visualization method and why."""
 REQUEST_KEY = "neurons_request"
 CLASS, CHANNEL = "Class logit", "Conv layer channel"
-LATE, UNIFORM = "Late blocks (authors' choice)", "Uniform"
+CLASSIFIER, LATE, UNIFORM = "Classifier only", "Late blocks (authors' choice)", "Uniform"
 MAP_OPACITY = 0.6
 
 
@@ -61,8 +61,10 @@ class NeuronSettings:
     """Everything a Neurons run depends on besides the image and the model.
 
     objective: what is maximised. method: the image parameterization (``spade.featurevis.METHOD_LABELS``; default
-    the better one on the quality benchmark). sparsity: None = `late_blocks_profile` at 0.95 (the authors' choice),
-    else a uniform target in [0, 1). keep_decision: lower the sparsity until the trace keeps the top-1 class
+    the better one on the quality benchmark). sparsity: None = the objective's default profile at 0.95
+    (`spade.featurevis.compare.default_visualization_profile`: the classifier alone for a class logit, the late
+    blocks for a channel), or with late_blocks the authors' late blocks for any objective; else a uniform target in
+    [0, 1). keep_decision: lower the sparsity until the trace keeps the top-1 class
     (`spade.featurevis.compare.visualization_request`). views / top_k: evidence views searched / shown.
     """
 
@@ -72,6 +74,7 @@ class NeuronSettings:
     method: str = DEFAULT_METHOD
     augmentations: int = default_augmentations("visualize")
     sparsity: float | None = None
+    late_blocks: bool = False
     keep_decision: bool = True
     views: int = EVIDENCE_AUGMENT.count
     top_k: int = 4
@@ -123,10 +126,19 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
     kind = c_kind.radio("Objective", [CLASS, CHANNEL], key="nv_kind", horizontal=True,
                         help="A class logit (default: the class predicted for the image), or one channel of a "
                              "convolution layer (its mean over positions, or the single neuron at the centre).")
-    mode = c_mode.radio("Sparsity of the trace", [LATE, UNIFORM], key="nv_sparsity_mode", horizontal=True,
-                        help=f"Late blocks: {VISUALIZATION_TARGET:g} on the last 30% of blocks and the "
-                             "classifier, 0 elsewhere (the authors' choice for visualizations). Uniform: the "
-                             "slider's value on every pruned layer.")
+    target = f"{VISUALIZATION_TARGET:g}"
+    late_help = (f"Late blocks: {target} on the last 30% of blocks and the classifier, 0 elsewhere (the authors' "
+                 "choice for visualizations). Uniform: the slider's value on every pruned layer.")
+    if kind == CLASS:  # a channel inside the network does not depend on the classifier
+        mode = c_mode.radio("Sparsity of the trace", [CLASSIFIER, LATE, UNIFORM], key="nv_sparsity_mode",
+                            horizontal=True,
+                            help=f"Classifier only (the default for a class): {target} on the classifier, every "
+                                 "other layer dense, so the picture is drawn by the dense features the image's class "
+                                 "score rests on (on the calibration photos its pictures were closer to the photo "
+                                 f"than the dense ones far more often than the late blocks' were). {late_help}")
+    else:
+        mode = c_mode.radio("Sparsity of the trace", [LATE, UNIFORM], key="nv_channel_sparsity_mode",
+                            horizontal=True, help=late_help)
     class_index, layer, channel, centre, uniform = predicted, None, 0, False, loaded.spec.default_sparsity
     with st.form("neuron_settings"):
         c_neuron, c_vis, c_trace = st.columns(3)
@@ -168,8 +180,8 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
             uniform_factors = ", ".join(f"{f:g}" for f in KeepDecision().factors)
             keep = st.checkbox("Keep the model's decision", True, key="nv_keep",
                                help="If the trace changes the top-1 class, lower the sparsity until it keeps it: the "
-                                    f"late-block target to {late}, or the uniform one to {uniform_factors} times the "
-                                    "chosen value.")
+                                    f"classifier's or the late blocks' target to {late}, or the uniform one to "
+                                    f"{uniform_factors} times the chosen value.")
         submitted = st.form_submit_button("Run", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return None
@@ -177,7 +189,8 @@ def neuron_form(sel: Selection, predicted: int) -> NeuronSettings | None:
         objective = neuron_objective(kind, int(class_index), layer, int(channel), bool(centre), layers)
         return NeuronSettings(objective=objective, steps=int(steps), seed=int(seed), method=method,
                               augmentations=int(augmentations),
-                              sparsity=None if mode == LATE else round(float(uniform), 4), keep_decision=bool(keep),
+                              sparsity=round(float(uniform), 4) if mode == UNIFORM else None,
+                              late_blocks=mode == LATE, keep_decision=bool(keep),
                               views=int(views), top_k=int(top_k))
     except SpadeError as exc:
         st.error(str(exc))
@@ -209,7 +222,8 @@ def _trace(sel: Selection, settings: NeuronSettings, progress) -> DecisionTrace:
     the statistics reused across sparsities (and shared with the Explore page)."""
     loaded = sel.loaded
     requested, decision = visualization_request(loaded.model, settings.sparsity, settings.keep_decision,
-                                                loaded.spec.layer_selection)
+                                                loaded.spec.layer_selection,
+                                                None if settings.late_blocks else settings.objective)
     return compute.get_trace(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, requested, decision,
                              SolverConfig(mode=loaded.spec.default_solver), progress)[0]
 

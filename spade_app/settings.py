@@ -82,22 +82,26 @@ class RunSettings:
 
 
 _SCALED = re.compile(r"^(?P<name>.*) x(?P<factor>[0-9.]+)$")
-_LATE = re.compile(r"^late-blocks-(?P<target>[0-9.]+)$")
+_NAMED = {"late blocks": re.compile(r"^late-blocks-(?P<target>[0-9.]+)$"),
+          "classifier only": re.compile(r"^classifier-(?P<target>[0-9.]+)$")}
+"""The profiles the app builds, in words, by the pattern of their names (`spade.sparsity.late_blocks_profile`,
+`spade.sparsity.classifier_profile`)."""
 
 
 def _profile_words(name: str, origin: bool = True) -> str:
-    """A profile's name in words: "late blocks at 0.95" for the "Late blocks" profile, "late blocks at 0.50 (backed
-    off from 0.95)" for it scaled down by "Keep the model's decision" (its name then ends in " x<factor>"), "profile
-    `name` at 0.53 × its targets" for another scaled profile, else "profile `name`" (code style: it may come from an
-    uploaded file)."""
+    """A profile's name in words: "late blocks at 0.95" for the "Late blocks" profile (and "classifier only at 0.95"
+    for the classifier-only one), "late blocks at 0.50 (backed off from 0.95)" for it scaled down by "Keep the
+    model's decision" (its name then ends in " x<factor>"), "profile `name` at 0.53 × its targets" for another
+    scaled profile, else "profile `name`" (code style: it may come from an uploaded file)."""
     scaled = _SCALED.match(name)
     base, factor = (scaled["name"], float(scaled["factor"])) if scaled else (name, None)
-    late = _LATE.match(base)
-    if late:
-        target = float(late["target"])
-        if factor is None:
-            return f"late blocks at {target:.2f}"
-        return f"late blocks at {target * factor:.2f}" + (f" (backed off from {target:.2f})" if origin else "")
+    for words, pattern in _NAMED.items():
+        named = pattern.match(base)
+        if named:
+            target = float(named["target"])
+            if factor is None:
+                return f"{words} at {target:.2f}"
+            return f"{words} at {target * factor:.2f}" + (f" (backed off from {target:.2f})" if origin else "")
     text = "profile `" + base.replace("`", "'") + "`"
     return text if factor is None else f"{text} at {factor:.2f} × its targets"
 

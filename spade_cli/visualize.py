@@ -46,14 +46,24 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=VISUALIZATION_METHODS, default=None,
                         help="fourier (Lucid-style, the default: another network recognises its pictures far more "
                         "often) or maco (phases only, under a natural amplitude spectrum)")
-    add_trace_arguments(parser, sparsity_default="0.95 on the late blocks, the authors' choice", purpose="visualize")
+    add_trace_arguments(parser, sparsity_default="0.95 on the classifier alone for a class logit, on the late blocks "
+                        "for a channel or neuron", purpose="visualize")
+    parser.add_argument("--late-blocks", action="store_true",
+                        help="a class logit's trace too at 0.95 on the late blocks (the authors' choice) instead of "
+                             "the classifier alone")
     views = default_augmentations("evidence")
     parser.add_argument("--views", type=arguments.augmentations, default=views,
                         help=f"augmented views searched for the evidence, 1 to {MAX_AUGMENTATIONS} (default {views})")
     parser.add_argument("--top-k", type=arguments.positive, default=4, help="most exciting views to save (default 4)")
     parser.add_argument("--out", metavar="DIR", default="spade-visualize",
                         help="output folder (default spade-visualize)")
-    parser.set_defaults(func=_run_visualize, check=lambda args: check_model_arguments(parser, args))
+    parser.set_defaults(func=_run_visualize, check=lambda args: _check_visualize_arguments(parser, args))
+
+
+def _check_visualize_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    check_model_arguments(parser, args)
+    if args.late_blocks and (args.sparsity is not None or args.profile is not None):
+        parser.error("--late-blocks is a sparsity of its own; leave out --sparsity and --profile")
 
 
 def _views_strip(views, gap: int = 4):
@@ -91,7 +101,7 @@ def _run_visualize(args: argparse.Namespace) -> int:
     pre = loaded.spec.preprocessing
     check_objective(loaded.model, objective, loaded.to_batch(image))
     count = augmentation_count(args, loaded.device, "visualize")
-    sparsity = sparsity_from_args(args, None)  # None: the late-blocks default of visualization_trace
+    sparsity = sparsity_from_args(args, None)  # None: visualization_trace's default for the objective
     config = FeatureVisConfig(steps=args.steps, size=args.size, seed=args.seed,
                               parameterization=args.method or DEFAULT_METHOD)
     evidence_augment = replace(EVIDENCE_AUGMENT, count=args.views, seed=args.seed)
@@ -101,7 +111,8 @@ def _run_visualize(args: argparse.Namespace) -> int:
                                     augment=AugmentConfig(count=count, seed=args.seed), sparsity=sparsity,
                                     selection=loaded.spec.layer_selection,
                                     solver=solver_from_args(args, loaded.spec.default_solver),
-                                    keep_decision=args.keep_decision, progress=bar)
+                                    keep_decision=args.keep_decision,
+                                    objective=None if args.late_blocks else objective, progress=bar)
         result = compare_neuron(loaded.model, trace.model, image, objective, preprocessing=pre, config=config,
                                 evidence_augment=evidence_augment, top_k=args.top_k,
                                 feature_layer=loaded.spec.last_conv_stage, progress=bar)

@@ -4,8 +4,8 @@ Per image: the model's view of it (resize + centre crop), the neuron (a class lo
 model's prediction), the ground-truth map on the dense model (Score-CAM, the paper's choice, unless configured
 otherwise), the two patches (``spade_study.design.choose_patches``), and one feature visualization per
 condition (method ``VisualizationSettings.method``): on the dense model (computed once per distinct neuron, since
-it does not depend on the image) and on the image's SPADE trace (``spade.featurevis.visualization_trace``, the
-authors' late-blocks sparsity by default).
+it does not depend on the image) and on the image's SPADE trace (``spade.featurevis.visualization_trace``, by
+default a class logit's: only the classifier at 0.95).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def item_visualizations(model: nn.Module, image: Image.Image, neuron: int, condi
         trace = visualization_trace(model, image, preprocessing=preprocessing,
                                     augment=AugmentConfig(count=vis.augmentations, seed=vis.seed),
                                     sparsity=vis.sparsity, selection=selection, keep_decision=vis.keep_decision,
-                                    progress=step)
+                                    objective=ClassLogit(neuron), progress=step)
         result = visualize(trace.model, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
                            progress=lambda stage, fraction: step("SPADE visualization", fraction))
         pictures["spade"] = result.image_uint8(0)

@@ -56,8 +56,9 @@ class VisualizationSettings:
 
     steps: feature-visualization Adam steps (None: the library default for the model's device).
     size: side of the visualization in pixels (None: the model's crop size).
-    augmentations: augmented views the SPADE trace is fitted to. sparsity: None = the authors' late-blocks
-    profile at 0.95, else a uniform target in [0, 1); ``keep_decision`` lowers either until the trace keeps the
+    augmentations: augmented views the SPADE trace is fitted to. sparsity: None = the class logit's default profile
+    (only the classifier at 0.95, `spade.featurevis.compare.default_visualization_profile`), else a uniform target
+    in [0, 1); ``keep_decision`` lowers either until the trace keeps the
     top-1 class (`spade.featurevis.compare.visualization_request`). seed: seeds the augmentations and the
     visualizations. method: the feature-visualization method (a ``spade.featurevis.METHOD_LABELS`` key; default the
     better one on the quality benchmark). Studies stored before the field existed used LEGACY_METHOD.

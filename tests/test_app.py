@@ -476,6 +476,8 @@ def test_sparsity_text_names_profiles_as_text_and_counts_every_weight():
     assert sparsity_text(late) == "late blocks at 0.95"
     assert sparsity_text(late.scaled(0.5 / 0.95)) == "late blocks at 0.50 (backed off from 0.95)"
     assert sparsity_text(late.scaled(0.5 / 0.95).to_json(), origin=False) == "late blocks at 0.50"
+    head = SparsityProfile.from_mapping({"fc": 0.95}, name="classifier-0.95")  # a class logit's visualization trace
+    assert sparsity_text(head.scaled(0.7 / 0.95)) == "classifier only at 0.70 (backed off from 0.95)"
 
 
 def test_sparsity_of_choice_reaches_the_solver(tiny, at):
@@ -725,10 +727,14 @@ def test_neurons_form_defaults_to_predicted_class(at):
     # only the chosen objective's controls: the class menu for a class logit, the layer and channel for a channel
     keys = lambda: {w.key for kind in ("selectbox", "number_input", "checkbox", "slider") for w in at.get(kind)}  # noqa: E731
     assert not keys() & {"nv_layer", "nv_channel", "nv_centre", "nv_sparsity"}
+    # a class logit's trace prunes the classifier alone by default; a channel does not depend on the classifier
+    assert at.radio(key="nv_sparsity_mode").value == "Classifier only"
     at.radio(key="nv_kind").set_value("Conv layer channel").run()
     class_key = f"nv_class_{sel.model_key}_{sel.image_key}"
     assert {"nv_layer", "nv_channel", "nv_centre"} <= keys() and class_key not in keys()
-    at.radio(key="nv_sparsity_mode").set_value("Uniform").run()
+    mode = at.radio(key="nv_channel_sparsity_mode")
+    assert mode.options == ["Late blocks (authors' choice)", "Uniform"] and mode.value == mode.options[0]
+    mode.set_value("Uniform").run()
     assert "nv_sparsity" in keys()
     # the layer list holds exactly the model's Conv2d modules
     convs = [n for n, m in sel.loaded.model.named_modules() if isinstance(m, torch.nn.Conv2d)]
@@ -740,7 +746,8 @@ def _run_neurons(at: AppTest, **settings) -> AppTest:
     at.switch_page("pages/neurons.py").run()
     assert not at.exception, at.exception
     values = {"nv_steps": 4, "nv_count": 4, "nv_views": 4, "nv_top_k": 2, **settings}
-    for key in ("nv_kind", "nv_sparsity_mode"):  # outside the form: they decide which controls the form shows
+    for key in ("nv_kind", "nv_sparsity_mode", "nv_channel_sparsity_mode"):  # outside the form: they decide which
+        # controls the form shows
         if key in values:
             at.radio(key=key).set_value(values.pop(key)).run()
     for key, value in values.items():
@@ -766,13 +773,12 @@ def test_neurons_run_with_tiny_model_shows_both_visualizations(tiny, at):
     dense = [c for c in captions if c.startswith("Dense model: objective ")]
     sparse = [c for c in captions if c.startswith("SPADE trace: objective ")]
     assert len(dense) == 1 and len(sparse) == 1
-    # the trace's caption names the late-block profile requested and, when it was lowered (with a notice saying
-    # so), the one used
-    # stated once: in the caption, or in the back-off notice
+    # the trace's caption names the profile requested (a class logit's default: the classifier alone) and, when it
+    # was lowered (with a notice saying so), the one used; stated once: in the caption, or in the back-off notice
     (used,) = [e.value for e in (*at.caption, *at.info) if e.value.startswith("SPADE trace: ")]
     lowered = [i.value for i in at.info if "the sparsity was lowered" in i.value]
-    expected = ("SPADE trace: requested late blocks at 0.95 → used late blocks at 0." if lowered
-                else "SPADE trace: late blocks at 0.95 · ")
+    expected = ("SPADE trace: requested classifier only at 0.95 → used classifier only at 0." if lowered
+                else "SPADE trace: classifier only at 0.95 · ")
     assert used.startswith(expected), used
     # the dense visualization's value is the library's, computed here independently (same config and seed)
     expected = visualize(sel.loaded.model, ClassLogit(predicted.index), preprocessing=sel.loaded.preprocessing,

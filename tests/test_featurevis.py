@@ -552,6 +552,29 @@ def test_visualization_request_lowers_a_given_sparsity_too():
     assert visualization_request(model)[1].candidates(requested) == (requested,)
 
 
+def test_a_class_logit_is_visualized_on_a_trace_that_prunes_only_the_classifier():
+    from spade.featurevis.compare import VISUALIZATION_DECISION, visualization_request
+    from spade.sparsity import classifier_profile, late_blocks_profile, resolve_targets
+
+    model = tiny_mobilenet()
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    head = names[-1]
+    requested, decision = visualization_request(model, keep_decision=True, objective=ClassLogit(1))
+    assert requested == classifier_profile(model, 0.95) and decision == VISUALIZATION_DECISION
+    assert {n: t for n, t in resolve_targets(model, names, requested).items() if t} == {head: 0.95}
+    channel = ChannelMean(names[-2], 0)
+    assert visualization_request(model, objective=channel)[0] == late_blocks_profile(model, 0.95)
+    assert visualization_request(model)[0] == late_blocks_profile(model, 0.95)  # no particular neuron
+    # the trace: every layer but the classifier exactly dense, the classifier at the target
+    trace = visualization_trace(model, _picture(), preprocessing=PRE, augment=AugmentConfig(count=8),
+                                objective=ClassLogit(1))
+    dense, traced = dict(model.named_modules()), dict(trace.model.named_modules())
+    assert all(torch.equal(traced[n].weight, dense[n].weight) for n in names[:-1])
+    rows = traced[head].weight.shape[0]  # "group" keeps whole weights per input column: floor(0.95 rows) zeros
+    assert float((traced[head].weight == 0).float().mean()) == pytest.approx(math.floor(0.95 * rows) / rows)
+    assert trace.settings["requested_sparsity"]["name"] == "classifier-0.95"
+
+
 # --------------------------------------------------------------------------------------------------------------
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     # libgomp's default busy-waiting makes two threads on two shared, busy cores 10-100x slower; passive
@@ -577,6 +600,7 @@ def test_visualize_command_writes_images_and_settings(tmp_path):
     data = json.loads((out / "visualize.json").read_text())
     assert data["objective"] == "blocks.5.0.conv_pwl:7 mean" and data["settings"]["steps"] == 3
     assert data["trace_report"]["settings"]["augment"]["count"] == 8
+    assert data["trace_report"]["settings"]["requested_sparsity"]["name"] == "late-blocks-0.95"  # a channel's default
     assert len(data["curves"]["dense"]) == 3 and len(data["trace"]["evidence"]["top_view_values"]) == 2
 
 
@@ -592,6 +616,7 @@ def test_visualize_command_runs_the_chosen_method_and_offers_exactly_the_apps(tm
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "visualize.json").read_text())
     assert data["settings"]["parameterization"] == "maco"
+    assert data["trace_report"]["settings"]["requested_sparsity"]["name"] == "classifier-0.95"  # a class logit's
     bad = _run_cli("visualize", str(bundled_examples()["coffee"]), "--method", "deepdream", "--out", str(out))
     assert bad.returncode == 2 and "invalid choice: 'deepdream'" in bad.stderr
 
@@ -603,6 +628,9 @@ def test_visualize_command_rejects_a_bad_neuron_cleanly(tmp_path):
                       "--steps", "1", "--augmentations", "2", "--views", "2", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error:")
     assert "Traceback" not in result.stderr
+    both = _run_cli("visualize", str(bundled_examples()["coffee"]), "--late-blocks", "--sparsity", "0.5",
+                    "--out", str(tmp_path / "y"))
+    assert both.returncode == 2 and "--late-blocks is a sparsity of its own" in both.stderr
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -548,7 +548,7 @@ def test_visualization_request_lowers_a_given_sparsity_too():
     assert requested == late_blocks_profile(model, 0.95) and decision == VISUALIZATION_DECISION
     late = decision.candidates(requested)
     assert [{k: round(v, 12) for k, v in p.targets} for p in late] == [
-        dict(late_blocks_profile(model, t).targets) for t in (0.95, 0.9, 0.8, 0.7, 0.5)]
+        dict(late_blocks_profile(model, t).targets) for t in (0.95, 0.9, 0.8, 0.7, 0.5, 0.3)]
     assert visualization_request(model)[1].candidates(requested) == (requested,)
 
 

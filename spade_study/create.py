@@ -29,6 +29,7 @@ from spade.layers import LayerSelection
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 from spade.saliency import METHODS
+from spade.solver import SolverConfig
 from spade_study.design import (
     Patch,
     Study,
@@ -70,13 +71,16 @@ def ground_truth_map(model: nn.Module, x: torch.Tensor, target: int, method: str
 
 def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyConfig = StudyConfig(), *,
                  preprocessing: Preprocessing, class_names: Sequence[str] | None = None,
-                 cam_layer: str | None = None, selection: LayerSelection = LayerSelection(), model_name: str = "",
-                 study_id: str | None = None, progress: Progress | None = None) -> Study:
+                 cam_layer: str | None = None, selection: LayerSelection = LayerSelection(),
+                 solver: SolverConfig = SolverConfig(), model_name: str = "", study_id: str | None = None,
+                 progress: Progress | None = None) -> Study:
     """Build a study for ``model`` (dense, eval mode, on its device) from ``images``.
 
     images: the real images, plus training images (``StudyImage.training``) when ``config.training_tasks``.
     cam_layer: the layer of a CAM-type ground truth, Score-CAM or GradCAM (e.g. ``ModelSpec.last_conv_stage``; None:
     the last convolutional stage found by type). selection: the layers SPADE prunes (``ModelSpec.layer_selection``).
+    solver: the SPADE traces' solver (the app passes the model's default, ``ModelSpec.default_solver``, as its Neurons
+    page does).
     progress(stage, fraction): stage ``"study"`` for the whole, ``"<image name>: <step>"`` for each step.
     The model is never modified. Raises ConfigError for an unusable choice (no real image, a neuron that does
     not exist, more training tasks than training images, ...).
@@ -105,7 +109,7 @@ def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyCo
             report(f"{prefix}: {stage}", fraction)
 
         items.append(_item(model, study_image, config, fv_config, preprocessing, class_names, cam_layer, selection,
-                           device, dense_cache, step))
+                           solver, device, dense_cache, step))
         report(OVERALL, (done + 1) / len(images))
     log.info("study with %d images created in %.1f s", len(items), time.perf_counter() - start)
     return Study(id=study_id or new_study_id(), config=config, items=tuple(items), model=model_name,
@@ -114,11 +118,13 @@ def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyCo
 
 def item_visualizations(model: nn.Module, image: Image.Image, neuron: int, conditions: Sequence[str],
                         vis: VisualizationSettings, fv_config: FeatureVisConfig, *, preprocessing: Preprocessing,
-                        selection: LayerSelection, dense_cache: dict[int, np.ndarray] | None = None,
-                        progress: Progress | None = None) -> tuple[dict[str, np.ndarray], dict]:
+                        selection: LayerSelection, solver: SolverConfig = SolverConfig(),
+                        dense_cache: dict[int, np.ndarray] | None = None, progress: Progress | None = None
+                        ) -> tuple[dict[str, np.ndarray], dict]:
     """The class-``neuron`` visualization of each condition for one RGB ``image``: ({condition: (H, W, 3) uint8},
     details of the trace). "dense" is looked up in / added to ``dense_cache`` (it does not depend on the image);
-    "spade" solves the image's visualization trace (``vis``: augmentations, sparsity, decision, seed) first.
+    "spade" solves the image's visualization trace (``vis``: augmentations, sparsity, decision, seed; ``solver``)
+    first; the details name the solver.
     fv_config: the optimisation (its method and seed come from ``vis`` in `create_study`)."""
     step = progress or (lambda stage, fraction: None)
     cache = {} if dense_cache is None else dense_cache
@@ -133,21 +139,22 @@ def item_visualizations(model: nn.Module, image: Image.Image, neuron: int, condi
     if "spade" in conditions:
         trace = visualization_trace(model, image, preprocessing=preprocessing,
                                     augment=AugmentConfig(count=vis.augmentations, seed=vis.seed),
-                                    sparsity=vis.sparsity, selection=selection, keep_decision=vis.keep_decision,
-                                    objective=ClassLogit(neuron), progress=step)
+                                    sparsity=vis.sparsity, selection=selection, solver=solver,
+                                    keep_decision=vis.keep_decision, objective=ClassLogit(neuron), progress=step)
         result = visualize(trace.model, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
                            progress=lambda stage, fraction: step("SPADE visualization", fraction))
         pictures["spade"] = result.image_uint8(0)
         sparsity = trace.settings.get("sparsity")
         details.update(trace_top1_agrees=bool(trace.top1_agrees), trace_logit_cosine=float(trace.logit_cosine),
-                       trace_sparsity=sparsity if isinstance(sparsity, (int, float)) else (sparsity or {}).get("name"))
+                       trace_sparsity=sparsity if isinstance(sparsity, (int, float)) else (sparsity or {}).get("name"),
+                       trace_solver=solver.mode)
     return pictures, details
 
 
 def _item(model: nn.Module, study_image: StudyImage, config: StudyConfig, fv_config: FeatureVisConfig,
           preprocessing: Preprocessing, class_names: Sequence[str] | None, cam_layer: str | None,
-          selection: LayerSelection, device: torch.device, dense_cache: dict[int, np.ndarray],
-          step: Progress) -> StudyItem:
+          selection: LayerSelection, solver: SolverConfig, device: torch.device,
+          dense_cache: dict[int, np.ndarray], step: Progress) -> StudyItem:
     vis = config.visualization
     image = study_image.image.convert("RGB")
     x = preprocessing(image).to(device)
@@ -174,7 +181,7 @@ def _item(model: nn.Module, study_image: StudyImage, config: StudyConfig, fv_con
 
     details: dict = {"predicted": predicted, "map_peak": peak, "patch_side": side}
     pictures, trace_details = item_visualizations(model, image, neuron, config.conditions, vis, fv_config,
-                                                  preprocessing=preprocessing, selection=selection,
+                                                  preprocessing=preprocessing, selection=selection, solver=solver,
                                                   dense_cache=dense_cache, progress=step)
     visualizations = {condition: png_bytes(picture) for condition, picture in pictures.items()}
     details.update(trace_details)

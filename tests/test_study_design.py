@@ -136,13 +136,35 @@ def test_create_study_patches_come_from_the_dense_score_cam():
         assert set(item.visualizations) == {"dense", "spade"}
         for data in item.visualizations.values():
             assert png_to_array(data).shape == (64, 64, 3)
-        assert item.details["trace_sparsity"] is not None
+        # a class logit's default trace: the classifier alone (backed off when it must), by the default solver
+        assert item.details["trace_sparsity"].startswith("classifier-0.95")
+        assert item.details["trace_solver"] == "group"
     assert [item.training for item in study.items] == [False, False, True]
     # the dense visualization depends on the neuron only, and is computed once per neuron
     by_neuron = {}
     for item in study.items:
         by_neuron.setdefault(item.neuron, set()).add(item.visualizations["dense"])
     assert all(len(v) == 1 for v in by_neuron.values())
+
+
+def test_create_study_solves_the_traces_with_the_given_solver():
+    from spade.augment import AugmentConfig
+    from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace, visualize
+    from spade.solver import SolverConfig
+
+    model = tiny_resnet(0, num_classes=3)
+    image = load_image(bundled_examples()["cat"])
+    row = SolverConfig(mode="row")
+    study = create_study(model, [StudyImage("cat", image, neuron=1)], StudyConfig(training_tasks=0, visualization=FAST),
+                         preprocessing=PRE, solver=row, study_id="row")
+    (item,) = study.items
+    assert item.details["trace_solver"] == "row"
+    # the SPADE picture, made here on its own: the row-solved trace of the class logit, then the same optimisation
+    trace = visualization_trace(model, image, preprocessing=PRE, augment=AugmentConfig(count=8, seed=0), solver=row,
+                                keep_decision=True, objective=ClassLogit(1))
+    expected = visualize(trace.model, ClassLogit(1), preprocessing=PRE,
+                         config=FeatureVisConfig(steps=3, seed=0, parameterization=FAST.method))
+    assert np.array_equal(png_to_array(item.visualizations["spade"]), expected.image_uint8(0))
 
 
 def test_create_study_reports_progress_and_is_reproducible():

@@ -85,6 +85,13 @@ class SpadeTrace:
         return sum(r.kept for r in self.layers)
 
     @property
+    def pruned_params(self) -> tuple[int, int]:
+        """(kept, total) weights of the layers the trace prunes (target above 0): what a reader means by "weights
+        kept" when a profile leaves most layers dense (``params_kept``/``params_total`` count every target layer)."""
+        pruned = [r for r in self.layers if r.target > 0]
+        return sum(r.kept for r in pruned), sum(r.params for r in pruned)
+
+    @property
     def dense_top5(self) -> list[Prediction] | None:
         """The dense model's 5 most probable classes on the un-augmented image (names ``""``: see `Prediction`)."""
         return None if self.dense_logits is None else top_k(self.dense_logits)

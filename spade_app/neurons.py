@@ -320,7 +320,8 @@ def show(sel: Selection, settings: NeuronSettings, kept: DecisionTrace, result: 
     loaded = sel.loaded
     trace = kept.trace
     name = describe_objective(result.objective, loaded.class_name)
-    share = trace.params_kept / max(trace.params_total, 1)
+    kept_weights, pruned_weights = trace.pruned_params
+    share = kept_weights / max(pruned_weights, 1)
     st.subheader(f"Neuron: {name}")
     sparsity = trace_sparsity_text(trace)
     # the sparsity is stated once: in the caption, or with the back-off's reason in the notice

@@ -106,10 +106,12 @@ def prediction_comparison(sel: Selection, trace: SpadeTrace) -> None:
                    "model's (relative squared error of those scores "
                    f"{refit['output_error_before']:.2%} before the refit, {refit['output_error']:.2%} after).")
     m1, m2, m3 = st.columns(3)
-    m1.metric("Weights kept in pruned layers", f"{trace.params_kept / max(trace.params_total, 1):.1%}",
-              help=f"{trace.params_kept:,} of {trace.params_total:,}")
+    kept, total = trace.pruned_params
+    m1.metric("Weights kept in pruned layers", f"{kept / max(total, 1):.1%}",
+              help=f"{kept:,} of {total:,} (the layers with a target above 0)")
     m2.metric("Logit cosine similarity (dense vs trace)", f"{trace.logit_cosine:.3f}")
-    m3.metric("Pruned layers", len(trace.layers))
+    m3.metric("Pruned layers", f"{sum(r.target > 0 for r in trace.layers)} of {len(trace.layers)}",
+              help="Layers with a target above 0, of all the layers SPADE may prune in this model.")
     c1, c2 = st.columns(2)
     with c1:
         st.markdown(f"**Dense prediction:** {dense[0][1]} ({dense[0][2]:.1%})")

@@ -155,7 +155,8 @@ def _run_visualize(args: argparse.Namespace) -> int:
     }
     (out / "visualize.json").write_text(json.dumps(report, indent=2))
     print(f"{loaded.spec.name} on {loaded.device}; predicted {predicted.name} ({predicted.probability:.3f})")
-    print(f"neuron: {name}; trace keeps {trace.params_kept:,} of {trace.params_total:,} weights of its pruned layers, "
+    kept, pruned = trace.pruned_params
+    print(f"neuron: {name}; trace keeps {kept:,} of {pruned:,} weights of its pruned layers, "
           f"logit cosine {trace.logit_cosine:.4f}")
     if not trace.top1_agrees:
         print(f"warning: the trace does not keep the model's top-1 class (logit cosine {trace.logit_cosine:.3f}), so "

@@ -710,6 +710,14 @@ def test_late_blocks_profile_prunes_only_late_layers(tiny, at):
     assert list(table["target"]) == [expected[name] for name in table["layer"]]
     assert 0 < (table["target"] == 0.8).sum() < len(table)
     assert (table.loc[table["target"] == 0.0, "achieved"] < 0.05).all()
+    # the summary counts the layers the profile prunes, and the weights kept in them (from the trace's own weights)
+    metrics = {m.label: m.value for m in at.metric}
+    pruned = [name for name in table["layer"] if expected[name] > 0]
+    assert metrics["Pruned layers"] == f"{len(pruned)} of {len(table)}"
+    weights = _current_trace(at).sparse_weights
+    kept = sum(int((weights[n] != 0).sum()) for n in pruned)
+    total = sum(weights[n].numel() for n in pruned)
+    assert metrics["Weights kept in pruned layers"] == f"{kept / total:.1%}"
 
 
 # ------------------------------------------------------------------------------------------ neurons page

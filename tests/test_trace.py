@@ -216,6 +216,8 @@ def test_trace_leaves_the_model_untouched_and_reports():
         assert report.achieved >= math.floor(0.8 * per_group + 1e-9) / per_group  # dead inputs may add zeros
         assert 0 <= report.error < 1
     assert trace.params_kept < 0.25 * trace.params_total
+    kept, pruned = trace.pruned_params  # every target layer is pruned at a uniform level: the same counts
+    assert (kept, pruned) == (trace.params_kept, trace.params_total)
     assert trace.dense_top5 is not None and len(trace.dense_top5) == 5
     assert -1 <= trace.logit_cosine <= 1
     assert set(trace.seconds) == {"augment", "statistics", "solve"}

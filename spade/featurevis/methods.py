@@ -16,7 +16,7 @@ DEFAULT_METHOD = "fourier"
 DEFAULT_METHOD_REASON = (
     "Lucid-style by default: another network (Lite2) recognised its pictures of Lite0's classes for 49 of 50 "
     "classes, MACO's for 46; on the calibration photos its SPADE pictures were closer to the photo more often "
-    "(29 of 40 pairs against 21; on the test photos MACO's were, 30 of 40 against 27).")
+    "(29 of 40 pairs against 21; on the test photos MACO's were, 27 of 40 against 26).")
 """One line for the app: which method is the default and why (numbers from the committed benchmark results)."""
 
 

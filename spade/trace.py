@@ -85,11 +85,15 @@ class SpadeTrace:
         return sum(r.kept for r in self.layers)
 
     @property
+    def pruned_layers(self) -> list[LayerReport]:
+        """The reports of the layers the trace prunes (target above 0); ``layers`` has every target layer."""
+        return [r for r in self.layers if r.target > 0]
+
+    @property
     def pruned_params(self) -> tuple[int, int]:
-        """(kept, total) weights of the layers the trace prunes (target above 0): what a reader means by "weights
-        kept" when a profile leaves most layers dense (``params_kept``/``params_total`` count every target layer)."""
-        pruned = [r for r in self.layers if r.target > 0]
-        return sum(r.kept for r in pruned), sum(r.params for r in pruned)
+        """(kept, total) weights of `pruned_layers`: what a reader means by "weights kept" when a profile leaves
+        most layers dense (``params_kept``/``params_total`` count every target layer)."""
+        return sum(r.kept for r in self.pruned_layers), sum(r.params for r in self.pruned_layers)
 
     @property
     def dense_top5(self) -> list[Prediction] | None:

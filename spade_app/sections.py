@@ -110,7 +110,7 @@ def prediction_comparison(sel: Selection, trace: SpadeTrace) -> None:
     m1.metric("Weights kept in pruned layers", f"{kept / max(total, 1):.1%}",
               help=f"{kept:,} of {total:,} (the layers with a target above 0)")
     m2.metric("Logit cosine similarity (dense vs trace)", f"{trace.logit_cosine:.3f}")
-    m3.metric("Pruned layers", f"{sum(r.target > 0 for r in trace.layers)} of {len(trace.layers)}",
+    m3.metric("Pruned layers", f"{len(trace.pruned_layers)} of {len(trace.layers)}",
               help="Layers with a target above 0, of all the layers SPADE may prune in this model.")
     c1, c2 = st.columns(2)
     with c1:

@@ -10,7 +10,8 @@ dense model is in the judge's top-5 for that class (rate per method; issue targe
 *Faithful to the image's facet*: for every photo and each of its --per-photo top dense classes, the visualization of
 that class on the photo's SPADE trace (`spade.featurevis.visualization_trace`: the authors' late blocks at 0.95,
 with --trace decision backed off until it keeps the decision, as the app's default; with --trace paper kept at 0.95
-as in the paper; with --trace head only the classifier at 0.95, backed off like decision; several: each reported)
+as in the paper; with --trace head only the classifier at 0.95, head-<t> at t, backed off like decision; several:
+each reported)
 and on the dense model are compared with the photo in the judge's penultimate features (the input of its last Linear
 layer, cosine; the measure is `spade.featurevis.judge`); the pair counts for SPADE when the trace's picture is closer
 (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the held-out test photos
@@ -33,6 +34,16 @@ sys.path.insert(0, str(ROOT))
 
 
 TRACES = ("decision", "paper", "head")
+
+
+def head_target(trace: str) -> float | None:
+    """The classifier's target of a ``head-<target>`` trace variant (``head`` alone: 0.95), else None."""
+    name, _, value = trace.partition("-")
+    try:
+        target = float(value) if name == "head" and value else None
+    except ValueError:
+        return None
+    return target if target is not None and 0 < target < 1 else None
 
 
 def spread_classes(count: int, total: int = 1000) -> list[int]:
@@ -94,8 +105,8 @@ def main() -> None:
     device = loaded.device
     methods = args.methods.split(",")
     traces = args.trace.split(",")
-    if set(traces) - set(TRACES):
-        parser.error(f"--trace takes {', '.join(TRACES)}, got {args.trace}")
+    if any(t not in TRACES and head_target(t) is None for t in traces):
+        parser.error(f"--trace takes {', '.join(TRACES)} or head-<target in (0, 1)>, got {args.trace}")
     variants = [f"{method}/{trace}" for method in methods for trace in traces]
     solver = SolverConfig(mode=args.solver, refit_output=args.refit)
     stamp = datetime.datetime.now(datetime.UTC)
@@ -179,8 +190,9 @@ def main() -> None:
         for trace in traces:
             requested, decision = visualization_request(loaded.model, None, trace != "paper",
                                                         loaded.spec.layer_selection)
-            if trace == "head":
-                requested = late_blocks_profile(loaded.model, VISUALIZATION_TARGET, fraction=0.0,
+            if trace == "head" or head_target(trace) is not None:
+                target = head_target(trace) or VISUALIZATION_TARGET
+                requested = late_blocks_profile(loaded.model, target, fraction=0.0,
                                                 selection=loaded.spec.layer_selection)
             solved[trace] = solve_keeping_decision(stats, requested, solver, None, decision=decision,
                                                    cache=cache).trace

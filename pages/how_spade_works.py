@@ -152,5 +152,7 @@ sections.saliency_section(sel, WALKTHROUGH, trace, title=None)
 st.subheader("Step 5 · One neuron, before and after")
 st.markdown("A neuron that answers to several unrelated things (a *multifaceted* neuron) shows all of them in a "
             "feature visualization of the full network; on the trace it shows the facet this image used. The "
-            "Neurons page draws both for the predicted class, on the image and model chosen here.")
+            "Neurons page draws both for the predicted class, on the image and model chosen here. For a class it "
+            "prunes only the classifier, so the picture is still drawn with the network's own features: pruning the "
+            "late blocks too made the pictures less like the photo.")
 st.page_link("pages/neurons.py", label="Open the Neurons page", icon=":material/psychology:")

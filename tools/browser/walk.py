@@ -1,6 +1,7 @@
 """Walk the app as a new user would, in headless Debian chromium, and save a full-page screenshot of each step.
 
-    python -m tools.browser.walk --out walk/            # every page; runs Explore and the Trojan lab with defaults
+    python -m tools.browser.walk --out walk/            # every page; runs Explore, the Trojan lab and the
+                                                        # walkthrough of How SPADE works with defaults
     python -m tools.browser.walk --out walk/ --neurons  # also run the Neurons page (about a minute on a 2-core CPU)
     python -m tools.browser.walk --out walk/ --width 1280 --height 720 --presentation
 
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         for number, title in enumerate(("Human study", "How SPADE works"), start=7):
             open_page(title)
             shot(f"{number:02d}-{title.lower().replace(' ', '-')}")
+        page.get_by_role("button", name="Start the walkthrough").click()  # the classroom walkthrough, steps 1-5
+        page.get_by_text("Step 5", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
+        shot("09-how-spade-works-walkthrough")
         browser.close()
     if failures:
         print(f"exceptions shown on: {', '.join(failures)}", file=sys.stderr)

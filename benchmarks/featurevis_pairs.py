@@ -39,9 +39,10 @@ def main() -> None:
         closer = sum(d > 0 for d in diffs)
         ci = t_interval(diffs)
         photos = sorted({photo for photo, _ in records})
+        agrees = [r["trace_top1_agrees"] for r in records.values() if "trace_top1_agrees" in r]  # older runs: none
         print(f"{variant:<18} SPADE closer on {closer}/{len(diffs)} pairs ({100 * closer / len(diffs):.1f} %); "
               f"mean cosine difference {ci.mean:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]; "
-              f"top-1 kept {sum(r['trace_top1_agrees'] for r in records.values())}/{len(diffs)}; "
+              f"top-1 kept {f'{sum(agrees)}/{len(agrees)}' if agrees else 'not recorded'}; "
               f"photos {', '.join(photos)}")
 
 

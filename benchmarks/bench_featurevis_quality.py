@@ -11,11 +11,10 @@ dense model is in the judge's top-5 for that class (rate per method; issue targe
 that class on the photo's SPADE trace (`spade.featurevis.visualization_trace`: the authors' late blocks at 0.95,
 with --trace decision backed off until it keeps the decision, as the app's default; with --trace paper kept at 0.95
 as in the paper; with --trace head only the classifier at 0.95, head-<t> at t, backed off like decision; several:
-each reported)
-and on the dense model are compared with the photo in the judge's penultimate features (the input of its last Linear
-layer, cosine; the measure is `spade.featurevis.judge`); the pair counts for SPADE when the trace's picture is closer
-(issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the held-out test photos
-(`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`).
+each reported) and on the dense model are compared with the photo in the judge's penultimate features (the input
+of its last Linear layer, cosine; the measure is `spade.featurevis.judge`); the pair counts for SPADE when the
+trace's picture is closer (issue target: SPADE closer on >= 70 % of at least 40 pairs). The photos default to the
+held-out test photos (`spade_lab.photos.TEST_PHOTOS`; calibration runs use `CALIBRATION_PHOTOS`).
 Every per-class and per-pair number is written to DIR/records.json.
 """
 
@@ -33,14 +32,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-TRACES = ("decision", "paper", "head")
+TRACES = ("decision", "paper")
+"""The late-blocks variants; the classifier-only ones are ``head`` and ``head-<target>`` (`head_target`)."""
 
 
-def head_target(trace: str) -> float | None:
-    """The classifier's target of a ``head-<target>`` trace variant (``head`` alone: 0.95), else None."""
+def head_target(trace: str, default: float) -> float | None:
+    """The classifier's target of a classifier-only variant: ``default`` for ``head``, t for ``head-<t>`` with t in
+    (0, 1); None for any other name."""
+    if trace == "head":
+        return default
     name, _, value = trace.partition("-")
     try:
-        target = float(value) if name == "head" and value else None
+        target = float(value) if name == "head" else None
     except ValueError:
         return None
     return target if target is not None and 0 < target < 1 else None
@@ -93,7 +96,7 @@ def main() -> None:
     from spade.featurevis.judge import faithful_pairs, judge_outputs, judge_pictures, recognised
     from spade.models import load_model
     from spade.solver import SolverConfig
-    from spade.sparsity import late_blocks_profile
+    from spade.sparsity import classifier_profile
     from spade.trace import prepare_statistics, solve_keeping_decision
     from spade_lab.photos import TEST_PHOTOS, load_photos
 
@@ -105,8 +108,8 @@ def main() -> None:
     device = loaded.device
     methods = args.methods.split(",")
     traces = args.trace.split(",")
-    if any(t not in TRACES and head_target(t) is None for t in traces):
-        parser.error(f"--trace takes {', '.join(TRACES)} or head-<target in (0, 1)>, got {args.trace}")
+    if any(t not in TRACES and head_target(t, 0.95) is None for t in traces):
+        parser.error(f"--trace takes {', '.join(TRACES)}, head or head-<target in (0, 1)>, got {args.trace}")
     variants = [f"{method}/{trace}" for method in methods for trace in traces]
     solver = SolverConfig(mode=args.solver, refit_output=args.refit)
     stamp = datetime.datetime.now(datetime.UTC)
@@ -190,10 +193,9 @@ def main() -> None:
         for trace in traces:
             requested, decision = visualization_request(loaded.model, None, trace != "paper",
                                                         loaded.spec.layer_selection)
-            if trace == "head" or head_target(trace) is not None:
-                target = head_target(trace) or VISUALIZATION_TARGET
-                requested = late_blocks_profile(loaded.model, target, fraction=0.0,
-                                                selection=loaded.spec.layer_selection)
+            target = head_target(trace, VISUALIZATION_TARGET)
+            if target is not None:
+                requested = classifier_profile(loaded.model, target, selection=loaded.spec.layer_selection)
             solved[trace] = solve_keeping_decision(stats, requested, solver, None, decision=decision,
                                                    cache=cache).trace
         top = [p.index for p in loaded.predict(image, k=args.per_photo)]

@@ -129,6 +129,7 @@ def main() -> None:
             stats = prepare_statistics(loaded.model, image, preprocessing=loaded.spec.preprocessing,
                                        augment_config=AugmentConfig(count=views, seed=0),
                                        selection=loaded.spec.layer_selection)
+            fit_inputs = stats.output_fit.inputs() if args.bias_probe else None  # the views, once for all solvers
             for solver in args.solvers.split(","):
                 t0 = time.perf_counter()
                 traces = solve_many(stats, [*uniform, *late, *profiles],
@@ -144,9 +145,8 @@ def main() -> None:
                 kept_bias = []
                 if args.bias_probe:
                     fit, dense_top = stats.output_fit, int(stats.reference_logits.argmax())
-                    inputs = fit.inputs()
                     dense_weight = loaded.model.get_submodule(fit.layer).weight.detach()
-                    kept_bias = [int((trace.trace_logits[0].double() + bias_shift(trace, fit, inputs, dense_weight))
+                    kept_bias = [int((trace.trace_logits[0].double() + bias_shift(trace, fit, fit_inputs, dense_weight))
                                      .argmax()) == dense_top for trace in traces[:len(uniform)]]
                 record = {"photo": name, "split": split.get(name, "other"), "dense_top1": top[0].name,
                           "dense_probability": top[0].probability, "margin": margin, "solver": solver,

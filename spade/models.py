@@ -38,6 +38,7 @@ from spade.grow import grow_modules
 from spade.layers import LayerSelection
 from spade.prediction import Prediction, top_k
 from spade.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from spade.solver import SolverConfig
 from spade.torchscript import ScriptRun
 
 logger = logging.getLogger(__name__)
@@ -242,6 +243,11 @@ class ModelSpec:
     convert_state_dict: KeyConverter | None = field(default=None, repr=False)
     backdoors: tuple[Backdoor, ...] = ()
     backdoor_note: str = ""
+
+    @property
+    def solver(self) -> SolverConfig:
+        """The solver configuration front ends use unless told otherwise: ``default_solver`` with default settings."""
+        return SolverConfig(mode=self.default_solver)
 
     def backdoor(self, role: str = "test") -> Backdoor:
         """The back door with this role; ConfigError when the model has none."""

@@ -93,7 +93,8 @@ class SpadeTrace:
     def pruned_params(self) -> tuple[int, int]:
         """(kept, total) weights of `pruned_layers`: what a reader means by "weights kept" when a profile leaves
         most layers dense (``params_kept``/``params_total`` count every target layer)."""
-        return sum(r.kept for r in self.pruned_layers), sum(r.params for r in self.pruned_layers)
+        pruned = self.pruned_layers
+        return sum(r.kept for r in pruned), sum(r.params for r in pruned)
 
     @property
     def dense_top5(self) -> list[Prediction] | None:

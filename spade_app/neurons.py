@@ -42,7 +42,6 @@ from spade.featurevis import (
 )
 from spade.featurevis.compare import VISUALIZATION_DECISION, VISUALIZATION_TARGET, visualization_request
 from spade.progress import Progress
-from spade.solver import SolverConfig
 from spade.trace import DecisionTrace
 from spade_app import compute, figures, runner
 from spade_app.settings import settings_for_scope, trace_sparsity_text
@@ -225,7 +224,7 @@ def _trace(sel: Selection, settings: NeuronSettings, progress) -> DecisionTrace:
                                                 loaded.spec.layer_selection,
                                                 None if settings.late_blocks else settings.objective)
     return compute.get_trace(sel.model_key, sel.image_key, loaded, sel.image, settings.augment, requested, decision,
-                             SolverConfig(mode=loaded.spec.default_solver), progress)[0]
+                             loaded.spec.solver, progress)[0]
 
 
 PREVIEW_PX = 160

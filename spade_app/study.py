@@ -21,7 +21,6 @@ from spade.featurevis import CPU_STEPS, DEFAULT_METHOD, DEFAULT_METHOD_REASON, G
 from spade.images import bundled_examples
 from spade.progress import Progress
 from spade.saliency import METHODS
-from spade.solver import SolverConfig
 from spade_app import loaders, runner
 from spade_app.sidebar import IMAGE_TYPES, Selection
 from spade_app.study_access import is_researcher
@@ -282,7 +281,7 @@ def _create(sel: Selection, images: list[StudyImage], config: StudyConfig) -> St
         return create_study(loaded.model, images, config, preprocessing=loaded.preprocessing,
                             class_names=loaded.class_names, cam_layer=loaded.spec.last_conv_stage,
                             selection=loaded.spec.layer_selection,
-                            solver=SolverConfig(mode=loaded.spec.default_solver), model_name=sel.model_label,
+                            solver=loaded.spec.solver, model_name=sel.model_label,
                             progress=draw)
 
     def done(study: Study) -> str:

@@ -15,7 +15,6 @@ import streamlit as st
 
 from spade.featurevis import FeatureVisConfig, method_label
 from spade.progress import Progress
-from spade.solver import SolverConfig
 from spade_app import compute, runner
 from spade_app.sidebar import Selection
 from spade_study.create import item_visualizations
@@ -70,7 +69,7 @@ def _compute(sel: Selection, items: list[PreviewImage], conditions: tuple[str, .
         pictures, _ = item_visualizations(loaded.model, item.image.convert("RGB"), item.neuron, conditions, vis,
                                           config, preprocessing=loaded.preprocessing,
                                           selection=loaded.spec.layer_selection,
-                                          solver=SolverConfig(mode=loaded.spec.default_solver),
+                                          solver=loaded.spec.solver,
                                           dense_cache=dense_cache, progress=step)
         preview_store().put("preview", _key(sel, item, conditions, vis, steps), pictures)
         draw("Images previewed", (done + 1) / len(missing))

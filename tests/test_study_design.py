@@ -160,11 +160,15 @@ def test_create_study_solves_the_traces_with_the_given_solver():
     (item,) = study.items
     assert item.details["trace_solver"] == "row"
     # the SPADE picture, made here on its own: the row-solved trace of the class logit, then the same optimisation
-    trace = visualization_trace(model, image, preprocessing=PRE, augment=AugmentConfig(count=8, seed=0), solver=row,
-                                keep_decision=True, objective=ClassLogit(1))
-    expected = visualize(trace.model, ClassLogit(1), preprocessing=PRE,
-                         config=FeatureVisConfig(steps=3, seed=0, parameterization=FAST.method))
-    assert np.array_equal(png_to_array(item.visualizations["spade"]), expected.image_uint8(0))
+    def picture(solver: SolverConfig) -> np.ndarray:
+        trace = visualization_trace(model, image, preprocessing=PRE, augment=AugmentConfig(count=8, seed=0),
+                                    solver=solver, keep_decision=True, objective=ClassLogit(1))
+        return visualize(trace.model, ClassLogit(1), preprocessing=PRE,
+                         config=FeatureVisConfig(steps=3, seed=0, parameterization=FAST.method)).image_uint8(0)
+
+    made = png_to_array(item.visualizations["spade"])
+    assert np.array_equal(made, picture(row))
+    assert not np.array_equal(made, picture(SolverConfig(mode="group")))  # so the solver really reached the trace
 
 
 def test_create_study_reports_progress_and_is_reproducible():

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--methods", default="maco,fourier", help="parameterizations to compare")
     parser.add_argument("--classes", type=int, default=50, help="0: skip the recognisable part")
     parser.add_argument("--class-offset", type=int, default=0, help="added to every class (calibration runs)")
-    parser.add_argument("--photos", default=None, help="bundled photos (default: the test photos)")
+    parser.add_argument("--photos", default=None, help="bundled photo names or image files (default: the test photos)")
     parser.add_argument("--per-photo", type=int, default=10,
                         help="top dense classes visualized per photo (0: skip the faithful part)")
     parser.add_argument("--trace", default="decision",
@@ -173,7 +173,7 @@ def main() -> None:
             closer = sum(p["spade_cosine"] > p["dense_cosine"] for p in pairs)
             table.append(f"  {variant:<17} SPADE closer on {closer}/{len(pairs)} = "
                          f"{100 * closer / max(len(pairs), 1):.0f} % of pairs")
-        table.append(f"photos done: {', '.join(done) or 'none'} of {', '.join(names)}"
+        table.append(f"photos done: {', '.join(done) or 'none'} of {', '.join(photos)}"
                      + ("" if final else " (run still going or cut short)"))
         table.append(f"load average {os.getloadavg()[0]:.1f} at {'the end' if final else 'the last write'}")
         (out / "table.txt").write_text("\n".join(table) + "\n")

@@ -344,11 +344,13 @@ def show(sel: Selection, settings: NeuronSettings, kept: DecisionTrace, result: 
         st.markdown("#### The neuron on the image")
         image, overlays, scale = map_panels(result)
         dense_ev, trace_ev = result.dense_evidence, result.trace_evidence
-        st.caption(f"{dense_ev.map_kind}; {visualize.scale_label(scale, True)}; red positive, blue negative.")
+        st.caption(f"{dense_ev.map_kind[0].upper()}{dense_ev.map_kind[1:]}; {visualize.scale_label(scale, True)}; "
+                   "red positive, blue negative.")
         cols = st.columns(3)
         cols[0].image(image, caption="image (model's view)", width="stretch")
         cols[1].image(overlays[0], caption=f"dense: {dense_ev.value:.3f} on the image", width="stretch")
         cols[2].image(overlays[1], caption=f"SPADE: {trace_ev.value:.3f} on the image", width="stretch")
+        st.caption(result.evidence_note())
         st.markdown("#### Augmented views that excite it most")
         for label, ev in (("Dense model", dense_ev), ("SPADE trace", trace_ev)):
             st.caption(f"{label} (of {len(ev.all_view_values)} views)")

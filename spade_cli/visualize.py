@@ -165,6 +165,7 @@ def _run_visualize(args: argparse.Namespace) -> int:
     for label, vis, ev in (("dense", result.dense, dense_ev), ("spade", result.trace, trace_ev)):
         print(f"{label:<5} visualization: objective {vis.curves[0, 0]:.3f} -> {vis.final_values[0]:.3f} "
               f"in {vis.settings['steps']} steps ({vis.seconds:.1f}s); on the image {ev.value:.3f}")
+    print(f"maps on the image: {result.evidence_note()}")
     print(f"written to {out}/: image.png, dense.png, spade.png, dense_map.png, spade_map.png, "
           "dense_views.png, spade_views.png, visualize.json")
     return 0

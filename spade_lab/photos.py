@@ -5,6 +5,8 @@ The split is fixed so that no number reported on the test photos was tuned or tr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image
 
 from spade.images import bundled_examples, load_image
@@ -20,6 +22,14 @@ TEST_PHOTOS = ("cat", "coffee", "flower", "china")
 
 
 def load_photos(names: tuple[str, ...]) -> dict[str, Image.Image]:
-    """Bundled photos by name -> RGB PIL images."""
+    """Bundled photos by name, or image files by path (keyed by the file's stem) -> RGB PIL images."""
     examples = bundled_examples()
-    return {name: load_image(examples[name]) for name in names}
+    photos = {}
+    for name in names:
+        if name in examples:
+            photos[name] = load_image(examples[name])
+        elif Path(name).is_file():
+            photos[Path(name).stem] = load_image(Path(name))
+        else:
+            raise KeyError(f"{name!r} is neither a bundled photo ({', '.join(sorted(examples))}) nor an image file")
+    return photos

@@ -799,6 +799,11 @@ def test_neurons_run_with_tiny_model_shows_both_visualizations(tiny, at):
     fig = json.loads(charts[0].proto.spec)
     assert [len(t["y"]) for t in fig["data"]] == [4, 4]
     assert any(c.startswith("dense: ") for c in captions) and any(c.startswith("SPADE: ") for c in captions)
+    # the page says how the two maps on the image compare, and why
+    notes = [c.value for c in at.caption if c.value.startswith(("The two maps agree", "The two maps differ"))]
+    assert len(notes) == 1, [c.value for c in at.caption]
+    dense_value = next(c for c in captions if c.startswith("dense: ")).split()[1]
+    assert f"; {dense_value} dense, " in notes[0]
     assert "Side by side (PNG)" in [b.label for b in at.get("download_button")]
 
 

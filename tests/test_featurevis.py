@@ -415,6 +415,31 @@ def test_class_evidence_is_the_class_activation_map():
     assert "act_head" in ev.map_kind
 
 
+def _with_maps(ev, dense_map: np.ndarray, trace_map: np.ndarray):
+    from spade.featurevis.compare import NeuronComparison
+
+    return NeuronComparison(objective=ClassLogit(2), dense=None, trace=None,
+                            dense_evidence=dataclasses.replace(ev, activation_map=dense_map),
+                            trace_evidence=dataclasses.replace(ev, activation_map=trace_map, value=ev.value / 2))
+
+
+def test_evidence_note_says_whether_the_maps_on_the_image_agree():
+    ev = neuron_evidence(tiny_mobilenet(seed=6), _picture(seed=1), ClassLogit(2), preprocessing=PRE,
+                         augment_config=AugmentConfig(count=4))
+    base = np.arange(64, dtype=np.float32).reshape(8, 8)
+    # a monotone transform keeps every rank: correlation 1; the reversed order: -1
+    same = _with_maps(ev, base, np.exp(base / 8).astype(np.float32))
+    assert same.evidence_correlation == pytest.approx(1.0)
+    assert same.evidence_note().startswith("The two maps agree (rank correlation 1.00; ")
+    assert f"{ev.value:.3f} dense, {ev.value / 2:.3f} SPADE on the image" in same.evidence_note()
+    reversed_ = _with_maps(ev, base, -base)
+    assert reversed_.evidence_correlation == pytest.approx(-1.0)
+    assert reversed_.evidence_note().startswith("The two maps differ (rank correlation -1.00; ")
+    assert "constant" in _with_maps(ev, base, np.zeros_like(base)).evidence_note()
+    without = dataclasses.replace(same, dense_evidence=None, trace_evidence=None)
+    assert without.evidence_correlation is None and without.evidence_note() is None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the paper's effect in miniature
 PERIOD, KERNEL = 6, 7
@@ -507,6 +532,7 @@ def test_trace_visualization_shows_the_facet_the_image_used():
     assert result.trace_evidence.value > 0.5 * logit_a
     summary = result.to_dict()
     assert summary["objective"] == "class 0" and set(summary) >= {"dense", "trace", "settings"}
+    assert summary["evidence_rank_correlation"] == pytest.approx(result.evidence_correlation)
     json.dumps(summary)
 
 

@@ -140,6 +140,19 @@ def test_photo_split_keeps_test_photos_out():
     assert set(TEST_PHOTOS) | set(BUILD_PHOTOS) <= set(bundled_examples())
 
 
+def test_load_photos_takes_bundled_names_and_image_files(tmp_path):
+    path = tmp_path / "red square.png"
+    picture = Image.new("RGBA", (60, 40), (255, 0, 0, 128))
+    picture.paste((0, 0, 255, 255), (0, 0, 30, 40))
+    picture.save(path)
+    photos = load_photos(("cat", str(path)))
+    assert list(photos) == ["cat", "red square"]
+    assert photos["red square"].mode == "RGB" and photos["red square"].size == (60, 40)
+    assert photos["cat"].size == Image.open(bundled_examples()["cat"]).size
+    with pytest.raises(KeyError, match="neither a bundled photo"):
+        load_photos(("no_such_photo",))
+
+
 def test_pasted_views_put_the_icon_inside():
     gen = torch.Generator().manual_seed(0)
     photo = Image.new("RGB", (300, 200), (0, 0, 255))

@@ -16,6 +16,7 @@ from spade.featurevis.evidence import EVIDENCE_AUGMENT, NeuronEvidence, neuron_e
 from spade.featurevis.objectives import ClassLogit, Objective
 from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult, visualize
 from spade.layers import LayerSelection
+from spade.metrics import rank_correlation
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 from spade.solver import SolverConfig
@@ -30,6 +31,8 @@ VISUALIZATION_TARGET = 0.95
 #: 0.8, 0.7, 0.5, then 0.3 (compact models such as EfficientNet-Lite0 lose the top-1 class at 0.95 on typical
 #: photos; the bundled cat, whose top two classes differ by 0.001 in probability, keeps it with the classifier
 #: alone pruned to 0.3, not to 0.5: `benchmarks/results/featurevis-head-2026-12-07/`).
+#: A rank correlation of the two maps on the image at or above this: they show the same evidence.
+MAPS_AGREE = 0.9
 VISUALIZATION_DECISION = KeepDecision.toward(VISUALIZATION_TARGET, (0.9, 0.8, 0.7, 0.5, 0.3))
 
 
@@ -101,6 +104,30 @@ class NeuronComparison:
     dense_evidence: NeuronEvidence | None
     trace_evidence: NeuronEvidence | None
 
+    @property
+    def evidence_correlation(self) -> float | None:
+        """Spearman rank correlation of the dense and the trace's maps on the image, in [-1, 1]; None without
+        evidence, NaN when a map is constant."""
+        if self.dense_evidence is None or self.trace_evidence is None:
+            return None
+        return rank_correlation(self.dense_evidence.activation_map, self.trace_evidence.activation_map)
+
+    def evidence_note(self) -> str | None:
+        """One plain sentence on how the two maps on the image compare and why; None without evidence."""
+        correlation = self.evidence_correlation
+        if correlation is None:
+            return None
+        if correlation != correlation:
+            return "One of the two maps is constant, so they cannot be compared pixel by pixel."
+        values = f"{self.dense_evidence.value:.3f} dense, {self.trace_evidence.value:.3f} SPADE on the image"
+        if correlation >= MAPS_AGREE:
+            return (f"The two maps agree (rank correlation {correlation:.2f}; {values}) by design: the trace was "
+                    "fitted to reproduce the model on this image and its augmented views. Where SPADE differs is "
+                    "away from this image, in the visualizations above, which start from noise and can use only "
+                    "what the trace kept.")
+        return (f"The two maps differ (rank correlation {correlation:.2f}; {values}): with fewer weights the trace "
+                "draws the neuron's value from other places of the image.")
+
     def to_dict(self) -> dict:
         """JSON-ready summary: settings, final objective values and the evidence numbers."""
         out = {"objective": self.objective.describe(), "settings": self.dense.settings,
@@ -112,6 +139,9 @@ class NeuronComparison:
                 out[name]["evidence"] = {"value_on_image": ev.value, "map_kind": ev.map_kind,
                                          "top_view_indices": ev.view_indices.tolist(),
                                          "top_view_values": ev.view_values.tolist()}
+        if self.dense_evidence is not None:
+            correlation = self.evidence_correlation
+            out["evidence_rank_correlation"] = None if correlation != correlation else correlation
         return out
 
 

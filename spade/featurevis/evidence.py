@@ -122,7 +122,8 @@ def _term_map(model: nn.Module, x: torch.Tensor, objective: Objective, feature_l
         raise ConfigError(f"{objective.describe()} does not depend on layer {layer}; pick an earlier feature layer.")
     # gradient x activation summed over channels: for a global-average-pool + linear head this is the
     # class activation map (its positions sum to the logit minus the bias)
-    return _upsample((grad * features).sum(1)[0].detach(), size), f"{objective.describe()} contributions at {layer}"
+    return (_upsample((grad * features).sum(1)[0].detach(), size),
+            f"how much each place adds to {objective.describe()} (gradient × activation at layer {layer})")
 
 
 def activation_map(model: nn.Module, x: torch.Tensor, objective: Objective, feature_layer: str | None = None

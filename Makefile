@@ -14,7 +14,7 @@ help:
 	@echo "make run    - create .venv if needed, install requirements, start the app (streamlit run app.py)"
 	@echo "make test   - same setup + Debian chromium and postgresql, then ruff check and pytest (PYTEST_ARGS=...)"
 	@echo "make lint   - ruff check ."
-	@echo "make bench  - run the scripts in benchmarks/"
+	@echo "make bench  - run the benchmarks/bench_*.py scripts with their defaults"
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -56,4 +56,4 @@ test: setup chromium postgresql
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f; done
+	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done

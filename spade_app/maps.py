@@ -45,14 +45,19 @@ def pixel_level(method: str) -> bool:
     return method in METHODS and METHODS[method].family == "gradient"
 
 
-def noise_note(method_label: str, takeaway: Takeaway) -> str | None:
-    """The sentence saying that a pixel-level method's difference panel is mostly noise (low rank correlation),
-    None when it is not (call only for a :func:`pixel_level` method)."""
-    if not takeaway.noisy_difference:
-        return None
-    return (f"The two {method_label} maps rank pixels almost independently (rank correlation "
-            f"{takeaway.rank_correlation:.2f}), so the difference panel is mostly pixel noise: compare the maps' "
-            "overall shape instead.")
+def correlation_note(method_label: str, takeaway: Takeaway, pixel_level: bool) -> str | None:
+    """What the maps' rank correlation means for reading them, or None when it needs no word: maps that rank
+    pixels almost alike look the same, and say why; a pixel-level method's (:func:`pixel_level`) maps that rank
+    them almost independently have a difference panel of mostly pixel noise."""
+    correlation = f"rank correlation {takeaway.rank_correlation:.2f}"
+    if takeaway.ranks_alike:
+        return (f"The two {method_label} maps rank pixels almost alike ({correlation}), so they look much the "
+                "same: the trace was fitted to reproduce the model on this image and its views. What SPADE changed "
+                "is where the strongest pixels sit (mass moved, above).")
+    if pixel_level and takeaway.noisy_difference:
+        return (f"The two {method_label} maps rank pixels almost independently ({correlation}), so the difference "
+                "panel is mostly pixel noise: compare the maps' overall shape instead.")
+    return None
 
 
 def _range(scale: float, signed: bool) -> str:

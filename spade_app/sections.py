@@ -280,7 +280,7 @@ def maps_view(image, pairs: dict[str, AttributionPair], takeaways: dict[str, Tak
         result = takeaways[name]
         st.markdown(f"**{row.label}**")
         takeaway_line(result, why_close, "Mass moved")
-        note = maps.noise_note(row.label, result) if maps.pixel_level(name) else None
+        note = maps.correlation_note(row.label, result, maps.pixel_level(name))
         st.caption(f"{row.normalized.label(signed)} · Spearman rank correlation of the absolute maps, "
                    f"dense vs SPADE: {result.rank_correlation:.2f}" + (f". {note}" if note else ""))
         cols = st.columns(4)

@@ -124,7 +124,7 @@ def test_trigger_sentence_and_a_changed_decision():
 def test_a_noisy_pair_and_an_all_zero_map():
     rng = np.random.default_rng(1)
     noisy = compare_maps(rng.normal(size=(30, 30)), rng.normal(size=(30, 30)))
-    assert abs(noisy.rank_correlation) < 0.3 and noisy.noisy_difference
+    assert abs(noisy.rank_correlation) < 0.3 and noisy.noisy_difference and not noisy.ranks_alike
     zero = compare_maps(rng.normal(size=(5, 5)), np.zeros((5, 5)))
     assert zero.moved != zero.moved and not zero.nearly_same
     assert zero.sentence().startswith("The SPADE map is all zero")
@@ -152,3 +152,24 @@ def test_a_pair_gives_the_takeaway_of_its_absolute_maps():
     assert pair.takeaway() == direct
     assert direct.moved == pytest.approx(_by_hand(pair.maps("absolute")[0].numpy(),
                                                   pair.maps("absolute")[1].numpy(), 0.1)[0])
+
+
+def test_the_correlation_note_says_why_maps_look_alike_and_when_their_difference_is_noise():
+    from spade_app.maps import correlation_note
+
+    rng = np.random.default_rng(2)
+    dense = rng.random((20, 20))
+    # a monotone transform of the dense map keeps every rank (correlation 1), yet its top mass can be spread
+    alike = compare_maps(dense, np.sqrt(dense))
+    assert alike.rank_correlation == pytest.approx(1.0) and alike.ranks_alike and not alike.noisy_difference
+    for pixel_level in (True, False):
+        note = correlation_note("GradCAM", alike, pixel_level)
+        assert note.startswith("The two GradCAM maps rank pixels almost alike (rank correlation 1.00)")
+        assert "fitted to reproduce the model on this image" in note
+    noisy = compare_maps(dense, rng.random((20, 20)))
+    assert noisy.noisy_difference
+    assert correlation_note("Saliency", noisy, True).startswith(
+        f"The two Saliency maps rank pixels almost independently (rank correlation {noisy.rank_correlation:.2f})")
+    assert correlation_note("Occlusion", noisy, False) is None  # a coarse map's difference is not pixel noise
+    between = compare_maps(dense, dense + rng.random((20, 20)))
+    assert 0.5 <= between.rank_correlation < 0.9 and correlation_note("Saliency", between, True) is None

@@ -154,7 +154,7 @@ def closeness_reason(trace: SpadeTrace) -> str:
 
 
 WALKTHROUGH = RunSettings(sparsity=0.5, methods=("gradcam",))
-"""Fixed settings of the classroom walkthrough on the "How SPADE works" page."""
+"""Fixed settings of the classroom walkthrough on the "How SPADE works" page (which uses the model's default solver)."""
 
 
 def current_settings() -> RunSettings:

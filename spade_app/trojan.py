@@ -26,6 +26,7 @@ from spade.models import LoadedModel, ModelSpec, backdoored_models, get_spec
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 from spade.saliency import AttributionPair
+from spade.solver import SolverConfig
 from spade.sparsity import SparsityProfile, method_profiles
 from spade.trace import SpadeTrace
 from spade.trojan import DEFAULT_SIZE, TRIGGERS, Stamped, load_trigger, read_trigger, stamp
@@ -72,6 +73,7 @@ class TrojanSettings:
     DEMO_MODELS or SIDEBAR; target: the explained class, None = automatic (see :func:`auto_target`).
     own_profiles: whether methods with a profile of their own use it; method_sparsity: ((method, profile), ...)
     that this gave for the chosen methods (each such method's SPADE map is computed on a trace at its own profile).
+    solver: the layer solver (the model's default, `ModelSpec.solver`).
     """
 
     trigger: str = "heart"
@@ -88,11 +90,12 @@ class TrojanSettings:
     keep_decision: bool = True
     own_profiles: bool = True
     method_sparsity: tuple[tuple[str, SparsityProfile], ...] = ()
+    solver: SolverConfig = SolverConfig()
 
     @property
     def run_settings(self) -> RunSettings:
         return RunSettings(sparsity=self.sparsity, augment=self.augment, methods=self.methods,
-                           keep_decision=self.keep_decision)
+                           keep_decision=self.keep_decision, solver=self.solver)
 
     def describe_placement(self) -> str:
         where = (f"random position (seed {self.seed})" if self.position is None
@@ -300,12 +303,12 @@ class TrojanFormValues:
 
 
 def build_trojan_settings(values: TrojanFormValues, choice: str, profiles: dict[str, SparsityProfile],
-                          own: dict[str, SparsityProfile]) -> TrojanSettings:
+                          own: dict[str, SparsityProfile], solver: SolverConfig = SolverConfig()) -> TrojanSettings:
     """The Trojan lab settings the form's values ask for; ConfigError (one sentence for the user) when they do not
     fit. choice: a name in DEMO_MODELS or SIDEBAR; profiles: the profiles that fit the model, by key; own:
-    {method: its own profile}. A profile asked for where none fits falls back to the uniform sparsity (the choice was
-    made for another model). An uploaded trigger is checked here and named "upload:<digest>" (`remember_upload`
-    keeps its bytes)."""
+    {method: its own profile}; solver: the model's default solver. A profile asked for where none fits falls back
+    to the uniform sparsity (the choice was made for another model). An uploaded trigger is checked here and named
+    "upload:<digest>" (`remember_upload` keeps its bytes)."""
     if values.trigger == UPLOAD:
         if values.upload is None:
             raise ConfigError("Choose a trigger PNG to upload, or pick one of the bundled triggers.")
@@ -329,7 +332,8 @@ def build_trojan_settings(values: TrojanFormValues, choice: str, profiles: dict[
         size=round(float(values.size), 4), alpha=round(float(values.alpha), 4), model=choice, target=values.target,
         sparsity=sparsity, augment=AugmentConfig(count=int(values.count)), methods=tuple(values.methods),
         keep_decision=bool(values.keep_decision), own_profiles=bool(values.own_profiles),
-        method_sparsity=tuple((m, own[m]) for m in values.methods if m in own) if values.own_profiles else ())
+        method_sparsity=tuple((m, own[m]) for m in values.methods if m in own) if values.own_profiles else (),
+        solver=solver)
 
 
 def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels: dict[str, str]
@@ -437,7 +441,7 @@ def trojan_form(loaded: LoadedModel, model_key: str, choice: str, method_labels:
         placement=placement, seed=seed, x=x, y=y, size=size, alpha=alpha, target=target, mode=mode, uniform=uniform,
         profile=profile, own_profiles=own_on, count=count, keep_decision=keep, methods=tuple(methods))
     try:
-        settings = build_trojan_settings(values, choice, profiles, own)
+        settings = build_trojan_settings(values, choice, profiles, own, loaded.spec.solver)
     except SpadeError as exc:
         st.error(str(exc))
         return None

@@ -672,7 +672,15 @@ def test_exact_solver_time_estimate_under_the_solver_menu(tiny, at, monkeypatch)
                for c in advanced.get("caption")), [c.value for c in advanced.get("caption")]
 
 
-def test_walkthrough_runs_every_step_with_its_fixed_settings(tiny, at):
+def test_walkthrough_runs_every_step_with_its_fixed_settings(tiny, at, monkeypatch):
+    import dataclasses
+
+    from spade_app.settings import WALKTHROUGH
+
+    # a model whose default solver is not SolverConfig()'s: the walkthrough must use the model's
+    row = dataclasses.replace(tiny, default_solver="row")
+    assert row.solver != WALKTHROUGH.solver
+    monkeypatch.setitem(MODELS, tiny.name, row)
     _with_model(at, tiny.name)
     at.switch_page("pages/how_spade_works.py").run()
     assert not at.exception, at.exception
@@ -687,6 +695,10 @@ def test_walkthrough_runs_every_step_with_its_fixed_settings(tiny, at):
     assert not [b for b in at.button if b.label == "Start the walkthrough"]  # gone once the walkthrough runs
     assert not [i for i in at.info if "Coming with" in i.value]
     assert any("Neurons page" in m.value for m in at.markdown)
+    sel = at.session_state["spade_selection"]
+    statistics = compute.statistics_key(sel.model_key, sel.image_key, WALKTHROUGH.augment)
+    assert compute.store().get("trace", compute.trace_key(statistics, 0.5, row.solver)) is not None
+    assert compute.store().get("trace", compute.trace_key(statistics, 0.5, WALKTHROUGH.solver)) is None
 
 
 def test_gallery_button_switches_the_image(at):

@@ -90,6 +90,11 @@ def test_trojan_bundled_trigger_random_or_slider_placement():
                                    "demo", {}, {})
     assert placed.position == (0.25, 0.75)
     assert TrojanFormValues().placement == RANDOM
+    # the run uses the solver it is given (the model's default), not SolverConfig()'s
+    from spade.solver import SolverConfig
+
+    row = build_trojan_settings(base, "demo", {}, {}, SolverConfig(mode="row"))
+    assert row.run_settings.solver == SolverConfig(mode="row") != settings.run_settings.solver
 
 
 def test_trojan_uploaded_trigger_is_checked_and_named_by_its_content():

@@ -359,12 +359,14 @@ def solve_keeping_decision(statistics: LayerStatistics, sparsity: Sparsity, solv
 
 def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: Preprocessing,
                        augment_config: AugmentConfig = AugmentConfig(), selection: LayerSelection = LayerSelection(),
-                       device: str | torch.device | None = None, batch_size: int = 64,
-                       dtype: torch.dtype = torch.float32, progress: Progress | None = None) -> LayerStatistics:
+                       layers: list[str] | None = None, device: str | torch.device | None = None,
+                       batch_size: int = 64, dtype: torch.dtype = torch.float32,
+                       progress: Progress | None = None) -> LayerStatistics:
     """Augment `image` and record the dense model's layer statistics (the expensive, reusable part).
 
-    device: where to run (default: the model's device). A model on another device is copied there;
-    the given model is never moved or modified.
+    layers: the target layers to record (default: every layer `selection` picks; a trace solved from them prunes
+    only these, the others stay dense). device: where to run (default: the model's device). A model on another
+    device is copied there; the given model is never moved or modified.
     """
     target_device = model_device(model) if device is None else resolve_device(device)
     if model_device(model) != target_device:
@@ -372,7 +374,7 @@ def prepare_statistics(model: nn.Module, image: Image.Image, *, preprocessing: P
     t0 = time.perf_counter()
     batch = augment(image, augment_config, preprocessing, progress)
     t_aug = time.perf_counter() - t0
-    stats = collect_statistics(model, batch, selection=selection, batch_size=batch_size, dtype=dtype,
+    stats = collect_statistics(model, batch, layers, selection=selection, batch_size=batch_size, dtype=dtype,
                                progress=progress)
     reference = preprocessing(image).unsqueeze(0)
     fit = stats.output_fit

@@ -41,6 +41,7 @@ from spade.featurevis import (
     method_label,
 )
 from spade.featurevis.compare import VISUALIZATION_DECISION, VISUALIZATION_TARGET, visualization_request
+from spade.featurevis.side_by_side import side_by_side_workers
 from spade.progress import Progress
 from spade.trace import DecisionTrace
 from spade_app import compute, figures, runner
@@ -266,9 +267,10 @@ def run(sel: Selection, settings: NeuronSettings) -> tuple[DecisionTrace, Neuron
         return kept, result
 
     def done(outcome: tuple[DecisionTrace, NeuronComparison]) -> str:
-        result = outcome[1]
+        kept, result = outcome
+        together = side_by_side_workers({"dense": loaded.model, "trace": kept.trace.model}) > 1
         return (f"Done: {result.dense.settings['steps']} steps, dense {result.dense.seconds:.1f} s, "
-                f"SPADE {result.trace.seconds:.1f} s")
+                f"SPADE {result.trace.seconds:.1f} s" + (" (side by side, one CPU thread each)" if together else ""))
 
     return runner.run_guarded("Visualizing the neuron…", loaded.device, work, failed="Visualization failed",
                               done=done)

@@ -598,6 +598,17 @@ def test_a_class_logit_is_visualized_on_a_trace_that_prunes_only_the_classifier(
     assert all(torch.equal(traced[n].weight, dense[n].weight) for n in names[:-1])
     rows = traced[head].weight.shape[0]  # "group" keeps whole weights per input column: floor(0.95 rows) zeros
     assert float((traced[head].weight == 0).float().mean()) == pytest.approx(math.floor(0.95 * rows) / rows)
+    # statistics were recorded for the classifier alone, and solving from every layer's gives the same trace
+    assert [r.name for r in trace.layers] == [head]
+    from spade.decision import KeepDecision
+    from spade.solver import SolverConfig
+    from spade.trace import prepare_statistics, solve_keeping_decision
+
+    full = prepare_statistics(model, _picture(), preprocessing=PRE, augment_config=AugmentConfig(count=8))
+    assert len(full.layers) > 1 and head in full.layers
+    again = solve_keeping_decision(full, requested, SolverConfig(), decision=KeepDecision(())).trace
+    for a, b in zip(trace.model.state_dict().values(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert trace.settings["requested_sparsity"]["name"] == "classifier-0.95"
 
 
@@ -696,3 +707,75 @@ def test_judge_metric_on_a_tiny_model_matches_a_computation_by_hand():
         recognised(logits, classes[:2])
     with pytest.raises(ConfigError):
         judge_pictures(judge, PRE, pictures[..., :2])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# several models side by side
+def test_side_by_side_equals_one_thread_each_and_calls_back_on_the_calling_thread():
+    import threading
+
+    from spade.devices import cpu_threads
+    from spade.featurevis.side_by_side import visualize_each
+
+    models = {"dense": tiny_mobilenet(seed=1), "trace": tiny_mobilenet(seed=2)}
+    cfg = FeatureVisConfig(steps=32, seed=3)
+    threads, reports, previews = set(), [], []
+
+    def progress(stage, fraction):
+        threads.add(threading.get_ident())
+        reports.append((stage, fraction))
+
+    def preview(name, step, image):
+        threads.add(threading.get_ident())
+        previews.append((name, step, image.shape))
+
+    both = visualize_each(models, ClassLogit(1), preprocessing=PRE, config=cfg, progress=progress, preview=preview,
+                          workers=2)
+    assert threads == {threading.get_ident()}
+    assert {s for s, f in reports if f == 1.0} == {"dense visualize", "trace visualize"}
+    assert sorted(previews) == sorted((n, s, (32, 32, 3)) for n in models for s in (16, 32))
+    for name, model in models.items():
+        with cpu_threads(1):
+            alone = visualize(model, ClassLogit(1), preprocessing=PRE, config=cfg)
+        np.testing.assert_array_equal(both[name].images, alone.images)
+        np.testing.assert_array_equal(both[name].curves, alone.curves)
+    one_after_the_other = visualize_each(models, ClassLogit(1), preprocessing=PRE, config=cfg, workers=1)
+    np.testing.assert_allclose(one_after_the_other["trace"].curves, both["trace"].curves, rtol=1e-4, atol=1e-5)
+
+
+def test_side_by_side_raises_a_run_error_and_stops_on_a_callback_error():
+    import threading
+
+    from spade.featurevis.side_by_side import visualize_each
+
+    models = {"dense": tiny_mobilenet(seed=1), "trace": tiny_resnet(seed=2)}
+    with pytest.raises(ConfigError, match="act_head"):  # the objective's layer exists in one model only
+        visualize_each(models, ChannelMean("act_head", 0), preprocessing=PRE, config=FeatureVisConfig(steps=2),
+                       workers=2)
+
+    def progress(stage, fraction):
+        raise RuntimeError("the page was closed")
+
+    with pytest.raises(RuntimeError, match="the page was closed"):
+        visualize_each(models, ClassLogit(1), preprocessing=PRE, config=FeatureVisConfig(steps=400),
+                       progress=progress, workers=2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("spade-visualize")]
+
+
+def test_class_logits_are_optimised_on_the_folded_copy_and_channels_on_the_model_itself():
+    from spade.featurevis.optimize import network_for
+
+    model = tiny_mobilenet(seed=4).train()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    model.train()
+    with network_for(model, (ClassLogit(1),), x[:1]) as net:
+        assert net is not model
+        assert not [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]  # folded into the convolutions
+        assert all(not p.requires_grad for p in net.parameters())
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
+    with network_for(model, (ChannelMean("act_head", 0),), x[:1]) as net:
+        assert net is model and not model.training  # a hook on a folded convolution would see another value
+    assert model.training  # restored

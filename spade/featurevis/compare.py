@@ -14,13 +14,14 @@ from spade.augment import AugmentConfig
 from spade.decision import KeepDecision
 from spade.featurevis.evidence import EVIDENCE_AUGMENT, NeuronEvidence, neuron_evidence
 from spade.featurevis.objectives import ClassLogit, Objective
-from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult, visualize
-from spade.layers import LayerSelection
+from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult
+from spade.featurevis.side_by_side import prefixed, visualize_each
+from spade.layers import LayerSelection, prunable_layers
 from spade.metrics import rank_correlation
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 from spade.solver import SolverConfig
-from spade.sparsity import Sparsity, SparsityProfile, classifier_profile, late_blocks_profile
+from spade.sparsity import Sparsity, SparsityProfile, classifier_profile, late_blocks_profile, resolve_targets
 from spade.trace import SpadeTrace, prepare_statistics, solve_keeping_decision
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,6 @@ def default_visualization_profile(model: nn.Module, objective: Objective | None 
     return late_blocks_profile(model, VISUALIZATION_TARGET, selection=selection)
 
 
-def _prefixed(progress: Progress | None, prefix: str) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda stage, fraction: progress(f"{prefix} {stage}", fraction)
-
-
 def visualization_request(model: nn.Module, sparsity: Sparsity | None = None, keep_decision: bool = False,
                           selection: LayerSelection = LayerSelection(), objective: Objective | None = None
                           ) -> tuple[Sparsity, KeepDecision]:
@@ -85,9 +80,12 @@ def visualization_trace(model: nn.Module, image: Image.Image, *, preprocessing: 
     keeps it (re-solving reuses the statistics, so it costs solver time only). The trace's settings record the
     requested and the used sparsity.
     """
-    stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
-                               selection=selection, progress=progress)
     requested, decision = visualization_request(model, sparsity, keep_decision, selection, objective)
+    # statistics only where the trace prunes (a class's default: the classifier alone); the other layers stay dense
+    targets = resolve_targets(model, list(prunable_layers(model, selection)), requested)
+    pruned = [name for name, target in targets.items() if target > 0]
+    stats = prepare_statistics(model, image, preprocessing=preprocessing, augment_config=augment,
+                               selection=selection, layers=pruned or None, progress=progress)
     trace = solve_keeping_decision(stats, requested, solver, progress, decision=decision).trace
     trace.settings["augment"] = asdict(augment)
     return trace
@@ -151,21 +149,18 @@ def compare_neuron(model: nn.Module, trace_model: nn.Module, image: Image.Image 
                    feature_layer: str | None = None, progress: Progress | None = None,
                    preview: Callable[[str, int, np.ndarray], None] | None = None) -> NeuronComparison:
     """Visualize ``objective`` on the dense ``model`` and on ``trace_model`` (a SpadeTrace's ``model``) with
-    the same config and seed, and collect the evidence on ``image`` for both (skipped when image is None).
-    Progress stages are prefixed "dense" / "trace"; ``preview("dense" | "trace", step, image uint8 HxWx3)`` sees
-    the images as they are optimised (`spade.featurevis.optimize.visualize`)."""
-    def previews(which: str):
-        return None if preview is None else (lambda step, image: preview(which, step, image))
-
-    dense = visualize(model, objective, preprocessing=preprocessing, config=config,
-                      progress=_prefixed(progress, "dense"), preview=previews("dense"))
-    trace = visualize(trace_model, objective, preprocessing=preprocessing, config=config,
-                      progress=_prefixed(progress, "trace"), preview=previews("trace"))
+    the same config and seed, side by side on the CPU (`spade.featurevis.side_by_side`), and collect the evidence
+    on ``image`` for both (skipped when image is None). Progress stages are prefixed "dense" / "trace";
+    ``preview("dense" | "trace", step, image uint8 HxWx3)`` sees the images as they are optimised
+    (`spade.featurevis.optimize.visualize`), always from the calling thread."""
+    pictures = visualize_each({"dense": model, "trace": trace_model}, objective, preprocessing=preprocessing,
+                              config=config, progress=progress, preview=preview)
+    dense, trace = pictures["dense"], pictures["trace"]
     dense_ev = trace_ev = None
     if image is not None:
         kwargs = {"preprocessing": preprocessing, "augment_config": evidence_augment, "top_k": top_k,
                   "feature_layer": feature_layer}
-        dense_ev = neuron_evidence(model, image, objective, progress=_prefixed(progress, "dense"), **kwargs)
-        trace_ev = neuron_evidence(trace_model, image, objective, progress=_prefixed(progress, "trace"), **kwargs)
+        dense_ev = neuron_evidence(model, image, objective, progress=prefixed(progress, "dense"), **kwargs)
+        trace_ev = neuron_evidence(trace_model, image, objective, progress=prefixed(progress, "trace"), **kwargs)
     return NeuronComparison(objective=objective, dense=dense, trace=trace,
                             dense_evidence=dense_ev, trace_evidence=trace_ev)

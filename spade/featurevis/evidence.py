@@ -25,6 +25,7 @@ from spade.featurevis.objectives import (
     evaluate,
     objective_values,
 )
+from spade.featurevis.optimize import network_for
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 
@@ -168,10 +169,10 @@ def neuron_evidence(model: nn.Module, image: Image.Image, objective: Objective, 
         amap, kind = activation_map(model, x, objective, feature_layer)
         views = augment(image, augment_config, pre)
         values = []
-        with torch.inference_mode():
-            value = float(objective_values(model, x, [objective])[0, 0])
+        with network_for(model, [objective], x) as net, torch.inference_mode():
+            value = float(objective_values(net, x, [objective])[0, 0])
             for i in range(0, views.shape[0], batch_size):
-                values.append(objective_values(model, views[i:i + batch_size].to(device), [objective])[:, 0].cpu())
+                values.append(objective_values(net, views[i:i + batch_size].to(device), [objective])[:, 0].cpu())
                 if progress is not None:
                     progress("evidence", min(views.shape[0], i + batch_size) / views.shape[0])
     finally:

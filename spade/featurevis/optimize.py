@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -18,6 +19,7 @@ from spade.featurevis.objectives import Objective, capture, evaluate, objective_
 from spade.featurevis.param import PARAMETERIZATIONS, frequency_scale, init_parameters, to_rgb
 from spade.featurevis.spectrum import natural_amplitude
 from spade.featurevis.transforms import CropsConfig, TransformConfig, random_crops, random_transform
+from spade.forward_copy import cached_forward_copy, forward_copy
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 GPU_STEPS = 512
-CPU_STEPS = 128  # recognisable on efficientnet_lite0 at 224 px in about 10 s on an idle 2-core CPU
+CPU_STEPS = 128  # recognisable on efficientnet_lite0 at 224 px (benchmarks/results/featurevis-full-2026-12-06/)
 LEARNING_RATES = {"fourier": 0.05, "pixel": 0.05, "maco": 0.25}
 """Adam's default learning rate per parameterization. maco's is in radians of phase. The MACO authors use 1.0 over
 about a thousand steps. Over this project's 128 CPU steps, 10 calibration classes that the test run does not use
@@ -110,6 +112,41 @@ class FeatureVisResult:
         return (self.images[index] * 255).round().astype(np.uint8)
 
 
+def on_outputs_only(objectives: Sequence[Objective]) -> bool:
+    """Whether every objective reads only the model's output (a class logit), no inner layer."""
+    return all(layer is None for layer, _ in objective_keys(objectives))
+
+
+def prepare_model(model: nn.Module, objectives: Sequence[Objective], *, preprocessing: Preprocessing,
+                  config: FeatureVisConfig = FeatureVisConfig()) -> None:
+    """Build (and cache) the copy that `visualize` with these arguments optimises on, here in the calling thread:
+    building a copy traces modules with ``torch.fx``, which patches ``nn.Module.__call__`` for every thread while
+    it runs, so it must not run while another thread runs a forward pass."""
+    if on_outputs_only(objectives):
+        pre = getattr(preprocessing, "preprocessing", preprocessing)
+        size = config.resolved(model_device(model), pre.crop).size
+        cached_forward_copy(model, torch.zeros(1, 3, size, size, device=model_device(model)))
+
+
+@contextmanager
+def network_for(model: nn.Module, objectives: Sequence[Objective], example: torch.Tensor) -> Iterator[nn.Module]:
+    """The network to evaluate ``objectives`` on. For objectives on the model's output only, its forward copy
+    (`spade.forward_copy`, checked on ``example``, a (1, 3, H, W) input on the model's device: BatchNorm folded,
+    channels_last where that gives the same outputs; the same function with fewer, faster operators). Otherwise the
+    model itself, in eval mode: folding BatchNorm into a convolution would change what a hook on that convolution
+    sees. Enter it outside ``torch.inference_mode``: the copy is cached and also serves autograd."""
+    if on_outputs_only(objectives):
+        with forward_copy(model, example) as copy:
+            yield copy
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
               preprocessing: Preprocessing, config: FeatureVisConfig = FeatureVisConfig(),
               progress: Progress | None = None, preview: Preview | None = None) -> FeatureVisResult:
@@ -118,8 +155,9 @@ def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
     preview: called every PREVIEW_EVERY steps with (step, the current image of the first objective as (H, W, 3)
     uint8), e.g. to show the optimisation as it runs (one small copy to the CPU each time).
 
-    model: any classifier, dense or a SPADE trace's ``model``; it runs on its own device, in eval mode,
-    and is never modified (its parameters get no gradients; hooks are removed on return or error).
+    model: any classifier, dense or a SPADE trace's ``model``; it runs on its own device, in eval mode (for class
+    logits on its forward copy, `spade.forward_copy`), and is never modified (its parameters get no gradients;
+    hooks are removed on return or error).
     preprocessing: the model's normalization (a ModelSpec is accepted too). The random start and the
     random transforms come from a generator seeded with ``config.seed``.
     """
@@ -146,35 +184,32 @@ def visualize(model: nn.Module, objectives: Objective | Sequence[Objective], *,
     def render() -> torch.Tensor:
         return to_rgb(params, cfg.size, cfg.parameterization, cfg.decorrelate, scale)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model, objective_keys(objectives)) as store, torch.enable_grad():
-            for step in range(cfg.steps):
-                rendered = images = render()
-                if cfg.transforms is not None:
-                    images = random_transform(images, cfg.transforms, generator)
-                if cfg.crops is not None:
-                    images = random_crops(images, cfg.crops, generator)
-                store.clear()
-                values = evaluate(objectives, model(pre.normalize(images)), store)[rows, own]
-                values = values.view(len(objectives), views).mean(1)
-                # grad only w.r.t. the image parameters: the model's parameters are left alone
-                (grad,) = torch.autograd.grad(-values.sum(), [params])
-                params.grad = grad
-                optimizer.step()
-                curves[step] = values.detach()
-                if progress is not None and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == cfg.steps):
-                    progress("visualize", (step + 1) / cfg.steps)
-                if preview is not None and (step + 1) % PREVIEW_EVERY == 0:
-                    preview(step + 1, (rendered[0].detach().clamp(0, 1).movedim(0, -1) * 255).round()
-                            .to(torch.uint8).cpu().numpy())
-            with torch.no_grad():
-                images = render()
-                store.clear()
-                final = evaluate(objectives, model(pre.normalize(images)), store).diagonal()
-    finally:
-        model.train(was_training)
+    example = torch.zeros(1, 3, cfg.size, cfg.size, device=device)
+    with network_for(model, objectives, example) as net, capture(net, objective_keys(objectives)) as store, \
+            torch.enable_grad():
+        for step in range(cfg.steps):
+            rendered = images = render()
+            if cfg.transforms is not None:
+                images = random_transform(images, cfg.transforms, generator)
+            if cfg.crops is not None:
+                images = random_crops(images, cfg.crops, generator)
+            store.clear()
+            values = evaluate(objectives, net(pre.normalize(images)), store)[rows, own]
+            values = values.view(len(objectives), views).mean(1)
+            # grad only w.r.t. the image parameters: the model's parameters are left alone
+            (grad,) = torch.autograd.grad(-values.sum(), [params])
+            params.grad = grad
+            optimizer.step()
+            curves[step] = values.detach()
+            if progress is not None and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == cfg.steps):
+                progress("visualize", (step + 1) / cfg.steps)
+            if preview is not None and (step + 1) % PREVIEW_EVERY == 0:
+                preview(step + 1, (rendered[0].detach().clamp(0, 1).movedim(0, -1) * 255).round()
+                        .to(torch.uint8).cpu().numpy())
+        with torch.no_grad():
+            images = render()
+            store.clear()
+            final = evaluate(objectives, net(pre.normalize(images)), store).diagonal()
     seconds = time.perf_counter() - start
     log.info("visualized %d objective(s), %d steps at %d px in %.1fs", len(objectives), cfg.steps, cfg.size, seconds)
     settings = {**asdict(cfg), "objectives": [o.describe() for o in objectives], "device": str(device)}

@@ -681,6 +681,9 @@ def test_walkthrough_runs_every_step_with_its_fixed_settings(tiny, at, monkeypat
     row = dataclasses.replace(tiny, default_solver="row")
     assert row.solver != WALKTHROUGH.solver
     monkeypatch.setitem(MODELS, tiny.name, row)
+    from spade_app import loaders
+
+    loaders.registry_model.clear()  # an earlier test may have cached the model with its first spec
     _with_model(at, tiny.name)
     at.switch_page("pages/how_spade_works.py").run()
     assert not at.exception, at.exception

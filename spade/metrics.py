@@ -83,6 +83,10 @@ def mass_in_mask(scores, mask) -> float:
     return float(np.abs(s[m]).sum() / total)
 
 
+ALIKE_CORRELATION = 0.9
+"""A rank correlation of two maps at or above this: they rank pixels almost alike and look much the same."""
+
+
 def rank_correlation(map_a, map_b) -> float:
     """Spearman rank correlation of two maps of the same size (ties get average ranks); NaN if one is constant."""
     a = _as_array(map_a, "The first map").astype(np.float64).ravel()

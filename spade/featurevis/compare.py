@@ -17,7 +17,7 @@ from spade.featurevis.objectives import ClassLogit, Objective
 from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult
 from spade.featurevis.side_by_side import prefixed, visualize_each
 from spade.layers import LayerSelection, prunable_layers
-from spade.metrics import rank_correlation
+from spade.metrics import ALIKE_CORRELATION, rank_correlation
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 from spade.solver import SolverConfig
@@ -32,8 +32,6 @@ VISUALIZATION_TARGET = 0.95
 #: 0.8, 0.7, 0.5, then 0.3 (compact models such as EfficientNet-Lite0 lose the top-1 class at 0.95 on typical
 #: photos; the bundled cat, whose top two classes differ by 0.001 in probability, keeps it with the classifier
 #: alone pruned to 0.3, not to 0.5: `benchmarks/results/featurevis-head-2026-12-07/`).
-#: A rank correlation of the two maps on the image at or above this: they show the same evidence.
-MAPS_AGREE = 0.9
 VISUALIZATION_DECISION = KeepDecision.toward(VISUALIZATION_TARGET, (0.9, 0.8, 0.7, 0.5, 0.3))
 
 
@@ -118,7 +116,7 @@ class NeuronComparison:
         if correlation != correlation:
             return "One of the two maps is constant, so they cannot be compared pixel by pixel."
         values = f"{self.dense_evidence.value:.3f} dense, {self.trace_evidence.value:.3f} SPADE on the image"
-        if correlation >= MAPS_AGREE:
+        if correlation >= ALIKE_CORRELATION:
             return (f"The two maps agree (rank correlation {correlation:.2f}; {values}) by design: the trace was "
                     "fitted to reproduce the model on this image and its augmented views. Where SPADE differs is "
                     "away from this image, in the visualizations above, which start from noise and can use only "

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from spade.errors import ConfigError
-from spade.metrics import mass_in_mask, rank_correlation
+from spade.metrics import ALIKE_CORRELATION, mass_in_mask, rank_correlation
 from spade.prediction import Prediction
 
 TOP_SHARE = 0.10
 NEARLY_SAME = 0.10  # less than this share of the top mass moved: the maps are "nearly the same"
 WEAKER = 0.5  # a SPADE map with less than this times the dense map's top mass is called weaker
 NOISY_CORRELATION = 0.5  # a rank correlation below this: the pixel-by-pixel difference is mostly noise
-ALIKE_CORRELATION = 0.9  # at or above this: the two maps rank pixels almost alike
 REGION_NAMES = (("top left", "top", "top right"), ("left", "centre", "right"),
                 ("bottom left", "bottom", "bottom right"))
 
@@ -129,8 +128,8 @@ class Takeaway:
 
     @property
     def ranks_alike(self) -> bool:
-        """The rank correlation of the maps is at least :data:`ALIKE_CORRELATION`: they look almost the same
-        overall, even where some of the top mass moved."""
+        """The rank correlation of the maps is at least :data:`spade.metrics.ALIKE_CORRELATION`: they look almost
+        the same overall, even where some of the top mass moved."""
         return self.rank_correlation == self.rank_correlation and self.rank_correlation >= ALIKE_CORRELATION
 
     @property

@@ -13,6 +13,7 @@ activation: it becomes ``Sequential(drop, act)`` under the same name. Anything e
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 
 import torch
@@ -26,8 +27,32 @@ except ImportError:  # pragma: no cover - timm is in requirements.txt
     _TimmBatchNormAct2d = None
 
 
+_TRACING = threading.Lock()
+
+
 class ChildrenAreLeaves(fx.Tracer):
-    """Traces only the root module's own forward: every submodule call stays one ``call_module`` node."""
+    """Traces only the root module's own forward: every submodule call stays one ``call_module`` node.
+
+    Safe beside forward passes in other threads. While it traces, ``torch.fx`` patches ``nn.Module.__call__`` and
+    ``__getattr__`` for the whole process, so a model running in another thread would be recorded into this graph
+    (and fail: "module is not installed as a submodule"). Calls from any thread but the tracing one pass straight
+    through, and one trace runs at a time, since two would stack their patches.
+    """
+
+    def trace(self, root, concrete_args=None) -> fx.Graph:
+        with _TRACING:
+            self._thread = threading.get_ident()
+            return super().trace(root, concrete_args)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 import torch
@@ -32,6 +33,43 @@ def test_the_copy_is_folded_and_computes_the_model():
     assert _batchnorms(model) > 0 and _batchnorms(work) == 0
     with torch.no_grad():
         torch.testing.assert_close(work(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_building_copies_leaves_models_running_in_other_threads_alone():
+    """torch.fx patches nn.Module.__call__ for the whole process while it traces a module to fold: a model running
+    in another thread must neither fail nor change its outputs, and two builds at once must both fold."""
+    runner = tiny_resnet(1)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = runner(x)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def run_forwards() -> None:
+        try:
+            while not stop.is_set():
+                with torch.no_grad():
+                    assert torch.equal(runner(x), expected)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    def build_copies() -> None:
+        try:
+            for _ in range(30):
+                assert _batchnorms(forward_copy.build_forward_copy(tiny_resnet(0))) == 0
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    forwards = threading.Thread(target=run_forwards)
+    builders = [threading.Thread(target=build_copies) for _ in range(2)]
+    forwards.start()
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join()
+    stop.set()
+    forwards.join()
+    assert errors == []
 
 
 def test_a_fold_that_changes_the_outputs_falls_back_to_the_plain_copy(monkeypatch, caplog):

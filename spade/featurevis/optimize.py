@@ -19,7 +19,7 @@ from spade.featurevis.objectives import Objective, capture, evaluate, objective_
 from spade.featurevis.param import PARAMETERIZATIONS, frequency_scale, init_parameters, to_rgb
 from spade.featurevis.spectrum import natural_amplitude
 from spade.featurevis.transforms import CropsConfig, TransformConfig, random_crops, random_transform
-from spade.forward_copy import cached_forward_copy, forward_copy
+from spade.forward_copy import forward_copy
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
 
@@ -115,17 +115,6 @@ class FeatureVisResult:
 def on_outputs_only(objectives: Sequence[Objective]) -> bool:
     """Whether every objective reads only the model's output (a class logit), no inner layer."""
     return all(layer is None for layer, _ in objective_keys(objectives))
-
-
-def prepare_model(model: nn.Module, objectives: Sequence[Objective], *, preprocessing: Preprocessing,
-                  config: FeatureVisConfig = FeatureVisConfig()) -> None:
-    """Build (and cache) the copy that `visualize` with these arguments optimises on, here in the calling thread:
-    building a copy traces modules with ``torch.fx``, which patches ``nn.Module.__call__`` for every thread while
-    it runs, so it must not run while another thread runs a forward pass."""
-    if on_outputs_only(objectives):
-        pre = getattr(preprocessing, "preprocessing", preprocessing)
-        size = config.resolved(model_device(model), pre.crop).size
-        cached_forward_copy(model, torch.zeros(1, 3, size, size, device=model_device(model)))
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from torch import nn
 
 from spade.devices import cpu_threads, model_device
 from spade.featurevis.objectives import Objective
-from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult, prepare_model, visualize
+from spade.featurevis.optimize import FeatureVisConfig, FeatureVisResult, visualize
 from spade.layer_pool import cpu_workers
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
@@ -85,8 +85,6 @@ def visualize_each(models: Mapping[str, nn.Module], objective: Objective, *, pre
             if callback is not None:
                 callback(*args)
 
-    for model in models.values():
-        prepare_model(model, (objective,), preprocessing=preprocessing, config=config)
     with ThreadPoolExecutor(workers, thread_name_prefix="spade-visualize") as pool:
         futures = {name: pool.submit(run, name, m) for name, m in models.items()}
         try:

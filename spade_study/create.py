@@ -24,7 +24,8 @@ from torch import nn
 from spade.augment import AugmentConfig
 from spade.devices import model_device
 from spade.errors import ConfigError
-from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace, visualize
+from spade.featurevis import ClassLogit, FeatureVisConfig, visualization_trace
+from spade.featurevis.side_by_side import visualize_each
 from spade.layers import LayerSelection
 from spade.preprocessing import Preprocessing
 from spade.progress import Progress
@@ -116,6 +117,10 @@ def create_study(model: nn.Module, images: Sequence[StudyImage], config: StudyCo
                  created=datetime.now(UTC))
 
 
+VISUALIZATION_STAGES = {"dense": "dense visualization", "spade": "SPADE visualization"}
+"""The progress stage of each condition's picture, by condition."""
+
+
 def item_visualizations(model: nn.Module, image: Image.Image, neuron: int, conditions: Sequence[str],
                         vis: VisualizationSettings, fv_config: FeatureVisConfig, *, preprocessing: Preprocessing,
                         selection: LayerSelection, solver: SolverConfig = SolverConfig(),
@@ -124,30 +129,35 @@ def item_visualizations(model: nn.Module, image: Image.Image, neuron: int, condi
     """The class-``neuron`` visualization of each condition for one RGB ``image``: ({condition: (H, W, 3) uint8},
     details of the trace). "dense" is looked up in / added to ``dense_cache`` (it does not depend on the image);
     "spade" solves the image's visualization trace (``vis``: augmentations, sparsity, decision, seed; ``solver``)
-    first; the details name the solver.
+    first; the details name the solver. The pictures still to make are optimised side by side
+    (`spade.featurevis.side_by_side.visualize_each`), with progress stages `VISUALIZATION_STAGES`.
     fv_config: the optimisation (its method and seed come from ``vis`` in `create_study`)."""
     step = progress or (lambda stage, fraction: None)
     cache = {} if dense_cache is None else dense_cache
-    pictures: dict[str, np.ndarray] = {}
+    models: dict[str, nn.Module] = {}
     details: dict = {}
-    if "dense" in conditions:
-        if neuron not in cache:
-            result = visualize(model, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
-                               progress=lambda stage, fraction: step("dense visualization", fraction))
-            cache[neuron] = result.image_uint8(0)
-        pictures["dense"] = cache[neuron]
+    if "dense" in conditions and neuron not in cache:
+        models["dense"] = model
     if "spade" in conditions:
         trace = visualization_trace(model, image, preprocessing=preprocessing,
                                     augment=AugmentConfig(count=vis.augmentations, seed=vis.seed),
                                     sparsity=vis.sparsity, selection=selection, solver=solver,
                                     keep_decision=vis.keep_decision, objective=ClassLogit(neuron), progress=step)
-        result = visualize(trace.model, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
-                           progress=lambda stage, fraction: step("SPADE visualization", fraction))
-        pictures["spade"] = result.image_uint8(0)
+        models["spade"] = trace.model
         sparsity = trace.settings.get("sparsity")
         details.update(trace_top1_agrees=bool(trace.top1_agrees), trace_logit_cosine=float(trace.logit_cosine),
                        trace_sparsity=sparsity if isinstance(sparsity, (int, float)) else (sparsity or {}).get("name"),
                        trace_solver=solver.mode)
+    results = visualize_each(models, ClassLogit(neuron), preprocessing=preprocessing, config=fv_config,
+                             progress=lambda stage, fraction: step(VISUALIZATION_STAGES[stage.split()[0]], fraction)
+                             ) if models else {}
+    if "dense" in results:
+        cache[neuron] = results["dense"].image_uint8(0)
+    pictures: dict[str, np.ndarray] = {}
+    if "dense" in conditions:
+        pictures["dense"] = cache[neuron]
+    if "spade" in conditions:
+        pictures["spade"] = results["spade"].image_uint8(0)
     return pictures, details
 
 

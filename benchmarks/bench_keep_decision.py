@@ -3,7 +3,7 @@
 Usage: python benchmarks/bench_keep_decision.py [--solvers group,row] [--views 64,128] [--photos NAME,...]
                                                 [--levels 0.3,0.4,...] [--late 0.5,0.7,0.9,0.95]
                                                 [--profile NAME|FILE.json ...] [--refit] [--bias-probe]
-                                                [--held-out N] [--out DIR]
+                                                [--held-out N] [--stage-probe LEVEL] [--out DIR]
 For every photo the statistics are recorded once per view count (seed 0, as the app and the CLI), then every solver
 solves all uniform levels, the late-blocks profiles (`spade.sparsity.late_blocks_profile`, the Neurons page's
 choice) and any --profile (a tuned profile, e.g. a candidate default) in one `solve_many`. Prints, per photo: the
@@ -14,6 +14,9 @@ the trace) on which the trace at 0.5 predicts the dense model's top-1 for that v
 classifier refit (`spade.refit`, off by default in the app and the CLI), which fits the image and its views: the
 held-out share says whether it fits more than those. --bias-probe adds, per uniform level, whether the trace would
 keep the top-1 if only its classifier's bias were refitted (`bias_shift`; a probe, not part of the engine).
+--stage-probe LEVEL adds, per stage of the network (blocks grouped as `spade_lab.tuning.stage_groups`), a profile
+that prunes only that stage to LEVEL and one that prunes every stage but that one to LEVEL: which stages' pruning
+alone changes the decision, and whether leaving any one stage dense saves it.
 The photos are marked with their split (`spade_lab.photos`): defaults may be chosen on the calibration photos only;
 the test photos say whether the choice holds up. Writes the table and one JSON record per run to --out.
 """
@@ -87,6 +90,8 @@ def main() -> None:
                         help="also: would each uniform level keep the top-1 with only the classifier's bias refitted")
     parser.add_argument("--held-out", type=int, default=32, metavar="N",
                         help="fresh views (seed 1) on which the trace at 0.5 is compared with the dense model")
+    parser.add_argument("--stage-probe", type=float, default=None, metavar="LEVEL",
+                        help="also solve, per stage, that stage alone at LEVEL and every other stage at LEVEL")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "keep-decision")
     args = parser.parse_args()
 
@@ -95,9 +100,10 @@ def main() -> None:
     from spade.augment import AugmentConfig, augment
     from spade.models import load_model
     from spade.solver import SolverConfig
-    from spade.sparsity import late_blocks_profile, load_profile
+    from spade.sparsity import SparsityProfile, late_blocks_profile, load_profile
     from spade.trace import prepare_statistics, solve_many
     from spade_lab.photos import CALIBRATION_PHOTOS, TEST_PHOTOS, load_photos
+    from spade_lab.tuning import stage_groups
 
     names = args.photos.split(",") if args.photos else [*CALIBRATION_PHOTOS, *TEST_PHOTOS]
     split = {**dict.fromkeys(CALIBRATION_PHOTOS, "calibration"), **dict.fromkeys(TEST_PHOTOS, "test")}
@@ -106,7 +112,15 @@ def main() -> None:
     loaded = load_model("efficientnet_lite0", device="cpu")
     late = [late_blocks_profile(loaded.model, target, selection=loaded.spec.layer_selection) for target in late_targets]
     profiles = [load_profile(name) for name in args.profile]
+    if args.stage_probe is not None:
+        level = args.stage_probe
+        stages = stage_groups(loaded.model, loaded.spec.layer_selection)
+        profiles += [SparsityProfile(f"only {stage}", tuple((b, level) for b in blocks))
+                     for stage, blocks in stages.items()]
+        profiles += [SparsityProfile(f"all but {stage}", tuple((b, 0.0) for b in blocks), default=level)
+                     for stage, blocks in stages.items()]
     photos = load_photos(tuple(names))
+    width = max(8, len(profiles))  # of the profiles' pattern column
     args.out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)
     header = (f"efficientnet_lite0 (offline), seed 0, {'classifier refit, ' if args.refit else ''}"
@@ -115,7 +129,7 @@ def main() -> None:
     lines = [header, f"uniform levels {args.levels}; late-blocks targets {args.late}"
                      f"{'; profiles ' + ', '.join(p.name for p in profiles) if profiles else ''}", "",
              f"{'photo':<13} {'split':<11} {'dense top-1':<18} {'margin':>6} {'solver':<6} {'views':>5} "
-             f"{'uniform':<9} {'holds to':>8} {'cos@0.5':>7} {'late':<6} {'holds to':>8} {'profiles':<8} "
+             f"{'uniform':<9} {'holds to':>8} {'cos@0.5':>7} {'late':<6} {'holds to':>8} {'profiles':<{width}} "
              f"{'held-out':>8} {'s':>5}"]
     print("\n".join(lines), flush=True)
     records = []
@@ -162,8 +176,8 @@ def main() -> None:
                 records.append(record)
                 line = (f"{name:<13} {record['split']:<11} {top[0].name[:18]:<18} {margin:>6.3f} {solver:<6} "
                         f"{views:>5} {pattern(kept_uniform):<9} {record['uniform_holds_to'] or '-':>8} {cosine:>7.3f} "
-                        f"{pattern(kept_late):<6} {record['late_holds_to'] or '-':>8} {pattern(kept_profiles):<8} "
-                        f"{held:>8.2f} {seconds:>5.1f}")
+                        f"{pattern(kept_late):<6} {record['late_holds_to'] or '-':>8} "
+                        f"{pattern(kept_profiles):<{width}} {held:>8.2f} {seconds:>5.1f}")
                 if kept_bias:
                     line += f"  bias refitted {pattern(kept_bias)}"
                 lines.append(line)

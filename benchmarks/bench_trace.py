@@ -157,7 +157,9 @@ def main() -> None:
                 command += ["--augmentations", str(args.augmentations)]
             if args.threads:
                 command += ["--threads", str(args.threads)]
-            out = subprocess.run(command, capture_output=True, text=True, check=True)
+            out = subprocess.run(command, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{name} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
             results = json.loads(out.stdout.strip().splitlines()[-1])
             runs += results
             for r in results:

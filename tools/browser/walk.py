@@ -3,6 +3,7 @@
     python -m tools.browser.walk --out walk/            # every page; runs Explore, the Trojan lab and the
                                                         # walkthrough of How SPADE works with defaults
     python -m tools.browser.walk --out walk/ --neurons  # also run the Neurons page (about a minute on a 2-core CPU)
+    python -m tools.browser.walk --out walk/ --study-preview  # also preview the human study's visualizations
     python -m tools.browser.walk --out walk/ --width 1280 --height 720 --presentation
 
 Prints each screenshot's path and whether the page showed a Streamlit exception; exits 1 if one did.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from spade.models import backdoored_models
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=900, help="viewport height in px (a projector: 720)")
     parser.add_argument("--presentation", action="store_true", help="switch on presentation mode first")
     parser.add_argument("--neurons", action="store_true", help="also press Run on the Neurons page")
+    parser.add_argument("--study-preview", action="store_true",
+                        help="also press Preview visualizations on the Human study page (its four default images)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -118,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         for number, title in enumerate(("Human study", "How SPADE works"), start=7):
             open_page(title)
             shot(f"{number:02d}-{title.lower().replace(' ', '-')}")
+            if title == "Human study" and args.study_preview:
+                started = time.perf_counter()
+                page.get_by_role("button", name="Preview visualizations").click()
+                page.get_by_text("Preview ready", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
+                print(f"study preview: {time.perf_counter() - started:.0f} s")
+                shot("07-human-study-preview")
         page.get_by_role("button", name="Start the walkthrough").click()  # the classroom walkthrough, steps 1-5
         page.get_by_text("Step 5", exact=False).first.wait_for(timeout=RUN_TIMEOUT_MS)
         shot("09-how-spade-works-walkthrough")

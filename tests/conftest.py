@@ -9,6 +9,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers) each worker computes on one torch thread, so that the
+    workers together use the machine's cores without oversubscribing them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def app_navigation(monkeypatch):
     """AppTest in st.navigation mode on every run (see tests.app_testing.NavigationPagesManager)."""

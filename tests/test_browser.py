@@ -161,11 +161,12 @@ def test_presentation_mode_is_projector_ready_at_1280x720(browser, server, tmp_p
         page.wait_for_function(COLLAPSED_JS)
         page.get_by_text("Show the settings").wait_for()
         page.get_by_role("spinbutton", name="Count").wait_for(state="hidden")  # the rest of the form is hidden
-        run = page.get_by_role("button", name="Run SPADE")
-        assert run.is_visible()
-        assert float(page.evaluate(paragraph).removesuffix("px")) >= 1.3 * normal
+        # waits, not reads: under load the button and the enlarged fonts can arrive a moment after the sidebar
+        # collapses and the form's other fields are hidden
+        page.get_by_role("button", name="Run SPADE").wait_for(state="visible")
+        page.wait_for_function(f"parseFloat({paragraph}) >= {1.3 * normal}")
         title = "getComputedStyle(document.querySelector('[data-testid=stMainBlockContainer] h1')).fontSize"
-        assert page.evaluate(title) == "48px"
+        page.wait_for_function(f"{title} === '48px'")
         page.wait_for_timeout(1000)
         _screenshot(page, shot)
         page.get_by_text("Show the settings").click()

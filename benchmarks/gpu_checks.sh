@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks the open issues ask for, as one prepared command for the `device` tool (15 minutes of device time
 # per session, the machine's start included). Here, first: `bash tools/gpu/wheels.sh`. Then one call:
-#     run(command="bash benchmarks/gpu_checks.sh", carry=[".whl"], timeout_s=540)
-# Steps, each with its own time limit so that one slow step cannot use up the others (about 7 minutes in all):
+#     run(command="bash benchmarks/gpu_checks.sh", carry=[".whl"], timeout_s=570)
+# Steps, each with its own time limit so that one slow step cannot use up the others (limits 510 s in all):
 #   tests/test_gpu.py (GPU and CPU agree); a Lite0 trace with `group` and `obc` (#35: obc <= 2 s); the class
 #   visualization at 512 steps (#37: <= 10 s); ResNet-50 with 1024 views, `group` (#35: <= 1.5 s end to end), then
 #   `obc` (#35: <= 30 s). Each step's output goes to $OUT/<step>.log (what the tool brings back) and its tail here.

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presentation", action="store_true", help="switch on presentation mode first")
     parser.add_argument("--neurons", action="store_true", help="also press Run on the Neurons page")
     parser.add_argument("--study-preview", action="store_true",
-                        help="also press Preview visualizations on the Human study page (its four default images)")
+                        help="also press Preview visualizations on the Human study page (its default images)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spade.errors import ConfigError
-from spade.solver import SOLVERS, GroupSweep, SolverConfig, reconstruction_error, solver_for
+from spade.solver import SOLVERS, GroupSweep, SolverConfig, output_energy, reconstruction_error, solver_for
 from spade.statistics import LayerStat
 
 DAMP = 0.01
@@ -129,6 +129,14 @@ def test_reconstruction_error_matches_direct_computation():
     Ws, _, _ = solver_for().prune(W, H, 0.7, 1)
     direct = ((Ws @ X.T - W @ X.T) ** 2).sum() / ((W @ X.T) ** 2).sum()
     assert reconstruction_error(W, Ws, H) == pytest.approx(float(direct), rel=1e-9)
+
+
+@pytest.mark.parametrize("d", [40, 700, 2100])  # one block, two, eight
+def test_output_energy_is_the_squared_output(d):
+    gen = torch.Generator().manual_seed(d)
+    X = torch.randn(d + 50, d, generator=gen, dtype=torch.float64)
+    W = torch.randn(30, d, generator=gen, dtype=torch.float64)
+    assert output_energy(W, X.T @ X) == pytest.approx(float(((W @ X.T) ** 2).sum()), rel=1e-9)
 
 
 def test_zero_sparsity_is_bit_identical():

@@ -76,6 +76,16 @@ def test_mass_moved_from_one_corner_to_another_is_named():
     assert compare_maps(dense, sparse).moved == pytest.approx(0.5)
 
 
+def test_a_side_ninth_is_named_apart_from_its_corner():
+    dense = np.full((10, 10), 0.01)
+    dense[4:6, 6:10] = dense[6, 8:10] = 5.0  # dense's strongest tenth: on the right, halfway down
+    sparse = np.full((10, 10), 0.01)
+    sparse[7:9, 6:10] = sparse[9, 8:10] = 3.0  # SPADE's: in the bottom right corner
+    result = compare_maps(dense, sparse)
+    assert (result.gained, result.lost) == ("bottom right", "centre right")
+    assert "mostly from the centre right to the bottom right" in result.sentence()
+
+
 def test_nearly_the_same_maps_say_so_and_why():
     rng = np.random.default_rng(0)
     dense = rng.uniform(size=(10, 10))

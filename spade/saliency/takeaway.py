@@ -24,8 +24,10 @@ TOP_SHARE = 0.10
 NEARLY_SAME = 0.10  # less than this share of the top mass moved: the maps are "nearly the same"
 WEAKER = 0.5  # a SPADE map with less than this times the dense map's top mass is called weaker
 NOISY_CORRELATION = 0.5  # a rank correlation below this: the pixel-by-pixel difference is mostly noise
-REGION_NAMES = (("top left", "top", "top right"), ("left", "centre", "right"),
-                ("bottom left", "bottom", "bottom right"))
+# the ninths of the image, named so that two of them never read as one inside the other ("from the right to the
+# bottom right" read as a move within one side)
+REGION_NAMES = (("top left", "top centre", "top right"), ("centre left", "centre", "centre right"),
+                ("bottom left", "bottom centre", "bottom right"))
 
 
 def _absolute(values, name: str) -> np.ndarray:
@@ -84,7 +86,7 @@ class Takeaway:
     rank_correlation: Spearman correlation of the two absolute maps, in [-1, 1] (NaN for a constant map).
     strength: the SPADE map's top mass over the dense map's, >= 0 (below 1: SPADE's map is weaker and looks darker
     on a shared colour scale; NaN when the dense map is all zero).
-    gained, lost: the third of the image (e.g. "top left", "centre") where SPADE's share of its top mass grew /
+    gained, lost: the ninth of the image (e.g. "top left", "centre right") where SPADE's share of its top mass grew /
     shrank most against dense's, None when nothing moved. mask_dense, mask_spade: share of each map's top mass
     inside the mask (e.g. a Trojan trigger), in [0, 1]; None without a mask. dense_top1, trace_top1: the dense
     model's and the trace's top-1 predictions, None when not given.

@@ -5,11 +5,18 @@ several single-threaded workers at once instead of one after the other. That is 
 CPU core: inside one layer, extra threads mostly wait for each other (`spade.solver.SOLVER_CPU_THREADS`), while
 workers on different layers never synchronise, so a busy machine only slows them down, never makes them spin.
 Results do not depend on the number of workers or the order the layers finish in.
+
+A sweep's solve (`LayerSolver.stepwise`) is the exception: after its factorisation it is thousands of small
+operators, and Python runs one thread's operator calls at a time, so two sweeps side by side are slower than one
+after the other. Its layers are prepared (`LayerSolver.prepare_layer`: factorisation and dense energy, large
+products that release the interpreter) by the other workers while the calling thread sweeps one layer at a time.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import NamedTuple
@@ -70,6 +77,8 @@ def solve_layers(solver: LayerSolver, jobs: Sequence[LayerJob], workers: int = 1
                 progress((i + 1) / len(jobs))
         return results
 
+    if solver.stepwise:
+        return _sweep_while_preparing(solver, jobs, workers - 1, progress)
     done = [0.0] * len(jobs)  # each job's solved fraction: written by its worker, read here
 
     def run(i: int) -> list[PrunedLayer]:
@@ -96,3 +105,72 @@ def solve_layers(solver: LayerSolver, jobs: Sequence[LayerJob], workers: int = 1
                 future.cancel()
             raise
     return [futures[i].result() for i in range(len(jobs))]
+
+
+def _sweep_while_preparing(solver: LayerSolver, jobs: Sequence[LayerJob], helpers: int,
+                           progress: Callable[[float], None] | None) -> list[list[PrunedLayer]]:
+    """`solve_layers` for a stepwise solver: `helpers` threads prepare the layers, largest first, while the calling
+    thread solves each prepared layer; when none is ready it prepares and solves the smallest unclaimed one itself
+    rather than wait. Preparation counts as half of a layer's progress."""
+    order = sorted(range(len(jobs)), key=lambda i: -_work(jobs[i]))
+    claim = threading.Lock()
+    unclaimed = list(order)  # helpers take from the front (largest), the calling thread from the back
+    ready: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
+    stop = threading.Event()
+    done = [0.0] * len(jobs)
+    results: dict[int, list[PrunedLayer]] = {}
+
+    def take(front: bool) -> int | None:
+        with claim:
+            return (unclaimed.pop(0) if front else unclaimed.pop()) if unclaimed else None
+
+    def prepare(i: int) -> None:
+        solver.prepare_layer(jobs[i].weight, jobs[i].stat)
+        done[i] = 0.5
+
+    def helper() -> None:
+        while not stop.is_set() and (i := take(front=True)) is not None:
+            try:
+                prepare(i)
+                ready.put((i, None))
+            except BaseException as error:  # handed to the calling thread, which raises it
+                ready.put((i, error))
+                return
+
+    def report() -> None:
+        if progress is not None:
+            progress(math.fsum(done) / len(jobs))
+
+    def solve(i: int) -> None:
+        def within(fraction: float) -> None:
+            done[i] = 0.5 + 0.5 * fraction
+            report()
+
+        results[i] = solver.prune_layer(jobs[i].weight, jobs[i].stat, jobs[i].levels, within)
+        done[i] = 1.0
+        report()
+
+    with ThreadPoolExecutor(helpers, thread_name_prefix="spade-prepare") as pool:
+        for _ in range(helpers):
+            pool.submit(helper)
+        try:
+            while len(results) < len(jobs):
+                try:
+                    i, error = ready.get_nowait()
+                except queue.Empty:
+                    if (i := take(front=False)) is not None:
+                        prepare(i)
+                        solve(i)
+                        continue
+                    try:
+                        i, error = ready.get(timeout=_PROGRESS_SECONDS)
+                    except queue.Empty:
+                        report()
+                        continue
+                if error is not None:
+                    raise error
+                solve(i)
+        finally:
+            stop.set()
+    return [results[i] for i in range(len(jobs))]
+

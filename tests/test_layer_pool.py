@@ -9,7 +9,8 @@ import torch
 from spade.augment import AugmentConfig
 from spade.devices import cpu_threads
 from spade.layer_pool import LayerJob, cpu_workers, solve_layers, solve_workers
-from spade.solver import SOLVERS, SolverConfig, solver_for
+import spade.solver
+from spade.solver import SOLVERS, GroupSweep, SolverConfig, solver_for
 from spade.trace import prepare_statistics, solve
 from tests.test_trace import PRE, photo
 from tests.tiny_models import tiny_resnet
@@ -47,10 +48,11 @@ def test_a_trace_does_not_depend_on_the_thread_count(stats):
     assert all(torch.equal(w, together.sparse_weights[k]) for k, w in alone.sparse_weights.items())
 
 
-def test_progress_comes_from_the_calling_thread_and_reaches_one(stats):
+@pytest.mark.parametrize("mode", ["obc", "group"])  # workers side by side; a stepwise sweep with preparing helpers
+def test_progress_comes_from_the_calling_thread_and_reaches_one(stats, mode):
     caller = threading.get_ident()
     seen = []
-    solve_layers(SOLVERS["obc"](SolverConfig(mode="obc")), jobs_of(stats), workers=2,
+    solve_layers(SOLVERS[mode](SolverConfig(mode=mode)), jobs_of(stats), workers=2,
                  progress=lambda f: seen.append((threading.get_ident(), f)))
     assert {ident for ident, _ in seen} == {caller}
     fractions = [f for _, f in seen]
@@ -62,7 +64,38 @@ def test_an_error_in_one_layer_is_raised_and_nothing_hangs(stats):
     wrong = jobs[1]._replace(weight=torch.zeros(3, 5))  # cannot be this layer's weight
     with pytest.raises(RuntimeError):
         solve_layers(solver_for(SolverConfig()), [jobs[0], wrong, *jobs[2:]], workers=2)
-    assert not [t for t in threading.enumerate() if t.name.startswith("spade-solve")]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("spade-solve", "spade-prepare"))]
+
+
+def test_a_stepwise_solver_is_prepared_by_helpers_and_swept_on_the_calling_thread_one_layer_at_a_time(
+        stats, monkeypatch):
+    caller = threading.get_ident()
+    events, sweeping = [], []
+    factor = spade.solver.inverse_hessian_factor
+    monkeypatch.setattr(spade.solver, "inverse_hessian_factor",
+                        lambda *a: events.append(("factor", threading.get_ident())) or factor(*a))
+
+    class Recording(GroupSweep):
+        def prepare_layer(self, weight, stat):
+            super().prepare_layer(weight, stat)
+            events.append(("prepared", stat.name))
+
+        def prune_layer(self, weight, stat, sparsities, progress=None):
+            sweeping.append(stat.name)
+            assert len(sweeping) == 1, "two layers swept at once"
+            assert ("prepared", stat.name) in events, "swept before its preparation finished"
+            events.append(("swept", stat.name, threading.get_ident()))
+            try:
+                return super().prune_layer(weight, stat, sparsities, progress)
+            finally:
+                sweeping.remove(stat.name)
+
+    jobs = jobs_of(stats)
+    solve_layers(Recording(SolverConfig()), jobs, workers=3)
+    assert sorted(e[1] for e in events if e[0] == "prepared") == sorted(stats.layers)  # each layer once
+    assert {e[2] for e in events if e[0] == "swept"} == {caller}
+    factors = [e for e in events if e[0] == "factor"]  # which thread computed them depends on timing
+    assert len(factors) == len(jobs)  # once per layer: the sweep reused what the preparation cached
 
 
 def test_as_many_workers_as_the_callers_threads_and_layers(stats):

@@ -213,8 +213,9 @@ class LayerSolver(ABC):
     stepwise: ClassVar[bool] = False
     """Whether a solve, once `prepare_layer` has run, is thousands of small operators one after the other. Python runs
     only one thread's operator calls at a time, so two such solves side by side take longer than one after the
-    other (ResNet-50's re-solve from cached factors: 5.7 s with two workers, 4.3-4.6 s with one); `spade.layer_pool`
-    then prepares layers on its other workers while one thread solves."""
+    other (ResNet-50's re-solve from cached factors at 0.8 with `bench_trace.py`: 6.0 s with two workers, 4.5-5.9 s
+    with one, `benchmarks/results/solve-ab-2026-12-07/`); `spade.layer_pool` then prepares layers on its other
+    workers while one thread solves."""
 
     def __init__(self, config: SolverConfig):
         self.config = config

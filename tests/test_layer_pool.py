@@ -6,10 +6,10 @@ import threading
 import pytest
 import torch
 
+import spade.solver
 from spade.augment import AugmentConfig
 from spade.devices import cpu_threads
 from spade.layer_pool import LayerJob, cpu_workers, solve_layers, solve_workers
-import spade.solver
 from spade.solver import SOLVERS, GroupSweep, SolverConfig, solver_for
 from spade.trace import prepare_statistics, solve
 from tests.test_trace import PRE, photo

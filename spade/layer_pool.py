@@ -59,6 +59,11 @@ def _work(job: LayerJob) -> float:
     return groups * d**3 + job.weight.shape[0] * d**2
 
 
+def _largest_first(jobs: Sequence[LayerJob]) -> list[int]:
+    """The jobs' indices, the costliest first (`_work`)."""
+    return sorted(range(len(jobs)), key=lambda i: -_work(jobs[i]))
+
+
 def solve_layers(solver: LayerSolver, jobs: Sequence[LayerJob], workers: int = 1,
                  progress: Callable[[float], None] | None = None) -> list[list[PrunedLayer]]:
     """`solver.prune_layer` for every job, by `workers` threads: one list of `PrunedLayer` (one per level) per job,
@@ -89,7 +94,7 @@ def solve_layers(solver: LayerSolver, jobs: Sequence[LayerJob], workers: int = 1
         done[i] = 1.0
         return result
 
-    largest_first = sorted(range(len(jobs)), key=lambda i: -_work(jobs[i]))
+    largest_first = _largest_first(jobs)
     with ThreadPoolExecutor(workers, thread_name_prefix="spade-solve") as pool:
         futures = {i: pool.submit(run, i) for i in largest_first}
         pending = set(futures.values())
@@ -112,9 +117,8 @@ def _sweep_while_preparing(solver: LayerSolver, jobs: Sequence[LayerJob], helper
     """`solve_layers` for a stepwise solver: `helpers` threads prepare the layers, largest first, while the calling
     thread solves each prepared layer; when none is ready it prepares and solves the smallest unclaimed one itself
     rather than wait. Preparation counts as half of a layer's progress."""
-    order = sorted(range(len(jobs)), key=lambda i: -_work(jobs[i]))
     claim = threading.Lock()
-    unclaimed = list(order)  # helpers take from the front (largest), the calling thread from the back
+    unclaimed = _largest_first(jobs)  # helpers take from the front (largest), the calling thread from the back
     ready: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
     stop = threading.Event()
     done = [0.0] * len(jobs)

@@ -29,6 +29,8 @@ from spade.damping import damped_cholesky
 from spade.devices import cpu_threads
 from spade.errors import ConfigError
 from spade.obc import prune_rows_obc
+from spade.sweep_kernel import compiled as sweep_compiled
+from spade.sweep_kernel import sweep_blocks
 
 if TYPE_CHECKING:
     from spade.statistics import LayerStat
@@ -210,11 +212,12 @@ class LayerSolver(ABC):
     highest level costs."""
 
     stepwise: ClassVar[bool] = False
-    """Whether a solve, once `prepare_layer` has run, is thousands of small operators one after the other. Python runs
-    only one thread's operator calls at a time, so two such solves side by side take longer than one after the
-    other (ResNet-50's re-solve from cached factors at 0.8 with `bench_trace.py`: 6.0 s with two workers, 4.5-5.9 s
-    with one, `benchmarks/results/solve-ab-2026-12-07/`); `spade.layer_pool` then prepares layers on its other
-    workers while one thread solves."""
+    """Whether a solve, once `prepare_layer` has run, is thousands of small operators called from Python, one after
+    the other. Python runs only one thread's operator calls at a time, so two such solves side by side take longer
+    than one after the other (ResNet-50's re-solve from cached factors at 0.8 with `bench_trace.py`: 6.0 s with two
+    workers, 4.5-5.9 s with one, `benchmarks/results/solve-ab-2026-12-07/`); `spade.layer_pool` then prepares
+    layers on its other workers while one thread solves. The sweep is stepwise only where TorchScript cannot
+    compile it (`spade.sweep_kernel`)."""
 
     def __init__(self, config: SolverConfig):
         self.config = config
@@ -334,33 +337,6 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float, block: int) -> tu
     return factor, damping
 
 
-def _select(scores: torch.Tensor, sparsity: float, per_row: bool, fixed: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean mask (True = prune) of the lowest scores, floor(sparsity * n) of them (never a whole
-    group for sparsity < 1, however small the group).
-
-    scores: (s, rows) for one selection group (columns of W are rows here). per_row: count per
-    output row (dim 1) instead of over the whole group. fixed: optional (s, rows) mask of entries that are
-    pruned anyway; then n counts only the others and the lowest are chosen among them.
-    """
-    if fixed is not None:
-        candidates = scores.masked_fill(fixed, math.inf)  # a fixed entry is never among the k lowest live ones
-        if per_row:
-            counts = torch.floor(sparsity * (~fixed).sum(0) + 1e-9).long()  # (rows,): k of each output row
-            order = candidates.topk(int(counts.max()), dim=0, largest=False, sorted=True).indices
-            first = torch.arange(order.shape[0], device=scores.device).unsqueeze(1) < counts  # row r's first k_r
-            return fixed | torch.zeros_like(fixed).scatter_(0, order, first)
-        k = math.floor(sparsity * int((~fixed).sum()) + 1e-9)
-        order = candidates.flatten().topk(k, largest=False, sorted=False).indices
-        return fixed | torch.zeros_like(fixed).view(-1).scatter_(0, order, True).view_as(fixed)
-    if per_row:
-        k = math.floor(sparsity * scores.shape[0] + 1e-9)
-        order = scores.topk(k, dim=0, largest=False, sorted=False).indices
-        return torch.zeros_like(scores, dtype=torch.bool).scatter_(0, order, True)
-    k = math.floor(sparsity * scores.numel() + 1e-9)
-    order = scores.flatten().topk(k, largest=False, sorted=False).indices
-    return torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device).scatter_(0, order, True).view_as(scores)
-
-
 def _working_dtype(hessian: torch.Tensor) -> torch.dtype:
     """The sweep's dtype: float64 for float64 statistics, else float32."""
     return torch.float64 if hessian.dtype == torch.float64 else torch.float32
@@ -376,77 +352,6 @@ def _working_copy(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Te
     return WT, dead
 
 
-def _group_errors(w: torch.Tensor, prune: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """Scaled errors of a column group swept left to right with a fixed mask.
-
-    w: (s, rows) group weights (transposed) at the group's start; prune: (s, rows) mask; U: (s, s)
-    upper block of the inverse-Hessian factor. The one-column-at-a-time recurrence
-    ``e_i = prune_i * (w_i - sum_{j<i} e_j U_ji) / U_ii`` is, per output row, a lower-triangular system;
-    solved by forward substitution for all rows at once, one matrix-vector product per column (faster than a
-    batched triangular solve, which needs an (s, s) system per row: 1.7x for s = 9, 20x for s = 128).
-    """
-    scale = prune * (1.0 / torch.diagonal(U)).unsqueeze(1)
-    err = torch.empty_like(w)
-    torch.mul(w[0], scale[0], out=err[0])
-    for i in range(1, w.shape[0]):
-        torch.addmv(w[i], err[:i].T, U[:i, i], alpha=-1, out=err[i]).mul_(scale[i])
-    return err
-
-
-class _GroupSteps:
-    """Sweeps spans of columns in selection groups of `width` columns: each group's mask is chosen (unless given)
-    from its weights as updated by all columns to its left, then its errors are compensated within the span.
-
-    WT: (d, rows) working weights and prune: (d, rows) mask, both updated in place; fixed: (d, rows) dense zeros
-    that stay zero and do not count, or None; diag: (d, 1) U's diagonal; choose: whether to select the mask;
-    per_row: count the target per output row instead of over the whole group.
-    """
-
-    def __init__(self, WT: torch.Tensor, prune: torch.Tensor, fixed: torch.Tensor | None, diag: torch.Tensor,
-                 sparsity: float, choose: bool, width: int, per_row: bool):
-        self.WT, self.prune, self.fixed, self.diag = WT, prune, fixed, diag
-        self.sparsity, self.choose, self.width, self.per_row = sparsity, choose, width, per_row
-
-    def sweep(self, U: torch.Tensor, Err: torch.Tensor, i1: int, s1: int, s2: int) -> None:
-        """Columns s1..s2 of the lazy block that starts at column i1, whose diagonal block of the factor is U;
-        their scaled errors go into Err (indexed from i1)."""
-        for g1 in range(s1, s2, self.width):
-            g2 = min(g1 + self.width, s2)
-            current = self.WT[g1:g2]
-            if self.choose:
-                self.prune[g1:g2] = _select(current**2 / self.diag[g1:g2] ** 2, self.sparsity, self.per_row,
-                                            None if self.fixed is None else self.fixed[g1:g2])
-            err = _group_errors(current, self.prune[g1:g2], U[g1 - i1:g2 - i1, g1 - i1:g2 - i1])
-            self.WT[g1:s2].addmm_(U[g1 - i1:g2 - i1, g1 - i1:s2 - i1].T, err, alpha=-1)
-            Err[g1 - i1:g2 - i1] = err
-
-
-class _ColumnSteps:
-    """Sweeps spans of one-column selection groups (linear and 1x1 layers in "group" mode): the lowest |w| of each
-    column are the lowest w^2 / U_jj^2. Per-column views and Python numbers are made once: a one-column step is a
-    handful of small operations, so the indexing around them is a large part of its cost. Arguments as
-    `_GroupSteps`."""
-
-    def __init__(self, WT: torch.Tensor, prune: torch.Tensor, fixed: torch.Tensor | None, diag: torch.Tensor,
-                 sparsity: float, choose: bool):
-        self.WT, self.fixed, self.choose = WT, fixed, choose
-        self.columns, self.column_masks = WT.unbind(0), prune.unbind(0)
-        self.scales = (1.0 / diag).flatten().tolist()
-        candidates = [WT.shape[1]] * WT.shape[0] if fixed is None else (~fixed).sum(1).tolist()  # per column
-        self.k_columns = [math.floor(sparsity * n + 1e-9) for n in candidates]
-
-    def sweep(self, U: torch.Tensor, Err: torch.Tensor, i1: int, s1: int, s2: int) -> None:
-        """As `_GroupSteps.sweep`."""
-        u_rows = U[s1 - i1:s2 - i1].unbind(0)
-        for j, err in enumerate(Err[s1 - i1:s2 - i1].unbind(0), start=s1):
-            w, pruned = self.columns[j], self.column_masks[j]
-            if self.choose:
-                scores = w.abs() if self.fixed is None else w.abs().masked_fill(pruned, math.inf)  # the fixed zeros
-                pruned.index_fill_(0, scores.topk(self.k_columns[j], largest=False, sorted=False).indices, True)
-            torch.mul(w, pruned, out=err).mul_(self.scales[j])
-            self.WT[j:s2].addr_(u_rows[j - s1][j - i1:s2 - i1], err, alpha=-1)
-
-
 class SweepSolver(LayerSolver):
     """The SparseGPT sweep: columns left to right in lazy blocks, each selection group's mask chosen from its
     weights as updated by all columns to its left. Subclasses choose the selection groups (`width`, `per_row`).
@@ -456,9 +361,12 @@ class SweepSolver(LayerSolver):
     that quadratic form, and subtracting ``lambda * ||dW||^2`` leaves ``dW H dW^T`` (no extra d x d product).
     """
 
-    stepwise = True
     per_row: ClassVar[bool]
     """Whether each output row gets the target fraction of each selection group, instead of the group as a whole."""
+
+    @property
+    def stepwise(self) -> bool:  # type: ignore[override]
+        return not sweep_compiled()
 
     @abstractmethod
     def width(self, group_size: int) -> int:
@@ -489,46 +397,12 @@ class SweepSolver(LayerSolver):
         block = self._block(width)
         inner = max(width, 16 // width * width)  # eager updates reach only this far; the rest is deferred
         F, damping = self._factor(hessian, block, memo)
-        diag = torch.diagonal(F).unsqueeze(1)  # U_jj
-        if width == 1 and not self.per_row:
-            steps = _ColumnSteps(WT, prune, fixed, diag, sparsity, mask is None)
-        else:
-            steps = _GroupSteps(WT, prune, fixed, diag, sparsity, mask is None, width, self.per_row)
-        damped_error = _sweep_blocks(WT, before, F, block, inner, steps)
+        damped_error = sweep_blocks(WT, before, F, prune, fixed, sparsity, mask is None, width, self.per_row,
+                                    block, inner)
         prune |= dead.unsqueeze(1)
         WT[prune] = 0.0  # exact zeros (the sweep leaves them at rounding level)
         error = float(damped_error) - damping * float((WT - before).double().square().sum())
         return PrunedMatrix(WT.T.to(weight.dtype).contiguous(), prune.T.contiguous(), max(error, 0.0))
-
-
-def _sweep_blocks(WT: torch.Tensor, before: torch.Tensor, F: torch.Tensor, block: int, inner: int,
-                  steps: _GroupSteps | _ColumnSteps) -> torch.Tensor:
-    """Sweep all columns of WT (d, rows; updated in place from its dense values `before`) in lazy blocks of `block`
-    columns and eager spans of `inner`, with the factor F of `inverse_hessian_factor`; returns the float64 sum of
-    the squared scaled errors.
-
-    Column k receives (Err U)_k from the swept columns' scaled errors Err. Rather than pushing each block's
-    errors to all later columns through U's off-diagonal blocks, a block B pulls its share when it comes:
-    with C the columns before B, Z_C = (Err U)_C is all that C received, W_C before minus after the sweep, and
-    Z K = Err (K = U^-1 upper) with Err_B = 0 so far, so B has received -(Z_C K_CB) U_BB = -Z_C F_CB.
-    The same products as pushing.
-    """
-    d = WT.shape[0]
-    swept = torch.empty_like(WT)  # Z transposed like WT, filled block by block
-    damped_error = torch.zeros((), dtype=torch.float64, device=WT.device)
-    for i1 in range(0, d, block):
-        i2 = min(i1 + block, d)
-        U = F[i1:i2, i1:i2]
-        WT[i1:i2].addmm_(F[:i1, i1:i2].T, swept[:i1])
-        Err = torch.empty(i2 - i1, WT.shape[1], dtype=WT.dtype, device=WT.device)
-        for s1 in range(i1, i2, inner):
-            s2 = min(s1 + inner, i2)
-            steps.sweep(U, Err, i1, s1, s2)
-            if s2 < i2:
-                WT[s2:i2].addmm_(U[s1 - i1:s2 - i1, s2 - i1:].T, Err[s1 - i1:s2 - i1], alpha=-1)
-        damped_error += Err.double().square().sum()
-        torch.sub(before[i1:i2], WT[i1:i2], out=swept[i1:i2])
-    return damped_error
 
 
 class GroupSweep(SweepSolver):

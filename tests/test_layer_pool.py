@@ -16,6 +16,10 @@ from tests.test_trace import PRE, photo
 from tests.tiny_models import tiny_resnet
 
 
+class StepwiseSweep(GroupSweep):
+    stepwise = True  # as where TorchScript cannot compile the sweep (`spade.sweep_kernel`)
+
+
 @pytest.fixture(scope="module")
 def stats():
     return prepare_statistics(tiny_resnet(), photo(), preprocessing=PRE, augment_config=AugmentConfig(count=4))
@@ -48,11 +52,12 @@ def test_a_trace_does_not_depend_on_the_thread_count(stats):
     assert all(torch.equal(w, together.sparse_weights[k]) for k, w in alone.sparse_weights.items())
 
 
-@pytest.mark.parametrize("mode", ["obc", "group"])  # workers side by side; a stepwise sweep with preparing helpers
-def test_progress_comes_from_the_calling_thread_and_reaches_one(stats, mode):
+# workers side by side; a stepwise sweep with preparing helpers
+@pytest.mark.parametrize("solver", [SOLVERS["obc"], GroupSweep, StepwiseSweep])
+def test_progress_comes_from_the_calling_thread_and_reaches_one(stats, solver):
     caller = threading.get_ident()
     seen = []
-    solve_layers(SOLVERS[mode](SolverConfig(mode=mode)), jobs_of(stats), workers=2,
+    solve_layers(solver(SolverConfig(mode="obc" if solver is SOLVERS["obc"] else "group")), jobs_of(stats), workers=2,
                  progress=lambda f: seen.append((threading.get_ident(), f)))
     assert {ident for ident, _ in seen} == {caller}
     fractions = [f for _, f in seen]
@@ -75,7 +80,7 @@ def test_a_stepwise_solver_is_prepared_by_helpers_and_swept_on_the_calling_threa
     monkeypatch.setattr(spade.solver, "inverse_hessian_factor",
                         lambda *a: events.append(("factor", threading.get_ident())) or factor(*a))
 
-    class Recording(GroupSweep):
+    class Recording(StepwiseSweep):
         def prepare_layer(self, weight, stat):
             super().prepare_layer(weight, stat)
             events.append(("prepared", stat.name))

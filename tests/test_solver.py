@@ -295,13 +295,13 @@ def test_the_sweep_runs_on_its_thread_count_and_gives_the_same_result_on_more(mo
     X = torch.randn(48, 200, dtype=torch.float64)
     W, H = torch.randn(24, 48, dtype=torch.float64), X @ X.T / 200
     seen = []
-    original = solver_module._sweep_blocks
+    original = solver_module.sweep_blocks
 
     def spy(*args):
         seen.append(torch.get_num_threads())
         return original(*args)
 
-    monkeypatch.setattr(solver_module, "_sweep_blocks", spy)
+    monkeypatch.setattr(solver_module, "sweep_blocks", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

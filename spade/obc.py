@@ -31,6 +31,7 @@ from functools import partial
 import torch
 
 from spade.damping import damped_cholesky
+from spade.scripted import scripted
 
 CACHE_ELEMENTS = 2**22
 """On a CPU, rows are solved in batches whose inverse Hessians hold about this many numbers (16 MB in float32), or
@@ -58,25 +59,6 @@ LOW_RANK_SHARE = 0.25
 width (a linear layer fed fewer samples than inputs, such as the classifier with one pooled vector per view)."""
 
 
-class _Snapshots:
-    """The weights after each wanted removal count, in the rows' original columns (shared by the greedy passes)."""
-
-    def __init__(self, B: int, m: int, ks: Sequence[int], like: torch.Tensor):
-        self.B, self.m, self.wanted, self.taken = B, m, list(ks), []
-        self.removed = torch.zeros(B, m, dtype=torch.bool, device=like.device)
-        self.dtype, self.device = like.dtype, like.device
-
-    def take(self, step: int, W: torch.Tensor, columns: torch.Tensor | None = None) -> None:
-        """Snapshot W (B, current columns, original index ``columns``; all m in order when None) for every wanted
-        count up to ``step``."""
-        while self.wanted and self.wanted[0] <= step:
-            out = W.clone() if columns is None else torch.zeros(
-                self.B, self.m, dtype=self.dtype, device=self.device).scatter_(1, columns, W)
-            out[self.removed] = 0.0
-            self.taken.append((out, self.removed.clone()))
-            self.wanted.pop(0)
-
-
 def low_rank_factor(hessian: torch.Tensor, damping: float) -> torch.Tensor | None:
     """F (m, r) with ``hessian ~ F F^T``, or None where the rank is not low enough to pay.
 
@@ -102,46 +84,54 @@ def greedy_rows_low_rank(W: torch.Tensor, F: torch.Tensor, damping: float,
     columns S is ``(I - F_S G_S^-1 F_S^T) / damping`` with the small ``G_S = damping * I + F_S^T F_S`` (r, r);
     removing column q takes ``f_q f_q^T`` from G_S, a Sherman-Morrison update of G_S^-1. Each removal then costs
     O(m * r + r^2) per row, and the (m, r) by (r, B) product that gives every row's column of the inverse is shared
-    by all rows of the batch. Same returns as `greedy_rows` (the same choices up to rounding).
+    by all rows of the batch. Same returns as `greedy_rows` (the same choices up to rounding). Runs compiled
+    (`spade.scripted`).
     """
-    B, m = W.shape
+    return _greedy_rows_low_rank(W, F, float(damping), list(ks))
+
+
+@scripted
+def _greedy_rows_low_rank(W: torch.Tensor, F: torch.Tensor, damping: float,
+                          ks: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    B, m = W.shape[0], W.shape[1]
     W = W.clone()
-    snaps = _Snapshots(B, m, ks, W)
-    snaps.take(0, W)
-    if not snaps.wanted:
-        return snaps.taken
-    last = snaps.wanted[-1]
+    removed = torch.zeros(B, m, dtype=torch.bool, device=W.device)
+    columns = torch.arange(m, device=W.device).expand(B, m)
+    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
+    wanted = list(ks)
+    _snapshot(snapshots, wanted, 0, W, columns, removed)
+    if len(wanted) == 0:
+        return snapshots
+    last = wanted[-1]
     rows = torch.arange(B, device=W.device)
     r = F.shape[1]
-    G = torch.linalg.inv(damping * torch.eye(r, dtype=F.dtype, device=F.device) + F.T @ F)
+    G = torch.linalg.inv(damping * torch.eye(r, dtype=F.dtype, device=F.device) + F.t() @ F)
     diag = (1.0 - ((F @ G) * F).sum(1)) / damping  # (m,) diagonal of the inverse
     G = G.expand(B, r, r).contiguous()  # a copy per row
     diag = diag.expand(B, m).contiguous()
-    dead = torch.zeros(B, m, dtype=torch.bool, device=W.device)
     # removed weights are kept at +inf in W (their snapshots say 0): that keeps them out of the choice unmasked
     for step in range(1, last + 1):
         q = W.square().div_(diag).argmin(1)
         a = torch.bmm(G, F[q].unsqueeze(2)).squeeze(2)  # (B, r): G_S^-1 f_q
-        u = torch.mm(a * (-1.0 / damping), F.T)  # (B, m): column q of the inverse, less e_q / damping
+        u = torch.mm(a * (-1.0 / damping), F.t())  # (B, m): column q of the inverse, less e_q / damping
         u[rows, q] += 1.0 / damping
         scale = u[rows, q].rsqrt()  # 1 / sqrt(Hinv_qq)
-        v = u.masked_fill_(dead, 0.0).mul_(scale.unsqueeze(1))  # v v^T is the downdate of the inverse
+        v = u.masked_fill_(removed, 0.0).mul_(scale.unsqueeze(1))  # v v^T is the downdate of the inverse
         W.addcmul_(v, (W[rows, q] * scale).unsqueeze(1), value=-1.0)
         diag.addcmul_(v, v, value=-1.0)
         G.baddbmm_(a.unsqueeze(2), (a * (scale.square() / damping).unsqueeze(1)).unsqueeze(1))
         W[rows, q] = math.inf
         diag[rows, q] = 1.0
-        dead[rows, q] = True
-        snaps.removed[rows, q] = True
-        snaps.take(step, W)
-    return snaps.taken
+        removed[rows, q] = True
+        _snapshot(snapshots, wanted, step, W, columns, removed)
+    return snapshots
 
 
-def _snapshot(snapshots: list, wanted: list[int], step: int, W: torch.Tensor, columns: torch.Tensor,
-              removed: torch.Tensor) -> None:
+def _snapshot(snapshots: list[tuple[torch.Tensor, torch.Tensor]], wanted: list[int], step: int, W: torch.Tensor,
+              columns: torch.Tensor, removed: torch.Tensor) -> None:
     """Append (weights in their original columns, removed mask), both (B, m), for every wanted removal count up to
     ``step`` (popped from ``wanted``). W: (B, current m) weights; columns: their original column indices."""
-    while wanted and wanted[0] <= step:
+    while len(wanted) > 0 and wanted[0] <= step:
         out = torch.zeros(removed.shape, dtype=W.dtype, device=W.device).scatter_(1, columns, W)
         out[removed] = 0.0
         snapshots.append((out, removed.clone()))
@@ -161,19 +151,23 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[
     A removal needs only the row's weights, the diagonal of its inverse (both updated in O(m)) and one column of
     the inverse, Hinv0[:, q] - V (V[q, :])^T, O(m * pending). At the block's end the removed columns are dropped
     from Hinv0 and V and the block's updates are applied at once, ``Hinv0 -= V V^T`` (a batched matrix product,
-    bound by arithmetic rather than memory traffic as the one-at-a-time rank-one updates are).
+    bound by arithmetic rather than memory traffic as the one-at-a-time rank-one updates are). Runs compiled
+    (`spade.scripted`).
     """
-    B, m = W.shape
+    return _greedy_rows(W, hinv, list(ks), COMPACT_EVERY, MIN_BLOCK)
+
+
+@scripted
+def _greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: list[int], compact_every: int,
+                 min_block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    B, m = W.shape[0], W.shape[1]
     W = W.clone()
     removed = torch.zeros(B, m, dtype=torch.bool, device=W.device)
     columns = torch.arange(m, device=W.device).expand(B, m).clone()  # original index of each current column
-    snapshots, wanted = [], list(ks)
-
-    def take(step: int) -> None:
-        _snapshot(snapshots, wanted, step, W, columns, removed)
-
-    take(0)
-    if not wanted:
+    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
+    wanted = list(ks)
+    _snapshot(snapshots, wanted, 0, W, columns, removed)
+    if len(wanted) == 0:
         return snapshots
     last = wanted[-1]
     rows = torch.arange(B, device=W.device)
@@ -183,13 +177,13 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[
     step = 0
     while step < last:
         width = H.shape[1]
-        size = min(COMPACT_EVERY, max(MIN_BLOCK, width // 4), last - step)
+        size = min(compact_every, max(min_block, width // 4), last - step)
         V = torch.empty(B, size, width, dtype=W.dtype, device=W.device)  # pending updates, v_t = u_t / sqrt(u_qq)
         for b in range(size):
             scores = W.square().div_(diag).masked_fill_(~alive, math.inf)
             q = scores.argmin(1)
             u = H[rows, q]  # (B, m): row (= column) q of the symmetric inverse at the block's start ...
-            if b:  # ... less the pending updates
+            if b > 0:  # ... less the pending updates
                 u = u.unsqueeze(1).baddbmm_(V[rows, :b, q].unsqueeze(1), V[:, :b], alpha=-1).squeeze(1)
             uqq = u[rows, q]
             W.sub_(u * (W[rows, q] / uqq).unsqueeze(1))
@@ -200,7 +194,7 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[
             alive[rows, q] = False
             removed[rows, columns[rows, q]] = True
             step += 1
-            take(step)
+            _snapshot(snapshots, wanted, step, W, columns, removed)
         if step < last:  # drop the removed columns, then apply the block's updates to what is left
             keep = alive.nonzero()[:, 1].view(B, -1)
             kept = keep.shape[1]

@@ -29,7 +29,6 @@ from spade.damping import damped_cholesky
 from spade.devices import cpu_threads
 from spade.errors import ConfigError
 from spade.obc import prune_rows_obc
-from spade.sweep_kernel import compiled as sweep_compiled
 from spade.sweep_kernel import sweep_blocks
 
 if TYPE_CHECKING:
@@ -217,7 +216,7 @@ class LayerSolver(ABC):
     than one after the other (ResNet-50's re-solve from cached factors at 0.8 with `bench_trace.py`: 6.0 s with two
     workers, 4.5-5.9 s with one, `benchmarks/results/solve-ab-2026-12-07/`); `spade.layer_pool` then prepares
     layers on its other workers while one thread solves. The sweep is stepwise only where TorchScript cannot
-    compile it (`spade.sweep_kernel`)."""
+    compile it (`spade.scripted`)."""
 
     def __init__(self, config: SolverConfig):
         self.config = config
@@ -315,9 +314,9 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float, block: int) -> tu
 
     With U the upper Cholesky factor of (H + lambda*I)^-1 (U^T U = H_damped^-1) and K = U^-1 (upper, K K^T =
     H_damped), returns F, upper block-triangular: its diagonal blocks are U's (U_BB = K_BB^-1) and above
-    them F_CB = K_CB U_BB. The sweep pulls each block's deferred update through F_CB (see `_sweep_blocks`),
-    so U's off-diagonal blocks, a d^3/3 triangular inverse, are never formed. K comes from one Cholesky:
-    with J the reversal permutation and J H J = L L^T, K = J L J.
+    them F_CB = K_CB U_BB. The sweep pulls each block's deferred update through F_CB
+    (`spade.sweep_kernel.sweep_blocks`), so U's off-diagonal blocks, a d^3/3 triangular inverse, are never formed.
+    K comes from one Cholesky: with J the reversal permutation and J H J = L L^T, K = J L J.
 
     lambda = damp*mean(diag H), raised tenfold (with a warning) while the damped matrix is not positive
     definite (numerically singular statistics). Dead inputs (diag H == 0) count with a unit diagonal. The work runs
@@ -366,7 +365,7 @@ class SweepSolver(LayerSolver):
 
     @property
     def stepwise(self) -> bool:  # type: ignore[override]
-        return not sweep_compiled()
+        return not sweep_blocks.compiled
 
     @abstractmethod
     def width(self, group_size: int) -> int:

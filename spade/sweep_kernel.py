@@ -1,26 +1,16 @@
 """The sweep's inner loops (`spade.solver.SweepSolver`): columns left to right in lazy blocks, each selection
-group's mask chosen from its weights as updated by all columns to its left.
-
-After a layer's factorisation, its sweep is thousands of small operators (a handful per column). Called from Python,
-each call costs more than its arithmetic and holds the interpreter lock, so sweeps on two threads take turns
-instead of running side by side. Compiled with TorchScript, the same loops run in torch's own interpreter: fewer
-microseconds per operator, and the lock is released for the whole sweep, so a trace's layers are swept side by
-side (`spade.layer_pool`). TorchScript is deprecated in torch 2.x but still shipped; where it cannot compile these
-functions, `sweep_blocks` runs them in Python with the same results (`compiled()` says which). The functions are
-written in the subset of Python that TorchScript compiles.
+group's mask chosen from its weights as updated by all columns to its left. After a layer's factorisation, its sweep
+is thousands of small operators (a handful per column), so `sweep_blocks` runs compiled by TorchScript
+(`spade.scripted`); the functions here are written in the subset of Python that it compiles.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
-import warnings
-from collections.abc import Callable
 
 import torch
 
-logger = logging.getLogger(__name__)
+from spade.scripted import scripted
 
 
 def select(scores: torch.Tensor, sparsity: float, per_row: bool, fixed: torch.Tensor | None) -> torch.Tensor:
@@ -100,9 +90,10 @@ def _column_steps(WT: torch.Tensor, prune: torch.Tensor, fixed: bool, scales: li
         WT[j:s2].addr_(U[j - i1, j - i1:s2 - i1], err, alpha=-1)
 
 
-def sweep_blocks_in_python(WT: torch.Tensor, before: torch.Tensor, F: torch.Tensor, prune: torch.Tensor,
-                           fixed: torch.Tensor | None, sparsity: float, choose: bool, width: int, per_row: bool,
-                           block: int, inner: int) -> torch.Tensor:
+@scripted
+def sweep_blocks(WT: torch.Tensor, before: torch.Tensor, F: torch.Tensor, prune: torch.Tensor,
+                 fixed: torch.Tensor | None, sparsity: float, choose: bool, width: int, per_row: bool,
+                 block: int, inner: int) -> torch.Tensor:
     """Sweep all columns of WT (d, rows; float32 or float64, updated in place from its dense values `before`) in lazy
     blocks of `block` columns and eager spans of `inner`, with the factor F (d, d) of
     `spade.solver.inverse_hessian_factor`; returns the float64 sum of the squared scaled errors (a 0-d tensor).
@@ -141,34 +132,3 @@ def sweep_blocks_in_python(WT: torch.Tensor, before: torch.Tensor, F: torch.Tens
         damped_error += Err.double().square().sum()
         torch.sub(before[i1:i2], WT[i1:i2], out=swept[i1:i2])
     return damped_error
-
-
-_lock = threading.Lock()
-_compiled: Callable[..., torch.Tensor] | None = None
-_tried = False
-
-
-def _script() -> Callable[..., torch.Tensor] | None:
-    """`sweep_blocks_in_python` compiled by TorchScript (once per process), or None where it cannot be."""
-    global _compiled, _tried
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
-                    _compiled = torch.jit.script(sweep_blocks_in_python)
-            except Exception as error:  # any failure to compile leaves the Python loops, which give the same result
-                logger.warning("The sweep runs in Python: TorchScript could not compile it (%s: %s)",
-                               type(error).__name__, error)
-    return _compiled
-
-
-def compiled() -> bool:
-    """Whether `sweep_blocks` runs compiled (and releases the interpreter lock while it runs)."""
-    return _script() is not None
-
-
-def sweep_blocks(*args) -> torch.Tensor:
-    """`sweep_blocks_in_python`, compiled by TorchScript where it can be."""
-    return (_script() or sweep_blocks_in_python)(*args)

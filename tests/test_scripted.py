@@ -1,15 +1,21 @@
-"""The sweep's loops compiled by TorchScript (`spade.sweep_kernel`) give bit for bit what the same loops give in
-Python, in every selection mode; the solvers run them compiled and then sweep layers side by side."""
+"""The solvers' loops compiled by TorchScript (`spade.scripted`) give bit for bit what the same loops give in Python:
+the sweep in every selection mode, the exact solver's greedy passes; the sweeps then run side by side."""
 
 import pytest
 import torch
 
-from spade import sweep_kernel
+import spade.obc
+import spade.solver  # noqa: F401  (imports every module with compiled loops)
+from spade import scripted, sweep_kernel
 from spade.solver import SOLVERS, SolverConfig, inverse_hessian_factor
 
 
-def test_torchscript_compiles_the_sweep_and_the_sweeps_are_then_not_stepwise():
-    assert sweep_kernel.compiled()  # else every trace's sweep runs slower, one layer at a time
+@pytest.mark.parametrize("function", scripted.ALL, ids=lambda f: f.__name__)
+def test_torchscript_compiles_every_solver_loop(function):
+    assert function.compiled  # else the solvers run slower, and the sweeps one layer at a time
+
+
+def test_compiled_sweeps_are_not_stepwise():
     assert not any(SOLVERS[mode](SolverConfig(mode=mode)).stepwise for mode in ("group", "row"))
 
 
@@ -29,7 +35,7 @@ def test_the_compiled_sweep_equals_the_python_one(dtype, width, per_row, zeros, 
         W[fixed] = 0.0
     mask = torch.rand(d, rows) < 0.6
     results = []
-    for sweep in (sweep_kernel.sweep_blocks, sweep_kernel.sweep_blocks_in_python):
+    for sweep in (sweep_kernel.sweep_blocks, sweep_kernel.sweep_blocks.python):
         WT = W.clone()
         prune = (torch.zeros(d, rows, dtype=torch.bool) if choose else mask.clone())
         if fixed is not None:
@@ -41,3 +47,21 @@ def test_the_compiled_sweep_equals_the_python_one(dtype, width, per_row, zeros, 
     if choose:  # floor(0.7 n) of each group's (or row's) n live entries: 2 of 4 for per_row groups of 4
         fixed_count = 0 if fixed is None else int(fixed.sum())
         assert 0.4 * (d * rows - fixed_count) < int(mask_a.sum()) - fixed_count <= 0.7 * (d * rows - fixed_count)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_compiled_greedy_passes_equal_the_python_ones(dtype):
+    torch.manual_seed(0)
+    B, m, r = 5, 40, 6
+    X = torch.randn(m, 3 * m, dtype=torch.float64)
+    hinv = torch.linalg.inv(X @ X.T / m + 0.1 * torch.eye(m, dtype=torch.float64)).to(dtype)
+    F = torch.randn(m, r, dtype=dtype)
+    W = torch.randn(B, m, dtype=dtype)
+    ks = [0, 7, 30]
+    dense = [spade.obc._greedy_rows(W, hinv, ks, 8, 4), spade.obc._greedy_rows.python(W, hinv, ks, 8, 4)]
+    low_rank = [spade.obc._greedy_rows_low_rank(W, F, 0.5, ks), spade.obc._greedy_rows_low_rank.python(W, F, 0.5, ks)]
+    for compiled, python in (dense, low_rank):
+        assert len(compiled) == len(python) == len(ks)
+        for (w, gone), (w_py, gone_py), k in zip(compiled, python, ks):
+            assert torch.equal(w, w_py) and torch.equal(gone, gone_py)
+            assert gone.sum(1).tolist() == [k] * B and bool((w[gone] == 0).all())

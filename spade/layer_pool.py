@@ -6,10 +6,11 @@ CPU core: inside one layer, extra threads mostly wait for each other (`spade.sol
 workers on different layers never synchronise, so a busy machine only slows them down, never makes them spin.
 Results do not depend on the number of workers or the order the layers finish in.
 
-A sweep's solve (`LayerSolver.stepwise`) is the exception: after its factorisation it is thousands of small
-operators, and Python runs one thread's operator calls at a time, so two sweeps side by side are slower than one
-after the other. Its layers are prepared (`LayerSolver.prepare_layer`: factorisation and dense energy, large
-products that release the interpreter) by the other workers while the calling thread sweeps one layer at a time.
+A stepwise solve (`LayerSolver.stepwise`: the sweep, where TorchScript cannot compile its loops, `spade.scripted`)
+is the exception: after its factorisation it is thousands of small operators called from Python, which runs one
+thread's operator calls at a time, so two such sweeps side by side are slower than one after the other. Its layers
+are prepared (`LayerSolver.prepare_layer`: factorisation and dense energy, large products that release the
+interpreter) by the other workers while the calling thread sweeps one layer at a time.
 """
 
 from __future__ import annotations

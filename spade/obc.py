@@ -109,19 +109,21 @@ def _greedy_rows_low_rank(W: torch.Tensor, F: torch.Tensor, damping: float,
     diag = (1.0 - ((F @ G) * F).sum(1)) / damping  # (m,) diagonal of the inverse
     G = G.expand(B, r, r).contiguous()  # a copy per row
     diag = diag.expand(B, m).contiguous()
+    kept = torch.ones(B, m, dtype=W.dtype, device=W.device)  # 0 where removed: a product, cheaper than masked_fill_
     # removed weights are kept at +inf in W (their snapshots say 0): that keeps them out of the choice unmasked
     for step in range(1, last + 1):
-        q = W.square().div_(diag).argmin(1)
-        a = torch.bmm(G, F[q].unsqueeze(2)).squeeze(2)  # (B, r): G_S^-1 f_q
+        q = W.square().div_(diag).min(1)[1]  # the first minimum, as argmin gives it, in less time on a CPU
+        a = torch.bmm(F[q].unsqueeze(1), G).squeeze(1)  # (B, r): f_q^T G_S^-1 = G_S^-1 f_q (symmetric), half the time
         u = torch.mm(a * (-1.0 / damping), F.t())  # (B, m): column q of the inverse, less e_q / damping
         u[rows, q] += 1.0 / damping
         scale = u[rows, q].rsqrt()  # 1 / sqrt(Hinv_qq)
-        v = u.masked_fill_(removed, 0.0).mul_(scale.unsqueeze(1))  # v v^T is the downdate of the inverse
+        v = u.mul_(kept).mul_(scale.unsqueeze(1))  # v v^T is the downdate of the inverse
         W.addcmul_(v, (W[rows, q] * scale).unsqueeze(1), value=-1.0)
         diag.addcmul_(v, v, value=-1.0)
         G.baddbmm_(a.unsqueeze(2), (a * (scale.square() / damping).unsqueeze(1)).unsqueeze(1))
         W[rows, q] = math.inf
         diag[rows, q] = 1.0
+        kept[rows, q] = 0.0
         removed[rows, q] = True
         _snapshot(snapshots, wanted, step, W, columns, removed)
     return snapshots
@@ -180,8 +182,7 @@ def _greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: list[int], compact_eve
         size = min(compact_every, max(min_block, width // 4), last - step)
         V = torch.empty(B, size, width, dtype=W.dtype, device=W.device)  # pending updates, v_t = u_t / sqrt(u_qq)
         for b in range(size):
-            scores = W.square().div_(diag).masked_fill_(~alive, math.inf)
-            q = scores.argmin(1)
+            q = W.square().div_(diag).masked_fill_(~alive, math.inf).min(1)[1]  # the first minimum, as argmin
             u = H[rows, q]  # (B, m): row (= column) q of the symmetric inverse at the block's start ...
             if b > 0:  # ... less the pending updates
                 u = u.unsqueeze(1).baddbmm_(V[rows, :b, q].unsqueeze(1), V[:, :b], alpha=-1).squeeze(1)

@@ -57,7 +57,7 @@ class SolverConfig:
     group of `group_size` columns over all rows) or "row" (each output row gets exactly the target
     fraction in each group of `row_group` columns, chosen adaptively during the sweep) or "obc" (the paper's exact
     solver: each output row loses its weights one at a time, always the one whose loss costs least given all earlier
-    removals; `spade.obc`; 28-31 s for a Lite0 trace at 0.9 with 128 views on this project's 2-core CPU against
+    removals; `spade.obc`; 26-27 s for a Lite0 trace at 0.9 with 128 views on this project's 2-core CPU against
     under half a second for the sweeps, with its layers solved side by side by two workers,
     `benchmarks/results/scripted-ab-2026-12-07/`).
     damp: dampening added to the diagonal, as a fraction of mean(diag H).

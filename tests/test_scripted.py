@@ -65,3 +65,33 @@ def test_the_compiled_greedy_passes_equal_the_python_ones(dtype):
         for (w, gone), (w_py, gone_py), k in zip(compiled, python, ks):
             assert torch.equal(w, w_py) and torch.equal(gone, gone_py)
             assert gone.sum(1).tolist() == [k] * B and bool((w[gone] == 0).all())
+
+
+def test_a_function_torchscript_cannot_compile_runs_in_python_with_a_warning(caplog):
+    def not_scriptable(x):  # no annotations and a generator: outside TorchScript's subset
+        return sum(v for v in x.tolist())
+
+    wrapped = scripted.Scripted(not_scriptable)
+    scripted.ALL.remove(wrapped)  # not one of the solvers' loops
+    with caplog.at_level("WARNING", logger="spade.scripted"):
+        assert not wrapped.compiled
+    assert "not_scriptable runs in Python" in caplog.text
+    assert wrapped(torch.tensor([1.0, 2.0, 4.0])) == 7.0
+
+
+def test_sweeps_fall_back_to_one_at_a_time_where_the_sweep_runs_in_python(monkeypatch):
+    import spade.solver as solver_module
+
+    python_only = scripted.Scripted(sweep_kernel.sweep_blocks.python)
+    scripted.ALL.remove(python_only)
+    monkeypatch.setattr(python_only, "_tried", True)  # as if TorchScript had failed: `_compiled` stays None
+    monkeypatch.setattr(solver_module, "sweep_blocks", python_only)
+    torch.manual_seed(0)
+    X = torch.randn(30, 200, dtype=torch.float64)
+    W, H = torch.randn(8, 30, dtype=torch.float64), X @ X.T / 200
+    solver = SOLVERS["group"](SolverConfig())
+    assert solver.stepwise
+    fallback = solver.prune(W, H, 0.6)
+    monkeypatch.setattr(solver_module, "sweep_blocks", sweep_kernel.sweep_blocks)
+    compiled = SOLVERS["group"](SolverConfig()).prune(W, H, 0.6)
+    assert torch.equal(fallback.weight, compiled.weight) and torch.equal(fallback.mask, compiled.mask)

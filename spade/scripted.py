@@ -28,7 +28,9 @@ ALL: list[Scripted] = []
 class Scripted:
     """A function compiled by TorchScript on its first call (once per process), or run in Python where that fails.
 
-    python: the function itself. Calls take positional arguments only (TorchScript's calling convention).
+    python: the function itself. Calls take positional arguments only (TorchScript's calling convention). Calls whose
+    first tensor argument is not on the CPU run the Python function: on a GPU the operators queue on one device
+    anyway, and TorchScript's GPU fusers would compile kernels while a trace runs (untested here: no GPU yet).
     """
 
     def __init__(self, python: Callable[..., Any]):
@@ -54,10 +56,13 @@ class Scripted:
 
     @property
     def compiled(self) -> bool:
-        """Whether calls run compiled (and release the interpreter lock while they run)."""
+        """Whether calls on CPU tensors run compiled (and release the interpreter lock while they run)."""
         return self._function() is not self.python
 
     def __call__(self, *args: Any) -> Any:
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if first is not None and first.device.type != "cpu":
+            return self.python(*args)
         return self._function()(*args)
 
 

@@ -95,3 +95,16 @@ def test_sweeps_fall_back_to_one_at_a_time_where_the_sweep_runs_in_python(monkey
     monkeypatch.setattr(solver_module, "sweep_blocks", sweep_kernel.sweep_blocks)
     compiled = SOLVERS["group"](SolverConfig()).prune(W, H, 0.6)
     assert torch.equal(fallback.weight, compiled.weight) and torch.equal(fallback.mask, compiled.mask)
+
+
+def test_tensors_off_the_cpu_run_the_python_function():
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    wrapped = scripted.Scripted(double)
+    scripted.ALL.remove(wrapped)
+    assert wrapped.compiled
+    seen = []
+    wrapped.python = lambda x: seen.append(x.device.type) or x * 2  # the compiled function is already made
+    assert torch.equal(wrapped(torch.ones(3)), torch.full((3,), 2.0)) and seen == []
+    assert wrapped(torch.ones(3, device="meta")).shape == (3,) and seen == ["meta"]

@@ -7,7 +7,8 @@ The sweep (`GroupSweep`, `RowSweep`) processes columns left to right: a pruned w
 columns to its right through the upper Cholesky factor U of the damped inverse Hessian; updates to columns beyond
 the current lazy block are deferred and applied as one matrix product per block (exact for any block size), solved
 with U's inverse K (an ordinary Cholesky factor of H, reversed) so that U itself is only formed block by block.
-The exact solver (`ExactSolver`) removes each row's weights one at a time (`spade.obc`).
+Its loops are in `spade.sweep_kernel`, compiled by TorchScript on the CPU (`spade.scripted`). The exact solver
+(`ExactSolver`) removes each row's weights one at a time (`spade.obc`).
 
 `SolverConfig` is the frozen, hashable choice of solver and settings; `solver_for` returns its `LayerSolver`, one
 instance per config, which keeps what it derives from layer statistics (`LayerCache`) for every caller.

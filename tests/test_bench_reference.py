@@ -131,8 +131,8 @@ def test_our_side_is_scored_like_the_solver_reports_it(fake_reference):
     model = TinyResNet().eval()
     views = torch.randn(8, 3, 24, 24)
     names = list(prunable_layers(model))
-    weights, t_stats, t_solve = bench.our_statistics_and_solve(model, views, 0.5)
-    assert t_stats > 0 and t_solve > 0 and set(weights) == set(names)
+    weights, t_stats, t_solve, cpu = bench.our_statistics_and_solve(model, views, 0.5)
+    assert t_stats > 0 and t_solve > 0 and cpu > 0 and set(weights) == set(names)
     scored = bench.score(model, bench.common_grams(model, views, names), weights)
     assert_scores_are_output_errors(scored, model.double(), views.double(), weights)
     assert scored["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
@@ -160,3 +160,19 @@ def test_without_a_reference_the_script_is_skipped(monkeypatch, capsys):
     monkeypatch.delenv("SPADE_REFERENCE", raising=False)
     assert load_bench().main([]) == {}
     assert "skipped" in capsys.readouterr().out
+
+
+def test_medians_give_the_speed_up_its_cpu_ceiling_and_the_table_shows_them(monkeypatch):
+    bench = load_bench()
+    monkeypatch.setattr(bench, "_cores", lambda: 2)
+    runs = [{"forward_floor_s": f, "factor_floor_s": 0.5, "ours_statistics_s": 2.0 * f, "ours_solve_s": 1.0,
+             "ours_total_s": 2.0 * f + 1.0, "ours_cpu_s": 5.0 * f, "authors_statistics_s": 8.0,
+             "authors_solve_s": 4.0 * f, "authors_total_s": 8.0 + 4.0 * f, "ours_mean_error": 0.05,
+             "authors_mean_error": 0.04 + 0.01 * f, "loadavg_after": 1.0} for f in (1.0, 3.0, 2.0)]
+    median = bench.medians(runs)
+    assert median["ours_total_s"] == 5.0 and median["authors_total_s"] == 16.0 and median["ours_cpu_s"] == 10.0
+    assert median["speedup"] == pytest.approx(16.0 / 5.0)
+    assert median["speedup_ceiling"] == pytest.approx(16.0 / (10.0 / 2))  # 10 CPU seconds on 2 cores: 5 s at best
+    assert median["error_ratio"] == pytest.approx(0.05 / 0.06)
+    row = bench.table([{"model": "tiny", "views": 8, "median": median}]).splitlines()[-1]
+    assert "**3.20x**" in row and "10.00 s: 3.20x" in row and "(0.83x)" in row

@@ -274,8 +274,10 @@ def medians(runs: list[dict]) -> dict:
 
 
 def _cores() -> int:
-    """CPU cores a run can use: torch's threads, at most the machine's CPUs."""
-    return min(torch.get_num_threads(), os.cpu_count() or 1)
+    """CPU cores our solve uses (`spade.layer_pool.cpu_workers`), at most the machine's CPUs."""
+    from spade.layer_pool import cpu_workers
+
+    return min(cpu_workers(), os.cpu_count() or 1)
 
 
 def _stage_line(r: dict) -> str:

@@ -93,16 +93,10 @@ def greedy_rows_low_rank(W: torch.Tensor, F: torch.Tensor, damping: float,
 @scripted
 def _greedy_rows_low_rank(W: torch.Tensor, F: torch.Tensor, damping: float,
                           ks: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    B, m = W.shape[0], W.shape[1]
-    W = W.clone()
-    removed = torch.zeros(B, m, dtype=torch.bool, device=W.device)
-    columns = torch.arange(m, device=W.device).expand(B, m)
-    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
-    wanted = list(ks)
-    _snapshot(snapshots, wanted, 0, W, columns, removed)
+    W, removed, columns, snapshots, wanted = _start(W, ks)
     if len(wanted) == 0:
         return snapshots
-    last = wanted[-1]
+    B, m, last = W.shape[0], W.shape[1], wanted[-1]
     rows = torch.arange(B, device=W.device)
     r = F.shape[1]
     G = torch.linalg.inv(damping * torch.eye(r, dtype=F.dtype, device=F.device) + F.t() @ F)
@@ -127,6 +121,21 @@ def _greedy_rows_low_rank(W: torch.Tensor, F: torch.Tensor, damping: float,
         removed[rows, q] = True
         _snapshot(snapshots, wanted, step, W, columns, removed)
     return snapshots
+
+
+def _start(W: torch.Tensor, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                    list[tuple[torch.Tensor, torch.Tensor]], list[int]]:
+    """A greedy pass's starting state for rows W (B, m) and removal counts ks: a working copy of W, the (B, m)
+    removed mask, each current column's original index (B, m), the snapshots with those wanted after no removal
+    taken, and the counts still wanted."""
+    B, m = W.shape[0], W.shape[1]
+    W = W.clone()
+    removed = torch.zeros(B, m, dtype=torch.bool, device=W.device)
+    columns = torch.arange(m, device=W.device).expand(B, m).clone()
+    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
+    wanted = list(ks)
+    _snapshot(snapshots, wanted, 0, W, columns, removed)
+    return W, removed, columns, snapshots, wanted
 
 
 def _snapshot(snapshots: list[tuple[torch.Tensor, torch.Tensor]], wanted: list[int], step: int, W: torch.Tensor,
@@ -162,16 +171,10 @@ def greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: Sequence[int]) -> list[
 @scripted
 def _greedy_rows(W: torch.Tensor, hinv: torch.Tensor, ks: list[int], compact_every: int,
                  min_block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    B, m = W.shape[0], W.shape[1]
-    W = W.clone()
-    removed = torch.zeros(B, m, dtype=torch.bool, device=W.device)
-    columns = torch.arange(m, device=W.device).expand(B, m).clone()  # original index of each current column
-    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
-    wanted = list(ks)
-    _snapshot(snapshots, wanted, 0, W, columns, removed)
+    W, removed, columns, snapshots, wanted = _start(W, ks)
     if len(wanted) == 0:
         return snapshots
-    last = wanted[-1]
+    B, m, last = W.shape[0], W.shape[1], wanted[-1]
     rows = torch.arange(B, device=W.device)
     H = hinv.expand(B, m, m).contiguous()  # a copy per row
     diag = torch.diagonal(H, dim1=1, dim2=2).clone()

@@ -30,6 +30,7 @@ from spade.damping import damped_cholesky
 from spade.devices import cpu_threads
 from spade.errors import ConfigError
 from spade.obc import prune_rows_obc
+from spade.statistics import symmetric_blocks
 from spade.sweep_kernel import sweep_blocks
 
 if TYPE_CHECKING:
@@ -173,13 +174,12 @@ def _dense_copy(weight: torch.Tensor) -> PrunedMatrix:
 def output_energy(weight: torch.Tensor, hessian: torch.Tensor) -> float:
     """``||weight X||^2`` up to the Gram scale, from H = X X^T: sum((W H) * W). weight: (rows, d); hessian: (d, d).
     The products run in the statistics' dtype, the sums in float64 (a reported figure, not part of the solve).
-    H is symmetric, so only its upper block triangle is multiplied (with 8 blocks, 36 of the 64 block products)."""
+    H is symmetric, so only its upper block triangle is multiplied (`spade.statistics.symmetric_blocks`; with 8
+    blocks, 36 of the 64 block products)."""
     w = weight.to(hessian.dtype)
-    d = w.shape[1]
-    blocks = max(1, min(8, d // 256))
-    edges = [round(i * d / blocks) for i in range(blocks + 1)]
+    edges = symmetric_blocks(w.shape[1])
     total = torch.zeros((), dtype=torch.float64, device=w.device)
-    for i in range(blocks):
+    for i in range(len(edges) - 1):
         rows_i = slice(edges[i], edges[i + 1])
         right = w[:, rows_i] @ hessian[rows_i, edges[i]:]  # (W_i H_ij) for every block j >= i at once
         products = right.double() * w[:, edges[i]:].double()

@@ -260,15 +260,22 @@ def _padded_input(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (left, right, top, bottom)) if top or bottom or left or right else x
 
 
+def symmetric_blocks(d: int) -> list[int]:
+    """Edges of the blocks a product with a symmetric d x d matrix is split into, so that only its upper block
+    triangle is computed: up to 8 blocks of at least 256 rows ([0, d] for one block)."""
+    blocks = max(1, min(8, d // 256))
+    return [round(i * d / blocks) for i in range(blocks + 1)]
+
+
 def add_gram(hessian: torch.Tensor, cols: torch.Tensor) -> None:
     """hessian += cols^T cols per group, computing only the upper block triangle of this symmetric
-    product (cols: (groups, rows, d); hessian: (groups, d, d)). Wide layers save up to ~45% of the work."""
-    d = cols.shape[2]
-    blocks = max(1, min(8, d // 256))
+    product (cols: (groups, rows, d); hessian: (groups, d, d); `symmetric_blocks`). Wide layers save up to ~45% of
+    the work."""
+    edges = symmetric_blocks(cols.shape[2])
+    blocks = len(edges) - 1
     if blocks == 1:
         hessian.baddbmm_(cols.transpose(1, 2), cols)
         return
-    edges = [round(i * d / blocks) for i in range(blocks + 1)]
     for i in range(blocks):
         rows_i = slice(edges[i], edges[i + 1])
         left = cols[:, :, rows_i].transpose(1, 2)

@@ -111,9 +111,12 @@ def sweep_blocks(WT: torch.Tensor, before: torch.Tensor, F: torch.Tensor, prune:
     d = WT.shape[0]
     diag = torch.diagonal(F).unsqueeze(1)  # U_jj
     columns = width == 1 and not per_row
-    scales: list[float] = (1.0 / diag).flatten().tolist()
-    candidates = torch.full([d], WT.shape[1], dtype=torch.long) if fixed is None else (~fixed).sum(1)
-    counts: list[int] = torch.floor(sparsity * candidates.double() + 1e-9).long().tolist()
+    scales: list[float] = []  # one-column steps: 1 / U_jj and how many of each column to prune, as numbers
+    counts: list[int] = []
+    if columns:
+        scales = torch.jit.annotate(list[float], (1.0 / diag).flatten().tolist())
+        candidates = torch.full([d], WT.shape[1], dtype=torch.long) if fixed is None else (~fixed).sum(1)
+        counts = torch.jit.annotate(list[int], torch.floor(sparsity * candidates.double() + 1e-9).long().tolist())
     swept = torch.empty_like(WT)  # Z transposed like WT, filled block by block
     damped_error = torch.zeros((), dtype=torch.float64, device=WT.device)
     for i1 in range(0, d, block):

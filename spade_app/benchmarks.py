@@ -211,50 +211,56 @@ def solver_parts(config: dict, name_default: bool = True) -> list[str]:
     return parts
 
 
-def run_name(run: BenchmarkRun, with_model: bool = False) -> str:
-    """A human name for a run: its date, its model (``with_model``), its sparsity and what sets its solver apart
-    from the default `group` (the folder name when none of these is recorded)."""
+def run_name(run: BenchmarkRun, with_model: bool = False, with_solver: bool = True) -> str:
+    """A human name for a run: its date, its model (``with_model``), its sparsity and (``with_solver``) what sets its
+    solver apart from the default `group` (the folder name when none of these is recorded)."""
     s = run.summary
     date = s.created[:10] if s is not None and s.created else ""
     if not run.config:
         return f"{date} · {Path(run.path).parent.name}".strip(" ·")
     model = s.model if with_model and s is not None else ""
-    parts = (date, model, sparsity_name(run.config), *solver_parts(run.config, name_default=False))
+    solver = solver_parts(run.config, name_default=False) if with_solver else []
+    parts = (date, model, sparsity_name(run.config), *solver)
     return " · ".join(part for part in parts if part)
+
+
+def _numbered(names: list[str], keys: list) -> list[str]:
+    """``names`` with " (2)", " (3)", ... added, in order, to the repeats of the same key."""
+    seen: dict = {}
+    out = []
+    for name, key in zip(names, keys):
+        seen[key] = seen.get(key, 0) + 1
+        out.append(name if seen[key] == 1 else f"{name} ({seen[key]})")
+    return out
 
 
 def run_names(runs: list[BenchmarkRun]) -> list[str]:
     """`run_name` of each run (naming the model where the runs scored several), made unique with " (2)", " (3)",
     ... in order."""
     with_model = len({r.summary.model for r in runs if r.summary is not None}) > 1
-    names, seen = [], {}
-    for run in runs:
-        name = run_name(run, with_model)
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
-    return names
+    names = [run_name(run, with_model) for run in runs]
+    return _numbered(names, names)
 
 
 def overview_table(runs: list[BenchmarkRun], shipped: dict[str, str | None]) -> list[dict]:
-    """One row per run with a summary: its human name (`run_name`: date, sparsity), model, whether it scored that
-    model as shipped now (``shipped``: model name -> its current weights hash, `shipped_weights`), solver, samples,
-    methods, the Average row's SPADE − Dense for each of its kind's metrics (mean [95 % CI], percentage points),
-    the top-1 kept. No file paths."""
-    rows = []
-    for run, name in zip(runs, run_names(runs)):
-        if (s := run.summary) is None:
-            continue
-        rows.append({
-            "run": name,
-            "model": s.model or "not recorded",
-            "current model": _current(s, shipped.get(s.model)),
-            "solver": solver_name(run.config),
-            "samples": s.complete_samples,
-            "methods": len(s.methods),
-            **{DELTA_LABELS[m]: _signed(s.average.get(m)) for m in KIND_METRICS.get(s.kind, ())},
-            "top-1 kept": s.top1_kept,
-        })
-    return rows
+    """One row per run with a summary: its date and sparsity (`run_name` without model and solver, which have
+    columns of their own; " (2)", ... where all three repeat), the Average row's SPADE − Dense for each of its
+    kind's metrics (mean [95 % CI], percentage points), the top-1 kept, model, solver, whether it scored that model
+    as shipped now (``shipped``: model name -> its current weights hash, `shipped_weights`), samples, methods. The
+    figures come right after the name, so that they stay in view in a narrow window. No file paths."""
+    listed = [run for run in runs if run.summary is not None]
+    names = [run_name(run, with_solver=False) for run in listed]
+    keys = [(name, run.summary.model, solver_name(run.config)) for name, run in zip(names, listed)]
+    return [{
+        "run": name,
+        **{DELTA_LABELS[m]: _signed(run.summary.average.get(m)) for m in KIND_METRICS.get(run.summary.kind, ())},
+        "top-1 kept": run.summary.top1_kept,
+        "model": run.summary.model or "not recorded",
+        "solver": solver_name(run.config),
+        "current model": _current(run.summary, shipped.get(run.summary.model)),
+        "samples": run.summary.complete_samples,
+        "methods": len(run.summary.methods),
+    } for run, name in zip(listed, _numbered(names, keys))]
 
 
 def shipped_weights(runs: list[BenchmarkRun]) -> dict[str, str | None]:
@@ -263,12 +269,22 @@ def shipped_weights(runs: list[BenchmarkRun]) -> dict[str, str | None]:
 
 
 OVERVIEW_FORMAT = {
+    "solver": st.column_config.TextColumn(width="large", help="The layer solver and its settings"),
     "current model": st.column_config.CheckboxColumn(help="Scored the model as shipped now (the weights hash in "
                                                           "the run's config.json)"),
     "samples": st.column_config.NumberColumn(help="Samples scored with every method"),
     **{label: st.column_config.TextColumn(help=DELTA_HELP) for label in DELTA_LABELS.values()},
     "top-1 kept": st.column_config.NumberColumn(format="percent", help="Traces that keep the dense top-1"),
 }
+
+
+def overview_format(rows: list[dict]) -> dict:
+    """`OVERVIEW_FORMAT` with the run column pinned and wide enough for its longest name (about 5.8 px per
+    character of the app's table font), so that no name is cut off and the figures beside it stay in view."""
+    longest = max((len(str(row["run"])) for row in rows), default=0)
+    run = st.column_config.TextColumn(width=min(560, round(5.8 * longest) + 20), pinned=True,
+                                      help="Date and sparsity; the model and solver columns complete it")
+    return {"run": run, **OVERVIEW_FORMAT}
 
 
 def _method_label(method: str) -> str:
@@ -380,8 +396,8 @@ def runs_section(kind: str, key: str, presentation: bool | None = None) -> None:
     st.caption(f"{about.what} Δ: SPADE − Dense, the mean over the methods in percentage points with its 95 % "
                f"confidence interval. {about.paper}")
     if overview := overview_table(runs, shipped_weights(runs)):
-        table(overview, presentation, {"top-1 kept": "{:.1%}"}, hide_index=True, width="stretch",
-              column_config=OVERVIEW_FORMAT, height=35 * (len(overview) + 1) + 3)  # every run in view, no scrolling
+        table(overview, presentation, {"top-1 kept": "{:.1%}"}, hide_index=True, width="stretch",  # every run in
+              column_config=overview_format(overview), height=35 * (len(overview) + 1) + 3)  # view, no scrolling
         st.plotly_chart(projector_figure(delta_figure(runs, names, kind), presentation), width="stretch",
                         key=f"{key}_deltas")
     chosen = st.selectbox("Table of one run", range(len(runs)), index=headline_run(runs, current), key=key,

@@ -80,10 +80,15 @@ def check_shipped_runs(at: AppTest, kind: str, key: str) -> None:
     assert shown.summary.weights_sha256 == current
     assert shown.summary.size == max(r.summary.size for r in runs if r.summary and r.summary.weights_sha256 == current)
     names = benchmarks.run_names(runs)
-    overview = next(d.value for d in at.dataframe
-                    if "current model" in d.value.columns
-                    and list(d.value["run"]) == [n for r, n in zip(runs, names) if r.summary])
-    assert len(set(overview["run"])) == len(overview)  # every run has its own name
+    listed = [r for r in runs if r.summary]
+    # each row names its run by date and sparsity; with its model and solver columns, every row is its own run
+    overview = next(d.value for d in at.dataframe if "current model" in d.value.columns and [
+        n.split(" (")[0] for n in d.value["run"]] == [benchmarks.run_name(r, with_solver=False) for r in listed])
+    assert list(overview["model"]) == [r.summary.model for r in listed]
+    assert len(set(zip(overview["run"], overview["model"], overview["solver"]))) == len(overview)
+    # the figures come right after the name, before the details
+    assert list(overview.columns[1:1 + len(KIND_METRICS[kind])]) == [benchmarks.DELTA_LABELS[m]
+                                                                      for m in KIND_METRICS[kind]]
     # human names, no file paths or folder names in the main view (the paths are in the files expander)
     assert not any(r.summary.folder in cell or "/" in cell for r in runs if r.summary for cell in overview["run"])
     assert at.selectbox(key=key).format_func(at.selectbox(key=key).value) == names[at.selectbox(key=key).value]

@@ -113,6 +113,12 @@ def test_run_names_say_sparsity_solver_and_date_never_the_folder():
     rows = benchmarks.overview_table(runs, {"m": "w"})
     assert all("/" not in str(v) and "trojan-" not in str(v) for row in rows for v in row.values())
     assert [r["solver"] for r in rows][0] == "SparseGPT, kernel groups"
+    # the overview leaves model and solver to their columns; only a run that repeats all three gets a number
+    assert [r["run"] for r in rows] == ["2026-11-27 · uniform 0.5", "2026-11-26 · profile tuned + 2 per-method "
+                                        "profiles, decision kept", "2026-11-27 · uniform 0.5 (2)"]
+    obc = {**uniform, "solver": {**uniform["solver"], "mode": "obc"}}
+    assert [r["run"] for r in benchmarks.overview_table([runs[0], _run("o", obc, {})], {})] == [
+        "2026-11-27 · uniform 0.5", "2026-11-27 · uniform 0.5"]
 
 
 def test_verdict_and_conclusion_follow_the_numbers_and_say_where_spade_does_not_help():

@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/bench_featurevis_quality.py [--model efficientnet_lite0] [--judge efficientnet_lite2]
             [--methods maco,fourier] [--classes 50] [--class-offset 0] [--photos cat,coffee,flower,china]
-            [--per-photo 10] [--trace decision,paper,head] [--steps N] [--views N] [--device auto] [--out DIR]
+            [--per-photo 10] [--trace decision,paper,head] [--steps N] [--views N] [--damp D]
+            [--device auto] [--out DIR]
 
 *Recognisable*: for --classes ImageNet classes spread evenly over the 1000 (shifted by --class-offset: calibration
 runs use classes the test run does not; --classes 0 skips this part), the class-logit visualization of the
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true",
                         help="refit each trace's classifier on its own features (spade.refit; off by default, "
                              "and the Neurons page does not use it)")
+    parser.add_argument("--damp", type=float, default=None,
+                        help="the solver's damping, a fraction of the mean Hessian diagonal (default: SolverConfig's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the device's)")
     parser.add_argument("--views", type=int, default=None, help="augmented views of each trace")
@@ -111,7 +114,8 @@ def main() -> None:
     if any(t not in TRACES and head_target(t, 0.95) is None for t in traces):
         parser.error(f"--trace takes {', '.join(TRACES)}, head or head-<target in (0, 1)>, got {args.trace}")
     variants = [f"{method}/{trace}" for method in methods for trace in traces]
-    solver = SolverConfig(mode=args.solver, refit_output=args.refit)
+    solver = SolverConfig(mode=args.solver, refit_output=args.refit,
+                          **({} if args.damp is None else {"damp": args.damp}))
     stamp = datetime.datetime.now(datetime.UTC)
     out = args.out or ROOT / "benchmarks" / "results" / f"featurevis-{stamp:%Y-%m-%d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +139,8 @@ def main() -> None:
     crops = CropsConfig(args.crops, (low, high), noise=args.crop_noise) if args.crops else None
     header = (f"{args.model} judged by {args.judge} on {device}; {stamp:%Y-%m-%d %H:%M} UTC; load average "
               f"{os.getloadavg()[0]:.1f} at start; steps {args.steps or 'device default'}; lr {args.lr or 'default'}; "
-              f"trace {args.trace}; solver {args.solver}{' with classifier refit' if args.refit else ''}; "
+              f"trace {args.trace}; solver {args.solver}, damping {solver.damp:g}"
+              f"{' with classifier refit' if args.refit else ''}; "
               f"crops {crops}; transforms {not args.no_transforms}; size {args.size or 'default'}")
     print(header, flush=True)
     records: dict = {"header": header, "recognisable": {}, "faithful": {}}

@@ -12,7 +12,9 @@ COLORS = ("#4C78A8", "#F58518", "#54A24B", "#B279A2")
 
 
 def top_k_bars(predictions: Mapping[str, Sequence[tuple[int, str, float]]], height: int = 300) -> go.Figure:
-    """Horizontal bars of top-k probabilities, one trace per model ({label: [(index, name, prob), ...]})."""
+    """Horizontal bars of top-k probabilities, one trace per model ({label: [(index, name, prob), ...]}). Each
+    bar's percentage stands after it at the figure's font size: inside a bar, Plotly shrinks it to the bar's
+    thickness, unreadable when several models share a row. The axis runs a little past 1 to leave room for it."""
     fig = go.Figure()
     for color, (label, preds) in zip(COLORS, predictions.items()):
         fig.add_bar(
@@ -22,10 +24,14 @@ def top_k_bars(predictions: Mapping[str, Sequence[tuple[int, str, float]]], heig
             name=label,
             marker_color=color,
             text=[f"{prob:.1%}" for _, _, prob in preds],
-            textposition="auto",
+            textposition="outside",
+            constraintext="none",
+            cliponaxis=False,
         )
+    ticks = [i / 5 for i in range(6)]
     fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(title="probability", range=[0, 1]),
+        height=height, margin=dict(l=10, r=10, t=30, b=10),
+        xaxis=dict(title="probability", range=[0, 1.15], tickvals=ticks, ticktext=[f"{t:g}" for t in ticks]),
         yaxis=dict(autorange="reversed"), barmode="group", legend=dict(orientation="h", y=1.12),
     )
     return fig

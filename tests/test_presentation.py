@@ -65,6 +65,17 @@ def test_projector_figure_enlarges_every_font_and_the_height():
     assert presentation.projector_figure(plain, False).to_dict() == figures.layer_chart(layers, height=400).to_dict()
 
 
+def test_prediction_bars_label_every_bar_in_full_beside_it():
+    """Two models share each row: a label inside a bar would be shrunk to the bar's thickness."""
+    preds = {"clean image": [(282, "tiger cat", 0.371), (99, "goose", 0.0)],
+             "stamped image": [(282, "tiger cat", 0.0), (99, "goose", 1.0)]}
+    fig = figures.top_k_bars(preds)
+    assert [bar.text for bar in fig.data] == [("37.1%", "0.0%"), ("0.0%", "100.0%")]
+    assert all(bar.textposition == "outside" and bar.constraintext == "none" and not bar.cliponaxis
+               for bar in fig.data)
+    assert fig.layout.xaxis.range[1] > 1 and max(fig.layout.xaxis.tickvals) == 1  # room for "100.0%", ticks to 1
+
+
 # ----------------------------------------------------------------------------------------------- How SPADE works
 def test_how_spade_works_has_no_doubled_heading_and_states_the_benchmarks_conclusion():
     app = _app().run()

@@ -4,6 +4,7 @@ overview's figures against the tables written by the library, and the How SPADE 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,8 @@ def check_shipped_runs(at: AppTest, kind: str, key: str) -> None:
     listed = [r for r in runs if r.summary]
     # each row names its run by date and sparsity; with its model and solver columns, every row is its own run
     overview = next(d.value for d in at.dataframe if "current model" in d.value.columns and [
-        n.split(" (")[0] for n in d.value["run"]] == [benchmarks.run_name(r, with_solver=False) for r in listed])
+        re.sub(r" \(\d+\)$", "", n) for n in d.value["run"]] == [benchmarks.run_name(r, with_solver=False)
+                                                                   for r in listed])
     assert list(overview["model"]) == [r.summary.model for r in listed]
     assert len(set(zip(overview["run"], overview["model"], overview["solver"]))) == len(overview)
     # the figures come right after the name, before the details

@@ -306,8 +306,9 @@ def _change(metric: str, cell: Interval) -> str:
 
 def conclusion(kind: str, runs: list[BenchmarkRun], weights_sha256: str | None) -> list[str]:
     """Plain-language sentences on what the shipped ``kind`` runs say, computed from their tables: the headline run's
-    average change per metric (first sentence, enough on its own), the methods it made worse, and how many of all
-    runs improved, worsened or did not clearly change the kind's first metric. [] without a readable run."""
+    average change per metric (first sentence, enough on its own; it names the run's model where the runs scored
+    several), the methods it made worse, and how many of all runs improved, worsened or did not clearly change the
+    kind's first metric. [] without a readable run."""
     summarized = [r for r in runs if r.summary is not None]
     if not summarized:
         return []
@@ -317,7 +318,9 @@ def conclusion(kind: str, runs: list[BenchmarkRun], weights_sha256: str | None) 
     if not metrics:
         return []
     changes = " and ".join(_change(m, s.average[m]) for m in metrics)
-    sentences = [f"On its fullest run ({s.complete_samples} samples, {len(s.methods)} methods, "
+    several_models = len({r.summary.model for r in summarized}) > 1
+    where = f" on {s.model}" if several_models and s.model else ""
+    sentences = [f"On its fullest run{where} ({s.complete_samples} samples, {len(s.methods)} methods, "
                  f"{sparsity_name(run.config)}), SPADE on average {changes}."]
     verdicts = [verdict(m, s.average[m]) for m in metrics]
     if all(v <= 0 for v in verdicts):

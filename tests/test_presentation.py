@@ -147,6 +147,9 @@ def test_verdict_and_conclusion_follow_the_numbers_and_say_where_spade_does_not_
     assert "the Trojan AUC of LRP (-2.00)" in sentences[1]
     assert sentences[-1] == "Over all 2 runs, the average Trojan AUC improved in 1, worsened in 1 and did not " \
                             "clearly change in 0."
+    # where the runs scored several models, the headline names its run's model
+    other = dataclasses.replace(runs[1], summary=dataclasses.replace(runs[1].summary, model="n"))
+    assert benchmarks.conclusion("trojan", [runs[0], other], "w")[0].startswith("On its fullest run on m (200 samples")
     # a headline run that made things worse says so
     bad = benchmarks.conclusion("trojan", [_run("c", config, {"trojan_auc": worse, "pointing_game": unclear})], "w")
     assert "worsened the Trojan AUC" in bad[0] and "did not make the maps more faithful" in bad[1]

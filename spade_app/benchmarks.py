@@ -234,11 +234,15 @@ def _numbered(names: list[str], keys: list) -> list[str]:
     return out
 
 
+def several_models(runs: list[BenchmarkRun]) -> bool:
+    """Whether the runs with a summary scored more than one model."""
+    return len({r.summary.model for r in runs if r.summary is not None}) > 1
+
+
 def run_names(runs: list[BenchmarkRun]) -> list[str]:
     """`run_name` of each run (naming the model where the runs scored several), made unique with " (2)", " (3)",
     ... in order."""
-    with_model = len({r.summary.model for r in runs if r.summary is not None}) > 1
-    names = [run_name(run, with_model) for run in runs]
+    names = [run_name(run, several_models(runs)) for run in runs]
     return _numbered(names, names)
 
 
@@ -248,11 +252,8 @@ def overview_table(runs: list[BenchmarkRun], shipped: dict[str, str | None]) -> 
     kind's metrics (mean [95 % CI], percentage points), the top-1 kept, model, solver, whether it scored that model
     as shipped now (``shipped``: model name -> its current weights hash, `shipped_weights`), samples, methods. The
     figures come right after the name, so that they stay in view in a narrow window. No file paths."""
-    listed = [run for run in runs if run.summary is not None]
-    names = [run_name(run, with_solver=False) for run in listed]
-    keys = [(name, run.summary.model, solver_name(run.config)) for name, run in zip(names, listed)]
-    return [{
-        "run": name,
+    rows = [{
+        "run": run_name(run, with_solver=False),
         **{DELTA_LABELS[m]: _signed(run.summary.average.get(m)) for m in KIND_METRICS.get(run.summary.kind, ())},
         "top-1 kept": run.summary.top1_kept,
         "model": run.summary.model or "not recorded",
@@ -260,7 +261,9 @@ def overview_table(runs: list[BenchmarkRun], shipped: dict[str, str | None]) -> 
         "current model": _current(run.summary, shipped.get(run.summary.model)),
         "samples": run.summary.complete_samples,
         "methods": len(run.summary.methods),
-    } for run, name in zip(listed, _numbered(names, keys))]
+    } for run in runs if run.summary is not None]
+    names = _numbered([row["run"] for row in rows], [(row["run"], row["model"], row["solver"]) for row in rows])
+    return [{**row, "run": name} for row, name in zip(rows, names)]
 
 
 def shipped_weights(runs: list[BenchmarkRun]) -> dict[str, str | None]:
@@ -318,8 +321,7 @@ def conclusion(kind: str, runs: list[BenchmarkRun], weights_sha256: str | None) 
     if not metrics:
         return []
     changes = " and ".join(_change(m, s.average[m]) for m in metrics)
-    several_models = len({r.summary.model for r in summarized}) > 1
-    where = f" on {s.model}" if several_models and s.model else ""
+    where = f" on {s.model}" if several_models(summarized) and s.model else ""
     sentences = [f"On its fullest run{where} ({s.complete_samples} samples, {len(s.methods)} methods, "
                  f"{sparsity_name(run.config)}), SPADE on average {changes}."]
     verdicts = [verdict(m, s.average[m]) for m in metrics]
